@@ -1,0 +1,51 @@
+# The two commands a user needs: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR := .demo
+# System tools the tests and the demo drive as real peers.
+SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin
+
+.PHONY: run test venv sysdeps demo-cert check-config clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Installs missing system packages with apt-get (CI and fresh machines run as root).
+sysdeps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+demo-cert: $(DEMO_DIR)/cert.pem
+
+$(DEMO_DIR)/cert.pem: | sysdeps
+	mkdir -p $(DEMO_DIR)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+	  -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout $(DEMO_DIR)/key.pem -out $(DEMO_DIR)/cert.pem 2>/dev/null
+
+test: venv sysdeps
+	$(PY) -m pytest -q
+
+run: venv sysdeps demo-cert
+	$(VENV)/bin/vcproxy run --config config/vcproxy.yaml
+
+check-config: venv
+	$(VENV)/bin/vcproxy check-config config/vcproxy.yaml
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""vcproxy: a TLS-terminating reverse proxy on trio whose crypto runs through vcrypto."""
