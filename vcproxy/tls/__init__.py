@@ -1,0 +1,44 @@
+"""vcproxy.tls: our TLS 1.3 server, with every costly crypto op behind a provider.
+
+Public surface (everything else is private):
+
+- ``ServerConfig``, ``CertificateEntry``, ``TicketConfig``: what to serve.
+- ``TLSStream(transport_stream, config, provider)``: a ``trio.abc.Stream``
+  used like ``trio.SSLStream`` (``do_handshake``, ``send_all``,
+  ``receive_some``, ``aclose``), exposing ``server_name``, ``alpn_protocol``,
+  ``cipher_suite``, ``version``, ``resumed``, ``named_group`` once the
+  handshake is done.
+- ``CryptoProvider`` / ``AeadSession`` / ``SigningKey``: the seam where key
+  exchange, signatures and record AEAD run (see ``_provider``), with
+  ``InlineProvider`` (``cryptography`` in-process).
+- ``TLSError`` (carries ``.alert``), ``TLSPeerError`` (the peer's fault),
+  ``TLSAlertReceived``, ``TLSLocalError`` (ours), ``TLSUsageError`` (misuse).
+
+Layout: ``_codec`` (wire formats), ``_record`` (record framing and
+protection state), ``_keyschedule`` (RFC 8446 §7 stages), ``_handshake``
+(sans-IO server state machine emitting commands), ``_tickets``, ``_stream``
+(the trio adapter that executes commands through the provider).
+"""
+from ._config import CertificateEntry, ServerConfig, TicketConfig
+from ._errors import (
+    AlertDescription,
+    BadRecordMac,
+    CryptoProviderError,
+    DecodeError,
+    HandshakeTimeout,
+    IllegalParameter,
+    TLSAlertReceived,
+    TLSError,
+    TLSLocalError,
+    TLSPeerError,
+    TLSUsageError,
+)
+from ._provider import AeadItem, AeadSession, CryptoProvider, InlineProvider, SigningKey
+from ._stream import TLSStream
+
+__all__ = [
+    "AeadItem", "AeadSession", "AlertDescription", "BadRecordMac", "CertificateEntry",
+    "CryptoProvider", "CryptoProviderError", "DecodeError", "HandshakeTimeout",
+    "IllegalParameter", "InlineProvider", "ServerConfig", "SigningKey", "TLSAlertReceived",
+    "TLSError", "TLSLocalError", "TLSPeerError", "TLSStream", "TLSUsageError", "TicketConfig",
+]

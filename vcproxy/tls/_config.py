@@ -1,0 +1,264 @@
+"""Server configuration: certificates with SNI selection, algorithms, limits.
+
+``ServerConfig`` is frozen and validated at construction (a bad name raises
+``ValueError`` naming the field). ``None`` for ``cipher_suites``, ``groups``
+or ``signature_schemes`` means "all supported, in our preference order".
+
+SNI selection (``ServerConfig.select_certificates``): entries whose names
+match the client's server_name exactly come first, then wildcard matches
+(``*.example.com`` matches exactly one extra leftmost label), in config
+order; when nothing matches, the first entry is the default. The handshake
+then takes the first of those whose key can sign with a scheme the client
+offers, so an ECDSA and an RSA certificate for one name coexist.
+
+Session tickets: ``TicketConfig.keys`` are 32-byte secrets shared by every
+worker (the first seals new tickets, all open them: rotate by prepending).
+With no keys, each process makes its own and rotates it every
+``rotate_after_s``, keeping the previous one so tickets stay valid for one
+more period.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+
+from ._provider import SCHEMES_BY_KEY_TYPE, CryptoProvider, SigningKey, key_type_of
+
+SECONDS = 1.0
+
+CIPHER_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                 "TLS_CHACHA20_POLY1305_SHA256")
+GROUPS = ("x25519", "secp256r1", "secp384r1")
+SIGNATURE_SCHEMES = ("ecdsa_secp256r1_sha256", "ecdsa_secp384r1_sha384", "ed25519",
+                     "rsa_pss_rsae_sha256", "rsa_pss_rsae_sha384", "rsa_pss_rsae_sha512")
+
+
+def _pem_blocks(pem: bytes, kind: bytes) -> list[bytes]:
+    begin, end = b"-----BEGIN " + kind + b"-----", b"-----END " + kind + b"-----"
+    out, pos = [], 0
+    while (start := pem.find(begin, pos)) >= 0:
+        stop = pem.find(end, start)
+        if stop < 0:
+            break
+        out.append(pem[start:stop + len(end)] + b"\n")
+        pos = stop + len(end)
+    return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CertificateEntry:
+    """One certificate chain (leaf first) with its private key and SNI names."""
+
+    chain_der: tuple[bytes, ...]
+    key_pem: bytes = dataclasses.field(repr=False)
+    names: tuple[str, ...]
+    key_type: str
+    key_ref: str | None = None
+    _signing_keys: weakref.WeakKeyDictionary = dataclasses.field(
+        default_factory=weakref.WeakKeyDictionary, repr=False, compare=False)
+
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        return SCHEMES_BY_KEY_TYPE[self.key_type]
+
+    @classmethod
+    def from_pem(cls, chain_pem: bytes, key_pem: bytes, names: Sequence[str] | None = None,
+                 *, key_ref: str | None = None) -> CertificateEntry:
+        """Build from a PEM chain (leaf first, then intermediates) and a PEM key.
+
+        ``key_pem`` may be empty in keyless mode when ``key_ref`` names the key
+        for a provider that holds it.
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        from ._provider import load_private_key_pem
+
+        blocks = _pem_blocks(chain_pem, b"CERTIFICATE")
+        if not blocks:
+            raise ValueError("certificate chain: no PEM CERTIFICATE block found")
+        certs = [x509.load_pem_x509_certificate(b) for b in blocks]
+        leaf_pub = certs[0].public_key()
+        key_type = key_type_of(leaf_pub)
+        if key_pem:
+            priv = load_private_key_pem(key_pem)
+            spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            if priv.public_key().public_bytes(*spki) != leaf_pub.public_bytes(*spki):
+                raise ValueError("private key does not match the leaf certificate")
+        elif key_ref is None:
+            raise ValueError("no private key: give key_pem or key_ref (keyless)")
+        if names is None:
+            names = _names_of(certs[0])
+        names = tuple(n.lower().rstrip(".") for n in names)
+        chain = tuple(c.public_bytes(Encoding.DER) for c in certs)
+        return cls(chain, key_pem, names, key_type, key_ref)
+
+    @classmethod
+    def from_pem_files(cls, cert_chain_path: str | os.PathLike, key_path: str | os.PathLike | None,
+                       names: Sequence[str] | None = None, *, key_ref: str | None = None
+                       ) -> CertificateEntry:
+        with open(cert_chain_path, "rb") as f:
+            chain_pem = f.read()
+        key_pem = b""
+        if key_path is not None:
+            with open(key_path, "rb") as f:
+                key_pem = f.read()
+        try:
+            return cls.from_pem(chain_pem, key_pem, names, key_ref=key_ref)
+        except ValueError as exc:
+            raise ValueError(f"{cert_chain_path}: {exc}") from exc
+
+    def matches(self, server_name: str) -> int:
+        """2 = exact match, 1 = wildcard match, 0 = no match."""
+        best = 0
+        for name in self.names:
+            if name == server_name:
+                return 2
+            if name.startswith("*.") and "." in server_name:
+                head, _, rest = server_name.partition(".")
+                if head and rest == name[2:]:
+                    best = 1
+        return best
+
+    def signing_key(self, provider: CryptoProvider) -> SigningKey:
+        """The provider's handle on our key, loaded once per provider."""
+        key = self._signing_keys.get(provider)
+        if key is None:
+            key = provider.load_signing_key(self.key_pem, key_ref=self.key_ref)
+            self._signing_keys[provider] = key
+        return key
+
+
+def _names_of(cert) -> tuple[str, ...]:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns = []
+    if dns:
+        return tuple(dns)
+    return tuple(a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+
+
+class TicketKeyring:
+    """Ticket-sealing keys: ``current()`` seals, ``all()`` opens (newest first)."""
+
+    def __init__(self, keys: Sequence[bytes], rotate_after_s: float | None):
+        self._lock = threading.Lock()
+        self._fixed = bool(keys)
+        self._keys = list(keys) or [os.urandom(32)]
+        self._rotate_after_s = rotate_after_s
+        self._rotated_at: float | None = None
+
+    def current(self, now_s: float) -> bytes:
+        with self._lock:
+            if not self._fixed and self._rotate_after_s:
+                if self._rotated_at is None:
+                    self._rotated_at = now_s
+                elif now_s - self._rotated_at >= self._rotate_after_s:
+                    self._keys = [os.urandom(32), self._keys[0]]
+                    self._rotated_at = now_s
+            return self._keys[0]
+
+    def all(self) -> tuple[bytes, ...]:
+        return tuple(self._keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class TicketConfig:
+    enabled: bool = True
+    keys: tuple[bytes, ...] = ()
+    lifetime_s: int = 7200
+    rotate_after_s: float = 3600 * SECONDS
+    #: How many tickets to send after a full handshake (clients keep one per connection).
+    count: int = 1
+
+    def __post_init__(self):
+        for i, k in enumerate(self.keys):
+            if not isinstance(k, bytes) or len(k) != 32:
+                raise ValueError(f"tickets.keys[{i}]: must be 32 bytes")
+        # RFC 8446 §4.6.1: lifetime MUST NOT exceed 604800 seconds (7 days).
+        if not 0 < self.lifetime_s <= 604800:
+            raise ValueError("tickets.lifetime_s: must be in 1..604800")
+        if not 0 <= self.count <= 8:
+            raise ValueError("tickets.count: must be in 0..8")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    certificates: Sequence[CertificateEntry]
+    alpn_protocols: Sequence[str] = ()
+    cipher_suites: Sequence[str] | None = None
+    groups: Sequence[str] | None = None
+    signature_schemes: Sequence[str] | None = None
+    tickets: TicketConfig = TicketConfig()
+    handshake_timeout_s: float = 10 * SECONDS
+    max_handshake_message_bytes: int = 32768
+    #: Server-initiated KeyUpdate after this many records under one write key (0 = never).
+    key_update_after_records: int = 0
+    #: Records with less plaintext than this are sealed/opened in-process.
+    small_record_threshold_bytes: int = 0
+    #: AEAD items per ``seal_many`` / ``open_many`` batch (vcrypto opdone: ≤ 16).
+    pipeline_depth: int = 16
+    ticket_keyring: TicketKeyring = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        certs = tuple(self.certificates)
+        if not certs:
+            raise ValueError("certificates: at least one certificate is required")
+        for i, c in enumerate(certs):
+            if not isinstance(c, CertificateEntry):
+                raise ValueError(f"certificates[{i}]: expected CertificateEntry, got {type(c).__name__}")
+        set_(self, "certificates", certs)
+        for field, allowed in (("cipher_suites", CIPHER_SUITES), ("groups", GROUPS),
+                               ("signature_schemes", SIGNATURE_SCHEMES)):
+            value = getattr(self, field)
+            value = allowed if value is None else tuple(value)
+            for v in value:
+                if v not in allowed:
+                    raise ValueError(f"{field}: unknown {v!r} (supported: {', '.join(allowed)})")
+            if not value:
+                raise ValueError(f"{field}: must not be empty")
+            set_(self, field, value)
+        alpn = tuple(self.alpn_protocols)
+        for p in alpn:
+            if not 0 < len(p.encode()) < 256:
+                raise ValueError(f"alpn_protocols: {p!r} must be 1..255 bytes")
+        set_(self, "alpn_protocols", alpn)
+        if self.handshake_timeout_s <= 0:
+            raise ValueError("handshake_timeout_s: must be > 0")
+        if not 1024 <= self.max_handshake_message_bytes <= 1 << 24:
+            raise ValueError("max_handshake_message_bytes: must be in 1024..16777216")
+        if self.key_update_after_records < 0:
+            raise ValueError("key_update_after_records: must be >= 0")
+        if not 0 <= self.small_record_threshold_bytes <= 16384:
+            raise ValueError("small_record_threshold_bytes: must be in 0..16384")
+        if not 1 <= self.pipeline_depth <= 16:
+            raise ValueError("pipeline_depth: must be in 1..16")
+        set_(self, "ticket_keyring", TicketKeyring(self.tickets.keys, self.tickets.rotate_after_s))
+
+    def select_certificates(self, server_name: str | None) -> list[CertificateEntry]:
+        """Candidates for ``server_name`` in preference order (default entry last resort)."""
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            exact = [c for c in self.certificates if c.matches(name) == 2]
+            wild = [c for c in self.certificates if c.matches(name) == 1]
+            if exact or wild:
+                return exact + wild
+        return list(self.certificates)
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,286 @@
+"""The crypto provider seam: every costly TLS operation goes through here.
+
+``vcproxy.tls`` does no public-key or record crypto of its own. The sans-IO
+handshake (``_handshake``) *asks* for a key exchange or a signature by
+emitting a command; ``TLSStream`` awaits the provider and feeds the result
+back. Record protection runs through ``AeadSession`` objects the provider
+hands out, one per traffic key. What stays local (cheap, latency-critical and
+not worth a round trip): transcript hashing, HKDF, Finished/binder HMACs and
+ticket sealing.
+
+The seam, and why each shape is what it is:
+
+``CryptoProvider.key_exchange(group, peer_public) -> (own_public, shared)``
+    Keygen and derive in ONE operation, exactly as vcrypto's ``Op.ECDH``: a
+    remote provider then never holds per-connection ephemeral state. Groups:
+    ``"x25519"`` (raw 32-byte keys), ``"secp256r1"`` / ``"secp384r1"``
+    (SEC1 uncompressed points). A peer key that is not a valid point raises
+    ``IllegalParameter`` (the peer's fault); a provider failure raises
+    ``CryptoProviderError``.
+
+``CryptoProvider.load_signing_key(pem, key_ref=None) -> SigningKey``
+    Sync, done once per certificate (``CertificateEntry`` caches it per
+    provider). The ``SigningKey`` is a *handle*: a keyless provider may keep
+    only ``key_ref`` and leave the key material elsewhere.
+
+``CryptoProvider.sign(key, scheme, message) -> signature``
+    ``scheme`` is the TLS SignatureScheme name (``vcrypto.ops.Alg`` values,
+    e.g. ``"ecdsa_secp256r1_sha256"``, ``"rsa_pss_rsae_sha256"``,
+    ``"ed25519"``); ``message`` is the full to-be-signed content (RFC 8446
+    §4.4.3: 64 spaces, context string, 0x00, transcript hash), never a
+    digest, so Ed25519 and remote signers work unchanged. ECDSA signatures
+    are DER; RSA-PSS uses salt length = hash length (RFC 8446 §4.2.3).
+
+``CryptoProvider.aead(suite_alg, key) -> AeadSession``
+    ``suite_alg``: ``"aes-128-gcm"``, ``"aes-256-gcm"``,
+    ``"chacha20-poly1305"``. One session per traffic key (a vcrypto session
+    id). ``seal_many`` / ``open_many`` take up to ``ServerConfig.pipeline_depth``
+    (≤ 16) ``(nonce, aad, data)`` items and complete them together: one await
+    per batch (vcrypto's "opdone" pipeline mode). Results come back in order.
+    A failed tag anywhere in ``open_many`` raises ``BadRecordMac`` for the
+    batch. The sync ``seal`` / ``open`` are the in-process small-record path
+    (records under ``small_record_threshold_bytes``): a remote provider
+    implements them with local software crypto. ``aclose`` releases the
+    session (key update, connection end).
+
+``CryptoProvider.random_bytes(n)``
+    Server random, HRR cookies, ticket nonces. Default: ``os.urandom``.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from collections.abc import Sequence
+
+from ._errors import BadRecordMac, CryptoProviderError, IllegalParameter
+
+#: TLS 1.3 signature schemes a key type can produce, in our preference order.
+SCHEMES_BY_KEY_TYPE: dict[str, tuple[str, ...]] = {
+    "ecdsa-p256": ("ecdsa_secp256r1_sha256",),
+    "ecdsa-p384": ("ecdsa_secp384r1_sha384",),
+    "ed25519": ("ed25519",),
+    "rsa": ("rsa_pss_rsae_sha256", "rsa_pss_rsae_sha384", "rsa_pss_rsae_sha512"),
+}
+
+GROUPS = ("x25519", "secp256r1", "secp384r1")
+AEAD_ALGS = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305")
+
+#: One AEAD work item: (12-byte nonce, additional data, plaintext or ciphertext||tag).
+AeadItem = tuple[bytes, bytes, bytes]
+
+
+def key_type_of(key: object) -> str:
+    """Name the key type of a ``cryptography`` public or private key."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        curve = key.curve.name
+        if curve == "secp256r1":
+            return "ecdsa-p256"
+        if curve == "secp384r1":
+            return "ecdsa-p384"
+        raise ValueError(f"unsupported EC curve {curve} (secp256r1 or secp384r1)")
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        return "ed25519"
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        if key.key_size < 2048:
+            raise ValueError(f"RSA key of {key.key_size} bits: at least 2048 required")
+        return "rsa"
+    raise ValueError(f"unsupported key type {type(key).__name__}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SigningKey:
+    """A handle on a private key, as a provider wants to hold it.
+
+    ``key_type`` ("ecdsa-p256", "ecdsa-p384", "rsa", "ed25519") and
+    ``schemes`` are public facts the handshake uses to choose a scheme.
+    ``private_key_der`` (PKCS#8) is None in keyless mode; ``key_ref`` names
+    the key for a provider that keeps it elsewhere; ``handle`` is the
+    provider's own object (e.g. a loaded ``cryptography`` key).
+    """
+
+    key_type: str
+    schemes: tuple[str, ...]
+    key_ref: str | None = None
+    private_key_der: bytes | None = dataclasses.field(default=None, repr=False)
+    handle: object = dataclasses.field(default=None, repr=False)
+
+
+class AeadSession(abc.ABC):
+    """Record protection under one traffic key (see the module docstring)."""
+
+    alg: str
+
+    @abc.abstractmethod
+    def seal(self, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        """In-process seal: ciphertext || 16-byte tag."""
+
+    @abc.abstractmethod
+    def open(self, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
+        """In-process open; raises ``BadRecordMac`` on a tag mismatch."""
+
+    @abc.abstractmethod
+    async def seal_many(self, items: Sequence[AeadItem]) -> list[bytes]:
+        """Seal a batch; results in the order of ``items``."""
+
+    @abc.abstractmethod
+    async def open_many(self, items: Sequence[AeadItem]) -> list[bytes]:
+        """Open a batch; raises ``BadRecordMac`` if any tag fails."""
+
+    async def aclose(self) -> None:
+        """Release the session. Default: nothing to release."""
+
+
+class CryptoProvider(abc.ABC):
+    """Where TLS public-key and record crypto runs (see the module docstring)."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
+        """Generate an ephemeral key for ``group``, derive with ``peer_public``.
+
+        Returns ``(own_public_key_share, shared_secret)``.
+        """
+
+    @abc.abstractmethod
+    def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
+        """Turn a PEM private key (or, keyless, just a ``key_ref``) into a handle."""
+
+    @abc.abstractmethod
+    async def sign(self, key: SigningKey, scheme: str, message: bytes) -> bytes:
+        """Sign the full ``message`` with ``scheme`` (a TLS SignatureScheme name)."""
+
+    @abc.abstractmethod
+    def aead(self, suite_alg: str, key: bytes) -> AeadSession:
+        """Open a record-protection session for one traffic key."""
+
+    def random_bytes(self, n: int) -> bytes:
+        return os.urandom(n)
+
+
+# --------------------------------------------------------------------------
+# InlineProvider: `cryptography` in-process, the bare-metal baseline.
+# --------------------------------------------------------------------------
+
+def load_private_key_pem(private_key_pem: bytes):
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        return serialization.load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"cannot load private key: {exc}") from exc
+
+
+class _InlineAead(AeadSession):
+    __slots__ = ("alg", "_cipher")
+
+    def __init__(self, alg: str, key: bytes):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+        self.alg = alg
+        if alg == "chacha20-poly1305":
+            self._cipher = ChaCha20Poly1305(key)
+        elif alg in ("aes-128-gcm", "aes-256-gcm"):
+            want = 16 if alg == "aes-128-gcm" else 32
+            if len(key) != want:
+                raise ValueError(f"{alg} key must be {want} bytes, got {len(key)}")
+            self._cipher = AESGCM(key)
+        else:
+            raise ValueError(f"unknown AEAD {alg!r} (one of {', '.join(AEAD_ALGS)})")
+
+    def seal(self, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        return self._cipher.encrypt(nonce, plaintext, aad)
+
+    def open(self, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return self._cipher.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise BadRecordMac("record failed AEAD authentication") from None
+
+    async def seal_many(self, items: Sequence[AeadItem]) -> list[bytes]:
+        enc = self._cipher.encrypt
+        return [enc(n, p, a) for n, a, p in items]
+
+    async def open_many(self, items: Sequence[AeadItem]) -> list[bytes]:
+        return [self.open(n, a, c) for n, a, c in items]
+
+
+def _inline_key_exchange(group: str, peer_public: bytes) -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives.asymmetric import ec, x25519
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    if group == "x25519":
+        if len(peer_public) != 32:
+            raise IllegalParameter(f"x25519 key share of {len(peer_public)} bytes, expected 32")
+        priv = x25519.X25519PrivateKey.generate()
+        try:
+            shared = priv.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError as exc:  # all-zero shared secret (small-order point)
+            raise IllegalParameter(f"x25519 key share rejected: {exc}") from exc
+        return priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), shared
+    curve = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1}.get(group)
+    if curve is None:
+        raise CryptoProviderError(f"unsupported group {group!r}")
+    # RFC 8446 §4.2.8.2: only the uncompressed point form (0x04 || X || Y).
+    size = 65 if group == "secp256r1" else 97
+    if len(peer_public) != size or peer_public[0] != 4:
+        raise IllegalParameter(f"{group} key share is not an uncompressed point")
+    try:
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(curve(), peer_public)
+    except ValueError as exc:
+        raise IllegalParameter(f"{group} key share is not on the curve") from exc
+    priv = ec.generate_private_key(curve())
+    shared = priv.exchange(ec.ECDH(), peer)
+    return priv.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint), shared
+
+
+def inline_sign(private_key, scheme: str, message: bytes) -> bytes:
+    """Sign with a ``cryptography`` private key object (shared with vcrypto resources)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+
+    if scheme == "ed25519":
+        return private_key.sign(message)
+    if scheme.startswith("ecdsa_"):
+        h = {"ecdsa_secp256r1_sha256": hashes.SHA256, "ecdsa_secp384r1_sha384": hashes.SHA384}[scheme]
+        return private_key.sign(message, ec.ECDSA(h()))
+    if scheme.startswith("rsa_pss_rsae_"):
+        h = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[scheme[-6:]]
+        return private_key.sign(message, padding.PSS(padding.MGF1(h()), h.digest_size), h())
+    if scheme.startswith("rsa_pkcs1_"):
+        h = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[scheme[-6:]]
+        return private_key.sign(message, padding.PKCS1v15(), h())
+    raise ValueError(f"unknown signature scheme {scheme!r}")
+
+
+class InlineProvider(CryptoProvider):
+    """Everything in-process with ``cryptography``: the baseline to compare against."""
+
+    name = "inline"
+
+    async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
+        return _inline_key_exchange(group, peer_public)
+
+    def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
+        from cryptography.hazmat.primitives import serialization
+
+        key = load_private_key_pem(private_key_pem)
+        key_type = key_type_of(key)
+        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        return SigningKey(key_type, SCHEMES_BY_KEY_TYPE[key_type], key_ref, der, key)
+
+    async def sign(self, key: SigningKey, scheme: str, message: bytes) -> bytes:
+        if scheme not in key.schemes:
+            raise CryptoProviderError(f"key of type {key.key_type} cannot sign {scheme}")
+        if key.handle is None:
+            raise CryptoProviderError(f"inline provider has no key material for {key.key_ref!r}")
+        return inline_sign(key.handle, scheme, message)
+
+    def aead(self, suite_alg: str, key: bytes) -> AeadSession:
+        return _InlineAead(suite_alg, key)
