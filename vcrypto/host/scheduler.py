@@ -1,0 +1,227 @@
+"""The scheduler: runs each job on a resource of the pool, under trio.
+
+Theory of operation
+-------------------
+``Scheduler.submit(job)`` is what the host's data path awaits for every
+request. It asks the sans-IO ``SchedulerCore`` (``_sched_core.py``) where the
+job should run, and:
+
+- on ``Run``: calls ``resource.execute(job)`` inside ``trio.move_on_after
+  (timeout_s)``; a hang becomes a timeout, i.e. a resource fault;
+- on ``Wait``: blocks on the "pool changed" event (a slot freed, a resource
+  re-admitted) and asks again. Back-pressure is an await, never a spin. A
+  wait because every capable resource is unhealthy is bounded by
+  ``timeout_s``; a wait for a free slot is not (slots free when jobs finish
+  or time out);
+- on ``NO_CAPABLE``: raises ``NoCapableResource``, a
+  ``CryptoOpError(NOT_SUPPORTED)``.
+
+A ``ResourceFault`` or timeout is retried on another capable resource, at
+most ``max_attempts`` attempts in all; then the job fails with
+``JobFailed`` (a ``ResourceFault``). A ``CryptoOpError`` is the request's own
+fault and is raised at once, never retried.
+
+Resources that fault repeatedly are marked unhealthy by the core; the probe
+task (every ``probe_interval_s``) calls ``resource.probe()`` on each
+unhealthy one and re-admits it when the probe succeeds.
+
+``Scheduler`` is an async context manager: entering starts every resource
+and the probe task; leaving cancels the probe and closes the resources
+(shielded). ``stats()`` returns a ``PoolStats`` snapshot for the metrics
+collector to read at scrape time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import trio
+
+from vcrypto.host._sched_core import (
+    NO_CAPABLE, FailoverSpec, Outcome, PolicyKind, PoolStats, ResourceSpec,
+    Run, SchedulerCore, SizeRoutingSpec, Wait,
+)
+from vcrypto.host.resources._base import CryptoJob, CryptoOpError, Resource, ResourceFault
+
+__all__ = ["Scheduler", "RetryPolicy", "NoCapableResource", "JobFailed"]
+
+
+class NoCapableResource(CryptoOpError):
+    """No resource in the pool can run this (op, algorithm)."""
+
+    def __init__(self, detail: str):
+        super().__init__(CryptoOpError.Kind.NOT_SUPPORTED, detail)
+
+
+class JobFailed(ResourceFault):
+    """Every attempt at a job failed on a resource (the request may be fine)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    timeout_s: float = 5.0          # per attempt
+    probe_interval_s: float = 1.0
+    probe_timeout_s: float = 2.0
+
+
+class Scheduler:
+    def __init__(self, resources: Sequence[Resource], *,
+                 groups: dict[str, Sequence[str]] | None = None,
+                 policy: PolicyKind = PolicyKind.CAPABILITY,
+                 failover: FailoverSpec | None = None,
+                 size_routing: SizeRoutingSpec | None = None,
+                 retry: RetryPolicy = RetryPolicy(),
+                 unhealthy_after_faults: int = 2):
+        if retry.max_attempts < 1:
+            raise ValueError("retry.max_attempts must be >= 1")
+        self.resources: dict[str, Resource] = {r.name: r for r in resources}
+        self.core = SchedulerCore(
+            [ResourceSpec(r.name, r.kind, r.capabilities, r.max_inflight) for r in resources],
+            groups=groups, policy=policy, failover=failover, size_routing=size_routing,
+            unhealthy_after_faults=unhealthy_after_faults)
+        self.retry = retry
+        self._changed = trio.Event()
+        self._nursery_cm = None
+        self._nursery: trio.Nursery | None = None
+        self._started: list[Resource] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Scheduler:
+        try:
+            for r in self.resources.values():
+                await r.start()
+                self._started.append(r)
+        except BaseException:
+            await self._close_resources()
+            raise
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        self._nursery.start_soon(self._probe_loop)
+        return self
+
+    async def __aexit__(self, *exc_info) -> bool | None:
+        assert self._nursery is not None and self._nursery_cm is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            return await self._nursery_cm.__aexit__(*exc_info)
+        finally:
+            self._nursery = None
+            await self._close_resources()
+
+    async def _close_resources(self) -> None:
+        with trio.CancelScope(shield=True):
+            while self._started:
+                await self._started.pop().aclose()
+
+    # ------------------------------------------------------------ data path
+
+    async def submit(self, job: CryptoJob) -> bytes:
+        """Run ``job`` on a capable resource; return its result bytes.
+
+        Raises ``CryptoOpError`` (bad request, or ``NoCapableResource``) or
+        ``JobFailed`` after ``max_attempts`` resource faults."""
+        core = self.core
+        core.submitted()
+        tried: list[str] = []
+        last_fault: str = ""
+        for attempt in range(self.retry.max_attempts):
+            run = await self._acquire(job, tried)
+            resource = self.resources[run.resource]
+            will_retry = attempt + 1 < self.retry.max_attempts
+            outcome = Outcome.CANCELLED
+            t0 = trio.current_time()
+            try:
+                with trio.move_on_after(self.retry.timeout_s) as scope:
+                    result = await resource.execute(job)
+                if scope.cancelled_caught:
+                    outcome = Outcome.TIMEOUT
+                    last_fault = f"{run.resource}: no answer in {self.retry.timeout_s} s"
+                else:
+                    outcome = Outcome.OK
+                    return result
+            except CryptoOpError:
+                outcome = Outcome.OP_ERROR
+                raise
+            except ResourceFault as exc:
+                outcome = Outcome.FAULT
+                last_fault = f"{run.resource}: {exc}"
+            finally:
+                core.finished(run.resource, job.op, outcome,
+                              exec_s=trio.current_time() - t0, will_retry=will_retry)
+                self._notify()
+            tried.append(run.resource)
+        core.job_failed()
+        raise JobFailed(f"{job.op.value}/{job.alg.value} failed on {len(tried)} attempt(s); "
+                        f"last: {last_fault}")
+
+    async def _acquire(self, job: CryptoJob, tried: list[str]) -> Run:
+        core = self.core
+        t0 = trio.current_time()
+        unhealthy_deadline = math.inf
+        while True:
+            decision = core.pick(job.capability, len(job.src), tried)
+            if isinstance(decision, Run):
+                core.started(decision, job.op, retry=bool(tried),
+                             queue_wait_s=trio.current_time() - t0)
+                return decision
+            if decision is NO_CAPABLE:
+                core.not_supported()
+                raise NoCapableResource(f"no resource in the pool can do "
+                                        f"{job.op.value}/{job.alg.value}")
+            assert isinstance(decision, Wait)
+            core.waited()
+            if decision.reason == "unhealthy":
+                if unhealthy_deadline == math.inf:
+                    unhealthy_deadline = trio.current_time() + self.retry.timeout_s
+            else:
+                unhealthy_deadline = math.inf
+            changed = self._changed
+            with trio.move_on_at(unhealthy_deadline):
+                await changed.wait()
+            if trio.current_time() >= unhealthy_deadline:
+                core.job_failed()
+                raise JobFailed(f"{job.op.value}/{job.alg.value}: every capable resource "
+                                f"is unhealthy (waited {self.retry.timeout_s} s)")
+
+    def _notify(self) -> None:
+        """Wake every task waiting for a slot or a healthy resource."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # ---------------------------------------------------------------- probes
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await trio.sleep(self.retry.probe_interval_s)
+            await self.probe_now()
+
+    async def probe_now(self) -> list[str]:
+        """Probe every unhealthy resource once (concurrently); return the
+        names re-admitted."""
+        readmitted: list[str] = []
+
+        async def probe_one(name: str) -> None:
+            ok = False
+            with trio.move_on_after(self.retry.probe_timeout_s):
+                try:
+                    ok = await self.resources[name].probe()
+                except ResourceFault:
+                    ok = False
+            if ok:
+                self.core.readmit(name)
+                readmitted.append(name)
+
+        async with trio.open_nursery() as nursery:
+            for name in self.core.unhealthy():
+                nursery.start_soon(probe_one, name)
+        if readmitted:
+            self._notify()
+        return readmitted
+
+    # ----------------------------------------------------------------- stats
+
+    def stats(self) -> PoolStats:
+        return self.core.stats()
