@@ -1,0 +1,15 @@
+"""vcproxy.proxy: the trio I/O side — listeners, HTTP/TCP proxying, upstream pools.
+
+- ``_worker``: one worker process (SO_REUSEPORT listeners, TLS seam, signals)
+- ``_http``: HTTP/1.1 reverse proxying on h11 over any ``trio.abc.Stream``
+- ``_tcp``: byte pumping after TLS
+- ``_upstream``: upstream pools (round-robin, retries, keep-alive, health checks)
+- ``_router``: host + path-prefix routing (pure)
+- ``_tlsglue``: config -> ``ServerConfig``, counting/fallback crypto providers
+- ``demo_upstream``: the built-in origin server for the demo and tests
+"""
+from ._http import ConnState, HttpProxyConnection, HttpRuntime, NullObserver
+from ._router import Router
+from ._upstream import UpstreamPool
+
+__all__ = ["ConnState", "HttpProxyConnection", "HttpRuntime", "NullObserver", "Router", "UpstreamPool"]

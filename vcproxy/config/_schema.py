@@ -1,0 +1,315 @@
+"""The vcproxy config tree: every key, its type, its default and its meaning.
+
+This file is the one place defaults are documented; ``vcproxy config-reference``
+prints it as a table and ``config/example-full.yaml`` shows every key. All
+classes are frozen: a worker swaps a whole new tree on SIGHUP, it never
+mutates one that open connections still read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal, Mapping
+
+from ._load import _Invalid, _type_name, opt, req
+
+SECONDS = 1.0
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """``host:port`` (``[::1]:8080`` for IPv6) of one upstream server."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def from_yaml(cls, value: object, path: str) -> "ServerAddress":
+        if not isinstance(value, str):
+            raise _Invalid(f"expected 'host:port' string, got {_type_name(value)}")
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host or not port_text.isdigit():
+            raise _Invalid(f"expected 'host:port', got {value!r}")
+        port = int(port_text)
+        if not 1 <= port <= 65535:
+            raise _Invalid(f"port must be 1..65535, got {port}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _check_port(port: int, name: str = "port", allow_zero: bool = True) -> list[tuple[str, str]]:
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        return [(name, f"must be {low}..65535, got {port}")]
+    return []
+
+
+def _check_positive(obj: object, *names: str) -> list[tuple[str, str]]:
+    out = []
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            out.append((name, f"must be > 0, got {value}"))
+    return out
+
+
+def _check_address(address: str) -> list[tuple[str, str]]:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return [("address", f"expected an IP address, got {address!r}")]
+    return []
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    cert: str = req("PEM file with the certificate chain, leaf first")
+    key: str = req("PEM file with the private key (unencrypted)")
+    names: tuple[str, ...] | None = opt(None, "SNI names served by this certificate (default: the certificate's SANs)")
+
+
+@dataclass(frozen=True)
+class TicketsConfig:
+    enabled: bool = opt(True, "issue TLS 1.3 session tickets (PSK resumption)")
+    lifetime_s: int = opt(7200, "ticket lifetime announced to clients, seconds")
+
+    def check(self) -> list[tuple[str, str]]:
+        return _check_positive(self, "lifetime_s")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    enabled: bool = opt(True, "terminate TLS on this listener (false: plain TCP, for tests and local use)")
+    certificates: tuple[CertificateConfig, ...] = opt((), "certificates; the first is the default when SNI matches none")
+    alpn: tuple[str, ...] = opt(("http/1.1",), "ALPN protocols offered, in preference order")
+    versions: tuple[Literal["1.3", "1.2"], ...] = opt(("1.3",), "TLS versions accepted")
+    cipher_suites: tuple[str, ...] | None = opt(None, "cipher suites by IANA name (default: the TLS stack's)")
+    groups: tuple[str, ...] | None = opt(None, "key exchange groups, e.g. x25519, secp256r1 (default: the TLS stack's)")
+    tickets: TicketsConfig = opt(TicketsConfig(), "session tickets")
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.enabled and not self.certificates:
+            return [("certificates", "at least one certificate is required when TLS is enabled")]
+        if not self.versions:
+            return [("versions", "at least one version is required")]
+        return []
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    port: int = req("TCP port; 0 picks a free one (logged at start)")
+    name: str | None = opt(None, "name used in logs and metrics labels (default: listener<index>)")
+    address: str = opt("127.0.0.1", "IP address to bind")
+    mode: Literal["http", "tcp"] = opt("http", "http: HTTP/1.1 reverse proxy; tcp: pump bytes to `upstream` after TLS")
+    upstream: str | None = opt(None, "tcp mode: the upstream that receives the decrypted byte stream")
+    tls: TLSConfig = opt(TLSConfig(), "TLS termination")
+
+    def check(self) -> list[tuple[str, str]]:
+        out = _check_port(self.port) + _check_address(self.address)
+        if self.mode == "tcp" and self.upstream is None:
+            out.append(("upstream", "required when mode is tcp"))
+        return out
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    upstream: str = req("name of the upstream that serves matching requests")
+    host: str | None = opt(None, "Host header to match, without port; '*.example.com' matches subdomains; null matches all")
+    path_prefix: str = opt("/", "request path prefix to match; the longest matching prefix wins")
+
+    def check(self) -> list[tuple[str, str]]:
+        if not self.path_prefix.startswith("/"):
+            return [("path_prefix", f"must start with '/', got {self.path_prefix!r}")]
+        return []
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    enabled: bool = opt(False, "probe servers actively; unhealthy ones get no new requests while another is healthy")
+    interval_s: float = opt(5 * SECONDS, "time between probes")
+    timeout_s: float = opt(2 * SECONDS, "probe timeout")
+    path: str | None = opt(None, "HTTP path to GET (2xx/3xx is healthy); null: a TCP connect is the probe")
+    unhealthy_after: int = opt(2, "consecutive failures that mark a server unhealthy")
+    healthy_after: int = opt(1, "consecutive successes that mark it healthy again")
+
+    def check(self) -> list[tuple[str, str]]:
+        return _check_positive(self, "interval_s", "timeout_s", "unhealthy_after", "healthy_after")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    servers: tuple[ServerAddress, ...] = req("servers as 'host:port', used round-robin")
+    connect_timeout_s: float = opt(5 * SECONDS, "TCP connect timeout (then 502 or the next server)")
+    read_timeout_s: float = opt(60 * SECONDS, "wait for response headers / between body reads (then 504)")
+    retries: int = opt(1, "extra servers tried when a connect fails (never after request bytes were sent)")
+    max_idle_connections: int = opt(32, "idle keep-alive connections kept per server")
+    idle_timeout_s: float = opt(30 * SECONDS, "idle keep-alive connections older than this are closed")
+    health_check: HealthCheckConfig = opt(HealthCheckConfig(), "active health checking")
+
+    def check(self) -> list[tuple[str, str]]:
+        out = _check_positive(self, "connect_timeout_s", "read_timeout_s", "idle_timeout_s")
+        if not self.servers:
+            out.append(("servers", "at least one server is required"))
+        if self.retries < 0:
+            out.append(("retries", f"must be >= 0, got {self.retries}"))
+        if self.max_idle_connections < 0:
+            out.append(("max_idle_connections", f"must be >= 0, got {self.max_idle_connections}"))
+        return out
+
+
+@dataclass(frozen=True)
+class CryptoConfig:
+    provider: Literal["inline", "vcrypto"] = opt("inline", "inline: `cryptography` in the worker; vcrypto: offload through the engine")
+    small_record_threshold_bytes: int = opt(2048, "records smaller than this are sealed in-process even with vcrypto")
+    pipeline_depth: int = opt(16, "records sealed/opened per batch (one opdone), 1..16")
+    fallback: Literal["none", "startup", "per_op"] = opt(
+        "per_op",
+        "none: vcrypto failures fail the connection; startup: use inline if the engine is unreachable "
+        "at start; per_op: also redo a failed op inline",
+    )
+
+    def check(self) -> list[tuple[str, str]]:
+        out = []
+        if self.small_record_threshold_bytes < 0:
+            out.append(("small_record_threshold_bytes", "must be >= 0"))
+        if not 1 <= self.pipeline_depth <= 16:
+            out.append(("pipeline_depth", f"must be 1..16, got {self.pipeline_depth}"))
+        return out
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Passed verbatim to vcrypto-host's ``pool:`` section, which validates its contents."""
+
+    groups: object = opt(None, "resource groups (see vcrypto-host)")
+    policy: object = opt(None, "scheduling policy (see vcrypto-host)")
+    resources: object = opt(None, "crypto resources: openssl, workers, simulated (see vcrypto-host)")
+
+    def check(self) -> list[tuple[str, str]]:
+        out = []
+        for name in ("groups", "resources"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (list, dict)):
+                out.append((name, f"expected list or mapping, got {_type_name(value)}"))
+        if self.policy is not None and not isinstance(self.policy, (str, dict)):
+            out.append(("policy", f"expected str or mapping, got {_type_name(self.policy)}"))
+        return out
+
+    def as_yaml(self) -> dict:
+        return {k: _plain(v) for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class VcryptoConfig:
+    manage: bool = opt(True, "the supervisor starts vcrypto-host and vcrypto-engine-backend when provider is vcrypto")
+    runtime_dir: str | None = opt(None, "directory for sockets and shared memory (default: a fresh temp dir)")
+    host_socket: str | None = opt(None, "vcrypto-host vhost-user socket (default: <runtime_dir>/host.sock)")
+    backend_socket: str | None = opt(None, "engine-backend socket the workers' frontends attach to (default: <runtime_dir>/backend.sock)")
+    host_metrics: ServerAddress | None = opt(None, "vcrypto-host metrics 'host:port' (default: none)")
+    backend_metrics: ServerAddress | None = opt(None, "engine-backend metrics 'host:port' (default: none)")
+    pool: PoolConfig = opt(PoolConfig(), "vcrypto-host resource pool")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_connections: int = opt(1024, "open client connections per worker; more wait in the kernel backlog")
+    max_header_bytes: int = opt(16 * KIB, "request line + headers; larger gets 431")
+    max_body_bytes: int = opt(1024 * MIB, "request body; larger gets 413")
+    handshake_timeout_s: float = opt(10 * SECONDS, "TLS handshake must finish within this")
+    header_timeout_s: float = opt(30 * SECONDS, "a started request's headers must arrive within this")
+    idle_timeout_s: float = opt(60 * SECONDS, "keep-alive connection with no request in flight is closed after this")
+    body_timeout_s: float = opt(60 * SECONDS, "max wait between two reads of a request body or a tcp stream")
+    drain_timeout_s: float = opt(10 * SECONDS, "SIGTERM: in-flight requests get this long to finish")
+
+    def check(self) -> list[tuple[str, str]]:
+        return _check_positive(
+            self, "max_connections", "max_header_bytes", "max_body_bytes", "handshake_timeout_s",
+            "header_timeout_s", "idle_timeout_s", "body_timeout_s", "drain_timeout_s",
+        )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = opt(True, "serve Prometheus metrics")
+    address: str = opt("127.0.0.1", "metrics bind address")
+    port: int = opt(9100, "metrics port (0 picks a free one)")
+    path: str = opt("/metrics", "metrics URL path")
+
+    def check(self) -> list[tuple[str, str]]:
+        return _check_port(self.port) + _check_address(self.address)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = opt("info", "error-log level")
+    access_log: str | None = opt("stdout", "JSON access log: stdout, stderr, a file path, or null for none")
+    error_log: str = opt("stderr", "JSON structured error/event log: stdout, stderr or a file path")
+
+
+@dataclass(frozen=True)
+class DemoUpstreamConfig:
+    enabled: bool = opt(False, "the supervisor also runs the built-in demo HTTP server")
+    address: str = opt("127.0.0.1", "demo server bind address")
+    port: int = opt(8080, "demo server port")
+
+    def check(self) -> list[tuple[str, str]]:
+        return _check_port(self.port, allow_zero=False) + _check_address(self.address)
+
+
+@dataclass(frozen=True)
+class Config:
+    listeners: tuple[ListenerConfig, ...] = req("where clients connect")
+    upstreams: Mapping[str, UpstreamConfig] = opt(MappingProxyType({}), "upstream pools by name")
+    routes: tuple[RouteConfig, ...] = opt((), "HTTP routing: host + path prefix -> upstream")
+    workers: int = opt(2, "worker processes sharing each listener port (SO_REUSEPORT)")
+    crypto: CryptoConfig = opt(CryptoConfig(), "where TLS crypto runs")
+    vcrypto: VcryptoConfig = opt(VcryptoConfig(), "the vcrypto daemons (used when crypto.provider is vcrypto)")
+    limits: LimitsConfig = opt(LimitsConfig(), "limits and timeouts")
+    metrics: MetricsConfig = opt(MetricsConfig(), "Prometheus endpoint (served by the supervisor, all workers aggregated)")
+    logging: LoggingConfig = opt(LoggingConfig(), "logs")
+    demo_upstream: DemoUpstreamConfig = opt(DemoUpstreamConfig(), "built-in demo upstream")
+
+    def check(self) -> list[tuple[str, str]]:
+        out = []
+        if not 1 <= self.workers <= 64:
+            out.append(("workers", f"must be 1..64, got {self.workers}"))
+        if not self.listeners:
+            out.append(("listeners", "at least one listener is required"))
+        names: set[str] = set()
+        binds: set[tuple[str, int]] = set()
+        for i, lis in enumerate(self.listeners):
+            name = self.listener_name(i)
+            if name in names:
+                out.append((f"listeners[{i}].name", f"duplicate listener name {name!r}"))
+            names.add(name)
+            if lis.port and (lis.address, lis.port) in binds:
+                out.append((f"listeners[{i}].port", f"{lis.address}:{lis.port} is used by another listener"))
+            binds.add((lis.address, lis.port))
+            if lis.upstream is not None and lis.upstream not in self.upstreams:
+                out.append((f"listeners[{i}].upstream", f"unknown upstream {lis.upstream!r}"))
+        if any(lis.mode == "http" for lis in self.listeners) and not self.routes:
+            out.append(("routes", "an http listener needs at least one route"))
+        for i, route in enumerate(self.routes):
+            if route.upstream not in self.upstreams:
+                known = ", ".join(sorted(self.upstreams)) or "none defined"
+                out.append((f"routes[{i}].upstream", f"unknown upstream {route.upstream!r} (known: {known})"))
+        return out
+
+    def listener_name(self, index: int) -> str:
+        return self.listeners[index].name or f"listener{index}"

@@ -1,0 +1,100 @@
+"""vcproxy's Prometheus metrics, aggregated over all worker processes.
+
+Why prometheus_client's multiprocess mode (and not workers reporting to the
+supervisor): every worker writes its counters into its own mmap'd file in a
+directory the supervisor creates (``PROMETHEUS_MULTIPROC_DIR``); the
+supervisor's ``/metrics`` merges the files at scrape time. No IPC code, no
+lost increments when a worker crashes (its counter files stay, so totals
+never go backwards across restarts), and a scrape never waits on a busy
+worker. The cost is a file per metric type per worker and that gauges need
+an explicit aggregation mode (``livesum`` for active connections: dead
+workers' files are dropped by ``mark_process_dead``).
+
+The environment variable must be set before ``prometheus_client`` is
+imported in a worker, so this module imports it lazily and the supervisor
+puts the variable in the workers' environment.
+
+Metric names (all prefixed ``vcproxy_``) are listed in ``METRICS_HELP``,
+which is also the documentation the README prints.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+ENV_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: name -> (type, labels, help). The single list of what vcproxy exports.
+METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "connections_total": ("counter", ("listener",), "client connections accepted"),
+    "connections_active": ("gauge", ("listener",), "client connections open now (all workers)"),
+    "tls_handshakes_total": ("counter", ("listener", "result", "version", "cipher_suite", "resumed"),
+                             "TLS handshakes by result (ok, error, timeout), version, suite, resumption"),
+    "tls_handshake_seconds": ("histogram", ("listener",), "TLS handshake latency, successful handshakes"),
+    "bytes_received_total": ("counter", ("listener",), "bytes received from clients (on the wire)"),
+    "bytes_sent_total": ("counter", ("listener",), "bytes sent to clients (on the wire)"),
+    "http_requests_total": ("counter", ("listener", "status"), "HTTP requests by response status"),
+    "http_request_seconds": ("histogram", ("listener",), "HTTP request latency, head received to response end"),
+    "tcp_sessions_total": ("counter", ("listener", "result"), "tcp-mode sessions by result"),
+    "upstream_errors_total": ("counter", ("upstream", "kind"), "upstream failures: connect, timeout, protocol, closed"),
+    "crypto_ops_total": ("counter", ("op", "provider"),
+                         "crypto operations by op (ecdh, sign, aead_seal, aead_open) and where they ran"),
+    "crypto_fallbacks_total": ("counter", ("op", "reason"), "operations redone inline after the vcrypto provider failed"),
+    "worker_restarts_total": ("counter", (), "worker processes restarted after they died (supervisor)"),
+    "config_reloads_total": ("counter", ("result",), "SIGHUP reloads by result (ok, error)"),
+}
+
+
+class Metrics:
+    """The metric objects of one worker process (create after the env is set)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        def make(name: str) -> Any:
+            kind, labels, doc = METRICS_HELP[name]
+            full = "vcproxy_" + name.removesuffix("_total")
+            if kind == "counter":
+                return Counter(full, doc, labels)
+            if kind == "gauge":
+                return Gauge(full, doc, labels, multiprocess_mode="livesum")
+            return Histogram(full, doc, labels, buckets=LATENCY_BUCKETS_S)
+
+        for name in METRICS_HELP:
+            if name != "worker_restarts_total":
+                setattr(self, name, make(name))
+
+
+_metrics: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics
+
+
+def multiprocess_registry():
+    """A registry that merges every worker's files (for the supervisor's endpoint)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=os.environ.get(ENV_DIR))
+    return registry
+
+
+def mark_process_dead(pid: int, directory: str) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, directory)
+
+
+def help_table() -> str:
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for name, (kind, labels, doc) in METRICS_HELP.items():
+        rows.append(f"| `vcproxy_{name}` | {kind} | {', '.join(labels) or '-'} | {doc} |")
+    return "\n".join(rows) + "\n"

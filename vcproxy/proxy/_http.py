@@ -1,0 +1,434 @@
+"""HTTP/1.1 reverse proxying over any trio Stream (plain TCP or ``TLSStream``).
+
+Theory of operation. One ``HttpProxyConnection`` serves one client
+connection: an h11 server state machine reads requests; each request is
+routed (Host + path prefix) to an upstream pool, whose h11 client connection
+carries it. The exchange runs two tasks:
+
+- the *body pump* moves request body chunks client -> upstream as they
+  arrive (never buffering a whole body), counting them against
+  ``max_body_bytes``;
+- the *relay* waits for the upstream response head, forwards it, then moves
+  response body chunks upstream -> client.
+
+They run concurrently so an upstream that answers before reading the whole
+body (an early 413, say) is relayed at once; the client connection is then
+closed, since its unread body leaves it unusable. Backpressure is natural:
+each chunk is sent before the next is read.
+
+What the client gets when something fails, decided in one place
+(``_fail_status``) and only while no response byte has been sent:
+400 malformed request (h11's verdict), 431 head too large, 413 body too large,
+404 no route, 502 upstream connect failure or broken upstream response,
+504 upstream read timeout. After the response head has gone out, a failure
+can only be signalled by closing the connection.
+
+Hop-by-hop headers (RFC 9110 §7.6.1: Connection and the fields it names,
+Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) are removed in
+both directions; h11 re-frames each side itself. X-Forwarded-For (appended),
+-Proto and -Host are set on the way up.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import h11
+import trio
+
+from vcproxy.config import Config
+from ._router import Router, normalise_host
+from ._upstream import UpstreamClosed, UpstreamConn, UpstreamError, UpstreamPool, UpstreamTimeout
+
+READ_CHUNK_BYTES = 64 * 1024
+
+_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+    b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+
+
+class Observer(Protocol):
+    """Where the proxy reports what happened (metrics + access log in a worker)."""
+
+    def request_done(self, record: dict[str, Any], seconds: float) -> None: ...
+
+    def upstream_error(self, upstream: str, kind: str) -> None: ...
+
+
+class NullObserver:
+    def request_done(self, record: dict[str, Any], seconds: float) -> None:
+        pass
+
+    def upstream_error(self, upstream: str, kind: str) -> None:
+        pass
+
+
+@dataclass(frozen=True, eq=False)
+class HttpRuntime:
+    """What a connection reads from the config; a reload makes a new one."""
+
+    config: Config
+    listener: str
+    scheme: str  # "https" or "http": the X-Forwarded-Proto value
+    router: Router
+    pools: dict[str, UpstreamPool]
+
+
+@dataclass(eq=False)
+class ConnState:
+    """One client connection as the worker sees it (for drain and idle handling)."""
+
+    client_host: str
+    client_port: int
+    draining: trio.Event
+    idle_scope: trio.CancelScope | None = None
+    requests: int = 0
+    tls: dict[str, Any] = field(default_factory=dict)
+
+
+class _ClientGone(Exception):
+    """The client closed, broke or stalled; nothing more can be said to it."""
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    named = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(v.strip().lower() for v in value.split(b","))
+    return [(n, v) for n, v in headers if n not in _HOP_BY_HOP and n not in named]
+
+
+class HttpProxyConnection:
+    def __init__(self, stream: trio.abc.Stream, conn: ConnState, runtime: HttpRuntime,
+                 observer: Observer) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.rt = runtime
+        self.limits = runtime.config.limits
+        self.observer = observer
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
+        self._response_started = False
+        self._status = 0
+
+    # ---------------------------------------------------------------- client I/O
+
+    async def _receive(self, timeout_s: float) -> None:
+        try:
+            with trio.fail_after(timeout_s):
+                data = await self.stream.receive_some(READ_CHUNK_BYTES)
+        except trio.TooSlowError as exc:
+            raise _ClientGone("client read timed out") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise _ClientGone(f"client read failed: {exc}") from exc
+        self.h11.receive_data(data)
+
+    async def _next_client_event(self, timeout_s: float) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self._receive(timeout_s)
+
+    async def _send_client(self, event: Any) -> None:
+        data = self.h11.send(event)
+        if data:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise _ClientGone(f"client write failed: {exc}") from exc
+
+    async def _wait_next_request(self) -> Any:
+        """The next request head, or None when the connection should end quietly.
+
+        Before the first byte of a request the connection is *idle*: the idle
+        timeout applies and a drain may cancel the wait. Once bytes arrive
+        the header timeout applies and a drain lets the request finish.
+        """
+        if not self.h11.trailing_data[0]:
+            if self.conn.draining.is_set():
+                return None
+            with trio.CancelScope() as scope:
+                self.conn.idle_scope = scope
+                try:
+                    await self._receive(self.limits.idle_timeout_s)
+                except _ClientGone:
+                    return None
+                finally:
+                    self.conn.idle_scope = None
+            if scope.cancelled_caught:
+                return None
+        try:
+            event = await self._next_client_event(self.limits.header_timeout_s)
+        except _ClientGone:
+            return None
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        return event
+
+    # ---------------------------------------------------------------- main loop
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                try:
+                    request = await self._wait_next_request()
+                except h11.RemoteProtocolError as exc:
+                    await self._send_error(exc.error_status_hint, str(exc), None, time.monotonic())
+                    return
+                if request is None:
+                    return
+                keep_going = await self._handle(request)
+                if not keep_going or self.conn.draining.is_set():
+                    return
+                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                    return
+                self.h11.start_next_cycle()
+                self._response_started = False
+        except _ClientGone:
+            return
+
+    async def _handle(self, request: h11.Request) -> bool:
+        """Proxy one request; returns whether the connection may serve another."""
+        started = time.monotonic()
+        self.conn.requests += 1
+        headers = list(request.headers)
+        host = normalise_host(_header(headers, b"host").decode("latin-1"))
+        target = request.target.decode("latin-1")
+        record: dict[str, Any] = {
+            "client": self.conn.client_host, "listener": self.rt.listener, "method": request.method.decode(),
+            "target": target, "host": host, "http_version": request.http_version.decode(),
+        }
+        length = _header(headers, b"content-length")
+        if length and int(length) > self.limits.max_body_bytes:
+            return await self._send_error(413, "request body too large", record, started)
+        route = self.rt.router.match(host, target.split("?", 1)[0])
+        if route is None:
+            return await self._send_error(404, "no route", record, started)
+        pool = self.rt.pools[route.upstream]
+        record["upstream"] = route.upstream
+        try:
+            upstream = await pool.acquire()
+        except UpstreamError as exc:
+            self.observer.upstream_error(pool.name, exc.kind)
+            record["error"] = str(exc)
+            return await self._send_error(502, "upstream unavailable", record, started)
+        record["upstream_addr"] = str(upstream.server)
+        return await self._exchange(request, headers, pool, upstream, record, started)
+
+    # ---------------------------------------------------------------- one exchange
+
+    def _upstream_request(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> h11.Request:
+        chunked = b"chunked" in _header(headers, b"transfer-encoding").lower()
+        out = [(n, v) for n, v in _strip_hop_by_hop(headers)
+               if n not in (b"x-forwarded-proto", b"x-forwarded-host", b"expect")]
+        xff = _header(headers, b"x-forwarded-for")
+        client = self.conn.client_host.encode()
+        out = [(n, v) for n, v in out if n != b"x-forwarded-for"]
+        out.append((b"x-forwarded-for", xff + b", " + client if xff else client))
+        out.append((b"x-forwarded-proto", self.rt.scheme.encode()))
+        host = _header(headers, b"host")
+        if host:
+            out.append((b"x-forwarded-host", host))
+        if chunked:
+            out.append((b"transfer-encoding", b"chunked"))
+        return h11.Request(method=request.method, target=request.target, headers=out, http_version="1.1")
+
+    async def _exchange(self, request: h11.Request, headers: list[tuple[bytes, bytes]], pool: UpstreamPool,
+                        upstream: UpstreamConn, record: dict[str, Any], started: float) -> bool:
+        cfg = pool.config
+        state: dict[str, Exception | None] = {"body": None, "relay": None}
+        body_done = trio.Event()
+        try:
+            await _send_upstream(upstream, self._upstream_request(request, headers), pool.name)
+        except UpstreamError as exc:
+            await _close(upstream.stream)
+            self.observer.upstream_error(pool.name, exc.kind)
+            record["error"] = str(exc)
+            return await self._send_error(502, "upstream failed", record, started)
+
+        async def pump_body(cancel: trio.CancelScope) -> None:
+            try:
+                await self._pump_request_body(upstream, pool.name)
+            except (_ClientGone, _BodyTooLarge, h11.RemoteProtocolError) as exc:
+                state["body"] = exc
+                cancel.cancel()  # nothing sensible can reach the upstream any more
+            except UpstreamError as exc:
+                # The upstream stopped reading: it may still have a response for us.
+                state["body"] = exc
+            finally:
+                body_done.set()
+
+        status = 0
+        with trio.CancelScope() as exchange_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump_body, exchange_scope)
+                try:
+                    status = await self._relay_response(upstream, cfg.read_timeout_s, pool.name, request.method)
+                except (UpstreamError, h11.RemoteProtocolError) as exc:
+                    state["relay"] = exc
+                    nursery.cancel_scope.cancel()
+                except _ClientGone as exc:
+                    state["relay"] = exc
+                    nursery.cancel_scope.cancel()
+                if not body_done.is_set():
+                    nursery.cancel_scope.cancel()  # answered before the body ended
+        body_err, relay_err = state["body"], state["relay"]
+        err = relay_err or body_err
+        seconds = time.monotonic() - started
+        upstream_ok = status and relay_err is None and body_err is None and upstream.h11.our_state is h11.DONE
+        if not (upstream_ok and pool.release(upstream)):
+            await _close(upstream.stream)
+        for e in (relay_err, body_err):
+            if isinstance(e, UpstreamError):
+                self.observer.upstream_error(pool.name, e.kind)
+            elif isinstance(e, h11.RemoteProtocolError) and e is relay_err:
+                self.observer.upstream_error(pool.name, "protocol")
+        if err is not None:
+            record["error"] = f"{type(err).__name__}: {err}"
+        if self._response_started:
+            record["status"] = self._status
+            self._log(record, seconds, response_complete=relay_err is None)
+            return err is None
+        fail = _fail_status(body_err, relay_err)
+        if fail is None:
+            record["status"] = 499  # client went away before any response: nginx's convention
+            self._log(record, seconds)
+            return False
+        return await self._send_error(fail, _REASONS[fail], record, started)
+
+    async def _pump_request_body(self, upstream: UpstreamConn, name: str) -> None:
+        total = 0
+        if self.h11.they_are_waiting_for_100_continue:
+            await self._send_client(h11.InformationalResponse(status_code=100, headers=[]))
+        while True:
+            event = await self._next_client_event(self.limits.body_timeout_s)
+            if isinstance(event, h11.Data):
+                total += len(event.data)
+                if total > self.limits.max_body_bytes:
+                    raise _BodyTooLarge(f"request body over {self.limits.max_body_bytes} bytes")
+                await _send_upstream(upstream, h11.Data(data=event.data), name)
+            elif isinstance(event, h11.EndOfMessage):
+                await _send_upstream(upstream, h11.EndOfMessage(), name)
+                return
+            else:
+                raise _ClientGone(f"unexpected {type(event).__name__} in request body")
+
+    async def _relay_response(self, upstream: UpstreamConn, read_timeout_s: float, name: str,
+                              method: bytes) -> int:
+        while True:
+            event = await _next_upstream_event(upstream, read_timeout_s, name)
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 100 Continue is ours to send; 101 cannot happen (Upgrade stripped)
+            if isinstance(event, h11.Response):
+                break
+            raise UpstreamClosed(name, "closed before a response")
+        headers = _strip_hop_by_hop(list(event.headers))
+        if self.conn.draining.is_set():
+            headers.append((b"connection", b"close"))
+        self._response_started = True
+        self._status = event.status_code
+        await self._send_client(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason))
+        while True:
+            event = await _next_upstream_event(upstream, read_timeout_s, name)
+            if isinstance(event, h11.Data):
+                await self._send_client(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self._send_client(h11.EndOfMessage())
+                return self._status
+            else:
+                raise UpstreamClosed(name, "closed mid-response")
+
+    # ---------------------------------------------------------------- responses
+
+    async def _send_error(self, status: int, message: str, record: dict[str, Any] | None, started: float) -> bool:
+        """A short response generated here; the connection closes after it."""
+        if record is None:
+            record = {"client": self.conn.client_host, "listener": self.rt.listener}
+        record["status"] = status
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self._response_started:
+            body = f"{status} {_REASONS.get(status, 'Error')}: {message}\n".encode()
+            try:
+                await self._send_client(h11.Response(status_code=status, headers=[
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ]))
+                await self._send_client(h11.Data(data=body))
+                await self._send_client(h11.EndOfMessage())
+            except (_ClientGone, h11.LocalProtocolError):
+                pass
+        self._log(record, time.monotonic() - started)
+        return False
+
+    def _log(self, record: dict[str, Any], seconds: float, response_complete: bool = True) -> None:
+        record["duration_s"] = round(seconds, 6)
+        record.setdefault("status", 0)
+        if not response_complete:
+            record["aborted"] = True
+        self.observer.request_done(record, seconds)
+
+
+def _fail_status(body_err: Exception | None, relay_err: Exception | None) -> int | None:
+    if isinstance(body_err, _BodyTooLarge):
+        return 413
+    if isinstance(body_err, h11.RemoteProtocolError):
+        return 400
+    if isinstance(body_err, _ClientGone) or isinstance(relay_err, _ClientGone):
+        return None
+    if isinstance(relay_err, UpstreamTimeout):
+        return 504
+    return 502
+
+
+_REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    values = [v for n, v in headers if n == name]
+    return b", ".join(values)
+
+
+async def _send_upstream(upstream: UpstreamConn, event: Any, name: str) -> None:
+    try:
+        data = upstream.h11.send(event)
+    except h11.LocalProtocolError as exc:
+        raise UpstreamError(name, f"cannot forward: {exc}") from exc
+    if data:
+        try:
+            await upstream.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamClosed(name, f"write failed: {exc}") from exc
+
+
+async def _next_upstream_event(upstream: UpstreamConn, read_timeout_s: float, name: str) -> Any:
+    while True:
+        try:
+            event = upstream.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamError(name, f"bad response: {exc}") from exc
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            with trio.fail_after(read_timeout_s):
+                data = await upstream.stream.receive_some(READ_CHUNK_BYTES)
+        except trio.TooSlowError as exc:
+            raise UpstreamTimeout(name, f"no response data within {read_timeout_s}s") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamClosed(name, f"read failed: {exc}") from exc
+        upstream.h11.receive_data(data)
+
+
+async def _close(stream: trio.abc.AsyncResource) -> None:
+    with trio.CancelScope(shield=True):
+        try:
+            await stream.aclose()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

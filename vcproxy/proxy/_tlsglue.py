@@ -1,0 +1,259 @@
+"""The seam between the proxy and ``vcproxy.tls``: configs, providers, counting.
+
+The proxy never touches TLS internals: it builds a ``ServerConfig`` per
+listener from the YAML, picks a ``CryptoProvider``, wraps it so every
+operation is counted in the metrics (``CountingProvider``) and, with
+``crypto.fallback: per_op``, redone inline when the vcrypto provider fails
+(``FallbackProvider``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Sequence
+
+from vcproxy.config import CertificateConfig, Config, ListenerConfig
+from vcproxy.tls import (
+    AeadSession,
+    CertificateEntry,
+    CryptoProvider,
+    CryptoProviderError,
+    InlineProvider,
+    ServerConfig,
+    SigningKey,
+    TicketConfig,
+)
+
+#: (op, provider_name) -> None; the metrics hook (a Counter's labels().inc in workers).
+CountOp = Callable[[str, str], None]
+CountFallback = Callable[[str, str], None]
+
+
+class ProviderUnavailable(Exception):
+    """The configured crypto provider cannot be used in this build or right now."""
+
+
+def load_certificate(cert: CertificateConfig) -> CertificateEntry:
+    return CertificateEntry.from_pem_files(cert.cert, cert.key, cert.names)
+
+
+def build_server_config(listener: ListenerConfig, config: Config) -> ServerConfig:
+    """ServerConfig for one listener; raises ValueError/OSError naming the problem."""
+    tls = listener.tls
+    if tls.versions != ("1.3",) and "1.3" not in tls.versions:
+        raise ValueError("tls.versions: this build serves TLS 1.3; include '1.3'")
+    kwargs = dict(
+        certificates=[load_certificate(c) for c in tls.certificates],
+        alpn_protocols=tls.alpn,
+        cipher_suites=tls.cipher_suites,
+        groups=tls.groups,
+        tickets=TicketConfig(enabled=tls.tickets.enabled, lifetime_s=tls.tickets.lifetime_s),
+        handshake_timeout_s=config.limits.handshake_timeout_s,
+        small_record_threshold_bytes=min(config.crypto.small_record_threshold_bytes, 16384),
+        pipeline_depth=config.crypto.pipeline_depth,
+    )
+    known = {f.name for f in dataclasses.fields(ServerConfig)}
+    return ServerConfig(**{k: v for k, v in kwargs.items() if k in known})
+
+
+# --------------------------------------------------------------------------
+# Counting: every op the TLS stack asks for, labelled by where it ran.
+# --------------------------------------------------------------------------
+
+class _CountingAead(AeadSession):
+    def __init__(self, inner: AeadSession, provider_name: str, count: CountOp) -> None:
+        self._inner = inner
+        self.alg = inner.alg
+        self._name = provider_name
+        self._count = count
+
+    # The sync path is the small-record path: it runs in this process whatever
+    # the provider, so it is counted as "inline".
+    def seal(self, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        self._count("aead_seal", "inline")
+        return self._inner.seal(nonce, aad, plaintext)
+
+    def open(self, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
+        self._count("aead_open", "inline")
+        return self._inner.open(nonce, aad, ciphertext)
+
+    async def seal_many(self, items):
+        out = await self._inner.seal_many(items)
+        for _ in items:
+            self._count("aead_seal", self._name)
+        return out
+
+    async def open_many(self, items):
+        out = await self._inner.open_many(items)
+        for _ in items:
+            self._count("aead_open", self._name)
+        return out
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class CountingProvider(CryptoProvider):
+    """Counts each op under ``inner.name`` (the op ran where ``inner`` sent it)."""
+
+    def __init__(self, inner: CryptoProvider, count: CountOp) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._count = count
+
+    async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
+        out = await self.inner.key_exchange(group, peer_public)
+        self._count("ecdh", _ran_on(self.inner))
+        return out
+
+    def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
+        return self.inner.load_signing_key(private_key_pem, key_ref=key_ref)
+
+    async def sign(self, key: SigningKey, scheme: str, message: bytes) -> bytes:
+        out = await self.inner.sign(key, scheme, message)
+        self._count("sign", _ran_on(self.inner))
+        return out
+
+    def aead(self, suite_alg: str, key: bytes) -> AeadSession:
+        return _CountingAead(self.inner.aead(suite_alg, key), self.name, self._count)
+
+    def random_bytes(self, n: int) -> bytes:
+        return self.inner.random_bytes(n)
+
+
+def _ran_on(provider: CryptoProvider) -> str:
+    last = getattr(provider, "last_ran_on", None)
+    return last if isinstance(last, str) else provider.name
+
+
+# --------------------------------------------------------------------------
+# Fallback: vcrypto failed -> do this op inline (crypto.fallback: per_op).
+# --------------------------------------------------------------------------
+
+class _FallbackAead(AeadSession):
+    def __init__(self, primary: AeadSession, backup: AeadSession, owner: "FallbackProvider") -> None:
+        self._primary, self._backup, self._owner = primary, backup, owner
+        self.alg = primary.alg
+
+    def seal(self, nonce, aad, plaintext):
+        return self._primary.seal(nonce, aad, plaintext)
+
+    def open(self, nonce, aad, ciphertext):
+        return self._primary.open(nonce, aad, ciphertext)
+
+    async def seal_many(self, items):
+        try:
+            out = await self._primary.seal_many(items)
+        except CryptoProviderError as exc:
+            self._owner.fell_back("aead_seal", exc)
+            return await self._backup.seal_many(items)
+        self._owner.last_ran_on = self._owner.primary.name
+        return out
+
+    async def open_many(self, items):
+        try:
+            out = await self._primary.open_many(items)
+        except CryptoProviderError as exc:
+            self._owner.fell_back("aead_open", exc)
+            return await self._backup.open_many(items)
+        self._owner.last_ran_on = self._owner.primary.name
+        return out
+
+    async def aclose(self) -> None:
+        try:
+            await self._primary.aclose()
+        finally:
+            await self._backup.aclose()
+
+
+class FallbackProvider(CryptoProvider):
+    """Runs ops on ``primary``; a ``CryptoProviderError`` reruns that op on ``backup``.
+
+    Peer faults (``IllegalParameter``, ``BadRecordMac``) are not provider
+    failures and are never retried: the inline result would be the same.
+    ``last_ran_on`` tells the counting wrapper where the last op really ran.
+    """
+
+    def __init__(self, primary: CryptoProvider, backup: CryptoProvider, on_fallback: CountFallback) -> None:
+        self.primary, self.backup = primary, backup
+        self.name = primary.name
+        self.last_ran_on = primary.name
+        self._on_fallback = on_fallback
+
+    def fell_back(self, op: str, exc: Exception) -> None:
+        self.last_ran_on = self.backup.name
+        self._on_fallback(op, type(exc).__name__)
+
+    async def key_exchange(self, group, peer_public):
+        try:
+            out = await self.primary.key_exchange(group, peer_public)
+        except CryptoProviderError as exc:
+            self.fell_back("ecdh", exc)
+            return await self.backup.key_exchange(group, peer_public)
+        self.last_ran_on = self.primary.name
+        return out
+
+    def load_signing_key(self, private_key_pem, *, key_ref=None):
+        # Both sides need the key: the backup keeps its own handle in ``handle``.
+        primary = self.primary.load_signing_key(private_key_pem, key_ref=key_ref)
+        backup = self.backup.load_signing_key(private_key_pem, key_ref=key_ref)
+        return dataclasses.replace(primary, handle=(primary, backup))
+
+    async def sign(self, key, scheme, message):
+        primary, backup = key.handle
+        try:
+            out = await self.primary.sign(primary, scheme, message)
+        except CryptoProviderError as exc:
+            self.fell_back("sign", exc)
+            return await self.backup.sign(backup, scheme, message)
+        self.last_ran_on = self.primary.name
+        return out
+
+    def aead(self, suite_alg, key):
+        return _FallbackAead(self.primary.aead(suite_alg, key), self.backup.aead(suite_alg, key), self)
+
+    def random_bytes(self, n):
+        return self.primary.random_bytes(n)
+
+
+#: Where a vcrypto adapter may live (the TLS seam's VcryptoProvider); first found wins.
+_VCRYPTO_PROVIDER_PLACES: Sequence[tuple[str, str]] = (
+    ("vcproxy.tls", "VcryptoProvider"),
+    ("vcproxy.vcrypto_provider", "VcryptoProvider"),
+    ("vcrypto.engine.frontend", "VcryptoProvider"),
+)
+
+
+def find_vcrypto_provider_class() -> type | None:
+    for module, name in _VCRYPTO_PROVIDER_PLACES:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        cls = getattr(mod, name, None)
+        if cls is not None:
+            return cls
+    return None
+
+
+def make_provider(config: Config, count: CountOp, on_fallback: CountFallback,
+                  backend_socket: str | None) -> CryptoProvider:
+    """The provider a worker uses, wrapped for counting (and fallback)."""
+    crypto = config.crypto
+    if crypto.provider == "inline":
+        return CountingProvider(InlineProvider(), count)
+    cls = find_vcrypto_provider_class()
+    if cls is None:
+        raise ProviderUnavailable(
+            "crypto.provider: vcrypto: no VcryptoProvider in this build "
+            "(the vcrypto engine frontend is not installed); use provider: inline")
+    try:
+        primary = cls(socket_path=backend_socket, small_record_threshold_bytes=crypto.small_record_threshold_bytes)
+    except (OSError, CryptoProviderError, ValueError) as exc:
+        if crypto.fallback == "none":
+            raise ProviderUnavailable(f"crypto.provider: vcrypto: engine unreachable: {exc}") from exc
+        on_fallback("startup", type(exc).__name__)
+        return CountingProvider(InlineProvider(), count)
+    if crypto.fallback == "per_op":
+        primary = FallbackProvider(primary, InlineProvider(), on_fallback)
+    return CountingProvider(primary, count)

@@ -1,0 +1,169 @@
+"""A small HTTP/1.1 origin server (trio + h11) for the demo and the tests.
+
+``vcproxy demo-upstream --port 8080`` serves:
+
+=====================  ====================================================
+``GET /``              a greeting (what ``curl -k https://127.0.0.1:8443/`` shows)
+``GET /headers``       the request head it received, as JSON
+``GET /bytes?n=N``     N pseudo-random bytes from ``seed`` (default 0),
+                       ``&chunked=1`` for chunked framing; the bytes are
+                       ``random.Random(seed).randbytes`` in 64 KiB pieces,
+                       so a client can recompute them (``expected_bytes``)
+``POST|PUT /upload``   reads the body as it streams; answers JSON
+                       ``{"bytes": n, "sha256": hex}``
+``POST /echo``         streams the body back, chunked
+``GET /slow?s=S``      waits S seconds before answering
+``GET /health``        200 ``ok``
+=====================  ====================================================
+
+Keep-alive is supported. It is a demo: no limits beyond h11's own.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import trio
+
+PIECE_BYTES = 64 * 1024
+
+
+def expected_pieces(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    left = n
+    while left > 0:
+        size = min(PIECE_BYTES, left)
+        yield rng.randbytes(size)
+        left -= size
+
+
+def expected_sha256(n: int, seed: int = 0) -> str:
+    h = hashlib.sha256()
+    for piece in expected_pieces(n, seed):
+        h.update(piece)
+    return h.hexdigest()
+
+
+class _Conn:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.SERVER)
+
+    async def next_event(self):
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.h11.receive_data(await self.stream.receive_some(PIECE_BYTES))
+
+    async def send(self, event) -> None:
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def respond(self, status: int, body: bytes, content_type: bytes = b"text/plain") -> None:
+        await self.send(h11.Response(status_code=status, headers=[
+            (b"content-type", content_type), (b"content-length", str(len(body)).encode())]))
+        await self.send(h11.Data(data=body))
+        await self.send(h11.EndOfMessage())
+
+
+async def _body_pieces(conn: _Conn):
+    while True:
+        event = await conn.next_event()
+        if isinstance(event, h11.Data):
+            yield bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return
+        else:
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+
+async def _handle(conn: _Conn, request: h11.Request) -> None:
+    url = urlsplit(request.target.decode("latin-1"))
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    method = request.method.decode()
+    if url.path in ("/upload", "/echo") and method in ("POST", "PUT"):
+        if url.path == "/upload":
+            h, n = hashlib.sha256(), 0
+            async for piece in _body_pieces(conn):
+                h.update(piece)
+                n += len(piece)
+            body = json.dumps({"bytes": n, "sha256": h.hexdigest()}).encode()
+            await conn.respond(200, body, b"application/json")
+            return
+        await conn.send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")]))
+        async for piece in _body_pieces(conn):
+            await conn.send(h11.Data(data=piece))
+        await conn.send(h11.EndOfMessage())
+        return
+    async for _ in _body_pieces(conn):
+        pass  # a GET may carry a body; drain it so keep-alive continues
+    if url.path == "/":
+        await conn.respond(200, b"hello from the vcproxy demo upstream\n")
+    elif url.path == "/health":
+        await conn.respond(200, b"ok\n")
+    elif url.path == "/headers":
+        head = {"method": method, "target": request.target.decode("latin-1"),
+                "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in request.headers]}
+        await conn.respond(200, json.dumps(head).encode(), b"application/json")
+    elif url.path == "/slow":
+        await trio.sleep(float(query.get("s", "1")))
+        await conn.respond(200, b"slow\n")
+    elif url.path == "/bytes":
+        n, seed = int(query.get("n", "0")), int(query.get("seed", "0"))
+        framing = (b"transfer-encoding", b"chunked") if query.get("chunked") == "1" else (
+            b"content-length", str(n).encode())
+        await conn.send(h11.Response(status_code=200, headers=[
+            (b"content-type", b"application/octet-stream"), framing]))
+        for piece in expected_pieces(n, seed):
+            await conn.send(h11.Data(data=piece))
+        await conn.send(h11.EndOfMessage())
+    else:
+        await conn.respond(404, b"not found\n")
+
+
+async def serve_connection(stream: trio.SocketStream) -> None:
+    conn = _Conn(stream)
+    try:
+        while True:
+            event = await conn.next_event()
+            if not isinstance(event, h11.Request):
+                return
+            await _handle(conn, event)
+            if conn.h11.our_state is not h11.DONE or conn.h11.their_state is not h11.DONE:
+                return
+            conn.h11.start_next_cycle()
+    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError, ValueError):
+        return
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def serve(host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(serve_connection, listeners)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vcproxy demo-upstream", description="built-in demo HTTP origin server")
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve, args.address, args.port)
+            print(json.dumps({"event": "demo_upstream_ready", "address": args.address, "port": port}), flush=True)
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,345 @@
+"""The supervisor: what ``vcproxy run`` is.
+
+It owns everything that must outlive a worker:
+
+- the runtime directory (metrics files, vcrypto sockets, generated daemon config);
+- port reservations: a listener with ``port: 0`` gets a port here, held by a
+  bound, non-listening SO_REUSEPORT socket, so a restarted worker rebinds the
+  same port and no other process can take it meanwhile (the kernel only
+  hands connections to *listening* members of a reuseport group);
+- the vcrypto daemons (``python -m vcrypto.host``, ``python -m
+  vcrypto.engine.backend``) when ``crypto.provider: vcrypto`` and
+  ``vcrypto.manage``; the demo upstream when ``demo_upstream.enabled``;
+- the N workers (``python -m vcproxy worker``), each reporting readiness on a
+  pipe; a worker that dies is restarted (backoff 0.2 s doubling to 5 s);
+- the metrics endpoint, merging every worker's multiprocess files.
+
+Signals: SIGTERM/SIGINT -> workers drain, then the daemons stop; SIGHUP ->
+the config is validated here first (a broken file never reaches a worker),
+then each worker reloads.
+
+Readiness is logged as one error-log event ``ready`` carrying the resolved
+listener and metrics addresses (tests and scripts read it from there).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket as stdsocket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import trio
+import yaml
+
+from vcproxy import _log
+from vcproxy.config import Config, ConfigError, check_files, load_config
+from vcproxy.metrics import ENV_DIR, mark_process_dead, multiprocess_registry
+
+READY_TIMEOUT_S = 60.0
+DAEMON_SOCKET_TIMEOUT_S = 20.0
+
+
+class SupervisorError(Exception):
+    """Start-up cannot proceed (a daemon missing or dead, a port taken...)."""
+
+
+def vcrypto_available() -> str | None:
+    """None if the vcrypto daemons can be started, else why not."""
+    for module in ("vcrypto.host.__main__", "vcrypto.engine.backend"):
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            return (f"crypto.provider: vcrypto needs the module {module.rsplit('.__main__', 1)[0]}, "
+                    "which this build does not have yet; use crypto.provider: inline")
+    return None
+
+
+@dataclass(eq=False)
+class _Child:
+    name: str
+    argv: list[str]
+    process: trio.Process | None = None
+    restarts: int = 0
+    started_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class _RestartCollector:
+    """vcproxy_worker_restarts_total, read live at scrape time."""
+
+    def __init__(self, supervisor: "Supervisor") -> None:
+        self.supervisor = supervisor
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        fam = CounterMetricFamily("vcproxy_worker_restarts", "worker processes restarted after they died")
+        fam.add_metric([], sum(w.restarts for w in self.supervisor.workers))
+        yield fam
+
+
+class Supervisor:
+    def __init__(self, config_path: str, overrides: list[str], config: Config) -> None:
+        self.config_path = config_path
+        self.overrides = overrides
+        self.config = config
+        self.stopping = False
+        self.workers: list[_Child] = []
+        self.daemons: list[_Child] = []
+        self.reservations: list[stdsocket.socket] = []
+        self.ports: dict[int, int] = {}
+
+    # ------------------------------------------------------------ start-up
+
+    def _reserve_ports(self) -> None:
+        for i, lis in enumerate(self.config.listeners):
+            family = stdsocket.AF_INET6 if ":" in lis.address else stdsocket.AF_INET
+            sock = stdsocket.socket(family, stdsocket.SOCK_STREAM)
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
+            try:
+                sock.bind((lis.address, lis.port))
+            except OSError as exc:
+                sock.close()
+                raise SupervisorError(f"listeners[{i}]: cannot bind {lis.address}:{lis.port}: {exc.strerror}") from exc
+            self.reservations.append(sock)
+            self.ports[i] = sock.getsockname()[1]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env[ENV_DIR] = self.metrics_dir
+        return env
+
+    async def _start_child(self, child: _Child, pass_fds: tuple[int, ...] = ()) -> None:
+        child.process = await trio.lowlevel.open_process(child.argv, env=self._env(), pass_fds=pass_fds)
+        child.started_s = time.monotonic()
+
+    def _worker_argv(self, index: int, ready_fd: int) -> list[str]:
+        argv = [sys.executable, "-m", "vcproxy", "worker", "--config", self.config_path,
+                "--index", str(index), "--ready-fd", str(ready_fd)]
+        for i, port in self.ports.items():
+            argv += ["--port", f"{i}={port}"]
+        for item in self.overrides:
+            argv += ["--set", item]
+        if self.backend_socket:
+            argv += ["--backend-socket", self.backend_socket]
+        return argv
+
+    async def _start_worker(self, child: _Child) -> None:
+        read_fd, write_fd = os.pipe()
+        child.argv = self._worker_argv(int(child.name.rsplit("-", 1)[1]), write_fd)
+        try:
+            await self._start_child(child, pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+        stream = trio.lowlevel.FdStream(read_fd)
+        try:
+            with trio.move_on_after(READY_TIMEOUT_S):
+                ready = await stream.receive_some(1)
+                if ready == b"R":
+                    return
+            raise SupervisorError(f"{child.name} did not become ready (exit status {child.process.poll()})")
+        finally:
+            await stream.aclose()
+
+    async def _start_daemons(self) -> None:
+        cfg = self.config
+        if cfg.demo_upstream.enabled:
+            child = _Child("demo-upstream", [sys.executable, "-m", "vcproxy", "demo-upstream",
+                                             "--address", cfg.demo_upstream.address,
+                                             "--port", str(cfg.demo_upstream.port)])
+            await self._start_child(child)
+            self.daemons.append(child)
+        self.backend_socket = None
+        if cfg.crypto.provider != "vcrypto":
+            return
+        vc = cfg.vcrypto
+        host_socket = vc.host_socket or os.path.join(self.runtime_dir, "host.sock")
+        self.backend_socket = vc.backend_socket or os.path.join(self.runtime_dir, "backend.sock")
+        if not vc.manage:
+            return
+        problem = vcrypto_available()
+        if problem:
+            raise SupervisorError(problem)
+        host_config = os.path.join(self.runtime_dir, "vcrypto-host.yaml")
+        with open(host_config, "w", encoding="utf-8") as f:
+            yaml.safe_dump({"pool": vc.pool.as_yaml()}, f)
+        host_argv = [sys.executable, "-m", "vcrypto.host", "--socket", host_socket, "--config", host_config]
+        if vc.host_metrics:
+            host_argv += ["--metrics", str(vc.host_metrics)]
+        backend_argv = [sys.executable, "-m", "vcrypto.engine.backend", "--host-socket", host_socket,
+                        "--socket", self.backend_socket]
+        if vc.backend_metrics:
+            backend_argv += ["--metrics", str(vc.backend_metrics)]
+        for name, argv, sock in (("vcrypto-host", host_argv, host_socket),
+                                 ("vcrypto-engine-backend", backend_argv, self.backend_socket)):
+            child = _Child(name, argv)
+            await self._start_child(child)
+            self.daemons.append(child)
+            await self._wait_socket(child, sock)
+
+    async def _wait_socket(self, child: _Child, path: str) -> None:
+        with trio.move_on_after(DAEMON_SOCKET_TIMEOUT_S):
+            while not os.path.exists(path):
+                if child.process.poll() is not None:
+                    raise SupervisorError(f"{child.name} exited with status {child.process.returncode} at start")
+                await trio.sleep(0.05)
+            return
+        raise SupervisorError(f"{child.name} did not create {path} within {DAEMON_SOCKET_TIMEOUT_S}s")
+
+    def _start_metrics(self) -> str | None:
+        mc = self.config.metrics
+        if not mc.enabled:
+            return None
+        from prometheus_client import start_http_server
+
+        registry = multiprocess_registry()
+        registry.register(_RestartCollector(self))
+        server, _thread = start_http_server(mc.port, addr=mc.address, registry=registry)
+        self._metrics_server = server
+        host = f"[{mc.address}]" if ":" in mc.address else mc.address
+        return f"http://{host}:{server.server_port}{mc.path}"
+
+    async def run(self) -> int:
+        self.runtime_dir = self.config.vcrypto.runtime_dir or tempfile.mkdtemp(prefix="vcproxy-")
+        os.makedirs(self.runtime_dir, exist_ok=True)
+        self.metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=self.runtime_dir)
+        os.environ[ENV_DIR] = self.metrics_dir  # for multiprocess_registry() in this process
+        try:
+            return await self._run()
+        finally:
+            for sock in self.reservations:
+                sock.close()
+            server = getattr(self, "_metrics_server", None)
+            if server is not None:
+                server.shutdown()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            if self.config.vcrypto.runtime_dir is None:
+                shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    async def _run(self) -> int:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            try:
+                self._reserve_ports()
+                metrics_url = self._start_metrics()
+                await self._start_daemons()
+                for i in range(self.config.workers):
+                    child = _Child(f"worker-{i}", [])
+                    self.workers.append(child)
+                    await self._start_worker(child)
+            except (SupervisorError, OSError) as exc:
+                _log.error_log.error("start_failed", error=str(exc))
+                await self._stop_all()
+                return 1
+            listeners = {self.config.listener_name(i): f"{lis.address}:{self.ports[i]}"
+                         for i, lis in enumerate(self.config.listeners)}
+            _log.error_log.info("ready", listeners=listeners, metrics=metrics_url,
+                                workers=[w.process.pid for w in self.workers],
+                                provider=self.config.crypto.provider,
+                                daemons={d.name: d.process.pid for d in self.daemons})
+            async with trio.open_nursery() as nursery:
+                for child in self.workers:
+                    nursery.start_soon(self._watch_worker, child)
+                for child in self.daemons:
+                    nursery.start_soon(self._watch_daemon, child)
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        self._reload()
+                        continue
+                    self.stopping = True
+                    _log.error_log.info("stopping", signal=signal.Signals(signum).name)
+                    await self._stop_all()
+                    nursery.cancel_scope.cancel()
+                    break
+        _log.error_log.info("stopped")
+        return 0
+
+    # ------------------------------------------------------------ running
+
+    async def _watch_worker(self, child: _Child) -> None:
+        backoff_s = 0.2
+        while True:
+            status = await child.process.wait()
+            if self.stopping:
+                return
+            mark_process_dead(child.process.pid, self.metrics_dir)
+            _log.error_log.error("worker_died", worker=child.name, pid=child.process.pid, status=status)
+            if time.monotonic() - child.started_s > 10:
+                backoff_s = 0.2
+            await trio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 5.0)
+            child.restarts += 1
+            try:
+                await self._start_worker(child)
+            except (SupervisorError, OSError) as exc:
+                _log.error_log.error("worker_restart_failed", worker=child.name, error=str(exc))
+                continue
+            _log.error_log.info("worker_restarted", worker=child.name, pid=child.process.pid)
+
+    async def _watch_daemon(self, child: _Child) -> None:
+        while True:
+            status = await child.process.wait()
+            if self.stopping:
+                return
+            _log.error_log.error("daemon_died", daemon=child.name, pid=child.process.pid, status=status)
+            await trio.sleep(0.5)
+            child.restarts += 1
+            await self._start_child(child)
+            _log.error_log.info("daemon_restarted", daemon=child.name, pid=child.process.pid)
+
+    def _reload(self) -> None:
+        try:
+            config = load_config(self.config_path, self.overrides)
+            check_files(config)
+        except ConfigError as exc:
+            _log.error_log.error("reload_rejected", problems=exc.problems)
+            return
+        self.config = config
+        for child in self.workers:
+            if child.process is not None and child.process.returncode is None:
+                child.process.send_signal(signal.SIGHUP)
+        _log.error_log.info("reload_sent", workers=len(self.workers))
+
+    async def _stop_all(self) -> None:
+        self.stopping = True
+        deadline_s = self.config.limits.drain_timeout_s + 5
+        await _terminate([w.process for w in self.workers if w.process], deadline_s)
+        await _terminate([d.process for d in reversed(self.daemons) if d.process], 5.0)
+
+
+async def _terminate(processes: list[trio.Process], deadline_s: float) -> None:
+    for proc in processes:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    with trio.move_on_after(deadline_s):
+        for proc in processes:
+            await proc.wait()
+    for proc in processes:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def run(config_path: str, overrides: list[str]) -> int:
+    try:
+        config = load_config(config_path, overrides)
+        check_files(config)
+    except ConfigError as exc:
+        for path, message in exc.problems:
+            print(f"vcproxy: {config_path}: {path + ': ' if path else ''}{message}", file=sys.stderr)
+        return 2
+    _log.configure(config.logging.access_log, config.logging.error_log, config.logging.level)
+    if config.crypto.provider == "vcrypto" and config.vcrypto.manage:
+        problem = vcrypto_available()
+        if problem:
+            _log.error_log.error("start_failed", error=problem)
+            print(f"vcproxy: {problem}", file=sys.stderr)
+            return 2
+    return trio.run(Supervisor(config_path, overrides, config).run)
