@@ -1,0 +1,613 @@
+"""Shared-memory layouts of the engine: the frontend region and the backend's
+shared region (session cache). Pure code over a buffer: no sockets, no trio.
+
+Frontend region
+===============
+One per attached frontend (proxy worker process). The engine-backend creates
+it (``memfd``) at attach, sends the fd to the frontend, and registers it with
+the host as a memory region, so the host reads request inputs and writes
+results in place (zero copy). All integers little-endian; every section
+starts on a 64-byte boundary.
+
+Header, offset 0, 128 bytes::
+
+    offset size field              written by  meaning
+    0      4    magic              backend     0x45464356 (b"VCFE")
+    4      4    version            backend     1
+    8      8    region_bytes       backend     total size of the region
+    16     4    ring_offset        backend     where the trans ring starts
+    20     4    ring_capacity      backend     entries (power of two)
+    24     4    slots_offset       backend     request slot 0
+    28     4    slot_count         backend
+    32     4    opdone_offset      backend     opdone record 0
+    36     4    opdone_count       backend
+    40     4    data_offset        backend     data chunk of slot 0
+    44     4    chunk_bytes        backend     data chunk per slot
+    48     16   -                  -           reserved
+    64     4    frontend_waiting   frontend    1 while the frontend's waiter is
+                                               (about to be) blocked on its eventfd
+    68     60   -                  -           reserved (own cache line)
+
+Trans ring at ``ring_offset``: see ``vcrypto.shm.ring``.
+
+Request slot i at ``slots_offset + 128*i`` (the mempool: pre-allocated,
+cache-line aligned, IV storage inside)::
+
+    offset size field        written by  meaning
+    0      4    status       backend     SlotStatus; PENDING while in flight
+    4      1    op           frontend    OP_CODE
+    5      1    alg          frontend    ALG_CODE
+    6      2    opdone       frontend    index of the opdone record to bump
+    8      8    session_id   frontend    backend session id (see session cache)
+    16     4    src_offset   frontend    region offset of the input
+    20     4    src_len      frontend
+    24     4    dst_offset   frontend    region offset of the output buffer
+    28     4    dst_cap      frontend    its capacity
+    32     4    aad_offset   frontend
+    36     4    aad_len      frontend
+    40     4    dst_len      backend     bytes of output written
+    44     4    iv_len       frontend    0..32
+    48     8    submit_ns    frontend    CLOCK_MONOTONIC at submission (metrics)
+    56     4    generation   frontend    bumped per use; completions carry it
+    60     4    -            -           reserved
+    64     32   iv           frontend    the IV / nonce
+    96     32   -            -           reserved (host scratch)
+
+Opdone record j at ``opdone_offset + 64*j`` (one cache line each)::
+
+    0      4    total        frontend    requests that share this record (1..16)
+    4      4    done         backend     requests completed so far
+    8      4    generation   frontend    bumped per use
+    12     52   -            -           reserved
+
+Data chunk of slot i at ``data_offset + chunk_bytes*i``: the frontend lays
+out ``aad | src | dst`` inside it, 64-byte aligned each.
+
+Ordering (x86-64 TSO, see ``vcrypto.shm.ring``): the frontend writes the
+chunk and the slot, then pushes the index (store order publishes them). The
+backend writes ``dst``/``dst_len``/``status`` of every slot of an opdone
+before it stores ``done``; the frontend reads ``done`` then the slots.
+
+Backend shared region
+=====================
+One per engine-backend, mapped read-only by every frontend (the backend is
+its only writer)::
+
+    offset size field            meaning
+    0      4    magic            0x45424356 (b"VCBE")
+    4      4    version          1
+    8      8    region_bytes
+    16     4    cache_offset     first cache entry
+    20     4    cache_entries    power of two
+    24     4    entry_bytes      bytes per entry (64 + max metadata)
+    28     36   -                reserved
+    64     4    backend_sleeping 1 while the backend is (about to be) blocked
+                                 on its doorbell: frontends ring it only then
+    68     60   -                reserved (own cache line)
+    128    4    device_up        1 while the host device is attached; 0 = frontends
+                                 compute in-process (fallback)
+    132    4    device_epoch     bumped at every (re)attach to the host
+    136    56   -                reserved
+
+Session cache entry k at ``cache_offset + entry_bytes*k`` (open addressing,
+linear probing from ``md5[0:4] mod cache_entries``)::
+
+    0      4    seq          seqlock: odd while the backend rewrites the entry
+    4      4    state        0 empty, 1 live, 2 tombstone (deleted; keep probing)
+    8      8    session_id
+    16     16   md5          MD5 of the canonical session metadata
+    32     4    meta_len
+    36     28   -            reserved
+    64     ...  meta         the canonical metadata itself: a hit is confirmed
+                             byte for byte, MD5 is not collision resistant
+
+A reader reads ``seq`` (must be even), the fields, then ``seq`` again; a
+change means a concurrent rewrite and is treated as a miss (the backend is
+asked, which is always correct).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import mmap
+import os
+import struct
+
+from vcrypto.ops import Alg, Op
+from vcrypto.shm.ring import TransRing, ring_bytes
+
+FRONTEND_MAGIC = 0x45464356
+BACKEND_MAGIC = 0x45424356
+VERSION = 1
+HEADER_BYTES = 128
+SLOT_BYTES = 128
+OPDONE_BYTES = 64
+MAX_IV_BYTES = 32
+PIPELINE_DEPTH = 16  # requests per opdone, as in the notes
+
+# byte offsets of slot fields (u32 index = offset // 4, u64 index = offset // 8)
+S_STATUS, S_OPALG, S_SID, S_SRC_OFF, S_SRC_LEN = 0, 4, 8, 16, 20
+S_DST_OFF, S_DST_CAP, S_AAD_OFF, S_AAD_LEN, S_DST_LEN, S_IV_LEN = 24, 28, 32, 36, 40, 44
+S_SUBMIT_NS, S_GEN, S_IV = 48, 56, 64
+H_WAITING = 64
+B_SLEEPING, B_DEVICE_UP, B_EPOCH = 64, 128, 132
+
+OP_CODE = {Op.AEAD_SEAL: 1, Op.AEAD_OPEN: 2, Op.ECDH: 3, Op.SIGN: 4}
+CODE_OP = {v: k for k, v in OP_CODE.items()}
+ALG_CODE = {
+    Alg.AES_128_GCM: 1, Alg.AES_256_GCM: 2, Alg.CHACHA20_POLY1305: 3,
+    Alg.X25519: 16, Alg.SECP256R1: 17, Alg.SECP384R1: 18,
+    Alg.ECDSA_SECP256R1_SHA256: 32, Alg.ECDSA_SECP384R1_SHA384: 33,
+    Alg.RSA_PSS_RSAE_SHA256: 34, Alg.RSA_PSS_RSAE_SHA384: 35, Alg.RSA_PSS_RSAE_SHA512: 36,
+    Alg.RSA_PKCS1_SHA256: 37, Alg.RSA_PKCS1_SHA384: 38, Alg.RSA_PKCS1_SHA512: 39,
+    Alg.ED25519: 40,
+}
+CODE_ALG = {v: k for k, v in ALG_CODE.items()}
+
+
+class SlotStatus(enum.IntEnum):
+    PENDING = 0
+    OK = 1
+    BAD_MESSAGE = 2     # AEAD tag mismatch
+    INVALID = 3         # bad input (peer key not on the curve, lengths)
+    NOT_SUPPORTED = 4
+    DEVICE_ERROR = 5    # the device could not run it: redo in-process
+    BAD_REQUEST = 6     # the slot itself was malformed (a frontend bug)
+
+
+class LayoutError(Exception):
+    """A region does not have the layout it claims, or a request does not fit."""
+
+
+class BadSlotError(LayoutError):
+    """A slot's fields do not make sense; ``opdone`` is its record if valid."""
+
+    def __init__(self, message: str, opdone: int | None = None):
+        super().__init__(message)
+        self.opdone = opdone
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Sizes of a frontend region, fixed at attach."""
+
+    ring_capacity: int = 256
+    slot_count: int = 256
+    opdone_count: int = 64
+    chunk_bytes: int = 36864  # aad + a 16 KiB+256 record + its sealed copy, 64-aligned
+
+    def __post_init__(self):
+        if self.slot_count > self.ring_capacity:
+            raise LayoutError("slot_count must not exceed ring_capacity (ring never overflows)")
+        if self.slot_count < 1 or self.opdone_count < 1 or self.opdone_count > 65535:
+            raise LayoutError(f"bad geometry {self}")
+        if self.chunk_bytes % 64 or self.chunk_bytes < 1024:
+            raise LayoutError("chunk_bytes must be a multiple of 64, at least 1024")
+
+    @property
+    def ring_offset(self) -> int:
+        return HEADER_BYTES
+
+    @property
+    def slots_offset(self) -> int:
+        return self.ring_offset + ring_bytes(self.ring_capacity)
+
+    @property
+    def opdone_offset(self) -> int:
+        return self.slots_offset + SLOT_BYTES * self.slot_count
+
+    @property
+    def data_offset(self) -> int:
+        return self.opdone_offset + OPDONE_BYTES * self.opdone_count
+
+    @property
+    def region_bytes(self) -> int:
+        end = self.data_offset + self.chunk_bytes * self.slot_count
+        return (end + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+
+
+def memfd_region(name: str, size: int) -> tuple[int, mmap.mmap]:
+    """A fresh shared-memory file of ``size`` bytes and a mapping of it."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        return fd, mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _a64(n: int) -> int:
+    return (n + 63) & ~63
+
+
+class FrontendRegion:
+    """Typed access to one frontend region (both sides use it)."""
+
+    def __init__(self, mm, geometry: Geometry | None = None, *, create: bool = False):
+        self.mm = mm
+        self.mv = memoryview(mm)
+        if len(self.mv) % 8:
+            raise LayoutError("region size must be a multiple of 8")
+        self.u32 = self.mv.cast("I")
+        self.u64 = self.mv.cast("Q")
+        if create:
+            if geometry is None:
+                raise LayoutError("creating a region needs a geometry")
+            if len(self.mv) < geometry.region_bytes:
+                raise LayoutError(f"region of {len(self.mv)} bytes, geometry needs "
+                                  f"{geometry.region_bytes}")
+            self.mv[:geometry.data_offset] = bytes(geometry.data_offset)
+            struct.pack_into("<IIQIIIIIIII", self.mv, 0, FRONTEND_MAGIC, VERSION,
+                             len(self.mv), geometry.ring_offset, geometry.ring_capacity,
+                             geometry.slots_offset, geometry.slot_count,
+                             geometry.opdone_offset, geometry.opdone_count,
+                             geometry.data_offset, geometry.chunk_bytes)
+        magic, version, size, r_off, r_cap, s_off, s_cnt, o_off, o_cnt, d_off, chunk = \
+            struct.unpack_from("<IIQIIIIIIII", self.mv, 0)
+        if magic != FRONTEND_MAGIC or version != VERSION:
+            raise LayoutError(f"not a v{VERSION} frontend region (magic {magic:#x}, "
+                              f"version {version})")
+        found = Geometry(r_cap, s_cnt, o_cnt, chunk)
+        if (size != len(self.mv) or found.ring_offset != r_off or found.slots_offset != s_off
+                or found.opdone_offset != o_off or found.data_offset != d_off
+                or found.region_bytes > size):
+            raise LayoutError("frontend region header is inconsistent with its size")
+        if geometry is not None and geometry != found:
+            raise LayoutError(f"region geometry {found}, expected {geometry}")
+        self.geometry = found
+        self.ring = TransRing(self.mv, r_off, r_cap, create=create)
+        self._slots = s_off
+        self._opdones = o_off
+        self._data = d_off
+        self._chunk = chunk
+
+    # -- header ------------------------------------------------------------
+
+    @property
+    def frontend_waiting(self) -> int:
+        return self.u32[H_WAITING // 4]
+
+    @frontend_waiting.setter
+    def frontend_waiting(self, value: int) -> None:
+        self.u32[H_WAITING // 4] = value
+
+    # -- slots (frontend side) -----------------------------------------------
+
+    def slot_offset(self, i: int) -> int:
+        return self._slots + SLOT_BYTES * i
+
+    def fits(self, src_len: int, dst_cap: int, aad_len: int = 0) -> bool:
+        """Whether a request of these sizes fits one data chunk."""
+        return _a64(aad_len) + _a64(src_len) + dst_cap <= self._chunk
+
+    def write_request(self, i: int, op: Op, alg: Alg, opdone: int, session_id: int,
+                      src: bytes, dst_cap: int, iv: bytes = b"", aad: bytes = b"",
+                      submit_ns: int = 0) -> None:
+        """Fill slot ``i`` and its data chunk. Raises ``LayoutError`` if it does not fit."""
+        if len(iv) > MAX_IV_BYTES:
+            raise LayoutError(f"iv of {len(iv)} bytes (max {MAX_IV_BYTES})")
+        chunk = self._data + self._chunk * i
+        aad_off = chunk
+        src_off = chunk + _a64(len(aad))
+        dst_off = src_off + _a64(len(src))
+        if dst_off + dst_cap > chunk + self._chunk:
+            raise LayoutError(f"request of {len(aad)}+{len(src)}+{dst_cap} bytes does not "
+                              f"fit a {self._chunk}-byte chunk")
+        mv, u32, base = self.mv, self.u32, self.slot_offset(i)
+        if aad:
+            mv[aad_off:aad_off + len(aad)] = aad
+        mv[src_off:src_off + len(src)] = src
+        if iv:
+            mv[base + S_IV:base + S_IV + len(iv)] = iv
+        w = base // 4
+        u32[w] = SlotStatus.PENDING
+        u32[w + 1] = OP_CODE[op] | ALG_CODE[alg] << 8 | opdone << 16
+        self.u64[base // 8 + 1] = session_id
+        u32[w + 4] = src_off
+        u32[w + 5] = len(src)
+        u32[w + 6] = dst_off
+        u32[w + 7] = dst_cap
+        u32[w + 8] = aad_off
+        u32[w + 9] = len(aad)
+        u32[w + 10] = 0
+        u32[w + 11] = len(iv)
+        self.u64[base // 8 + 6] = submit_ns
+        u32[w + 14] = (u32[w + 14] + 1) & 0xFFFFFFFF
+
+    def result(self, i: int) -> tuple[SlotStatus, bytes]:
+        """Status and output of a completed slot (copied out of the region)."""
+        w = self.slot_offset(i) // 4
+        status = SlotStatus(self.u32[w])
+        if status is not SlotStatus.OK:
+            return status, b""
+        off, n = self.u32[w + 6], self.u32[w + 10]
+        return status, bytes(self.mv[off:off + n])
+
+    # -- slots (backend side) ------------------------------------------------
+
+    def read_request(self, i: int) -> "SlotRequest":
+        """Decode slot ``i`` as the backend sees it, validating every range.
+
+        A frontend is trusted less than the backend: a slot whose fields do
+        not make sense raises ``LayoutError`` and completes as BAD_REQUEST.
+        """
+        if not 0 <= i < self.geometry.slot_count:
+            raise BadSlotError(f"slot index {i} out of range 0..{self.geometry.slot_count - 1}")
+        base = self.slot_offset(i)
+        w = base // 4
+        u32 = self.u32
+        opalg = u32[w + 1]
+        op = CODE_OP.get(opalg & 0xFF)
+        alg = CODE_ALG.get(opalg >> 8 & 0xFF)
+        opdone = opalg >> 16
+        if opdone >= self.geometry.opdone_count:
+            raise BadSlotError(f"slot {i}: opdone {opdone} out of range")
+        if op is None or alg is None:
+            raise BadSlotError(f"slot {i}: unknown op/alg code {opalg & 0xFFFF:#x}", opdone)
+        chunk = self._data + self._chunk * i
+        end = chunk + self._chunk
+        fields = [u32[w + k] for k in range(4, 12)]
+        src_off, src_len, dst_off, dst_cap, aad_off, aad_len, _dst_len, iv_len = fields
+        for name, off, n in (("src", src_off, src_len), ("dst", dst_off, dst_cap),
+                             ("aad", aad_off, aad_len)):
+            if n and not (chunk <= off and off + n <= end):
+                raise BadSlotError(f"slot {i}: {name} [{off}, +{n}) outside its chunk", opdone)
+        if iv_len > MAX_IV_BYTES:
+            raise BadSlotError(f"slot {i}: iv_len {iv_len}", opdone)
+        return SlotRequest(i, op, alg, opdone, self.u64[base // 8 + 1], src_off, src_len,
+                           dst_off, dst_cap, aad_off, aad_len, base + S_IV, iv_len,
+                           self.u64[base // 8 + 6], u32[w + 14])
+
+    def complete(self, i: int, status: SlotStatus, dst_len: int = 0) -> None:
+        w = self.slot_offset(i) // 4
+        self.u32[w + 10] = dst_len
+        self.u32[w] = status
+
+    def slot_opdone(self, i: int) -> int:
+        return self.u32[self.slot_offset(i) // 4 + 1] >> 16
+
+    # -- opdone records --------------------------------------------------------
+
+    def opdone_reset(self, j: int, total: int) -> None:
+        w = (self._opdones + OPDONE_BYTES * j) // 4
+        self.u32[w + 1] = 0
+        self.u32[w] = total
+        self.u32[w + 2] = (self.u32[w + 2] + 1) & 0xFFFFFFFF
+
+    def opdone_done(self, j: int) -> int:
+        return self.u32[(self._opdones + OPDONE_BYTES * j) // 4 + 1]
+
+    def opdone_total(self, j: int) -> int:
+        return self.u32[(self._opdones + OPDONE_BYTES * j) // 4]
+
+    def opdone_bump(self, j: int, n: int = 1) -> bool:
+        """Backend: count ``n`` completions; True when the record is complete."""
+        w = (self._opdones + OPDONE_BYTES * j) // 4 + 1
+        done = self.u32[w] + n
+        self.u32[w] = done
+        return done >= self.u32[w - 1]
+
+    def release(self) -> None:
+        self.ring.release()
+        self.u32.release()
+        self.u64.release()
+        self.mv.release()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotRequest:
+    """A slot decoded by the backend: offsets are region offsets."""
+
+    slot: int
+    op: Op
+    alg: Alg
+    opdone: int
+    session_id: int
+    src_offset: int
+    src_len: int
+    dst_offset: int
+    dst_cap: int
+    aad_offset: int
+    aad_len: int
+    iv_offset: int
+    iv_len: int
+    submit_ns: int
+    generation: int
+
+
+# ---------------------------------------------------------------------------
+# Session metadata and the shared session cache
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SessionMeta:
+    """What a session is: op + algorithm + key material or a host key name.
+
+    AEAD: the traffic key (a session per direction: SEAL or OPEN). SIGN: the
+    PKCS#8 DER private key, or empty with ``key_ref`` naming a key the host
+    holds (keyless). ECDH: no key (keygen + derive per request).
+    """
+
+    op: Op
+    alg: Alg
+    key: bytes = dataclasses.field(default=b"", repr=False)
+    key_ref: str = ""
+
+    def canonical(self) -> bytes:
+        """The versioned, pointer-free encoding the cache hashes and stores."""
+        ref = self.key_ref.encode()
+        return (b"VCS1" + bytes((OP_CODE[self.op], ALG_CODE[self.alg]))
+                + len(ref).to_bytes(2, "little") + ref
+                + len(self.key).to_bytes(4, "little") + self.key)
+
+    @classmethod
+    def from_canonical(cls, data: bytes) -> SessionMeta:
+        try:
+            if data[:4] != b"VCS1":
+                raise LayoutError("session metadata: bad magic")
+            op, alg = CODE_OP[data[4]], CODE_ALG[data[5]]
+            rl = int.from_bytes(data[6:8], "little")
+            ref = data[8:8 + rl].decode()
+            p = 8 + rl
+            kl = int.from_bytes(data[p:p + 4], "little")
+            key = data[p + 4:p + 4 + kl]
+            if len(key) != kl or p + 4 + kl != len(data):
+                raise LayoutError("session metadata: bad lengths")
+        except (IndexError, KeyError, UnicodeDecodeError) as exc:
+            raise LayoutError(f"session metadata: {exc!r}") from exc
+        return cls(op, alg, bytes(key), ref)
+
+    def digest(self) -> bytes:
+        return hashlib.md5(self.canonical(), usedforsecurity=False).digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheGeometry:
+    entries: int = 256
+    entry_bytes: int = 4096
+
+    @property
+    def cache_offset(self) -> int:
+        return 192
+
+    @property
+    def region_bytes(self) -> int:
+        end = self.cache_offset + self.entries * self.entry_bytes
+        return (end + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+
+
+E_SEQ, E_STATE, E_SID, E_MD5, E_META_LEN, E_META = 0, 4, 8, 16, 32, 64
+EMPTY, LIVE, TOMBSTONE = 0, 1, 2
+MAX_PROBE = 16
+
+
+class SharedRegion:
+    """The backend's shared region: sleep flag, device state, session cache.
+
+    The backend is the only writer (``insert``/``remove``/flags); frontends
+    call ``lookup`` and read the flags.
+    """
+
+    def __init__(self, mm, geometry: CacheGeometry | None = None, *, create: bool = False):
+        self.mm = mm
+        self.mv = memoryview(mm)
+        self.u32 = self.mv.cast("I")
+        self.u64 = self.mv.cast("Q")
+        if create:
+            if geometry is None:
+                raise LayoutError("creating a shared region needs a geometry")
+            if geometry.entries & (geometry.entries - 1) or geometry.entry_bytes % 64:
+                raise LayoutError(f"bad cache geometry {geometry}")
+            self.mv[:] = bytes(len(self.mv))
+            struct.pack_into("<IIQIII", self.mv, 0, BACKEND_MAGIC, VERSION, len(self.mv),
+                             geometry.cache_offset, geometry.entries, geometry.entry_bytes)
+        magic, version, size, c_off, n, eb = struct.unpack_from("<IIQIII", self.mv, 0)
+        if magic != BACKEND_MAGIC or version != VERSION or size != len(self.mv):
+            raise LayoutError("not a v1 backend shared region")
+        found = CacheGeometry(n, eb)
+        if found.region_bytes > size or c_off != found.cache_offset:
+            raise LayoutError("backend shared region header inconsistent")
+        self.geometry = found
+        self._mask = n - 1
+
+    # -- flags ------------------------------------------------------------------
+
+    @property
+    def backend_sleeping(self) -> int:
+        return self.u32[B_SLEEPING // 4]
+
+    @backend_sleeping.setter
+    def backend_sleeping(self, v: int) -> None:
+        self.u32[B_SLEEPING // 4] = v
+
+    @property
+    def device_up(self) -> int:
+        return self.u32[B_DEVICE_UP // 4]
+
+    @property
+    def device_epoch(self) -> int:
+        return self.u32[B_EPOCH // 4]
+
+    def set_device(self, up: bool) -> None:
+        if up:
+            self.u32[B_EPOCH // 4] += 1
+        self.u32[B_DEVICE_UP // 4] = 1 if up else 0
+
+    # -- cache ----------------------------------------------------------------
+
+    def _entry(self, k: int) -> int:
+        return self.geometry.cache_offset + self.geometry.entry_bytes * k
+
+    def _probe(self, md5: bytes):
+        start = int.from_bytes(md5[:4], "little")
+        for step in range(min(MAX_PROBE, self.geometry.entries)):
+            yield self._entry((start + step) & self._mask)
+
+    def lookup(self, meta: bytes, md5: bytes | None = None) -> int | None:
+        """Session id cached for canonical metadata ``meta``, or None (a miss)."""
+        if md5 is None:
+            md5 = hashlib.md5(meta, usedforsecurity=False).digest()
+        mv, u32 = self.mv, self.u32
+        for e in self._probe(md5):
+            seq = u32[e // 4]
+            state = u32[e // 4 + 1]
+            if state == EMPTY:
+                return None
+            if seq & 1 or state != LIVE or mv[e + E_MD5:e + E_MD5 + 16] != md5:
+                continue
+            n = u32[(e + E_META_LEN) // 4]
+            sid = self.u64[(e + E_SID) // 8]
+            same = n == len(meta) and mv[e + E_META:e + E_META + n] == meta
+            if u32[e // 4] != seq:
+                return None  # rewritten while we read: ask the backend
+            return sid if same else None
+        return None
+
+    def insert(self, meta: bytes, session_id: int) -> bool:
+        """Backend: cache ``meta`` -> ``session_id``. False if it cannot be cached."""
+        if len(meta) > self.geometry.entry_bytes - E_META:
+            return False
+        md5 = hashlib.md5(meta, usedforsecurity=False).digest()
+        free = None
+        for e in self._probe(md5):
+            state = self.u32[e // 4 + 1]
+            if state == EMPTY:
+                free = e if free is None else free
+                break
+            if state == TOMBSTONE and free is None:
+                free = e
+        if free is None:
+            return False
+        e, u32 = free, self.u32
+        u32[e // 4] += 1  # odd: being written
+        self.u64[(e + E_SID) // 8] = session_id
+        self.mv[e + E_MD5:e + E_MD5 + 16] = md5
+        u32[(e + E_META_LEN) // 4] = len(meta)
+        self.mv[e + E_META:e + E_META + len(meta)] = meta
+        u32[e // 4 + 1] = LIVE
+        u32[e // 4] += 1  # even: stable
+        return True
+
+    def remove(self, meta: bytes, session_id: int) -> bool:
+        md5 = hashlib.md5(meta, usedforsecurity=False).digest()
+        for e in self._probe(md5):
+            state = self.u32[e // 4 + 1]
+            if state == EMPTY:
+                return False
+            if state == LIVE and self.u64[(e + E_SID) // 8] == session_id:
+                self.u32[e // 4] += 1
+                self.u32[e // 4 + 1] = TOMBSTONE
+                self.u32[e // 4] += 1
+                return True
+        return False
+
+    def live_entries(self) -> int:
+        return sum(1 for k in range(self.geometry.entries)
+                   if self.u32[self._entry(k) // 4 + 1] == LIVE)
+
+    def release(self) -> None:
+        self.u32.release()
+        self.u64.release()
+        self.mv.release()

@@ -1,0 +1,697 @@
+"""vcrypto-engine-backend: one daemon per device, serving every frontend.
+
+Theory of operation
+-------------------
+Frontends (proxy workers) attach over a unix socket. For each, the backend
+creates a *frontend region* (``_layout``: header, trans ring, request slots,
+opdone records, data chunks) in a memfd, registers it with the device (the
+host maps it: requests are served in place, zero copy), and sends the fd
+with the backend's *shared region* (sleep flag, device state, session
+cache) and its doorbell eventfd. The frontend sends its own eventfd.
+
+One single-threaded poll loop does all the work:
+
+1. drain every attached trans ring, round-robin, at most ``ring_quota``
+   entries per ring per pass (fairness: a busy worker cannot starve the
+   others); decode and validate each slot; resolve its session (lazily
+   (re)created at the device); refcount +1 per request;
+2. batch into the device on "full or deadline": ``batch_max`` requests, or
+   ``batch_deadline_us`` after the first one (0 = flush at the end of every
+   drain pass, the right default on small machines: arrivals are already
+   batched by the time the loop wakes);
+3. drain completions, write slot status, bump opdone counters, refcount -1;
+   a frontend whose opdone completed gets one eventfd write per pass, and
+   only if its ``frontend_waiting`` flag says its waiter is blocked;
+4. when a pass finds nothing: poll again only while requests are in flight
+   above ``poll_inflight_threshold`` and within ``poll_budget_us`` of the last
+   work (0 on machines with <= 2 cores: notes/ipc-costs.md measured
+   busy-polling as catastrophic there); otherwise set ``backend_sleeping``,
+   arm the device's completion notification, fence, re-check the rings, and
+   block in epoll on doorbell + device call fd + control sockets. Never a
+   dead loop at idle.
+
+The store->load handshakes (frontend: push, fence, read ``backend_sleeping``;
+backend: set ``backend_sleeping``, fence, re-check rings) use
+``vcrypto.shm.ring.full_fence`` so no wake-up is lost.
+
+Sessions: the backend owns the session table. ``open`` creates (or finds) a
+session by canonical metadata, inserts it in the shared cache, refcount +1
+for the frontend; ``acquire`` (+1) follows a frontend's cache hit;
+``release`` -1; each request holds +1 while in flight. At zero the cache
+entry is removed and the device session closed. A frontend that disconnects
+drops all its references; its region is freed once its in-flight requests
+are done.
+
+Device loss: every in-flight request completes with DEVICE_ERROR (the
+frontend redoes it in-process), ``device_up`` is cleared (frontends compute
+in-process meanwhile), and the loop retries the attach every
+``host_retry_s``; on success, regions are re-registered, ``device_up`` set,
+and sessions re-created at the device on first use.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from vcrypto.shm.region import Region
+from vcrypto.shm.ring import full_fence
+
+from . import _control
+from ._device import Device, DeviceError, DeviceRequest, LocalDevice, SessionRejected
+from ._layout import (BadSlotError, CacheGeometry, FrontendRegion, Geometry, LayoutError,
+                      SessionMeta, SharedRegion, SlotStatus)
+from ._metrics import BackendStats
+
+
+@dataclasses.dataclass
+class BackendConfig:
+    socket_path: str
+    host_socket: str | None = None
+    geometry: Geometry = Geometry()
+    cache: CacheGeometry = CacheGeometry()
+    batch_max: int = 32
+    batch_deadline_us: float = 0.0
+    poll_budget_us: float = 0.0 if (os.cpu_count() or 1) <= 2 else 50.0
+    poll_inflight_threshold: int = 8
+    ring_quota: int = 32
+    host_retry_s: float = 0.25
+    backstop_s: float = 0.05
+
+
+class _Frontend:
+    def __init__(self, fid: int, sock: socket.socket):
+        self.fid = fid
+        self.sock = sock
+        self.decoder = _control.FrameDecoder()
+        self.region: FrontendRegion | None = None
+        self.shm: Region | None = None
+        self.efd = -1
+        self.pid = 0
+        self.refs: dict[int, int] = {}
+        self.inflight = 0
+        self.alive = True
+
+
+class _Session:
+    __slots__ = ("sid", "meta", "canonical", "md5", "refs", "device_sid", "epoch", "cached")
+
+    def __init__(self, sid: int, meta: SessionMeta, canonical: bytes):
+        self.sid = sid
+        self.meta = meta
+        self.canonical = canonical
+        self.md5 = meta.digest()
+        self.refs = 0
+        self.device_sid: int | None = None
+        self.epoch = -1
+        self.cached = False
+
+
+class Backend:
+    def __init__(self, cfg: BackendConfig, device_factory: Callable[[], Device]):
+        self.cfg = cfg
+        self.stats = BackendStats()
+        self._factory = device_factory
+        self.device: Device | None = None
+        self._epoch = 0
+        self._next_retry = 0.0
+        self._sel = selectors.DefaultSelector()
+        self._shm = Region.create("engine-shared", cfg.cache.region_bytes)
+        self.shared = SharedRegion(self._shm.buf, cfg.cache, create=True)
+        self._doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(cfg.socket_path)
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._listener, selectors.EVENT_READ, ("listen", None))
+        self._sel.register(self._doorbell, selectors.EVENT_READ, ("doorbell", None))
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._frontends: dict[int, _Frontend] = {}
+        self._order: list[_Frontend] = []
+        self._rr = 0
+        self._next_fid = 1
+        self._sessions: dict[int, _Session] = {}
+        self._by_meta: dict[bytes, _Session] = {}
+        self._next_sid = 1
+        self._batch: list[DeviceRequest] = []
+        self._batch_deadline = 0.0
+        self._tokens: dict[int, tuple] = {}
+        self._next_token = 1
+        self._to_wake: set[_Frontend] = set()
+        self._last_work = 0.0
+        self._running = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for fe in list(self._frontends.values()):
+            self._drop_frontend(fe)
+        if self.device is not None:
+            self.device.close()
+        self._sel.close()
+        self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        os.close(self._doorbell)
+        self.shared.release()
+        self._shm.close()
+        try:
+            os.unlink(self.cfg.socket_path)
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        self._running = True
+        self._connect_device()
+        while self._running:
+            if self.device is None and time.monotonic() >= self._next_retry:
+                self._connect_device()
+            if self._work_pass():
+                self._last_work = time.monotonic()
+                self._handle(self._sel.select(0))
+                continue
+            now = time.monotonic()
+            timeout = None
+            if self._batch:
+                timeout = self._batch_deadline - now
+                if timeout <= 0:
+                    continue  # the next pass flushes it
+            elif self._should_poll(now):
+                self.stats.poll_passes += 1
+                self._handle(self._sel.select(0))
+                continue
+            self._sleep(timeout)
+
+    def _should_poll(self, now: float) -> bool:
+        budget = self.cfg.poll_budget_us / 1e6
+        return (budget > 0 and now - self._last_work < budget
+                and len(self._tokens) >= self.cfg.poll_inflight_threshold)
+
+    def _sleep(self, timeout: float | None) -> None:
+        sh = self.shared
+        sh.backend_sleeping = 1
+        armed = self.device.arm_notify() if self.device is not None else True
+        full_fence()
+        if not armed or any(fe.region is not None and not fe.region.ring.empty()
+                            for fe in self._order):
+            sh.backend_sleeping = 0
+            if self.device is not None:
+                self.device.disarm_notify()
+            return
+        if self._tokens:
+            timeout = self.cfg.backstop_s if timeout is None else min(timeout, self.cfg.backstop_s)
+        if self.device is None and self.cfg.host_socket is not None:
+            wait = max(0.0, self._next_retry - time.monotonic())
+            timeout = wait if timeout is None else min(timeout, wait)
+        events = self._sel.select(timeout)
+        sh.backend_sleeping = 0
+        if self.device is not None:
+            self.device.disarm_notify()
+        self.stats.sleeps += 1
+        self._handle(events)
+
+    # -- device ----------------------------------------------------------------
+
+    def _connect_device(self) -> None:
+        try:
+            dev = self._factory()
+            for fe in self._order:
+                if fe.shm is not None:
+                    dev.register_region(fe.fid, fe.shm.fd, fe.shm.size)
+        except DeviceError as exc:
+            self._next_retry = time.monotonic() + self.cfg.host_retry_s
+            print(f"engine-backend: device unavailable: {exc}", file=sys.stderr, flush=True)
+            return
+        self.device = dev
+        self._epoch += 1
+        self.stats.device_attaches += 1
+        if dev.call_fd is not None:
+            self._sel.register(dev.call_fd, selectors.EVENT_READ, ("call", None))
+        self.shared.set_device(True)
+
+    def _device_failed(self, exc: BaseException) -> None:
+        print(f"engine-backend: device lost: {exc}", file=sys.stderr, flush=True)
+        self.stats.device_down_events += 1
+        self.shared.set_device(False)
+        dev, self.device = self.device, None
+        if dev is not None:
+            if dev.call_fd is not None:
+                try:
+                    self._sel.unregister(dev.call_fd)
+                except (KeyError, ValueError):
+                    pass
+            try:
+                dev.close()
+            except Exception as close_exc:  # noqa: BLE001 - best effort on a dead device
+                print(f"engine-backend: closing device: {close_exc!r}", file=sys.stderr)
+        for sess in self._sessions.values():
+            sess.device_sid = None
+        # Every request taken from a ring is in _tokens (batched or at the
+        # device): all of them go back to their frontends for in-process redo.
+        failed = [(tok, SlotStatus.DEVICE_ERROR, 0) for tok in self._tokens]
+        self._batch.clear()
+        self.stats.device_errors += len(failed)
+        self._complete(failed)
+        self._next_retry = time.monotonic() + self.cfg.host_retry_s
+
+    def _device_sid(self, sess: _Session) -> int:
+        if sess.device_sid is None or sess.epoch != self._epoch:
+            sess.device_sid = self.device.create_session(sess.meta)
+            sess.epoch = self._epoch
+        return sess.device_sid
+
+    # -- the work pass -------------------------------------------------------------
+
+    def _work_pass(self) -> bool:
+        n = self._drain_rings()
+        if self._batch and (len(self._batch) >= self.cfg.batch_max
+                            or time.monotonic() >= self._batch_deadline):
+            self._flush()
+        m = self._reap()
+        self._wake_frontends()
+        return n + m > 0
+
+    def _drain_rings(self) -> int:
+        order = self._order
+        if not order:
+            return 0
+        total = 0
+        k = len(order)
+        start = self._rr % k
+        self._rr += 1
+        now_ns = time.monotonic_ns()
+        for j in range(k):
+            fe = order[(start + j) % k]
+            if not fe.alive or fe.region is None:
+                continue
+            try:
+                idxs = fe.region.ring.pop_many(self.cfg.ring_quota)
+            except LayoutError as exc:  # corrupt ring counters: that frontend is broken
+                print(f"engine-backend: frontend {fe.fid}: {exc}", file=sys.stderr)
+                self._drop_frontend(fe)
+                continue
+            for i in idxs:
+                self._take(fe, i, now_ns)
+            total += len(idxs)
+        return total
+
+    def _take(self, fe: _Frontend, i: int, now_ns: int) -> None:
+        region = fe.region
+        self.stats.requests += 1
+        try:
+            req = region.read_request(i)
+        except BadSlotError as exc:
+            self.stats.bad_requests += 1
+            self._finish_bad(fe, i, exc.opdone, SlotStatus.BAD_REQUEST)
+            return
+        sess = self._sessions.get(req.session_id)
+        if sess is None or sess.meta.op is not req.op or sess.meta.alg is not req.alg:
+            self.stats.bad_requests += 1
+            self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
+            return
+        token = self._next_token
+        self._next_token += 1
+        sess.refs += 1
+        fe.inflight += 1
+        self.stats.inflight_by_op[req.op] += 1
+        self._tokens[token] = (fe, req, sess, now_ns)
+        self.stats.queue_ns_sum += max(0, now_ns - req.submit_ns)
+        if self.device is None:
+            self.stats.device_errors += 1
+            self._complete([(token, SlotStatus.DEVICE_ERROR, 0)])
+            return
+        try:
+            dsid = self._device_sid(sess)
+        except SessionRejected:
+            self._complete([(token, SlotStatus.INVALID, 0)])
+            return
+        except DeviceError as exc:
+            self._device_failed(exc)
+            return
+        if not self._batch:
+            self._batch_deadline = time.monotonic() + self.cfg.batch_deadline_us / 1e6
+        self._batch.append(DeviceRequest(token, fe.fid, region, req, dsid))
+
+    def _finish_bad(self, fe: _Frontend, i: int, opdone: int | None, status: SlotStatus) -> None:
+        fe.region.complete(i, status)
+        if opdone is not None and fe.region.opdone_bump(opdone):
+            self._to_wake.add(fe)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self.stats.record_batch(len(batch))
+        try:
+            n = self.device.submit(batch)
+        except DeviceError as exc:
+            self._batch = batch
+            self._device_failed(exc)
+            return
+        if n < len(batch):  # device queue full: keep the rest for the next pass
+            self._batch = batch[n:]
+            self._batch_deadline = time.monotonic()
+
+    def _reap(self) -> int:
+        if self.device is None or not self._tokens:
+            return 0
+        try:
+            done = self.device.completions()
+        except DeviceError as exc:
+            self._device_failed(exc)
+            return 1
+        if done:
+            self._complete(done)
+        return len(done)
+
+    def _complete(self, done) -> None:
+        now_ns = time.monotonic_ns()
+        st = self.stats
+        for token, status, dst_len in done:
+            entry = self._tokens.pop(token, None)
+            if entry is None:
+                continue
+            fe, req, sess, t_ns = entry
+            st.completed += 1
+            st.exec_ns_sum += now_ns - t_ns
+            st.timed += 1
+            st.inflight_by_op[req.op] -= 1
+            fe.inflight -= 1
+            if fe.alive:
+                fe.region.complete(req.slot, status, dst_len)
+                if fe.region.opdone_bump(req.opdone):
+                    self._to_wake.add(fe)
+            elif fe.inflight == 0:
+                self._free_region(fe)
+            self._unref(sess)
+
+    def _wake_frontends(self) -> None:
+        if not self._to_wake:
+            return
+        full_fence()  # opdone stores before the frontend_waiting loads
+        for fe in self._to_wake:
+            if fe.alive and fe.region.frontend_waiting:
+                try:
+                    os.eventfd_write(fe.efd, 1)
+                    self.stats.calls += 1
+                except OSError:
+                    pass
+        self._to_wake.clear()
+
+    # -- events ----------------------------------------------------------------------
+
+    def _handle(self, events) -> None:
+        for key, _mask in events:
+            kind, fe = key.data
+            if kind == "doorbell":
+                try:
+                    os.eventfd_read(self._doorbell)
+                except BlockingIOError:
+                    pass
+                self.stats.kicks_doorbell_wakes += 1
+            elif kind == "call":
+                if self.device is not None:
+                    try:
+                        self.device.ack_call()
+                    except DeviceError as exc:
+                        self._device_failed(exc)
+            elif kind == "listen":
+                self._accept()
+            elif kind == "ctl":
+                self._read_control(fe)
+            elif kind == "wake":
+                try:
+                    self._wake_r.recv(64)
+                except BlockingIOError:
+                    pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            fe = _Frontend(self._next_fid, sock)
+            self._next_fid += 1
+            self._frontends[fe.fid] = fe
+            self._sel.register(sock, selectors.EVENT_READ, ("ctl", fe))
+
+    def _read_control(self, fe: _Frontend) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(fe.sock, 65536, 4)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self._drop_frontend(fe)
+            return
+        try:
+            msgs = fe.decoder.feed(data)
+            for msg in msgs:
+                self._on_message(fe, msg, fds)
+                fds = []
+        except (_control.ControlProtocolError, LayoutError, KeyError, ValueError, TypeError) as exc:
+            print(f"engine-backend: frontend {fe.fid}: bad control message: {exc!r}",
+                  file=sys.stderr)
+            self._drop_frontend(fe)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _send(self, fe: _Frontend, msg: dict, fds=()) -> None:
+        data = _control.encode(msg)
+        try:
+            fe.sock.setblocking(True)
+            if fds:
+                socket.send_fds(fe.sock, [data[:1]], list(fds))
+                data = data[1:]
+            fe.sock.sendall(data)
+        except OSError:
+            self._drop_frontend(fe)
+        finally:
+            if fe.alive:
+                fe.sock.setblocking(False)
+
+    def _on_message(self, fe: _Frontend, msg: dict, fds: list[int]) -> None:
+        t = msg["t"]
+        if t == "attach":
+            self._attach(fe, msg, fds)
+            return
+        if fe.region is None:
+            raise _control.ControlProtocolError(f"{t!r} before attach")
+        rid = msg.get("id")
+        if t == "open":
+            meta = SessionMeta.from_canonical(bytes.fromhex(msg["meta"]))
+            self._send(fe, self._open(fe, meta) | {"t": "reply", "id": rid})
+        elif t == "acquire":
+            sess = self._sessions.get(int(msg["sid"]))
+            if sess is not None and sess.md5.hex() == msg["md5"]:
+                self._ref(fe, sess)
+                self.stats.cache_hits += 1
+                self._send(fe, {"t": "reply", "id": rid, "ok": True, "sid": sess.sid})
+            else:
+                self._send(fe, {"t": "reply", "id": rid, "ok": False, "kind": "stale"})
+        elif t == "release":
+            sess = self._sessions.get(int(msg["sid"]))
+            if sess is not None and fe.refs.get(sess.sid, 0) > 0:
+                fe.refs[sess.sid] -= 1
+                self._unref(sess)
+            self._send(fe, {"t": "reply", "id": rid, "ok": True})
+        elif t == "stats":
+            self._send(fe, {"t": "reply", "id": rid, "ok": True, "stats": self.snapshot()})
+        else:
+            raise _control.ControlProtocolError(f"unknown control message {t!r}")
+
+    def _attach(self, fe: _Frontend, msg: dict, fds: list[int]) -> None:
+        if fe.region is not None or msg.get("v") != _control.PROTOCOL_VERSION or len(fds) != 1:
+            raise _control.ControlProtocolError(
+                f"bad attach (version {msg.get('v')}, {len(fds)} fds)")
+        fe.efd = fds.pop()
+        fe.pid = int(msg.get("pid", 0))
+        geo = self.cfg.geometry
+        fe.shm = Region.create(f"frontend-{fe.fid}", geo.region_bytes)
+        fe.region = FrontendRegion(fe.shm.buf, geo, create=True)
+        if self.device is not None:
+            try:
+                self.device.register_region(fe.fid, fe.shm.fd, fe.shm.size)
+            except DeviceError as exc:
+                self._device_failed(exc)
+        self._order.append(fe)
+        self.stats.frontends_attached += 1
+        self._send(fe, {"t": "attached", "frontend_id": fe.fid, "pid": os.getpid()},
+                   fds=(fe.shm.fd, self._shm.fd, self._doorbell))
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def _open(self, fe: _Frontend, meta: SessionMeta) -> dict:
+        canonical = meta.canonical()
+        sess = self._by_meta.get(canonical)
+        if sess is not None:
+            self.stats.cache_hits += 1
+            self._ref(fe, sess)
+            return {"ok": True, "sid": sess.sid, "hit": True}
+        sess = _Session(self._next_sid, meta, canonical)
+        if self.device is not None:
+            try:
+                self._device_sid(sess)
+            except SessionRejected as exc:
+                return {"ok": False, "kind": "rejected", "detail": str(exc)}
+            except DeviceError as exc:
+                self._device_failed(exc)
+        self._next_sid += 1
+        self.stats.cache_misses += 1
+        self._sessions[sess.sid] = sess
+        self._by_meta[canonical] = sess
+        sess.cached = self.shared.insert(canonical, sess.sid)
+        self._ref(fe, sess)
+        return {"ok": True, "sid": sess.sid, "hit": False}
+
+    def _ref(self, fe: _Frontend, sess: _Session) -> None:
+        sess.refs += 1
+        fe.refs[sess.sid] = fe.refs.get(sess.sid, 0) + 1
+
+    def _unref(self, sess: _Session) -> None:
+        sess.refs -= 1
+        if sess.refs > 0:
+            return
+        self.stats.sessions_destroyed += 1
+        if sess.cached:
+            self.shared.remove(sess.canonical, sess.sid)
+        self._sessions.pop(sess.sid, None)
+        self._by_meta.pop(sess.canonical, None)
+        if sess.device_sid is not None and self.device is not None and sess.epoch == self._epoch:
+            try:
+                self.device.close_session(sess.device_sid)
+            except DeviceError as exc:
+                self._device_failed(exc)
+
+    # -- frontends ----------------------------------------------------------------------
+
+    def _drop_frontend(self, fe: _Frontend) -> None:
+        if not fe.alive:
+            return
+        fe.alive = False
+        self.stats.frontends_detached += 1
+        try:
+            self._sel.unregister(fe.sock)
+        except (KeyError, ValueError):
+            pass
+        fe.sock.close()
+        if fe.efd >= 0:
+            os.close(fe.efd)
+            fe.efd = -1
+        self._frontends.pop(fe.fid, None)
+        for sid, n in list(fe.refs.items()):
+            sess = self._sessions.get(sid)
+            for _ in range(n):
+                if sess is not None:
+                    self._unref(sess)
+        fe.refs.clear()
+        if fe in self._order:
+            self._order.remove(fe)
+        if fe.inflight == 0:
+            self._free_region(fe)
+
+    def _free_region(self, fe: _Frontend) -> None:
+        if fe.shm is None:
+            return
+        if self.device is not None:
+            try:
+                self.device.unregister_region(fe.fid)
+            except DeviceError as exc:
+                self._device_failed(exc)
+        fe.region.release()
+        fe.shm.close()
+        fe.shm = None
+
+    def snapshot(self) -> dict:
+        return {
+            **self.stats.as_dict(),
+            "sessions": {str(s.sid): s.refs for s in self._sessions.values()},
+            "cache_entries": self.shared.live_entries(),
+            "device_up": self.device is not None,
+            "device_sessions": self.device.session_count if self.device is not None else 0,
+            "frontends": len(self._frontends),
+            "inflight": len(self._tokens),
+        }
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="vcrypto-engine-backend",
+                                description="vcrypto engine backend: serves frontends, "
+                                            "drives one vcrypto-host device")
+    p.add_argument("--socket", required=True, help="unix socket frontends attach to")
+    host = p.add_mutually_exclusive_group(required=True)
+    host.add_argument("--host-socket", help="vcrypto-host unix socket")
+    host.add_argument("--no-host", action="store_true",
+                      help="run requests in this process (start-up fallback mode)")
+    p.add_argument("--metrics", help="HOST:PORT for the Prometheus endpoint (port 0 = any)")
+    p.add_argument("--batch-max", type=int, default=32)
+    p.add_argument("--batch-deadline-us", type=float, default=0.0)
+    p.add_argument("--poll-budget-us", type=float, default=None)
+    p.add_argument("--slots", type=int, default=256, help="request slots per frontend")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    cfg = BackendConfig(socket_path=args.socket, host_socket=args.host_socket,
+                        batch_max=args.batch_max, batch_deadline_us=args.batch_deadline_us,
+                        geometry=Geometry(ring_capacity=max(256, 1 << (args.slots - 1).bit_length()),
+                                          slot_count=args.slots))
+    if args.poll_budget_us is not None:
+        cfg.poll_budget_us = args.poll_budget_us
+    if args.no_host:
+        factory: Callable[[], Device] = LocalDevice
+    else:
+        from ._hostdevice import HostDevice
+
+        def factory() -> Device:
+            return HostDevice(args.host_socket, geometry=cfg.geometry)
+    try:
+        backend = Backend(cfg, factory)
+    except OSError as exc:
+        print(f"vcrypto-engine-backend: cannot listen on {args.socket}: {exc}", file=sys.stderr)
+        return 2
+    if args.metrics:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from ._metrics import BackendCollector
+        mhost, _, mport = args.metrics.rpartition(":")
+        reg = CollectorRegistry()
+        reg.register(BackendCollector(backend.stats, lambda: {
+            "sessions": len(backend._sessions), "frontends": len(backend._frontends)}))
+        httpd, _thread = start_http_server(int(mport), addr=mhost or "127.0.0.1", registry=reg)
+        print(f"metrics on {mhost or '127.0.0.1'}:{httpd.server_port}", file=sys.stderr, flush=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: backend.stop())
+    print(f"vcrypto-engine-backend ready on {args.socket}", flush=True)
+    try:
+        backend.run()
+    finally:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

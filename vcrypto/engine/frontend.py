@@ -1,0 +1,545 @@
+"""The engine frontend: the library every application process loads.
+
+Theory of operation
+-------------------
+``Frontend`` is trio-native and bound to one trio run. At first use it
+attaches to the engine-backend over a unix socket, sending its eventfd and
+receiving three fds: its *frontend region* (trans ring, request slots,
+opdone records, data chunks; ``_layout``), the backend's *shared region*
+(sleep flag, device state, session cache) and the backend's doorbell.
+
+Many tasks submit at once. ``Frontend.run(session, items)`` is the fiber of
+the notes: it takes up to 16 free slots and one opdone record per chunk of
+items (pipeline mode), writes inputs into the slots' data chunks, pushes the
+slot indices on the trans ring (the process is the ring's single producer:
+trio runs one task at a time and the push has no await inside), rings the
+doorbell only if ``backend_sleeping`` is set, and suspends once per opdone.
+Results are read in place by slot address.
+
+One system task, the *waiter*, watches the process's single eventfd with
+``trio.lowlevel.wait_readable``: it sets ``frontend_waiting``, fences, scans
+the opdones tasks wait on, and blocks only if none completed (the backend
+writes the eventfd only when that flag is set). A completed opdone wakes
+exactly the task that owns it.
+
+Sessions: a local handle table (canonical metadata -> handle, local
+refcount) first; on a miss the shared session cache (MD5 -> sid, confirmed
+byte for byte) and an ``acquire`` to the backend; else ``open`` (the backend
+creates the session at the host). The backend reference is dropped after
+the last local user has been gone ``linger_s`` (so back-to-back connections
+reuse the session rather than churn it at the host).
+
+Fallback: if the backend is unreachable, or dies (control socket EOF), or
+the host device is down (``device_up`` = 0), requests run in-process with
+``cryptography`` and ``stats.fallback_requests`` counts them; in-flight
+requests that did not complete are redone in-process. The frontend retries
+the attach every ``reconnect_interval_s`` in the background and offloads
+again once attached. A forked child notices the pid change and attaches
+afresh (it never shares its parent's ring).
+"""
+from __future__ import annotations
+
+import array
+import dataclasses
+import itertools
+import os
+import socket
+import time
+from collections.abc import Sequence
+
+import trio
+
+from vcrypto.shm.region import Region
+from vcrypto.shm.ring import full_fence
+
+from . import _control
+from ._inline import InlineOpError, InlineSession, dst_capacity
+from ._layout import PIPELINE_DEPTH, FrontendRegion, SessionMeta, SharedRegion, SlotStatus
+
+#: One request: (src, iv, aad).
+Item = tuple[bytes, bytes, bytes]
+Result = tuple[SlotStatus, bytes]
+
+
+class EngineUnavailable(Exception):
+    """Neither the engine nor an in-process fallback can run this request
+    (e.g. a keyless session while the backend is down)."""
+
+
+@dataclasses.dataclass
+class FrontendStats:
+    submitted: int = 0           # requests offloaded through the trans ring
+    opdones: int = 0             # opdone records used (<= 16 requests each)
+    opdone_waits: int = 0        # times a task suspended on its opdone
+    waiter_wakes: int = 0        # eventfd wake-ups of the waiter
+    doorbells: int = 0           # doorbell writes (backend was asleep)
+    fallback_requests: int = 0   # requests computed in-process
+    attaches: int = 0
+    detaches: int = 0
+    local_hits: int = 0          # session found in the local handle table
+    shared_hits: int = 0         # session found in the shared cache
+    backend_opens: int = 0       # session opened by a backend round trip
+
+
+class EngineSession:
+    """A frontend's handle on a session (see the module docstring)."""
+
+    __slots__ = ("meta", "canonical", "md5", "local_refs", "idle_since", "sid", "gen",
+                 "lock", "_inline")
+
+    def __init__(self, meta: SessionMeta):
+        self.meta = meta
+        self.canonical = meta.canonical()
+        self.md5 = meta.digest()
+        self.local_refs = 0
+        self.idle_since = 0.0
+        self.sid = 0
+        self.gen = -1       # attachment generation the sid belongs to
+        self.lock = trio.Lock()
+        self._inline: InlineSession | None = None
+
+    def inline(self) -> InlineSession:
+        if self._inline is None:
+            try:
+                self._inline = InlineSession(self.meta)
+            except InlineOpError as exc:
+                raise EngineUnavailable(f"no in-process fallback: {exc}") from exc
+        return self._inline
+
+
+class _Detached(Exception):
+    pass
+
+
+class _Attachment:
+    def __init__(self, gen, sock, efd, region, fshm, shared, sshm, doorbell):
+        self.gen = gen
+        self.pid = os.getpid()
+        self.sock = sock
+        self.efd = efd
+        self.region: FrontendRegion = region
+        self.fshm: Region = fshm
+        self.shared: SharedRegion = shared
+        self.sshm: Region = sshm
+        self.doorbell = doorbell
+        self.alive = True
+        geo = region.geometry
+        self.free_slots = list(range(geo.slot_count - 1, -1, -1))
+        self.free_opdones = list(range(geo.opdone_count - 1, -1, -1))
+        self.slot_sem = trio.Semaphore(geo.slot_count)
+        self.opdone_sem = trio.Semaphore(geo.opdone_count)
+        self.waiting: dict[int, trio.Event] = {}
+        self.orphans: dict[int, list[int]] = {}
+        self.has_work = trio.Event()
+        self.replies: dict[int, list] = {}
+        self.send_lock = trio.Lock()
+        self.decoder = _control.FrameDecoder()
+
+
+class Frontend:
+    def __init__(self, socket_path: str, *, reconnect_interval_s: float = 0.5,
+                 linger_s: float = 1.0, attach_timeout_s: float = 2.0,
+                 backstop_s: float = 0.05):
+        self.socket_path = socket_path
+        self.reconnect_interval_s = reconnect_interval_s
+        self.linger_s = linger_s
+        self.attach_timeout_s = attach_timeout_s
+        self.backstop_s = backstop_s
+        self.stats = FrontendStats()
+        self._att: _Attachment | None = None
+        self._gen = 0
+        self._retry_at = 0.0
+        self._attaching = False
+        self._handles: dict[bytes, EngineSession] = {}
+        self._reaper_running = False
+        self._ids = itertools.count(1)
+        self._token = None
+        self._closed = False
+
+    # -- attach -------------------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        return self._att is not None and self._att.alive and self._att.pid == os.getpid()
+
+    async def start(self) -> bool:
+        """Attach now (first use). False if the backend is unreachable."""
+        token = trio.lowlevel.current_trio_token()
+        if token is not self._token:
+            self._abandon()  # a new trio run (or a forked child): start afresh
+            self._token = token
+        if not self.attached:
+            await self._try_attach()
+        return self.attached
+
+    def _abandon(self) -> None:
+        """Forget an attachment made in another trio run or another process,
+        closing only plain fds (its trio objects belong to a dead run)."""
+        att, self._att = self._att, None
+        self._handles.clear()
+        self._reaper_running = False
+        if att is not None:
+            # Closing our copies is harmless in a forked child: the parent
+            # keeps its own, so the backend sees no detach.
+            att.alive = False
+            att.raw.close()
+            os.close(att.efd)
+            os.close(att.doorbell)
+
+    async def _current(self) -> _Attachment | None:
+        att = self._att
+        if (self._token is not trio.lowlevel.current_trio_token()
+                or (att is not None and att.pid != os.getpid())):
+            await self.start()
+            return self._att if self.attached else None
+        if att is not None and att.alive:
+            return att
+        if not self._attaching and not self._closed and time.monotonic() >= self._retry_at:
+            self._attaching = True
+            trio.lowlevel.spawn_system_task(self._try_attach)
+        return None
+
+    async def _try_attach(self) -> None:
+        self._attaching = True
+        try:
+            with trio.fail_after(self.attach_timeout_s):
+                att = await self._attach()
+        except Exception as exc:  # noqa: BLE001 - a system task must not crash the run
+            self._retry_at = time.monotonic() + self.reconnect_interval_s
+            self._last_attach_error = exc
+            return
+        finally:
+            self._attaching = False
+        self._att = att
+        self.stats.attaches += 1
+        trio.lowlevel.spawn_system_task(self._reader, att)
+        trio.lowlevel.spawn_system_task(self._waiter, att)
+
+    async def _attach(self) -> _Attachment:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = trio.socket.from_stdlib_socket(raw)
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fds: list[int] = []
+        try:
+            await sock.connect(self.socket_path)
+            hello = _control.encode({"t": "attach", "v": _control.PROTOCOL_VERSION,
+                                     "pid": os.getpid()})
+            await sock.sendmsg([hello], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          array.array("i", [efd]))])
+            decoder = _control.FrameDecoder()
+            msgs: list[dict] = []
+            while not msgs:
+                data, anc, _flags, _addr = await sock.recvmsg(65536, socket.CMSG_SPACE(16))
+                for level, kind, payload in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        a = array.array("i")
+                        a.frombytes(payload[:len(payload) - len(payload) % a.itemsize])
+                        fds.extend(a)
+                if not data:
+                    raise _control.ControlProtocolError("backend closed during attach")
+                msgs = decoder.feed(data)
+            if msgs[0].get("t") != "attached" or len(fds) != 3:
+                raise _control.ControlProtocolError(f"bad attach reply {msgs[0]!r} with {len(fds)} fds")
+            region_fd, shared_fd, doorbell = fds
+            fds = []
+            fshm = Region.from_fd("frontend", region_fd)
+            sshm = Region.from_fd("engine-shared", shared_fd)
+            region = FrontendRegion(fshm.buf)
+            shared = SharedRegion(sshm.buf)
+        except BaseException:
+            raw.close()
+            os.close(efd)
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._gen += 1
+        att = _Attachment(self._gen, sock, efd, region, fshm, shared, sshm, doorbell)
+        att.raw = raw
+        att.decoder = decoder
+        for msg in msgs[1:]:
+            self._dispatch(att, msg)
+        return att
+
+    def _detach(self, att: _Attachment) -> None:
+        """The backend is gone: wake every waiter (they redo in-process)."""
+        if not att.alive:
+            return
+        att.alive = False
+        self.stats.detaches += 1
+        self._retry_at = time.monotonic() + min(self.reconnect_interval_s, 0.05)
+        for ev in att.waiting.values():
+            ev.set()
+        att.waiting.clear()
+        for slot in att.replies.values():
+            slot[0].set()
+        att.has_work.set()
+        att.sock.close()
+        # The regions stay mapped until every task that read from them is done
+        # (their memoryviews are released with the attachment object).
+
+    async def _reader(self, att: _Attachment) -> None:
+        try:
+            while att.alive:
+                data = await att.sock.recv(65536)
+                if not data:
+                    break
+                for msg in att.decoder.feed(data):
+                    self._dispatch(att, msg)
+        except (OSError, _control.ControlProtocolError, trio.ClosedResourceError):
+            pass
+        finally:
+            if att.pid == os.getpid():
+                self._detach(att)
+
+    def _dispatch(self, att: _Attachment, msg: dict) -> None:
+        slot = att.replies.pop(msg.get("id"), None)
+        if slot is not None:
+            slot[1] = msg
+            slot[0].set()
+
+    async def _request(self, att: _Attachment, msg: dict) -> dict:
+        rid = next(self._ids)
+        slot = [trio.Event(), None]
+        att.replies[rid] = slot
+        try:
+            async with att.send_lock:
+                await att.sock.send(_control.encode(msg | {"id": rid}))
+        except (OSError, trio.ClosedResourceError):
+            self._detach(att)
+        await slot[0].wait()
+        if slot[1] is None:
+            raise _Detached()
+        return slot[1]
+
+    # -- the waiter (one eventfd per process) -------------------------------------------
+
+    async def _waiter(self, att: _Attachment) -> None:
+        region = att.region
+        try:
+            while att.alive:
+                if not att.waiting and not att.orphans:
+                    att.has_work = trio.Event()
+                    await att.has_work.wait()
+                    continue
+                region.frontend_waiting = 1
+                full_fence()  # our flag store before the opdone loads
+                if self._scan(att):
+                    region.frontend_waiting = 0
+                    await trio.lowlevel.checkpoint()
+                    continue
+                with trio.move_on_after(self.backstop_s):
+                    try:
+                        await trio.lowlevel.wait_readable(att.efd)
+                    except (trio.ClosedResourceError, OSError):
+                        return
+                region.frontend_waiting = 0
+                try:
+                    os.eventfd_read(att.efd)
+                    self.stats.waiter_wakes += 1
+                except BlockingIOError:
+                    pass
+                self._scan(att)
+        finally:
+            if att.alive:
+                region.frontend_waiting = 0
+
+    def _scan(self, att: _Attachment) -> int:
+        region, n = att.region, 0
+        for j in [j for j in att.waiting if region.opdone_done(j) >= region.opdone_total(j)]:
+            att.waiting.pop(j).set()
+            n += 1
+        for j in [j for j in att.orphans if region.opdone_done(j) >= region.opdone_total(j)]:
+            self._free(att, att.orphans.pop(j), j)
+            n += 1
+        return n
+
+    def _free(self, att: _Attachment, slots: list[int], j: int) -> None:
+        att.free_slots.extend(slots)
+        att.free_opdones.append(j)
+        for _ in slots:
+            att.slot_sem.release()
+        att.opdone_sem.release()
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def open_session(self, meta: SessionMeta) -> EngineSession:
+        """A handle on the session for ``meta`` (+1 local reference)."""
+        canonical = meta.canonical()
+        h = self._handles.get(canonical)
+        if h is None:
+            h = self._handles[canonical] = EngineSession(meta)
+        else:
+            self.stats.local_hits += 1
+        h.local_refs += 1
+        return h
+
+    async def close_session(self, h: EngineSession) -> None:
+        """-1 local reference; the backend reference goes after ``linger_s``."""
+        h.local_refs -= 1
+        if h.local_refs > 0:
+            return
+        h.idle_since = time.monotonic()
+        if self.linger_s <= 0:
+            await self._release_idle(force=True)
+        elif not self._reaper_running:
+            self._reaper_running = True
+            trio.lowlevel.spawn_system_task(self._reaper)
+
+    async def _reaper(self) -> None:
+        try:
+            while any(h.local_refs == 0 for h in self._handles.values()):
+                await trio.sleep(self.linger_s / 2)
+                await self._release_idle()
+        finally:
+            self._reaper_running = False
+
+    async def _release_idle(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for key, h in list(self._handles.items()):
+            if h.local_refs == 0 and (force or now - h.idle_since >= self.linger_s):
+                del self._handles[key]
+                att = self._att
+                if att is not None and att.alive and h.gen == att.gen:
+                    h.gen = -1
+                    try:
+                        await self._request(att, {"t": "release", "sid": h.sid})
+                    except _Detached:
+                        pass
+
+    async def _sid(self, att: _Attachment, h: EngineSession) -> int:
+        """The backend session id of ``h`` in this attachment (+1 backend ref once)."""
+        if h.gen == att.gen:
+            return h.sid
+        async with h.lock:
+            if h.gen == att.gen:
+                return h.sid
+            sid = att.shared.lookup(h.canonical, h.md5)
+            reply = None
+            if sid is not None:
+                reply = await self._request(att, {"t": "acquire", "sid": sid, "md5": h.md5.hex()})
+                if reply.get("ok"):
+                    self.stats.shared_hits += 1
+                else:
+                    reply = None
+            if reply is None:
+                reply = await self._request(att, {"t": "open", "meta": h.canonical.hex()})
+                self.stats.backend_opens += 1
+                if not reply.get("ok"):
+                    raise EngineUnavailable(f"backend refused session: {reply.get('detail')}")
+            h.sid, h.gen = int(reply["sid"]), att.gen
+            return h.sid
+
+    async def backend_stats(self) -> dict:
+        """The backend's counters and session table (tests, diagnostics)."""
+        att = await self._current()
+        if att is None:
+            raise EngineUnavailable("not attached to an engine-backend")
+        return (await self._request(att, {"t": "stats"}))["stats"]
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _inline(self, h: EngineSession, item: Item) -> Result:
+        self.stats.fallback_requests += 1
+        src, iv, aad = item
+        try:
+            return SlotStatus.OK, h.inline().perform(src, iv, aad)
+        except InlineOpError as exc:
+            return exc.status, b""
+
+    async def run(self, h: EngineSession, items: Sequence[Item]) -> list[Result]:
+        """Run ``items`` on session ``h``; results in order, one per item.
+
+        Offloaded in opdone groups of <= 16 (one suspension per group); runs
+        in-process when the engine cannot take them (counted).
+        """
+        att = await self._current()
+        if att is not None and att.shared.device_up:
+            try:
+                await self._sid(att, h)
+            except _Detached:
+                att = None
+        else:
+            att = None
+        if att is None or not att.alive:
+            await trio.lowlevel.checkpoint()
+            return [self._inline(h, it) for it in items]
+        results: list[Result | None] = [None] * len(items)
+        meta, region = h.meta, att.region
+        offload = []
+        for k, (src, _iv, aad) in enumerate(items):
+            if region.fits(len(src), dst_capacity(meta, len(src)), len(aad)):
+                offload.append(k)
+            else:  # larger than a data chunk: never worth a round trip
+                results[k] = self._inline(h, items[k])
+        groups = [offload[k:k + PIPELINE_DEPTH] for k in range(0, len(offload), PIPELINE_DEPTH)]
+        pending: list = []
+        try:
+            for group in groups:
+                pending.append(await self._submit(att, h, items, group))
+            while pending:
+                group, slots, j, ev = pending[0]
+                if not ev.is_set():
+                    self.stats.opdone_waits += 1
+                    await ev.wait()
+                pending.pop(0)
+                for k, slot in zip(group, slots):
+                    status, out = region.result(slot)
+                    if status in (SlotStatus.PENDING, SlotStatus.DEVICE_ERROR):
+                        results[k] = self._inline(h, items[k])
+                    else:
+                        results[k] = (status, out)
+                if att.alive:
+                    self._free(att, slots, j)
+        finally:
+            for group, slots, j, ev in pending:
+                if att.alive:
+                    att.waiting.pop(j, None)
+                    if ev.is_set():  # complete but unread (cancelled meanwhile)
+                        self._free(att, slots, j)
+                    else:  # still at the backend: the waiter frees it when done
+                        att.orphans[j] = slots
+                        att.has_work.set()
+        return results  # type: ignore[return-value]
+
+    async def _submit(self, att: _Attachment, h: EngineSession, items, group):
+        await att.opdone_sem.acquire()
+        for _ in group:
+            await att.slot_sem.acquire()
+        region = att.region
+        j = att.free_opdones.pop()
+        slots = [att.free_slots.pop() for _ in group]
+        now_ns = time.monotonic_ns()
+        meta, sid = h.meta, h.sid
+        region.opdone_reset(j, len(group))
+        for k, slot in zip(group, slots):
+            src, iv, aad = items[k]
+            region.write_request(slot, meta.op, meta.alg, j, sid, src,
+                                 dst_capacity(meta, len(src)), iv, aad, now_ns)
+        ev = trio.Event()
+        att.waiting[j] = ev
+        if not att.alive:
+            ev.set()
+            return group, slots, j, ev
+        att.region.ring.push_many(slots)  # capacity >= slot_count: always fits
+        att.has_work.set()
+        self.stats.submitted += len(group)
+        self.stats.opdones += 1
+        full_fence()  # ring tail store before the backend_sleeping load
+        if att.shared.backend_sleeping:
+            try:
+                os.eventfd_write(att.doorbell, 1)
+                self.stats.doorbells += 1
+            except OSError:
+                pass
+        return group, slots, j, ev
+
+    async def aclose(self) -> None:
+        """Detach (the backend drops this frontend's references) and close fds."""
+        self._closed = True
+        att, self._att = self._att, None
+        if att is not None and att.pid == os.getpid():
+            self._detach(att)
+            trio.lowlevel.notify_closing(att.efd)
+            os.close(att.efd)
+            os.close(att.doorbell)
+        self._handles.clear()
