@@ -86,6 +86,8 @@ class Loader:
             if not isinstance(value, list):
                 raise _Invalid(f"expected list, got {_type_name(value)}")
             items = [self.load(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+            if any(item is _MISSING for item in items):
+                raise _Skip()
             return tuple(items)
         if origin in (dict, collections.abc.Mapping):
             if not isinstance(value, dict):
@@ -96,6 +98,8 @@ class Loader:
                     self.problem(path, f"keys must be strings, got {_type_name(k)}")
                     continue
                 out[k] = self.load(args[1], v, join(path, k))
+            if any(item is _MISSING for item in out.values()):
+                raise _Skip()
             return types.MappingProxyType(out)
         if hasattr(tp, "from_yaml"):
             return tp.from_yaml(value, path)

@@ -1,0 +1,203 @@
+"""Helpers and fixtures for the proxy tests (conftest.py re-exports the fixtures): certificates, a demo upstream, a real `vcproxy run`.
+
+Everything runs as real processes on loopback ports chosen by the kernel
+(port 0, read back from the processes' ready lines) and is stopped by PID in
+teardown.
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 60.0
+
+
+def make_cert(directory: Path, stem: str, cn: str = "localhost") -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    d = tmp_path_factory.mktemp("certs")
+    return {"a": make_cert(d, "a"), "b": make_cert(d, "b")}
+
+
+class DemoUpstream:
+    def __init__(self, tmp: Path) -> None:
+        self.log = open(tmp / "demo-upstream.out", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "vcproxy", "demo-upstream", "--port", "0"],
+                                     cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        line = self.proc.stdout.readline()
+        self.port = json.loads(line)["port"]
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        _stop(self.proc, 5)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    up = DemoUpstream(tmp_path_factory.mktemp("upstream"))
+    yield up
+    up.stop()
+
+
+def _stop(proc: subprocess.Popen, timeout_s: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound then released)."""
+    return free_port()
+
+
+class Proxy:
+    """A real `python -m vcproxy run` on a temp config; ports are read from its ready event."""
+
+    def __init__(self, tmp: Path, config: dict) -> None:
+        self.tmp = tmp
+        self.config_path = tmp / "vcproxy.yaml"
+        self.error_log = tmp / "error.log"
+        self.access_log = tmp / "access.log"
+        config.setdefault("logging", {}).update(
+            {"error_log": str(self.error_log), "access_log": str(self.access_log)})
+        config.setdefault("metrics", {}).setdefault("port", 0)
+        self.write_config(config)
+        self.stdout = open(tmp / "stdout.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "vcproxy", "run", "--config", str(self.config_path)],
+                                     cwd=REPO, stdout=self.stdout, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        ready = self.wait_event("ready", START_TIMEOUT_S)
+        self.listeners = {name: int(addr.rsplit(":", 1)[1]) for name, addr in ready["listeners"].items()}
+        self.port = next(iter(self.listeners.values()))
+        self.metrics_url = ready["metrics"]
+        self.workers = ready["workers"]
+
+    def write_config(self, config: dict) -> None:
+        self.config = config
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def events(self) -> list[dict]:
+        if not self.error_log.exists():
+            return []
+        out = []
+        for line in self.error_log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        return out
+
+    def access(self) -> list[dict]:
+        if not self.access_log.exists():
+            return []
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+
+    def wait_event(self, name: str, timeout_s: float = 20.0, count: int = 1) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [e for e in self.events() if e.get("event") == name]
+            if len(found) >= count:
+                return found[count - 1]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vcproxy exited ({self.proc.returncode}) before {name!r}: "
+                                     f"{(self.tmp / 'stdout.log').read_text()[-3000:]} {self.events()[-5:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {name!r} event within {timeout_s}s: {self.events()[-5:]}")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self) -> None:
+        _stop(self.proc, 20)
+        self.stdout.close()
+
+
+def client_context(cafile: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+def base_config(upstream_addr: str, cert: tuple[Path, Path] | None, **extra) -> dict:
+    listener: dict = {"port": 0}
+    if cert is None:
+        listener["tls"] = {"enabled": False}
+    else:
+        listener["tls"] = {"certificates": [{"cert": str(cert[0]), "key": str(cert[1])}]}
+    config = {
+        "listeners": [listener],
+        "upstreams": {"demo": {"servers": [upstream_addr]}},
+        "routes": [{"upstream": "demo"}],
+        "workers": 1,
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture
+def start_proxy(tmp_path):
+    started: list[Proxy] = []
+
+    def start(config: dict, name: str = "p") -> Proxy:
+        d = tmp_path / f"{name}{len(started)}"
+        d.mkdir()
+        proxy = Proxy(d, config)
+        started.append(proxy)
+        proxy.wait_ready()
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
