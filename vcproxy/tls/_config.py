@@ -20,6 +20,7 @@ more period.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import threading
@@ -64,6 +65,13 @@ class CertificateEntry:
     @property
     def schemes(self) -> tuple[str, ...]:
         return SCHEMES_BY_KEY_TYPE[self.key_type]
+
+    @functools.cached_property
+    def certificate_message(self) -> bytes:
+        """The Certificate handshake message, built once, not per handshake."""
+        from ._codec import certificate
+
+        return certificate(self.chain_der)
 
     @classmethod
     def from_pem(cls, chain_pem: bytes, key_pem: bytes, names: Sequence[str] | None = None,

@@ -1,40 +1,530 @@
 """TLSStream: the trio adapter around the sans-IO handshake and record layer.
 
-(Work in progress: the public surface is fixed; the implementation lands next.)
+Theory of operation
+-------------------
+``TLSStream`` owns three sans-IO parts and one provider:
+
+- ``RecordSplitter`` cuts transport bytes into records;
+- ``HandshakeReassembler`` cuts handshake records into messages;
+- ``ServerHandshake`` (``_handshake``) turns messages into commands;
+- the ``CryptoProvider`` runs every key exchange, signature and record
+  seal/open (``_provider`` documents the seam).
+
+Handshake: read one record at a time (keys may change after any message),
+feed whole messages to the state machine, execute its commands in order.
+Handshake bytes for one epoch are queued and sealed together when the write
+epoch changes or before we wait for the peer, so the server flight
+EncryptedExtensions..Finished leaves as one record.
+
+Records: ``send_all`` (and the no-I/O ``write`` before it: a cork, so
+headers and body written together leave in one record) cuts data into full
+records (2^14, or the client's record_size_limit - 1) and seals them in
+batches of ≤ ``pipeline_depth`` with one ``seal_many`` await per batch;
+records with less plaintext than ``small_record_threshold_bytes`` are sealed
+in-process with the session's sync ``seal``. ``receive_some`` opens all
+buffered records in one ``open_many`` batch; if the batch fails (a KeyUpdate
+inside it switched keys, or a bad record) it reopens record by record, which
+either applies the key change or raises ``BadRecordMac`` at the bad one.
+After ``key_update_after_records`` records under one key, the server sends a
+KeyUpdate and switches its write key.
+
+State: HANDSHAKING → OPEN → CLOSED, or BROKEN after a failure. A TLS failure
+raises the ``TLSError`` (with its alert); a peer fault first sends our alert,
+then closes lingeringly (send EOF, drain briefly, close) so a TCP reset does
+not destroy the alert before the client reads it. Transport failures surface
+as trio's ``BrokenResourceError``. A transport EOF without close_notify reads
+as EOF unless ``strict_close_notify`` (like ``trio.SSLStream``'s
+``https_compatible``: HTTP framing already detects truncation).
 """
 from __future__ import annotations
 
+import collections
+import enum
+import time
+
 import trio
 
+from ._codec import HandshakeReassembler
 from ._config import ServerConfig
-from ._errors import TLSUsageError
+from ._errors import (
+    AlertDescription, BadRecordMac, CryptoProviderError, DecodeError, HandshakeTimeout,
+    RecordOverflow, TLSAlertReceived, TLSError, TLSUsageError, UnexpectedMessage,
+)
+from ._handshake import (
+    Epoch, HandshakeComplete, HandshakeInfo, InstallKeys, KeyExchange, SendChangeCipherSpec,
+    SendHandshake, ServerHandshake, Sign, SkipEarlyData,
+)
 from ._provider import CryptoProvider
+from ._record import (
+    ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE, MAX_PLAINTEXT, TAG_LEN,
+    Protection, RecordSplitter, record_header, split_inner,
+)
+
+RECEIVE_SIZE_BYTES = 65536
+LINGER_S = 1.0
+LINGER_DRAIN_BYTES = 1 << 18
+_CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
+
+
+class _State(enum.Enum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    BROKEN = "broken"
+    CLOSED = "closed"
 
 
 class TLSStream(trio.abc.Stream):
+    """A server-side TLS 1.3 stream over ``transport_stream``."""
+
     def __init__(self, transport_stream: trio.abc.Stream, config: ServerConfig,
-                 provider: CryptoProvider):
+                 provider: CryptoProvider, *, strict_close_notify: bool = False):
         self.transport_stream = transport_stream
         self.config = config
         self.provider = provider
+        self.strict_close_notify = strict_close_notify
+        self._hs = ServerHandshake(config, random_bytes=provider.random_bytes, now_s=time.time)
+        self._state = _State.HANDSHAKING
+        self._splitter = RecordSplitter()
+        self._reassembler = HandshakeReassembler(config.max_handshake_message_bytes)
+        self._read: Protection | None = None
+        self._write: Protection | None = None
+        self._read_epoch = Epoch.INITIAL
+        self._write_epoch = Epoch.INITIAL
+        self._hs_messages: collections.deque[tuple[Epoch, bytes]] = collections.deque()
+        self._hs_out = bytearray()     # handshake bytes queued under the current write epoch
+        self._wire_out = bytearray()   # sealed records waiting for the transport
+        self._app_in = bytearray()
+        self._pending_app = bytearray()
+        self._max_fragment = MAX_PLAINTEXT
+        self._skip_early_bytes = 0
+        self._skip_early_encrypted = False
+        self._got_client_hello = False
+        self._peer_closed = False      # close_notify (or EOF) received
+        self._handshake_lock = trio.Lock()
+        self._send_lock = trio.Lock()
+        self._receiving = False
+        self.info: HandshakeInfo | None = None
         self.server_name: str | None = None
         self.alpn_protocol: str | None = None
         self.cipher_suite: str | None = None
         self.version: str | None = None
-        self.resumed: bool = False
+        self.resumed = False
         self.named_group: str | None = None
 
-    async def do_handshake(self) -> None:
-        raise TLSUsageError("not implemented yet")
+    # ---- public API ---------------------------------------------------------
 
-    async def send_all(self, data) -> None:
-        raise TLSUsageError("not implemented yet")
+    async def do_handshake(self) -> None:
+        """Run the handshake (once; later calls return at once)."""
+        async with self._handshake_lock:
+            if self._state is _State.OPEN:
+                return
+            self._check_usable()
+            try:
+                with trio.fail_after(self.config.handshake_timeout_s):
+                    await self._handshake()
+            except trio.TooSlowError:
+                exc = HandshakeTimeout(
+                    f"handshake not done within handshake_timeout_s={self.config.handshake_timeout_s}")
+                await self._fail(exc, send_alert=False)
+                raise exc from None
+            except TLSError as exc:
+                await self._fail(exc)
+                raise
+            except BaseException:
+                self._state = _State.BROKEN
+                raise
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue application data without I/O; the next ``send_all`` sends it too."""
+        if self._state in (_State.BROKEN, _State.CLOSED):
+            self._check_usable()
+        self._pending_app += data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._state is _State.HANDSHAKING:
+            await self.do_handshake()
+        self._check_usable()
+        async with self._send_lock:
+            self._pending_app += data
+            data = bytes(self._pending_app)
+            self._pending_app.clear()
+            try:
+                await self._seal_records(APPLICATION_DATA, data)
+                await self._flush()
+            except TLSError as exc:
+                await self._fail(exc)
+                raise
+            except BaseException:
+                self._state = _State.BROKEN
+                raise
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes=None) -> bytes:
-        raise TLSUsageError("not implemented yet")
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._state is _State.HANDSHAKING:
+            await self.do_handshake()
+        self._check_usable()
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this TLSStream")
+        self._receiving = True
+        try:
+            while not self._app_in and not self._peer_closed:
+                await self._pump_application_records()
+        except TLSError as exc:
+            await self._fail(exc)
+            raise
+        finally:
+            self._receiving = False
+        if not self._app_in:
+            return b""
+        n = len(self._app_in) if max_bytes is None else max_bytes
+        out = bytes(self._app_in[:n])
+        del self._app_in[:n]
+        return out
 
     async def aclose(self) -> None:
-        await self.transport_stream.aclose()
+        """Send close_notify (when open), then close the transport."""
+        if self._state is _State.CLOSED:
+            return
+        was_open = self._state is _State.OPEN
+        self._state = _State.CLOSED
+        try:
+            if was_open and self._write is not None:
+                with trio.move_on_after(LINGER_S):
+                    async with self._send_lock:
+                        await self._seal_records(ALERT, bytes((1, AlertDescription.close_notify)))
+                        await self._flush()
+        except (TLSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went away first: nothing left to tell it
+        finally:
+            await trio.aclose_forcefully(self.transport_stream)
+
+    # ---- handshake ----------------------------------------------------------
+
+    async def _handshake(self) -> None:
+        while self._state is _State.HANDSHAKING:
+            epoch, message = await self._next_handshake_message()
+            self._got_client_hello = True
+            await self._execute(self._hs.receive_message(epoch, message))
+        await self._flush()
+
+    async def _next_handshake_message(self) -> tuple[Epoch, bytes]:
+        while not self._hs_messages:
+            record = self._splitter.next_record()
+            if record is None:
+                await self._flush()  # the peer may be waiting for our flight
+                if not await self._read_transport():
+                    raise trio.BrokenResourceError("peer closed the connection during the handshake")
+                continue
+            await self._process_record(*record)
+            if self._peer_closed:
+                raise TLSAlertReceived(AlertDescription.close_notify)
+        return self._hs_messages.popleft()
+
+    async def _execute(self, commands) -> None:
+        queue = collections.deque(commands)
+        while queue:
+            cmd = queue.popleft()
+            kind = type(cmd)
+            if kind is SendHandshake:
+                if cmd.epoch is not self._write_epoch:
+                    raise TLSUsageError(f"handshake bytes for {cmd.epoch.name} under "
+                                        f"{self._write_epoch.name} keys")
+                self._hs_out += cmd.data
+            elif kind is InstallKeys:
+                await self._install_keys(cmd)
+            elif kind is KeyExchange:
+                own_public, shared = await self._provider_op(
+                    self.provider.key_exchange(cmd.group, cmd.peer_public), "key exchange")
+                queue.extend(self._hs.key_exchange_done(own_public, shared))
+            elif kind is Sign:
+                key = cmd.certificate.signing_key(self.provider)
+                signature = await self._provider_op(
+                    self.provider.sign(key, cmd.scheme, cmd.message), "sign")
+                queue.extend(self._hs.signature_done(signature))
+            elif kind is SendChangeCipherSpec:
+                await self._seal_handshake_out()
+                self._wire_out += _CCS_RECORD
+            elif kind is SkipEarlyData:
+                self._skip_early_bytes = cmd.max_bytes
+                self._skip_early_encrypted = cmd.encrypted
+            elif kind is HandshakeComplete:
+                self._complete(cmd.info)
+            else:
+                raise TLSUsageError(f"unknown command {cmd!r}")
+
+    async def _provider_op(self, awaitable, what: str):
+        try:
+            return await awaitable
+        except TLSError:
+            raise
+        except Exception as exc:  # a provider's own failure type: ours is local
+            raise CryptoProviderError(f"{self.provider.name}: {what} failed: {exc!r}") from exc
+
+    async def _install_keys(self, cmd: InstallKeys) -> None:
+        key, iv = Protection.keys(cmd.suite, cmd.secret)
+        session = self.provider.aead(cmd.suite.aead_alg, key)
+        protection = Protection(cmd.suite, cmd.secret, session, iv)
+        if cmd.direction == "write":
+            await self._seal_handshake_out()  # what was queued leaves under the old keys
+            old, self._write, self._write_epoch = self._write, protection, cmd.epoch
+            limit = self._hs.peer_record_size_limit
+            if limit is not None:
+                self._max_fragment = min(MAX_PLAINTEXT, limit - 1)
+        else:
+            if self._reassembler.pending:
+                # RFC 8446 §5.1: handshake messages MUST NOT span a key change.
+                raise UnexpectedMessage("handshake message data left over at a key change")
+            old, self._read, self._read_epoch = self._read, protection, cmd.epoch
+        if old is not None:
+            await old.session.aclose()
+
+    def _complete(self, info: HandshakeInfo) -> None:
+        self.info = info
+        self.server_name, self.alpn_protocol = info.server_name, info.alpn_protocol
+        self.cipher_suite, self.version = info.cipher_suite, info.version
+        self.resumed, self.named_group = info.resumed, info.named_group
+        self._skip_early_bytes = 0
+        self._state = _State.OPEN
+
+    # ---- sending ------------------------------------------------------------
+
+    async def _seal_handshake_out(self) -> None:
+        if not self._hs_out:
+            return
+        data = bytes(self._hs_out)
+        self._hs_out.clear()
+        if self._write is None:
+            for i in range(0, len(data), MAX_PLAINTEXT):
+                chunk = data[i:i + MAX_PLAINTEXT]
+                self._wire_out += record_header(HANDSHAKE, len(chunk)) + chunk
+        else:
+            await self._seal_records(HANDSHAKE, data)
+
+    async def _seal_records(self, content_type: int, data: bytes) -> None:
+        """Seal ``data`` into full records under the write key, into ``_wire_out``."""
+        frag = self._max_fragment
+        limit = self.config.key_update_after_records if content_type == APPLICATION_DATA else 0
+        items = []
+        for pos in range(0, len(data), frag):
+            if limit and self._write.seq >= limit:
+                await self._seal_items(items)
+                items = []
+                await self._execute(self._hs.initiate_key_update())
+            items.append(self._write.seal_item(content_type, data[pos:pos + frag]))
+        await self._seal_items(items)
+
+    async def _seal_items(self, items) -> None:
+        if not items:
+            return
+        session = self._write.session
+        threshold = self.config.small_record_threshold_bytes
+        depth = self.config.pipeline_depth
+        sealed: list[bytes | None] = [None] * len(items)
+        batch_idx = []
+        for i, (nonce, aad, inner) in enumerate(items):
+            if len(inner) - 1 < threshold:
+                sealed[i] = session.seal(nonce, aad, inner)
+            else:
+                batch_idx.append(i)
+        for start in range(0, len(batch_idx), depth):
+            idx = batch_idx[start:start + depth]
+            out = await self._provider_op(session.seal_many([items[i] for i in idx]), "seal")
+            for i, ct in zip(idx, out):
+                sealed[i] = ct
+        wire = self._wire_out
+        for (_, aad, _), ct in zip(items, sealed):
+            wire += aad
+            wire += ct
+
+    async def _flush(self) -> None:
+        await self._seal_handshake_out()
+        if self._wire_out:
+            data = bytes(self._wire_out)
+            self._wire_out.clear()
+            await self.transport_stream.send_all(data)
+
+    # ---- receiving ----------------------------------------------------------
+
+    async def _read_transport(self) -> bool:
+        data = await self.transport_stream.receive_some(RECEIVE_SIZE_BYTES)
+        if not data:
+            return False
+        self._splitter.feed(data)
+        return True
+
+    async def _pump_application_records(self) -> None:
+        """Process buffered records (reading more if none), batch-opening them."""
+        records = []
+        while len(records) < self.config.pipeline_depth:
+            record = self._splitter.next_record()
+            if record is None:
+                break
+            records.append(record)
+        if not records:
+            if not await self._read_transport():
+                if self._splitter.buffered or self.strict_close_notify:
+                    raise trio.BrokenResourceError("transport EOF without close_notify")
+                self._peer_closed = True
+            return
+        if len(records) > 1 and all(r[0] == APPLICATION_DATA for r in records):
+            inners = await self._open_batch(records)
+            if inners is not None:
+                for inner in inners:
+                    self._on_plaintext(*split_inner(inner))
+                    if self._hs_messages:
+                        await self._post_handshake()
+                return
+        for record in records:  # one by one: key changes, CCS, exact errors
+            await self._process_record(*record)
+            if self._hs_messages:
+                await self._post_handshake()
+
+    async def _open_batch(self, records) -> list[bytes] | None:
+        """Open records under the current read key; None if any fails to open."""
+        read = self._read
+        threshold = self.config.small_record_threshold_bytes
+        base = read.seq
+        items = [(read.nonce(base + i), header, payload)
+                 for i, (_, header, payload) in enumerate(records)]
+        out: list[bytes | None] = [None] * len(items)
+        batch = []
+        try:
+            for i, item in enumerate(items):
+                if len(item[2]) - TAG_LEN - 1 < threshold:
+                    out[i] = read.session.open(*item)
+                else:
+                    batch.append(i)
+            for start in range(0, len(batch), self.config.pipeline_depth):
+                idx = batch[start:start + self.config.pipeline_depth]
+                opened = await self._provider_op(read.session.open_many([items[i] for i in idx]),
+                                                 "open")
+                for i, pt in zip(idx, opened):
+                    out[i] = pt
+        except BadRecordMac:
+            return None
+        read.seq = base + len(items)
+        return out
+
+    async def _process_record(self, content_type: int, header: bytes, payload: bytes) -> None:
+        if self._peer_closed:
+            return  # RFC 8446 §6.1: data after close_notify is ignored
+        if content_type == CHANGE_CIPHER_SPEC:
+            # RFC 8446 §5: a plaintext 0x01 CCS between the first ClientHello
+            # and the client Finished is dropped; anything else is fatal.
+            if self._state is _State.HANDSHAKING and self._got_client_hello and payload == b"\x01":
+                return
+            raise UnexpectedMessage("change_cipher_spec outside the handshake or not 0x01")
+        read = self._read
+        if read is None or content_type != APPLICATION_DATA:
+            if read is None and content_type == APPLICATION_DATA:
+                if self._skip_early_bytes and not self._skip_early_encrypted:
+                    self._skip_refused_early_data(len(payload))
+                    return
+                raise UnexpectedMessage("application data before the handshake keys")
+            if read is not None and not (content_type == ALERT and self._state is _State.HANDSHAKING):
+                raise UnexpectedMessage(f"unprotected record of type {content_type} after keys")
+            if len(payload) > MAX_PLAINTEXT:
+                raise RecordOverflow(f"plaintext record of {len(payload)} bytes")
+            self._on_plaintext(content_type, payload)
+            return
+        nonce = read.nonce(read.seq)
+        try:
+            if len(payload) - TAG_LEN - 1 < self.config.small_record_threshold_bytes:
+                inner = read.session.open(nonce, header, payload)
+            else:
+                inner = (await self._provider_op(
+                    read.session.open_many([(nonce, header, payload)]), "open"))[0]
+        except BadRecordMac:
+            if self._skip_early_bytes and self._skip_early_encrypted:
+                self._skip_refused_early_data(len(payload))
+                return
+            raise
+        read.seq += 1
+        self._skip_early_bytes = 0
+        self._on_plaintext(*split_inner(inner))
+
+    def _skip_refused_early_data(self, size: int) -> None:
+        self._skip_early_bytes -= size
+        if self._skip_early_bytes < 0:
+            raise BadRecordMac("more refused early data than max_early_data allows")
+
+    def _on_plaintext(self, content_type: int, content: bytes) -> None:
+        if content_type != HANDSHAKE and self._reassembler.pending:
+            # RFC 8446 §5.1: handshake messages must not be interleaved with other types.
+            raise UnexpectedMessage("record of another type inside a fragmented handshake message")
+        if content_type == APPLICATION_DATA:
+            if self._state is not _State.OPEN:
+                raise UnexpectedMessage("application data before the client Finished")
+            self._app_in += content
+        elif content_type == HANDSHAKE:
+            if not content:
+                raise UnexpectedMessage("zero-length handshake fragment")
+            epoch = self._read_epoch
+            for message in self._reassembler.feed(content):
+                self._hs_messages.append((epoch, message))
+        elif content_type == ALERT:
+            if len(content) != 2:
+                raise DecodeError(f"alert of {len(content)} bytes, expected 2")
+            description = content[1]
+            if description == AlertDescription.close_notify:
+                self._peer_closed = True
+            elif description != AlertDescription.user_canceled:
+                # RFC 8446 §6: every alert but close_notify/user_canceled is fatal.
+                raise TLSAlertReceived(description)
+        else:
+            raise UnexpectedMessage(f"protected record of content type {content_type}")
+
+    async def _post_handshake(self) -> None:
+        async with self._send_lock:
+            while self._hs_messages:
+                epoch, message = self._hs_messages.popleft()
+                await self._execute(self._hs.receive_message(epoch, message))
+            await self._flush()
+
+    # ---- failure ------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._state is _State.CLOSED:
+            raise trio.ClosedResourceError("TLSStream was closed")
+        if self._state is _State.BROKEN:
+            raise trio.BrokenResourceError("TLSStream failed earlier")
+
+    async def _fail(self, exc: TLSError, *, send_alert: bool = True) -> None:
+        """Send our alert for ``exc`` (if any), then close lingeringly."""
+        if self._state in (_State.BROKEN, _State.CLOSED):
+            return
+        self._state = _State.BROKEN
+        try:
+            with trio.move_on_after(LINGER_S):
+                if send_alert and not isinstance(exc, TLSAlertReceived):
+                    alert = bytes((2, exc.alert))
+                    self._hs_out.clear()
+                    if self._write is None:
+                        self._wire_out += record_header(ALERT, 2) + alert
+                    else:
+                        nonce, aad, inner = self._write.seal_item(ALERT, alert)
+                        self._wire_out += aad + self._write.session.seal(nonce, aad, inner)
+                    data = bytes(self._wire_out)
+                    self._wire_out.clear()
+                    await self.transport_stream.send_all(data)
+                await self._linger()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, TLSError):
+            pass  # the transport is gone: nothing more to say
+        finally:
+            await trio.aclose_forcefully(self.transport_stream)
+
+    async def _linger(self) -> None:
+        # Half-close, then read what the peer still sends so our close does not
+        # turn into a TCP RST that would destroy the alert in flight.
+        if not isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
+            return
+        await self.transport_stream.send_eof()
+        drained = 0
+        while drained < LINGER_DRAIN_BYTES:
+            data = await self.transport_stream.receive_some(RECEIVE_SIZE_BYTES)
+            if not data:
+                return
+            drained += len(data)
+
