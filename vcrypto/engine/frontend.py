@@ -126,8 +126,9 @@ class _Attachment:
         geo = region.geometry
         self.free_slots = list(range(geo.slot_count - 1, -1, -1))
         self.free_opdones = list(range(geo.opdone_count - 1, -1, -1))
-        self.slot_sem = trio.Semaphore(geo.slot_count)
-        self.opdone_sem = trio.Semaphore(geo.opdone_count)
+        # Tasks wait here for free slots + an opdone. A group takes all its
+        # slots at once (no partial holdings), see Frontend.run.
+        self.capacity = trio.lowlevel.ParkingLot()
         self.waiting: dict[int, trio.Event] = {}
         self.orphans: dict[int, list[int]] = {}
         self.has_work = trio.Event()
@@ -270,6 +271,7 @@ class Frontend:
         for ev in att.waiting.values():
             ev.set()
         att.waiting.clear()
+        att.capacity.unpark_all()
         for slot in att.replies.values():
             slot[0].set()
         att.has_work.set()
@@ -356,9 +358,7 @@ class Frontend:
     def _free(self, att: _Attachment, slots: list[int], j: int) -> None:
         att.free_slots.extend(slots)
         att.free_opdones.append(j)
-        for _ in slots:
-            att.slot_sem.release()
-        att.opdone_sem.release()
+        att.capacity.unpark_all()
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -471,25 +471,42 @@ class Frontend:
                 offload.append(k)
             else:  # larger than a data chunk: never worth a round trip
                 results[k] = self._inline(h, items[k])
-        groups = [offload[k:k + PIPELINE_DEPTH] for k in range(0, len(offload), PIPELINE_DEPTH)]
+        depth = min(PIPELINE_DEPTH, region.geometry.slot_count)
+        groups = [offload[k:k + depth] for k in range(0, len(offload), depth)]
         pending: list = []
+
+        async def collect_oldest():
+            group, slots, j, ev = pending[0]
+            if not ev.is_set():
+                self.stats.opdone_waits += 1
+                await ev.wait()
+            pending.pop(0)
+            for k, slot in zip(group, slots):
+                status, out = region.result(slot)
+                if status in (SlotStatus.PENDING, SlotStatus.DEVICE_ERROR):
+                    results[k] = self._inline(h, items[k])
+                else:
+                    results[k] = (status, out)
+            if att.alive:
+                self._free(att, slots, j)
+
         try:
             for group in groups:
-                pending.append(await self._submit(att, h, items, group))
-            while pending:
-                group, slots, j, ev = pending[0]
-                if not ev.is_set():
-                    self.stats.opdone_waits += 1
-                    await ev.wait()
-                pending.pop(0)
-                for k, slot in zip(group, slots):
-                    status, out = region.result(slot)
-                    if status in (SlotStatus.PENDING, SlotStatus.DEVICE_ERROR):
-                        results[k] = self._inline(h, items[k])
+                # Deadlock freedom: a task waits for capacity only while it
+                # holds none; otherwise it first collects its own oldest
+                # group (the backend completes everything submitted).
+                while att.alive and (len(att.free_slots) < len(group) or not att.free_opdones):
+                    if pending:
+                        await collect_oldest()
                     else:
-                        results[k] = (status, out)
-                if att.alive:
-                    self._free(att, slots, j)
+                        await att.capacity.park()
+                if not att.alive:
+                    for k in group:
+                        results[k] = self._inline(h, items[k])
+                    continue
+                pending.append(self._submit(att, h, items, group))
+            while pending:
+                await collect_oldest()
         finally:
             for group, slots, j, ev in pending:
                 if att.alive:
@@ -501,10 +518,9 @@ class Frontend:
                         att.has_work.set()
         return results  # type: ignore[return-value]
 
-    async def _submit(self, att: _Attachment, h: EngineSession, items, group):
-        await att.opdone_sem.acquire()
-        for _ in group:
-            await att.slot_sem.acquire()
+    def _submit(self, att: _Attachment, h: EngineSession, items, group):
+        """Write one group (<= 16 requests, one opdone) and publish it. No
+        await inside: the ring has a single producer."""
         region = att.region
         j = att.free_opdones.pop()
         slots = [att.free_slots.pop() for _ in group]
@@ -517,9 +533,6 @@ class Frontend:
                                  dst_capacity(meta, len(src)), iv, aad, now_ns)
         ev = trio.Event()
         att.waiting[j] = ev
-        if not att.alive:
-            ev.set()
-            return group, slots, j, ev
         att.region.ring.push_many(slots)  # capacity >= slot_count: always fits
         att.has_work.set()
         self.stats.submitted += len(group)
