@@ -1,0 +1,430 @@
+"""The user-space poll-mode driver: see the package docstring for the API."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+from collections.abc import Sequence
+
+import trio
+
+from vcrypto.ops import Op
+from vcrypto.shm.region import Region
+from vcrypto.shm.ring import full_fence
+from vcrypto.shm.virtqueue import (
+    DESC_BYTES, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, SplitVirtqueue,
+    vring_layout,
+)
+from vcrypto.wire import session_msg, transport
+from vcrypto.wire import vhost_user as vu
+from vcrypto.wire import virtio_crypto as vc
+
+R = vu.Request
+PF = vu.ProtocolFeature
+
+#: Per-request bookkeeping in the driver region (see the package docstring).
+SLOT_BYTES = 256
+SLOT_STATUS = 72
+SLOT_TABLE = 128
+MAX_CHAIN = 6                  # header, iv, aad, src, dst, status
+GPA_STRIDE = 1 << 36           # each registered region gets its own 64 GiB window
+
+
+class DriverError(Exception):
+    """The device refused or broke the protocol (control path)."""
+
+
+class SessionCreateError(DriverError):
+    def __init__(self, status: int, detail: str = ""):
+        super().__init__(f"session create refused: {vc.STATUS_NAMES.get(status, status)} {detail}")
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegionHandle:
+    """A region registered with the device; ``gpa`` is its device address."""
+
+    region: Region
+    gpa: int
+
+    def buf(self, offset: int, length: int) -> Buf:
+        return Buf(self, offset, length)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Buf:
+    """``length`` bytes at ``offset`` inside a registered region."""
+
+    region: RegionHandle
+    offset: int
+    length: int
+
+    @property
+    def addr(self) -> int:
+        return self.region.gpa + self.offset
+
+    def view(self) -> memoryview:
+        return self.region.region.view(self.offset, self.length)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DataOp:
+    """One request for ``enqueue_burst``. ``dst`` must hold
+    ``vc.max_dst_bytes(op, alg, src.length)``; ``token`` comes back in the
+    ``Completion``."""
+
+    session_id: int
+    op: Op
+    src: Buf
+    dst: Buf
+    iv: Buf | None = None
+    aad: Buf | None = None
+    token: object = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Completion:
+    token: object
+    status: int          # virtio-crypto status (VIRTIO_CRYPTO_OK = 0)
+    dst_len: int         # result bytes written at the start of dst
+
+
+class Queue:
+    """Driver side of one data virtqueue."""
+
+    def __init__(self, index: int, vq: SplitVirtqueue, slots: memoryview, slots_gpa: int,
+                 indirect: bool):
+        self.index = index
+        self.vq = vq
+        self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.call_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._slots = slots
+        self._slots_gpa = slots_gpa
+        self.indirect = indirect
+        capacity = vq.num if indirect else vq.num // MAX_CHAIN
+        self.capacity = capacity
+        self._free = list(range(capacity - 1, -1, -1))
+        self._tokens: list[object] = [None] * capacity
+        self.kicks = 0
+        self.calls = 0
+        self.enqueued = 0
+        self.dequeued = 0
+        vq.driver_disable_calls()
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    @property
+    def in_flight(self) -> int:
+        return self.capacity - len(self._free)
+
+    def enqueue_burst(self, ops: Sequence[DataOp]) -> int:
+        vq = self.vq
+        n = 0
+        for dop in ops:
+            if not self._free:
+                break
+            slot = self._free.pop()
+            self._tokens[slot] = dop.token
+            self._write_chain(slot, dop)
+            vq.driver_add(slot if self.indirect else slot * MAX_CHAIN)
+            n += 1
+        if n:
+            old, new = vq.driver_publish()
+            self.enqueued += n
+            full_fence()      # publish avail.idx before reading the device's suppression state
+            if vq.driver_should_kick(old, new):
+                os.eventfd_write(self.kick_fd, 1)
+                self.kicks += 1
+        return n
+
+    def _write_chain(self, slot: int, dop: DataOp) -> None:
+        base = slot * SLOT_BYTES
+        slot_gpa = self._slots_gpa + base
+        iv_len = dop.iv.length if dop.iv else 0
+        aad_len = dop.aad.length if dop.aad else 0
+        hdr = vc.data_request_for(dop.op, dop.session_id, src_len=dop.src.length,
+                                  dst_len=dop.dst.length, iv_len=iv_len, aad_len=aad_len)
+        vc.encode_data_request(hdr, self._slots[base:base + vc.DATA_REQ_BYTES])
+        self._slots[base + SLOT_STATUS] = 0xFF
+        chain = [(slot_gpa, vc.DATA_REQ_BYTES, 0)]
+        for b in (dop.iv, dop.aad, dop.src):
+            if b is not None and b.length:
+                chain.append((b.addr, b.length, 0))
+        if dop.dst.length:
+            chain.append((dop.dst.addr, dop.dst.length, VIRTQ_DESC_F_WRITE))
+        chain.append((slot_gpa + SLOT_STATUS, vc.INHDR_BYTES, VIRTQ_DESC_F_WRITE))
+        if self.indirect:
+            table = self._table(slot)
+            for i, (addr, length, flags) in enumerate(chain):
+                last = i == len(chain) - 1
+                table.write(i, addr, length, flags | (0 if last else VIRTQ_DESC_F_NEXT), i + 1)
+            table.release()
+            self.vq.desc.write(slot, slot_gpa + SLOT_TABLE, len(chain) * DESC_BYTES,
+                               VIRTQ_DESC_F_INDIRECT, 0)
+        else:
+            first = slot * MAX_CHAIN
+            for i, (addr, length, flags) in enumerate(chain):
+                last = i == len(chain) - 1
+                self.vq.desc.write(first + i, addr, length,
+                                   flags | (0 if last else VIRTQ_DESC_F_NEXT), first + i + 1)
+
+    def _table(self, slot: int):
+        from vcrypto.shm.virtqueue import DescriptorTable
+        off = slot * SLOT_BYTES + SLOT_TABLE
+        return DescriptorTable(self._slots[off:off + MAX_CHAIN * DESC_BYTES])
+
+    def dequeue_burst(self, max_count: int = 1 << 16) -> list[Completion]:
+        vq = self.vq
+        out: list[Completion] = []
+        while len(out) < max_count:
+            elem = vq.driver_pop_used()
+            if elem is None:
+                break
+            head, written = elem
+            slot = head if self.indirect else head // MAX_CHAIN
+            if not 0 <= slot < self.capacity:
+                raise DriverError(f"device returned unknown head {head}")
+            if written == 0:
+                status, dst_len = vc.VIRTIO_CRYPTO_ERR, 0   # device could not even write status
+            else:
+                status, dst_len = self._slots[slot * SLOT_BYTES + SLOT_STATUS], written - 1
+            out.append(Completion(self._tokens[slot], status, dst_len))
+            self._tokens[slot] = None
+            self._free.append(slot)
+        self.dequeued += len(out)
+        return out
+
+    def pending(self) -> int:
+        return self.vq.driver_pending_used()
+
+    async def wait_used(self) -> None:
+        """Sleep until the used ring has something (arming calls race-free)."""
+        vq = self.vq
+        while not vq.driver_pending_used():
+            vq.driver_enable_calls()
+            full_fence()
+            if vq.driver_pending_used():
+                break
+            await trio.lowlevel.wait_readable(self.call_fd)
+            try:
+                os.eventfd_read(self.call_fd)
+                self.calls += 1
+            except BlockingIOError:
+                pass
+        vq.driver_disable_calls()
+
+    def close(self) -> None:
+        for fd in (self.kick_fd, self.call_fd):
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+        self.vq.release()
+        self._slots.release()
+
+
+class Driver:
+    """An attached virtio-crypto device (see the package docstring)."""
+
+    def __init__(self, sock, region: Region, queues: list[Queue], features: int,
+                 protocol_features: int):
+        self._sock = sock
+        self.region = region
+        self.queues = queues
+        self.features = features
+        self.protocol_features = protocol_features
+        self._lock = trio.Lock()
+        self._regions: list[RegionHandle] = [RegionHandle(region, GPA_STRIDE)]
+        self._next_gpa = 2 * GPA_STRIDE
+        self.closed = False
+
+    # -- attach ---------------------------------------------------------------
+
+    @classmethod
+    async def attach(cls, socket_path: str, *, queues: int = 1, queue_size: int = 256,
+                     event_idx: bool = True, indirect: bool = True) -> Driver:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.connect(socket_path)
+            return await cls._negotiate(sock, queues, queue_size, event_idx, indirect)
+        except BaseException:
+            sock.close()
+            raise
+
+    @classmethod
+    async def _negotiate(cls, sock, nqueues, queue_size, event_idx, indirect) -> Driver:
+        async def call(req, payload=b"", fds=(), need_reply=False):
+            flags = vu.VHOST_USER_VERSION | (vu.FLAG_NEED_REPLY if need_reply else 0)
+            await transport.send_message(sock, req, payload, flags=flags, fds=list(fds))
+
+        async def reply(req):
+            msg = await transport.recv_message(sock)
+            for fd in msg.fds:
+                os.close(fd)
+            if msg.request != req or not msg.flags & vu.FLAG_REPLY:
+                raise DriverError(f"expected a reply to {R(req).name}, got request {msg.request}")
+            return msg.payload
+
+        await call(R.GET_FEATURES)
+        offered = vu.parse_u64(await reply(R.GET_FEATURES))
+        if not offered & (1 << vu.VHOST_USER_F_PROTOCOL_FEATURES):
+            raise DriverError("device does not offer vhost-user protocol features")
+        await call(R.GET_PROTOCOL_FEATURES)
+        pf_offered = vu.parse_u64(await reply(R.GET_PROTOCOL_FEATURES))
+        need = (1 << PF.REPLY_ACK) | (1 << PF.CRYPTO_SESSION) | (1 << PF.CONFIGURE_MEM_SLOTS)
+        if pf_offered & need != need:
+            raise DriverError(f"device protocol features {pf_offered:#x} lack {need:#x}")
+        pf = need | (pf_offered & ((1 << PF.VCRYPTO_EXT) | (1 << PF.MQ)))
+        await call(R.SET_PROTOCOL_FEATURES, vu.u64(pf))
+        await call(R.SET_OWNER)
+        await call(R.GET_QUEUE_NUM)
+        max_queues = vu.parse_u64(await reply(R.GET_QUEUE_NUM))
+        if nqueues > max_queues:
+            raise DriverError(f"device serves {max_queues} data queues, asked for {nqueues}")
+        want = (1 << vu.VIRTIO_F_VERSION_1) | (1 << vu.VHOST_USER_F_PROTOCOL_FEATURES)
+        if event_idx:
+            want |= 1 << vu.VIRTIO_F_EVENT_IDX
+        if indirect:
+            want |= 1 << vu.VIRTIO_F_INDIRECT_DESC
+        features = want & offered
+        await call(R.SET_FEATURES, vu.u64(features))
+
+        layout = vring_layout(queue_size)
+        slots_bytes = queue_size * SLOT_BYTES
+        per_queue = layout.total + slots_bytes
+        region = Region.create("driver", per_queue * nqueues)
+        gpa = GPA_STRIDE
+        await call(R.SET_MEM_TABLE, vu.mem_table([vu.MemRegion(gpa, region.size, gpa, 0)]),
+                   fds=[region.fd], need_reply=True)
+        if vu.parse_u64(await reply(R.SET_MEM_TABLE)) != 0:
+            raise DriverError("SET_MEM_TABLE refused")
+        use_event = bool(features & (1 << vu.VIRTIO_F_EVENT_IDX))
+        use_indirect = bool(features & (1 << vu.VIRTIO_F_INDIRECT_DESC))
+        queues: list[Queue] = []
+        try:
+            for q in range(nqueues):
+                base = q * per_queue
+                lay = vring_layout(queue_size, base)
+                vq = SplitVirtqueue(queue_size, region.buf[lay.desc:lay.avail],
+                                    region.buf[lay.avail:lay.used],
+                                    region.buf[lay.used:base + lay.total], event_idx=use_event)
+                slots_off = base + lay.total
+                queue = Queue(q, vq, region.buf[slots_off:slots_off + slots_bytes],
+                              gpa + slots_off, use_indirect)
+                queues.append(queue)
+                await call(R.SET_VRING_NUM, vu.vring_state(q, queue_size))
+                await call(R.SET_VRING_BASE, vu.vring_state(q, 0))
+                await call(R.SET_VRING_ADDR, vu.VringAddr(q, 0, gpa + lay.desc, gpa + lay.used,
+                                                          gpa + lay.avail).encode())
+                await call(R.SET_VRING_CALL, vu.u64(q), fds=[queue.call_fd])
+                await call(R.SET_VRING_KICK, vu.u64(q), fds=[queue.kick_fd], need_reply=True)
+                if vu.parse_u64(await reply(R.SET_VRING_KICK)) != 0:
+                    raise DriverError(f"vring {q} refused")
+        except BaseException:
+            for queue in queues:
+                queue.close()
+            region.close()
+            raise
+        return cls(sock, region, queues, features, pf)
+
+    # -- control path -----------------------------------------------------------
+
+    async def _request(self, req: int, payload: bytes = b"", *, fds=(), need_reply=False,
+                       expect_reply=True) -> bytes | None:
+        if self.closed:
+            raise DriverError("driver is closed")
+        async with self._lock:
+            flags = vu.VHOST_USER_VERSION | (vu.FLAG_NEED_REPLY if need_reply else 0)
+            try:
+                await transport.send_message(self._sock, req, payload, flags=flags, fds=list(fds))
+                if not (expect_reply or need_reply):
+                    return None
+                msg = await transport.recv_message(self._sock)
+            except (OSError, transport.ConnectionClosed, vu.VhostUserError) as exc:
+                raise DriverError(f"{R(req).name}: connection to the device failed: {exc}") from exc
+            for fd in msg.fds:
+                os.close(fd)
+            if msg.request != req or not msg.flags & vu.FLAG_REPLY:
+                raise DriverError(f"{R(req).name}: unexpected reply {msg.request}")
+            return msg.payload
+
+    async def create_session(self, params: vc.SessionParams) -> int:
+        payload = await self._request(R.CREATE_CRYPTO_SESSION, session_msg.encode_create(params))
+        sid, status = session_msg.decode_create_reply(payload)
+        if sid < 0 or status != vc.VIRTIO_CRYPTO_OK:
+            raise SessionCreateError(status or vc.VIRTIO_CRYPTO_ERR, repr(params))
+        return sid
+
+    async def close_session(self, session_id: int) -> None:
+        payload = await self._request(R.CLOSE_CRYPTO_SESSION, vu.u64(session_id), need_reply=True)
+        status = vu.parse_u64(payload)
+        if status != 0:
+            raise DriverError(f"close session {session_id}: "
+                              f"{vc.STATUS_NAMES.get(status, status)}")
+
+    async def register_region(self, region: Region) -> RegionHandle:
+        """Register a caller's shared region (ADD_MEM_REG); buffers inside it can
+        then be used in ``DataOp``s. The caller keeps owning the region."""
+        gpa = self._next_gpa
+        self._next_gpa += GPA_STRIDE * ((region.size + GPA_STRIDE - 1) // GPA_STRIDE)
+        payload = await self._request(R.ADD_MEM_REG,
+                                      vu.mem_reg(vu.MemRegion(gpa, region.size, gpa, 0)),
+                                      fds=[region.fd], need_reply=True)
+        if vu.parse_u64(payload) != 0:
+            raise DriverError("ADD_MEM_REG refused")
+        handle = RegionHandle(region, gpa)
+        self._regions.append(handle)
+        return handle
+
+    async def unregister_region(self, handle: RegionHandle) -> None:
+        payload = await self._request(
+            R.REM_MEM_REG, vu.mem_reg(vu.MemRegion(handle.gpa, handle.region.size, handle.gpa, 0)),
+            need_reply=True)
+        if vu.parse_u64(payload) != 0:
+            raise DriverError("REM_MEM_REG refused")
+        self._regions.remove(handle)
+
+    async def capabilities(self) -> dict:
+        return json.loads(await self._request(R.VCRYPTO_GET_CAPS))
+
+    async def stats(self) -> dict:
+        """The device's counters and the host's CPU time (vendor GET_STATS)."""
+        return json.loads(await self._request(R.VCRYPTO_GET_STATS))
+
+    # -- data path (non-blocking) -------------------------------------------------
+
+    def enqueue_burst(self, queue: int, ops: Sequence[DataOp]) -> int:
+        return self.queues[queue].enqueue_burst(ops)
+
+    def dequeue_burst(self, queue: int, max_count: int = 1 << 16) -> list[Completion]:
+        return self.queues[queue].dequeue_burst(max_count)
+
+    def kick_fd(self, queue: int) -> int:
+        return self.queues[queue].kick_fd
+
+    def call_fd(self, queue: int) -> int:
+        return self.queues[queue].call_fd
+
+    async def wait_used(self, queue: int) -> None:
+        await self.queues[queue].wait_used()
+
+    # -- teardown -----------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._sock.close()
+        for q in self.queues:
+            q.close()
+        try:
+            self.region.close()
+        except Exception:  # a caller still holds a view: leave it to the GC
+            pass
+
+    async def __aenter__(self) -> Driver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

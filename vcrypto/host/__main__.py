@@ -1,0 +1,5 @@
+import sys
+
+from vcrypto.host.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""The host's typed configuration, loaded from YAML.
+
+Every key is checked: unknown keys and wrong types are rejected with the
+path of the offending entry (``ConfigError("poll.spin_us: expected a
+number, got 'fast'")``). Defaults live here, once, with their units::
+
+    keys_dir: null           # directory of PEM/DER private keys for key_ref (keyless)
+    fifo: true               # used ring in submission order per data queue
+    pool: {}                 # handed verbatim to vcrypto.host.pool.build_scheduler
+    poll:
+      mode: doorbell         # doorbell | adaptive
+      spin_us: 50            # adaptive: busy-poll this long after work before parking
+      batch_threshold: 8     # adaptive: poll only after a drained batch this big
+    limits:
+      max_devices: 64
+      max_sessions_per_device: 1024
+      max_queues: 4          # data queues per device
+      max_queue_size: 1024
+      max_request_bytes: 1048576
+      max_mem_slots: 32
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PollConfig:
+    mode: str = "doorbell"
+    spin_us: float = 50.0
+    batch_threshold: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_devices: int = 64
+    max_sessions_per_device: int = 1024
+    max_queues: int = 4
+    max_queue_size: int = 1024
+    max_request_bytes: int = 1 << 20
+    max_mem_slots: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class HostConfig:
+    keys_dir: Path | None = None
+    fifo: bool = True
+    pool: dict = dataclasses.field(default_factory=dict)
+    poll: PollConfig = PollConfig()
+    limits: Limits = Limits()
+
+
+def _check(path: str, value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ConfigError(f"{path}: expected {name}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{path}: expected {name}, got {value!r}")
+    return value
+
+
+def _section(path: str, raw: Any, cls: type) -> Any:
+    if raw is None:
+        return cls()
+    _check(path, raw, dict, "a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"{path}.{key}: unknown key (expected one of {', '.join(fields)})")
+        default = getattr(cls(), key)
+        if isinstance(default, bool):
+            out[key] = _check(f"{path}.{key}", value, bool, "true or false")
+        elif isinstance(default, int):
+            out[key] = _check(f"{path}.{key}", value, int, "an integer")
+            if value < 0:
+                raise ConfigError(f"{path}.{key}: must be >= 0, got {value}")
+        elif isinstance(default, float):
+            out[key] = float(_check(f"{path}.{key}", value, (int, float), "a number"))
+        else:
+            out[key] = _check(f"{path}.{key}", value, str, "a string")
+    return cls(**out)
+
+
+def parse_config(raw: Any, *, base_dir: Path | None = None) -> HostConfig:
+    if raw is None:
+        raw = {}
+    _check("<root>", raw, dict, "a mapping")
+    allowed = {"keys_dir", "fifo", "pool", "poll", "limits"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{key}: unknown key (expected one of {', '.join(sorted(allowed))})")
+    keys_dir = raw.get("keys_dir")
+    if keys_dir is not None:
+        keys_dir = Path(_check("keys_dir", keys_dir, str, "a directory path"))
+        if base_dir is not None and not keys_dir.is_absolute():
+            keys_dir = base_dir / keys_dir
+        if not keys_dir.is_dir():
+            raise ConfigError(f"keys_dir: {keys_dir} is not a directory")
+    fifo = _check("fifo", raw.get("fifo", True), bool, "true or false")
+    pool = raw.get("pool") or {}
+    _check("pool", pool, dict, "a mapping")
+    poll = _section("poll", raw.get("poll"), PollConfig)
+    if poll.mode not in ("doorbell", "adaptive"):
+        raise ConfigError(f"poll.mode: expected 'doorbell' or 'adaptive', got {poll.mode!r}")
+    limits = _section("limits", raw.get("limits"), Limits)
+    return HostConfig(keys_dir=keys_dir, fifo=fifo, pool=pool, poll=poll, limits=limits)
+
+
+def load_config(path: str | Path | None) -> HostConfig:
+    if path is None:
+        return HostConfig()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot load: {exc}") from exc
+    return parse_config(raw, base_dir=path.parent)

@@ -1,0 +1,265 @@
+"""From a descriptor chain to a ``CryptoJob`` and back: the device's data path.
+
+Sans-IO: given the vring, the device's memory and its session table, turn one
+avail-ring head into either a validated request (job + where its result goes)
+or an error status. Every check the design promises lives here:
+
+1. chain structure: head and every ``next`` < queue size, no loops (at most
+   ``num`` descriptors), an INDIRECT table is the whole chain, a multiple of
+   16 bytes, at most ``num`` entries, not nested (virtio 1.2 §2.7.5.3.1);
+   readable descriptors before writable ones (§2.7.4.2);
+2. every buffer wholly inside one registered region (``GuestMemory``);
+3. header: a known data opcode, lengths that add up within the readable and
+   writable bytes actually supplied, within ``max_request_bytes``;
+4. the session id is live *on this device* and its op matches the opcode;
+5. per op: AEAD iv 12 bytes, tag 16, dst large enough.
+
+A broken chain (1) yields no status location: the used element is
+published with len 0, which the driver reads as VIRTIO_CRYPTO_ERR. Once
+the chain parses, any later failure writes its status byte (the last
+writable byte, ``virtio_crypto_inhdr``) and publishes len 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from vcrypto.host.memory import BadAddress, GuestMemory
+from vcrypto.host.resources._base import CryptoJob
+from vcrypto.host.sessions import Session, SessionTable
+from vcrypto.ops import AEAD_IV_BYTES, AEAD_TAG_BYTES, Op
+from vcrypto.shm.virtqueue import (
+    DESC_BYTES, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, DescriptorTable,
+    SplitVirtqueue, VirtqueueError,
+)
+from vcrypto.wire import virtio_crypto as vc
+
+
+class ChainError(Exception):
+    """The chain itself is malformed; no status byte can be located."""
+
+
+class RequestError(Exception):
+    """The request is invalid; ``status`` goes into its inhdr."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+
+
+class Stream:
+    """A list of buffers read or written as one byte stream."""
+
+    __slots__ = ("views", "total")
+
+    def __init__(self, views: list[memoryview]):
+        self.views = views
+        self.total = sum(len(v) for v in views)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        out = []
+        for v in self.views:
+            n = len(v)
+            if offset >= n:
+                offset -= n
+                continue
+            take = min(n - offset, length)
+            out.append(v[offset:offset + take])
+            length -= take
+            offset = 0
+            if not length:
+                break
+        if len(out) == 1:
+            return bytes(out[0])
+        return b"".join(out)
+
+    def write(self, offset: int, data: bytes) -> None:
+        pos = 0
+        for v in self.views:
+            n = len(v)
+            if offset >= n:
+                offset -= n
+                continue
+            take = min(n - offset, len(data) - pos)
+            v[offset:offset + take] = data[pos:pos + take]
+            pos += take
+            offset = 0
+            if pos == len(data):
+                return
+
+    def release(self) -> None:
+        for v in self.views:
+            v.release()
+        self.views = []
+
+
+@dataclasses.dataclass(slots=True)
+class Chain:
+    head: int
+    readable: Stream
+    writable: Stream
+
+    def release(self) -> None:
+        self.readable.release()
+        self.writable.release()
+
+
+def walk_chain(vq: SplitVirtqueue, head: int, mem: GuestMemory) -> Chain:
+    """Collect the chain's buffers; ``ChainError`` if it is structurally broken,
+    ``BadAddress`` (chain intact, status locatable) handled by the caller."""
+    num = vq.num
+    if head >= num:
+        raise ChainError(f"head {head} >= queue size {num}")
+    first = vq.desc.read(head)
+    table, index, limit = vq.desc, head, num
+    indirect_view = None
+    if first.flags & VIRTQ_DESC_F_INDIRECT:
+        if first.flags & VIRTQ_DESC_F_NEXT:
+            raise ChainError("INDIRECT descriptor with NEXT set")
+        if first.len == 0 or first.len % DESC_BYTES or first.len // DESC_BYTES > num:
+            raise ChainError(f"indirect table of {first.len} bytes")
+        try:
+            indirect_view = mem.gpa_view(first.addr, first.len)
+        except BadAddress as exc:
+            raise ChainError(f"indirect table: {exc}") from exc
+        table, index, limit = DescriptorTable(indirect_view), 0, first.len // DESC_BYTES
+    readable: list[memoryview] = []
+    writable: list[memoryview] = []
+    bad: str | None = None
+    try:
+        for _ in range(limit):
+            try:
+                d = table.read(index)
+            except VirtqueueError as exc:
+                raise ChainError(str(exc)) from exc
+            if d.flags & VIRTQ_DESC_F_INDIRECT:
+                raise ChainError("nested or chained INDIRECT descriptor")
+            try:
+                view = mem.gpa_view(d.addr, d.len)
+            except BadAddress as exc:
+                bad = bad or str(exc)
+                view = None
+            if d.flags & VIRTQ_DESC_F_WRITE:
+                writable.append(view)
+            else:
+                if writable:
+                    raise ChainError("device-readable descriptor after a writable one")
+                readable.append(view)
+            if not d.flags & VIRTQ_DESC_F_NEXT:
+                break
+            index = d.next
+        else:
+            raise ChainError(f"chain longer than {limit} descriptors (a loop)")
+    finally:
+        if indirect_view is not None:
+            table.release()
+            indirect_view.release()
+    if not writable or writable[-1] is None or len(writable[-1]) < vc.INHDR_BYTES:
+        raise ChainError("no writable status byte at the end of the chain")
+    chain = Chain(head, Stream([v for v in readable if v is not None]),
+                  Stream([v for v in writable if v is not None]))
+    if bad is not None:
+        # Keep only the status byte so the caller can report ERR.
+        status = writable[-1][-1:]
+        chain.release()
+        raise _BadBuffer(Chain(head, Stream([]), Stream([status])), bad)
+    return chain
+
+
+class _BadBuffer(Exception):
+    def __init__(self, chain: Chain, detail: str):
+        super().__init__(detail)
+        self.chain = chain
+
+
+@dataclasses.dataclass(slots=True)
+class Request:
+    """A validated request: the job, and where its result and status go."""
+
+    chain: Chain
+    session: Session | None
+    job: CryptoJob | None
+    dst_len: int
+    status_offset: int       # in chain.writable
+    error_status: int | None = None   # set when validation already failed
+    error_detail: str = ""
+
+    def finish(self, status: int, result: bytes = b"") -> int:
+        """Write result + status in place; returns the used-element length."""
+        written = 0
+        if status == vc.VIRTIO_CRYPTO_OK:
+            if len(result) > self.dst_len:
+                status = vc.VIRTIO_CRYPTO_ERR     # result does not fit dst
+            else:
+                self.chain.writable.write(0, result)
+                written = len(result)
+        self.chain.writable.write(self.status_offset, bytes((status,)))
+        self.chain.release()
+        return written + vc.INHDR_BYTES
+
+
+def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: SessionTable,
+                  seq: int, max_request_bytes: int) -> Request:
+    """Validate one request. Raises ``ChainError`` (no status), or returns a
+    ``Request`` whose ``error_status`` is set when it already failed."""
+    try:
+        chain = walk_chain(vq, head, mem)
+    except _BadBuffer as bb:
+        return _failed(bb.chain, vc.VIRTIO_CRYPTO_ERR, str(bb))
+    status_offset = chain.writable.total - vc.INHDR_BYTES
+    try:
+        if chain.readable.total < vc.DATA_REQ_BYTES:
+            raise RequestError(vc.VIRTIO_CRYPTO_ERR, "readable part shorter than the header")
+        try:
+            hdr = vc.decode_data_request(chain.readable.read(0, vc.DATA_REQ_BYTES))
+        except vc.WireError as exc:
+            raise RequestError(exc.status, exc.detail) from exc
+        inputs = hdr.iv_len + hdr.aad_len + hdr.src_len
+        if inputs > max_request_bytes or hdr.dst_len > max_request_bytes:
+            raise RequestError(vc.VIRTIO_CRYPTO_ERR, f"request over {max_request_bytes} bytes")
+        if vc.DATA_REQ_BYTES + inputs > chain.readable.total:
+            raise RequestError(vc.VIRTIO_CRYPTO_ERR,
+                               f"header lengths need {inputs} input bytes, chain has "
+                               f"{chain.readable.total - vc.DATA_REQ_BYTES}")
+        if hdr.dst_len > status_offset:
+            raise RequestError(vc.VIRTIO_CRYPTO_ERR,
+                               f"dst_len {hdr.dst_len} but {status_offset} writable bytes")
+        session = sessions.acquire(hdr.session_id)
+        if session is None:
+            raise RequestError(vc.VIRTIO_CRYPTO_INVSESS, f"session {hdr.session_id} unknown here")
+        try:
+            if session.opcode != hdr.opcode:
+                raise RequestError(vc.VIRTIO_CRYPTO_ERR,
+                                   f"opcode {hdr.opcode:#x} on a {session.op.value} session")
+            op = session.op
+            if op in (Op.AEAD_SEAL, Op.AEAD_OPEN):
+                if hdr.iv_len != AEAD_IV_BYTES or hdr.tag_len != AEAD_TAG_BYTES:
+                    raise RequestError(vc.VIRTIO_CRYPTO_ERR,
+                                       f"iv_len {hdr.iv_len}/tag_len {hdr.tag_len}, need 12/16")
+            elif hdr.iv_len or hdr.aad_len:
+                raise RequestError(vc.VIRTIO_CRYPTO_ERR, "iv/aad on a non-AEAD request")
+            need = vc.max_dst_bytes(op, session.alg, hdr.src_len) \
+                if op in (Op.AEAD_SEAL, Op.AEAD_OPEN) else 0
+            if hdr.dst_len < need:
+                raise RequestError(vc.VIRTIO_CRYPTO_ERR, f"dst_len {hdr.dst_len} < {need}")
+            r = chain.readable
+            off = vc.DATA_REQ_BYTES
+            iv = r.read(off, hdr.iv_len)
+            aad = r.read(off + hdr.iv_len, hdr.aad_len)
+            src = r.read(off + hdr.iv_len + hdr.aad_len, hdr.src_len)
+            job = CryptoJob(op=op, alg=session.alg, key=session.key, key_id=session.key_id,
+                            src=src, iv=iv, aad=aad, seq=seq)
+        except BaseException:
+            sessions.release(session)
+            raise
+    except RequestError as exc:
+        return _failed(chain, exc.status, str(exc))
+    chain.readable.release()
+    return Request(chain, session, job, hdr.dst_len, status_offset)
+
+
+def _failed(chain: Chain, status: int, detail: str) -> Request:
+    chain.readable.release()
+    return Request(chain, None, None, 0, chain.writable.total - vc.INHDR_BYTES,
+                   error_status=status, error_detail=detail)

@@ -1,0 +1,365 @@
+"""One virtual crypto device: the host side of one vhost-user connection.
+
+Theory of operation
+-------------------
+``Device.serve(sock)`` reads vhost-user messages one at a time (the protocol
+is strictly request/reply on this socket) and applies them to the device
+state: negotiated features, the memory table, per-vring configuration, and
+the session table (control plane). A vring starts serving (a ``DataQueue``
+task in the device nursery) once it has a size, addresses and a kick
+(QEMU never sends SET_VRING_ENABLE for crypto: SET_VRING_KICK is the start
+signal, notes/qemu-virtio-crypto.md); GET_VRING_BASE stops it.
+
+A malformed message, an unknown request number, or a ring the driver
+corrupted raises ``DeviceError``: this device's connection is closed and its
+resources released; the host and every other device carry on. A bad data
+request is not a device error: it gets an error status in its own inhdr.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+
+import trio
+
+from vcrypto.host.config import HostConfig
+from vcrypto.host.keys import KeyStore
+from vcrypto.host.memory import BadAddress, GuestMemory
+from vcrypto.host.queue import DataQueue, DeviceStats, QueueBroken
+from vcrypto.host.sessions import SessionError, SessionTable
+from vcrypto.ops import ALL_CAPABILITIES
+from vcrypto.shm.virtqueue import (
+    SplitVirtqueue, VirtqueueError, avail_bytes, check_num, desc_table_bytes, used_bytes,
+)
+from vcrypto.wire import session_msg
+from vcrypto.wire import transport
+from vcrypto.wire import vhost_user as vu
+from vcrypto.wire import virtio_crypto as vc
+
+log = logging.getLogger("vcrypto.host.device")
+
+R = vu.Request
+PF = vu.ProtocolFeature
+
+DEVICE_FEATURES = ((1 << vu.VIRTIO_F_VERSION_1) | (1 << vu.VIRTIO_F_INDIRECT_DESC)
+                   | (1 << vu.VIRTIO_F_EVENT_IDX) | (1 << vu.VHOST_USER_F_PROTOCOL_FEATURES))
+PROTOCOL_FEATURES = ((1 << PF.MQ) | (1 << PF.REPLY_ACK) | (1 << PF.CRYPTO_SESSION)
+                     | (1 << PF.CONFIGURE_MEM_SLOTS) | (1 << PF.VCRYPTO_EXT))
+
+
+class DeviceError(Exception):
+    """The driver broke the protocol; this device's connection is closed."""
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+
+
+def host_cpu_seconds() -> float:
+    """CPU time (user + system) of the whole host process, all threads."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class _Vring:
+    __slots__ = ("num", "addr", "base", "kick_fd", "call_fd", "queue", "cancel", "done")
+
+    def __init__(self) -> None:
+        self.num = 0
+        self.addr: vu.VringAddr | None = None
+        self.base = 0
+        self.kick_fd: int | None = None
+        self.call_fd: int | None = None
+        self.queue: DataQueue | None = None
+        self.cancel: trio.CancelScope | None = None
+        self.done: trio.Event | None = None
+
+
+class Device:
+    def __init__(self, device_id: int, config: HostConfig, scheduler, keys: KeyStore):
+        self.id = device_id
+        self.config = config
+        self.scheduler = scheduler
+        limits = config.limits
+        self.sessions = SessionTable(limits.max_sessions_per_device, keys)
+        self.mem = GuestMemory(limits.max_mem_slots)
+        self.stats = DeviceStats()
+        self.features = 0
+        self.protocol_features = 0
+        self.vrings: dict[int, _Vring] = {}
+        self._nursery: trio.Nursery | None = None
+        self.started_at = time.monotonic()
+
+    # -- connection ---------------------------------------------------------
+
+    async def serve(self, sock: trio.socket.SocketType) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self._message_loop(sock)
+                except (DeviceError, vu.VhostUserError) as exc:
+                    log.warning("device %d: closing: %s", self.id, exc)
+                except transport.ConnectionClosed:
+                    log.info("device %d: driver disconnected", self.id)
+                except OSError as exc:
+                    log.info("device %d: connection error: %s", self.id, exc)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._teardown()
+
+    async def _message_loop(self, sock) -> None:
+        while True:
+            msg = await transport.recv_message(sock)
+            try:
+                reply = self._handle(msg)
+            finally:
+                for fd in msg.fds:
+                    if fd >= 0:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+            if reply is not None:
+                await transport.send_message(sock, msg.request, reply, flags=vu.REPLY_FLAGS)
+            elif msg.need_reply and self.protocol_features & (1 << PF.REPLY_ACK):
+                await transport.send_message(sock, msg.request, vu.u64(0), flags=vu.REPLY_FLAGS)
+
+    def _teardown(self) -> None:
+        for ring in self.vrings.values():
+            self._stop_ring(ring)
+            for fd in (ring.kick_fd, ring.call_fd):
+                _close_fd(fd)
+            ring.kick_fd = ring.call_fd = None
+        self.sessions.close_all()
+        self.mem.clear()
+
+    # -- message dispatch -----------------------------------------------------
+
+    def _take_fd(self, msg: vu.Message) -> int:
+        """Duplicate the message's single fd (the loop closes the originals)."""
+        if len(msg.fds) != 1:
+            raise DeviceError(f"{R(msg.request).name}: expected 1 fd, got {len(msg.fds)}")
+        return os.dup(msg.fds[0])
+
+    def _handle(self, msg: vu.Message) -> bytes | None:
+        try:
+            req = R(msg.request)
+        except ValueError:
+            raise DeviceError(f"unknown vhost-user request {msg.request}") from None
+        p = msg.payload
+        if req is R.GET_FEATURES:
+            return vu.u64(DEVICE_FEATURES)
+        if req is R.SET_FEATURES:
+            features = vu.parse_u64(p)
+            if features & ~DEVICE_FEATURES:
+                raise DeviceError(f"SET_FEATURES {features:#x} has bits the device did not offer")
+            self.features = features
+            return None
+        if req is R.GET_PROTOCOL_FEATURES:
+            return vu.u64(PROTOCOL_FEATURES)
+        if req is R.SET_PROTOCOL_FEATURES:
+            pf = vu.parse_u64(p)
+            if pf & ~PROTOCOL_FEATURES:
+                raise DeviceError(f"SET_PROTOCOL_FEATURES {pf:#x} has bits not offered")
+            self.protocol_features = pf
+            return None
+        if req in (R.SET_OWNER, R.RESET_OWNER, R.SET_VRING_ENABLE, R.SET_CONFIG):
+            return None
+        if req is R.GET_QUEUE_NUM:
+            return vu.u64(self.config.limits.max_queues)
+        if req is R.GET_MAX_MEM_SLOTS:
+            return vu.u64(self.config.limits.max_mem_slots)
+        if req is R.SET_MEM_TABLE:
+            return self._set_mem_table(msg)
+        if req is R.ADD_MEM_REG:
+            region = vu.parse_mem_reg(p)
+            self._add_region(region, self._take_fd(msg))
+            return None
+        if req is R.REM_MEM_REG:
+            region = vu.parse_mem_reg(p)
+            try:
+                self.mem.remove(region.guest_phys_addr)
+            except BadAddress as exc:
+                raise DeviceError(str(exc)) from exc
+            return None
+        if req is R.SET_VRING_NUM:
+            index, num = vu.parse_vring_state(p)
+            ring = self._ring(index, stopped=True)
+            try:
+                check_num(num)
+            except VirtqueueError as exc:
+                raise DeviceError(str(exc)) from exc
+            if num > self.config.limits.max_queue_size:
+                raise DeviceError(f"vring {index}: size {num} > {self.config.limits.max_queue_size}")
+            ring.num = num
+            return None
+        if req is R.SET_VRING_ADDR:
+            addr = vu.VringAddr.decode(p)
+            self._ring(addr.index, stopped=True).addr = addr
+            return None
+        if req is R.SET_VRING_BASE:
+            index, base = vu.parse_vring_state(p)
+            self._ring(index, stopped=True).base = base & 0xFFFF
+            return None
+        if req is R.GET_VRING_BASE:
+            index, _ = vu.parse_vring_state(p)
+            ring = self._ring(index)
+            self._stop_ring(ring)
+            return vu.vring_state(index, ring.base)
+        if req in (R.SET_VRING_KICK, R.SET_VRING_CALL, R.SET_VRING_ERR):
+            return self._set_vring_fd(req, msg)
+        if req is R.CREATE_CRYPTO_SESSION:
+            return self._create_session(p)
+        if req is R.CLOSE_CRYPTO_SESSION:
+            sid = vu.parse_u64(p)
+            try:
+                self.sessions.close(sid)
+            except SessionError as exc:
+                log.info("device %d: close session %d: %s", self.id, sid, exc)
+                return vu.u64(exc.status) if msg.need_reply else None
+            return None
+        if req is R.VCRYPTO_GET_CAPS and self.protocol_features & (1 << PF.VCRYPTO_EXT):
+            return json.dumps({
+                "v": 1,
+                "capabilities": sorted(f"{op.value}:{alg.value}" for op, alg in ALL_CAPABILITIES),
+                "max_sessions": self.config.limits.max_sessions_per_device,
+                "max_queues": self.config.limits.max_queues,
+                "max_queue_size": self.config.limits.max_queue_size,
+            }).encode()
+        if req is R.VCRYPTO_GET_STATS and self.protocol_features & (1 << PF.VCRYPTO_EXT):
+            return json.dumps({"v": 1, "device": self.stats_dict(),
+                               "host": {"cpu_s": host_cpu_seconds(), "pid": os.getpid()}}).encode()
+        raise DeviceError(f"request {req.name} is not supported here")
+
+    def stats_dict(self) -> dict:
+        d = self.stats.as_dict()
+        d["sessions"] = len(self.sessions)
+        d["id"] = self.id
+        return d
+
+    # -- memory -----------------------------------------------------------------
+
+    def _set_mem_table(self, msg: vu.Message) -> None:
+        regions = vu.parse_mem_table(msg.payload)
+        if len(regions) != len(msg.fds):
+            raise DeviceError(f"SET_MEM_TABLE: {len(regions)} regions but {len(msg.fds)} fds")
+        if any(r.queue is not None for r in self.vrings.values()):
+            raise DeviceError("SET_MEM_TABLE while vrings are running")
+        self.mem.clear()
+        for region, fd in zip(regions, msg.fds):
+            self._add_region(region, os.dup(fd))
+        return None
+
+    def _add_region(self, region: vu.MemRegion, fd: int) -> None:
+        try:
+            self.mem.add(region, fd)
+        except BadAddress as exc:
+            raise DeviceError(f"memory region: {exc}") from exc
+
+    # -- vrings -------------------------------------------------------------------
+
+    def _ring(self, index: int, *, stopped: bool = False) -> _Vring:
+        if index >= self.config.limits.max_queues:
+            raise DeviceError(f"vring {index} >= max_queues {self.config.limits.max_queues}")
+        ring = self.vrings.setdefault(index, _Vring())
+        if stopped and ring.queue is not None:
+            raise DeviceError(f"vring {index} reconfigured while running")
+        return ring
+
+    def _set_vring_fd(self, req: R, msg: vu.Message) -> None:
+        value = vu.parse_u64(msg.payload)
+        index = value & vu.VRING_IDX_MASK
+        nofd = bool(value & vu.VRING_NOFD_MASK)
+        if value & ~(vu.VRING_IDX_MASK | vu.VRING_NOFD_MASK):
+            raise DeviceError(f"{req.name}: bad payload {value:#x}")
+        fd = None if nofd else self._take_fd(msg)
+        if req is R.SET_VRING_ERR:
+            if fd is not None:
+                os.close(fd)
+            return None
+        ring = self._ring(index)
+        if fd is not None:
+            os.set_blocking(fd, False)
+        if req is R.SET_VRING_CALL:
+            _close_fd(ring.call_fd)
+            ring.call_fd = fd
+            if ring.queue is not None:
+                ring.queue.call_fd = fd
+            return None
+        # SET_VRING_KICK: (re)start the ring.
+        self._stop_ring(ring)
+        _close_fd(ring.kick_fd)
+        ring.kick_fd = fd
+        self._start_ring(index, ring)
+        return None
+
+    def _start_ring(self, index: int, ring: _Vring) -> None:
+        if ring.num == 0 or ring.addr is None:
+            raise DeviceError(f"vring {index} kicked before SET_VRING_NUM/ADDR")
+        a, n = ring.addr, ring.num
+        try:
+            desc = self.mem.uva_view(a.desc, desc_table_bytes(n))
+            avail = self.mem.uva_view(a.avail, avail_bytes(n))
+            used = self.mem.uva_view(a.used, used_bytes(n))
+        except BadAddress as exc:
+            raise DeviceError(f"vring {index} addresses: {exc}") from exc
+        vq = SplitVirtqueue(n, desc, avail, used,
+                            event_idx=bool(self.features & (1 << vu.VIRTIO_F_EVENT_IDX)))
+        vq.last_avail = ring.base
+        vq.next_used = ring.base
+        ring.queue = DataQueue(
+            index, vq, kick_fd=ring.kick_fd, call_fd=ring.call_fd, mem=self.mem,
+            sessions=self.sessions, scheduler=self.scheduler, stats=self.stats,
+            fifo=self.config.fifo, poll=self.config.poll,
+            max_request_bytes=self.config.limits.max_request_bytes)
+        ring.cancel = trio.CancelScope()
+        ring.done = trio.Event()
+        self._nursery.start_soon(self._run_ring, ring, ring.queue, ring.cancel, ring.done)
+
+    async def _run_ring(self, ring: _Vring, queue: DataQueue, cancel: trio.CancelScope,
+                        done: trio.Event) -> None:
+        try:
+            with cancel:
+                await queue.run()
+        except QueueBroken as exc:
+            # The driver corrupted the ring: reset this device only.
+            log.warning("device %d: closing: %s", self.id, exc)
+            self._nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("device %d: vring %d failed; closing the device", self.id, queue.index)
+            self._nursery.cancel_scope.cancel()
+        finally:
+            queue.vq.release()
+            done.set()
+
+    def _stop_ring(self, ring: _Vring) -> None:
+        if ring.queue is None:
+            return
+        ring.base = ring.queue.vq.last_avail
+        ring.queue.stop()
+        ring.cancel.cancel()
+        ring.queue = None
+
+    # -- sessions -------------------------------------------------------------------
+
+    def _create_session(self, payload: bytes) -> bytes:
+        request = None
+        try:
+            request = session_msg.decode_create(payload)
+            if isinstance(request, session_msg.QemuSymSession):
+                raise SessionError(vc.VIRTIO_CRYPTO_NOTSUPP,
+                                   f"symmetric cipher {request.cipher_alg} (QEMU form)")
+            session = self.sessions.create(request)
+        except (vc.WireError, SessionError) as exc:
+            log.info("device %d: session create refused: %s", self.id, exc)
+            return session_msg.encode_create_reply(request, None, exc.status)
+        log.debug("device %d: session %d created (%s/%s)", self.id, session.id,
+                  session.op.value, session.alg.value)
+        return session_msg.encode_create_reply(request, session.id, vc.VIRTIO_CRYPTO_OK)

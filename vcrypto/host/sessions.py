@@ -1,0 +1,134 @@
+"""Session objects and the per-device session table (DESIGN §5).
+
+A session is validated once, at create: the (op, algorithm) pair, the key
+length for AEAD, the private key parses and matches the algorithm for SIGN,
+a ``key_ref`` names a key the host holds. Requests then carry only the id.
+
+Ids come from one host-wide counter, so an id is never reused while the host
+runs and an id from another device is simply *unknown* to this device's table:
+scoping is by construction, not by a check that could be forgotten.
+
+Refcounting: the table holds one reference; every request in flight holds
+one more. ``close`` drops the table's reference; the key material is dropped
+when the last reference goes (a request already running finishes with the
+key it started with; new requests get INVSESS).
+"""
+from __future__ import annotations
+
+import itertools
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from vcrypto.host.keys import KeyStore, key_id_of
+from vcrypto.host.resources._base import CryptoOpError
+from vcrypto.host.resources._crypto import load_private_key
+from vcrypto.ops import AEAD_KEY_BYTES, Alg, Op, is_valid
+from vcrypto.wire import virtio_crypto as vc
+
+_ids = itertools.count(1)
+
+
+class SessionError(Exception):
+    """Session create/close refused; ``status`` is the virtio-crypto status."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"{vc.STATUS_NAMES.get(status, status)}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class Session:
+    __slots__ = ("id", "op", "alg", "key", "key_id", "refs", "opcode")
+
+    def __init__(self, sid: int, op: Op, alg: Alg, key: bytes):
+        self.id = sid
+        self.op = op
+        self.alg = alg
+        self.key = key
+        self.key_id = key_id_of(key) if key else b""
+        self.refs = 1
+        self.opcode = vc.DATA_OPCODE[op]
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id}, {self.op.value}/{self.alg.value}, refs={self.refs})"
+
+
+def _key_matches(alg: Alg, key: object) -> bool:
+    if alg is Alg.ED25519:
+        return isinstance(key, ed25519.Ed25519PrivateKey)
+    if alg is Alg.ECDSA_SECP256R1_SHA256:
+        return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+    if alg is Alg.ECDSA_SECP384R1_SHA384:
+        return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1)
+    return isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 1024
+
+
+class SessionTable:
+    """id → Session for one device, capped at ``max_sessions``."""
+
+    def __init__(self, max_sessions: int, keys: KeyStore):
+        self.max_sessions = max_sessions
+        self._keys = keys
+        self._sessions: dict[int, Session] = {}
+        self.created = 0
+        self.closed = 0
+        self.destroyed = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, params: vc.SessionParams) -> Session:
+        if not is_valid(params.op, params.alg):
+            raise SessionError(vc.VIRTIO_CRYPTO_NOTSUPP, f"{params.alg.value} for {params.op.value}")
+        if len(self._sessions) >= self.max_sessions:
+            raise SessionError(vc.VIRTIO_CRYPTO_NOSPC,
+                               f"device already has {self.max_sessions} sessions")
+        key = params.key
+        if params.op in (Op.AEAD_SEAL, Op.AEAD_OPEN):
+            if len(key) != AEAD_KEY_BYTES[params.alg]:
+                raise SessionError(vc.VIRTIO_CRYPTO_KEY_REJECTED,
+                                   f"{params.alg.value} key of {len(key)} bytes")
+        elif params.op is Op.SIGN:
+            if params.key_ref is not None:
+                held = self._keys.get(params.key_ref)
+                if held is None:
+                    raise SessionError(vc.VIRTIO_CRYPTO_KEY_REJECTED,
+                                       f"key_ref {params.key_ref!r} is not a key this host holds")
+                key = held
+            try:
+                loaded = load_private_key(key)
+            except CryptoOpError as exc:
+                raise SessionError(vc.VIRTIO_CRYPTO_KEY_REJECTED, exc.detail) from exc
+            if not _key_matches(params.alg, loaded):
+                raise SessionError(vc.VIRTIO_CRYPTO_KEY_REJECTED,
+                                   f"key type does not fit {params.alg.value}")
+        elif key:
+            raise SessionError(vc.VIRTIO_CRYPTO_ERR, "an ECDH session carries no key")
+        session = Session(next(_ids), params.op, params.alg, key)
+        self._sessions[session.id] = session
+        self.created += 1
+        return session
+
+    def acquire(self, sid: int) -> Session | None:
+        """The live session ``sid`` with one more reference, or None."""
+        session = self._sessions.get(sid)
+        if session is not None:
+            session.refs += 1
+        return session
+
+    def release(self, session: Session) -> None:
+        session.refs -= 1
+        if session.refs == 0:
+            session.key = b""     # drop the key material with the last reference
+            self.destroyed += 1
+
+    def close(self, sid: int) -> None:
+        session = self._sessions.pop(sid, None)
+        if session is None:
+            raise SessionError(vc.VIRTIO_CRYPTO_INVSESS, f"no session {sid} on this device")
+        self.closed += 1
+        self.release(session)
+
+    def close_all(self) -> None:
+        for sid in list(self._sessions):
+            self.close(sid)

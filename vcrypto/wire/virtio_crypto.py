@@ -1,0 +1,347 @@
+"""virtio-crypto (virtio 1.2 §5.9) request formats, plus vcrypto's documented
+vendor extensions for what the spec lacks.
+
+Pure codecs: bytes in, typed values out, ``WireError`` (carrying the
+virtio-crypto status to report) for anything malformed. Little-endian
+throughout, as the spec requires.
+
+Session create (control request, legacy fixed-size form the Linux driver and
+QEMU use; 72 bytes then the key)::
+
+    virtio_crypto_op_ctrl_req:
+    offset  size  field
+    0       4     header.opcode     e.g. AEAD_CREATE_SESSION = (3 << 8) | 2
+    4       4     header.algo       service algorithm (GCM = 1, RSA = 1, ...)
+    8       4     header.flag       0
+    12      4     header.queue_id   0 (reserved in virtio 1.2)
+    16      56    op_flf            per-service session parameters, zero padded:
+      AEAD    (virtio_crypto_aead_create_session_flf)
+              16 algo, 20 key_len, 24 tag_len, 28 aad_len (0 = any), 32 op
+              (ENCRYPT = 1, DECRYPT = 2), 36 padding
+      AKCIPHER (virtio_crypto_akcipher_session_flf)
+              16 algo (RSA = 1, ECDSA = 3, vendor ED25519 = 0x8001),
+              20 keytype (PRIVATE = 2, vendor KEY_REF = 0x8001), 24 keylen,
+              28 rsa.padding_algo (PKCS1 = 1, vendor PSS = 0x8001) | ecdsa.curve_id
+                 (P-256 = 3, P-384 = 4),
+              32 rsa.hash_algo (SHA256 = 6, SHA384 = 7, SHA512 = 8) | ecdsa.padding (0)
+      vendor KX (ECDH keygen+derive; service 0x80)
+              16 curve (P-256 = 3, P-384 = 4, vendor X25519 = 0x8001), 20 padding
+    72      n     op_vlf: the key: AEAD raw key (key_len bytes); AKCIPHER private
+                  key as DER (PKCS#8 or PKCS#1/SEC1) or, with keytype KEY_REF,
+                  the UTF-8 name of a key the host loaded itself (keyless mode);
+                  nothing for KX
+
+Data request header (``virtio_crypto_op_data_req``, 72 bytes, device-readable)::
+
+    offset  size  field
+    0       4     header.opcode     AEAD_ENCRYPT (0x300), AEAD_DECRYPT (0x301),
+                                    AKCIPHER_SIGN (0x402), vendor KX_DERIVE (0x8000)
+    4       4     header.algo       0 (the algorithm comes from the session), or
+                                    the session's algo
+    8       8     header.session_id
+    16      4     header.flag       0
+    20      4     header.padding    0
+    24      48    op_flf, zero padded:
+      AEAD    (virtio_crypto_aead_data_flf) 24 iv_len, 28 aad_len,
+              32 src_data_len, 36 dst_data_len (≥ src + tag for encrypt),
+              40 tag_len, 44 reserved
+      AKCIPHER / KX (virtio_crypto_akcipher_data_flf) 24 src_data_len, 28 dst_data_len
+
+Buffers after the header, in this order (virtio 1.2 §5.9.7.2): device-readable
+iv, aad, src; device-writable dst, then the 1-byte ``virtio_crypto_inhdr``
+status. A zero-length field has no buffer. The device treats the readable
+buffers as one byte stream and the writable ones as another, so a driver may
+split or merge them across descriptors.
+
+Vendor extensions (virtio assigns no vendor range; we use values far from the
+assigned ones, 0x80 for a service and 0x8000+ for algorithms/types):
+
+* service ``VCRYPTO_SERVICE_KX`` = 0x80: ECDH keygen+derive in one op. src =
+  the peer's public key (X25519 raw 32 B; P-256/384 SEC1 uncompressed),
+  dst = own ephemeral public key || shared secret.
+* AKCIPHER algo ``VCRYPTO_AKCIPHER_ED25519`` = 0x8001 (src = the message).
+* RSA padding ``VCRYPTO_RSA_PSS_PADDING`` = 0x8001: RSASSA-PSS, MGF1 with the
+  session hash, salt length = hash length (RFC 8446 §4.2.3).
+* ECDSA sign hashes the message with the curve's TLS hash (SHA-256 for
+  P-256, SHA-384 for P-384): src is the message, not a digest.
+* keytype ``VCRYPTO_KEYTYPE_KEY_REF`` = 0x8001: key names a host-held key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from vcrypto.ops import AEAD_KEY_BYTES, AEAD_TAG_BYTES, Alg, Op
+
+# -- services and opcodes (virtio 1.2 §5.9.7) --------------------------------
+
+SERVICE_CIPHER, SERVICE_HASH, SERVICE_MAC, SERVICE_AEAD, SERVICE_AKCIPHER = 0, 1, 2, 3, 4
+VCRYPTO_SERVICE_KX = 0x80
+
+
+def opcode(service: int, op: int) -> int:
+    return (service << 8) | op
+
+
+AEAD_CREATE_SESSION = opcode(SERVICE_AEAD, 0x02)
+AEAD_DESTROY_SESSION = opcode(SERVICE_AEAD, 0x03)
+AKCIPHER_CREATE_SESSION = opcode(SERVICE_AKCIPHER, 0x04)
+AKCIPHER_DESTROY_SESSION = opcode(SERVICE_AKCIPHER, 0x05)
+KX_CREATE_SESSION = opcode(VCRYPTO_SERVICE_KX, 0x04)
+KX_DESTROY_SESSION = opcode(VCRYPTO_SERVICE_KX, 0x05)
+
+AEAD_ENCRYPT = opcode(SERVICE_AEAD, 0x00)
+AEAD_DECRYPT = opcode(SERVICE_AEAD, 0x01)
+AKCIPHER_SIGN = opcode(SERVICE_AKCIPHER, 0x02)
+KX_DERIVE = opcode(VCRYPTO_SERVICE_KX, 0x00)
+
+# -- status (virtio_crypto_inhdr.status, session_input.status) ---------------
+
+VIRTIO_CRYPTO_OK = 0
+VIRTIO_CRYPTO_ERR = 1
+VIRTIO_CRYPTO_BADMSG = 2
+VIRTIO_CRYPTO_NOTSUPP = 3
+VIRTIO_CRYPTO_INVSESS = 4
+VIRTIO_CRYPTO_NOSPC = 5
+VIRTIO_CRYPTO_KEY_REJECTED = 6
+
+STATUS_NAMES = {0: "ok", 1: "err", 2: "badmsg", 3: "notsupp", 4: "invsess", 5: "nospc",
+                6: "key_rejected"}
+
+# -- algorithms ----------------------------------------------------------------
+
+AEAD_GCM = 1
+AEAD_CHACHA20_POLY1305 = 3
+OP_ENCRYPT, OP_DECRYPT = 1, 2
+
+AKCIPHER_RSA = 1
+AKCIPHER_ECDSA = 3
+VCRYPTO_AKCIPHER_ED25519 = 0x8001
+KEYTYPE_PRIVATE = 2
+VCRYPTO_KEYTYPE_KEY_REF = 0x8001
+RSA_PKCS1_PADDING = 1
+VCRYPTO_RSA_PSS_PADDING = 0x8001
+RSA_SHA256, RSA_SHA384, RSA_SHA512 = 6, 7, 8
+CURVE_NIST_P256 = 3
+CURVE_NIST_P384 = 4
+VCRYPTO_CURVE_X25519 = 0x8001
+
+CTRL_REQ_BYTES = 72          # header 16 + op_flf 56
+DATA_REQ_BYTES = 72          # header 24 + op_flf 48
+INHDR_BYTES = 1
+MAX_KEY_BYTES = 16 * 1024    # an RSA-8192 PKCS#8 DER is ~4.7 KiB
+
+_CTRL_HDR = struct.Struct("<IIII")
+_DATA_HDR = struct.Struct("<IIQII")
+_AEAD_FLF = struct.Struct("<IIIIII")
+_AK_FLF = struct.Struct("<IIIII")
+_U32X2 = struct.Struct("<II")
+
+
+class WireError(Exception):
+    """A malformed or unsupported request; ``status`` is what to report."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"{STATUS_NAMES.get(status, status)}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+# -- Op/Alg <-> virtio numbers ----------------------------------------------
+
+_RSA_SIGN = {
+    Alg.RSA_PKCS1_SHA256: (RSA_PKCS1_PADDING, RSA_SHA256),
+    Alg.RSA_PKCS1_SHA384: (RSA_PKCS1_PADDING, RSA_SHA384),
+    Alg.RSA_PKCS1_SHA512: (RSA_PKCS1_PADDING, RSA_SHA512),
+    Alg.RSA_PSS_RSAE_SHA256: (VCRYPTO_RSA_PSS_PADDING, RSA_SHA256),
+    Alg.RSA_PSS_RSAE_SHA384: (VCRYPTO_RSA_PSS_PADDING, RSA_SHA384),
+    Alg.RSA_PSS_RSAE_SHA512: (VCRYPTO_RSA_PSS_PADDING, RSA_SHA512),
+}
+_RSA_SIGN_REV = {v: k for k, v in _RSA_SIGN.items()}
+_ECDSA_SIGN = {Alg.ECDSA_SECP256R1_SHA256: CURVE_NIST_P256, Alg.ECDSA_SECP384R1_SHA384: CURVE_NIST_P384}
+_ECDSA_SIGN_REV = {v: k for k, v in _ECDSA_SIGN.items()}
+_KX = {Alg.X25519: VCRYPTO_CURVE_X25519, Alg.SECP256R1: CURVE_NIST_P256, Alg.SECP384R1: CURVE_NIST_P384}
+_KX_REV = {v: k for k, v in _KX.items()}
+
+#: data opcode each op's requests must carry
+DATA_OPCODE = {Op.AEAD_SEAL: AEAD_ENCRYPT, Op.AEAD_OPEN: AEAD_DECRYPT, Op.SIGN: AKCIPHER_SIGN,
+               Op.ECDH: KX_DERIVE}
+OP_OF_DATA_OPCODE = {v: k for k, v in DATA_OPCODE.items()}
+DESTROY_OPCODE = {Op.AEAD_SEAL: AEAD_DESTROY_SESSION, Op.AEAD_OPEN: AEAD_DESTROY_SESSION,
+                  Op.SIGN: AKCIPHER_DESTROY_SESSION, Op.ECDH: KX_DESTROY_SESSION}
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionParams:
+    """What a session create asks for, in the shared vocabulary.
+
+    Exactly one of ``key`` (raw AEAD key / DER private key) and ``key_ref``
+    (name of a host-held private key) is set for SIGN; AEAD has ``key``;
+    ECDH has neither.
+    """
+
+    op: Op
+    alg: Alg
+    key: bytes = b""
+    key_ref: str | None = None
+
+    def __repr__(self) -> str:  # never print key material
+        return (f"SessionParams(op={self.op.value}, alg={self.alg.value}, "
+                f"key=<{len(self.key)} bytes>, key_ref={self.key_ref!r})")
+
+
+def encode_session_create(p: SessionParams) -> bytes:
+    """``virtio_crypto_op_ctrl_req`` (72 bytes) followed by the key vlf."""
+    if p.op in (Op.AEAD_SEAL, Op.AEAD_OPEN):
+        algo = AEAD_CHACHA20_POLY1305 if p.alg is Alg.CHACHA20_POLY1305 else AEAD_GCM
+        hdr = _CTRL_HDR.pack(AEAD_CREATE_SESSION, algo, 0, 0)
+        flf = _AEAD_FLF.pack(algo, len(p.key), AEAD_TAG_BYTES, 0,
+                             OP_ENCRYPT if p.op is Op.AEAD_SEAL else OP_DECRYPT, 0)
+        vlf = p.key
+    elif p.op is Op.SIGN:
+        vlf = p.key_ref.encode() if p.key_ref is not None else p.key
+        keytype = VCRYPTO_KEYTYPE_KEY_REF if p.key_ref is not None else KEYTYPE_PRIVATE
+        if p.alg in _RSA_SIGN:
+            algo, (para0, para1) = AKCIPHER_RSA, _RSA_SIGN[p.alg]
+        elif p.alg in _ECDSA_SIGN:
+            algo, para0, para1 = AKCIPHER_ECDSA, _ECDSA_SIGN[p.alg], 0
+        elif p.alg is Alg.ED25519:
+            algo, para0, para1 = VCRYPTO_AKCIPHER_ED25519, 0, 0
+        else:
+            raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"sign with {p.alg.value}")
+        hdr = _CTRL_HDR.pack(AKCIPHER_CREATE_SESSION, algo, 0, 0)
+        flf = _AK_FLF.pack(algo, keytype, len(vlf), para0, para1)
+    elif p.op is Op.ECDH:
+        if p.alg not in _KX:
+            raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"ecdh with {p.alg.value}")
+        hdr = _CTRL_HDR.pack(KX_CREATE_SESSION, _KX[p.alg], 0, 0)
+        flf = _U32X2.pack(_KX[p.alg], 0)
+        vlf = b""
+    else:  # pragma: no cover
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"op {p.op}")
+    return hdr + flf.ljust(56, b"\0") + vlf
+
+
+def decode_session_create(data: bytes | memoryview) -> SessionParams:
+    """Validate a session create request; every failure is a ``WireError``."""
+    if len(data) < CTRL_REQ_BYTES:
+        raise WireError(VIRTIO_CRYPTO_ERR, f"session create of {len(data)} bytes < {CTRL_REQ_BYTES}")
+    code, hdr_algo, _flag, _queue = _CTRL_HDR.unpack_from(data, 0)
+    vlf = bytes(data[CTRL_REQ_BYTES:])
+    if len(vlf) > MAX_KEY_BYTES:
+        raise WireError(VIRTIO_CRYPTO_ERR, f"key of {len(vlf)} bytes exceeds {MAX_KEY_BYTES}")
+    if code == AEAD_CREATE_SESSION:
+        algo, key_len, tag_len, _aad_len, direction, _pad = _AEAD_FLF.unpack_from(data, 16)
+        if key_len != len(vlf):
+            raise WireError(VIRTIO_CRYPTO_ERR, f"key_len {key_len} but {len(vlf)} key bytes follow")
+        if tag_len != AEAD_TAG_BYTES:
+            raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"tag_len {tag_len}: only {AEAD_TAG_BYTES}")
+        if direction not in (OP_ENCRYPT, OP_DECRYPT):
+            raise WireError(VIRTIO_CRYPTO_ERR, f"AEAD op {direction}: expected 1 (encrypt) or 2")
+        if algo == AEAD_GCM:
+            alg = {16: Alg.AES_128_GCM, 32: Alg.AES_256_GCM}.get(key_len)
+        elif algo == AEAD_CHACHA20_POLY1305:
+            alg = Alg.CHACHA20_POLY1305 if key_len == 32 else None
+        else:
+            raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"AEAD algo {algo}")
+        if alg is None or AEAD_KEY_BYTES[alg] != key_len:
+            raise WireError(VIRTIO_CRYPTO_KEY_REJECTED, f"AEAD algo {algo} with a {key_len}-byte key")
+        return SessionParams(Op.AEAD_SEAL if direction == OP_ENCRYPT else Op.AEAD_OPEN, alg, vlf)
+    if code == AKCIPHER_CREATE_SESSION:
+        algo, keytype, keylen, para0, para1 = _AK_FLF.unpack_from(data, 16)
+        if keylen != len(vlf) or keylen == 0:
+            raise WireError(VIRTIO_CRYPTO_ERR, f"keylen {keylen} but {len(vlf)} key bytes follow")
+        if algo == AKCIPHER_RSA:
+            alg = _RSA_SIGN_REV.get((para0, para1))
+        elif algo == AKCIPHER_ECDSA:
+            alg = _ECDSA_SIGN_REV.get(para0) if para1 == 0 else None
+        elif algo == VCRYPTO_AKCIPHER_ED25519:
+            alg = Alg.ED25519
+        else:
+            alg = None
+        if alg is None:
+            raise WireError(VIRTIO_CRYPTO_NOTSUPP,
+                            f"akcipher algo {algo} with parameters ({para0}, {para1})")
+        if keytype == KEYTYPE_PRIVATE:
+            return SessionParams(Op.SIGN, alg, vlf)
+        if keytype == VCRYPTO_KEYTYPE_KEY_REF:
+            try:
+                return SessionParams(Op.SIGN, alg, key_ref=vlf.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise WireError(VIRTIO_CRYPTO_ERR, "key_ref is not UTF-8") from None
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"akcipher keytype {keytype}: sign needs a private key")
+    if code == KX_CREATE_SESSION:
+        curve, _pad = _U32X2.unpack_from(data, 16)
+        if vlf:
+            raise WireError(VIRTIO_CRYPTO_ERR, "an ECDH session carries no key")
+        if curve not in _KX_REV:
+            raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"KX curve {curve}")
+        return SessionParams(Op.ECDH, _KX_REV[curve])
+    raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"control opcode {code:#x} is not a session create")
+
+
+# -- data requests ----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DataRequest:
+    """A decoded ``virtio_crypto_op_data_req``."""
+
+    opcode: int
+    algo: int
+    session_id: int
+    iv_len: int = 0
+    aad_len: int = 0
+    src_len: int = 0
+    dst_len: int = 0
+    tag_len: int = 0
+
+
+def encode_data_request(req: DataRequest, out: memoryview | bytearray | None = None) -> bytes | None:
+    """Pack the 72-byte header; into ``out`` (in place, zero-copy) if given."""
+    buf = bytearray(DATA_REQ_BYTES) if out is None else out
+    if out is not None:
+        buf[:DATA_REQ_BYTES] = bytes(DATA_REQ_BYTES)
+    _DATA_HDR.pack_into(buf, 0, req.opcode, req.algo, req.session_id, 0, 0)
+    if req.opcode in (AEAD_ENCRYPT, AEAD_DECRYPT):
+        _AEAD_FLF.pack_into(buf, 24, req.iv_len, req.aad_len, req.src_len, req.dst_len,
+                            req.tag_len, 0)
+    else:
+        _U32X2.pack_into(buf, 24, req.src_len, req.dst_len)
+    return bytes(buf) if out is None else None
+
+
+def decode_data_request(data: bytes | memoryview) -> DataRequest:
+    if len(data) < DATA_REQ_BYTES:
+        raise WireError(VIRTIO_CRYPTO_ERR, f"data request header of {len(data)} bytes < {DATA_REQ_BYTES}")
+    code, algo, session_id, _flag, _pad = _DATA_HDR.unpack_from(data, 0)
+    if code in (AEAD_ENCRYPT, AEAD_DECRYPT):
+        iv_len, aad_len, src_len, dst_len, tag_len, _r = _AEAD_FLF.unpack_from(data, 24)
+        return DataRequest(code, algo, session_id, iv_len, aad_len, src_len, dst_len, tag_len)
+    if code in (AKCIPHER_SIGN, KX_DERIVE):
+        src_len, dst_len = _U32X2.unpack_from(data, 24)
+        return DataRequest(code, algo, session_id, src_len=src_len, dst_len=dst_len)
+    raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"data opcode {code:#x}")
+
+
+def data_request_for(op: Op, session_id: int, *, src_len: int, dst_len: int,
+                     iv_len: int = 0, aad_len: int = 0) -> DataRequest:
+    """The header a driver sends for ``op``."""
+    tag = AEAD_TAG_BYTES if op in (Op.AEAD_SEAL, Op.AEAD_OPEN) else 0
+    return DataRequest(DATA_OPCODE[op], 0, session_id, iv_len, aad_len, src_len, dst_len, tag)
+
+
+#: Upper bound of dst bytes each (op, alg) writes; drivers size dst with it.
+def max_dst_bytes(op: Op, alg: Alg, src_len: int) -> int:
+    if op is Op.AEAD_SEAL:
+        return src_len + AEAD_TAG_BYTES
+    if op is Op.AEAD_OPEN:
+        return max(0, src_len - AEAD_TAG_BYTES)
+    if op is Op.ECDH:
+        return {Alg.X25519: 64, Alg.SECP256R1: 97, Alg.SECP384R1: 145}[alg]
+    if alg is Alg.ED25519:
+        return 64
+    if alg is Alg.ECDSA_SECP256R1_SHA256:
+        return 72
+    if alg is Alg.ECDSA_SECP384R1_SHA384:
+        return 104
+    return 1024  # RSA up to 8192 bits
