@@ -204,6 +204,11 @@ class HttpProxyConnection:
             "client": self.conn.client_host, "listener": self.rt.listener, "method": request.method.decode(),
             "target": target, "host": host, "http_version": request.http_version.decode(),
         }
+        # h11 enforces max_incomplete_event_size only while a head is incomplete;
+        # a whole oversized head that arrived in one read is caught here.
+        head_bytes = len(request.target) + 16 + sum(len(n) + len(v) + 4 for n, v in headers)
+        if head_bytes > self.limits.max_header_bytes:
+            return await self._send_error(431, "request header fields too large", record, started)
         length = _header(headers, b"content-length")
         if length and int(length) > self.limits.max_body_bytes:
             return await self._send_error(413, "request body too large", record, started)

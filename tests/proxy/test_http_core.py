@@ -1,0 +1,322 @@
+"""The HTTP proxy core over in-memory client streams and a real loopback upstream.
+
+No TLS and no processes here: the core takes any trio Stream, so these tests
+drive ``HttpProxyConnection`` directly, byte for byte, and check what the
+client and the upstream see.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import h11
+import pytest
+import trio
+import trio.testing
+import yaml
+
+from vcproxy.config import parse_config
+from vcproxy.proxy import ConnState, HttpProxyConnection, HttpRuntime, Router, UpstreamPool
+from vcproxy.proxy import demo_upstream
+from proxy_testkit import closed_port
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.upstream_errors: list[tuple[str, str]] = []
+
+    def request_done(self, record, seconds):
+        self.requests.append(record)
+
+    def upstream_error(self, upstream, kind):
+        self.upstream_errors.append((upstream, kind))
+
+
+def make_runtime(upstreams: dict, routes: list, **limits) -> HttpRuntime:
+    config = parse_config(yaml.safe_dump({
+        "listeners": [{"port": 1, "tls": {"enabled": False}}],
+        "upstreams": upstreams, "routes": routes, "limits": limits,
+    }))
+    pools = {name: UpstreamPool(name, up) for name, up in config.upstreams.items()}
+    return HttpRuntime(config, "test", "https", Router(config.routes), pools)
+
+
+class Client:
+    """An h11 client on one end of a memory stream pair; the proxy serves the other."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def request(self, method: str, target: str, body: bytes | None = None, headers=(), chunks=None):
+        hs = [("host", "example.com"), *headers]
+        if body is not None:
+            hs.append(("content-length", str(len(body))))
+        if chunks is not None:
+            hs.append(("transfer-encoding", "chunked"))
+        await self.stream.send_all(self.h11.send(h11.Request(method=method, target=target, headers=hs)))
+        for piece in ([body] if body else []) + list(chunks or []):
+            await self.stream.send_all(self.h11.send(h11.Data(data=piece)))
+        await self.stream.send_all(self.h11.send(h11.EndOfMessage()))
+        return await self.response()
+
+    async def response(self):
+        body = bytearray()
+        response = None
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                self.h11.receive_data(await self.stream.receive_some(65536))
+                continue
+            if isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        return response.status_code, dict(response.headers), bytes(body)
+
+
+async def wait_until(predicate, timeout_s: float = 5.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def read_all(stream) -> bytes:
+    out = bytearray()
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):
+            out += data
+    return bytes(out)
+
+
+@pytest.fixture
+async def origin(nursery):
+    port = await nursery.start(demo_upstream.serve, "127.0.0.1", 0)
+    return f"127.0.0.1:{port}"
+
+
+async def serve(nursery, runtime, recorder=None, client_host="192.0.2.7"):
+    client_end, proxy_end = trio.testing.memory_stream_pair()
+    recorder = recorder or Recorder()
+    conn = ConnState(client_host, 40000, trio.Event())
+    done = trio.Event()
+
+    async def run():
+        try:
+            await HttpProxyConnection(proxy_end, conn, runtime, recorder).serve()
+        finally:
+            await proxy_end.aclose()
+            done.set()
+
+    nursery.start_soon(run)
+    return Client(client_end), recorder, conn, done
+
+
+async def test_forwarding_headers_and_keepalive(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}])
+    client, rec, _, _ = await serve(nursery, rt)
+    status, headers, body = await client.request("GET", "/headers", headers=[
+        ("x-forwarded-for", "198.51.100.1"), ("connection", "keep-alive, x-private"), ("x-private", "secret"),
+        ("keep-alive", "timeout=5"), ("te", "trailers"), ("proxy-authorization", "Basic Zm9v"), ("x-kept", "yes")])
+    assert status == 200
+    seen = dict((k, v) for k, v in json.loads(body)["headers"])
+    assert seen["x-forwarded-for"] == "198.51.100.1, 192.0.2.7"
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["x-forwarded-host"] == "example.com"
+    assert seen["host"] == "example.com"
+    assert seen["x-kept"] == "yes"
+    for hop in ("connection", "x-private", "keep-alive", "te", "proxy-authorization"):
+        assert hop not in seen
+    # keep-alive on both sides: same client connection, pooled upstream connection
+    for _ in range(3):
+        status, _, body = await client.request("GET", "/")
+        assert status == 200 and body.startswith(b"hello")
+    await wait_until(lambda: len(rec.requests) == 4)
+    assert [r["status"] for r in rec.requests] == [200] * 4
+    addrs = {r["upstream_addr"] for r in rec.requests}
+    assert addrs == {origin}
+
+
+async def test_upstream_connections_are_reused(nursery):
+    """Count TCP connections at a counting origin: keep-alive means one for many requests."""
+    accepted = []
+
+    async def counting_origin(stream):
+        accepted.append(stream)
+        await demo_upstream.serve_connection(stream)
+
+    listeners = await nursery.start(trio.serve_tcp, counting_origin, 0)
+    port = listeners[0].socket.getsockname()[1]
+    rt = make_runtime({"o": {"servers": [f"127.0.0.1:{port}"]}}, [{"upstream": "o"}])
+    client, _, _, _ = await serve(nursery, rt)
+    for _ in range(5):
+        assert (await client.request("GET", "/"))[0] == 200
+    assert len(accepted) == 1
+
+
+async def test_routing_by_host_and_prefix(nursery):
+    ports = [await nursery.start(demo_upstream.serve, "127.0.0.1", 0) for _ in range(3)]
+    rt = make_runtime(
+        {"default": {"servers": [f"127.0.0.1:{ports[0]}"]}, "api": {"servers": [f"127.0.0.1:{ports[1]}"]},
+         "wild": {"servers": [f"127.0.0.1:{ports[2]}"]}},
+        [{"upstream": "default"}, {"upstream": "api", "path_prefix": "/api"},
+         {"upstream": "wild", "host": "*.example.org"}, {"upstream": "api", "host": "api.example.org",
+                                                         "path_prefix": "/"}])
+    client, rec, _, _ = await serve(nursery, rt)
+    cases = [("example.com", "/x", "default"), ("example.com", "/api/v1", "api"), ("example.com", "/apix", "default"),
+             ("a.example.org:8443", "/", "wild"), ("api.example.org", "/", "api"), ("EXAMPLE.com", "/api?q=1", "api")]
+    for host, path, expected in cases:
+        client.h11 = h11.Connection(h11.CLIENT) if client.h11.our_state is not h11.IDLE else client.h11
+        await client.stream.send_all(client.h11.send(h11.Request(method="GET", target=path, headers=[("host", host)])))
+        await client.stream.send_all(client.h11.send(h11.EndOfMessage()))
+        status, _, _ = await client.response()
+        assert status in (200, 404)  # the demo origin has no /x or /api
+        await wait_until(lambda: len(rec.requests) == cases.index((host, path, expected)) + 1)
+        assert rec.requests[-1]["upstream"] == expected, (host, path)
+
+
+async def test_no_route_is_404(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o", "host": "only.example"}])
+    client, rec, _, _ = await serve(nursery, rt)
+    status, _, _ = await client.request("GET", "/")
+    assert status == 404
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host (RFC 9112 3.2)
+    (b"GET / HTTP/1.1\r\nhost: a\r\nbad header\r\n\r\n", 400),
+])
+async def test_malformed_request_is_400(nursery, origin, raw, status):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}])
+    client, rec, _, done = await serve(nursery, rt)
+    await client.send_raw(raw)
+    reply = await read_all(client.stream)
+    assert reply.startswith(f"HTTP/1.1 {status} ".encode())
+    assert rec.requests[-1]["status"] == status
+
+
+async def test_oversized_head_is_431(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}], max_header_bytes=4096)
+    client, rec, _, _ = await serve(nursery, rt)
+    await client.send_raw(b"GET / HTTP/1.1\r\nhost: a\r\nx-big: " + b"a" * 8000 + b"\r\n\r\n")
+    assert (await read_all(client.stream)).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_body_over_limit_is_413_by_length_and_by_chunks(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}], max_body_bytes=1000)
+    client, rec, _, _ = await serve(nursery, rt)
+    await client.send_raw(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 1001\r\n\r\n")
+    assert (await read_all(client.stream)).startswith(b"HTTP/1.1 413 ")
+    client, rec, _, _ = await serve(nursery, rt)
+    status, _, _ = await client.request("POST", "/upload", chunks=[b"x" * 600, b"y" * 600])
+    assert status == 413
+    # within the limit, chunked bodies stream through
+    client, _, _, _ = await serve(nursery, rt)
+    status, _, body = await client.request("POST", "/upload", chunks=[b"x" * 400, b"y" * 400])
+    assert status == 200 and json.loads(body)["bytes"] == 800
+
+
+async def test_connect_failure_is_502(nursery):
+    rt = make_runtime({"o": {"servers": [f"127.0.0.1:{closed_port()}"], "retries": 0}}, [{"upstream": "o"}])
+    client, rec, _, _ = await serve(nursery, rt)
+    status, _, _ = await client.request("GET", "/")
+    assert status == 502
+    assert rec.upstream_errors == [("o", "connect")]
+
+
+async def test_retry_goes_to_the_next_server(nursery, origin):
+    rt = make_runtime({"o": {"servers": [f"127.0.0.1:{closed_port()}", origin], "retries": 1}}, [{"upstream": "o"}])
+    for _ in range(2):  # round-robin starts at each server once
+        client, rec, _, _ = await serve(nursery, rt)
+        assert (await client.request("GET", "/"))[0] == 200
+
+
+async def test_upstream_timeout_is_504(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin], "read_timeout_s": 0.3}}, [{"upstream": "o"}])
+    client, rec, _, _ = await serve(nursery, rt)
+    status, _, _ = await client.request("GET", "/slow?s=3")
+    assert status == 504
+    assert rec.upstream_errors == [("o", "timeout")]
+
+
+async def test_upstream_closing_without_response_is_502(nursery):
+    async def rude(stream):
+        await stream.receive_some(65536)
+        await stream.aclose()
+
+    listeners = await nursery.start(trio.serve_tcp, rude, 0)
+    port = listeners[0].socket.getsockname()[1]
+    rt = make_runtime({"o": {"servers": [f"127.0.0.1:{port}"]}}, [{"upstream": "o"}])
+    client, rec, _, _ = await serve(nursery, rt)
+    assert (await client.request("GET", "/"))[0] == 502
+
+
+async def test_streamed_bodies_match(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}])
+    client, _, _, _ = await serve(nursery, rt)
+    payload = bytes(range(256)) * 4000
+    status, _, body = await client.request("POST", "/upload", body=payload)
+    assert json.loads(body) == {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    status, headers, body = await client.request("POST", "/echo", chunks=[payload[:1000], payload[1000:]])
+    assert body == payload
+    for chunked in ("0", "1"):
+        status, headers, body = await client.request("GET", f"/bytes?n=300001&seed=3&chunked={chunked}")
+        assert hashlib.sha256(body).hexdigest() == demo_upstream.expected_sha256(300001, 3)
+
+
+async def test_idle_keepalive_connection_is_closed(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}], idle_timeout_s=0.3)
+    client, _, _, done = await serve(nursery, rt)
+    assert (await client.request("GET", "/"))[0] == 200
+    with trio.fail_after(5):
+        await done.wait()
+
+
+async def test_slow_header_is_cut_off(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}], header_timeout_s=0.3)
+    client, _, _, done = await serve(nursery, rt)
+    await client.send_raw(b"GET / HT")
+    with trio.fail_after(5):
+        await done.wait()
+
+
+async def test_expect_100_continue(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}])
+    client, _, _, _ = await serve(nursery, rt)
+    await client.send_raw(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+    with trio.fail_after(5):
+        first = await client.stream.receive_some(65536)
+    assert first.startswith(b"HTTP/1.1 100 ")
+    await client.send_raw(b"hello")
+    rest = b""
+    digest = hashlib.sha256(b"hello").hexdigest().encode()
+    with trio.fail_after(5):
+        while digest not in rest:
+            rest += await client.stream.receive_some(65536)
+    assert b" 200 " in rest
+
+
+async def test_drain_closes_idle_and_marks_last_response(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}])
+    client, _, conn, done = await serve(nursery, rt)
+    assert (await client.request("GET", "/"))[0] == 200
+    # a request in flight when the drain starts completes, with Connection: close
+    await client.stream.send_all(client.h11.send(h11.Request(method="GET", target="/slow?s=0.3",
+                                                             headers=[("host", "a")])))
+    await client.stream.send_all(client.h11.send(h11.EndOfMessage()))
+    await trio.sleep(0.1)
+    conn.draining.set()
+    status, headers, body = await client.response()
+    assert status == 200 and body == b"slow\n" and headers[b"connection"] == b"close"
+    with trio.fail_after(5):
+        await done.wait()
