@@ -47,7 +47,7 @@ class PayloadPool:
         self.slots = slots
 
     @classmethod
-    async def create(cls, driver: Driver, queue: int = 0, *, slot_bytes: int = 20 * 1024,
+    async def create(cls, driver: Driver, queue: int = 0, *, slot_bytes: int = 40 * 1024,
                      slots: int | None = None) -> PayloadPool:
         slots = slots or driver.queues[queue].capacity
         region = Region.create(f"payload-q{queue}", slot_bytes * slots)
