@@ -32,7 +32,8 @@ def _kid(der: bytes) -> bytes:
 def seal_case(i: int, alg: Alg = Alg.AES_128_GCM, size: int = 64) -> Case:
     key = bytes([i % 251 + 1]) * (16 if alg is Alg.AES_128_GCM else 32)
     iv = i.to_bytes(12, "big")
-    src = bytes((i + k) % 256 for k in range(size))
+    pattern = bytes(range(256)) * 2
+    src = (pattern[i % 256:i % 256 + 256] * (size // 256 + 1))[:size]
     aad = b"aad-%d" % i
     cipher = ChaCha20Poly1305(key) if alg is Alg.CHACHA20_POLY1305 else AESGCM(key)
     expected = cipher.encrypt(iv, src, aad)

@@ -136,6 +136,7 @@ class WorkersResource(Resource):
         self.start_timeout_s = start_timeout_s
         self._workers: dict[int, _Worker] = {}
         self._idle_send, self._idle_recv = trio.open_memory_channel[_Worker](math.inf)
+        self._busy: set[_Worker] = set()
         self._started = False
         self._closed = False
         # Counters (the scheduler keeps its own per-resource stats).
@@ -144,6 +145,10 @@ class WorkersResource(Resource):
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers.values()]
+
+    def busy_pids(self) -> list[int]:
+        """Pids of the workers holding a job right now."""
+        return [w.pid for w in self._busy]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -214,11 +219,13 @@ class WorkersResource(Resource):
 
     async def _call(self, kind: str, *args: object) -> tuple:
         worker = await self._checkout()
+        self._busy.add(worker)
         try:
             return await worker.call(kind, *args)
         except _WorkerGone as exc:
             raise ResourceFault(f"{self.name}: {exc}") from exc
         finally:
+            self._busy.discard(worker)
             if worker.broken:
                 worker = await self._replace(worker)
             self._idle_send.send_nowait(worker)
