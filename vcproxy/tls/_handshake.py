@@ -113,6 +113,7 @@ class HandshakeInfo:
     named_group: str
     resumed: bool
     peer_record_size_limit: int | None
+    hello_retry: bool
     version: str = "TLSv1.3"
 
 
@@ -221,10 +222,11 @@ class Negotiated:
     psk: AcceptedPsk | None
     certificate: CertificateEntry | None
     scheme: str | None
+    hello_retry: bool
 
     def info(self) -> HandshakeInfo:
         return HandshakeInfo(self.server_name, self.alpn, self.suite.name, self.group,
-                             self.psk is not None, self.peer_record_size_limit)
+                             self.psk is not None, self.peer_record_size_limit, self.hello_retry)
 
 
 class ExpectClientHello(State):
@@ -256,7 +258,8 @@ class ExpectClientHello(State):
         if psk is None:
             certificate, scheme, sni_matched = choose_certificate(hs.config, ch)
         neg = Negotiated(ch, suite, group, share, choose_alpn(hs.config, ch), ch.server_name,
-                         sni_matched, check_record_size_limit(ch), psk, certificate, scheme)
+                         sni_matched, check_record_size_limit(ch), psk, certificate, scheme,
+                         retry is not None)
         hs.transcript.update(message)
         hs.peer_record_size_limit = neg.peer_record_size_limit
         if ch.early_data and retry is None:

@@ -1,0 +1,32 @@
+"""Fixtures for tests/tls: certificates made at session start and the provider
+matrix.
+
+``tls_provider`` is the seam other providers plug into: add a parameter here
+(e.g. "vcrypto") and every interop test runs through it unchanged.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.tls.certs import TestCert, make_cert
+from tests.tls.helpers import CERT_KINDS, CountingProvider
+from vcproxy.tls import CryptoProvider, InlineProvider
+
+
+@pytest.fixture(scope="session")
+def test_certs() -> dict[str, TestCert]:
+    return {kind: make_cert(kind) for kind in CERT_KINDS}
+
+
+@pytest.fixture(scope="session")
+def ca_file(test_certs, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    path.write_bytes(test_certs["ecdsa-p256"].ca_pem)  # one root for every kind
+    return str(path)
+
+
+@pytest.fixture(params=["inline", "counting"])
+def tls_provider(request) -> CryptoProvider:
+    if request.param == "inline":
+        return InlineProvider()
+    return CountingProvider()
