@@ -19,6 +19,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 
+from vcrypto.shm.region import Region
+
 from ._inline import InlineOpError, InlineSession
 from ._layout import FrontendRegion, SessionMeta, SlotRequest, SlotStatus
 
@@ -46,9 +48,11 @@ Completion = tuple[int, SlotStatus, int]
 class Device(abc.ABC):
     #: fd that becomes readable when completions may be waiting (or None)
     call_fd: int | None = None
+    #: fd that becomes readable when the device connection breaks (or None)
+    watch_fd: int | None = None
 
     @abc.abstractmethod
-    def register_region(self, region_id: int, fd: int, size: int) -> None: ...
+    def register_region(self, region_id: int, region: Region) -> None: ...
 
     @abc.abstractmethod
     def unregister_region(self, region_id: int) -> None: ...
@@ -73,6 +77,13 @@ class Device(abc.ABC):
         waiting (then do not sleep)."""
         return True
 
+    def has_completions(self) -> bool:
+        """Checked after arming and fencing: True means do not sleep."""
+        return False
+
+    def watch_event(self) -> None:
+        """``watch_fd`` became readable: raise ``DeviceError`` if the device is gone."""
+
     def disarm_notify(self) -> None:
         pass
 
@@ -96,7 +107,7 @@ class LocalDevice(Device):
         self._done: list[Completion] = []
         self.executed = 0
 
-    def register_region(self, region_id: int, fd: int, size: int) -> None:
+    def register_region(self, region_id: int, region: Region) -> None:
         pass
 
     def unregister_region(self, region_id: int) -> None:
@@ -143,6 +154,9 @@ class LocalDevice(Device):
 
     def arm_notify(self) -> bool:
         return not self._done
+
+    def has_completions(self) -> bool:
+        return bool(self._done)
 
     @property
     def session_count(self) -> int:

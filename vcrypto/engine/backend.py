@@ -207,9 +207,10 @@ class Backend:
         sh = self.shared
         sh.backend_sleeping = 1
         armed = self.device.arm_notify() if self.device is not None else True
-        full_fence()
-        if not armed or any(fe.region is not None and not fe.region.ring.empty()
-                            for fe in self._order):
+        full_fence()  # flag/notification stores before the ring and used-ring loads
+        if (not armed or (self.device is not None and self.device.has_completions())
+                or any(fe.region is not None and not fe.region.ring.empty()
+                       for fe in self._order)):
             sh.backend_sleeping = 0
             if self.device is not None:
                 self.device.disarm_notify()
@@ -233,7 +234,7 @@ class Backend:
             dev = self._factory()
             for fe in self._order:
                 if fe.shm is not None:
-                    dev.register_region(fe.fid, fe.shm.fd, fe.shm.size)
+                    dev.register_region(fe.fid, fe.shm)
         except DeviceError as exc:
             self._next_retry = time.monotonic() + self.cfg.host_retry_s
             print(f"engine-backend: device unavailable: {exc}", file=sys.stderr, flush=True)
@@ -243,6 +244,8 @@ class Backend:
         self.stats.device_attaches += 1
         if dev.call_fd is not None:
             self._sel.register(dev.call_fd, selectors.EVENT_READ, ("call", None))
+        if dev.watch_fd is not None:
+            self._sel.register(dev.watch_fd, selectors.EVENT_READ, ("devwatch", None))
         self.shared.set_device(True)
 
     def _device_failed(self, exc: BaseException) -> None:
@@ -251,11 +254,12 @@ class Backend:
         self.shared.set_device(False)
         dev, self.device = self.device, None
         if dev is not None:
-            if dev.call_fd is not None:
-                try:
-                    self._sel.unregister(dev.call_fd)
-                except (KeyError, ValueError):
-                    pass
+            for fd in (dev.call_fd, dev.watch_fd):
+                if fd is not None:
+                    try:
+                        self._sel.unregister(fd)
+                    except (KeyError, ValueError):
+                        pass
             try:
                 dev.close()
             except Exception as close_exc:  # noqa: BLE001 - best effort on a dead device
@@ -429,6 +433,12 @@ class Backend:
                         self.device.ack_call()
                     except DeviceError as exc:
                         self._device_failed(exc)
+            elif kind == "devwatch":
+                if self.device is not None:
+                    try:
+                        self.device.watch_event()
+                    except DeviceError as exc:
+                        self._device_failed(exc)
             elif kind == "listen":
                 self._accept()
             elif kind == "ctl":
@@ -531,7 +541,7 @@ class Backend:
         fe.region = FrontendRegion(fe.shm.buf, geo, create=True)
         if self.device is not None:
             try:
-                self.device.register_region(fe.fid, fe.shm.fd, fe.shm.size)
+                self.device.register_region(fe.fid, fe.shm)
             except DeviceError as exc:
                 self._device_failed(exc)
         self._order.append(fe)
@@ -631,7 +641,19 @@ class Backend:
             "device_sessions": self.device.session_count if self.device is not None else 0,
             "frontends": len(self._frontends),
             "inflight": len(self._tokens),
+            "device_stats": self._device_stats(),
         }
+
+    def _device_stats(self) -> dict | None:
+        """The host's own counters (vendor GET_STATS), when a host is attached."""
+        stats = getattr(self.device, "stats", None)
+        if stats is None:
+            return None
+        try:
+            return stats()
+        except DeviceError as exc:
+            self._device_failed(exc)
+            return None
 
 
 # -- entry point ---------------------------------------------------------------------------

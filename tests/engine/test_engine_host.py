@@ -1,0 +1,79 @@
+"""Frontend -> engine-backend -> driver -> real vcrypto-host, checked against
+`cryptography` computed here."""
+from __future__ import annotations
+
+import os
+
+import trio
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from vcrypto.engine._inline import ecdh_split
+from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine.frontend import Frontend
+from vcrypto.ops import Alg, Op
+
+
+def _der(key):
+    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+async def test_every_op_family_through_the_host(host_and_backend):
+    _host, backend = host_and_backend
+    fe = Frontend(backend.socket_path)
+    assert await fe.start()
+    with trio.fail_after(30):
+        for alg, cls, n in ((Alg.AES_128_GCM, AESGCM, 16), (Alg.AES_256_GCM, AESGCM, 32),
+                            (Alg.CHACHA20_POLY1305, ChaCha20Poly1305, 32)):
+            key = os.urandom(n)
+            hs = await fe.open_session(SessionMeta(Op.AEAD_SEAL, alg, key))
+            items = [(os.urandom(k), os.urandom(12), b"aad") for k in (1, 1000, 16384)]
+            res = await fe.run(hs, items)
+            assert [r[1] for r in res] == [cls(key).encrypt(iv, s, a) for s, iv, a in items]
+            ho = await fe.open_session(SessionMeta(Op.AEAD_OPEN, alg, key))
+            cts = [(cls(key).encrypt(iv, s, a), iv, a) for s, iv, a in items]
+            bad = (bytes([cts[0][0][0] ^ 1]) + cts[0][0][1:], cts[0][1], cts[0][2])
+            res = await fe.run(ho, cts + [bad])
+            assert res[:3] == [(SlotStatus.OK, s) for s, _, _ in items]
+            assert res[3][0] is SlotStatus.BAD_MESSAGE
+
+        peer = x25519.X25519PrivateKey.generate()
+        hx = await fe.open_session(SessionMeta(Op.ECDH, Alg.X25519))
+        [(st, out)] = await fe.run(hx, [(peer.public_key().public_bytes_raw(), b"", b"")])
+        own, shared = ecdh_split(Alg.X25519, out)
+        assert st is SlotStatus.OK
+        assert peer.exchange(x25519.X25519PublicKey.from_public_bytes(own)) == shared
+
+        pk = ec.generate_private_key(ec.SECP384R1())
+        peer_pub = pk.public_key().public_bytes(serialization.Encoding.X962,
+                                                serialization.PublicFormat.UncompressedPoint)
+        hp = await fe.open_session(SessionMeta(Op.ECDH, Alg.SECP384R1))
+        [(st, out)] = await fe.run(hp, [(peer_pub, b"", b"")])
+        own, shared = ecdh_split(Alg.SECP384R1, out)
+        assert pk.exchange(ec.ECDH(), ec.EllipticCurvePublicKey.from_encoded_point(
+            ec.SECP384R1(), own)) == shared
+
+        msg = b"\x20" * 64 + b"TLS 1.3, server CertificateVerify\x00" + os.urandom(32)
+        sk = ec.generate_private_key(ec.SECP256R1())
+        h1 = await fe.open_session(SessionMeta(Op.SIGN, Alg.ECDSA_SECP256R1_SHA256, _der(sk)))
+        [(st, sig)] = await fe.run(h1, [(msg, b"", b"")])
+        assert st is SlotStatus.OK
+        sk.public_key().verify(sig, msg, ec.ECDSA(hashes.SHA256()))
+        rk = rsa.generate_private_key(65537, 2048)
+        h2 = await fe.open_session(SessionMeta(Op.SIGN, Alg.RSA_PSS_RSAE_SHA256, _der(rk)))
+        [(st, sig)] = await fe.run(h2, [(msg, b"", b"")])
+        rk.public_key().verify(sig, msg, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
+                               hashes.SHA256())
+        ek = ed25519.Ed25519PrivateKey.generate()
+        h3 = await fe.open_session(SessionMeta(Op.SIGN, Alg.ED25519, _der(ek)))
+        [(st, sig)] = await fe.run(h3, [(msg, b"", b"")])
+        ek.public_key().verify(sig, msg)
+
+    assert fe.stats.fallback_requests == 0
+    stats = await fe.backend_stats()
+    dev = stats["device_stats"]["device"]
+    assert dev["requests"] >= fe.stats.submitted  # the host ran them
+    assert stats["device_sessions"] == len(stats["sessions"])
+    await fe.aclose()
