@@ -140,6 +140,26 @@ class Queue:
                 self.kicks += 1
         return n
 
+    def enqueue_chain(self, chain: Sequence[tuple[int, int, int]], token: object = None) -> bool:
+        """Publish an arbitrary chain of (device address, length, flags) buffers
+        (NEXT links added here). For conformance and hostile-driver tests: the
+        caller supplies the header and status buffers itself and reads its own
+        status byte; the ``Completion`` only reports ``dst_len`` (used len - 1)."""
+        if not self._free or not 0 < len(chain) <= MAX_CHAIN:
+            return False
+        slot = self._free.pop()
+        self._tokens[slot] = token
+        self._slots[slot * SLOT_BYTES + SLOT_STATUS] = 0xFF
+        self._link(slot, list(chain))
+        self.vq.driver_add(slot if self.indirect else slot * MAX_CHAIN)
+        old, new = self.vq.driver_publish()
+        self.enqueued += 1
+        full_fence()
+        if self.vq.driver_should_kick(old, new):
+            os.eventfd_write(self.kick_fd, 1)
+            self.kicks += 1
+        return True
+
     def _write_chain(self, slot: int, dop: DataOp) -> None:
         base = slot * SLOT_BYTES
         slot_gpa = self._slots_gpa + base
@@ -156,6 +176,10 @@ class Queue:
         if dop.dst.length:
             chain.append((dop.dst.addr, dop.dst.length, VIRTQ_DESC_F_WRITE))
         chain.append((slot_gpa + SLOT_STATUS, vc.INHDR_BYTES, VIRTQ_DESC_F_WRITE))
+        self._link(slot, chain)
+
+    def _link(self, slot: int, chain: list[tuple[int, int, int]]) -> None:
+        slot_gpa = self._slots_gpa + slot * SLOT_BYTES
         if self.indirect:
             table = self._table(slot)
             for i, (addr, length, flags) in enumerate(chain):

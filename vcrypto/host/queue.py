@@ -116,13 +116,19 @@ class DataQueue:
     # -- the loop ----------------------------------------------------------
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        broken: QueueBroken | None = None
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.kick_fd is not None:
                 nursery.start_soon(self._kick_watcher)
             task_status.started()
-            await self._loop()
+            try:
+                await self._loop()
+            except QueueBroken as exc:
+                broken = exc      # re-raised bare, outside the nursery's exception group
             nursery.cancel_scope.cancel()
+        if broken is not None:
+            raise broken
 
     async def _loop(self) -> None:
         vq = self.vq
