@@ -373,14 +373,16 @@ class Frontend:
         h.local_refs += 1
         return h
 
-    async def close_session(self, h: EngineSession) -> None:
-        """-1 local reference; the backend reference goes after ``linger_s``."""
+    async def close_session(self, h: EngineSession, *, linger: bool = True) -> None:
+        """-1 local reference. At zero the backend reference is dropped after
+        ``linger_s`` (``linger=False``: at once, for sessions nobody else
+        will reuse, such as a connection's traffic keys)."""
         h.local_refs -= 1
         if h.local_refs > 0:
             return
         h.idle_since = time.monotonic()
-        if self.linger_s <= 0:
-            await self._release_idle(force=True)
+        if not linger or self.linger_s <= 0:
+            await self._release(h)
         elif not self._reaper_running:
             self._reaper_running = True
             trio.lowlevel.spawn_system_task(self._reaper)
@@ -389,22 +391,26 @@ class Frontend:
         try:
             while any(h.local_refs == 0 for h in self._handles.values()):
                 await trio.sleep(self.linger_s / 2)
-                await self._release_idle()
+                now = time.monotonic()
+                for h in list(self._handles.values()):
+                    if h.local_refs == 0 and now - h.idle_since >= self.linger_s:
+                        await self._release(h)
         finally:
             self._reaper_running = False
 
-    async def _release_idle(self, force: bool = False) -> None:
-        now = time.monotonic()
-        for key, h in list(self._handles.items()):
-            if h.local_refs == 0 and (force or now - h.idle_since >= self.linger_s):
-                del self._handles[key]
-                att = self._att
-                if att is not None and att.alive and h.gen == att.gen:
-                    h.gen = -1
-                    try:
-                        await self._request(att, {"t": "release", "sid": h.sid})
-                    except _Detached:
-                        pass
+    async def _release(self, h: EngineSession) -> None:
+        if self._handles.get(h.canonical) is h:
+            del self._handles[h.canonical]
+        att = self._att
+        if att is not None and att.alive and h.gen == att.gen:
+            h.gen = -1
+            # Fire and forget: the reply (matched to no waiter) is dropped.
+            try:
+                async with att.send_lock:
+                    await att.sock.send(_control.encode(
+                        {"t": "release", "sid": h.sid, "id": next(self._ids)}))
+            except (OSError, trio.ClosedResourceError):
+                self._detach(att)
 
     async def _sid(self, att: _Attachment, h: EngineSession) -> int:
         """The backend session id of ``h`` in this attachment (+1 backend ref once)."""

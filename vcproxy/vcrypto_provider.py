@@ -1,0 +1,173 @@
+"""``VcryptoProvider``: the TLS ``CryptoProvider`` seam implemented on the
+vcrypto engine frontend.
+
+This adapter is the only place vcproxy and vcrypto meet (DESIGN.md §10: the
+TLS stack imports neither; vcrypto never imports vcproxy). Every key
+exchange, signature and record batch becomes engine requests:
+
+- ``key_exchange(group, peer)`` -> one ECDH request (keygen + derive in one
+  op) on the shared per-group session;
+- ``sign(key, scheme, message)`` -> one SIGN request on the session for
+  (scheme, key), found through the local handle table and the backend's
+  shared session cache, so every connection (and every worker) with the same
+  certificate key reuses one host session;
+- ``aead(alg, key)`` -> a ``VcryptoAead`` whose ``seal_many``/``open_many``
+  submit a batch (<= 16 per opdone: one suspension per batch). Its host
+  session is created on first use, so records sealed in-process (the sync
+  ``seal``/``open`` below the TLS small-record threshold, or below this
+  provider's ``inline_below_bytes``) never cost a session at the host.
+
+When the engine cannot take a request (backend or host down) the frontend
+runs it in-process and counts it; the TLS layer never sees the difference.
+The provider is bound lazily to the trio run that first uses it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives import serialization
+
+from vcproxy.tls import (AeadSession, BadRecordMac, CryptoProvider, CryptoProviderError,
+                         IllegalParameter, SigningKey)
+from vcproxy.tls._provider import SCHEMES_BY_KEY_TYPE, key_type_of, load_private_key_pem
+from vcrypto.engine._inline import ecdh_split
+from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine.frontend import EngineSession, EngineUnavailable, Frontend
+from vcrypto.ops import Alg, Op
+
+_SIGN_SCHEMES = tuple(sorted(a.value for a in (
+    Alg.ECDSA_SECP256R1_SHA256, Alg.ECDSA_SECP384R1_SHA384, Alg.RSA_PSS_RSAE_SHA256,
+    Alg.RSA_PSS_RSAE_SHA384, Alg.RSA_PSS_RSAE_SHA512, Alg.ED25519)))
+_GROUP_POINT_BYTES = {"x25519": 32, "secp256r1": 65, "secp384r1": 97}
+
+
+def _check(status: SlotStatus, what: str) -> None:
+    if status is SlotStatus.OK:
+        return
+    if status is SlotStatus.BAD_MESSAGE:
+        raise BadRecordMac(f"{what}: record failed AEAD authentication")
+    raise CryptoProviderError(f"vcrypto {what}: {status.name}")
+
+
+class VcryptoAead(AeadSession):
+    """Record protection under one traffic key, offloaded in batches."""
+
+    def __init__(self, provider: VcryptoProvider, alg: str, key: bytes):
+        try:
+            self._alg = Alg(alg)
+        except ValueError:
+            raise ValueError(f"unknown AEAD {alg!r}") from None
+        self.alg = alg
+        self._p = provider
+        self._key = key
+        self._seal_meta = SessionMeta(Op.AEAD_SEAL, self._alg, key)
+        self._open_meta = SessionMeta(Op.AEAD_OPEN, self._alg, key)
+        self._handles: dict[Op, EngineSession] = {}
+        # in-process path (sync seal/open): the same code the frontend falls back to
+        from vcrypto.engine._inline import InlineSession
+        self._local = {Op.AEAD_SEAL: InlineSession(self._seal_meta),
+                       Op.AEAD_OPEN: InlineSession(self._open_meta)}
+
+    def seal(self, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        return self._local[Op.AEAD_SEAL].perform(plaintext, nonce, aad)
+
+    def open(self, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
+        from vcrypto.engine._inline import InlineOpError
+
+        try:
+            return self._local[Op.AEAD_OPEN].perform(ciphertext, nonce, aad)
+        except InlineOpError:
+            raise BadRecordMac("record failed AEAD authentication") from None
+
+    async def _run(self, op: Op, items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bytes]:
+        if all(len(d) < self._p.inline_below_bytes for _, _, d in items):
+            fn = self.seal if op is Op.AEAD_SEAL else self.open
+            return [fn(n, a, d) for n, a, d in items]
+        fe = self._p.frontend
+        h = self._handles.get(op)
+        if h is None:
+            meta = self._seal_meta if op is Op.AEAD_SEAL else self._open_meta
+            h = self._handles[op] = await fe.open_session(meta)
+        res = await fe.run(h, [(d, n, a) for n, a, d in items])
+        out = []
+        for status, data in res:
+            _check(status, op.value)
+            out.append(data)
+        return out
+
+    async def seal_many(self, items):
+        return await self._run(Op.AEAD_SEAL, items)
+
+    async def open_many(self, items):
+        return await self._run(Op.AEAD_OPEN, items)
+
+    async def aclose(self) -> None:
+        handles, self._handles = self._handles, {}
+        for h in handles.values():
+            await self._p.frontend.close_session(h, linger=False)
+
+
+class VcryptoProvider(CryptoProvider):
+    """The TLS crypto provider on the vcrypto engine frontend."""
+
+    name = "vcrypto"
+
+    def __init__(self, engine_socket: str, *, inline_below_bytes: int = 0,
+                 linger_s: float = 1.0, frontend: Frontend | None = None):
+        self.frontend = frontend or Frontend(engine_socket, linger_s=linger_s)
+        self.inline_below_bytes = inline_below_bytes
+
+    async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
+        size = _GROUP_POINT_BYTES.get(group)
+        if size is None:
+            raise CryptoProviderError(f"unsupported group {group!r}")
+        # RFC 8446 §4.2.8.2: X25519 keys are 32 bytes; EC shares uncompressed points.
+        if len(peer_public) != size or (group != "x25519" and peer_public[0] != 4):
+            raise IllegalParameter(f"{group} key share of {len(peer_public)} bytes is malformed")
+        alg = Alg(group)
+        fe = self.frontend
+        h = await fe.open_session(SessionMeta(Op.ECDH, alg))
+        try:
+            [(status, out)] = await fe.run(h, [(peer_public, b"", b"")])
+        finally:
+            await fe.close_session(h)
+        if status is SlotStatus.INVALID:
+            raise IllegalParameter(f"{group} key share rejected")
+        _check(status, "key exchange")
+        return ecdh_split(alg, out)
+
+    def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
+        if not private_key_pem:
+            if key_ref is None:
+                raise ValueError("a private key PEM or a key_ref is required")
+            # Keyless with no local key at all: the host validates the scheme
+            # against the key it holds.
+            return SigningKey("keyless", _SIGN_SCHEMES, key_ref, None)
+        key = load_private_key_pem(private_key_pem)
+        key_type = key_type_of(key)
+        der = None
+        if key_ref is None:  # keyless mode: the key stays with the host
+            der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return SigningKey(key_type, SCHEMES_BY_KEY_TYPE[key_type], key_ref, der)
+
+    async def sign(self, key: SigningKey, scheme: str, message: bytes) -> bytes:
+        if scheme not in key.schemes:
+            raise CryptoProviderError(f"key of type {key.key_type} cannot sign {scheme}")
+        meta = SessionMeta(Op.SIGN, Alg(scheme), key.private_key_der or b"", key.key_ref or "")
+        fe = self.frontend
+        h = await fe.open_session(meta)
+        try:
+            [(status, sig)] = await fe.run(h, [(message, b"", b"")])
+        except EngineUnavailable as exc:
+            raise CryptoProviderError(f"vcrypto sign: {exc}") from exc
+        finally:
+            await fe.close_session(h)
+        _check(status, "sign")
+        return sig
+
+    def aead(self, suite_alg: str, key: bytes) -> AeadSession:
+        return VcryptoAead(self, suite_alg, key)
+
+    async def aclose(self) -> None:
+        await self.frontend.aclose()
