@@ -14,7 +14,7 @@ running host:
   ``max_inflight`` may exceed it (the device queue);
 - the result is real: ``perform(job)`` (`cryptography`) after the modelled
   service time, so callers can check it;
-- faults, drawn per job from ``random.Random(seed)`` in submission order:
+- faults, drawn per job from ``random.Random(seed)`` in arrival order:
   ``error_rate`` (the job fails with ``ResourceFault`` after its service
   time), ``hang_rate`` (the job never returns; the scheduler's timeout cuts
   it off), ``crash_after_jobs`` (the N-th job since start or recovery crashes
