@@ -108,6 +108,7 @@ class Queue:
         self._tokens: list[object] = [None] * capacity
         self.kicks = 0
         self.calls = 0
+        self.polls = 0
         self.enqueued = 0
         self.dequeued = 0
         vq.driver_disable_calls()
@@ -224,9 +225,16 @@ class Queue:
     def pending(self) -> int:
         return self.vq.driver_pending_used()
 
-    async def wait_used(self) -> None:
-        """Sleep until the used ring has something (arming calls race-free)."""
+    async def wait_used(self, poll_s: float = 0.0) -> None:
+        """Wait until the used ring has something: first poll it for up to
+        ``poll_s`` (trio checkpoints, so other tasks run), then arm calls,
+        re-check, and sleep on the call eventfd."""
         vq = self.vq
+        if poll_s > 0 and not vq.driver_pending_used():
+            deadline = trio.current_time() + poll_s
+            while not vq.driver_pending_used() and trio.current_time() < deadline:
+                self.polls += 1
+                await trio.sleep(0)
         while not vq.driver_pending_used():
             vq.driver_enable_calls()
             full_fence()
@@ -430,8 +438,8 @@ class Driver:
     def call_fd(self, queue: int) -> int:
         return self.queues[queue].call_fd
 
-    async def wait_used(self, queue: int) -> None:
-        await self.queues[queue].wait_used()
+    async def wait_used(self, queue: int, poll_s: float = 0.0) -> None:
+        await self.queues[queue].wait_used(poll_s)
 
     # -- teardown -----------------------------------------------------------------
 

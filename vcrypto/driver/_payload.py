@@ -71,8 +71,10 @@ class PayloadPool:
         return DataOp(item.session_id, item.op, src=bufs[2] or self.handle.buf(off, 0),
                       dst=dst, iv=bufs[0], aad=bufs[1], token=(token, dst))
 
-    async def run(self, items: Sequence[Item], *, window: int | None = None) -> list[Result]:
-        """Run every item (at most ``window`` in flight); results in item order."""
+    async def run(self, items: Sequence[Item], *, window: int | None = None,
+                  poll_s: float = 0.0) -> list[Result]:
+        """Run every item (at most ``window`` in flight); results in item order.
+        ``poll_s``: poll the used ring this long before sleeping on the call fd."""
         q = self.driver.queues[self.queue]
         window = min(window or self.slots, self.slots, q.capacity)
         free = list(range(window))
@@ -92,7 +94,7 @@ class PayloadPool:
                     next_i = min(next_i, i)
             completions = q.dequeue_burst()
             if not completions:
-                await q.wait_used()
+                await q.wait_used(poll_s)
                 continue
             for c in completions:
                 (i, slot), dst = c.token

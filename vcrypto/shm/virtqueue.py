@@ -279,9 +279,12 @@ class SplitVirtqueue:
         self.avail_flags = 0
 
     def driver_disable_calls(self) -> None:
-        # With EVENT_IDX the flag is ignored; used_event simply stays behind, so
-        # the device calls at most once more until we re-arm.
+        # With EVENT_IDX the flag is ignored: park used_event half the index
+        # space ahead, where the device's publishes will not reach it before
+        # we re-arm (a queue never holds more than num <= 2^15 entries).
         self.avail_flags = VIRTQ_AVAIL_F_NO_INTERRUPT
+        if self.event_idx:
+            self.used_event = self.last_used + 0x8000
 
     # -- device role ---------------------------------------------------------
 
@@ -320,7 +323,10 @@ class SplitVirtqueue:
         self.used_flags = 0
 
     def device_disable_kicks(self) -> None:
+        # Same trick as driver_disable_calls for EVENT_IDX drivers.
         self.used_flags = VIRTQ_USED_F_NO_NOTIFY
+        if self.event_idx:
+            self.avail_event = self.last_avail + 0x8000
 
     def release(self) -> None:
         self.desc.release()
