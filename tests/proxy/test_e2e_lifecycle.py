@@ -1,0 +1,180 @@
+"""Signals and metrics through the real process: SIGHUP reload, SIGTERM drain, the metrics endpoint."""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import re
+import signal
+import socket
+import ssl
+import threading
+import time
+import urllib.request
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from vcproxy.proxy.demo_upstream import expected_sha256
+from proxy_testkit import base_config, client_context
+
+
+def unverified() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def peer_cert_der(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with unverified().wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def cert_der(path) -> bytes:
+    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(Encoding.DER)
+
+
+def test_sighup_reloads_certificate_without_dropping_a_download(start_proxy, certs, upstream):
+    config = base_config(upstream.address, certs["a"], workers=2)
+    proxy = start_proxy(config)
+    assert peer_cert_der(proxy.port) == cert_der(certs["a"][0])
+    size = 32 * 1024 * 1024
+    result = {}
+    started = threading.Event()
+
+    def download():
+        conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=unverified(), timeout=60)
+        conn.request("GET", f"/bytes?n={size}&seed=5")
+        response = conn.getresponse()
+        h = hashlib.sha256()
+        h.update(response.read(65536))
+        started.set()
+        while piece := response.read(256 * 1024):
+            h.update(piece)
+            time.sleep(0.01)  # a slow reader: the download spans the reload
+        result["sha"] = h.hexdigest()
+        result["cert"] = conn.sock.getpeercert(binary_form=True)
+        conn.close()
+
+    t = threading.Thread(target=download)
+    t.start()
+    assert started.wait(20)
+    config["listeners"][0]["tls"]["certificates"] = [{"cert": str(certs["b"][0]), "key": str(certs["b"][1])}]
+    proxy.write_config(config)
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_event("reloaded", count=2)  # both workers
+    assert t.is_alive(), "the download should still be in flight during the reload"
+    for _ in range(4):  # new connections, whichever worker takes them
+        assert peer_cert_der(proxy.port) == cert_der(certs["b"][0])
+    t.join(60)
+    assert result["sha"] == expected_sha256(size, 5)
+    assert result["cert"] == cert_der(certs["a"][0])  # the open connection kept its certificate
+
+
+def test_sighup_with_a_broken_config_keeps_serving(start_proxy, certs, upstream):
+    config = base_config(upstream.address, certs["a"])
+    proxy = start_proxy(config)
+    proxy.config_path.write_text("listeners: [{port: 'nope'}]\n")
+    proxy.signal(signal.SIGHUP)
+    event = proxy.wait_event("reload_rejected")
+    assert ["listeners[0].port", "expected int, got str"] in event["problems"]
+    assert peer_cert_der(proxy.port) == cert_der(certs["a"][0])
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(start_proxy, certs, upstream):
+    config = base_config(upstream.address, certs["a"], workers=2, limits={"drain_timeout_s": 10})
+    proxy = start_proxy(config)
+    ctx = client_context(certs["a"][0])
+    results = []
+
+    def slow_request():
+        conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=ctx, timeout=30)
+        conn.request("GET", "/slow?s=1.5")
+        response = conn.getresponse()
+        results.append((response.status, response.read(), response.getheader("connection")))
+
+    threads = [threading.Thread(target=slow_request) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    idle = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=ctx, timeout=10)
+    idle.request("GET", "/health")
+    assert idle.getresponse().read() == b"ok\n"  # an idle keep-alive connection at drain time
+    proxy.signal(signal.SIGTERM)
+    proxy.wait_event("worker_draining")
+    for t in threads:
+        t.join(30)
+    assert results == [(200, b"slow\n", "close")] * 4
+    assert proxy.proc.wait(30) == 0
+    events = [e["event"] for e in proxy.events()]
+    assert "drain_deadline" not in events and events[-1] == "stopped"
+    try:  # after exit nothing listens
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=2).close()
+        refused = False
+    except OSError:
+        refused = True
+    assert refused
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})?\s+(\S+)$", line)
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
+def total(samples, name: str, **labels) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def test_metrics_count_handshakes_bytes_requests_and_crypto_ops(start_proxy, certs, upstream):
+    config = base_config(upstream.address, certs["a"], workers=2)
+    config["listeners"][0]["name"] = "web"
+    proxy = start_proxy(config)
+    ctx = client_context(certs["a"][0])
+    connections, per_connection, body_size = 6, 3, 50_000
+    for _ in range(connections):
+        conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=ctx, timeout=10)
+        for _ in range(per_connection):
+            conn.request("GET", f"/bytes?n={body_size}")
+            assert len(conn.getresponse().read()) == body_size
+        conn.request("POST", "/upload", body=b"u" * body_size)
+        assert conn.getresponse().status == 200
+        conn.close()
+    requests = connections * (per_connection + 1)
+    deadline = time.monotonic() + 10
+    while True:  # the last request is counted just after its response went out
+        m = scrape(proxy.metrics_url)
+        if total(m, "vcproxy_http_requests_total", listener="web", status="200") >= requests \
+                and total(m, "vcproxy_connections_active") == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert total(m, "vcproxy_http_requests_total", listener="web", status="200") == requests
+    assert total(m, "vcproxy_http_request_seconds_count", listener="web") == requests
+    assert total(m, "vcproxy_connections_total", listener="web") == connections
+    assert total(m, "vcproxy_connections_active", listener="web") == 0
+    ok = total(m, "vcproxy_tls_handshakes_total", listener="web", result="ok", resumed="false")
+    assert ok == connections
+    assert total(m, "vcproxy_tls_handshake_seconds_count", listener="web") == connections
+    versions = {dict(ls).get("version") for (n, ls) in m if n == "vcproxy_tls_handshakes_total"}
+    assert versions and all(v and "1.3" in v for v in versions)
+    sent = total(m, "vcproxy_bytes_sent_total", listener="web")
+    received = total(m, "vcproxy_bytes_received_total", listener="web")
+    assert connections * per_connection * body_size < sent < 1.2 * connections * per_connection * body_size + 200_000
+    assert connections * body_size < received < 1.2 * connections * body_size + 100_000
+    # crypto ops by provider: one key exchange and one signature per full handshake, and the
+    # record layer's seals/opens (both counted under the inline provider here)
+    assert total(m, "vcproxy_crypto_ops_total", op="ecdh", provider="inline") == connections
+    assert total(m, "vcproxy_crypto_ops_total", op="sign", provider="inline") == connections
+    # each response body spans >= 4 records of 16 KiB; each upload >= 4 records
+    assert total(m, "vcproxy_crypto_ops_total", op="aead_seal") >= connections * per_connection * 4
+    assert total(m, "vcproxy_crypto_ops_total", op="aead_open") >= connections * 4
+    assert total(m, "vcproxy_crypto_fallbacks_total") == 0
+    assert total(m, "vcproxy_upstream_errors_total") == 0
