@@ -1,0 +1,176 @@
+"""A minimal scripted TLS 1.3 client for driving the server into corners that
+real clients never reach (early data, odd extensions, bad Finished, ...).
+
+Built from our own codec and key schedule plus `cryptography`; it trusts the
+server (no certificate checks) — it tests the server, not itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import trio
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from vcproxy.tls import _codec as c
+from vcproxy.tls._keyschedule import SUITES, EarlySecret, finished_verify_data, next_traffic_secret, traffic_key_iv
+from vcproxy.tls._record import RecordSplitter, record_header
+
+SUITE = SUITES["TLS_AES_128_GCM_SHA256"]
+SIG_ALGS = (0x0403, 0x0503, 0x0804, 0x0805, 0x0806, 0x0807)
+
+
+class Keys:
+    def __init__(self, secret: bytes):
+        self.secret = secret
+        key, iv = traffic_key_iv(SUITE, secret)
+        self.aead, self.iv, self.seq = AESGCM(key), int.from_bytes(iv, "big"), 0
+
+    def nonce(self) -> bytes:
+        n = (self.iv ^ self.seq).to_bytes(12, "big")
+        self.seq += 1
+        return n
+
+
+def ext(t: int, data: bytes) -> bytes:
+    return c.extension(t, data)
+
+
+def client_hello(*, sni="localhost", share: bytes | None = None, groups=(0x001D,),
+                 share_group=0x001D, versions=(0x0304,), extra=b"", session_id=b"",
+                 alpn=None, suites=(0x1301,), sig_algs=SIG_ALGS) -> bytes:
+    exts = b""
+    if sni:
+        exts += ext(0, c.vec16(b"\x00" + c.vec16(sni.encode())))
+    if versions is not None:
+        exts += ext(c.EXT_SUPPORTED_VERSIONS,
+                    c.vec8(b"".join(v.to_bytes(2, "big") for v in versions)))
+    exts += ext(c.EXT_SUPPORTED_GROUPS, c.vec16(b"".join(g.to_bytes(2, "big") for g in groups)))
+    exts += ext(c.EXT_SIGNATURE_ALGORITHMS, c.vec16(b"".join(s.to_bytes(2, "big") for s in sig_algs)))
+    if share is not None:
+        exts += ext(c.EXT_KEY_SHARE, c.vec16(share_group.to_bytes(2, "big") + c.vec16(share)))
+    if alpn:
+        exts += ext(c.EXT_ALPN, c.vec16(b"".join(c.vec8(p) for p in alpn)))
+    exts += extra
+    body = (b"\x03\x03" + os.urandom(32) + c.vec8(session_id)
+            + c.vec16(b"".join(s.to_bytes(2, "big") for s in suites)) + b"\x01\x00" + c.vec16(exts))
+    return c.handshake(c.CLIENT_HELLO, body)
+
+
+class MiniClient:
+    def __init__(self, stream: trio.abc.Stream):
+        self.stream = stream
+        self.splitter = RecordSplitter()
+        self.key = x25519.X25519PrivateKey.generate()
+        self.share = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.transcript = hashlib.sha256()
+        self.read: Keys | None = None
+        self.write: Keys | None = None
+        self.hs_buf = b""
+        self.key_updates_received = 0
+
+    async def send_plain(self, ctype: int, data: bytes) -> None:
+        await self.stream.send_all(record_header(ctype, len(data)) + data)
+
+    async def send_protected(self, ctype: int, data: bytes, keys: Keys | None = None) -> None:
+        keys = keys or self.write
+        inner = data + bytes((ctype,))
+        header = record_header(23, len(inner) + 16)
+        await self.stream.send_all(header + keys.aead.encrypt(keys.nonce(), inner, header))
+
+    async def record(self) -> tuple[int, bytes]:
+        """Next record from the server, decrypted when keys are set."""
+        while True:
+            rec = self.splitter.next_record()
+            if rec is not None:
+                break
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError("server closed")
+            self.splitter.feed(data)
+        ctype, header, payload = rec
+        if ctype == 23 and self.read is not None:
+            inner = self.read.aead.decrypt(self.read.nonce(), payload, header).rstrip(b"\x00")
+            return inner[-1], inner[:-1]
+        return ctype, payload
+
+    async def message(self) -> bytes:
+        while True:
+            if len(self.hs_buf) >= 4:
+                n = int.from_bytes(self.hs_buf[1:4], "big")
+                if len(self.hs_buf) >= 4 + n:
+                    msg, self.hs_buf = self.hs_buf[:4 + n], self.hs_buf[4 + n:]
+                    return msg
+            ctype, data = await self.record()
+            if ctype == 20:
+                continue
+            if ctype != 22:
+                raise AssertionError(f"expected handshake, got record type {ctype}: {data!r}")
+            self.hs_buf += data
+
+    async def handshake(self, ch: bytes | None = None, *, after_hello=None, bad_finished=False,
+                        ccs_before_finished=False) -> dict:
+        ch = ch or client_hello(share=self.share)
+        self.transcript.update(ch)
+        await self.send_plain(22, ch)
+        if after_hello is not None:
+            await after_hello(self)
+        sh = await self.message()
+        assert sh[0] == c.SERVER_HELLO, sh[:1]
+        self.transcript.update(sh)
+        r = c.Reader(sh, 4 + 2 + 32)
+        r.vec(1, "sid")
+        r.u16()
+        r.u8()
+        exts = r.sub(2, "exts")
+        server_share = None
+        while exts.left():
+            t, d = exts.u16(), exts.vec(2, "ext")
+            if t == c.EXT_KEY_SHARE:
+                server_share = d[4:]
+        shared = self.key.exchange(x25519.X25519PublicKey.from_public_bytes(server_share))
+        hs = EarlySecret(SUITE).into_handshake(shared)
+        client_hs, server_hs = hs.traffic_secrets(self.transcript.digest())
+        self.read, self.write = Keys(server_hs), Keys(client_hs)
+        info = {"encrypted_extensions": None}
+        while True:
+            msg = await self.message()
+            if msg[0] == c.FINISHED:
+                self.transcript.update(msg)
+                break
+            if msg[0] == c.ENCRYPTED_EXTENSIONS:
+                info["encrypted_extensions"] = msg
+            self.transcript.update(msg)
+        master = hs.into_master()
+        client_ap, server_ap = master.traffic_secrets(self.transcript.digest())
+        verify = finished_verify_data(SUITE, client_hs, self.transcript.digest())
+        if bad_finished:
+            verify = bytes(32)
+        if ccs_before_finished:
+            await self.send_plain(20, b"\x01")
+        await self.send_protected(22, c.finished(verify))
+        self.read, self.write = Keys(server_ap), Keys(client_ap)
+        return info
+
+    async def send_app(self, data: bytes) -> None:
+        await self.send_protected(23, data)
+
+    async def recv_app(self) -> bytes:
+        """Next application data, handling NewSessionTicket and KeyUpdate."""
+        while True:
+            ctype, data = await self.record()
+            if ctype == 23:
+                return data
+            if ctype == 22:
+                if data[0] == c.KEY_UPDATE:
+                    self.key_updates_received += 1
+                    self.read = Keys(next_traffic_secret(SUITE, self.read.secret))
+                continue
+            if ctype == 21:
+                raise AssertionError(f"alert {data!r}")
+
+    async def key_update(self, request: bool) -> None:
+        await self.send_protected(22, c.key_update(request))
+        self.write = Keys(next_traffic_secret(SUITE, self.write.secret))

@@ -1,0 +1,378 @@
+"""TLSStream behaviour in memory: alerts, limits, timeouts, records, KeyUpdate,
+0-RTT refusal, close_notify — driven by a scripted client or Python's ssl."""
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import trio
+import trio.testing
+
+from tests.tls.helpers import CountingProvider, server_config
+from tests.tls.memclient import MemoryTLSClient, client_context
+from tests.tls.miniclient import MiniClient, client_hello, ext
+from vcproxy.tls import (
+    AlertDescription as A, HandshakeTimeout, InlineProvider, TLSError, TLSPeerError, TLSStream,
+)
+from vcproxy.tls import _codec as c
+
+
+class RecordingStream(trio.abc.HalfCloseableStream):
+    """Passes through to ``inner``, keeping every chunk the server sends."""
+
+    def __init__(self, inner):
+        self.inner, self.sent = inner, []
+
+    async def send_all(self, data):
+        self.sent.append(bytes(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self):
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None):
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_eof(self):
+        await self.inner.send_eof()
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+def pair(config, provider=None):
+    a, b = trio.testing.memory_stream_pair()
+    rec = RecordingStream(a)
+    return TLSStream(rec, config, provider or InlineProvider()), rec, MiniClient(b)
+
+
+@pytest.fixture
+def config(test_certs):
+    return server_config([test_certs["ecdsa-p256"]], alpn_protocols=["http/1.1"])
+
+
+async def handshake(server, client, **kw):
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        info = await client.handshake(**kw)
+    return info
+
+
+async def expect_alert(server: TLSStream, client: MiniClient, send, alert: A):
+    """``send`` the client's bytes; the server must fail with ``alert`` and send it."""
+    failure = []
+
+    async def run_server():
+        try:
+            await server.do_handshake()
+        except TLSError as exc:
+            failure.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_server)
+        await send(client)
+        ctype, data = await client.record()
+        await client.stream.aclose()  # ends the server's lingering drain
+    assert failure and failure[0].alert == alert, failure
+    assert isinstance(failure[0], TLSPeerError)
+    assert (ctype, data) == (21, bytes((2, alert))), (ctype, data)
+
+
+def _hello_sender(**kw):
+    async def send(client):
+        kw.setdefault("share", client.share)
+        await client.send_plain(22, client_hello(**kw))
+    return send
+
+
+DUPLICATE_SNI = ext(0, c.vec16(b"\x00" + c.vec16(b"x")))
+
+
+@pytest.mark.parametrize("send,alert", [
+    (_hello_sender(versions=(0x0303,)), A.protocol_version),
+    (_hello_sender(suites=(0x1304,)), A.handshake_failure),
+    (_hello_sender(extra=DUPLICATE_SNI), A.illegal_parameter),
+    (_hello_sender(share=None), A.missing_extension),
+    (_hello_sender(groups=(0x0017,)), A.illegal_parameter),          # share not in groups
+    (_hello_sender(sig_algs=(0x0401,)), A.handshake_failure),         # rsa_pkcs1 only
+    (_hello_sender(alpn=[b"h2"]), A.no_application_protocol),
+    (_hello_sender(extra=ext(c.EXT_RECORD_SIZE_LIMIT, b"\x00\x10")), A.illegal_parameter),
+    (_hello_sender(extra=ext(c.EXT_COOKIE, b"\x00")), A.decode_error),  # truncated vector
+])
+async def test_bad_hello_gets_the_right_alert(config, send, alert):
+    server, _, client = pair(config)
+    await expect_alert(server, client, send, alert)
+
+
+@pytest.mark.parametrize("versions,alert", [(None, A.protocol_version),
+                                            ((0x0303, 0x0302), A.protocol_version),
+                                            ((), A.decode_error)])
+async def test_hello_without_tls13_is_refused(config, versions, alert):
+    server, _, client = pair(config)
+    await expect_alert(server, client, _hello_sender(versions=versions), alert)
+
+
+async def test_python_ssl_tls12_only_client_gets_protocol_version(config):
+    a, b = trio.testing.memory_stream_pair()
+    server = TLSStream(a, config, InlineProvider())
+    ctx = client_context(maximum_version=ssl.TLSVersion.TLSv1_2,
+                         minimum_version=ssl.TLSVersion.TLSv1_2)
+    client = MemoryTLSClient(b, ctx)
+
+    async def run_client():
+        with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):
+            await client.handshake()
+        await b.aclose()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_client)
+        with pytest.raises(TLSError) as info:
+            await server.do_handshake()
+    assert info.value.alert == A.protocol_version
+
+
+async def test_handshake_too_large_message_refused(test_certs):
+    config = server_config([test_certs["ed25519"]], max_handshake_message_bytes=4096)
+
+    async def send(client):
+        await client.send_plain(22, b"\x01\x00\x20\x00" + b"\x00" * 100)  # claims 8192 bytes
+    server, _, client = pair(config)
+    await expect_alert(server, client, send, A.illegal_parameter)
+
+
+@pytest.mark.parametrize("record,alert", [
+    (b"\x17\x03\x03\x00\x05hello", A.unexpected_message),      # app data before keys
+    (b"\x47ET / HTTP/1.1\r\n\r\n", A.unexpected_message),       # plain HTTP
+    (b"\x16\x03\x01\x48\x01" + b"\x00" * 10, A.record_overflow),
+    (b"\x16\x03\x01\x00\x04\x01\x00\x00\x00", A.decode_error),  # empty ClientHello
+    (b"\x16\x03\x01\x00\x04\x02\x00\x00\x00", A.unexpected_message),  # ServerHello to a server
+    (b"\x15\x03\x03\x00\x02\x02\x28", None),                    # the client's fatal alert
+])
+async def test_bad_first_records(config, record, alert):
+    server, _, client = pair(config)
+    if alert is None:
+        await client.stream.send_all(record)
+        await client.stream.send_eof()
+        with pytest.raises(TLSError) as info:
+            await server.do_handshake()
+        assert info.value.alert == A.handshake_failure
+        return
+
+    async def send(cl):
+        await cl.stream.send_all(record)
+    await expect_alert(server, client, send, alert)
+
+
+async def test_handshake_timeout(config, autojump_clock):
+    server, _, _ = pair(config)
+    start = trio.current_time()
+    with pytest.raises(HandshakeTimeout):
+        await server.do_handshake()
+    assert trio.current_time() - start >= config.handshake_timeout_s
+    with pytest.raises(trio.BrokenResourceError):
+        await server.send_all(b"x")
+
+
+async def test_bad_client_finished_is_decrypt_error(config):
+    server, _, client = pair(config)
+
+    async def run_client():
+        await client.handshake(bad_finished=True)
+        await client.stream.aclose()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_client)
+        with pytest.raises(TLSError) as info:
+            await server.do_handshake()
+    assert info.value.alert == A.decrypt_error
+
+
+async def test_ccs_tolerated_in_handshake_refused_after(config):
+    server, rec, client = pair(config)
+    ch = client_hello(share=client.share, session_id=b"s" * 32)
+    await handshake(server, client, ch=ch, ccs_before_finished=True)
+    assert _CCS in b"".join(rec.sent)  # compatibility mode: the server sent one too
+    await client.send_app(b"ok")
+    assert await server.receive_some() == b"ok"
+    await client.send_plain(20, b"\x01")
+    await client.stream.send_eof()
+    with pytest.raises(TLSError) as info:
+        await server.receive_some()
+    assert info.value.alert == A.unexpected_message
+
+
+_CCS = b"\x14\x03\x03\x00\x01\x01"
+
+
+async def test_early_data_is_refused_and_skipped(config):
+    server, _, client = pair(config)
+    ch = client_hello(share=client.share, extra=ext(c.EXT_EARLY_DATA, b""))
+
+    async def early(cl):  # 0-RTT records under keys the server never derives
+        for _ in range(3):
+            await cl.stream.send_all(b"\x17\x03\x03\x00\x40" + bytes(64))
+    info = await handshake(server, client, ch=ch, after_hello=early)
+    ee = info["encrypted_extensions"]
+    assert c.EXT_EARLY_DATA.to_bytes(2, "big") not in ee[6:]  # not accepted
+    await client.send_app(b"after")
+    assert await server.receive_some() == b"after"
+
+
+async def test_writes_fill_records(test_certs):
+    provider = CountingProvider(threshold=0)
+    config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=0)
+    server, rec, client = pair(config, provider)
+    await handshake(server, client)
+    sent_before = len(rec.sent)
+    server.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+    await server.send_all(b"hello")
+    new = rec.sent[sent_before:]
+    assert len(new) == 1 and new[0][0] == 23
+    assert len(new[0]) == 5 + len(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello") + 1 + 16
+    got = await client.recv_app()
+    assert got.endswith(b"hello")
+    # 40000 bytes: three full-as-possible records, sealed in one batch
+    batches = provider.counts["seal_many"]
+    await server.send_all(b"x" * 40000)
+    assert provider.counts["seal_many"] == batches + 1
+    sizes = [len(await client.recv_app()) for _ in range(3)]
+    assert sizes == [16384, 16384, 40000 - 32768]
+
+
+async def test_pipeline_depth_bounds_batches(test_certs):
+    provider = CountingProvider(threshold=0)
+    config = server_config([test_certs["ecdsa-p256"]], pipeline_depth=4,
+                           small_record_threshold_bytes=0)
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    before = provider.counts["seal_many"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.send_all, b"y" * (16384 * 9))
+        for _ in range(9):
+            assert len(await client.recv_app()) == 16384
+    assert provider.counts["seal_many"] - before == 3  # 4 + 4 + 1
+
+
+async def test_small_records_sealed_in_process(test_certs):
+    provider = CountingProvider(threshold=100)
+    config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=100)
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    small, batched = provider.counts["small_seal"], provider.counts["seal_many"]
+    await server.send_all(b"tiny")
+    assert provider.counts["small_seal"] == small + 1 and provider.counts["seal_many"] == batched
+    await server.send_all(b"z" * 1000)
+    assert provider.counts["seal_many"] == batched + 1
+    assert await client.recv_app() == b"tiny"
+    await client.send_app(b"q" * 500)
+    assert await server.receive_some() == b"q" * 500
+
+
+async def test_server_initiated_key_update(test_certs):
+    config = server_config([test_certs["ecdsa-p256"]], key_update_after_records=2)
+    server, rec, client = pair(config)
+    await handshake(server, client)
+    for i in range(7):
+        await server.send_all(b"msg%d" % i)
+        assert await client.recv_app() == b"msg%d" % i
+    # records under one key: ticket, msg0 | msg1, msg2 | msg3, msg4 | msg5, msg6
+    assert client.key_updates_received == 3
+    await client.send_app(b"still")
+    assert await server.receive_some() == b"still"
+
+
+async def test_client_key_update_requested_and_batch_fallback(config):
+    server, _, client = pair(config)
+    await handshake(server, client)
+    # app record, KeyUpdate(requested), app record: all buffered before the
+    # server reads, so its batch open fails at the key change and falls back.
+    await client.send_app(b"one")
+    await client.key_update(True)
+    await client.send_app(b"two")
+    got = b""
+    while len(got) < 6:
+        got += await server.receive_some()
+    assert got == b"onetwo"
+    await server.send_all(b"reply")
+    assert await client.recv_app() == b"reply"  # read under the server's updated key
+
+
+async def test_bad_record_mac_after_handshake(config):
+    server, _, client = pair(config)
+    await handshake(server, client)
+    await client.stream.send_all(b"\x17\x03\x03\x00\x20" + bytes(32))
+    await client.stream.send_eof()
+    with pytest.raises(TLSError) as info:
+        await server.receive_some()
+    assert info.value.alert == A.bad_record_mac
+    assert (await client.record())[0] == 22          # the ticket, then our alert
+    assert await client.record() == (21, bytes((2, A.bad_record_mac)))
+
+
+async def test_close_notify_both_ways(config):
+    server, _, client = pair(config)
+    await handshake(server, client)
+    await client.send_app(b"last")
+    await client.send_protected(21, b"\x01\x00")
+    assert await server.receive_some() == b"last"
+    assert await server.receive_some() == b""
+    await server.aclose()
+    records = [await client.record(), await client.record()]
+    assert records[0][0] == 22 and records[0][1][0] == c.NEW_SESSION_TICKET
+    assert records[1] == (21, b"\x01\x00")
+    with pytest.raises(trio.ClosedResourceError):
+        await server.send_all(b"x")
+
+
+async def test_record_size_limit_honoured(config):
+    server, _, client = pair(config)
+    ch = client_hello(share=client.share, extra=ext(c.EXT_RECORD_SIZE_LIMIT, (256).to_bytes(2, "big")))
+    info = await handshake(server, client, ch=ch)
+    assert ext(c.EXT_RECORD_SIZE_LIMIT, (16385).to_bytes(2, "big")) in info["encrypted_extensions"]
+    await server.send_all(b"r" * 1000)
+    sizes = []
+    while sum(sizes) < 1000:
+        sizes.append(len(await client.recv_app()))
+    assert max(sizes) == 255
+
+
+async def test_sni_selects_exact_then_wildcard_then_default():
+    from tests.tls.certs import make_cert
+    a, b = make_cert("ecdsa-p256", sans=("a.test",)), make_cert("ecdsa-p256", sans=("*.b.test",))
+    config = server_config([a, b])
+
+    async def peer_names(server_name):
+        s1, s2 = trio.testing.memory_stream_pair()
+        server = TLSStream(s1, config, InlineProvider())
+        ctx = client_context(a.ca_pem)
+        ctx.check_hostname = False
+        client = MemoryTLSClient(s2, ctx, server_hostname=server_name)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            await client.handshake()
+        return [v for _, v in client.obj.getpeercert()["subjectAltName"]], server.server_name
+
+    assert await peer_names("a.test") == (["a.test"], "a.test")
+    assert await peer_names("x.b.test") == (["*.b.test"], "x.b.test")
+    assert (await peer_names("other.test"))[0] == ["a.test"]   # default: the first entry
+    assert (await peer_names(None))[0] == ["a.test"]
+
+
+async def test_python_ssl_resumption_in_memory(config):
+    ctx = client_context()
+
+    async def connect(session=None):
+        s1, s2 = trio.testing.memory_stream_pair()
+        server = TLSStream(s1, config, InlineProvider())
+        client = MemoryTLSClient(s2, ctx, session=session)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            await client.handshake()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.send_all, b"data")
+            assert await client.recv() == b"data"   # the ticket arrived before it
+        return server, client
+
+    server1, client1 = await connect()
+    assert not server1.resumed
+    server2, client2 = await connect(client1.obj.session)
+    assert server2.resumed and client2.obj.session_reused
+    assert server2.named_group == "x25519"  # psk_dhe_ke: still a fresh key exchange
