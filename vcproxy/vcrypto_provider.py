@@ -23,6 +23,7 @@ The provider is bound lazily to the trio run that first uses it.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import serialization
@@ -63,6 +64,7 @@ class VcryptoAead(AeadSession):
         self._seal_meta = SessionMeta(Op.AEAD_SEAL, self._alg, key)
         self._open_meta = SessionMeta(Op.AEAD_OPEN, self._alg, key)
         self._handles: dict[Op, EngineSession] = {}
+        self._finalizer: weakref.finalize | None = None
         # in-process path (sync seal/open): the same code the frontend falls back to
         from vcrypto.engine._inline import InlineSession
         self._local = {Op.AEAD_SEAL: InlineSession(self._seal_meta),
@@ -88,6 +90,9 @@ class VcryptoAead(AeadSession):
         if h is None:
             meta = self._seal_meta if op is Op.AEAD_SEAL else self._open_meta
             h = self._handles[op] = await fe.open_session(meta)
+            if self._finalizer is None:
+                # A stream dropped without aclose() still gives its sessions back.
+                self._finalizer = weakref.finalize(self, _release_all, fe, self._handles)
         res = await fe.run(h, [(d, n, a) for n, a, d in items])
         out = []
         for status, data in res:
@@ -102,9 +107,19 @@ class VcryptoAead(AeadSession):
         return await self._run(Op.AEAD_OPEN, items)
 
     async def aclose(self) -> None:
-        handles, self._handles = self._handles, {}
-        for h in handles.values():
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        handles = list(self._handles.values())
+        self._handles.clear()
+        for h in handles:
             await self._p.frontend.close_session(h, linger=False)
+
+
+def _release_all(frontend: Frontend, handles: dict) -> None:
+    for h in handles.values():
+        frontend.release_soon(h)
+    handles.clear()
 
 
 class VcryptoProvider(CryptoProvider):

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import os
 import selectors
 import signal
@@ -705,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             "sessions": len(backend._sessions), "frontends": len(backend._frontends)}))
         httpd, _thread = start_http_server(int(mport), addr=mhost or "127.0.0.1", registry=reg)
         print(f"metrics on {mhost or '127.0.0.1'}:{httpd.server_port}", file=sys.stderr, flush=True)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: backend.stop())
     print(f"vcrypto-engine-backend ready on {args.socket}", flush=True)

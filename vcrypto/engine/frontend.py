@@ -177,7 +177,9 @@ class Frontend:
         """Forget an attachment made in another trio run or another process,
         closing only plain fds (its trio objects belong to a dead run)."""
         att, self._att = self._att, None
-        self._handles.clear()
+        for h in self._handles.values():
+            h.gen = -1  # its sid belonged to the old attachment
+            h.lock = trio.Lock()
         self._reaper_running = False
         if att is not None:
             # Closing our copies is harmless in a forked child: the parent
@@ -364,6 +366,8 @@ class Frontend:
 
     async def open_session(self, meta: SessionMeta) -> EngineSession:
         """A handle on the session for ``meta`` (+1 local reference)."""
+        if self._token is not trio.lowlevel.current_trio_token():
+            await self.start()
         canonical = meta.canonical()
         h = self._handles.get(canonical)
         if h is None:
@@ -387,14 +391,30 @@ class Frontend:
             self._reaper_running = True
             trio.lowlevel.spawn_system_task(self._reaper)
 
+    def release_soon(self, h: EngineSession) -> None:
+        """Sync -1 local reference (for finalizers): released by the reaper
+        task without lingering."""
+        h.local_refs -= 1
+        if h.local_refs > 0:
+            return
+        h.idle_since = float("-inf")
+        if not self._reaper_running:
+            try:
+                trio.lowlevel.spawn_system_task(self._reaper)
+                self._reaper_running = True
+            except RuntimeError:  # not inside this trio run: the next close reaps it
+                pass
+
     async def _reaper(self) -> None:
         try:
-            while any(h.local_refs == 0 for h in self._handles.values()):
-                await trio.sleep(self.linger_s / 2)
+            while True:
                 now = time.monotonic()
                 for h in list(self._handles.values()):
                     if h.local_refs == 0 and now - h.idle_since >= self.linger_s:
                         await self._release(h)
+                if not any(h.local_refs == 0 for h in self._handles.values()):
+                    break
+                await trio.sleep(max(self.linger_s / 2, 0.01))
         finally:
             self._reaper_running = False
 

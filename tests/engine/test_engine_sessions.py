@@ -1,0 +1,79 @@
+"""Session cache and refcounted destruction, against a real host."""
+from __future__ import annotations
+
+import gc
+
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import tls_support
+from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine.frontend import Frontend
+from vcrypto.ops import Alg, Op
+from vcproxy.vcrypto_provider import VcryptoProvider
+
+
+def _der():
+    k = ec.generate_private_key(ec.SECP256R1())
+    return k.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption())
+
+
+async def _wait_sessions_gone(fe, timeout_s=10):
+    with trio.fail_after(timeout_s):
+        while True:
+            st = await fe.backend_stats()
+            if not st["sessions"] and st["device_stats"]["device"]["sessions"] == 0:
+                return st
+            await trio.sleep(0.05)
+
+
+async def test_second_frontend_hits_the_shared_cache(host_and_backend):
+    _h, backend = host_and_backend
+    a = Frontend(backend.socket_path, linger_s=0.1)
+    b = Frontend(backend.socket_path, linger_s=0.1)
+    await a.start()
+    await b.start()
+    meta = SessionMeta(Op.SIGN, Alg.ECDSA_SECP256R1_SHA256, _der())
+    ha = await a.open_session(meta)
+    [(st, _)] = await a.run(ha, [(b"m", b"", b"")])
+    assert st is SlotStatus.OK and a.stats.backend_opens == 1
+    hb = await b.open_session(meta)
+    [(st, _)] = await b.run(hb, [(b"m", b"", b"")])
+    assert st is SlotStatus.OK
+    assert b.stats.shared_hits == 1 and b.stats.backend_opens == 0   # MD5 hit, confirmed
+    stats = await a.backend_stats()
+    assert list(stats["sessions"].values()) == [2]                  # one session, two refs
+    assert stats["cache_entries"] == 1 and stats["device_stats"]["device"]["sessions"] == 1
+    await a.close_session(ha)
+    await b.close_session(hb)
+    st = await _wait_sessions_gone(a)
+    assert st["cache_entries"] == 0 and st["sessions_destroyed"] == 1
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_second_connection_reuses_signing_session_and_all_refs_drop(host_and_backend):
+    _h, backend = host_and_backend
+    provider = VcryptoProvider(backend.socket_path, linger_s=0.3)
+    cert, key = tls_support.self_signed()
+    cfg = tls_support.config(cert, key)
+    with trio.fail_after(60):
+        async with tls_support.echo_server(cfg, provider) as (port, errors):
+            for i in range(3):
+                got = await trio.to_thread.run_sync(
+                    tls_support.client_exchange, port, cert, [b"hi", b"BIG 40000"])
+                assert got == [b"echo:hi", b"x" * 40000]
+        assert errors == []
+        fe = provider.frontend
+        st = await fe.backend_stats()
+        by_op = st["device_stats"]["device"]["by_op"]
+        assert sum(v for k, v in by_op.items() if k.startswith("sign/")) == 3
+        # The first connection created the signing and ECDH sessions; the
+        # next two reused them (cache hits), not new host sessions.
+        assert fe.stats.local_hits + fe.stats.shared_hits >= 4
+        gc.collect()
+        st = await _wait_sessions_gone(fe)
+        assert st["inflight"] == 0
+    await provider.aclose()
