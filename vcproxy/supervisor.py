@@ -170,7 +170,7 @@ class Supervisor:
             raise SupervisorError(problem)
         host_config = os.path.join(self.runtime_dir, "vcrypto-host.yaml")
         with open(host_config, "w", encoding="utf-8") as f:
-            yaml.safe_dump({"pool": vc.pool.as_yaml()}, f)
+            yaml.safe_dump({"pool": vc.pool_yaml()} if vc.pool is not None else {}, f)
         host_argv = [sys.executable, "-m", "vcrypto.host", "--socket", host_socket, "--config", host_config]
         if vc.host_metrics:
             host_argv += ["--metrics", str(vc.host_metrics)]
@@ -311,7 +311,11 @@ class Supervisor:
         self.stopping = True
         deadline_s = self.config.limits.drain_timeout_s + 5
         await _terminate([w.process for w in self.workers if w.process], deadline_s)
-        await _terminate([d.process for d in reversed(self.daemons) if d.process], 5.0)
+        # One by one, dependents first: the engine-backend lets go of the host
+        # before the host goes away.
+        for daemon in reversed(self.daemons):
+            if daemon.process:
+                await _terminate([daemon.process], 5.0)
 
 
 async def _terminate(processes: list[trio.Process], deadline_s: float) -> None:

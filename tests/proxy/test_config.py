@@ -60,7 +60,10 @@ INVALID = [
     ("bad provider", _with("crypto.provider", "qat"), "crypto.provider", "expected one of"),
     ("pipeline depth", _with("crypto.pipeline_depth", 17), "crypto.pipeline_depth", "1..16"),
     ("bad fallback", _with("crypto.fallback", True), "crypto.fallback", "expected one of"),
-    ("pool resources type", _with("vcrypto.pool.resources", 3), "vcrypto.pool.resources", "list or mapping"),
+    ("pool resources type", _with("vcrypto.pool", {"resources": 3}), "vcrypto.pool.resources", "expected a list"),
+    ("pool resource kind", _with("vcrypto.pool", {"resources": [{"name": "x", "kind": "gpu"}]}),
+     "vcrypto.pool.resources[0].kind", "unknown kind"),
+    ("pool not a mapping", _with("vcrypto.pool", [1]), "vcrypto.pool", "expected mapping"),
     ("vcrypto metrics address", _with("vcrypto.host_metrics", 9101), "vcrypto.host_metrics", "host:port"),
     ("limits zero", _with("limits.max_connections", 0), "limits.max_connections", "> 0"),
     ("limits type", _with("limits.max_body_bytes", "1G"), "limits.max_body_bytes", "expected int, got str"),
@@ -165,6 +168,6 @@ def test_vcrypto_provider_is_a_clear_error_until_the_engine_exists(tmp_path):
 def test_reference_lists_every_key():
     text = reference()
     for key in ("`listeners[].tls.certificates[].names`", "`upstreams.<name>.read_timeout_s`",
-                "`limits.max_header_bytes`", "`crypto.small_record_threshold_bytes`", "`vcrypto.pool.resources`"):
+                "`limits.max_header_bytes`", "`crypto.small_record_threshold_bytes`", "`vcrypto.pool`"):
         assert key in text
     assert cli.main(["config-reference"]) == 0

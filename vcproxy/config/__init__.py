@@ -23,7 +23,6 @@ from ._schema import (
     ListenerConfig,
     LoggingConfig,
     MetricsConfig,
-    PoolConfig,
     RouteConfig,
     ServerAddress,
     TicketsConfig,
@@ -35,7 +34,7 @@ from ._schema import (
 __all__ = [
     "CertificateConfig", "Config", "ConfigError", "CryptoConfig", "DemoUpstreamConfig",
     "HealthCheckConfig", "LimitsConfig", "ListenerConfig", "LoggingConfig", "MetricsConfig",
-    "PoolConfig", "RouteConfig", "ServerAddress", "TicketsConfig", "TLSConfig", "UpstreamConfig",
+    "RouteConfig", "ServerAddress", "TicketsConfig", "TLSConfig", "UpstreamConfig",
     "VcryptoConfig", "check_files", "load_config", "parse_config", "reference",
 ]
 
@@ -181,6 +180,6 @@ def _type_text(tp: typing.Any) -> str:
         return _type_text(next(a for a in args if a is not type(None))) + " or null"
     if tp is object:
         return "any"
-    if tp is ServerAddress:
+    if isinstance(tp, type) and issubclass(tp, ServerAddress):
         return "host:port"
     return getattr(tp, "__name__", str(tp))

@@ -26,6 +26,7 @@ class ServerAddress:
 
     host: str
     port: int
+    min_port = 1
 
     @classmethod
     def from_yaml(cls, value: object, path: str) -> "ServerAddress":
@@ -35,14 +36,21 @@ class ServerAddress:
         if not sep or not host or not port_text.isdigit():
             raise _Invalid(f"expected 'host:port', got {value!r}")
         port = int(port_text)
-        if not 1 <= port <= 65535:
-            raise _Invalid(f"port must be 1..65535, got {port}")
+        if not cls.min_port <= port <= 65535:
+            raise _Invalid(f"port must be {cls.min_port}..65535, got {port}")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
         return cls(host, port)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BindAddress(ServerAddress):
+    """``host:port`` to listen on; port 0 picks a free one."""
+
+    min_port = 0
 
 
 def _check_port(port: int, name: str = "port", allow_zero: bool = True) -> list[tuple[str, str]]:
@@ -185,28 +193,6 @@ class CryptoConfig:
         return out
 
 
-@dataclass(frozen=True)
-class PoolConfig:
-    """Passed verbatim to vcrypto-host's ``pool:`` section, which validates its contents."""
-
-    groups: object = opt(None, "resource groups (see vcrypto-host)")
-    policy: object = opt(None, "scheduling policy (see vcrypto-host)")
-    resources: object = opt(None, "crypto resources: openssl, workers, simulated (see vcrypto-host)")
-
-    def check(self) -> list[tuple[str, str]]:
-        out = []
-        for name in ("groups", "resources"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, (list, dict)):
-                out.append((name, f"expected list or mapping, got {_type_name(value)}"))
-        if self.policy is not None and not isinstance(self.policy, (str, dict)):
-            out.append(("policy", f"expected str or mapping, got {_type_name(self.policy)}"))
-        return out
-
-    def as_yaml(self) -> dict:
-        return {k: _plain(v) for k, v in dataclasses.asdict(self).items() if v is not None}
-
-
 def _plain(value: object) -> object:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
@@ -221,9 +207,31 @@ class VcryptoConfig:
     runtime_dir: str | None = opt(None, "directory for sockets and shared memory (default: a fresh temp dir)")
     host_socket: str | None = opt(None, "vcrypto-host vhost-user socket (default: <runtime_dir>/host.sock)")
     backend_socket: str | None = opt(None, "engine-backend socket the workers' frontends attach to (default: <runtime_dir>/backend.sock)")
-    host_metrics: ServerAddress | None = opt(None, "vcrypto-host metrics 'host:port' (default: none)")
-    backend_metrics: ServerAddress | None = opt(None, "engine-backend metrics 'host:port' (default: none)")
-    pool: PoolConfig = opt(PoolConfig(), "vcrypto-host resource pool")
+    host_metrics: BindAddress | None = opt(None, "vcrypto-host metrics 'host:port' (default: none)")
+    backend_metrics: BindAddress | None = opt(None, "engine-backend metrics 'host:port' (default: none)")
+    pool: object = opt(None, "vcrypto-host's `pool:` section, passed verbatim and validated by "
+                             "vcrypto.host.pool (resources, groups, policy, failover, size_routing, retry...); "
+                             "null: one in-process openssl resource")
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.pool is None:
+            return []
+        if not isinstance(self.pool, Mapping):
+            return [("pool", f"expected mapping, got {_type_name(self.pool)}")]
+        try:
+            from vcrypto.host.pool import parse_pool_config
+        except ImportError:  # a build without the host: the supervisor reports it at start
+            return []
+        try:
+            parse_pool_config(_plain(self.pool), config_path="vcrypto.pool")
+        except ValueError as exc:
+            where = getattr(exc, "path", "") or ""
+            message = getattr(exc, "problem", None) or str(exc)
+            return [(where.removeprefix("vcrypto."), message)] if where else [("pool", str(exc))]
+        return []
+
+    def pool_yaml(self) -> dict | None:
+        return None if self.pool is None else _plain(self.pool)
 
 
 @dataclass(frozen=True)

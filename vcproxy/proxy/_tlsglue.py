@@ -94,7 +94,12 @@ class _CountingAead(AeadSession):
 
 
 class CountingProvider(CryptoProvider):
-    """Counts each op under ``inner.name`` (the op ran where ``inner`` sent it)."""
+    """Counts each op under the name of the provider it was handed to.
+
+    Ops a vcrypto provider ended up running in-process (engine away, or a
+    failed op redone inline) are counted here under ``vcrypto`` *and* in
+    ``crypto_fallbacks_total``; the small-record sync path is ``inline``.
+    """
 
     def __init__(self, inner: CryptoProvider, count: CountOp) -> None:
         self.inner = inner
@@ -103,7 +108,7 @@ class CountingProvider(CryptoProvider):
 
     async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
         out = await self.inner.key_exchange(group, peer_public)
-        self._count("ecdh", _ran_on(self.inner))
+        self._count("ecdh", self.name)
         return out
 
     def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
@@ -111,7 +116,7 @@ class CountingProvider(CryptoProvider):
 
     async def sign(self, key: SigningKey, scheme: str, message: bytes) -> bytes:
         out = await self.inner.sign(key, scheme, message)
-        self._count("sign", _ran_on(self.inner))
+        self._count("sign", self.name)
         return out
 
     def aead(self, suite_alg: str, key: bytes) -> AeadSession:
@@ -119,11 +124,6 @@ class CountingProvider(CryptoProvider):
 
     def random_bytes(self, n: int) -> bytes:
         return self.inner.random_bytes(n)
-
-
-def _ran_on(provider: CryptoProvider) -> str:
-    last = getattr(provider, "last_ran_on", None)
-    return last if isinstance(last, str) else provider.name
 
 
 # --------------------------------------------------------------------------
@@ -147,7 +147,6 @@ class _FallbackAead(AeadSession):
         except CryptoProviderError as exc:
             self._owner.fell_back("aead_seal", exc)
             return await self._backup.seal_many(items)
-        self._owner.last_ran_on = self._owner.primary.name
         return out
 
     async def open_many(self, items):
@@ -156,7 +155,6 @@ class _FallbackAead(AeadSession):
         except CryptoProviderError as exc:
             self._owner.fell_back("aead_open", exc)
             return await self._backup.open_many(items)
-        self._owner.last_ran_on = self._owner.primary.name
         return out
 
     async def aclose(self) -> None:
@@ -171,17 +169,14 @@ class FallbackProvider(CryptoProvider):
 
     Peer faults (``IllegalParameter``, ``BadRecordMac``) are not provider
     failures and are never retried: the inline result would be the same.
-    ``last_ran_on`` tells the counting wrapper where the last op really ran.
     """
 
     def __init__(self, primary: CryptoProvider, backup: CryptoProvider, on_fallback: CountFallback) -> None:
         self.primary, self.backup = primary, backup
         self.name = primary.name
-        self.last_ran_on = primary.name
         self._on_fallback = on_fallback
 
     def fell_back(self, op: str, exc: Exception) -> None:
-        self.last_ran_on = self.backup.name
         self._on_fallback(op, type(exc).__name__)
 
     async def key_exchange(self, group, peer_public):
@@ -190,7 +185,6 @@ class FallbackProvider(CryptoProvider):
         except CryptoProviderError as exc:
             self.fell_back("ecdh", exc)
             return await self.backup.key_exchange(group, peer_public)
-        self.last_ran_on = self.primary.name
         return out
 
     def load_signing_key(self, private_key_pem, *, key_ref=None):
@@ -206,7 +200,6 @@ class FallbackProvider(CryptoProvider):
         except CryptoProviderError as exc:
             self.fell_back("sign", exc)
             return await self.backup.sign(backup, scheme, message)
-        self.last_ran_on = self.primary.name
         return out
 
     def aead(self, suite_alg, key):
@@ -236,24 +229,34 @@ def find_vcrypto_provider_class() -> type | None:
     return None
 
 
-def make_provider(config: Config, count: CountOp, on_fallback: CountFallback,
-                  backend_socket: str | None) -> CryptoProvider:
-    """The provider a worker uses, wrapped for counting (and fallback)."""
+async def make_provider(config: Config, count: CountOp, on_fallback: CountFallback,
+                        backend_socket: str | None) -> CryptoProvider:
+    """The provider a worker uses, wrapped for counting (and per-op fallback).
+
+    ``crypto.fallback`` decides what an unreachable engine means at start:
+    ``none`` fails the worker, ``startup`` serves with the inline provider,
+    ``per_op`` keeps the vcrypto provider (its frontend runs requests
+    in-process while the backend is away and re-attaches when it is back) and
+    also redoes inline any op the engine reports as failed.
+    """
     crypto = config.crypto
     if crypto.provider == "inline":
         return CountingProvider(InlineProvider(), count)
     cls = find_vcrypto_provider_class()
     if cls is None:
         raise ProviderUnavailable(
-            "crypto.provider: vcrypto: no VcryptoProvider in this build "
-            "(the vcrypto engine frontend is not installed); use provider: inline")
-    try:
-        primary = cls(socket_path=backend_socket, small_record_threshold_bytes=crypto.small_record_threshold_bytes)
-    except (OSError, CryptoProviderError, ValueError) as exc:
+            "crypto.provider: vcrypto: no VcryptoProvider in this build; use provider: inline")
+    if backend_socket is None:
+        raise ProviderUnavailable("crypto.provider: vcrypto: no engine-backend socket configured")
+    primary = cls(backend_socket)
+    frontend = getattr(primary, "frontend", None)
+    attached = await frontend.start() if frontend is not None else True
+    if not attached:
         if crypto.fallback == "none":
-            raise ProviderUnavailable(f"crypto.provider: vcrypto: engine unreachable: {exc}") from exc
-        on_fallback("startup", type(exc).__name__)
-        return CountingProvider(InlineProvider(), count)
+            raise ProviderUnavailable(f"crypto.provider: vcrypto: engine-backend at {backend_socket} unreachable")
+        if crypto.fallback == "startup":
+            on_fallback("startup", "engine_unreachable")
+            return CountingProvider(InlineProvider(), count)
     if crypto.fallback == "per_op":
         primary = FallbackProvider(primary, InlineProvider(), on_fallback)
     return CountingProvider(primary, count)

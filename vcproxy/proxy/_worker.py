@@ -150,7 +150,7 @@ class Worker:
         m = metrics()
         self.observer = WorkerObserver()
         try:
-            self.provider = make_provider(
+            self.provider = await make_provider(
                 config, lambda op, prov: m.crypto_ops_total.labels(op, prov).inc(),
                 lambda op, reason: m.crypto_fallbacks_total.labels(op, reason).inc(),
                 self.backend_socket)
@@ -174,6 +174,9 @@ class Worker:
                 service.start_soon(self._signals)
                 for pool in self.pools.values():
                     service.start_soon(pool.run_health_checks)
+                frontend = _frontend_of(self.provider)
+                if frontend is not None:
+                    service.start_soon(_export_frontend_fallbacks, frontend)
                 service.start_soon(self._accept_all, sockets)
                 if self.ready_fd is not None:
                     os.write(self.ready_fd, b"R")
@@ -305,6 +308,34 @@ class Worker:
                 self.service.start_soon(pool.run_health_checks)
         m.config_reloads_total.labels("ok").inc()
         _log.error_log.info("reloaded", worker=self.index)
+
+
+def _frontend_of(provider: Any) -> Any:
+    """The vcrypto engine frontend under the provider wrappers, if any."""
+    for _ in range(4):
+        frontend = getattr(provider, "frontend", None)
+        if frontend is not None:
+            return frontend
+        provider = getattr(provider, "inner", None) or getattr(provider, "primary", None)
+        if provider is None:
+            return None
+    return None
+
+
+async def _export_frontend_fallbacks(frontend: Any, interval_s: float = 1.0) -> None:
+    """Requests the engine frontend ran in-process (engine away) -> crypto_fallbacks_total.
+
+    The frontend keeps plain counters in this process; multiprocess metrics
+    need them copied into a Counter, so we add the delta once a second.
+    """
+    counter = metrics().crypto_fallbacks_total.labels("any", "engine_unavailable")
+    seen = 0
+    while True:
+        now = frontend.stats.fallback_requests
+        if now > seen:
+            counter.inc(now - seen)
+            seen = now
+        await trio.sleep(interval_s)
 
 
 def _incompatible(old: Config, new: Config) -> list[tuple[str, str]]:
