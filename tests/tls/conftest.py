@@ -30,3 +30,10 @@ def tls_provider(request) -> CryptoProvider:
     if request.param == "inline":
         return InlineProvider()
     return CountingProvider()
+
+
+@pytest.fixture(scope="session")
+def config_ed25519(test_certs):
+    from tests.tls.helpers import server_config
+
+    return server_config([test_certs["ed25519"]])
