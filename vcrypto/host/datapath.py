@@ -107,53 +107,66 @@ class Chain:
 
 def walk_chain(vq: SplitVirtqueue, head: int, mem: GuestMemory) -> Chain:
     """Collect the chain's buffers; ``ChainError`` if it is structurally broken,
-    ``BadAddress`` (chain intact, status locatable) handled by the caller."""
+    ``_BadBuffer`` (chain intact, status byte locatable) if a buffer lies
+    outside the registered regions."""
     num = vq.num
     if head >= num:
         raise ChainError(f"head {head} >= queue size {num}")
-    first = vq.desc.read(head)
-    table, index, limit = vq.desc, head, num
+    addr, length, flags, nxt = vq.desc.read_raw(head)
     indirect_view = None
-    if first.flags & VIRTQ_DESC_F_INDIRECT:
-        if first.flags & VIRTQ_DESC_F_NEXT:
+    if flags & VIRTQ_DESC_F_INDIRECT:
+        if flags & VIRTQ_DESC_F_NEXT:
             raise ChainError("INDIRECT descriptor with NEXT set")
-        if first.len == 0 or first.len % DESC_BYTES or first.len // DESC_BYTES > num:
-            raise ChainError(f"indirect table of {first.len} bytes")
+        if length == 0 or length % DESC_BYTES or length // DESC_BYTES > num:
+            raise ChainError(f"indirect table of {length} bytes")
         try:
-            indirect_view = mem.gpa_view(first.addr, first.len)
+            indirect_view = mem.gpa_view(addr, length)
         except BadAddress as exc:
             raise ChainError(f"indirect table: {exc}") from exc
-        table, index, limit = DescriptorTable(indirect_view), 0, first.len // DESC_BYTES
-    readable: list[memoryview] = []
-    writable: list[memoryview] = []
+        limit = length // DESC_BYTES
+        read = DescriptorTable.read_from
+        table = indirect_view
+        index = 0
+    else:
+        limit = num
+        read = None
+        table = None
+        index = head
+    readable: list[memoryview | None] = []
+    writable: list[memoryview | None] = []
     bad: str | None = None
+    gpa_view = mem.gpa_view
     try:
         for _ in range(limit):
-            try:
-                d = table.read(index)
-            except VirtqueueError as exc:
-                raise ChainError(str(exc)) from exc
-            if d.flags & VIRTQ_DESC_F_INDIRECT:
+            if read is None:
+                try:
+                    addr, length, flags, nxt = vq.desc.read_raw(index)
+                except VirtqueueError as exc:
+                    raise ChainError(str(exc)) from exc
+            else:
+                if index >= limit:
+                    raise ChainError(f"indirect next {index} outside table of {limit}")
+                addr, length, flags, nxt = read(table, index)
+            if flags & VIRTQ_DESC_F_INDIRECT:
                 raise ChainError("nested or chained INDIRECT descriptor")
             try:
-                view = mem.gpa_view(d.addr, d.len)
+                view = gpa_view(addr, length)
             except BadAddress as exc:
                 bad = bad or str(exc)
                 view = None
-            if d.flags & VIRTQ_DESC_F_WRITE:
+            if flags & VIRTQ_DESC_F_WRITE:
                 writable.append(view)
             else:
                 if writable:
                     raise ChainError("device-readable descriptor after a writable one")
                 readable.append(view)
-            if not d.flags & VIRTQ_DESC_F_NEXT:
+            if not flags & VIRTQ_DESC_F_NEXT:
                 break
-            index = d.next
+            index = nxt
         else:
             raise ChainError(f"chain longer than {limit} descriptors (a loop)")
     finally:
         if indirect_view is not None:
-            table.release()
             indirect_view.release()
     if not writable or writable[-1] is None or len(writable[-1]) < vc.INHDR_BYTES:
         raise ChainError("no writable status byte at the end of the chain")

@@ -37,6 +37,7 @@ class GuestMemory:
         self.max_slots = max_slots
         self._maps: list[_Mapped] = []
         self._retired: list[Region] = []
+        self._last: _Mapped | None = None
 
     def __len__(self) -> int:
         return len(self._maps)
@@ -68,6 +69,7 @@ class GuestMemory:
         for i, m in enumerate(self._maps):
             if m.desc.guest_phys_addr == gpa:
                 del self._maps[i]
+                self._last = None
                 self._close(m.region)
                 return
         raise BadAddress(f"no region at {gpa:#x}")
@@ -81,6 +83,7 @@ class GuestMemory:
 
     def clear(self) -> None:
         maps, self._maps = self._maps, []
+        self._last = None
         for m in maps:
             self._close(m.region)
         retired, self._retired = self._retired, []
@@ -93,10 +96,21 @@ class GuestMemory:
     def _find(self, addr: int, length: int, field: str) -> memoryview:
         if addr < 0 or length < 0 or addr + length > U64_MAX:
             raise BadAddress(f"range {addr:#x}+{length} overflows")
-        for m in self._maps:
+        maps = self._maps
+        if field == "guest_phys_addr" and maps:
+            # Fast path: most buffers of a burst live in the same region.
+            m = self._last
+            if m is not None:
+                start = m.desc.guest_phys_addr
+                if start <= addr and addr + length <= start + m.desc.memory_size:
+                    off = m.base + addr - start
+                    return m.region.buf[off:off + length]
+        for m in maps:
             start = getattr(m.desc, field)
             if start <= addr and addr + length <= start + m.desc.memory_size:
                 off = m.base + addr - start
+                if field == "guest_phys_addr":
+                    self._last = m
                 return m.region.buf[off:off + length]
         raise BadAddress(f"range {addr:#x}+{length} is outside every registered region")
 

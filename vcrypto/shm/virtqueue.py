@@ -58,6 +58,7 @@ published, computed mod 2^16.
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 __all__ = [
     "VIRTQ_DESC_F_NEXT", "VIRTQ_DESC_F_WRITE", "VIRTQ_DESC_F_INDIRECT",
@@ -134,27 +135,40 @@ class Descriptor:
         return bool(self.flags & VIRTQ_DESC_F_WRITE)
 
 
+_DESC = struct.Struct("<QIHH")
+
+
 class DescriptorTable:
     """A table of 16-byte descriptors over a memoryview (the ring's own table,
     or an indirect table the driver placed in one of its regions)."""
 
-    __slots__ = ("count", "_q", "_i", "_h")
+    __slots__ = ("count", "_mem", "_q", "_i", "_h")
 
     def __init__(self, mem: memoryview):
         if len(mem) % DESC_BYTES:
             raise VirtqueueError(f"descriptor table of {len(mem)} bytes is not a multiple of 16")
         self.count = len(mem) // DESC_BYTES
-        self._q = mem.cast("B").cast("Q")
-        self._i = mem.cast("B").cast("I")
-        self._h = mem.cast("B").cast("H")
+        self._mem = mem
+        self._q = self._i = self._h = None     # write views, made on first write
 
     def read(self, i: int) -> Descriptor:
+        return Descriptor(*self.read_raw(i))
+
+    def read_raw(self, i: int) -> tuple[int, int, int, int]:
+        """(addr, len, flags, next) of descriptor ``i`` (one unpack, no object)."""
         if not 0 <= i < self.count:
             raise VirtqueueError(f"descriptor index {i} outside table of {self.count}")
-        h = self._h
-        return Descriptor(self._q[2 * i], self._i[4 * i + 2], h[8 * i + 6], h[8 * i + 7])
+        return _DESC.unpack_from(self._mem, DESC_BYTES * i)
+
+    @staticmethod
+    def read_from(mem: memoryview, i: int) -> tuple[int, int, int, int]:
+        """``read_raw`` on a table view without building a DescriptorTable."""
+        return _DESC.unpack_from(mem, DESC_BYTES * i)
 
     def write(self, i: int, addr: int, length: int, flags: int, next_: int = 0) -> None:
+        if self._q is None:
+            mem = self._mem.cast("B")
+            self._q, self._i, self._h = mem.cast("Q"), mem.cast("I"), mem.cast("H")
         self._q[2 * i] = addr
         self._i[4 * i + 2] = length
         self._h[8 * i + 6] = flags
@@ -162,7 +176,10 @@ class DescriptorTable:
 
     def release(self) -> None:
         for v in (self._q, self._i, self._h):
-            v.release()
+            if v is not None:
+                v.release()
+        self._q = self._i = self._h = None
+        self._mem.release()
 
 
 class SplitVirtqueue:

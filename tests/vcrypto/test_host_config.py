@@ -1,0 +1,72 @@
+"""Host config validation and the daemon's CLI behaviour on bad input, plus a
+pool whose only resource always fails: requests get an error status, the
+device and the host keep serving."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from host_refcheck import ecdh_peer
+from vcrypto.driver import Driver, Item, PayloadPool, SessionParams
+from vcrypto.host.config import ConfigError, parse_config
+from vcrypto.ops import Alg, Op
+from vcrypto.wire import virtio_crypto as vc
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"fifoo": True}, "fifoo: unknown key"),
+    ({"fifo": "yes"}, "fifo: expected true or false"),
+    ({"poll": {"mode": "spin"}}, "poll.mode: expected 'doorbell' or 'adaptive'"),
+    ({"poll": {"spin_us": "fast"}}, "poll.spin_us: expected a number"),
+    ({"limits": {"max_queues": -1}}, "limits.max_queues: must be >= 0"),
+    ({"limits": {"max_sessions": 3}}, "limits.max_sessions: unknown key"),
+    ({"keys_dir": "/nonexistent/dir"}, "keys_dir: /nonexistent/dir is not a directory"),
+    ([1, 2], "<root>: expected a mapping"),
+])
+def test_config_errors_name_the_path(raw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config(raw)
+
+
+def test_config_defaults():
+    cfg = parse_config({"poll": {"mode": "adaptive"}, "limits": {"max_devices": 2}})
+    assert cfg.poll.mode == "adaptive" and cfg.poll.spin_us == 50.0
+    assert cfg.limits.max_devices == 2 and cfg.limits.max_sessions_per_device == 1024
+    assert cfg.fifo is True
+
+
+def test_daemon_rejects_bad_config(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("poll: {mode: turbo}\n")
+    proc = subprocess.run([sys.executable, "-m", "vcrypto.host", "--socket",
+                           str(tmp_path / "s.sock"), "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "poll.mode" in proc.stderr
+    cfg.write_text("pool: {resources: [{name: x, kind: gpu}]}\n")
+    proc = subprocess.run([sys.executable, "-m", "vcrypto.host", "--socket",
+                           str(tmp_path / "s.sock"), "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "pool.resources[0].kind" in proc.stderr, proc.stderr
+
+
+async def test_failing_resource_never_crashes_the_device(start_host):
+    host = start_host({"pool": {
+        "resources": [{"name": "broken", "kind": "simulated", "capabilities": ["ecdh:*"],
+                       "faults": {"error_rate": 1.0}}],
+        "retry": {"max_attempts": 2, "timeout_s": 2.0}}})
+    async with await Driver.attach(host.socket_path) as drv:
+        sid = await drv.create_session(SessionParams(Op.ECDH, Alg.X25519))
+        aead = await drv.create_session(SessionParams(Op.AEAD_SEAL, Alg.AES_128_GCM, key=bytes(16)))
+        pool = await PayloadPool.create(drv)
+        _, pub = ecdh_peer(Alg.X25519)
+        results = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)] * 4
+                                 + [Item(aead, Op.AEAD_SEAL, Alg.AES_128_GCM, b"x", os.urandom(12))])
+        assert [r.status for r in results[:4]] == [vc.VIRTIO_CRYPTO_ERR] * 4
+        assert results[4].status == vc.VIRTIO_CRYPTO_NOTSUPP    # no capable resource at all
+        stats = await drv.stats()
+        assert stats["device"]["resource_faults"] == 4
+    assert host.alive()
