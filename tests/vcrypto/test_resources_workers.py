@@ -103,3 +103,48 @@ async def test_worker_killed_while_idle_is_replaced_before_use(workers):
     for _ in range(4):
         case.check(await workers.execute(case.job))
     assert pid not in workers.worker_pids()
+
+
+async def test_timed_out_jobs_leave_the_worker_in_step(workers):
+    """Callers that give up (the scheduler's timeout) at any point: before
+    the frame is written, while the worker computes, while replies are read.
+    Their replies are dropped; the workers stay in step and are not replaced."""
+    rsa = sign_case(1, Alg.RSA_PSS_RSAE_SHA256)
+    cut = 0
+    for delay_s in (0, 0.0001, 0.0005, 0.001, 0.002):
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                async def give_up():
+                    nonlocal cut
+                    with trio.move_on_after(delay_s) as scope:
+                        rsa.check(await workers.execute(rsa.job))
+                    cut += scope.cancelled_caught
+                nursery.start_soon(give_up)
+        for i in range(4):
+            case = mixed_case(i)
+            case.check(await workers.execute(case.job))
+    assert cut > 0 and workers.replaced == 0
+
+
+async def test_worker_killed_with_several_jobs_in_flight(workers):
+    victim = workers.worker_pids()[0]
+    rsa = sign_case(1, Alg.RSA_PSS_RSAE_SHA256)
+    outcomes = []
+
+    async def one():
+        try:
+            rsa.check(await workers.execute(rsa.job))
+            outcomes.append("ok")
+        except ResourceFault:
+            outcomes.append("fault")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):          # 4 per worker, pipelined
+            nursery.start_soon(one)
+        await trio.sleep(0)
+        while victim not in workers.busy_pids():
+            await trio.sleep(0.001)
+        os.kill(victim, signal.SIGKILL)
+    assert len(outcomes) == 8 and 1 <= outcomes.count("fault") <= 4
+    assert workers.replaced == 1 and victim not in workers.worker_pids()
+    assert await workers.probe()

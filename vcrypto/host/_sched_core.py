@@ -223,6 +223,7 @@ class SchedulerCore:
         self.failover = failover
         self.size_routing = size_routing
         self.unhealthy_after_faults = unhealthy_after_faults
+        self._capable: dict[Capability, list[_Entry]] = {}   # cap -> capable entries
         self._rr_cursor = 0
         self._spill_remaining = 0
         self._inflight_by_op: dict[Op, int] = {op: 0 for op in Op}
@@ -234,9 +235,6 @@ class SchedulerCore:
     @property
     def names(self) -> list[str]:
         return [e.spec.name for e in self._order]
-
-    def capable_anywhere(self, cap: Capability) -> bool:
-        return any(cap in e.spec.capabilities for e in self._order)
 
     def is_healthy(self, name: str) -> bool:
         return self._entries[name].healthy
@@ -254,14 +252,18 @@ class SchedulerCore:
         """Decide where a job runs now. Pure apart from the policy cursors
         (round-robin position, spill hysteresis), which advance only on a
         ``Run``."""
-        capable = [e for e in self._order if cap in e.spec.capabilities]
+        capable = self._capable.get(cap)
+        if capable is None:
+            capable = self._capable[cap] = [e for e in self._order
+                                            if cap in e.spec.capabilities]
         if not capable:
             return NO_CAPABLE
-        tried = set(tried)
-        untried = [e for e in capable if e.spec.name not in tried]
-        # Prefer resources this job has not failed on; if none is left, a
-        # retry may go back to one (bounded by the caller's attempt limit).
-        candidates = untried or capable
+        candidates = capable
+        if tried:
+            tried = set(tried)
+            # Prefer resources this job has not failed on; if none is left, a
+            # retry may go back to one (bounded by the caller's attempt limit).
+            candidates = [e for e in capable if e.spec.name not in tried] or capable
 
         if self.size_routing is not None:
             sized = self.size_routing.group

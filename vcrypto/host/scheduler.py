@@ -83,6 +83,7 @@ class Scheduler:
             unhealthy_after_faults=unhealthy_after_faults)
         self.retry = retry
         self._changed = trio.Event()
+        self._waiting = 0          # tasks blocked in _acquire (wake them only if any)
         self._nursery_cm = None
         self._nursery: trio.Nursery | None = None
         self._started: list[Resource] = []
@@ -179,8 +180,12 @@ class Scheduler:
             else:
                 unhealthy_deadline = math.inf
             changed = self._changed
-            with trio.move_on_at(unhealthy_deadline):
-                await changed.wait()
+            self._waiting += 1
+            try:
+                with trio.move_on_at(unhealthy_deadline):
+                    await changed.wait()
+            finally:
+                self._waiting -= 1
             if trio.current_time() >= unhealthy_deadline:
                 core.job_failed()
                 raise JobFailed(f"{job.op.value}/{job.alg.value}: every capable resource "
@@ -188,8 +193,9 @@ class Scheduler:
 
     def _notify(self) -> None:
         """Wake every task waiting for a slot or a healthy resource."""
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._waiting:
+            self._changed.set()
+            self._changed = trio.Event()
 
     # ---------------------------------------------------------------- probes
 

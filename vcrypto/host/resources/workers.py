@@ -14,18 +14,18 @@ stdout that the waiting task sees at once, and there is no fork of a
 running trio process (the pool starts after the host's event loop, so
 ``fork`` is unsafe; ``spawn`` is what we do here, with less machinery).
 
-Each worker runs one job at a time: an idle worker is taken from a channel,
-given a job, and put back when the answer arrives; ``max_inflight`` beyond
-``processes`` queues in that channel. Measured on this 2-core machine by
-``bench``-style loops in ``tests/vcrypto/test_resources_workers.py``'s
-docstring.
+Jobs are pipelined: a job goes to the worker with the fewest outstanding
+jobs, and ``max_inflight`` (default ``2 * processes``) lets the next job
+wait in a worker's pipe while it computes the current one, so a worker never
+idles for a round trip. A worker answers every request it has read in one
+write, so under load the host wakes once per several replies.
 
-Faults: a worker that dies (SIGKILL, OOM) while it holds a job makes that job
-raise ``ResourceFault`` (the scheduler retries it elsewhere) and is replaced
-by a fresh process before it goes back to the idle channel. A worker whose
-exchange was interrupted (a timeout cancelled the await mid-frame) is out of
-step with its pipe, so it is killed and replaced too. A worker found dead
-while idle is replaced before it is used.
+Faults: a worker that dies (SIGKILL, OOM) makes every job it holds raise
+``ResourceFault`` (the scheduler retries them elsewhere) and is replaced by
+a fresh process at once. A worker that sends garbage is killed and
+replaced the same way. A worker found dead while idle is replaced before it
+is given a job. A job cut off by its timeout does not disturb its worker:
+unwritten bytes stay queued, an unclaimed reply is dropped.
 
 Parsed private keys are cached inside each worker by ``key_id`` (the LRU in
 ``_crypto``), so a certificate key is parsed once per worker, not per
@@ -33,9 +33,7 @@ signature.
 """
 from __future__ import annotations
 
-import math
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +42,7 @@ import trio
 
 import vcrypto
 from vcrypto.host.resources._base import CryptoJob, CryptoOpError, Resource, ResourceFault
-from vcrypto.host.resources._worker import _LEN, MAX_FRAME_BYTES, encode_frame
+from vcrypto.host.resources._worker import _READ_BYTES, encode_frame, split_frames
 from vcrypto.ops import ALL_CAPABILITIES, Capability
 
 __all__ = ["WorkersResource"]
@@ -59,57 +57,155 @@ class _WorkerGone(Exception):
     pass
 
 
+class _Waiter:
+    """One request awaiting its reply from a worker."""
+
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: tuple | None = None
+
+    def wake(self) -> None:
+        self.event.set()
+        self.event = trio.Event()
+
+
 class _Worker:
-    """One child process and its framed pipe pair."""
+    """One child process, its framed pipe pair, and the requests it holds.
+
+    Requests are pipelined: any number may be outstanding. There is no
+    reader task (``Resource.start`` has no nursery to put one in): the first
+    waiter that finds nobody reading becomes the reader, delivers every
+    reply it reads to its waiter, and when its own reply has arrived hands
+    the reading over to another waiter. ``receive_some`` is cancel-safe and
+    the partial frame stays in ``_buf``, so a reader that times out loses
+    nothing; likewise unwritten bytes stay queued in ``_out`` (see
+    ``_flush``). A caller that leaves (timeout) leaves its reply unclaimed:
+    it is dropped when it arrives, and the worker stays in step.
+    """
 
     def __init__(self, proc: trio.Process, slot: int):
         self.proc = proc
         self.slot = slot
         self._buf = bytearray()
         self._next_id = 0
-        self.broken = False   # out of step with its pipe, or dead: replace it
+        self._pending: dict[int, _Waiter] = {}
+        self._out: list[bytes] = []      # frames queued for the next write
+        self._flushing = False
+        self._reading = False
+        self.dead: str | None = None     # why this worker can take no more work
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    @property
+    def load(self) -> int:
+        return len(self._pending)
+
+    def usable(self) -> bool:
+        return self.dead is None and self.proc.poll() is None
 
     async def call(self, kind: str, *args: object) -> tuple:
+        if self.dead is not None:
+            raise _WorkerGone(self.dead)
         msg_id = self._next_id
         self._next_id += 1
-        self.broken = True          # until the reply has been read in full
+        waiter = _Waiter()
+        self._pending[msg_id] = waiter
         try:
-            await self.proc.stdin.send_all(encode_frame((kind, msg_id, *args)))
-            reply = await self._read_frame()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise _WorkerGone(f"pipe to worker pid {self.pid} broke: {exc}") from exc
-        if not isinstance(reply, tuple) or not reply or reply[0] != msg_id:
-            raise _WorkerGone(f"worker pid {self.pid} answered out of step")
-        self.broken = False
-        return reply
+            await self._send(encode_frame((kind, msg_id, *args)))
+            while waiter.reply is None:
+                if self.dead is not None:
+                    raise _WorkerGone(self.dead)
+                if self._out and not self._flushing:
+                    await self._flush()     # a flusher was cancelled: finish its work
+                elif self._reading:
+                    await waiter.event.wait()
+                else:
+                    await self._read_until(waiter)
+            return waiter.reply
+        finally:
+            del self._pending[msg_id]
 
-    async def _fill(self, n: int) -> None:
-        while len(self._buf) < n:
-            data = await self.proc.stdout.receive_some(65536)
-            if not data:
-                # EOF: the worker died. Reap it to say how (SIGKILL, crash).
-                with trio.move_on_after(1.0):
-                    await self.proc.wait()
-                raise _WorkerGone(f"worker pid {self.pid} exited"
-                                  f"{_describe_exit(self.proc)}")
-            self._buf += data
+    async def _send(self, frame: bytes) -> None:
+        """Queue ``frame`` and make sure a flush is under way."""
+        self._out.append(frame)
+        if not self._flushing:
+            await self._flush()
 
-    async def _read_frame(self) -> object:
-        await self._fill(_LEN.size)
-        (length,) = _LEN.unpack_from(self._buf)
-        if length > MAX_FRAME_BYTES:
-            raise _WorkerGone(f"worker pid {self.pid} sent a {length}-byte frame")
-        await self._fill(_LEN.size + length)
-        body = bytes(self._buf[_LEN.size:_LEN.size + length])
-        del self._buf[:_LEN.size + length]
-        return pickle.loads(body)
+    async def _flush(self) -> None:
+        """Write every queued frame, coalesced: the first sender of a
+        scheduler tick writes what every task of that tick queued with one
+        ``write`` (a write that wakes the worker costs far more than its
+        bytes, notes/ipc-costs.md).
+
+        Written straight to the non-blocking fd, not with ``send_all``, so a
+        cancellation (a job's timeout) while the pipe is full loses nothing:
+        what was not written stays queued, in order, for the next flush.
+        """
+        self._flushing = True
+        try:
+            # Let the other tasks woken in this tick queue their frames.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            fd = self.proc.stdin.fileno()
+            while self._out:
+                data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+                try:
+                    n = os.write(fd, data)
+                except BlockingIOError:
+                    self._out[:] = [data]
+                    await trio.lowlevel.wait_writable(fd)
+                    continue
+                except OSError as exc:          # EPIPE: the worker is gone
+                    self._die(f"pipe to worker pid {self.pid} broke: {exc!r}")
+                    raise _WorkerGone(self.dead) from exc
+                self._out[:] = [data[n:]] if n < len(data) else []
+        finally:
+            self._flushing = False
+
+    async def _read_until(self, mine: _Waiter) -> None:
+        self._reading = True
+        try:
+            while mine.reply is None and self.dead is None:
+                try:
+                    data = await self.proc.stdout.receive_some(_READ_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    data = b""
+                    self._die(f"pipe from worker pid {self.pid} broke: {exc!r}")
+                if not data:
+                    # EOF: the worker died. Reap it to say how (SIGKILL, crash).
+                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                        await self.proc.wait()
+                    self._die(f"worker pid {self.pid} exited{_describe_exit(self.proc)}")
+                    break
+                self._buf += data
+                try:
+                    replies = split_frames(self._buf)
+                except ValueError as exc:
+                    self._die(f"worker pid {self.pid} sent garbage: {exc}")
+                    break
+                for reply in replies:
+                    waiter = self._pending.get(reply[0]) if isinstance(reply, tuple) else None
+                    if waiter is not None:      # else: its caller timed out and left
+                        waiter.reply = reply
+                        waiter.wake()
+        finally:
+            self._reading = False
+            # Hand the reading over to someone still waiting.
+            for waiter in self._pending.values():
+                if waiter.reply is None and waiter is not mine:
+                    waiter.wake()
+                    break
+
+    def _die(self, why: str) -> None:
+        if self.dead is None:
+            self.dead = why
+            if self.proc.poll() is None:
+                self.proc.kill()
+        for waiter in self._pending.values():
+            waiter.wake()
 
 
 def _describe_exit(proc: trio.Process) -> str:
@@ -131,12 +227,11 @@ class WorkersResource(Resource):
                  start_timeout_s: float = 30.0):
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
-        super().__init__(name, capabilities, max_inflight or processes)
+        super().__init__(name, capabilities, max_inflight or 2 * processes)
         self.processes = processes
         self.start_timeout_s = start_timeout_s
         self._workers: dict[int, _Worker] = {}
-        self._idle_send, self._idle_recv = trio.open_memory_channel[_Worker](math.inf)
-        self._busy: set[_Worker] = set()
+        self._replace_lock = trio.Lock()
         self._started = False
         self._closed = False
         # Counters (the scheduler keeps its own per-resource stats).
@@ -147,8 +242,8 @@ class WorkersResource(Resource):
         return [w.pid for w in self._workers.values()]
 
     def busy_pids(self) -> list[int]:
-        """Pids of the workers holding a job right now."""
-        return [w.pid for w in self._busy]
+        """Pids of the workers holding at least one job right now."""
+        return [w.pid for w in self._workers.values() if w.load]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -177,19 +272,22 @@ class WorkersResource(Resource):
                 except _WorkerGone as exc:
                     await self.aclose()
                     raise ResourceFault(f"{self.name}: worker failed to start: {exc}") from exc
-        for worker in fresh:
-            self._idle_send.send_nowait(worker)
 
-    async def _replace(self, worker: _Worker) -> _Worker:
-        """Kill ``worker`` (if still alive), reap it, spawn its successor."""
+    async def _replace(self, worker: _Worker) -> None:
+        """Reap a dead ``worker`` and spawn its successor (once, however many
+        tasks saw it die)."""
         with trio.CancelScope(shield=True):
-            if worker.alive():
-                worker.proc.kill()
-            await worker.proc.wait()
-            for stream in (worker.proc.stdin, worker.proc.stdout):
-                await stream.aclose()
-            self.replaced += 1
-            return await self._spawn(worker.slot)
+            async with self._replace_lock:
+                if self._workers.get(worker.slot) is not worker or self._closed:
+                    return
+                worker.dead = worker.dead or "replaced"
+                if worker.proc.poll() is None:
+                    worker.proc.kill()
+                await worker.proc.wait()
+                for stream in (worker.proc.stdin, worker.proc.stdout):
+                    await stream.aclose()
+                self.replaced += 1
+                await self._spawn(worker.slot)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -202,33 +300,30 @@ class WorkersResource(Resource):
                 for worker in self._workers.values():
                     await worker.proc.wait()
             for worker in self._workers.values():
-                if worker.alive():
+                if worker.proc.poll() is None:
                     worker.proc.kill()
                     await worker.proc.wait()
                 await worker.proc.stdout.aclose()
 
     # ------------------------------------------------------------- execution
 
-    async def _checkout(self) -> _Worker:
+    async def _pick(self) -> _Worker:
         if self._closed or not self._started:
             raise ResourceFault(f"{self.name}: not running")
-        worker = await self._idle_recv.receive()
-        if not worker.alive():
-            worker = await self._replace(worker)
-        return worker
+        for worker in list(self._workers.values()):
+            if not worker.usable():
+                await self._replace(worker)       # found dead while idle
+        return min(self._workers.values(), key=lambda w: (w.load, w.slot))
 
     async def _call(self, kind: str, *args: object) -> tuple:
-        worker = await self._checkout()
-        self._busy.add(worker)
+        worker = await self._pick()
         try:
             return await worker.call(kind, *args)
         except _WorkerGone as exc:
             raise ResourceFault(f"{self.name}: {exc}") from exc
         finally:
-            self._busy.discard(worker)
-            if worker.broken:
-                worker = await self._replace(worker)
-            self._idle_send.send_nowait(worker)
+            if worker.dead is not None:
+                await self._replace(worker)
 
     async def execute(self, job: CryptoJob) -> bytes:
         reply = await self._call("job", job)
