@@ -182,3 +182,21 @@ async def test_garbage_control_message_closes_that_connection(devices, garbage):
             assert await raw.recv(100) == b""     # the host closed this device
     await _healthy(by, bypool, bysid)
     assert (await drv.capabilities())["v"] == 1   # another device is unaffected
+
+
+async def test_driver_vanishing_mid_burst(devices):
+    """A driver that disconnects with requests in flight (slow RSA signs on
+    threads) takes only its own device down."""
+    from host_refcheck import der_of
+    host, drv, by, bypool, bysid = devices
+    sid = await drv.create_session(SessionParams(Op.SIGN, Alg.RSA_PSS_RSAE_SHA256,
+                                                 key=der_of(Alg.RSA_PSS_RSAE_SHA256)))
+    pool = await PayloadPool.create(drv, slots=16)
+    with trio.move_on_after(0.05):
+        await pool.run([Item(sid, Op.SIGN, Alg.RSA_PSS_RSAE_SHA256, b"m" * 32)] * 64)
+    await drv.aclose()
+    for _ in range(3):
+        await _healthy(by, bypool, bysid)
+    await trio.sleep(0.5)
+    assert host.alive(), host.log()
+    assert "Traceback" not in host.log(), host.log()
