@@ -30,8 +30,11 @@ asked for a kick)::
                                      aad=h.buf(...), token=anything), ...])
     for c in drv.dequeue_burst(q):             # Completion(token, status, dst_len)
         ...
-    await drv.wait_used(q)                     # arm calls, re-check, sleep on call eventfd
-    drv.kick_fd(q), drv.call_fd(q)             # for a caller's own wait loop
+    await drv.wait_used(q, poll_s=0.0)         # poll, then arm calls, re-check, sleep on call fd
+    drv.kick_fd(q), drv.call_fd(q)             # for a caller's own wait loop:
+    if drv.queues[q].arm_calls(): <wait for call_fd readable; os.eventfd_read(call_fd)>
+    drv.queues[q].disarm_calls()
+    drv.control_fileno                         # watch the vhost-user socket for EOF
     drv.queues[q].free_slots / in_flight / kicks / calls
 
 ``enqueue_burst`` accepts as many ops as there are free slots and returns

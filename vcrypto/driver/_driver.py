@@ -225,6 +225,20 @@ class Queue:
     def pending(self) -> int:
         return self.vq.driver_pending_used()
 
+    def arm_calls(self) -> bool:
+        """For a caller's own wait loop: ask the device for a call at the next
+        completion, fence, and re-check. True = nothing pending, safe to sleep
+        on ``call_fd``; False = completions are already there (calls disarmed)."""
+        self.vq.driver_enable_calls()
+        full_fence()              # store used_event/flags before re-reading used.idx
+        if self.vq.driver_pending_used():
+            self.vq.driver_disable_calls()
+            return False
+        return True
+
+    def disarm_calls(self) -> None:
+        self.vq.driver_disable_calls()
+
     async def wait_used(self, poll_s: float = 0.0) -> None:
         """Wait until the used ring has something: first poll it for up to
         ``poll_s`` (trio checkpoints, so other tasks run), then arm calls,
@@ -361,6 +375,12 @@ class Driver:
         return cls(sock, region, queues, features, pf)
 
     # -- control path -----------------------------------------------------------
+
+    @property
+    def control_fileno(self) -> int:
+        """The vhost-user socket's fd, for a caller that watches it for EOF
+        (the device never speaks first between control requests)."""
+        return self._sock.fileno()
 
     async def _request(self, req: int, payload: bytes = b"", *, fds=(), need_reply=False,
                        expect_reply=True) -> bytes | None:
