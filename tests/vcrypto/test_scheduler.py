@@ -143,3 +143,16 @@ async def test_size_routing_small_jobs_to_named_group(autojump_clock):
         await run_cases(scheduler, [seal_case(i, size=100) for i in range(10)]
                         + [seal_case(i, size=4096) for i in range(10, 20)])
     assert small.executed == 10 and big.executed == 10
+
+
+async def test_context_manager_lets_the_body_error_through_and_closes(autojump_clock):
+    r = SimulatedResource("a")
+    with pytest.raises(ValueError, match="body"):
+        async with Scheduler([r]) as scheduler:
+            await scheduler.submit(seal_case(1).job)
+            raise ValueError("body")
+    # Cancellation from outside ends it too.
+    with trio.move_on_after(1) as scope:
+        async with Scheduler([SimulatedResource("b")]):
+            await trio.sleep_forever()
+    assert scope.cancelled_caught

@@ -33,6 +33,7 @@ collector to read at scrape time.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 
@@ -45,6 +46,8 @@ from vcrypto.host._sched_core import (
 from vcrypto.host.resources._base import CryptoJob, CryptoOpError, Resource, ResourceFault
 
 __all__ = ["Scheduler", "RetryPolicy", "NoCapableResource", "JobFailed"]
+
+log = logging.getLogger("vcrypto.host.scheduler")
 
 
 class NoCapableResource(CryptoOpError):
@@ -103,14 +106,19 @@ class Scheduler:
         self._nursery.start_soon(self._probe_loop)
         return self
 
-    async def __aexit__(self, *exc_info) -> bool | None:
+    async def __aexit__(self, *exc_info) -> bool:
         assert self._nursery is not None and self._nursery_cm is not None
         self._nursery.cancel_scope.cancel()
         try:
-            return await self._nursery_cm.__aexit__(*exc_info)
+            # Only the probe task runs in this nursery and it ends by our
+            # cancel; the body's own exception (exc_info) is not handed to
+            # the nursery, so it propagates as itself, not wrapped in an
+            # ExceptionGroup.
+            await self._nursery_cm.__aexit__(None, None, None)
         finally:
             self._nursery = None
             await self._close_resources()
+        return False
 
     async def _close_resources(self) -> None:
         with trio.CancelScope(shield=True):
@@ -150,8 +158,10 @@ class Scheduler:
                 outcome = Outcome.FAULT
                 last_fault = f"{run.resource}: {exc}"
             finally:
-                core.finished(run.resource, job.op, outcome,
-                              exec_s=trio.current_time() - t0, will_retry=will_retry)
+                if core.finished(run.resource, job.op, outcome,
+                                 exec_s=trio.current_time() - t0, will_retry=will_retry):
+                    log.warning("resource %s marked unhealthy after %s: %s", run.resource,
+                                outcome.value, last_fault)
                 self._notify()
             tried.append(run.resource)
         core.job_failed()
@@ -214,11 +224,17 @@ class Scheduler:
             with trio.move_on_after(self.retry.probe_timeout_s):
                 try:
                     ok = await self.resources[name].probe()
-                except ResourceFault:
+                except (ResourceFault, CryptoOpError):
+                    ok = False
+                except Exception:
+                    # A bug in one resource's probe must not stop the probing
+                    # of the others (or take the pool down): it stays out.
+                    log.exception("probe of resource %s crashed", name)
                     ok = False
             if ok:
                 self.core.readmit(name)
                 readmitted.append(name)
+                log.info("resource %s re-admitted by probe", name)
 
         async with trio.open_nursery() as nursery:
             for name in self.core.unhealthy():
