@@ -91,3 +91,80 @@ def host(tmp: Path, *, config: str | None = None, name: str = "host") -> Daemon:
     if config:
         args += ["--config", config]
     return Daemon(args, sock, tmp / f"{name}.log")
+
+
+def backend_stats(socket_path: str, timeout_s: float = 5.0) -> dict:
+    """The backend's counters over its control socket (sync, no attach)."""
+    from vcrypto.engine import _control
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(socket_path)
+        s.sendall(_control.encode({"t": "stats", "id": 1}))
+        dec = _control.FrameDecoder()
+        while True:
+            data = s.recv(65536)
+            if not data:
+                raise RuntimeError("engine-backend closed the connection")
+            for msg in dec.feed(data):
+                if msg.get("id") == 1:
+                    return msg["stats"]
+
+
+class EngineStack:
+    """A real vcrypto-host and an engine-backend attached to it."""
+
+    def __init__(self, tmp: Path):
+        self.host = host(tmp)
+        self.backend = backend(tmp, host_socket=self.host.socket_path)
+
+    def start(self) -> EngineStack:
+        self.host.start()
+        try:
+            self.backend.start()
+        except BaseException:
+            self.host.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.backend.stop()
+        self.host.stop()
+
+    def provider(self, **kw):
+        from vcproxy.vcrypto_provider import VcryptoProvider
+
+        return VcryptoProvider(self.backend.socket_path, **kw)
+
+    def host_requests(self) -> int:
+        st = backend_stats(self.backend.socket_path)
+        return (st.get("device_stats") or {}).get("device", {}).get("requests", 0)
+
+
+# -- fixtures for other suites (import them into a conftest) -------------------------
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def engine_stack(tmp_path_factory):
+    """One vcrypto-host + engine-backend pair for the whole test session."""
+    stack = EngineStack(tmp_path_factory.mktemp("vcrypto-engine")).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def vcrypto_tls_provider(engine_stack):
+    """A ``VcryptoProvider`` on the shared stack. After the test: nothing fell
+    back to in-process crypto, and the host executed at least every request
+    the frontend offloaded (the host's own counters prove the ops ran there)."""
+    before = engine_stack.host_requests()
+    provider = engine_stack.provider()
+    yield provider
+    stats = provider.frontend.stats
+    provider.frontend.close_nowait()
+    assert stats.fallback_requests == 0, (f"in-process fallback during the test: {stats}", provider.frontend.last_detach_reason)
+    assert engine_stack.host_requests() - before >= stats.submitted, stats

@@ -472,6 +472,7 @@ class Backend:
         if not data:
             for fd in fds:
                 os.close(fd)
+            print(f"engine-backend: frontend {fe.fid} (pid {fe.pid}) closed", file=sys.stderr)
             self._drop_frontend(fe)
             return
         try:
@@ -495,7 +496,8 @@ class Backend:
                 socket.send_fds(fe.sock, [data[:1]], list(fds))
                 data = data[1:]
             fe.sock.sendall(data)
-        except OSError:
+        except OSError as exc:
+            print(f"engine-backend: frontend {fe.fid}: send failed: {exc!r}", file=sys.stderr)
             self._drop_frontend(fe)
         finally:
             if fe.alive:
@@ -506,7 +508,7 @@ class Backend:
         if t == "attach":
             self._attach(fe, msg, fds)
             return
-        if fe.region is None:
+        if fe.region is None and t != "stats":  # stats: also for monitoring tools
             raise _control.ControlProtocolError(f"{t!r} before attach")
         rid = msg.get("id")
         if t == "open":

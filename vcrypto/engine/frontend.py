@@ -155,7 +155,9 @@ class Frontend:
         self._reaper_running = False
         self._ids = itertools.count(1)
         self._token = None
+        self._first_attach = trio.Event()
         self._closed = False
+        self.last_detach_reason = ""
 
     # -- attach -------------------------------------------------------------------------
 
@@ -169,9 +171,25 @@ class Frontend:
         if token is not self._token:
             self._abandon()  # a new trio run (or a forked child): start afresh
             self._token = token
-        if not self.attached:
+            # Tasks arriving during the first attach wait for it rather than
+            # fall back (a burst of first connections would otherwise all
+            # run in-process).
+            self._first_attach = trio.Event()
+            try:
+                await self._try_attach()
+            finally:
+                self._first_attach.set()
+        elif not self._first_attach.is_set():
+            await self._first_attach.wait()
+        elif not self.attached:
             await self._try_attach()
         return self.attached
+
+    def close_nowait(self) -> None:
+        """Sync close (no trio needed): drop the attachment's fds; the backend
+        sees the socket close and releases this frontend's references."""
+        self._closed = True
+        self._abandon()
 
     def _abandon(self) -> None:
         """Forget an attachment made in another trio run or another process,
@@ -197,6 +215,9 @@ class Frontend:
             return self._att if self.attached else None
         if att is not None and att.alive:
             return att
+        if not self._first_attach.is_set():
+            await self._first_attach.wait()
+            return self._att if self.attached else None
         if not self._attaching and not self._closed and time.monotonic() >= self._retry_at:
             self._attaching = True
             trio.lowlevel.spawn_system_task(self._try_attach)
@@ -282,17 +303,23 @@ class Frontend:
         # (their memoryviews are released with the attachment object).
 
     async def _reader(self, att: _Attachment) -> None:
+        run_ended = False
         try:
             while att.alive:
                 data = await att.sock.recv(65536)
                 if not data:
+                    self.last_detach_reason = "backend closed the control socket"
                     break
                 for msg in att.decoder.feed(data):
                     self._dispatch(att, msg)
-        except (OSError, _control.ControlProtocolError, trio.ClosedResourceError):
-            pass
+        except (OSError, _control.ControlProtocolError, trio.ClosedResourceError) as exc:
+            self.last_detach_reason = f"control channel: {exc!r}"
+        except trio.Cancelled:  # the trio run is ending: not a backend failure
+            run_ended = True
+            att.alive = False
+            raise
         finally:
-            if att.pid == os.getpid():
+            if att.pid == os.getpid() and not run_ended:
                 self._detach(att)
 
     def _dispatch(self, att: _Attachment, msg: dict) -> None:
@@ -308,7 +335,8 @@ class Frontend:
         try:
             async with att.send_lock:
                 await att.sock.send(_control.encode(msg | {"id": rid}))
-        except (OSError, trio.ClosedResourceError):
+        except (OSError, trio.ClosedResourceError) as exc:
+            self.last_detach_reason = f"request send: {exc!r}"
             self._detach(att)
         await slot[0].wait()
         if slot[1] is None:
@@ -429,7 +457,8 @@ class Frontend:
                 async with att.send_lock:
                     await att.sock.send(_control.encode(
                         {"t": "release", "sid": h.sid, "id": next(self._ids)}))
-            except (OSError, trio.ClosedResourceError):
+            except (OSError, trio.ClosedResourceError) as exc:
+                self.last_detach_reason = f"release send: {exc!r}"
                 self._detach(att)
 
     async def _sid(self, att: _Attachment, h: EngineSession) -> int:
