@@ -38,7 +38,7 @@ def test_full_config_parses_to_typed_objects():
     cfg = parse_pool_config(FULL)
     soft, procs, qat = cfg.resources
     assert (soft.kind, soft.max_inflight) == ("openssl", 3)
-    assert (procs.max_inflight, procs.options["processes"]) == (1, 1)
+    assert (procs.max_inflight, procs.options["processes"]) == (2, 1)   # pipelined: 2 per process
     assert qat.capabilities == {(Op.AEAD_SEAL, a) for a in
                                 (Alg.AES_128_GCM, Alg.AES_256_GCM, Alg.CHACHA20_POLY1305)} | {
         (Op.SIGN, Alg.ECDSA_SECP256R1_SHA256)}

@@ -13,7 +13,7 @@ Shape (defaults in brackets)::
         - name: soft                   # required, unique
           kind: openssl                # openssl | workers | simulated
           capabilities: ["*"]          # ["*"] | ["op:*", "op:alg", ...]  [*]
-          max_inflight: 4              # [openssl 4, workers = processes, simulated 8]
+          max_inflight: 4              # [openssl 4, workers 2 x processes, simulated 8]
           # openssl only:
           thread_threshold_bytes: 262144   # AEAD at least this big runs on a thread
           threads: 4                       # [max_inflight]
@@ -210,7 +210,7 @@ def _parse_resource(raw: object, path: str) -> ResourceConfig:
         options["threads"] = s.int("threads", None, minimum=1)
     elif kind == WorkersResource.kind:
         processes = s.int("processes", 2, minimum=1)
-        max_inflight = s.int("max_inflight", processes, minimum=1)
+        max_inflight = s.int("max_inflight", 2 * processes, minimum=1)
         options["processes"] = processes
     else:
         assert kind == SimulatedResource.kind
