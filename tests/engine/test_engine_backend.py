@@ -1,0 +1,134 @@
+"""The engine-backend on its own: hostile slots, idle behaviour, metrics, and
+the TLS pipeline (a 256 KiB send_all = one opdone, one suspension)."""
+from __future__ import annotations
+
+import os
+import re
+import time
+import urllib.request
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+import engine_daemons
+import tls_support
+from vcproxy.tls import TLSStream
+from vcproxy.vcrypto_provider import VcryptoProvider
+from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine.frontend import Frontend
+from vcrypto.ops import Alg, Op
+
+
+async def test_garbage_slot_gets_bad_request_and_backend_keeps_serving(local_backend):
+    fe = Frontend(local_backend.socket_path)
+    await fe.start()
+    key = os.urandom(16)
+    h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, key))
+    await fe.run(h, [(b"warm", b"n" * 12, b"")])
+    att = fe._att
+    region = att.region
+    # Act as a buggy/hostile frontend: a slot whose src points outside its
+    # chunk, and one naming a session that does not exist.
+    slot_a, slot_b = att.free_slots.pop(), att.free_slots.pop()
+    j = att.free_opdones.pop()
+    region.opdone_reset(j, 2)
+    region.write_request(slot_a, Op.AEAD_SEAL, Alg.AES_128_GCM, j, h.sid, b"x", 17, b"n" * 12)
+    region.u32[region.slot_offset(slot_a) // 4 + 4] = 0  # src_offset = 0: the header
+    region.write_request(slot_b, Op.AEAD_SEAL, Alg.AES_128_GCM, j, 999999, b"x", 17, b"n" * 12)
+    ev = trio.Event()
+    att.waiting[j] = ev
+    region.ring.push_many([slot_a, slot_b])
+    att.has_work.set()
+    os.eventfd_write(att.doorbell, 1)
+    with trio.fail_after(10):
+        await ev.wait()
+    assert region.result(slot_a)[0] is SlotStatus.BAD_REQUEST
+    assert region.result(slot_b)[0] is SlotStatus.INVALID
+    # still serving, correctly
+    [(st, out)] = await fe.run(h, [(b"after", b"m" * 12, b"")])
+    assert (st, out) == (SlotStatus.OK, AESGCM(key).encrypt(b"m" * 12, b"after", None))
+    stats = await fe.backend_stats()
+    assert stats["bad_requests"] == 2
+    await fe.aclose()
+
+
+async def test_idle_backend_sleeps_instead_of_spinning(local_backend):
+    fe = Frontend(local_backend.socket_path)
+    await fe.start()
+    h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(16)))
+    await fe.run(h, [(b"x" * 100, b"n" * 12, b"")] * 20)
+    before = await fe.backend_stats()
+    cpu0 = _cpu_s(local_backend.pid)
+    await trio.sleep(1.5)
+    after = await fe.backend_stats()
+    cpu1 = _cpu_s(local_backend.pid)
+    # A handful of loop passes (the stats requests themselves), not a dead loop.
+    assert after["poll_passes"] - before["poll_passes"] < 20
+    assert after["sleeps"] - before["sleeps"] < 20
+    assert cpu1 - cpu0 < 0.1, "backend burned CPU while idle"
+    await fe.aclose()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_metrics_endpoint(tmp_path):
+    d = engine_daemons.backend(tmp_path, extra=["--metrics", "127.0.0.1:0"]).start()
+    try:
+        fe = Frontend(d.socket_path)
+        await fe.start()
+        h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(16)))
+        await fe.run(h, [(b"x", b"n" * 12, b"")] * 5)
+        with trio.fail_after(10):
+            while not (m := re.search(rb"metrics on [^:]+:(\d+)", d.log_path.read_bytes())):
+                await trio.sleep(0.05)
+        port = int(m.group(1))
+        body = await trio.to_thread.run_sync(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+        for name in ("vcrypto_engine_requests_total", "vcrypto_engine_batch_fill_bucket",
+                     "vcrypto_engine_inflight", "vcrypto_engine_queue_seconds_total",
+                     "vcrypto_engine_exec_seconds_total", "vcrypto_engine_cache_hits_total",
+                     "vcrypto_engine_device_errors_total", "vcrypto_engine_sleeps_total",
+                     "vcrypto_engine_calls_total"):
+            assert name in body, name
+        assert re.search(r"vcrypto_engine_requests_total 5\.0", body)
+        await fe.aclose()
+    finally:
+        d.stop()
+
+
+async def test_256k_send_all_is_one_opdone_one_suspension(host_and_backend):
+    _h, backend = host_and_backend
+    provider = VcryptoProvider(backend.socket_path)
+    fe = provider.frontend
+    cert, key = tls_support.self_signed()
+    cfg = tls_support.config(cert, key)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    deltas = {}
+
+    async def serve_one(stream):
+        tls = TLSStream(stream, cfg, provider)
+        await tls.do_handshake()
+        await tls.receive_some()
+        await tls.send_all(b"w" * 1000)  # warm: the write session exists
+        before = (fe.stats.opdones, fe.stats.opdone_waits, fe.stats.submitted)
+        await tls.send_all(b"x" * 262144)
+        after = (fe.stats.opdones, fe.stats.opdone_waits, fe.stats.submitted)
+        deltas.update(opdones=after[0] - before[0], waits=after[1] - before[1],
+                      records=after[2] - before[2])
+        await tls.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, serve_one, listeners)
+            got = await trio.to_thread.run_sync(
+                tls_support.client_exchange, port, cert, [b"BIG 263144"])
+            nursery.cancel_scope.cancel()
+    assert got == [b"w" * 1000 + b"x" * 262144]
+    # 256 KiB = 16 full records: one seal_many, one opdone, one suspension.
+    assert deltas == {"opdones": 1, "waits": 1, "records": 16}, deltas
+    await provider.aclose()
