@@ -200,3 +200,25 @@ async def test_driver_vanishing_mid_burst(devices):
     await trio.sleep(0.5)
     assert host.alive(), host.log()
     assert "Traceback" not in host.log(), host.log()
+
+
+async def test_unregistered_region_is_no_longer_addressable(devices):
+    host, drv, by, bypool, bysid = devices
+    pool = await PayloadPool.create(drv, slots=4)
+    sid = await drv.create_session(SessionParams(Op.ECDH, Alg.X25519))
+    _, pub = ecdh_peer(Alg.X25519)
+    [ok] = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)])
+    assert ok.ok
+    await drv.unregister_region(pool.handle)
+    [gone] = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)])
+    assert gone.status == vc.VIRTIO_CRYPTO_ERR        # src/dst now outside every region
+    await _healthy(by, bypool, bysid)
+
+
+async def test_device_limit(start_host):
+    host = start_host({"limits": {"max_devices": 1}})
+    await trio.sleep(0.3)       # the fixture's readiness probe connection is gone by now
+    async with await Driver.attach(host.socket_path) as first:
+        with pytest.raises(DriverError):
+            await Driver.attach(host.socket_path)
+        assert (await first.capabilities())["v"] == 1

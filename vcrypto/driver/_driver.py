@@ -294,6 +294,9 @@ class Driver:
         try:
             await sock.connect(socket_path)
             return await cls._negotiate(sock, queues, queue_size, event_idx, indirect)
+        except (OSError, transport.ConnectionClosed, vu.VhostUserError) as exc:
+            sock.close()
+            raise DriverError(f"attach to {socket_path}: {exc!r}") from exc
         except BaseException:
             sock.close()
             raise
