@@ -118,7 +118,10 @@ class Supervisor:
         return env
 
     async def _start_child(self, child: _Child, pass_fds: tuple[int, ...] = ()) -> None:
-        child.process = await trio.lowlevel.open_process(child.argv, env=self._env(), pass_fds=pass_fds)
+        # Own session: a terminal's Ctrl-C reaches only the supervisor, which then
+        # stops the children in order (workers drain first, daemons after).
+        child.process = await trio.lowlevel.open_process(child.argv, env=self._env(), pass_fds=pass_fds,
+                                                         start_new_session=True)
         child.started_s = time.monotonic()
 
     def _worker_argv(self, index: int, ready_fd: int) -> list[str]:

@@ -177,6 +177,7 @@ def base_config(upstream_addr: str, cert: tuple[Path, Path] | None, **extra) -> 
         "upstreams": {"demo": {"servers": [upstream_addr]}},
         "routes": [{"upstream": "demo"}],
         "workers": 1,
+        "crypto": {"provider": "inline"},
     }
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

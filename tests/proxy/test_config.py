@@ -112,7 +112,7 @@ def test_defaults_and_overrides():
     config = parse_config(yaml.safe_dump(VALID), overrides=["workers=3", "listeners[0].port=0"])
     assert config.workers == 3 and config.listeners[0].port == 0
     assert config.limits.max_header_bytes == 16384
-    assert config.crypto.provider == "inline"
+    assert config.crypto.provider == "vcrypto"
     with pytest.raises(ConfigError) as info:
         parse_config(yaml.safe_dump(VALID), overrides=["limits.max_connections=lots"])
     assert info.value.problems[0][0] == "limits.max_connections"

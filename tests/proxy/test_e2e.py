@@ -8,11 +8,13 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -37,15 +39,19 @@ def get(conn: http.client.HTTPSConnection, path: str, body: bytes | None = None,
     return response.status, response.read()
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory, certs, upstream):
-    """One proxy (2 workers) for the tests that do not change its config."""
-    config = base_config(upstream.address, certs["a"], workers=2)
+@pytest.fixture(scope="module", params=["inline", "vcrypto"])
+def proxy(request, tmp_path_factory, certs, upstream):
+    """One proxy (2 workers) per crypto provider for the tests that do not change its config.
+
+    With ``vcrypto`` the supervisor also runs vcrypto-host and
+    vcrypto-engine-backend, and every handshake and record goes through them.
+    """
+    config = base_config(upstream.address, certs["a"], workers=2, crypto={"provider": request.param})
     config["upstreams"]["dead"] = {"servers": [f"127.0.0.1:{closed_port()}"], "retries": 0}
     config["upstreams"]["slowup"] = {"servers": [upstream.address], "read_timeout_s": 0.5}
     config["routes"] += [{"path_prefix": "/dead", "upstream": "dead"},
                          {"path_prefix": "/slow", "upstream": "slowup"}]
-    p = Proxy(tmp_path_factory.mktemp("proxy"), config)
+    p = Proxy(tmp_path_factory.mktemp(f"proxy-{request.param}"), config)
     try:
         p.wait_ready()
         yield p
@@ -195,6 +201,18 @@ def test_access_log_is_json(proxy, ctx):
     record = lines[0]
     assert record["status"] == 200 and record["method"] == "GET" and record["upstream"] == "demo"
     assert record["client"] == "127.0.0.1" and record["duration_s"] >= 0
+
+
+def test_provider_did_the_crypto(proxy, ctx):
+    """The ops of this module's traffic ran on the configured provider."""
+    conn = https(proxy.port, ctx)
+    assert get(conn, "/bytes?n=100000")[0] == 200
+    conn.close()
+    provider = proxy.config["crypto"]["provider"]
+    text = urllib.request.urlopen(proxy.metrics_url, timeout=10).read().decode()
+    for op in ("ecdh", "sign", "aead_seal", "aead_open"):
+        m = re.search(rf'vcproxy_crypto_ops_total{{op="{op}",provider="{provider}"}} (\S+)', text)
+        assert m and float(m.group(1)) > 0, op
 
 
 def test_worker_crash_is_restarted(proxy, ctx):

@@ -175,7 +175,9 @@ class UpstreamConfig:
 
 @dataclass(frozen=True)
 class CryptoConfig:
-    provider: Literal["inline", "vcrypto"] = opt("inline", "inline: `cryptography` in the worker; vcrypto: offload through the engine")
+    provider: Literal["inline", "vcrypto"] = opt(
+        "vcrypto", "vcrypto: offload through the engine (the supervisor starts its daemons); "
+                   "inline: `cryptography` in the worker, the bare-metal baseline")
     small_record_threshold_bytes: int = opt(2048, "records smaller than this are sealed in-process even with vcrypto")
     pipeline_depth: int = opt(16, "records sealed/opened per batch (one opdone), 1..16")
     fallback: Literal["none", "startup", "per_op"] = opt(

@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import random
+import signal
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -158,12 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve, args.address, args.port)
-            print(json.dumps({"event": "demo_upstream_ready", "address": args.address, "port": port}), flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(serve, args.address, args.port)
+                print(json.dumps({"event": "demo_upstream_ready", "address": args.address, "port": port}),
+                      flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
 
-    try:
-        trio.run(run)
-    except KeyboardInterrupt:
-        pass
+    trio.run(run)
     return 0
