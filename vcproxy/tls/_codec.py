@@ -153,15 +153,6 @@ def extension(ext_type: int, data: bytes) -> bytes:
     return ext_type.to_bytes(2, "big") + vec16(data)
 
 
-def _u16_list(r: Reader, what: str) -> tuple[int, ...]:
-    n = r.left()
-    if n % 2:
-        raise DecodeError(f"{what}: odd length {n}")
-    start = r.pos
-    r.pos = r.end_pos
-    return struct.unpack(f">{n // 2}H", r.data[start:start + n])
-
-
 @dataclasses.dataclass(slots=True)
 class OfferedPsks:
     identities: list[tuple[bytes, int]]   # (identity, obfuscated_ticket_age)
@@ -205,105 +196,172 @@ class ClientHello:
 
 
 def parse_client_hello(raw: bytes) -> ClientHello:
-    """Parse a whole ClientHello message (4-byte header included)."""
-    r = Reader(raw, 4)
-    if len(raw) < 4 or raw[0] != CLIENT_HELLO or int.from_bytes(raw[1:4], "big") != len(raw) - 4:
+    """Parse a whole ClientHello message (4-byte header included).
+
+    The extension loop indexes ``raw`` directly (it is the hot path of every
+    handshake); each known extension is parsed from its own bytes.
+    """
+    n = len(raw)
+    if n < 4 or raw[0] != CLIENT_HELLO or int.from_bytes(raw[1:4], "big") != n - 4:
         raise DecodeError("ClientHello: bad handshake header")
+    r = Reader(raw, 4)
     legacy_version = r.u16("ClientHello.legacy_version")
     random = r.take(32, "ClientHello.random")
     session_id = r.vec(1, "ClientHello.legacy_session_id")
     if len(session_id) > 32:
         raise DecodeError(f"ClientHello.legacy_session_id: {len(session_id)} bytes > 32")
-    suites = _u16_list(r.sub(2, "ClientHello.cipher_suites", 2), "ClientHello.cipher_suites")
+    suites = _u16_vector(r.vec(2, "ClientHello.cipher_suites", 2), 0, "ClientHello.cipher_suites")
     compression = r.vec(1, "ClientHello.legacy_compression_methods", 1)
     ch = ClientHello(raw, legacy_version, random, session_id, suites, compression, [])
     if r.left() == 0:
         return ch  # pre-TLS-1.2 hello without extensions: caught as protocol_version
-    exts = r.sub(2, "ClientHello.extensions")
-    r.end("ClientHello")
+    end = r.u16("ClientHello.extensions") + r.pos
+    if end != n:
+        raise DecodeError(f"ClientHello.extensions: block ends at {end}, message at {n}")
+    pos = r.pos
     seen: set[int] = set()
-    while exts.left():
-        ext_start = exts.pos
-        ext_type = exts.u16("extension type")
-        data_r = exts.sub(2, f"extension {ext_type}")
+    exts = ch.extensions
+    while pos < end:
+        if pos + 4 > end:
+            raise DecodeError("ClientHello: truncated extension header")
+        ext_type = (raw[pos] << 8) | raw[pos + 1]
+        start = pos + 4
+        pos = start + ((raw[pos + 2] << 8) | raw[pos + 3])
+        if pos > end:
+            raise DecodeError(f"extension {ext_type}: length runs past the extensions block")
         if ext_type in seen:
             # RFC 8446 §4.2: no more than one extension of the same type.
             raise IllegalParameter(f"ClientHello: duplicate extension {ext_type}")
         seen.add(ext_type)
-        data = data_r.data[data_r.pos:data_r.end_pos]
-        ch.extensions.append((ext_type, bytes(data)))
-        if ext_type == EXT_PRE_SHARED_KEY and exts.left():
-            # RFC 8446 §4.2.11: pre_shared_key MUST be the last extension.
-            raise IllegalParameter("ClientHello: pre_shared_key is not the last extension")
-        _parse_ch_extension(ch, ext_type, data_r, ext_start)
+        data = raw[start:pos]
+        exts.append((ext_type, data))
+        parse = _CH_EXTENSION_PARSERS.get(ext_type)
+        if parse is not None:
+            if ext_type == EXT_PRE_SHARED_KEY and pos != end:
+                # RFC 8446 §4.2.11: pre_shared_key MUST be the last extension.
+                raise IllegalParameter("ClientHello: pre_shared_key is not the last extension")
+            parse(ch, data, start)
     return ch
 
 
-def _parse_ch_extension(ch: ClientHello, ext_type: int, r: Reader, ext_start: int) -> None:
-    if ext_type == EXT_SERVER_NAME:
-        names = r.sub(2, "server_name_list", 1)
-        r.end("server_name")
-        while names.left():
-            name_type = names.u8("server_name.name_type")
-            name = names.vec(2, "server_name.host_name", 1)
-            if name_type == 0:
-                if ch.server_name is not None:
-                    raise IllegalParameter("server_name: more than one host_name")
-                try:
-                    ch.server_name = name.decode("ascii")
-                except UnicodeDecodeError:
-                    raise DecodeError("server_name: host_name is not ASCII") from None
-    elif ext_type == EXT_SUPPORTED_GROUPS:
-        ch.groups = _u16_list(r.sub(2, "supported_groups", 2), "supported_groups")
-        r.end("supported_groups")
-    elif ext_type == EXT_SIGNATURE_ALGORITHMS:
-        ch.signature_algorithms = _u16_list(r.sub(2, "signature_algorithms", 2),
-                                            "signature_algorithms")
-        r.end("signature_algorithms")
-    elif ext_type == EXT_SUPPORTED_VERSIONS:
-        ch.supported_versions = _u16_list(r.sub(1, "supported_versions", 2), "supported_versions")
-        r.end("supported_versions")
-    elif ext_type == EXT_KEY_SHARE:
-        shares = r.sub(2, "key_share.client_shares")
-        r.end("key_share")
-        ch.key_shares = []
-        while shares.left():
-            group = shares.u16("key_share.group")
-            ch.key_shares.append((group, shares.vec(2, "key_share.key_exchange", 1)))
-    elif ext_type == EXT_ALPN:
-        protos = r.sub(2, "alpn.protocol_name_list", 2)
-        r.end("alpn")
-        ch.alpn = []
-        while protos.left():
-            ch.alpn.append(protos.vec(1, "alpn.protocol_name", 1))
-    elif ext_type == EXT_PSK_KEY_EXCHANGE_MODES:
-        ch.psk_modes = r.vec(1, "psk_key_exchange_modes", 1)
-        r.end("psk_key_exchange_modes")
-    elif ext_type == EXT_EARLY_DATA:
-        r.end("early_data")
-        ch.early_data = True
-    elif ext_type == EXT_COOKIE:
-        ch.cookie = r.vec(2, "cookie", 1)
-        r.end("cookie")
-    elif ext_type == EXT_RECORD_SIZE_LIMIT:
-        ch.record_size_limit = r.u16("record_size_limit")
-        r.end("record_size_limit")
-    elif ext_type == EXT_PRE_SHARED_KEY:
-        ids_r = r.sub(2, "pre_shared_key.identities", 7)
-        identities = []
-        while ids_r.left():
-            identity = ids_r.vec(2, "pre_shared_key.identity", 1)
-            identities.append((identity, ids_r.u32("obfuscated_ticket_age")))
-        truncated_len = r.pos
-        binders_r = r.sub(2, "pre_shared_key.binders", 33)
-        r.end("pre_shared_key")
-        binders = []
-        while binders_r.left():
-            binders.append(binders_r.vec(1, "pre_shared_key.binder", 32))
-        if len(binders) != len(identities):
-            raise IllegalParameter(f"pre_shared_key: {len(identities)} identities but "
-                                   f"{len(binders)} binders")
-        ch.psks = OfferedPsks(identities, binders, truncated_len)
+def _u16_vector(data: bytes, prefix: int, what: str) -> tuple[int, ...]:
+    """A vector of u16 with a ``prefix``-byte length (0: ``data`` is the body)."""
+    if prefix:
+        if len(data) < prefix:
+            raise DecodeError(f"{what}: truncated length")
+        n = int.from_bytes(data[:prefix], "big")
+        if n != len(data) - prefix:
+            raise DecodeError(f"{what}: length {n}, {len(data) - prefix} bytes present")
+        data = data[prefix:]
+    n = len(data)
+    if n == 0 or n % 2:
+        raise DecodeError(f"{what}: bad length {n}")
+    return struct.unpack(f">{n // 2}H", data)
+
+
+def _ext_server_name(ch: ClientHello, data: bytes, offset: int) -> None:
+    r = Reader(data)
+    names = r.sub(2, "server_name_list", 1)
+    r.end("server_name")
+    while names.left():
+        name_type = names.u8("server_name.name_type")
+        name = names.vec(2, "server_name.host_name", 1)
+        if name_type == 0:
+            if ch.server_name is not None:
+                raise IllegalParameter("server_name: more than one host_name")
+            try:
+                ch.server_name = name.decode("ascii")
+            except UnicodeDecodeError:
+                raise DecodeError("server_name: host_name is not ASCII") from None
+
+
+def _ext_groups(ch: ClientHello, data: bytes, offset: int) -> None:
+    ch.groups = _u16_vector(data, 2, "supported_groups")
+
+
+def _ext_signature_algorithms(ch: ClientHello, data: bytes, offset: int) -> None:
+    ch.signature_algorithms = _u16_vector(data, 2, "signature_algorithms")
+
+
+def _ext_supported_versions(ch: ClientHello, data: bytes, offset: int) -> None:
+    ch.supported_versions = _u16_vector(data, 1, "supported_versions")
+
+
+def _ext_key_share(ch: ClientHello, data: bytes, offset: int) -> None:
+    r = Reader(data)
+    shares = r.sub(2, "key_share.client_shares")
+    r.end("key_share")
+    ch.key_shares = []
+    while shares.left():
+        group = shares.u16("key_share.group")
+        ch.key_shares.append((group, shares.vec(2, "key_share.key_exchange", 1)))
+
+
+def _ext_alpn(ch: ClientHello, data: bytes, offset: int) -> None:
+    r = Reader(data)
+    protos = r.sub(2, "alpn.protocol_name_list", 2)
+    r.end("alpn")
+    ch.alpn = []
+    while protos.left():
+        ch.alpn.append(protos.vec(1, "alpn.protocol_name", 1))
+
+
+def _ext_psk_modes(ch: ClientHello, data: bytes, offset: int) -> None:
+    r = Reader(data)
+    ch.psk_modes = r.vec(1, "psk_key_exchange_modes", 1)
+    r.end("psk_key_exchange_modes")
+
+
+def _ext_early_data(ch: ClientHello, data: bytes, offset: int) -> None:
+    if data:
+        raise DecodeError("early_data: ClientHello form must be empty")
+    ch.early_data = True
+
+
+def _ext_cookie(ch: ClientHello, data: bytes, offset: int) -> None:
+    r = Reader(data)
+    ch.cookie = r.vec(2, "cookie", 1)
+    r.end("cookie")
+
+
+def _ext_record_size_limit(ch: ClientHello, data: bytes, offset: int) -> None:
+    if len(data) != 2:
+        raise DecodeError(f"record_size_limit: {len(data)} bytes, expected 2")
+    ch.record_size_limit = (data[0] << 8) | data[1]
+
+
+def _ext_pre_shared_key(ch: ClientHello, data: bytes, offset: int) -> None:
+    r = Reader(data)
+    ids_r = r.sub(2, "pre_shared_key.identities", 7)
+    identities = []
+    while ids_r.left():
+        identity = ids_r.vec(2, "pre_shared_key.identity", 1)
+        identities.append((identity, ids_r.u32("obfuscated_ticket_age")))
+    truncated_len = offset + r.pos
+    binders_r = r.sub(2, "pre_shared_key.binders", 33)
+    r.end("pre_shared_key")
+    binders = []
+    while binders_r.left():
+        binders.append(binders_r.vec(1, "pre_shared_key.binder", 32))
+    if len(binders) != len(identities):
+        raise IllegalParameter(f"pre_shared_key: {len(identities)} identities but "
+                               f"{len(binders)} binders")
+    ch.psks = OfferedPsks(identities, binders, truncated_len)
+
+
+_CH_EXTENSION_PARSERS = {
+    EXT_SERVER_NAME: _ext_server_name,
+    EXT_SUPPORTED_GROUPS: _ext_groups,
+    EXT_SIGNATURE_ALGORITHMS: _ext_signature_algorithms,
+    EXT_SUPPORTED_VERSIONS: _ext_supported_versions,
+    EXT_KEY_SHARE: _ext_key_share,
+    EXT_ALPN: _ext_alpn,
+    EXT_PSK_KEY_EXCHANGE_MODES: _ext_psk_modes,
+    EXT_EARLY_DATA: _ext_early_data,
+    EXT_COOKIE: _ext_cookie,
+    EXT_RECORD_SIZE_LIMIT: _ext_record_size_limit,
+    EXT_PRE_SHARED_KEY: _ext_pre_shared_key,
+}
 
 
 def parse_finished(body: bytes, hash_len: int) -> bytes:
@@ -380,6 +438,11 @@ class HandshakeReassembler:
     def feed(self, fragment: bytes) -> list[bytes]:
         """Add a record's handshake bytes; return the messages now complete."""
         buf = self._buf
+        if not buf and len(fragment) >= 4:
+            # Fast path: the record holds exactly one whole message (the usual case).
+            n = (fragment[1] << 16) | (fragment[2] << 8) | fragment[3]
+            if n + 4 == len(fragment) and n <= self.max_message_bytes:
+                return [bytes(fragment)]
         buf += fragment
         out = []
         while len(buf) >= 4:

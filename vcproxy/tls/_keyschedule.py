@@ -55,18 +55,32 @@ SUITES_BY_ID = {s.id: s for s in SUITES.values()}
 IV_LEN = 12
 
 
+try:  # the C function behind hmac.digest, without its Python wrapper
+    from _hashlib import hmac_digest as _hmac
+except ImportError:  # pragma: no cover - Python without OpenSSL hashlib
+    _hmac = hmac.digest
+
+_HASH_LEN = {"sha256": 32, "sha384": 48}
+_LABEL_PREFIX: dict[tuple[int, bytes], bytes] = {}
+
+
 def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
-    return hmac.digest(salt, ikm, hash_name)
+    return _hmac(salt, ikm, hash_name)
 
 
 def hkdf_expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes,
                       length: int) -> bytes:
     """HKDF-Expand-Label (RFC 8446 §7.1): info = HkdfLabel{length, "tls13 "+label, context}."""
-    full = b"tls13 " + label
-    info = length.to_bytes(2, "big") + bytes((len(full),)) + full + bytes((len(context),)) + context
+    prefix = _LABEL_PREFIX.get((length, label))
+    if prefix is None:
+        full = b"tls13 " + label
+        prefix = _LABEL_PREFIX[length, label] = length.to_bytes(2, "big") + bytes((len(full),)) + full
+    info = prefix + bytes((len(context),)) + context
+    if length <= _HASH_LEN[hash_name]:
+        return _hmac(secret, info + b"\x01", hash_name)[:length]  # one block: T(1)
     out, block, i = b"", b"", 1
     while len(out) < length:
-        block = hmac.digest(secret, block + info + bytes((i,)), hash_name)
+        block = _hmac(secret, block + info + bytes((i,)), hash_name)
         out += block
         i += 1
     return out[:length]
@@ -91,7 +105,7 @@ def next_traffic_secret(suite: CipherSuite, secret: bytes) -> bytes:
 def finished_verify_data(suite: CipherSuite, base_key: bytes, transcript_hash: bytes) -> bytes:
     """verify_data = HMAC(finished_key, Transcript-Hash) (RFC 8446 §4.4.4)."""
     finished_key = hkdf_expand_label(suite.hash_name, base_key, b"finished", b"", suite.hash_len)
-    return hmac.digest(finished_key, transcript_hash, suite.hash_name)
+    return _hmac(finished_key, transcript_hash, suite.hash_name)
 
 
 def check_finished(suite: CipherSuite, base_key: bytes, transcript_hash: bytes,
@@ -107,6 +121,10 @@ def resumption_psk(suite: CipherSuite, resumption_master_secret: bytes, nonce: b
                              suite.hash_len)
 
 
+_NO_PSK_EARLY: dict[str, bytes] = {}
+_DERIVED: dict[tuple[str, bytes], bytes] = {}
+
+
 class EarlySecret:
     """Early Secret = HKDF-Extract(0, PSK or zeros)."""
 
@@ -115,7 +133,13 @@ class EarlySecret:
     def __init__(self, suite: CipherSuite, psk: bytes | None = None):
         self.suite = suite
         zeros = bytes(suite.hash_len)
-        self.secret = hkdf_extract(suite.hash_name, zeros, psk if psk is not None else zeros)
+        if psk is None:  # a constant per suite: computed once
+            secret = _NO_PSK_EARLY.get(suite.hash_name)
+            if secret is None:
+                secret = _NO_PSK_EARLY[suite.hash_name] = hkdf_extract(suite.hash_name, zeros, zeros)
+            self.secret = secret
+        else:
+            self.secret = hkdf_extract(suite.hash_name, zeros, psk)
 
     def binder(self, truncated_hello_hash: bytes) -> bytes:
         """The binder for a resumption PSK ("res binder", RFC 8446 §4.2.11.2)."""
@@ -124,7 +148,12 @@ class EarlySecret:
 
     def into_handshake(self, dhe_shared_secret: bytes) -> HandshakeSecret:
         s = self.suite
-        derived = derive_secret(s, self.secret, b"derived", s.empty_hash())
+        key = (s.hash_name, self.secret)
+        derived = _DERIVED.get(key)
+        if derived is None:
+            derived = derive_secret(s, self.secret, b"derived", s.empty_hash())
+            if self.secret is _NO_PSK_EARLY.get(s.hash_name):
+                _DERIVED[key] = derived  # only the constant no-PSK value is cached
         return HandshakeSecret(s, hkdf_extract(s.hash_name, derived, dhe_shared_secret))
 
 

@@ -53,6 +53,12 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from ._errors import BadRecordMac, CryptoProviderError, IllegalParameter
 
 #: TLS 1.3 signature schemes a key type can produce, in our preference order.
@@ -72,8 +78,6 @@ AeadItem = tuple[bytes, bytes, bytes]
 
 def key_type_of(key: object) -> str:
     """Name the key type of a ``cryptography`` public or private key."""
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
     if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
         curve = key.curve.name
         if curve == "secp256r1":
@@ -166,8 +170,6 @@ class CryptoProvider(abc.ABC):
 # --------------------------------------------------------------------------
 
 def load_private_key_pem(private_key_pem: bytes):
-    from cryptography.hazmat.primitives import serialization
-
     try:
         return serialization.load_pem_private_key(private_key_pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -178,8 +180,6 @@ class _InlineAead(AeadSession):
     __slots__ = ("alg", "_cipher")
 
     def __init__(self, alg: str, key: bytes):
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-
         self.alg = alg
         if alg == "chacha20-poly1305":
             self._cipher = ChaCha20Poly1305(key)
@@ -195,8 +195,6 @@ class _InlineAead(AeadSession):
         return self._cipher.encrypt(nonce, plaintext, aad)
 
     def open(self, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
-        from cryptography.exceptions import InvalidTag
-
         try:
             return self._cipher.decrypt(nonce, ciphertext, aad)
         except InvalidTag:
@@ -211,8 +209,6 @@ class _InlineAead(AeadSession):
 
 
 def _inline_key_exchange(group: str, peer_public: bytes) -> tuple[bytes, bytes]:
-    from cryptography.hazmat.primitives.asymmetric import ec, x25519
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     if group == "x25519":
         if len(peer_public) != 32:
@@ -241,9 +237,6 @@ def _inline_key_exchange(group: str, peer_public: bytes) -> tuple[bytes, bytes]:
 
 def inline_sign(private_key, scheme: str, message: bytes) -> bytes:
     """Sign with a ``cryptography`` private key object (shared with vcrypto resources)."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding
-
     if scheme == "ed25519":
         return private_key.sign(message)
     if scheme.startswith("ecdsa_"):
@@ -267,8 +260,6 @@ class InlineProvider(CryptoProvider):
         return _inline_key_exchange(group, peer_public)
 
     def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
-        from cryptography.hazmat.primitives import serialization
-
         key = load_private_key_pem(private_key_pem)
         key_type = key_type_of(key)
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,

@@ -100,7 +100,7 @@ class TLSStream(trio.abc.Stream):
         self._skip_early_encrypted = False
         self._got_client_hello = False
         self._peer_closed = False      # close_notify (or EOF) received
-        self._handshake_lock = trio.Lock()
+        self._handshake_done: trio.Event | None = None
         self._send_lock = trio.Lock()
         self._receiving = False
         self.info: HandshakeInfo | None = None
@@ -114,25 +114,33 @@ class TLSStream(trio.abc.Stream):
     # ---- public API ---------------------------------------------------------
 
     async def do_handshake(self) -> None:
-        """Run the handshake (once; later calls return at once)."""
-        async with self._handshake_lock:
-            if self._state is _State.OPEN:
-                return
+        """Run the handshake (once; later or concurrent calls wait for its end)."""
+        if self._state is _State.OPEN:
+            return
+        if self._handshake_done is not None:  # another task is running it
+            await self._handshake_done.wait()
             self._check_usable()
-            try:
-                with trio.fail_after(self.config.handshake_timeout_s):
-                    await self._handshake()
-            except trio.TooSlowError:
-                exc = HandshakeTimeout(
-                    f"handshake not done within handshake_timeout_s={self.config.handshake_timeout_s}")
+            return
+        self._check_usable()
+        self._handshake_done = trio.Event()
+        timeout_s = self.config.handshake_timeout_s
+        try:
+            # A bare CancelScope, not fail_after: this runs once per connection
+            # and the context-manager wrapper costs more than the scope itself.
+            with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
+                await self._handshake()
+            if scope.cancelled_caught:
+                exc = HandshakeTimeout(f"handshake not done within handshake_timeout_s={timeout_s}")
                 await self._fail(exc, send_alert=False)
-                raise exc from None
-            except TLSError as exc:
-                await self._fail(exc)
-                raise
-            except BaseException:
-                self._state = _State.BROKEN
-                raise
+                raise exc
+        except TLSError as exc:
+            await self._fail(exc)
+            raise
+        except BaseException:
+            self._state = _State.BROKEN
+            raise
+        finally:
+            self._handshake_done.set()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue application data without I/O; the next ``send_all`` sends it too."""
