@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--ready-fd", type=int, default=None)
     worker.add_argument("--backend-socket", default=None)
     worker.add_argument("--set", action="append", default=[])
+    worker.add_argument("--ticket-keys", default=None, help="file of shared ticket keys (hex lines)")
     return parser
 
 
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.port:
             index, _, port = item.partition("=")
             ports[int(index)] = int(port)
-        return worker_main(args.config, args.index, ports, args.ready_fd, args.backend_socket, args.set)
+        return worker_main(args.config, args.index, ports, args.ready_fd, args.backend_socket, args.set,
+                           args.ticket_keys)
     raise AssertionError(args.command)
 
 

@@ -133,7 +133,21 @@ class Supervisor:
             argv += ["--set", item]
         if self.backend_socket:
             argv += ["--backend-socket", self.backend_socket]
+        argv += ["--ticket-keys", self.ticket_keys_file]
         return argv
+
+    def _write_ticket_keys(self, rotate: bool) -> None:
+        """Shared session-ticket keys (newest first): every worker seals with the
+        first and opens with all, so tickets resume on any worker. SIGHUP rotates:
+        a new first key, the previous one kept so issued tickets stay valid."""
+        keys = [os.urandom(32).hex()]
+        if rotate and os.path.exists(self.ticket_keys_file):
+            with open(self.ticket_keys_file, encoding="ascii") as f:
+                keys += [line.strip() for line in f if line.strip()][:1]
+        fd = os.open(self.ticket_keys_file + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write("\n".join(keys) + "\n")
+        os.replace(self.ticket_keys_file + ".new", self.ticket_keys_file)
 
     async def _start_worker(self, child: _Child) -> None:
         read_fd, write_fd = os.pipe()
@@ -214,6 +228,8 @@ class Supervisor:
         self.runtime_dir = self.config.vcrypto.runtime_dir or tempfile.mkdtemp(prefix="vcproxy-")
         os.makedirs(self.runtime_dir, exist_ok=True)
         self.metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=self.runtime_dir)
+        self.ticket_keys_file = os.path.join(self.runtime_dir, f"tickets-{os.getpid()}.keys")
+        self._write_ticket_keys(rotate=False)
         os.environ[ENV_DIR] = self.metrics_dir  # for multiprocess_registry() in this process
         try:
             return await self._run()
@@ -224,6 +240,8 @@ class Supervisor:
             if server is not None:
                 server.shutdown()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            if os.path.exists(self.ticket_keys_file):
+                os.unlink(self.ticket_keys_file)
             if self.config.vcrypto.runtime_dir is None:
                 shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
@@ -305,6 +323,7 @@ class Supervisor:
             _log.error_log.error("reload_rejected", problems=exc.problems)
             return
         self.config = config
+        self._write_ticket_keys(rotate=True)
         for child in self.workers:
             if child.process is not None and child.process.returncode is None:
                 child.process.send_signal(signal.SIGHUP)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import re
 import signal
 import socket
 import ssl
@@ -17,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from vcproxy.proxy.demo_upstream import expected_sha256
-from proxy_testkit import base_config, client_context
+from proxy_testkit import base_config, client_context, scrape, total
 
 
 def unverified() -> ssl.SSLContext:
@@ -117,23 +116,6 @@ def test_sigterm_drains_in_flight_requests_then_exits(start_proxy, certs, upstre
     except OSError:
         refused = True
     assert refused
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})?\s+(\S+)$", line)
-        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        out[(m.group(1), labels)] = float(m.group(4))
-    return out
-
-
-def total(samples, name: str, **labels) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
 @pytest.mark.parametrize("provider", ["inline", "vcrypto"])

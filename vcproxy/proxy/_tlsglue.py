@@ -37,8 +37,21 @@ def load_certificate(cert: CertificateConfig) -> CertificateEntry:
     return CertificateEntry.from_pem_files(cert.cert, cert.key, cert.names)
 
 
-def build_server_config(listener: ListenerConfig, config: Config) -> ServerConfig:
-    """ServerConfig for one listener; raises ValueError/OSError naming the problem."""
+def read_ticket_keys(path: str | None) -> tuple[bytes, ...]:
+    """The supervisor's shared ticket keys: one hex line each, newest first."""
+    if path is None:
+        return ()
+    with open(path, encoding="ascii") as f:
+        return tuple(bytes.fromhex(line.strip()) for line in f if line.strip())
+
+
+def build_server_config(listener: ListenerConfig, config: Config,
+                        ticket_keys: tuple[bytes, ...] = ()) -> ServerConfig:
+    """ServerConfig for one listener; raises ValueError/OSError naming the problem.
+
+    ``ticket_keys`` are shared by all workers (the supervisor makes them), so a
+    ticket issued by one worker resumes on any other behind SO_REUSEPORT.
+    """
     tls = listener.tls
     if tls.versions != ("1.3",) and "1.3" not in tls.versions:
         raise ValueError("tls.versions: this build serves TLS 1.3; include '1.3'")
@@ -47,7 +60,7 @@ def build_server_config(listener: ListenerConfig, config: Config) -> ServerConfi
         alpn_protocols=tls.alpn,
         cipher_suites=tls.cipher_suites,
         groups=tls.groups,
-        tickets=TicketConfig(enabled=tls.tickets.enabled, lifetime_s=tls.tickets.lifetime_s),
+        tickets=TicketConfig(enabled=tls.tickets.enabled, lifetime_s=tls.tickets.lifetime_s, keys=ticket_keys),
         handshake_timeout_s=config.limits.handshake_timeout_s,
         small_record_threshold_bytes=min(config.crypto.small_record_threshold_bytes, 16384),
         pipeline_depth=config.crypto.pipeline_depth,

@@ -34,7 +34,7 @@ from vcproxy.tls import ServerConfig, TLSError, TLSStream
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, _close
 from ._router import Router
 from ._tcp import serve_tcp
-from ._tlsglue import ProviderUnavailable, build_server_config, make_provider
+from ._tlsglue import ProviderUnavailable, build_server_config, make_provider, read_ticket_keys
 from ._upstream import UpstreamPool
 
 LISTEN_BACKLOG = 1024
@@ -108,8 +108,10 @@ def bind_reuseport(address: str, port: int) -> trio.socket.SocketType:
 
 class Worker:
     def __init__(self, config_path: str, index: int, ports: dict[int, int], ready_fd: int | None,
-                 backend_socket: str | None = None, overrides: list[str] | None = None) -> None:
+                 backend_socket: str | None = None, overrides: list[str] | None = None,
+                 ticket_keys_file: str | None = None) -> None:
         self.config_path = config_path
+        self.ticket_keys_file = ticket_keys_file
         self.overrides = list(overrides or ())
         self.index = index
         self.ports = ports
@@ -130,10 +132,11 @@ class Worker:
             old = old_pools.get(name)
             pools[name] = old if old is not None and old.config == up else UpstreamPool(name, up)
         router = Router(config.routes)
+        ticket_keys = read_ticket_keys(self.ticket_keys_file)
         runtimes = []
         for i, lis in enumerate(config.listeners):
             name = config.listener_name(i)
-            tls = build_server_config(lis, config) if lis.tls.enabled else None
+            tls = build_server_config(lis, config, ticket_keys) if lis.tls.enabled else None
             scheme = "https" if tls is not None else "http"
             http = HttpRuntime(config, name, scheme, router, pools) if lis.mode == "http" else None
             tcp_pool = pools[lis.upstream] if lis.mode == "tcp" and lis.upstream else None
@@ -352,7 +355,8 @@ def _incompatible(old: Config, new: Config) -> list[tuple[str, str]]:
 
 
 def worker_main(config_path: str, index: int, ports: dict[int, int], ready_fd: int | None,
-                backend_socket: str | None = None, overrides: list[str] | None = None) -> int:
+                backend_socket: str | None = None, overrides: list[str] | None = None,
+                ticket_keys_file: str | None = None) -> int:
     # A terminal's Ctrl-C reaches every process of the group: a worker drains on
     # SIGINT like on SIGTERM (handled in Worker._signals), it does not die.
-    return trio.run(Worker(config_path, index, ports, ready_fd, backend_socket, overrides).run)
+    return trio.run(Worker(config_path, index, ports, ready_fd, backend_socket, overrides, ticket_keys_file).run)

@@ -1,0 +1,65 @@
+"""TCP mode and TLS session resumption through the real process."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import ssl
+
+from proxy_testkit import base_config, client_context, scrape, total
+
+
+def tls_exchange(port: int, ctx: ssl.SSLContext, request: bytes, session=None) -> tuple[bytes, ssl.SSLSocket]:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    tls = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    tls.sendall(request)
+    data = b""
+    while chunk := tls.recv(65536):
+        data += chunk
+    return data, tls
+
+
+def test_tcp_mode_pumps_bytes_after_tls(start_proxy, certs, upstream):
+    config = base_config(upstream.address, certs["a"])
+    config["listeners"][0].update({"mode": "tcp", "upstream": "demo"})
+    config["routes"] = []
+    proxy = start_proxy(config)
+    ctx = client_context(certs["a"][0])
+    reply, tls = tls_exchange(proxy.port, ctx, b"GET /headers HTTP/1.1\r\nHost: raw\r\nConnection: close\r\n\r\n")
+    tls.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    names = [n for n, _ in json.loads(body)["headers"]]
+    assert names == ["host", "connection"]  # untouched: no proxy headers in tcp mode
+    payload = os.urandom(3 * 1024 * 1024 + 7)
+    request = (b"POST /upload HTTP/1.1\r\nHost: raw\r\nConnection: close\r\nContent-Length: "
+               + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    reply, tls = tls_exchange(proxy.port, ctx, request)
+    tls.close()
+    assert json.loads(reply.partition(b"\r\n\r\n")[2])["sha256"] == hashlib.sha256(payload).hexdigest()
+    records = [r for r in proxy.access() if r.get("mode") == "tcp"]
+    assert len(records) >= 1 and records[0]["result"] == "ok"
+
+
+def test_tickets_resume_on_any_worker(start_proxy, certs, upstream):
+    """Workers share the supervisor's ticket keys: a ticket from one resumes on the other."""
+    proxy = start_proxy(base_config(upstream.address, certs["a"], workers=2))
+    ctx = client_context(certs["a"][0])
+    request = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    reply, first = tls_exchange(proxy.port, ctx, request)
+    assert reply.endswith(b"ok\n") and not first.session_reused
+    session = first.session
+    first.close()
+    resumed = 0
+    for _ in range(6):  # SO_REUSEPORT spreads these over both workers
+        reply, tls = tls_exchange(proxy.port, ctx, request, session=session)
+        assert reply.endswith(b"ok\n")
+        resumed += tls.session_reused
+        tls.close()
+    assert resumed == 6
+    m = scrape(proxy.metrics_url)
+    assert total(m, "vcproxy_tls_handshakes_total", result="ok", resumed="true") == 6
+    assert total(m, "vcproxy_tls_handshakes_total", result="ok", resumed="false") == 1
+    # a resumed handshake signs nothing: one signature in all
+    assert total(m, "vcproxy_crypto_ops_total", op="sign") == 1
