@@ -320,3 +320,27 @@ async def test_drain_closes_idle_and_marks_last_response(nursery, origin):
     assert status == 200 and body == b"slow\n" and headers[b"connection"] == b"close"
     with trio.fail_after(5):
         await done.wait()
+
+
+async def test_http10_client_without_host(nursery, origin):
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}])
+    client, _, _, done = await serve(nursery, rt)
+    await client.send_raw(b"GET /headers HTTP/1.0\r\n\r\n")
+    reply = await read_all(client.stream)  # HTTP/1.0 without keep-alive: closed after the response
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    seen = dict(json.loads(reply.partition(b"\r\n\r\n")[2])["headers"])
+    assert seen["host"] == origin
+
+
+async def test_health_checks_steer_away_from_a_dead_server(nursery, origin):
+    dead = f"127.0.0.1:{closed_port()}"
+    rt = make_runtime({"o": {"servers": [dead, origin], "retries": 0, "max_idle_connections": 0, "health_check": {
+        "enabled": True, "interval_s": 0.05, "timeout_s": 0.5, "path": "/health", "unhealthy_after": 1}}},
+        [{"upstream": "o"}])
+    pool = rt.pools["o"]
+    nursery.start_soon(pool.run_health_checks)
+    await wait_until(lambda: [str(a) for a in pool.healthy_servers()] == [origin])
+    client, rec, _, _ = await serve(nursery, rt)
+    for _ in range(4):  # no retries, no reuse: round-robin alone would send every other one to the dead server
+        assert (await client.request("GET", "/health"))[0] == 200
+    await pool.aclose()

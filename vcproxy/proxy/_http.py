@@ -42,6 +42,7 @@ from ._router import Router, normalise_host
 from ._upstream import UpstreamClosed, UpstreamConn, UpstreamError, UpstreamPool, UpstreamTimeout
 
 READ_CHUNK_BYTES = 64 * 1024
+DRAIN_FIRST_REQUEST_WAIT_S = 1.0
 
 _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
@@ -151,12 +152,16 @@ class HttpProxyConnection:
         the header timeout applies and a drain lets the request finish.
         """
         if not self.h11.trailing_data[0]:
+            wait_s = self.limits.idle_timeout_s
             if self.conn.draining.is_set():
-                return None
+                if self.conn.requests:
+                    return None
+                # Accepted just before the drain: its first request may be on the way.
+                wait_s = min(wait_s, DRAIN_FIRST_REQUEST_WAIT_S)
             with trio.CancelScope() as scope:
                 self.conn.idle_scope = scope
                 try:
-                    await self._receive(self.limits.idle_timeout_s)
+                    await self._receive(wait_s)
                 except _ClientGone:
                     return None
                 finally:
@@ -228,7 +233,8 @@ class HttpProxyConnection:
 
     # ---------------------------------------------------------------- one exchange
 
-    def _upstream_request(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> h11.Request:
+    def _upstream_request(self, request: h11.Request, headers: list[tuple[bytes, bytes]],
+                          upstream_server: object) -> h11.Request:
         chunked = b"chunked" in _header(headers, b"transfer-encoding").lower()
         out = [(n, v) for n, v in _strip_hop_by_hop(headers)
                if n not in (b"x-forwarded-proto", b"x-forwarded-host", b"expect")]
@@ -240,6 +246,8 @@ class HttpProxyConnection:
         host = _header(headers, b"host")
         if host:
             out.append((b"x-forwarded-host", host))
+        else:  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
+            out.append((b"host", str(upstream_server).encode()))
         if chunked:
             out.append((b"transfer-encoding", b"chunked"))
         return h11.Request(method=request.method, target=request.target, headers=out, http_version="1.1")
@@ -250,7 +258,7 @@ class HttpProxyConnection:
         state: dict[str, Exception | None] = {"body": None, "relay": None}
         body_done = trio.Event()
         try:
-            await _send_upstream(upstream, self._upstream_request(request, headers), pool.name)
+            await _send_upstream(upstream, self._upstream_request(request, headers, upstream.server), pool.name)
         except UpstreamError as exc:
             await _close(upstream.stream)
             self.observer.upstream_error(pool.name, exc.kind)
