@@ -197,7 +197,8 @@ class Supervisor:
             backend_argv += ["--metrics", str(vc.backend_metrics)]
         for name, argv, sock in (("vcrypto-host", host_argv, host_socket),
                                  ("vcrypto-engine-backend", backend_argv, self.backend_socket)):
-            child = _Child(name, argv)
+            child = _Child(name, argv, extra={"socket": sock})
+            _unlink_stale(sock)
             await self._start_child(child)
             self.daemons.append(child)
             await self._wait_socket(child, sock)
@@ -312,7 +313,16 @@ class Supervisor:
             _log.error_log.error("daemon_died", daemon=child.name, pid=child.process.pid, status=status)
             await trio.sleep(0.5)
             child.restarts += 1
+            sock = child.extra.get("socket")
+            if sock:
+                _unlink_stale(sock)  # a killed daemon leaves its socket file behind
             await self._start_child(child)
+            if sock:
+                try:
+                    await self._wait_socket(child, sock)
+                except SupervisorError as exc:
+                    _log.error_log.error("daemon_restart_failed", daemon=child.name, error=str(exc))
+                    continue
             _log.error_log.info("daemon_restarted", daemon=child.name, pid=child.process.pid)
 
     def _reload(self) -> None:
@@ -338,6 +348,13 @@ class Supervisor:
         for daemon in reversed(self.daemons):
             if daemon.process:
                 await _terminate([daemon.process], 5.0)
+
+
+def _unlink_stale(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 async def _terminate(processes: list[trio.Process], deadline_s: float) -> None:

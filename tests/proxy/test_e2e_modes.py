@@ -6,7 +6,9 @@ import json
 import os
 import socket
 import ssl
+import time
 
+from vcproxy.proxy.demo_upstream import expected_sha256
 from proxy_testkit import base_config, client_context, scrape, total
 
 
@@ -63,3 +65,33 @@ def test_tickets_resume_on_any_worker(start_proxy, certs, upstream):
     assert total(m, "vcproxy_tls_handshakes_total", result="ok", resumed="false") == 1
     # a resumed handshake signs nothing: one signature in all
     assert total(m, "vcproxy_crypto_ops_total", op="sign") == 1
+
+
+def test_vcrypto_daemon_crash_is_survived_and_restarted(start_proxy, certs, upstream):
+    """SIGKILL the engine-backend: traffic keeps flowing (the frontend runs requests
+    in-process, counted as fallbacks) and the supervisor restarts the daemon."""
+    proxy = start_proxy(base_config(upstream.address, certs["a"], workers=1, crypto={"provider": "vcrypto"}))
+    ready = proxy.wait_event("ready")
+    backend_pid = ready["daemons"]["vcrypto-engine-backend"]
+    ctx = client_context(certs["a"][0])
+    request = b"GET /bytes?n=200000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    reply, tls = tls_exchange(proxy.port, ctx, request)
+    tls.close()
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    os.kill(backend_pid, 9)
+    for _ in range(3):  # during and after the crash
+        reply, tls = tls_exchange(proxy.port, ctx, request)
+        tls.close()
+        body = reply.partition(b"\r\n\r\n")[2]
+        assert hashlib.sha256(body).hexdigest() == expected_sha256(200000)
+    event = proxy.wait_event("daemon_restarted", timeout_s=20)
+    assert event["daemon"] == "vcrypto-engine-backend" and event["pid"] != backend_pid
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # exported once a second by the worker
+        if total(scrape(proxy.metrics_url), "vcproxy_crypto_fallbacks_total") > 0:
+            break
+        time.sleep(0.2)
+    assert total(scrape(proxy.metrics_url), "vcproxy_crypto_fallbacks_total") > 0
+    reply, tls = tls_exchange(proxy.port, ctx, request)  # and after the restart
+    tls.close()
+    assert reply.startswith(b"HTTP/1.1 200 ")
