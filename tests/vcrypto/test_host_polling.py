@@ -56,3 +56,29 @@ async def test_notifications_per_request_under_a_saturating_burst(start_host):
     assert per_request < 0.05, delta
     # the host really batched: far fewer drained batches than requests
     assert delta["batches"] < n / 10, delta
+
+
+async def test_call_coalescing_wakes_a_sleeping_driver_once_per_batch(start_host):
+    """With a slow pool (4 in flight) completions trickle out; coalescing holds
+    the call until the burst is done, so the sleeping driver wakes ~once."""
+    from vcrypto.driver import DataOp
+    from vcrypto.shm.region import Region
+    host = start_host({"poll": {"mode": "doorbell", "coalesce_us": 2_000_000},
+                       "pool": {"resources": [{"name": "soft", "kind": "openssl",
+                                               "max_inflight": 4}]}})
+    async with await Driver.attach(host.socket_path) as drv:
+        sid = await drv.create_session(SessionParams(Op.AEAD_SEAL, Alg.AES_128_GCM, key=bytes(16)))
+        region = Region.create("burst", 64 * 1024)
+        h = await drv.register_region(region)
+        ops = [DataOp(sid, Op.AEAD_SEAL, src=h.buf(i * 1024, 256), dst=h.buf(i * 1024 + 300, 272),
+                      iv=h.buf(i * 1024 + 600, 12), token=i) for i in range(64)]
+        before = (await drv.stats())["device"]
+        q = drv.queues[0]
+        assert q.enqueue_burst(ops) == 64
+        got = 0
+        with trio.fail_after(30):
+            while got < 64:
+                await q.wait_used()
+                got += len(q.dequeue_burst())
+        after = (await drv.stats())["device"]
+    assert after["calls"] - before["calls"] <= 2, (before, after)

@@ -11,6 +11,7 @@ number, got 'fast'")``). Defaults live here, once, with their units::
       mode: doorbell         # doorbell | adaptive
       spin_us: 50            # adaptive: busy-poll this long after work before parking
       batch_threshold: 8     # adaptive: poll only after a drained batch this big
+      coalesce_us: 0         # hold a call up to this long while the batch still runs
     limits:
       max_devices: 64
       max_sessions_per_device: 1024
@@ -37,6 +38,7 @@ class PollConfig:
     mode: str = "doorbell"
     spin_us: float = 50.0
     batch_threshold: int = 8
+    coalesce_us: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

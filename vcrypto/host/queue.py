@@ -37,6 +37,7 @@ sent, polls (passes that checked the ring), sleeps (parks), requests, batches.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 
@@ -109,6 +110,9 @@ class DataQueue:
         self.poll = poll
         self.max_request_bytes = max_request_bytes
         self._released: list[tuple[int, int]] = []
+        self._call_from: int | None = None       # used.idx before the first unsignalled publish
+        self._call_deadline = math.inf
+        self._coalesce_s = poll.coalesce_us / 1e6
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.stopped = False
@@ -151,7 +155,7 @@ class DataQueue:
                     and time.monotonic() - last_work < spin_s:
                 await trio.lowlevel.checkpoint()
                 continue
-            # Park on the doorbell (or a completion).
+            # Park on the doorbell (or a completion, or a held call's deadline).
             self._wake = trio.Event()
             vq.device_enable_kicks()
             full_fence()          # store avail_event/flags before re-reading avail.idx
@@ -160,8 +164,10 @@ class DataQueue:
                 continue
             self.stats.sleeps += 1
             last_batch = 0
-            await self._wake.wait()
+            with trio.move_on_at(self._call_deadline):
+                await self._wake.wait()
             vq.device_disable_kicks()
+            self._maybe_call()
 
     async def _kick_watcher(self) -> None:
         fd = self.kick_fd
@@ -245,14 +251,41 @@ class DataQueue:
 
     def _publish(self) -> int:
         if not self._released:
+            self._maybe_call()
             return 0
         vq = self.vq
         released, self._released = self._released, []
         for head, written in released:
             vq.device_add_used(head, written)
-        old, new = vq.device_publish_used()
+        old, _new = vq.device_publish_used()
         full_fence()              # store used.idx before reading used_event/flags
-        if self.call_fd is not None and vq.device_should_call(old, new):
-            os.eventfd_write(self.call_fd, 1)
-            self.stats.calls += 1
+        if self._call_from is None:
+            self._call_from = old
+            self._call_deadline = time.monotonic() + self._coalesce_s
+        self._maybe_call()
         return len(released)
+
+    def _maybe_call(self) -> None:
+        """Signal the call eventfd for completions published since
+        ``_call_from`` if the driver asked for it (used_event / flags).
+
+        Interrupt coalescing (``poll.coalesce_us``): while other requests of
+        the queue are still running, the call is held until they finish or the
+        deadline passes, so a sleeping driver wakes once per batch rather than
+        once per early finisher. Published entries are visible at once; a
+        polling driver never waits for the call."""
+        start = self._call_from
+        if start is None:
+            return
+        vq = self.vq
+        if self.call_fd is None or not vq.device_should_call(start, vq.next_used):
+            # Not wanted now. A driver arming later re-checks used.idx itself.
+            self._call_from = None
+            self._call_deadline = math.inf
+            return
+        if self.reorder.in_flight and time.monotonic() < self._call_deadline:
+            return
+        os.eventfd_write(self.call_fd, 1)
+        self.stats.calls += 1
+        self._call_from = None
+        self._call_deadline = math.inf
