@@ -84,6 +84,7 @@ class BackendConfig:
     ring_quota: int = 32
     host_retry_s: float = 0.25
     backstop_s: float = 0.05
+    control_send_timeout_s: float = 1.0
 
 
 class _Frontend:
@@ -491,7 +492,9 @@ class Backend:
     def _send(self, fe: _Frontend, msg: dict, fds=()) -> None:
         data = _control.encode(msg)
         try:
-            fe.sock.setblocking(True)
+            # Replies are small; a frontend that stops reading must not stall
+            # the poll loop for long: bounded wait, then it is dropped.
+            fe.sock.settimeout(self.cfg.control_send_timeout_s)
             if fds:
                 socket.send_fds(fe.sock, [data[:1]], list(fds))
                 data = data[1:]

@@ -140,12 +140,13 @@ class _Attachment:
 class Frontend:
     def __init__(self, socket_path: str, *, reconnect_interval_s: float = 0.5,
                  linger_s: float = 1.0, attach_timeout_s: float = 2.0,
-                 backstop_s: float = 0.05):
+                 backstop_s: float = 0.05, control_timeout_s: float = 5.0):
         self.socket_path = socket_path
         self.reconnect_interval_s = reconnect_interval_s
         self.linger_s = linger_s
         self.attach_timeout_s = attach_timeout_s
         self.backstop_s = backstop_s
+        self.control_timeout_s = control_timeout_s
         self.stats = FrontendStats()
         self._att: _Attachment | None = None
         self._gen = 0
@@ -338,8 +339,12 @@ class Frontend:
         except (OSError, trio.ClosedResourceError) as exc:
             self.last_detach_reason = f"request send: {exc!r}"
             self._detach(att)
-        await slot[0].wait()
+        with trio.move_on_after(self.control_timeout_s):
+            await slot[0].wait()
         if slot[1] is None:
+            if att.alive:  # a backend that does not answer is as good as gone
+                self.last_detach_reason = f"no reply to {msg['t']!r} in {self.control_timeout_s}s"
+                self._detach(att)
             raise _Detached()
         return slot[1]
 
@@ -489,7 +494,10 @@ class Frontend:
         att = await self._current()
         if att is None:
             raise EngineUnavailable("not attached to an engine-backend")
-        return (await self._request(att, {"t": "stats"}))["stats"]
+        try:
+            return (await self._request(att, {"t": "stats"}))["stats"]
+        except _Detached:
+            raise EngineUnavailable("engine-backend went away") from None
 
     # -- requests --------------------------------------------------------------------------
 
