@@ -17,7 +17,7 @@ number, got 'fast'")``). Defaults live here, once, with their units::
       max_sessions_per_device: 1024
       max_queues: 4          # data queues per device
       max_queue_size: 1024
-      max_request_bytes: 1048576
+      max_request_bytes: 65536   # per request; bounds host memory: queue size x this
       max_mem_slots: 32
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Limits:
     max_sessions_per_device: int = 1024
     max_queues: int = 4
     max_queue_size: int = 1024
-    max_request_bytes: int = 1 << 20
+    max_request_bytes: int = 64 * 1024
     max_mem_slots: int = 32
 
 

@@ -25,6 +25,15 @@ When a pass finds nothing, the loop decides between polling and parking:
   spin; a trickle of single requests never spins, so idle CPU stays ≈ 0
   (notes/ipc-costs.md: spinning on 2 cores costs the proxy a third of a core).
 
+Calls: the used ring is published as soon as completions are released (a
+polling driver sees them at once); the call eventfd is signalled only when
+the driver asked (it is asleep). With ``poll.coalesce_us`` > 0 that call is
+held while other requests of the queue are still running, up to the bound,
+so a sleeping driver wakes once per batch instead of once per early
+finisher (interrupt coalescing; measured: 0.23 -> 0.09 notifications per
+request with a 4-slot pool, no effect when the pool runs the whole batch at
+once). Default 0: handshake ops should not wait behind a slow neighbour.
+
 Parking = enable kicks (clear used.flags NO_NOTIFY, write ``avail_event``),
 fence, re-check the avail ring (a request published between the last drain
 and the arm would otherwise never be kicked), then sleep until the kick
