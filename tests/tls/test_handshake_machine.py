@@ -3,7 +3,6 @@ PSK resumption and binders, 0-RTT refusal, and misuse errors."""
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 
@@ -13,7 +12,7 @@ from vcproxy.tls import AlertDescription as A
 from vcproxy.tls import TicketConfig, TLSError, TLSUsageError
 from vcproxy.tls import _codec as c
 from vcproxy.tls._handshake import (
-    Epoch, ExpectClientHello, HandshakeComplete, InstallKeys, KeyExchange, SendHandshake,
+    Epoch, ExpectClientHello, HandshakeComplete, InstallKeys, SendHandshake,
     ServerHandshake, Sign, SkipEarlyData,
 )
 from vcproxy.tls._keyschedule import SUITES, EarlySecret, finished_verify_data

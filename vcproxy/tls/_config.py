@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import ipaddress
 import os
 import threading
 import weakref
@@ -263,10 +262,3 @@ class ServerConfig:
                 return exact + wild
         return list(self.certificates)
 
-
-def is_ip_literal(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
