@@ -40,9 +40,14 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tcp_sessions_total": ("counter", ("listener", "result"), "tcp-mode sessions by result"),
     "upstream_errors_total": ("counter", ("upstream", "kind"), "upstream failures: connect, timeout, protocol, closed"),
     "crypto_ops_total": ("counter", ("op", "provider"),
-                         "crypto operations by op (ecdh, sign, aead_seal, aead_open) and where they ran"),
-    "crypto_fallbacks_total": ("counter", ("op", "reason"), "operations redone inline after the vcrypto provider failed"),
+                         "crypto operations (ecdh, sign, aead_seal, aead_open) by the provider they were handed "
+                         "to; records under the small-record threshold are sealed in-process: provider=inline"),
+    "crypto_fallbacks_total": ("counter", ("op", "reason"),
+                               "vcrypto work done in-process instead: engine away (op=any, "
+                               "reason=engine_unavailable), a failed op redone inline (reason=error type), "
+                               "engine unreachable at start (op=startup)"),
     "worker_restarts_total": ("counter", (), "worker processes restarted after they died (supervisor)"),
+    "daemon_restarts_total": ("counter", ("daemon",), "vcrypto daemons / demo upstream restarted after they died"),
     "config_reloads_total": ("counter", ("result",), "SIGHUP reloads by result (ok, error)"),
 }
 
@@ -63,7 +68,7 @@ class Metrics:
             return Histogram(full, doc, labels, buckets=LATENCY_BUCKETS_S)
 
         for name in METRICS_HELP:
-            if name != "worker_restarts_total":
+            if name not in ("worker_restarts_total", "daemon_restarts_total"):  # the supervisor's
                 setattr(self, name, make(name))
 
 

@@ -72,7 +72,7 @@ class _Child:
 
 
 class _RestartCollector:
-    """vcproxy_worker_restarts_total, read live at scrape time."""
+    """The supervisor's own counters (restarts), read live at scrape time."""
 
     def __init__(self, supervisor: "Supervisor") -> None:
         self.supervisor = supervisor
@@ -83,6 +83,11 @@ class _RestartCollector:
         fam = CounterMetricFamily("vcproxy_worker_restarts", "worker processes restarted after they died")
         fam.add_metric([], sum(w.restarts for w in self.supervisor.workers))
         yield fam
+        daemons = CounterMetricFamily("vcproxy_daemon_restarts", "vcrypto daemons / demo upstream restarted "
+                                      "after they died", labels=["daemon"])
+        for d in self.supervisor.daemons:
+            daemons.add_metric([d.name], d.restarts)
+        yield daemons
 
 
 class Supervisor:

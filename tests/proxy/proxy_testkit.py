@@ -10,7 +10,6 @@ import datetime
 import ipaddress
 import json
 import re
-import os
 import signal
 import socket
 import ssl

@@ -8,7 +8,6 @@ import socket
 import ssl
 import threading
 import time
-import urllib.request
 
 import pytest
 

@@ -91,7 +91,9 @@ def test_vcrypto_daemon_crash_is_survived_and_restarted(start_proxy, certs, upst
         if total(scrape(proxy.metrics_url), "vcproxy_crypto_fallbacks_total") > 0:
             break
         time.sleep(0.2)
-    assert total(scrape(proxy.metrics_url), "vcproxy_crypto_fallbacks_total") > 0
+    m = scrape(proxy.metrics_url)
+    assert total(m, "vcproxy_crypto_fallbacks_total") > 0
+    assert total(m, "vcproxy_daemon_restarts_total", daemon="vcrypto-engine-backend") == 1
     reply, tls = tls_exchange(proxy.port, ctx, request)  # and after the restart
     tls.close()
     assert reply.startswith(b"HTTP/1.1 200 ")

@@ -7,7 +7,6 @@ mutates one that open connections still read.
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from types import MappingProxyType
