@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
@@ -117,3 +118,28 @@ async def test_session_create_is_validated(start_host):
         [res] = await pool.run([Item(ids[0], Op.ECDH, Alg.X25519, pub)])
         assert res.status == vc.VIRTIO_CRYPTO_INVSESS
         assert (await drv.stats())["device"]["sessions"] == 3
+
+
+async def test_two_data_queues_and_direct_descriptors(start_host):
+    """Two data virtqueues served at once, one device without INDIRECT and
+    without EVENT_IDX (flags-based notification suppression)."""
+    host = start_host()
+    async with await Driver.attach(host.socket_path, queues=2, queue_size=64,
+                                   indirect=False, event_idx=False) as drv:
+        key = os.urandom(32)
+        sid = await drv.create_session(SessionParams(Op.AEAD_SEAL, Alg.CHACHA20_POLY1305, key=key))
+        pools = [await PayloadPool.create(drv, q) for q in range(2)]
+        assert drv.queues[0].capacity == 64 // 6
+        items = [[Item(sid, Op.AEAD_SEAL, Alg.CHACHA20_POLY1305, os.urandom(100 + i), os.urandom(12))
+                  for i in range(40)] for _ in range(2)]
+        results: list = [None, None]
+
+        async def run(q):
+            results[q] = await pools[q].run(items[q])
+
+        async with trio.open_nursery() as nursery:
+            for q in range(2):
+                nursery.start_soon(run, q)
+        for q in range(2):
+            for item, res in zip(items[q], results[q]):
+                assert res.ok and res.data == ChaCha20Poly1305(key).encrypt(item.iv, item.src, None)
