@@ -1,6 +1,7 @@
 """ops/s per operation through ``vcrypto-host`` vs `cryptography` in-process.
 
-    .venv/bin/python bench/host_ops.py [--seconds 1.0] [--window 64] [--config host.yaml]
+    .venv/bin/python bench/host_ops.py [--seconds 1.0] [--window 64] [--pool openssl|workers]
+                                       [--config host.yaml]
 
 Starts a real ``vcrypto-host`` subprocess on a temporary unix socket, attaches
 the poll-mode driver, and for each op runs requests through the host with
@@ -131,10 +132,12 @@ async def main_async(args) -> None:
         config = args.config
         if config is None:
             config = os.path.join(tmp, "host.yaml")
-            Path(config).write_text(
-                "poll: {mode: adaptive, spin_us: 2000}\n"
-                "pool:\n  resources:\n    - {name: soft, kind: openssl, max_inflight: %d}\n"
-                % args.window)
+            if args.pool == "workers":
+                resource = "{name: procs, kind: workers, processes: 2}"
+            else:
+                resource = "{name: soft, kind: openssl, max_inflight: %d}" % args.window
+            Path(config).write_text("poll: {mode: adaptive, spin_us: 2000}\n"
+                                    "pool:\n  resources:\n    - %s\n" % resource)
         cmd += ["--config", config]
         proc = subprocess.Popen(cmd, cwd=ROOT)
         try:
@@ -156,7 +159,8 @@ async def main_async(args) -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
-    print(f"window={args.window} seconds/op={args.seconds} config={args.config or 'default'}")
+    print(f"window={args.window} seconds/op={args.seconds} "
+          f"config={args.config or 'default, pool=' + args.pool}")
     print(f"{'op':30} {'host ops/s':>11} {'direct ops/s':>13} {'ratio':>7} "
           f"{'notif/req':>9} {'host CPU us/req':>15}")
     for label, h, d, ratio, notes, cpu in rows:
@@ -167,7 +171,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--window", type=int, default=64)
-    ap.add_argument("--config", help="host YAML config (default: adaptive poll, one openssl resource)")
+    ap.add_argument("--config", help="host YAML config (default: adaptive poll, one resource)")
+    ap.add_argument("--pool", choices=["openssl", "workers"], default="openssl",
+                    help="resource of the default config: in-process openssl, or 2 worker processes")
     args = ap.parse_args(argv)
     trio.run(main_async, args)
     return 0
