@@ -171,3 +171,12 @@ def test_reference_lists_every_key():
                 "`limits.max_header_bytes`", "`crypto.small_record_threshold_bytes`", "`vcrypto.pool`"):
         assert key in text
     assert cli.main(["config-reference"]) == 0
+
+
+def test_config_readme_tables_are_current():
+    """config/README.md carries the generated reference tables; regenerate them when the schema changes."""
+    from vcproxy.metrics import help_table
+
+    text = (REPO / "config" / "README.md").read_text()
+    assert "<!-- config-reference:begin -->\n" + reference() + "<!-- config-reference:end -->" in text
+    assert "<!-- metrics-reference:begin -->\n" + help_table() + "<!-- metrics-reference:end -->" in text
