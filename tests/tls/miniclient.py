@@ -111,10 +111,11 @@ class MiniClient:
             self.hs_buf += data
 
     async def handshake(self, ch: bytes | None = None, *, after_hello=None, bad_finished=False,
-                        ccs_before_finished=False) -> dict:
+                        ccs_before_finished=False, fragment: int = 1 << 14) -> dict:
         ch = ch or client_hello(share=self.share)
         self.transcript.update(ch)
-        await self.send_plain(22, ch)
+        for i in range(0, len(ch), fragment):
+            await self.send_plain(22, ch[i:i + fragment])
         if after_hello is not None:
             await after_hello(self)
         sh = await self.message()

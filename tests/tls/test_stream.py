@@ -376,3 +376,26 @@ async def test_python_ssl_resumption_in_memory(config):
     server2, client2 = await connect(client1.obj.session)
     assert server2.resumed and client2.obj.session_reused
     assert server2.named_group == "x25519"  # psk_dhe_ke: still a fresh key exchange
+
+
+async def test_client_hello_split_over_records(config):
+    server, _, client = pair(config)
+    await handshake(server, client, fragment=50)
+    await client.send_app(b"ok")
+    assert await server.receive_some() == b"ok"
+
+
+async def test_handshake_bytes_left_at_key_change_are_refused(config):
+    async def send(cl):
+        # ClientHello and the start of another message in one record
+        await cl.send_plain(22, client_hello(share=cl.share) + b"\x14\x00")
+    server, _, client = pair(config)
+    await expect_alert(server, client, send, A.unexpected_message)
+
+
+async def test_empty_application_records_are_allowed(config):
+    server, _, client = pair(config)
+    await handshake(server, client)
+    await client.send_app(b"")
+    await client.send_app(b"x")
+    assert await server.receive_some() == b"x"

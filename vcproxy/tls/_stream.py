@@ -213,6 +213,10 @@ class TLSStream(trio.abc.Stream):
     async def _handshake(self) -> None:
         while self._state is _State.HANDSHAKING:
             epoch, message = await self._next_handshake_message()
+            if epoch is Epoch.INITIAL and (self._hs_messages or self._reassembler.pending):
+                # RFC 8446 §5.1: keys change after a ClientHello, so nothing may
+                # follow it in its record. Refused before anything is sent.
+                raise UnexpectedMessage("data after the ClientHello in its record")
             self._got_client_hello = True
             await self._execute(self._hs.receive_message(epoch, message))
         await self._flush()
