@@ -17,6 +17,7 @@ request is not a device error: it gets an error status in its own inhdr.
 """
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -66,10 +67,20 @@ def host_cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+class VringState(enum.Enum):
+    """A vring is configured (NUM/ADDR/BASE/CALL) while STOPPED; SET_VRING_KICK
+    starts it (RUNNING); GET_VRING_BASE stops it again (vhost-user spec:
+    "stop ring upon receiving VHOST_USER_GET_VRING_BASE")."""
+
+    STOPPED = "stopped"
+    RUNNING = "running"
+
+
 class _Vring:
-    __slots__ = ("num", "addr", "base", "kick_fd", "call_fd", "queue", "cancel", "done")
+    __slots__ = ("state", "num", "addr", "base", "kick_fd", "call_fd", "queue", "cancel", "done")
 
     def __init__(self) -> None:
+        self.state = VringState.STOPPED
         self.num = 0
         self.addr: vu.VringAddr | None = None
         self.base = 0
@@ -250,7 +261,7 @@ class Device:
         regions = vu.parse_mem_table(msg.payload)
         if len(regions) != len(msg.fds):
             raise DeviceError(f"SET_MEM_TABLE: {len(regions)} regions but {len(msg.fds)} fds")
-        if any(r.queue is not None for r in self.vrings.values()):
+        if any(r.state is VringState.RUNNING for r in self.vrings.values()):
             raise DeviceError("SET_MEM_TABLE while vrings are running")
         self.mem.clear()
         for region, fd in zip(regions, msg.fds):
@@ -269,7 +280,7 @@ class Device:
         if index >= self.config.limits.max_queues:
             raise DeviceError(f"vring {index} >= max_queues {self.config.limits.max_queues}")
         ring = self.vrings.setdefault(index, _Vring())
-        if stopped and ring.queue is not None:
+        if stopped and ring.state is VringState.RUNNING:
             raise DeviceError(f"vring {index} reconfigured while running")
         return ring
 
@@ -290,7 +301,7 @@ class Device:
         if req is R.SET_VRING_CALL:
             _close_fd(ring.call_fd)
             ring.call_fd = fd
-            if ring.queue is not None:
+            if ring.state is VringState.RUNNING:
                 ring.queue.call_fd = fd
             return None
         # SET_VRING_KICK: (re)start the ring.
@@ -321,6 +332,7 @@ class Device:
             max_request_bytes=self.config.limits.max_request_bytes)
         ring.cancel = trio.CancelScope()
         ring.done = trio.Event()
+        ring.state = VringState.RUNNING
         self._nursery.start_soon(self._run_ring, ring, ring.queue, ring.cancel, ring.done)
 
     async def _run_ring(self, ring: _Vring, queue: DataQueue, cancel: trio.CancelScope,
@@ -340,12 +352,13 @@ class Device:
             done.set()
 
     def _stop_ring(self, ring: _Vring) -> None:
-        if ring.queue is None:
+        if ring.state is VringState.STOPPED:
             return
         ring.base = ring.queue.vq.last_avail
         ring.queue.stop()
         ring.cancel.cancel()
         ring.queue = None
+        ring.state = VringState.STOPPED
 
     # -- sessions -------------------------------------------------------------------
 
