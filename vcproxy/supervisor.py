@@ -337,6 +337,8 @@ class Supervisor:
         except ConfigError as exc:
             _log.error_log.error("reload_rejected", problems=exc.problems)
             return
+        if config.workers != len(self.workers):
+            _log.error_log.warning("reload_partial", problem="workers changed: restart to apply")
         self.config = config
         self._write_ticket_keys(rotate=True)
         for child in self.workers:

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from vcproxy.proxy.demo_upstream import expected_sha256
-from proxy_testkit import base_config, client_context, scrape, total
+from proxy_testkit import base_config, client_context, closed_port, scrape, total
 
 
 def unverified() -> ssl.SSLContext:
@@ -72,14 +72,35 @@ def test_sighup_reloads_certificate_without_dropping_a_download(start_proxy, cer
     assert result["cert"] == cert_der(certs["a"][0])  # the open connection kept its certificate
 
 
-def test_sighup_with_a_broken_config_keeps_serving(start_proxy, certs, upstream):
+def test_sighup_reloads_routes_and_rejects_a_broken_config(start_proxy, certs, upstream):
     config = base_config(upstream.address, certs["a"])
     proxy = start_proxy(config)
+    ctx = client_context(certs["a"][0])
+
+    def status(path: str) -> int:
+        conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=ctx, timeout=10)
+        conn.request("GET", path)
+        code = conn.getresponse().status
+        conn.close()
+        return code
+
+    keepalive = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=ctx, timeout=10)
+    keepalive.request("GET", "/health")
+    assert keepalive.getresponse().read() == b"ok\n"
+    assert status("/gone/x") == 404  # the demo origin has no /gone
+    config["upstreams"]["dead"] = {"servers": [f"127.0.0.1:{closed_port()}"], "retries": 0}
+    config["routes"].append({"path_prefix": "/gone", "upstream": "dead"})
+    proxy.write_config(config)
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_event("reloaded")
+    assert status("/gone/x") == 502 and status("/health") == 200  # the new route is live
+    keepalive.request("GET", "/health")  # the open connection survived the reload
+    assert keepalive.getresponse().read() == b"ok\n"
     proxy.config_path.write_text("listeners: [{port: 'nope'}]\n")
     proxy.signal(signal.SIGHUP)
     event = proxy.wait_event("reload_rejected")
     assert ["listeners[0].port", "expected int, got str"] in event["problems"]
-    assert peer_cert_der(proxy.port) == cert_der(certs["a"][0])
+    assert status("/gone/x") == 502 and peer_cert_der(proxy.port) == cert_der(certs["a"][0])
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(start_proxy, certs, upstream):
