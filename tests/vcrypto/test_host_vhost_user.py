@@ -112,9 +112,22 @@ async def test_qemu_shaped_frontend(start_host):
         while vq.avail_event != 1:          # parked again: avail_event kept written
             await trio.sleep(0.01)
 
+    await send(R.GET_VRING_BASE, vu.vring_state(0, 0))       # stops the ring
+    assert vu.parse_vring_state(await reply(R.GET_VRING_BASE)) == (0, 1)
+    # restart it where it stopped (guest driver reload) and serve again
+    await send(R.SET_VRING_BASE, vu.vring_state(0, 1))
+    await send(R.SET_VRING_KICK, vu.u64(0), fds=[kick])
+    vq.driver_add(5)
+    vq.driver_publish()
+    os.eventfd_write(kick, 1)
+    with trio.fail_after(10):
+        while vq.driver_pending_used() == 0:
+            await trio.sleep(0.01)
+    assert vq.driver_pop_used() == (5, 98)
+
     await send(R.CLOSE_CRYPTO_SESSION, vu.u64(sid))          # no reply expected
     await send(R.GET_VRING_BASE, vu.vring_state(0, 0))
-    assert vu.parse_vring_state(await reply(R.GET_VRING_BASE)) == (0, 1)
+    assert vu.parse_vring_state(await reply(R.GET_VRING_BASE)) == (0, 2)
     vq.release()
     sock.close()
     os.close(kick)
