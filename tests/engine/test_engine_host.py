@@ -77,3 +77,18 @@ async def test_every_op_family_through_the_host(host_and_backend):
     assert dev["requests"] >= fe.stats.submitted  # the host ran them
     assert stats["device_sessions"] == len(stats["sessions"])
     await fe.aclose()
+
+
+async def test_off_curve_peer_key_is_redone_in_process_not_a_fallback(host_and_backend):
+    """The host reports bad input as virtio ERR; the frontend redoes it
+    in-process for the authoritative answer (INVALID), counted apart from
+    engine-away fallbacks."""
+    _host, backend = host_and_backend
+    fe = Frontend(backend.socket_path)
+    await fe.start()
+    h = await fe.open_session(SessionMeta(Op.ECDH, Alg.SECP256R1))
+    bad_point = b"\x04" + b"\x01" * 64  # right size and form, not on the curve
+    [(st, _)] = await fe.run(h, [(bad_point, b"", b"")])
+    assert st is SlotStatus.INVALID
+    assert fe.stats.redone_requests == 1 and fe.stats.fallback_requests == 0
+    await fe.aclose()

@@ -152,8 +152,9 @@ class SlotStatus(enum.IntEnum):
     BAD_MESSAGE = 2     # AEAD tag mismatch
     INVALID = 3         # bad input (peer key not on the curve, lengths)
     NOT_SUPPORTED = 4
-    DEVICE_ERROR = 5    # the device could not run it: redo in-process
+    DEVICE_ERROR = 5    # the device reported a failure (virtio ERR): redo in-process
     BAD_REQUEST = 6     # the slot itself was malformed (a frontend bug)
+    DEVICE_LOST = 7     # the backend has no device (host down or lost): redo in-process
 
 
 class LayoutError(Exception):

@@ -42,7 +42,7 @@ entry is removed and the device session closed. A frontend that disconnects
 drops all its references; its region is freed once its in-flight requests
 are done.
 
-Device loss: every in-flight request completes with DEVICE_ERROR (the
+Device loss: every in-flight request completes with DEVICE_LOST (the
 frontend redoes it in-process), ``device_up`` is cleared (frontends compute
 in-process meanwhile), and the loop retries the attach every
 ``host_retry_s``; on success, regions are re-registered, ``device_up`` set,
@@ -270,7 +270,7 @@ class Backend:
             sess.device_sid = None
         # Every request taken from a ring is in _tokens (batched or at the
         # device): all of them go back to their frontends for in-process redo.
-        failed = [(tok, SlotStatus.DEVICE_ERROR, 0) for tok in self._tokens]
+        failed = [(tok, SlotStatus.DEVICE_LOST, 0) for tok in self._tokens]
         self._batch.clear()
         self.stats.device_errors += len(failed)
         self._complete(failed)
@@ -340,7 +340,7 @@ class Backend:
         self.stats.queue_ns_sum += max(0, now_ns - req.submit_ns)
         if self.device is None:
             self.stats.device_errors += 1
-            self._complete([(token, SlotStatus.DEVICE_ERROR, 0)])
+            self._complete([(token, SlotStatus.DEVICE_LOST, 0)])
             return
         try:
             dsid = self._device_sid(sess)

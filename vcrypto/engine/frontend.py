@@ -73,7 +73,8 @@ class FrontendStats:
     opdone_waits: int = 0        # times a task suspended on its opdone
     waiter_wakes: int = 0        # eventfd wake-ups of the waiter
     doorbells: int = 0           # doorbell writes (backend was asleep)
-    fallback_requests: int = 0   # requests computed in-process
+    fallback_requests: int = 0   # computed in-process: engine away (detached, device down)
+    redone_requests: int = 0     # device reported ERR: redone in-process for the real answer
     attaches: int = 0
     detaches: int = 0
     local_hits: int = 0          # session found in the local handle table
@@ -501,8 +502,11 @@ class Frontend:
 
     # -- requests --------------------------------------------------------------------------
 
-    def _inline(self, h: EngineSession, item: Item) -> Result:
-        self.stats.fallback_requests += 1
+    def _inline(self, h: EngineSession, item: Item, redo: bool = False) -> Result:
+        if redo:
+            self.stats.redone_requests += 1
+        else:
+            self.stats.fallback_requests += 1
         src, iv, aad = item
         try:
             return SlotStatus.OK, h.inline().perform(src, iv, aad)
@@ -546,8 +550,10 @@ class Frontend:
             pending.pop(0)
             for k, slot in zip(group, slots):
                 status, out = region.result(slot)
-                if status in (SlotStatus.PENDING, SlotStatus.DEVICE_ERROR):
+                if status in (SlotStatus.PENDING, SlotStatus.DEVICE_LOST):
                     results[k] = self._inline(h, items[k])
+                elif status is SlotStatus.DEVICE_ERROR:
+                    results[k] = self._inline(h, items[k], redo=True)
                 else:
                     results[k] = (status, out)
             if att.alive:
