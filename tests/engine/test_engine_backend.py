@@ -132,3 +132,34 @@ async def test_256k_send_all_is_one_opdone_one_suspension(host_and_backend):
     # 256 KiB = 16 full records: one seal_many, one opdone, one suspension.
     assert deltas == {"opdones": 1, "waits": 1, "records": 16}, deltas
     await provider.aclose()
+
+
+async def test_poll_mode_under_load_then_sleeps_at_idle(tmp_path):
+    """With a poll budget the backend polls while arrivals are dense (frontends
+    then need almost no doorbells) and still parks once work stops."""
+    d = engine_daemons.backend(tmp_path, extra=["--poll-budget-us", "3000"]).start()
+    try:
+        fe = Frontend(d.socket_path)
+        await fe.start()
+        h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(16)))
+        item = (b"x" * 256, b"n" * 12, b"")
+
+        async def worker():
+            for _ in range(40):
+                await fe.run(h, [item] * 16)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as n:
+                for _ in range(8):
+                    n.start_soon(worker)
+        busy = await fe.backend_stats()
+        assert busy["poll_passes"] > 0
+        assert fe.stats.doorbells < fe.stats.opdones  # not one doorbell per batch
+        await trio.sleep(0.5)
+        idle0 = await fe.backend_stats()
+        await trio.sleep(1.0)
+        idle1 = await fe.backend_stats()
+        assert idle1["poll_passes"] - idle0["poll_passes"] < 50  # no dead loop at idle
+        await fe.aclose()
+    finally:
+        d.stop()

@@ -150,6 +150,7 @@ class Backend:
         self._next_token = 1
         self._to_wake: set[_Frontend] = set()
         self._last_work = 0.0
+        self._last_drained = 0
         self._running = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -201,9 +202,15 @@ class Backend:
             self._sleep(timeout)
 
     def _should_poll(self, now: float) -> bool:
+        """High load = many requests in flight at the device (completions are
+        coming) or the last drain pass took many requests (arrivals are
+        dense): then the next work is likely within the budget and a sleep
+        plus doorbell would cost more than it saves (§8a, QAT's heuristic)."""
         budget = self.cfg.poll_budget_us / 1e6
-        return (budget > 0 and now - self._last_work < budget
-                and len(self._tokens) >= self.cfg.poll_inflight_threshold)
+        if budget <= 0 or now - self._last_work >= budget:
+            return False
+        threshold = self.cfg.poll_inflight_threshold
+        return len(self._tokens) >= threshold or self._last_drained >= threshold
 
     def _sleep(self, timeout: float | None) -> None:
         sh = self.shared
@@ -286,6 +293,8 @@ class Backend:
 
     def _work_pass(self) -> bool:
         n = self._drain_rings()
+        if n:
+            self._last_drained = n
         if self._batch and (len(self._batch) >= self.cfg.batch_max
                             or time.monotonic() >= self._batch_deadline):
             self._flush()
