@@ -10,7 +10,11 @@ Public surface (everything else is private):
   handshake is done.
 - ``CryptoProvider`` / ``AeadSession`` / ``SigningKey``: the seam where key
   exchange, signatures and record AEAD run (see ``_provider``), with
-  ``InlineProvider`` (``cryptography`` in-process).
+  ``InlineProvider`` (``cryptography`` in-process) and helpers for other
+  providers (``key_type_of``, ``SCHEMES_BY_KEY_TYPE``, ``load_private_key_pem``,
+  ``inline_sign``).
+- ``TLSStream.write(data)``: queue bytes without I/O so the next ``send_all``
+  puts them in the same record (headers + body leave together).
 - ``TLSError`` (carries ``.alert``), ``TLSPeerError`` (the peer's fault),
   ``TLSAlertReceived``, ``TLSLocalError`` (ours), ``TLSUsageError`` (misuse).
 
@@ -33,12 +37,24 @@ from ._errors import (
     TLSPeerError,
     TLSUsageError,
 )
-from ._provider import AeadItem, AeadSession, CryptoProvider, InlineProvider, SigningKey
+from ._handshake import HandshakeInfo
+from ._provider import (
+    SCHEMES_BY_KEY_TYPE,
+    AeadItem,
+    AeadSession,
+    CryptoProvider,
+    InlineProvider,
+    SigningKey,
+    inline_sign,
+    key_type_of,
+    load_private_key_pem,
+)
 from ._stream import TLSStream
 
 __all__ = [
-    "AeadItem", "AeadSession", "AlertDescription", "BadRecordMac", "CertificateEntry",
-    "CryptoProvider", "CryptoProviderError", "DecodeError", "HandshakeTimeout",
-    "IllegalParameter", "InlineProvider", "ServerConfig", "SigningKey", "TLSAlertReceived",
-    "TLSError", "TLSLocalError", "TLSPeerError", "TLSStream", "TLSUsageError", "TicketConfig",
+    "SCHEMES_BY_KEY_TYPE", "AeadItem", "AeadSession", "AlertDescription", "BadRecordMac",
+    "CertificateEntry", "CryptoProvider", "CryptoProviderError", "DecodeError",
+    "HandshakeInfo", "HandshakeTimeout", "IllegalParameter", "InlineProvider", "ServerConfig",
+    "SigningKey", "TLSAlertReceived", "TLSError", "TLSLocalError", "TLSPeerError", "TLSStream",
+    "TLSUsageError", "TicketConfig", "inline_sign", "key_type_of", "load_private_key_pem",
 ]

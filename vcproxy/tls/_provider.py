@@ -45,6 +45,10 @@ The seam, and why each shape is what it is:
 
 ``CryptoProvider.random_bytes(n)``
     Server random, HRR cookies, ticket nonces. Default: ``os.urandom``.
+
+Providers must stay hashable and weak-referenceable (the default for a
+class): ``CertificateEntry`` caches each provider's ``SigningKey`` in a
+``WeakKeyDictionary``.
 """
 from __future__ import annotations
 
