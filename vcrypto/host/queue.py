@@ -168,7 +168,7 @@ class DataQueue:
             self._wake = trio.Event()
             vq.device_enable_kicks()
             full_fence()          # store avail_event/flags before re-reading avail.idx
-            if vq.device_pending_avail() or self._released:
+            if self._drain_budget() > 0 or self._released:
                 vq.device_disable_kicks()
                 continue
             self.stats.sleeps += 1
@@ -195,13 +195,23 @@ class DataQueue:
 
     # -- avail side ----------------------------------------------------------
 
+    def _drain_budget(self) -> int:
+        """Heads to pop now: published ones, but never more in flight than the
+        queue size. A well-behaved driver cannot exceed that (each in-flight
+        chain holds its head); a hostile one that republishes heads without
+        consuming the used ring would otherwise grow the host's work without
+        bound."""
+        pending = self.vq.device_pending_avail()
+        if pending > self.vq.num:
+            raise QueueBroken(f"queue {self.index}: avail.idx is {pending} ahead "
+                              f"(size {self.vq.num})")
+        return min(pending, self.vq.num - self.reorder.in_flight)
+
     def _drain(self) -> int:
         vq = self.vq
-        pending = vq.device_pending_avail()
-        if pending == 0:
+        pending = self._drain_budget()
+        if pending <= 0:
             return 0
-        if pending > vq.num:
-            raise QueueBroken(f"queue {self.index}: avail.idx is {pending} ahead (size {vq.num})")
         for _ in range(pending):
             head = vq.device_pop_avail()
             seq = self.reorder.admit()
