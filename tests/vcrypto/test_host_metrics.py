@@ -42,3 +42,5 @@ async def test_metrics_endpoint(start_host):
         _value(text, f"vcrypto_host_{name}_total")
     assert _value(text, "vcrypto_host_cpu_seconds_total") > 0
     assert "vcrypto_host_pool_resource_" in text, text
+    assert _value(text, 'vcrypto_host_batch_size_bucket{le="+Inf"}') >= 1
+    assert _value(text, "vcrypto_host_batch_size_sum") == 6

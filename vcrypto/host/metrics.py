@@ -7,6 +7,7 @@ Exported families (all prefixed ``vcrypto_host_``):
   ``requests_total``, ``batches_total``, ``chain_errors_total``,
   ``resource_faults_total``: summed over live and closed devices;
 - ``completions_total{op,alg,status}``;
+- ``batch_size`` (histogram): requests per drained avail batch (batch fill);
 - ``cpu_seconds_total``: the host process's CPU time (user + system);
 - ``pool_*``: the scheduler's ``stats()`` (a ``PoolStats``), per resource
   where it has per-resource fields: every numeric field becomes a gauge
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from vcrypto.host.device import host_cpu_seconds
@@ -58,6 +59,13 @@ class HostCollector(Collector):
         for (op, alg, status), n in sorted(total.by_op.items()):
             comp.add_metric([op, alg, status], n)
         yield comp
+        buckets, cumulative = [], 0
+        for bound, n in zip(DeviceStats.BATCH_BUCKETS, total.batch_counts):
+            cumulative += n
+            buckets.append((str(bound), cumulative))
+        buckets.append(("+Inf", cumulative))
+        yield HistogramMetricFamily("vcrypto_host_batch_size", "requests per drained avail batch",
+                                    buckets=buckets, sum_value=total.batch_sum)
         yield CounterMetricFamily("vcrypto_host_cpu_seconds", "host process CPU time",
                                   value=host_cpu_seconds())
         stats = host.scheduler.stats() if hasattr(host.scheduler, "stats") else None

@@ -81,9 +81,14 @@ class DeviceStats:
     FIELDS = ("kicks", "calls", "polls", "sleeps", "requests", "batches", "chain_errors",
               "resource_faults")
 
+    #: upper bounds of the drained-batch-size histogram buckets
+    BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 32768)
+
     def __init__(self) -> None:
         for f in self.FIELDS:
             setattr(self, f, 0)
+        self.batch_counts = [0] * len(self.BATCH_BUCKETS)   # non-cumulative
+        self.batch_sum = 0
         #: (op, alg, status name) -> count
         self.by_op: dict[tuple[str, str, str], int] = {}
 
@@ -96,9 +101,19 @@ class DeviceStats:
         d["by_op"] = {"/".join(k): v for k, v in self.by_op.items()}
         return d
 
+    def count_batch(self, size: int) -> None:
+        self.batches += 1
+        self.batch_sum += size
+        for i, bound in enumerate(self.BATCH_BUCKETS):
+            if size <= bound:
+                self.batch_counts[i] += 1
+                return
+
     def add(self, other: DeviceStats) -> None:
         for f in self.FIELDS:
             setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.batch_counts = [a + b for a, b in zip(self.batch_counts, other.batch_counts)]
+        self.batch_sum += other.batch_sum
         for k, v in other.by_op.items():
             self.by_op[k] = self.by_op.get(k, 0) + v
 
@@ -232,7 +247,7 @@ class DataQueue:
                 self._complete(seq, head, req.finish(req.error_status))
                 continue
             self._nursery.start_soon(self._execute, req, seq, head)
-        self.stats.batches += 1
+        self.stats.count_batch(pending)
         return pending
 
     async def _execute(self, req: Request, seq: int, head: int) -> None:
