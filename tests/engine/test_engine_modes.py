@@ -1,0 +1,62 @@
+"""Keyless signing through the engine, and start-up without a backend."""
+from __future__ import annotations
+
+import os
+
+import trio
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+import engine_daemons
+import tls_support
+from vcproxy.tls import CertificateEntry, ServerConfig
+from vcproxy.vcrypto_provider import VcryptoProvider
+from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine.frontend import Frontend
+from vcrypto.ops import Alg, Op
+
+
+async def test_keyless_tls_handshake_worker_never_holds_the_key(tmp_path):
+    cert, key = tls_support.self_signed()
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "site.pem").write_bytes(key)
+    (tmp_path / "host.yaml").write_text(f"keys_dir: {keys}\n")
+    host = engine_daemons.host(tmp_path, config=str(tmp_path / "host.yaml")).start()
+    backend = engine_daemons.backend(tmp_path, host_socket=host.socket_path).start()
+    try:
+        provider = VcryptoProvider(backend.socket_path)
+        cfg = ServerConfig([CertificateEntry.from_pem(cert, b"", key_ref="site")],
+                           handshake_timeout_s=10)
+        with trio.fail_after(30):
+            async with tls_support.echo_server(cfg, provider) as (port, errors):
+                got = await trio.to_thread.run_sync(tls_support.client_exchange, port, cert, [b"k"])
+        assert got == [b"echo:k"] and errors == []
+        st = await provider.frontend.backend_stats()
+        assert any(k.startswith("sign/ecdsa_secp256r1_sha256/ok")
+                   for k in st["device_stats"]["device"]["by_op"])
+        await provider.aclose()
+    finally:
+        backend.stop()
+        host.stop()
+
+
+async def test_unreachable_at_start_runs_in_process_then_attaches(tmp_path):
+    d = engine_daemons.backend(tmp_path)
+    fe = Frontend(d.socket_path, reconnect_interval_s=0.05)
+    assert not await fe.start()
+    key = os.urandom(16)
+    h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, key))
+    item = (b"data", b"n" * 12, b"")
+    want = AESGCM(key).encrypt(b"n" * 12, b"data", None)
+    assert await fe.run(h, [item]) == [(SlotStatus.OK, want)]
+    assert fe.stats.fallback_requests == 1 and fe.stats.submitted == 0
+    d.start()
+    try:
+        with trio.fail_after(10):
+            while fe.stats.submitted == 0:
+                assert await fe.run(h, [item]) == [(SlotStatus.OK, want)]
+                await trio.sleep(0.02)
+        assert fe.attached
+        await fe.aclose()
+    finally:
+        d.stop()
