@@ -133,3 +133,19 @@ async def test_python_ssl_with_verification(test_certs, ca_file, tls_provider):
         version, alpn, got = await trio.to_thread.run_sync(client, run.port)
     assert (version, alpn) == ("TLSv1.3", "http/1.1")
     assert got.startswith(b"echo:") and got.count(b"x") == 40000
+
+
+async def test_openssl_tls12_only_client_gets_protocol_version_alert(test_certs, ca_file,
+                                                                     tls_provider):
+    config = server_config([test_certs["ecdsa-p256"]])
+    async with tls_server(config, tls_provider) as run:
+        argv = [a for a in s_client_argv(run.port, ca_file) if a != "-tls1_3"] + ["-tls1_2"]
+        with trio.fail_after(20):
+            proc = await trio.run_process(argv, stdin=b"", capture_stdout=True,
+                                          capture_stderr=True, check=False)
+        while not run.errors:
+            await trio.sleep(0.01)
+    out = (proc.stdout + proc.stderr).decode(errors="replace")
+    assert proc.returncode != 0
+    assert "alert protocol version" in out, out
+    assert run.errors[0].alert == 70
