@@ -222,7 +222,7 @@ def _inline_key_exchange(group: str, peer_public: bytes) -> tuple[bytes, bytes]:
             shared = priv.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
         except ValueError as exc:  # all-zero shared secret (small-order point)
             raise IllegalParameter(f"x25519 key share rejected: {exc}") from exc
-        return priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), shared
+        return priv.public_key().public_bytes_raw(), shared
     curve = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1}.get(group)
     if curve is None:
         raise CryptoProviderError(f"unsupported group {group!r}")
