@@ -97,3 +97,25 @@ def test_vcrypto_daemon_crash_is_survived_and_restarted(start_proxy, certs, upst
     reply, tls = tls_exchange(proxy.port, ctx, request)  # and after the restart
     tls.close()
     assert reply.startswith(b"HTTP/1.1 200 ")
+
+
+def test_tls_fault_after_handshake_is_a_quiet_close(start_proxy, certs, upstream):
+    """A forged record after the handshake: the server closes that connection (bad_record_mac)
+    without treating it as a bug, and keeps serving."""
+    proxy = start_proxy(base_config(upstream.address, certs["a"]))
+    ctx = client_context(certs["a"][0])
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    tls = ctx.wrap_socket(raw, server_hostname="localhost")
+    forged = socket.socket(fileno=os.dup(tls.fileno()))
+    forged.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))  # application_data record, wrong tag
+    forged.close()
+    try:
+        while tls.recv(65536):
+            pass
+    except (ssl.SSLError, OSError):
+        pass  # the server's alert, then the close
+    tls.close()
+    reply, tls = tls_exchange(proxy.port, ctx, b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    tls.close()
+    assert reply.endswith(b"ok\n")
+    assert [e for e in proxy.events() if e["event"] == "connection_failed"] == []

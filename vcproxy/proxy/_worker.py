@@ -22,6 +22,7 @@ import os
 import signal
 import socket as stdsocket
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,36 @@ class CountingStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class TLSErrorsAsBroken(trio.abc.Stream):
+    """A TLS failure after the handshake (bad record, alert) is, to the proxy cores,
+    just a broken transport: re-raise it as ``trio.BrokenResourceError`` (as
+    ``trio.SSLStream`` does) so the HTTP/TCP cores never import the TLS stack."""
+
+    def __init__(self, tls: TLSStream) -> None:
+        self.tls = tls
+
+    async def send_all(self, data) -> None:
+        try:
+            await self.tls.send_all(data)
+        except TLSError as exc:
+            raise trio.BrokenResourceError(f"TLS: {exc}") from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.tls.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        try:
+            return await self.tls.receive_some(max_bytes)
+        except TLSError as exc:
+            raise trio.BrokenResourceError(f"TLS: {exc}") from exc
+
+    async def aclose(self) -> None:
+        try:
+            await self.tls.aclose()
+        except TLSError:
+            pass
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,6 +259,9 @@ class Worker:
                 await HttpProxyConnection(stream, conn, rt.http, self.observer).serve()
             else:
                 await serve_tcp(stream, conn, rt.tcp_pool, rt.config.limits.idle_timeout_s, rt.name, self.observer)
+        except Exception as exc:  # noqa: BLE001 - one connection's bug must not take the worker down
+            _log.error_log.error("connection_failed", listener=rt.name, client=addr[0],
+                                 error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         finally:
             if stream is not None:
                 await _close(stream)
@@ -235,7 +269,7 @@ class Worker:
             active.dec()
             self.limit.release()
 
-    async def _handshake(self, raw: trio.abc.Stream, rt: ListenerRuntime) -> TLSStream | None:
+    async def _handshake(self, raw: trio.abc.Stream, rt: ListenerRuntime) -> trio.abc.Stream | None:
         m = metrics()
         tls = TLSStream(raw, rt.tls, self.provider)
         started = time.monotonic()
@@ -258,7 +292,7 @@ class Worker:
         m.tls_handshake_seconds.labels(rt.name).observe(time.monotonic() - started)
         m.tls_handshakes_total.labels(rt.name, "ok", tls.version or "", tls.cipher_suite or "",
                                       "true" if tls.resumed else "false").inc()
-        return tls
+        return TLSErrorsAsBroken(tls)
 
     # ------------------------------------------------------------ signals
 
