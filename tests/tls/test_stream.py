@@ -293,6 +293,7 @@ async def test_client_key_update_requested_and_batch_fallback(config):
     assert got == b"onetwo"
     await server.send_all(b"reply")
     assert await client.recv_app() == b"reply"  # read under the server's updated key
+    assert client.key_updates_received == 1     # the owed KeyUpdate went first
 
 
 async def test_bad_record_mac_after_handshake(config):

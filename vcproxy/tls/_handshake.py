@@ -166,8 +166,13 @@ class ServerHandshake:
     def signature_done(self, signature: bytes) -> list[Command]:
         return self._run(lambda: self.state.on_signature(self, signature))
 
+    @property
+    def key_update_owed(self) -> bool:
+        """The peer requested a KeyUpdate: send one before the next application data."""
+        return self.state.owe_key_update
+
     def initiate_key_update(self) -> list[Command]:
-        """Update our sending keys (server-initiated KeyUpdate)."""
+        """Update our sending keys (server-initiated, or the one we owe the peer)."""
         return self._run(lambda: self.state.update_write_keys(self, request_peer=False))
 
     def send_ccs_once(self, ch: c.ClientHello) -> None:
@@ -183,6 +188,8 @@ class ServerHandshake:
 
 class State:
     expects = "nothing"
+    #: The peer asked for a KeyUpdate we have not sent yet (only ``Connected``).
+    owe_key_update = False
 
     def _unexpected(self, got: str) -> UnexpectedMessage:
         return UnexpectedMessage(f"{type(self).__name__}: expected {self.expects}, got {got}")
@@ -418,7 +425,7 @@ class Connected(State):
     """Application data flows. Post-handshake, the client may only send KeyUpdate."""
 
     expects = "KeyUpdate"
-    __slots__ = ("proof", "suite", "client_secret", "server_secret")
+    __slots__ = ("proof", "suite", "client_secret", "server_secret", "owe_key_update")
 
     def __init__(self, proof: FinishedVerified, suite: CipherSuite, client_secret: bytes,
                  server_secret: bytes):
@@ -426,6 +433,7 @@ class Connected(State):
             raise TLSUsageError("Connected requires FinishedVerified")
         self.proof, self.suite = proof, suite
         self.client_secret, self.server_secret = client_secret, server_secret
+        self.owe_key_update = False
 
     def handle(self, hs: ServerHandshake, epoch: Epoch, message: bytes) -> State:
         if message[0] != c.KEY_UPDATE:
@@ -434,11 +442,14 @@ class Connected(State):
         self.client_secret = next_traffic_secret(self.suite, self.client_secret)
         hs.emit(InstallKeys("read", Epoch.APPLICATION, self.suite, self.client_secret))
         if request:
-            # RFC 8446 §4.6.3: answer with our own KeyUpdate, update_not_requested.
-            return self.update_write_keys(hs, request_peer=False)
+            # RFC 8446 §4.6.3: we owe a KeyUpdate(update_not_requested) "prior to
+            # sending [our] next Application Data record". The sender pays it, so
+            # the reading side never waits on the writing side.
+            self.owe_key_update = True
         return self
 
     def update_write_keys(self, hs: ServerHandshake, request_peer: bool) -> State:
+        self.owe_key_update = False
         hs.emit(SendHandshake(Epoch.APPLICATION, c.key_update(request_peer)))
         self.server_secret = next_traffic_secret(self.suite, self.server_secret)
         hs.emit(InstallKeys("write", Epoch.APPLICATION, self.suite, self.server_secret))

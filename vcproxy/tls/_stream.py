@@ -26,7 +26,8 @@ buffered records in one ``open_many`` batch; if the batch fails (a KeyUpdate
 inside it switched keys, or a bad record) it reopens record by record, which
 either applies the key change or raises ``BadRecordMac`` at the bad one.
 After ``key_update_after_records`` records under one key, the server sends a
-KeyUpdate and switches its write key.
+KeyUpdate and switches its write key; a KeyUpdate the client requested is sent
+before our next application data (RFC 8446 §4.6.3), by the sending task.
 
 State: HANDSHAKING → OPEN → CLOSED, or BROKEN after a failure. A TLS failure
 raises the ``TLSError`` (with its alert); a peer fault first sends our alert,
@@ -317,7 +318,11 @@ class TLSStream(trio.abc.Stream):
     async def _seal_records(self, content_type: int, data: bytes) -> None:
         """Seal ``data`` into full records under the write key, into ``_wire_out``."""
         frag = self._max_fragment
-        limit = self.config.key_update_after_records if content_type == APPLICATION_DATA else 0
+        limit = 0
+        if content_type == APPLICATION_DATA:
+            limit = self.config.key_update_after_records
+            if self._hs.key_update_owed:
+                await self._execute(self._hs.initiate_key_update())
         items = []
         for pos in range(0, len(data), frag):
             if limit and self._write.seq >= limit:
@@ -489,11 +494,11 @@ class TLSStream(trio.abc.Stream):
             raise UnexpectedMessage(f"protected record of content type {content_type}")
 
     async def _post_handshake(self) -> None:
-        async with self._send_lock:
-            while self._hs_messages:
-                epoch, message = self._hs_messages.popleft()
-                await self._execute(self._hs.receive_message(epoch, message))
-            await self._flush()
+        # Only read keys change here (a KeyUpdate we owe is sent by the next
+        # send_all), so receiving never waits for a blocked sender.
+        while self._hs_messages:
+            epoch, message = self._hs_messages.popleft()
+            await self._execute(self._hs.receive_message(epoch, message))
 
     # ---- failure ------------------------------------------------------------
 
