@@ -60,3 +60,31 @@ async def test_unreachable_at_start_runs_in_process_then_attaches(tmp_path):
         await fe.aclose()
     finally:
         d.stop()
+
+
+async def test_session_the_host_refuses_runs_in_process(tmp_path):
+    """A host without the capability answers NOTSUPP: the frontend redoes
+    those requests in-process (counted) and the client sees correct results."""
+    (tmp_path / "host.yaml").write_text(
+        "pool:\n  resources:\n    - name: ossl\n      kind: openssl\n"
+        "      capabilities: ['aead_seal:*', 'aead_open:*', 'sign:*']\n")
+    host = engine_daemons.host(tmp_path, config=str(tmp_path / "host.yaml")).start()
+    backend = engine_daemons.backend(tmp_path, host_socket=host.socket_path).start()
+    try:
+        fe = Frontend(backend.socket_path)
+        await fe.start()
+        from cryptography.hazmat.primitives.asymmetric import x25519
+        h = await fe.open_session(SessionMeta(Op.ECDH, Alg.X25519))
+        for _ in range(3):
+            peer = x25519.X25519PrivateKey.generate()
+            [(st, out)] = await fe.run(h, [(peer.public_key().public_bytes_raw(), b"", b"")])
+            assert st is SlotStatus.OK
+            own, shared = out[:32], out[32:]
+            assert peer.exchange(x25519.X25519PublicKey.from_public_bytes(own)) == shared
+        # the first NOTSUPP is redone in-process; the session then stays local
+        assert fe.stats.redone_requests == 1 and fe.stats.fallback_requests == 2
+        assert fe.stats.backend_opens == 1
+        await fe.aclose()
+    finally:
+        backend.stop()
+        host.stop()

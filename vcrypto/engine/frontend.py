@@ -86,7 +86,7 @@ class EngineSession:
     """A frontend's handle on a session (see the module docstring)."""
 
     __slots__ = ("meta", "canonical", "md5", "local_refs", "idle_since", "sid", "gen",
-                 "lock", "_inline")
+                 "rejected_gen", "lock", "_inline")
 
     def __init__(self, meta: SessionMeta):
         self.meta = meta
@@ -96,6 +96,7 @@ class EngineSession:
         self.idle_since = 0.0
         self.sid = 0
         self.gen = -1       # attachment generation the sid belongs to
+        self.rejected_gen = -1  # attachment whose device refused this session
         self.lock = trio.Lock()
         self._inline: InlineSession | None = None
 
@@ -520,10 +521,16 @@ class Frontend:
         in-process when the engine cannot take them (counted).
         """
         att = await self._current()
-        if att is not None and att.shared.device_up:
+        if att is not None and att.shared.device_up and h.rejected_gen != att.gen:
             try:
                 await self._sid(att, h)
             except _Detached:
+                att = None
+            except EngineUnavailable:
+                # The device refused the session (a capability it lacks, a
+                # key it rejects): this session runs in-process (per-op
+                # fallback) until the next attach, without asking again.
+                h.rejected_gen = att.gen
                 att = None
         else:
             att = None
@@ -552,8 +559,12 @@ class Frontend:
                 status, out = region.result(slot)
                 if status in (SlotStatus.PENDING, SlotStatus.DEVICE_LOST):
                     results[k] = self._inline(h, items[k])
-                elif status is SlotStatus.DEVICE_ERROR:
+                elif status in (SlotStatus.DEVICE_ERROR, SlotStatus.NOT_SUPPORTED):
+                    # The device failed it or cannot do it: in-process gives the
+                    # authoritative answer (a per-op fallback, counted apart).
                     results[k] = self._inline(h, items[k], redo=True)
+                    if status is SlotStatus.NOT_SUPPORTED:
+                        h.rejected_gen = att.gen  # do not offer it again this attach
                 else:
                     results[k] = (status, out)
             if att.alive:
