@@ -400,3 +400,16 @@ async def test_empty_application_records_are_allowed(config):
     await client.send_app(b"")
     await client.send_app(b"x")
     assert await server.receive_some() == b"x"
+
+
+async def test_records_under_old_key_after_key_update_are_refused(config):
+    server, _, client = pair(config)
+    await handshake(server, client)
+    await client.send_app(b"one")
+    await client.send_protected(22, c.key_update(False))  # ... but keeps the old key
+    await client.send_app(b"two")
+    await client.stream.send_eof()
+    with pytest.raises(TLSError) as info:
+        while True:
+            await server.receive_some()
+    assert info.value.alert in (A.unexpected_message, A.bad_record_mac)

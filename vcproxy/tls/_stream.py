@@ -386,9 +386,14 @@ class TLSStream(trio.abc.Stream):
                 self._peer_closed = True
             return
         if len(records) > 1 and all(r[0] == APPLICATION_DATA for r in records):
+            read = self._read
             inners = await self._open_batch(records)
             if inners is not None:
                 for inner in inners:
+                    if self._read is not read:
+                        # A KeyUpdate came mid-batch, yet later records opened
+                        # under the old key: the peer did not switch.
+                        raise UnexpectedMessage("records under the old key after a KeyUpdate")
                     self._on_plaintext(*split_inner(inner))
                     if self._hs_messages:
                         await self._post_handshake()
