@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config-reference", help="print every config key with type, default and meaning (Markdown)")
     sub.add_parser("metrics-reference", help="print every exported metric (Markdown)")
 
-    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker = sub.add_parser("worker", help="(internal) one worker process, as the supervisor starts it")
     worker.add_argument("--config", required=True)
     worker.add_argument("--index", type=int, default=0)
     worker.add_argument("--port", action="append", default=[], help="LISTENER_INDEX=PORT")
