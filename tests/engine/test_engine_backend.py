@@ -163,3 +163,23 @@ async def test_poll_mode_under_load_then_sleeps_at_idle(tmp_path):
         await fe.aclose()
     finally:
         d.stop()
+
+
+async def test_garbage_control_messages_close_only_that_connection(local_backend):
+    import socket as pysocket
+
+    fe = Frontend(local_backend.socket_path)
+    await fe.start()
+    h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, b"k" * 16))
+    for junk in (b"\xff\xff\xff\x7f", (5).to_bytes(4, "little") + b"notjs",
+                 (9).to_bytes(4, "little") + b'{"t":"x"}',
+                 (12).to_bytes(4, "little") + b'{"t":"open"}'):
+        s = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(local_backend.socket_path)
+        s.sendall(junk)
+        assert s.recv(100) == b""  # closed by the backend
+        s.close()
+    [(st, _)] = await fe.run(h, [(b"still", b"n" * 12, b"")])
+    assert st is SlotStatus.OK and fe.stats.fallback_requests == 0
+    await fe.aclose()

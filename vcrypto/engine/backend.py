@@ -61,7 +61,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from vcrypto.shm.region import Region
+from vcrypto.shm.region import Region, RegionError
 from vcrypto.shm.ring import full_fence
 
 from . import _control
@@ -151,6 +151,7 @@ class Backend:
         self._to_wake: set[_Frontend] = set()
         self._last_work = 0.0
         self._last_drained = 0
+        self._unavailable_logged = False
         self._running = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -246,8 +247,13 @@ class Backend:
                     dev.register_region(fe.fid, fe.shm)
         except DeviceError as exc:
             self._next_retry = time.monotonic() + self.cfg.host_retry_s
-            print(f"engine-backend: device unavailable: {exc}", file=sys.stderr, flush=True)
+            if not self._unavailable_logged:  # once per outage, not per retry
+                self._unavailable_logged = True
+                print(f"engine-backend: device unavailable (retrying every "
+                      f"{self.cfg.host_retry_s}s): {exc}", file=sys.stderr, flush=True)
             return
+        self._unavailable_logged = False
+        print("engine-backend: device attached", file=sys.stderr, flush=True)
         self.device = dev
         self._epoch += 1
         self.stats.device_attaches += 1
@@ -490,7 +496,8 @@ class Backend:
             for msg in msgs:
                 self._on_message(fe, msg, fds)
                 fds = []
-        except (_control.ControlProtocolError, LayoutError, KeyError, ValueError, TypeError) as exc:
+        except (_control.ControlProtocolError, LayoutError, KeyError, ValueError, TypeError,
+                RegionError, OSError) as exc:
             print(f"engine-backend: frontend {fe.fid}: bad control message: {exc!r}",
                   file=sys.stderr)
             self._drop_frontend(fe)
