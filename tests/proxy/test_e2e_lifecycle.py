@@ -52,7 +52,7 @@ def test_sighup_reloads_certificate_without_dropping_a_download(start_proxy, cer
         started.set()
         while piece := response.read(256 * 1024):
             h.update(piece)
-            time.sleep(0.01)  # a slow reader: the download spans the reload
+            time.sleep(0.02)  # a slow reader: the download spans the reload
         result["sha"] = h.hexdigest()
         result["cert"] = conn.sock.getpeercert(binary_form=True)
         conn.close()
