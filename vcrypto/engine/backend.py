@@ -69,6 +69,7 @@ from ._device import Device, DeviceError, DeviceRequest, LocalDevice, SessionRej
 from ._layout import (BadSlotError, CacheGeometry, FrontendRegion, Geometry, LayoutError,
                       SessionMeta, SharedRegion, SlotStatus)
 from ._metrics import BackendStats
+from ._sessions import Session, SessionTable
 
 
 @dataclasses.dataclass
@@ -101,20 +102,6 @@ class _Frontend:
         self.alive = True
 
 
-class _Session:
-    __slots__ = ("sid", "meta", "canonical", "md5", "refs", "device_sid", "epoch", "cached")
-
-    def __init__(self, sid: int, meta: SessionMeta, canonical: bytes):
-        self.sid = sid
-        self.meta = meta
-        self.canonical = canonical
-        self.md5 = meta.digest()
-        self.refs = 0
-        self.device_sid: int | None = None
-        self.epoch = -1
-        self.cached = False
-
-
 class Backend:
     def __init__(self, cfg: BackendConfig, device_factory: Callable[[], Device]):
         self.cfg = cfg
@@ -141,9 +128,7 @@ class Backend:
         self._order: list[_Frontend] = []
         self._rr = 0
         self._next_fid = 1
-        self._sessions: dict[int, _Session] = {}
-        self._by_meta: dict[bytes, _Session] = {}
-        self._next_sid = 1
+        self.sessions = SessionTable(self.shared, self.stats)
         self._batch: list[DeviceRequest] = []
         self._batch_deadline = 0.0
         self._tokens: dict[int, tuple] = {}
@@ -279,8 +264,7 @@ class Backend:
                 dev.close()
             except Exception as close_exc:  # noqa: BLE001 - best effort on a dead device
                 print(f"engine-backend: closing device: {close_exc!r}", file=sys.stderr)
-        for sess in self._sessions.values():
-            sess.device_sid = None
+        self.sessions.forget_device()
         # Every request taken from a ring is in _tokens (batched or at the
         # device): all of them go back to their frontends for in-process redo.
         failed = [(tok, SlotStatus.DEVICE_LOST, 0) for tok in self._tokens]
@@ -289,7 +273,7 @@ class Backend:
         self._complete(failed)
         self._next_retry = time.monotonic() + self.cfg.host_retry_s
 
-    def _device_sid(self, sess: _Session) -> int:
+    def _device_sid(self, sess: Session) -> int:
         if sess.device_sid is None or sess.epoch != self._epoch:
             sess.device_sid = self.device.create_session(sess.meta)
             sess.epoch = self._epoch
@@ -341,14 +325,14 @@ class Backend:
             self.stats.bad_requests += 1
             self._finish_bad(fe, i, exc.opdone, SlotStatus.BAD_REQUEST)
             return
-        sess = self._sessions.get(req.session_id)
+        sess = self.sessions.get(req.session_id)
         if sess is None or sess.meta.op is not req.op or sess.meta.alg is not req.alg:
             self.stats.bad_requests += 1
             self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
             return
         token = self._next_token
         self._next_token += 1
-        sess.refs += 1
+        self.sessions.ref(None, sess)
         fe.inflight += 1
         self.stats.inflight_by_op[req.op] += 1
         self._tokens[token] = (fe, req, sess, now_ns)
@@ -534,15 +518,14 @@ class Backend:
             meta = SessionMeta.from_canonical(bytes.fromhex(msg["meta"]))
             self._send(fe, self._open(fe, meta) | {"t": "reply", "id": rid})
         elif t == "acquire":
-            sess = self._sessions.get(int(msg["sid"]))
-            if sess is not None and sess.md5.hex() == msg["md5"]:
-                self._ref(fe, sess)
-                self.stats.cache_hits += 1
+            sess = self.sessions.acquire(int(msg["sid"]), str(msg["md5"]))
+            if sess is not None:
+                self.sessions.ref(fe.refs, sess)
                 self._send(fe, {"t": "reply", "id": rid, "ok": True, "sid": sess.sid})
             else:
                 self._send(fe, {"t": "reply", "id": rid, "ok": False, "kind": "stale"})
         elif t == "release":
-            sess = self._sessions.get(int(msg["sid"]))
+            sess = self.sessions.get(int(msg["sid"]))
             if sess is not None and fe.refs.get(sess.sid, 0) > 0:
                 fe.refs[sess.sid] -= 1
                 self._unref(sess)
@@ -575,40 +558,25 @@ class Backend:
 
     def _open(self, fe: _Frontend, meta: SessionMeta) -> dict:
         canonical = meta.canonical()
-        sess = self._by_meta.get(canonical)
+        sess = self.sessions.find(canonical)
         if sess is not None:
-            self.stats.cache_hits += 1
-            self._ref(fe, sess)
+            self.sessions.ref(fe.refs, sess)
             return {"ok": True, "sid": sess.sid, "hit": True}
-        sess = _Session(self._next_sid, meta, canonical)
+        sess = self.sessions.new(meta, canonical)
         if self.device is not None:
             try:
-                self._device_sid(sess)
+                self._device_sid(sess)  # validated at create (§8a: strict session protocol)
             except SessionRejected as exc:
                 return {"ok": False, "kind": "rejected", "detail": str(exc)}
             except DeviceError as exc:
                 self._device_failed(exc)
-        self._next_sid += 1
-        self.stats.cache_misses += 1
-        self._sessions[sess.sid] = sess
-        self._by_meta[canonical] = sess
-        sess.cached = self.shared.insert(canonical, sess.sid)
-        self._ref(fe, sess)
+        self.sessions.add(sess)
+        self.sessions.ref(fe.refs, sess)
         return {"ok": True, "sid": sess.sid, "hit": False}
 
-    def _ref(self, fe: _Frontend, sess: _Session) -> None:
-        sess.refs += 1
-        fe.refs[sess.sid] = fe.refs.get(sess.sid, 0) + 1
-
-    def _unref(self, sess: _Session) -> None:
-        sess.refs -= 1
-        if sess.refs > 0:
+    def _unref(self, sess: Session) -> None:
+        if not self.sessions.unref(sess):
             return
-        self.stats.sessions_destroyed += 1
-        if sess.cached:
-            self.shared.remove(sess.canonical, sess.sid)
-        self._sessions.pop(sess.sid, None)
-        self._by_meta.pop(sess.canonical, None)
         if sess.device_sid is not None and self.device is not None and sess.epoch == self._epoch:
             try:
                 self.device.close_session(sess.device_sid)
@@ -632,7 +600,7 @@ class Backend:
             fe.efd = -1
         self._frontends.pop(fe.fid, None)
         for sid, n in list(fe.refs.items()):
-            sess = self._sessions.get(sid)
+            sess = self.sessions.get(sid)
             for _ in range(n):
                 if sess is not None:
                     self._unref(sess)
@@ -657,7 +625,7 @@ class Backend:
     def snapshot(self) -> dict:
         return {
             **self.stats.as_dict(),
-            "sessions": {str(s.sid): s.refs for s in self._sessions.values()},
+            "sessions": self.sessions.refcounts(),
             "cache_entries": self.shared.live_entries(),
             "device_up": self.device is not None,
             "device_sessions": self.device.session_count if self.device is not None else 0,
@@ -724,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         mhost, _, mport = args.metrics.rpartition(":")
         reg = CollectorRegistry()
         reg.register(BackendCollector(backend.stats, lambda: {
-            "sessions": len(backend._sessions), "frontends": len(backend._frontends)}))
+            "sessions": len(backend.sessions), "frontends": len(backend._frontends)}))
         httpd, _thread = start_http_server(int(mport), addr=mhost or "127.0.0.1", registry=reg)
         print(f"metrics on {mhost or '127.0.0.1'}:{httpd.server_port}", file=sys.stderr, flush=True)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
