@@ -196,6 +196,16 @@ class HostDevice(Device):
                           else "vcrypto-host sent an unsolicited message")
 
     @property
+    def kicks(self) -> int:
+        """Doorbells we rang at the host (it was asleep)."""
+        return self._q.kicks
+
+    @property
+    def calls(self) -> int:
+        """Notifications the host sent us (we were asleep)."""
+        return self._q.calls
+
+    @property
     def session_count(self) -> int:
         return self._sessions
 

@@ -634,6 +634,21 @@ class Backend:
             "device_stats": self._device_stats(),
         }
 
+    def gauges(self) -> dict[str, float]:
+        """Live values for the metrics endpoint (read at scrape time, from the
+        exporter thread: plain reads of ints the loop owns)."""
+        st = self.stats
+        looked_up = st.cache_hits + st.cache_misses
+        dev = self.device
+        return {
+            "sessions": len(self.sessions),
+            "frontends": len(self._frontends),
+            "device_up": 1 if dev is not None else 0,
+            "cache_hit_ratio": st.cache_hits / looked_up if looked_up else 0.0,
+            "host_kicks": getattr(dev, "kicks", 0),
+            "host_calls": getattr(dev, "calls", 0),
+        }
+
     def _device_stats(self) -> dict | None:
         """The host's own counters (vendor GET_STATS), when a host is attached."""
         stats = getattr(self.device, "stats", None)
@@ -691,8 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         from ._metrics import BackendCollector
         mhost, _, mport = args.metrics.rpartition(":")
         reg = CollectorRegistry()
-        reg.register(BackendCollector(backend.stats, lambda: {
-            "sessions": len(backend.sessions), "frontends": len(backend._frontends)}))
+        reg.register(BackendCollector(backend.stats, backend.gauges))
         httpd, _thread = start_http_server(int(mport), addr=mhost or "127.0.0.1", registry=reg)
         print(f"metrics on {mhost or '127.0.0.1'}:{httpd.server_port}", file=sys.stderr, flush=True)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
