@@ -220,3 +220,27 @@ def scrape(url: str) -> dict[tuple[str, frozenset], float]:
 def total(samples, name: str, **labels) -> float:
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def worker_pids(proxy: Proxy) -> list[int]:
+    """The supervisor's live worker processes (from /proc: children running `vcproxy worker`)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == proxy.proc.pid and b"worker" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")

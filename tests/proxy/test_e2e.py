@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 
 from vcproxy.proxy.demo_upstream import expected_sha256
-from proxy_testkit import Proxy, base_config, client_context, closed_port
+from proxy_testkit import Proxy, base_config, client_context, closed_port, peak_rss_bytes, worker_pids
 
 CURL_TIMEOUT_S = 120
 
@@ -134,7 +134,11 @@ SIZES = [1024, 64 * 1024, 1024 * 1024, 8 * 1024 * 1024, 64 * 1024 * 1024]
 
 
 def test_uploads_and_downloads_match_sha256(proxy, ctx, tmp_path):
-    """Random payloads 1 KiB..64 MiB each way, both framings; ~220 MiB through TLS in all."""
+    """Random payloads 1 KiB..64 MiB each way, both framings; ~300 MiB through TLS in all.
+    Bodies stream: no worker's peak memory grows by anything near the 64 MiB payload."""
+    workers = worker_pids(proxy)
+    assert len(workers) == 2
+    peak_before = {pid: peak_rss_bytes(pid) for pid in workers}
     moved = 0
     conn = https(proxy.port, ctx, timeout_s=120)
     for size in SIZES[:-1]:
@@ -168,6 +172,8 @@ def test_uploads_and_downloads_match_sha256(proxy, ctx, tmp_path):
     assert hashlib.sha256(echoed.read_bytes()).hexdigest() == hashlib.sha256(payload).hexdigest()
     moved += 2 * big
     assert moved > 200 * 1024 * 1024
+    for pid in workers:
+        assert peak_rss_bytes(pid) - peak_before[pid] < 16 * 1024 * 1024
 
 
 def test_502_when_the_upstream_is_down(proxy, ctx):
