@@ -156,3 +156,23 @@ async def test_context_manager_lets_the_body_error_through_and_closes(autojump_c
         async with Scheduler([SimulatedResource("b")]):
             await trio.sleep_forever()
     assert scope.cancelled_caught
+
+
+async def test_waiting_jobs_get_slots_in_arrival_order(autojump_clock):
+    r = SimulatedResource("one", max_inflight=1, parallelism=1, default_latency_us=1000)
+    done: list[int] = []
+    async with Scheduler([r]) as scheduler:
+        async def one(i):
+            case = seal_case(i)
+            case.check(await scheduler.submit(case.job))
+            done.append(i)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(one, i)
+                await trio.sleep(0.00001)      # arrive one after another
+        stats = scheduler.stats()
+    assert done == list(range(40))
+    assert r.max_seen_inflight == 1
+    # Each job waited once and was woken only when granted its slot.
+    assert stats.waits == 39

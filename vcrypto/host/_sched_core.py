@@ -242,6 +242,13 @@ class SchedulerCore:
     def unhealthy(self) -> list[str]:
         return [e.spec.name for e in self._order if not e.healthy]
 
+    def size_class(self, src_len: int) -> int:
+        """Jobs of one capability and size class get the same answer from
+        ``pick`` (when no retry excludes a resource)."""
+        if self.size_routing is None:
+            return 0
+        return 1 if src_len <= self.size_routing.max_bytes else 2
+
     def inflight(self, name: str) -> int:
         return self._entries[name].stats.inflight
 

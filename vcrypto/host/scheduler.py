@@ -8,11 +8,12 @@ job should run, and:
 
 - on ``Run``: calls ``resource.execute(job)`` inside ``trio.move_on_after
   (timeout_s)``; a hang becomes a timeout, i.e. a resource fault;
-- on ``Wait``: blocks on the "pool changed" event (a slot freed, a resource
-  re-admitted) and asks again. Back-pressure is an await, never a spin. A
-  wait because every capable resource is unhealthy is bounded by
-  ``timeout_s``; a wait for a free slot is not (slots free when jobs finish
-  or time out);
+- on ``Wait``: joins the line of waiting jobs of its kind. When a slot frees
+  or a resource is re-admitted, ``_notify`` grants slots to waiting jobs in
+  arrival order and wakes only those (no thundering herd). Back-pressure is
+  an await, never a spin. A wait because every capable resource is
+  unhealthy is bounded by ``timeout_s``; a wait for a free slot is not
+  (slots free when jobs finish or time out);
 - on ``NO_CAPABLE``: raises ``NoCapableResource``, a
   ``CryptoOpError(NOT_SUPPORTED)``.
 
@@ -50,6 +51,19 @@ __all__ = ["Scheduler", "RetryPolicy", "NoCapableResource", "JobFailed"]
 log = logging.getLogger("vcrypto.host.scheduler")
 
 
+class _Waiter:
+    """A job waiting for a slot; ``run`` is set when ``_notify`` grants one."""
+
+    __slots__ = ("job", "tried", "t0", "event", "run")
+
+    def __init__(self, job: CryptoJob, tried: list[str], t0: float):
+        self.job = job
+        self.tried = tried
+        self.t0 = t0
+        self.event = trio.Event()
+        self.run: Run | None = None
+
+
 class NoCapableResource(CryptoOpError):
     """No resource in the pool can run this (op, algorithm)."""
 
@@ -85,8 +99,8 @@ class Scheduler:
             groups=groups, policy=policy, failover=failover, size_routing=size_routing,
             unhealthy_after_faults=unhealthy_after_faults)
         self.retry = retry
-        self._changed = trio.Event()
-        self._waiting = 0          # tasks blocked in _acquire (wake them only if any)
+        # Jobs waiting for a slot: one line (arrival-ordered dict) per kind.
+        self._lines: dict[tuple, dict[_Waiter, None]] = {}
         self._nursery_cm = None
         self._nursery: trio.Nursery | None = None
         self._started: list[Resource] = []
@@ -169,14 +183,15 @@ class Scheduler:
                         f"last: {last_fault}")
 
     async def _acquire(self, job: CryptoJob, tried: list[str]) -> Run:
+        """A resource slot for ``job``: at once, or after waiting in line."""
         core = self.core
         t0 = trio.current_time()
-        unhealthy_deadline = math.inf
+        unhealthy_deadline: float | None = None
         while True:
             decision = core.pick(job.capability, len(job.src), tried)
+            now = trio.current_time()
             if isinstance(decision, Run):
-                core.started(decision, job.op, retry=bool(tried),
-                             queue_wait_s=trio.current_time() - t0)
+                core.started(decision, job.op, retry=bool(tried), queue_wait_s=now - t0)
                 return decision
             if decision is NO_CAPABLE:
                 core.not_supported()
@@ -184,28 +199,70 @@ class Scheduler:
                                         f"{job.op.value}/{job.alg.value}")
             assert isinstance(decision, Wait)
             core.waited()
+            wait_until = now + self.retry.timeout_s
             if decision.reason == "unhealthy":
-                if unhealthy_deadline == math.inf:
-                    unhealthy_deadline = trio.current_time() + self.retry.timeout_s
+                # Bounded: only a probe can end this wait.
+                if unhealthy_deadline is None:
+                    unhealthy_deadline = now + self.retry.timeout_s
+                if now >= unhealthy_deadline:
+                    core.job_failed()
+                    raise JobFailed(f"{job.op.value}/{job.alg.value}: every capable resource "
+                                    f"is unhealthy (waited {self.retry.timeout_s} s)")
+                wait_until = unhealthy_deadline
             else:
-                unhealthy_deadline = math.inf
-            changed = self._changed
-            self._waiting += 1
-            try:
-                with trio.move_on_at(unhealthy_deadline):
-                    await changed.wait()
-            finally:
-                self._waiting -= 1
-            if trio.current_time() >= unhealthy_deadline:
-                core.job_failed()
-                raise JobFailed(f"{job.op.value}/{job.alg.value}: every capable resource "
-                                f"is unhealthy (waited {self.retry.timeout_s} s)")
+                unhealthy_deadline = None
+            run = await self._wait_in_line(_Waiter(job, tried, t0), wait_until)
+            if run is not None:
+                return run
+            # Not granted by wait_until: look again (health may have changed).
+
+    async def _wait_in_line(self, waiter: _Waiter, deadline: float) -> Run | None:
+        """Queue behind the other waiting jobs of the same kind until
+        ``_notify`` grants this one a slot, or ``deadline`` passes."""
+        job = waiter.job
+        key = (job.capability, self.core.size_class(len(job.src)), bool(waiter.tried))
+        line = self._lines.setdefault(key, {})
+        line[waiter] = None
+        returned = False
+        try:
+            with trio.move_on_at(deadline):
+                await waiter.event.wait()
+            returned = True
+            return waiter.run
+        finally:
+            line.pop(waiter, None)
+            if not line and self._lines.get(key) is line:
+                del self._lines[key]
+            if waiter.run is not None and not returned:
+                # Cancelled after being granted a slot: give it back.
+                self.core.finished(waiter.run.resource, job.op, Outcome.CANCELLED)
+                self._notify()
 
     def _notify(self) -> None:
-        """Wake every task waiting for a slot or a healthy resource."""
-        if self._waiting:
-            self._changed.set()
-            self._changed = trio.Event()
+        """A slot freed or a resource came back: grant slots to waiting jobs.
+
+        Waiting jobs stand in one line per kind (capability, size class,
+        retry or not): jobs of one kind get the same answer from the core, so
+        each line is served from its head, in arrival order, until the core
+        says wait. Only granted jobs are woken (no thundering herd), and the
+        cost is one ``pick`` per line plus one per grant, however long the
+        lines are."""
+        if not self._lines:
+            return
+        core = self.core
+        now = trio.current_time()
+        for line in list(self._lines.values()):
+            while line:
+                waiter = next(iter(line))
+                job = waiter.job
+                decision = core.pick(job.capability, len(job.src), waiter.tried)
+                if not isinstance(decision, Run):
+                    break
+                core.started(decision, job.op, retry=bool(waiter.tried),
+                             queue_wait_s=now - waiter.t0)
+                waiter.run = decision
+                waiter.event.set()
+                del line[waiter]       # granted: out of the line
 
     # ---------------------------------------------------------------- probes
 
