@@ -133,6 +133,9 @@ S_SUBMIT_NS, S_GEN, S_IV = 48, 56, 64
 H_WAITING = 64
 B_SLEEPING, B_DEVICE_UP, B_EPOCH = 64, 128, 132
 
+#: Slot bytes 0..59 in one struct (see the layout table above).
+_SLOT_FIELDS = struct.Struct("<IBBHQIIIIIIIIQI")
+
 OP_CODE = {Op.AEAD_SEAL: 1, Op.AEAD_OPEN: 2, Op.ECDH: 3, Op.SIGN: 4}
 CODE_OP = {v: k for k, v in OP_CODE.items()}
 ALG_CODE = {
@@ -260,6 +263,7 @@ class FrontendRegion:
         self.geometry = found
         self.ring = TransRing(self.mv, r_off, r_cap, create=create)
         self._slots = s_off
+        self._gens = [0] * s_cnt  # the writer's per-slot generation counters
         self._opdones = o_off
         self._data = d_off
         self._chunk = chunk
@@ -296,26 +300,19 @@ class FrontendRegion:
         if dst_off + dst_cap > chunk + self._chunk:
             raise LayoutError(f"request of {len(aad)}+{len(src)}+{dst_cap} bytes does not "
                               f"fit a {self._chunk}-byte chunk")
-        mv, u32, base = self.mv, self.u32, self.slot_offset(i)
+        mv, base = self.mv, self._slots + SLOT_BYTES * i
         if aad:
             mv[aad_off:aad_off + len(aad)] = aad
         mv[src_off:src_off + len(src)] = src
         if iv:
             mv[base + S_IV:base + S_IV + len(iv)] = iv
-        w = base // 4
-        u32[w] = SlotStatus.PENDING
-        u32[w + 1] = OP_CODE[op] | ALG_CODE[alg] << 8 | opdone << 16
-        self.u64[base // 8 + 1] = session_id
-        u32[w + 4] = src_off
-        u32[w + 5] = len(src)
-        u32[w + 6] = dst_off
-        u32[w + 7] = dst_cap
-        u32[w + 8] = aad_off
-        u32[w + 9] = len(aad)
-        u32[w + 10] = 0
-        u32[w + 11] = len(iv)
-        self.u64[base // 8 + 6] = submit_ns
-        u32[w + 14] = (u32[w + 14] + 1) & 0xFFFFFFFF
+        gen = self._gens[i] = (self._gens[i] + 1) & 0xFFFFFFFF
+        # One C-level pack of bytes 0..59 (status PENDING first): the slot is
+        # published by the ring push that follows, so no field order matters
+        # inside it, only that all of it precedes the tail store (TSO).
+        _SLOT_FIELDS.pack_into(mv, base, SlotStatus.PENDING, OP_CODE[op], ALG_CODE[alg], opdone,
+                               session_id, src_off, len(src), dst_off, dst_cap, aad_off,
+                               len(aad), 0, len(iv), submit_ns, gen)
 
     def result(self, i: int) -> tuple[SlotStatus, bytes]:
         """Status and output of a completed slot (copied out of the region)."""
@@ -336,30 +333,26 @@ class FrontendRegion:
         """
         if not 0 <= i < self.geometry.slot_count:
             raise BadSlotError(f"slot index {i} out of range 0..{self.geometry.slot_count - 1}")
-        base = self.slot_offset(i)
-        w = base // 4
-        u32 = self.u32
-        opalg = u32[w + 1]
-        op = CODE_OP.get(opalg & 0xFF)
-        alg = CODE_ALG.get(opalg >> 8 & 0xFF)
-        opdone = opalg >> 16
+        base = self._slots + SLOT_BYTES * i
+        (_status, op_code, alg_code, opdone, session_id, src_off, src_len, dst_off, dst_cap,
+         aad_off, aad_len, _dst_len, iv_len, submit_ns, generation) = \
+            _SLOT_FIELDS.unpack_from(self.mv, base)
         if opdone >= self.geometry.opdone_count:
             raise BadSlotError(f"slot {i}: opdone {opdone} out of range")
+        op = CODE_OP.get(op_code)
+        alg = CODE_ALG.get(alg_code)
         if op is None or alg is None:
-            raise BadSlotError(f"slot {i}: unknown op/alg code {opalg & 0xFFFF:#x}", opdone)
+            raise BadSlotError(f"slot {i}: unknown op/alg code {op_code:#x}/{alg_code:#x}", opdone)
         chunk = self._data + self._chunk * i
         end = chunk + self._chunk
-        fields = [u32[w + k] for k in range(4, 12)]
-        src_off, src_len, dst_off, dst_cap, aad_off, aad_len, _dst_len, iv_len = fields
         for name, off, n in (("src", src_off, src_len), ("dst", dst_off, dst_cap),
                              ("aad", aad_off, aad_len)):
             if n and not (chunk <= off and off + n <= end):
                 raise BadSlotError(f"slot {i}: {name} [{off}, +{n}) outside its chunk", opdone)
         if iv_len > MAX_IV_BYTES:
             raise BadSlotError(f"slot {i}: iv_len {iv_len}", opdone)
-        return SlotRequest(i, op, alg, opdone, self.u64[base // 8 + 1], src_off, src_len,
-                           dst_off, dst_cap, aad_off, aad_len, base + S_IV, iv_len,
-                           self.u64[base // 8 + 6], u32[w + 14])
+        return SlotRequest(i, op, alg, opdone, session_id, src_off, src_len, dst_off, dst_cap,
+                           aad_off, aad_len, base + S_IV, iv_len, submit_ns, generation)
 
     def complete(self, i: int, status: SlotStatus, dst_len: int = 0) -> None:
         w = self.slot_offset(i) // 4
