@@ -1,6 +1,7 @@
 """vcproxy.proxy: the trio I/O side — listeners, HTTP/TCP proxying, upstream pools.
 
-- ``_worker``: one worker process (SO_REUSEPORT listeners, TLS seam, signals)
+- ``_worker``: one worker process (config generations, provider, signals: drain, reload)
+- ``_listener``: SO_REUSEPORT sockets, accept loop, one connection's life (byte counting, TLS seam)
 - ``_http``: HTTP/1.1 reverse proxying on h11 over any ``trio.abc.Stream``
 - ``_tcp``: byte pumping after TLS
 - ``_upstream``: upstream pools (round-robin, retries, keep-alive, health checks)

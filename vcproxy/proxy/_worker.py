@@ -1,14 +1,12 @@
-"""One worker process: listeners on SO_REUSEPORT sockets, connections, signals.
+"""One worker process: config generations, listeners, signals.
 
 The supervisor starts N of these (``python -m vcproxy worker ...``); each
 binds its own socket to every listener's port with SO_REUSEPORT, so the
 kernel spreads new connections over the workers and a dying worker takes
-only its own connections with it.
-
-Per connection: count bytes on the raw socket, then the TLS seam
-(``TLSStream`` over that stream, or nothing for ``tls.enabled: false``), then
-the mode's core (``HttpProxyConnection`` or ``serve_tcp``), which only ever
-sees a ``trio.abc.Stream``.
+only its own connections with it. Accepting and serving connections is
+``_listener``'s job; this module owns what changes over the process's life:
+the config generation (``ListenerRuntime`` per listener, upstream pools),
+the crypto provider, and the signals.
 
 Signals: SIGTERM/SIGINT drain (stop accepting, close idle keep-alive
 connections, let in-flight requests finish, cancel what is left at
@@ -20,10 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket as stdsocket
 import time
-import traceback
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -31,84 +26,11 @@ import trio
 from vcproxy import _log
 from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.metrics import metrics
-from vcproxy.tls import ServerConfig, TLSError, TLSStream
-from ._http import ConnState, HttpProxyConnection, HttpRuntime, _close
+from ._http import HttpRuntime
+from ._listener import ConnectionServer, ListenerRuntime, open_listener
 from ._router import Router
-from ._tcp import serve_tcp
 from ._tlsglue import ProviderUnavailable, build_server_config, make_provider, read_ticket_keys
 from ._upstream import UpstreamPool
-
-LISTEN_BACKLOG = 1024
-
-
-class CountingStream(trio.abc.Stream):
-    """Counts the bytes that cross the client socket (TLS records included)."""
-
-    def __init__(self, inner: trio.SocketStream, counter_in: Any, counter_out: Any) -> None:
-        self.inner = inner
-        self._in = counter_in
-        self._out = counter_out
-
-    async def send_all(self, data) -> None:
-        await self.inner.send_all(data)
-        self._out.inc(len(data))
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes=None) -> bytes:
-        data = await self.inner.receive_some(max_bytes)
-        if data:
-            self._in.inc(len(data))
-        return data
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class TLSErrorsAsBroken(trio.abc.Stream):
-    """A TLS failure after the handshake (bad record, alert) is, to the proxy cores,
-    just a broken transport: re-raise it as ``trio.BrokenResourceError`` (as
-    ``trio.SSLStream`` does) so the HTTP/TCP cores never import the TLS stack."""
-
-    def __init__(self, tls: TLSStream) -> None:
-        self.tls = tls
-
-    async def send_all(self, data) -> None:
-        try:
-            await self.tls.send_all(data)
-        except TLSError as exc:
-            raise trio.BrokenResourceError(f"TLS: {exc}") from exc
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.tls.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes=None) -> bytes:
-        try:
-            return await self.tls.receive_some(max_bytes)
-        except TLSError as exc:
-            raise trio.BrokenResourceError(f"TLS: {exc}") from exc
-
-    async def aclose(self) -> None:
-        try:
-            await self.tls.aclose()
-        except TLSError:
-            pass
-
-
-@dataclass(frozen=True, eq=False)
-class ListenerRuntime:
-    """One listener's view of one config generation."""
-
-    name: str
-    mode: str
-    tls: ServerConfig | None
-    http: HttpRuntime | None
-    tcp_pool: UpstreamPool | None
-    config: Config
 
 
 class WorkerObserver:
@@ -129,14 +51,6 @@ class WorkerObserver:
         self.m.upstream_errors_total.labels(upstream, kind).inc()
 
 
-def bind_reuseport(address: str, port: int) -> trio.socket.SocketType:
-    family = stdsocket.AF_INET6 if ":" in address else stdsocket.AF_INET
-    sock = trio.socket.socket(family, stdsocket.SOCK_STREAM)
-    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
-    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
-    return sock
-
-
 class Worker:
     def __init__(self, config_path: str, index: int, ports: dict[int, int], ready_fd: int | None,
                  backend_socket: str | None = None, overrides: list[str] | None = None,
@@ -149,8 +63,6 @@ class Worker:
         self.ready_fd = ready_fd
         self.backend_socket = backend_socket
         self.draining = trio.Event()
-        self.conns: set[ConnState] = set()
-        self.observer: WorkerObserver | None = None
         self.runtimes: list[ListenerRuntime] = []
         self.pools: dict[str, UpstreamPool] = {}
 
@@ -182,7 +94,6 @@ class Worker:
             return 2
         _log.configure(config.logging.access_log, config.logging.error_log, config.logging.level)
         m = metrics()
-        self.observer = WorkerObserver()
         try:
             self.provider = await make_provider(
                 config, lambda op, prov: m.crypto_ops_total.labels(op, prov).inc(),
@@ -193,25 +104,21 @@ class Worker:
             _log.error_log.error("worker_start_failed", worker=self.index, error=str(exc))
             return 2
         self.config = config
-        self.limit = trio.Semaphore(config.limits.max_connections)
-        sockets = []
-        for i, lis in enumerate(config.listeners):
-            sock = bind_reuseport(lis.address, self.ports.get(i, lis.port))
-            await sock.bind((lis.address, self.ports.get(i, lis.port)))
-            sock.listen(LISTEN_BACKLOG)
-            sockets.append(sock)
+        self.server = ConnectionServer(lambda: self.runtimes, self.provider, WorkerObserver(),
+                                       config.limits.max_connections, self.draining)
+        sockets = [await open_listener(lis.address, self.ports.get(i, lis.port))
+                   for i, lis in enumerate(config.listeners)]
         async with trio.open_nursery() as conn_nursery:
             self.conn_nursery = conn_nursery
             async with trio.open_nursery() as service:
                 self.service = service
-                self.accept_scope = trio.CancelScope()
                 service.start_soon(self._signals)
                 for pool in self.pools.values():
                     service.start_soon(pool.run_health_checks)
                 frontend = _frontend_of(self.provider)
                 if frontend is not None:
                     service.start_soon(_export_frontend_fallbacks, frontend)
-                service.start_soon(self._accept_all, sockets)
+                service.start_soon(self.server.serve, sockets, conn_nursery)
                 if self.ready_fd is not None:
                     os.write(self.ready_fd, b"R")
                     os.close(self.ready_fd)
@@ -219,80 +126,6 @@ class Worker:
                                     listeners=[s.getsockname()[:2] for s in sockets])
         _log.error_log.info("worker_exit", worker=self.index)
         return 0
-
-    async def _accept_all(self, sockets: list) -> None:
-        with self.accept_scope:
-            async with trio.open_nursery() as nursery:
-                for i, sock in enumerate(sockets):
-                    nursery.start_soon(self._accept_loop, i, sock)
-        for sock in sockets:
-            sock.close()
-
-    async def _accept_loop(self, index: int, sock) -> None:
-        while True:
-            await self.limit.acquire()
-            try:
-                client, addr = await sock.accept()
-            except BaseException:
-                self.limit.release()
-                raise
-            self.conn_nursery.start_soon(self._connection, index, client, addr)
-
-    # ------------------------------------------------------------ one connection
-
-    async def _connection(self, index: int, sock, addr) -> None:
-        rt = self.runtimes[index]
-        m = metrics()
-        m.connections_total.labels(rt.name).inc()
-        active = m.connections_active.labels(rt.name)
-        active.inc()
-        conn = ConnState(addr[0], addr[1], self.draining)
-        self.conns.add(conn)
-        stream: trio.abc.Stream = CountingStream(
-            trio.SocketStream(sock), m.bytes_received_total.labels(rt.name), m.bytes_sent_total.labels(rt.name))
-        try:
-            if rt.tls is not None:
-                stream = await self._handshake(stream, rt)
-                if stream is None:
-                    return
-            if rt.mode == "http":
-                await HttpProxyConnection(stream, conn, rt.http, self.observer).serve()
-            else:
-                await serve_tcp(stream, conn, rt.tcp_pool, rt.config.limits.idle_timeout_s, rt.name, self.observer)
-        except Exception as exc:  # noqa: BLE001 - one connection's bug must not take the worker down
-            _log.error_log.error("connection_failed", listener=rt.name, client=addr[0],
-                                 error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        finally:
-            if stream is not None:
-                await _close(stream)
-            self.conns.discard(conn)
-            active.dec()
-            self.limit.release()
-
-    async def _handshake(self, raw: trio.abc.Stream, rt: ListenerRuntime) -> trio.abc.Stream | None:
-        m = metrics()
-        tls = TLSStream(raw, rt.tls, self.provider)
-        started = time.monotonic()
-        result = "ok"
-        try:
-            with trio.fail_after(rt.config.limits.handshake_timeout_s):
-                await tls.do_handshake()
-        except trio.TooSlowError:
-            result = "timeout"
-        except TLSError as exc:
-            result = "timeout" if type(exc).__name__ == "HandshakeTimeout" else "error"
-            _log.error_log.debug("handshake_failed", listener=rt.name, error=f"{type(exc).__name__}: {exc}")
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            result = "error"
-            _log.error_log.debug("handshake_failed", listener=rt.name, error=f"{type(exc).__name__}: {exc}")
-        if result != "ok":
-            m.tls_handshakes_total.labels(rt.name, result, "", "", "").inc()
-            await _close(raw)
-            return None
-        m.tls_handshake_seconds.labels(rt.name).observe(time.monotonic() - started)
-        m.tls_handshakes_total.labels(rt.name, "ok", tls.version or "", tls.cipher_suite or "",
-                                      "true" if tls.resumed else "false").inc()
-        return TLSErrorsAsBroken(tls)
 
     # ------------------------------------------------------------ signals
 
@@ -306,18 +139,19 @@ class Worker:
 
     async def _drain(self) -> None:
         deadline_s = self.config.limits.drain_timeout_s
-        _log.error_log.info("worker_draining", worker=self.index, open_connections=len(self.conns),
+        conns = self.server.conns
+        _log.error_log.info("worker_draining", worker=self.index, open_connections=len(conns),
                             deadline_s=deadline_s)
         self.draining.set()
-        self.accept_scope.cancel()
-        for conn in list(self.conns):
+        self.server.stop_accepting()
+        for conn in list(conns):
             if conn.idle_scope is not None and conn.requests > 0:
                 conn.idle_scope.cancel()
         with trio.move_on_after(deadline_s):
-            while self.conns:
+            while conns:
                 await trio.sleep(0.02)
-        if self.conns:
-            _log.error_log.warning("drain_deadline", worker=self.index, cancelled_connections=len(self.conns))
+        if conns:
+            _log.error_log.warning("drain_deadline", worker=self.index, cancelled_connections=len(conns))
         self.conn_nursery.cancel_scope.cancel()
         self.service.cancel_scope.cancel()
         for pool in self.pools.values():

@@ -1,0 +1,216 @@
+"""Listeners: SO_REUSEPORT sockets, the accept loop, and one connection's life.
+
+Per connection, in this order:
+
+1. count bytes on the raw socket (``CountingStream``: TLS records included);
+2. the TLS seam: ``TLSStream`` over that stream, handshake under
+   ``limits.handshake_timeout_s``, metrics by result/version/suite/resumed;
+   after it, TLS faults read as a broken transport (``TLSErrorsAsBroken``),
+   so the cores below never import the TLS stack. ``tls.enabled: false``
+   skips this step;
+3. the listener mode's core (``HttpProxyConnection`` or ``serve_tcp``), which
+   only ever sees a ``trio.abc.Stream``.
+
+``limits.max_connections`` is a semaphore taken *before* ``accept()``: past
+the limit, connections wait in the kernel backlog instead of being accepted
+and starved. Each connection reads the ``ListenerRuntime`` current when it
+was accepted: a reload swaps runtimes for new connections only.
+"""
+from __future__ import annotations
+
+import socket as stdsocket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from vcproxy import _log
+from vcproxy.config import Config
+from vcproxy.metrics import metrics
+from vcproxy.tls import CryptoProvider, HandshakeTimeout, ServerConfig, TLSError, TLSStream
+from ._http import ConnState, HttpProxyConnection, HttpRuntime, Observer, _close
+from ._tcp import serve_tcp
+from ._upstream import UpstreamPool
+
+LISTEN_BACKLOG = 1024
+
+
+class CountingStream(trio.abc.Stream):
+    """Counts the bytes that cross the client socket (TLS records included)."""
+
+    def __init__(self, inner: trio.SocketStream, counter_in: Any, counter_out: Any) -> None:
+        self.inner = inner
+        self._in = counter_in
+        self._out = counter_out
+
+    async def send_all(self, data) -> None:
+        await self.inner.send_all(data)
+        self._out.inc(len(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        data = await self.inner.receive_some(max_bytes)
+        if data:
+            self._in.inc(len(data))
+        return data
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class TLSErrorsAsBroken(trio.abc.Stream):
+    """A TLS failure after the handshake (bad record, alert) is, to the proxy cores,
+    just a broken transport: re-raise it as ``trio.BrokenResourceError`` (as
+    ``trio.SSLStream`` does) so the HTTP/TCP cores never import the TLS stack."""
+
+    def __init__(self, tls: TLSStream) -> None:
+        self.tls = tls
+
+    async def send_all(self, data) -> None:
+        try:
+            await self.tls.send_all(data)
+        except TLSError as exc:
+            raise trio.BrokenResourceError(f"TLS: {exc}") from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.tls.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        try:
+            return await self.tls.receive_some(max_bytes)
+        except TLSError as exc:
+            raise trio.BrokenResourceError(f"TLS: {exc}") from exc
+
+    async def aclose(self) -> None:
+        try:
+            await self.tls.aclose()
+        except TLSError:
+            pass
+
+
+@dataclass(frozen=True, eq=False)
+class ListenerRuntime:
+    """One listener's view of one config generation."""
+
+    name: str
+    mode: str
+    tls: ServerConfig | None
+    http: HttpRuntime | None
+    tcp_pool: UpstreamPool | None
+    config: Config
+
+
+def bind_reuseport(address: str, port: int) -> trio.socket.SocketType:
+    family = stdsocket.AF_INET6 if ":" in address else stdsocket.AF_INET
+    sock = trio.socket.socket(family, stdsocket.SOCK_STREAM)
+    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
+    return sock
+
+
+async def open_listener(address: str, port: int) -> trio.socket.SocketType:
+    sock = bind_reuseport(address, port)
+    await sock.bind((address, port))
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
+class ConnectionServer:
+    """Accepts on every listener socket and runs each connection to its end."""
+
+    def __init__(self, runtimes: Callable[[], list[ListenerRuntime]], provider: CryptoProvider,
+                 observer: Observer, max_connections: int, draining: trio.Event) -> None:
+        self.runtimes = runtimes
+        self.provider = provider
+        self.observer = observer
+        self.limit = trio.Semaphore(max_connections)
+        self.draining = draining
+        self.conns: set[ConnState] = set()
+        self.accept_scope = trio.CancelScope()
+
+    async def serve(self, sockets: list, conn_nursery: trio.Nursery) -> None:
+        """Accept until ``accept_scope`` is cancelled, then close the sockets."""
+        self.conn_nursery = conn_nursery
+        with self.accept_scope:
+            async with trio.open_nursery() as nursery:
+                for i, sock in enumerate(sockets):
+                    nursery.start_soon(self._accept_loop, i, sock)
+        for sock in sockets:
+            sock.close()
+
+    def stop_accepting(self) -> None:
+        self.accept_scope.cancel()
+
+    async def _accept_loop(self, index: int, sock) -> None:
+        while True:
+            await self.limit.acquire()
+            try:
+                client, addr = await sock.accept()
+            except BaseException:
+                self.limit.release()
+                raise
+            self.conn_nursery.start_soon(self._connection, index, client, addr)
+
+    # ------------------------------------------------------------ one connection
+
+    async def _connection(self, index: int, sock, addr) -> None:
+        rt = self.runtimes()[index]
+        m = metrics()
+        m.connections_total.labels(rt.name).inc()
+        active = m.connections_active.labels(rt.name)
+        active.inc()
+        conn = ConnState(addr[0], addr[1], self.draining)
+        self.conns.add(conn)
+        stream: trio.abc.Stream = CountingStream(
+            trio.SocketStream(sock), m.bytes_received_total.labels(rt.name), m.bytes_sent_total.labels(rt.name))
+        try:
+            if rt.tls is not None:
+                stream = await self._handshake(stream, rt)
+                if stream is None:
+                    return
+            if rt.mode == "http":
+                await HttpProxyConnection(stream, conn, rt.http, self.observer).serve()
+            else:
+                await serve_tcp(stream, conn, rt.tcp_pool, rt.config.limits.idle_timeout_s, rt.name, self.observer)
+        except Exception as exc:  # noqa: BLE001 - one connection's bug must not take the worker down
+            _log.error_log.error("connection_failed", listener=rt.name, client=addr[0],
+                                 error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        finally:
+            if stream is not None:
+                await _close(stream)
+            self.conns.discard(conn)
+            active.dec()
+            self.limit.release()
+
+    async def _handshake(self, raw: trio.abc.Stream, rt: ListenerRuntime) -> trio.abc.Stream | None:
+        m = metrics()
+        tls = TLSStream(raw, rt.tls, self.provider)
+        started = time.monotonic()
+        result = "ok"
+        try:
+            with trio.fail_after(rt.config.limits.handshake_timeout_s):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            result = "timeout"
+        except TLSError as exc:
+            result = "timeout" if isinstance(exc, HandshakeTimeout) else "error"
+            _log.error_log.debug("handshake_failed", listener=rt.name, error=f"{type(exc).__name__}: {exc}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            result = "error"
+            _log.error_log.debug("handshake_failed", listener=rt.name, error=f"{type(exc).__name__}: {exc}")
+        if result != "ok":
+            m.tls_handshakes_total.labels(rt.name, result, "", "", "").inc()
+            await _close(raw)
+            return None
+        m.tls_handshake_seconds.labels(rt.name).observe(time.monotonic() - started)
+        m.tls_handshakes_total.labels(rt.name, "ok", tls.version or "", tls.cipher_suite or "",
+                                      "true" if tls.resumed else "false").inc()
+        return TLSErrorsAsBroken(tls)
