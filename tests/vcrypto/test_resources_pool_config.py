@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.vcrypto._pool_fixtures import seal_case, sign_case
 from vcrypto.host._sched_core import PolicyKind
@@ -114,3 +116,39 @@ def test_config_path_prefix_is_the_callers():
         build_scheduler({}, config_path="host.pool")
     with pytest.raises(PoolConfigError, match=r"^pool: expected a mapping, got list"):
         build_scheduler([])
+
+
+# Any YAML-shaped value: a PoolConfig or a PoolConfigError, nothing else.
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(-1, 10),
+                     st.sampled_from(["openssl", "workers", "simulated", "gpu", "*", "hw",
+                                      "aead_seal:*", "failover", "soft", ""]))
+_keys = st.sampled_from(["resources", "groups", "policy", "failover", "size_routing", "retry",
+                         "probe_interval_s", "name", "kind", "capabilities", "max_inflight",
+                         "processes", "faults", "error_rate", "latency_us", "primary",
+                         "secondary", "group", "max_bytes", "timeout_s", "typo"])
+_yamlish = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=5)), max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(_yamlish, st.dictionaries(_keys, _yamlish, max_size=6)))
+def test_any_input_parses_or_names_its_path(raw):
+    try:
+        parse_pool_config(raw)
+    except PoolConfigError as exc:
+        assert str(exc).startswith("pool")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.fixed_dictionaries(
+    {"name": st.sampled_from(["a", "b", "c"]), "kind": st.sampled_from(["simulated", "openssl"])},
+    optional={"max_inflight": st.integers(-1, 3), "capabilities": st.lists(
+        st.sampled_from(["*", "sign:*", "ecdh:x25519", "aead_open:chacha20-poly1305", "x:y"]),
+        max_size=2)}), max_size=3))
+def test_resource_lists_parse_or_name_their_path(resources):
+    try:
+        cfg = parse_pool_config({"resources": resources})
+    except PoolConfigError as exc:
+        assert str(exc).startswith("pool.resources")
+    else:
+        cfg.build()

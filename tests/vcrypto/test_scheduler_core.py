@@ -182,3 +182,73 @@ def test_duplicate_names_and_empty_pool_rejected():
         SchedulerCore([spec("a"), spec("a")])
     with pytest.raises(ConfigError, match="no resources"):
         SchedulerCore([])
+
+
+# ---------------------------------------------------------------- properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_CAP_SETS = [ALL_CAPABILITIES, parse_capabilities(["aead_seal:*"]),
+             parse_capabilities(["sign:*", "ecdh:*"]), parse_capabilities(["aead_seal:aes-128-gcm"])]
+_CAPS = [SEAL, SIGN, (Op.ECDH, Alg.X25519), (Op.AEAD_SEAL, Alg.CHACHA20_POLY1305),
+         (Op.AEAD_OPEN, Alg.AES_128_GCM)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    resources=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), min_size=1, max_size=4),
+    policy=st.sampled_from(list(PolicyKind)),
+    actions=st.lists(st.tuples(st.sampled_from(["pick", "finish", "readmit"]),
+                               st.integers(0, 4), st.integers(0, 5000),
+                               st.sampled_from(list(Outcome))), max_size=80),
+)
+def test_core_invariants_under_any_sequence(resources, policy, actions):
+    specs = [spec(f"r{i}", _CAP_SETS[c], m) for i, (c, m) in enumerate(resources)]
+    names = [s.name for s in specs]
+    groups = {"g1": names[: max(1, len(names) // 2)], "g2": names[len(names) // 2:] or names}
+    core = SchedulerCore(specs, groups=groups, policy=policy,
+                         failover=FailoverSpec("g1", "g2", 2), unhealthy_after_faults=2,
+                         size_routing=SizeRoutingSpec(1000, "g2"))
+    running: list[tuple[str, Op]] = []
+    for kind, i, size, outcome in actions:
+        if kind == "pick":
+            cap = _CAPS[i]
+            capable = [s for s in specs if cap in s.capabilities]
+            d = core.pick(cap, size)
+            if not capable:
+                assert d is NO_CAPABLE
+                continue
+            if isinstance(d, Run):
+                s = next(s for s in specs if s.name == d.resource)
+                assert cap in s.capabilities and core.is_healthy(s.name)
+                assert core.inflight(s.name) < s.max_inflight
+                core.started(d, cap[0], retry=False)
+                running.append((d.resource, cap[0]))
+            else:
+                assert isinstance(d, Wait)
+                ready = [s for s in capable if core.is_healthy(s.name)
+                         and core.inflight(s.name) < s.max_inflight]
+                if d.reason == "unhealthy":
+                    assert not any(core.is_healthy(s.name) for s in capable)
+                elif ready:
+                    # Only size routing makes a job wait while a capable
+                    # resource has room: small jobs for their (full) group,
+                    # large ones for the (full) resources outside it.
+                    in_g2 = {s.name for s in capable if s.name in groups["g2"]}
+                    if size <= 1000:
+                        assert any(core.is_healthy(n) for n in in_g2)
+                        assert not {s.name for s in ready} & in_g2
+                    else:
+                        assert len(in_g2) < len(capable)
+                        assert {s.name for s in ready} <= in_g2
+        elif kind == "finish" and running:
+            name, op = running.pop(i % len(running))
+            core.finished(name, op, outcome)
+        elif kind == "readmit":
+            core.readmit(names[i % len(names)])
+    stats = core.stats()
+    for s in specs:
+        assert stats.resources[s.name].inflight == sum(1 for n, _ in running if n == s.name)
+        assert 0 <= stats.resources[s.name].inflight <= s.max_inflight
+    assert sum(stats.inflight_by_op.values()) == len(running)
