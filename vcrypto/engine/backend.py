@@ -16,9 +16,12 @@ One single-threaded poll loop does all the work:
    others); decode and validate each slot; resolve its session (lazily
    (re)created at the device); refcount +1 per request;
 2. batch into the device on "full or deadline": ``batch_max`` requests, or
-   ``batch_deadline_us`` after the first one (0 = flush at the end of every
-   drain pass, the right default on small machines: arrivals are already
-   batched by the time the loop wakes);
+   the deadline after the first one. The deadline adapts to the arrival
+   rate: a partial batch is held only while an EWMA of the gap between
+   arrivals says it will fill within ``batch_deadline_us``; a trickle goes
+   out at once. 0 (the default) flushes at the end of every drain pass, the
+   right choice on small machines: arrivals are already batched by the time
+   the loop wakes;
 3. drain completions, write slot status, bump opdone counters, refcount -1;
    a frontend whose opdone completed gets one eventfd write per pass, and
    only if its ``frontend_waiting`` flag says its waiter is blocked;
@@ -79,7 +82,7 @@ class BackendConfig:
     geometry: Geometry = Geometry()
     cache: CacheGeometry = CacheGeometry()
     batch_max: int = 32
-    batch_deadline_us: float = 0.0
+    batch_deadline_us: float = 0.0   # max hold of a partial batch (adaptive below it)
     poll_budget_us: float = 0.0 if (os.cpu_count() or 1) <= 2 else 50.0
     poll_inflight_threshold: int = 8
     ring_quota: int = 32
@@ -136,6 +139,8 @@ class Backend:
         self._to_wake: set[_Frontend] = set()
         self._last_work = 0.0
         self._last_drained = 0
+        self._last_arrival = 0.0
+        self._gap_s: float | None = None
         self._unavailable_logged = False
         self._running = False
 
@@ -283,10 +288,16 @@ class Backend:
 
     def _work_pass(self) -> bool:
         n = self._drain_rings()
+        now = time.monotonic()
         if n:
             self._last_drained = n
+            # EWMA of the time between arriving requests, for the batch hold.
+            if self._last_arrival:
+                gap = (now - self._last_arrival) / n
+                self._gap_s = gap if self._gap_s is None else 0.8 * self._gap_s + 0.2 * gap
+            self._last_arrival = now
         if self._batch and (len(self._batch) >= self.cfg.batch_max
-                            or time.monotonic() >= self._batch_deadline):
+                            or now >= self._batch_deadline or not self._worth_holding()):
             self._flush()
         m = self._reap()
         self._wake_frontends()
@@ -352,6 +363,15 @@ class Backend:
         if not self._batch:
             self._batch_deadline = time.monotonic() + self.cfg.batch_deadline_us / 1e6
         self._batch.append(DeviceRequest(token, fe.fid, region, req, dsid))
+
+    def _worth_holding(self) -> bool:
+        """Hold a partial batch only if, at the current arrival rate, it is
+        expected to fill before ``batch_deadline_us`` (the deadline adapts to
+        the rate: a trickle is sent at once, a dense stream is batched)."""
+        max_hold = self.cfg.batch_deadline_us / 1e6
+        if max_hold <= 0 or self._gap_s is None:
+            return False
+        return self._gap_s * (self.cfg.batch_max - len(self._batch)) <= max_hold
 
     def _finish_bad(self, fe: _Frontend, i: int, opdone: int | None, status: SlotStatus) -> None:
         fe.region.complete(i, status)
