@@ -215,3 +215,37 @@ async def test_adaptive_batch_hold_batches_a_dense_stream(tmp_path):
         await fe.aclose()
     finally:
         d.stop()
+
+
+async def test_busy_frontend_does_not_starve_another(local_backend):
+    """Rings are drained round-robin with a per-ring quota: a frontend
+    flooding its ring does not stop another's requests from completing."""
+    heavy, light = Frontend(local_backend.socket_path), Frontend(local_backend.socket_path)
+    await heavy.start()
+    await light.start()
+    key = os.urandom(16)
+    hh = await heavy.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, key))
+    hl = await light.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, key))
+    stop = trio.Event()
+    light_done = 0
+
+    async def flood():
+        while not stop.is_set():
+            await heavy.run(hh, [(b"h" * 4096, b"n" * 12, b"")] * 16)
+
+    async def trickle():
+        nonlocal light_done
+        for _ in range(20):
+            [(st, _)] = await light.run(hl, [(b"l", b"n" * 12, b"")])
+            assert st is SlotStatus.OK
+            light_done += 1
+        stop.set()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            for _ in range(8):
+                n.start_soon(flood)
+            n.start_soon(trickle)
+    assert light_done == 20 and heavy.stats.submitted > 0
+    await heavy.aclose()
+    await light.aclose()
