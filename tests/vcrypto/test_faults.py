@@ -168,3 +168,21 @@ async def test_workers_process_sigkilled_mid_burst():
         before = scheduler.stats().resources["procs"].completed
         await run_all(scheduler, [seal_case(i) for i in range(10)], 4)
         assert scheduler.stats().resources["procs"].completed > before
+
+
+async def test_a_hanging_probe_delays_no_other_probe(autojump_clock):
+    stuck = SimulatedResource("stuck", faults=FaultModel(hang_rate=1.0))
+    flaky = SimulatedResource("flaky", faults=FaultModel(error_rate=1.0))
+    retry = RetryPolicy(max_attempts=1, timeout_s=0.5, probe_interval_s=0.1,
+                        probe_timeout_s=100.0)
+    async with Scheduler([stuck, flaky], retry=retry, unhealthy_after_faults=1) as scheduler:
+        for r in ("stuck", "flaky"):
+            scheduler.core.mark_unhealthy(r)
+        await trio.sleep(1.0)            # stuck's first probe now hangs for 100 s
+        flaky.set_faults(FaultModel())
+        await trio.sleep(0.25)
+        s = scheduler.stats().resources
+        assert s["flaky"].healthy and not s["stuck"].healthy
+        assert stuck.injected_hangs == 1   # one probe at a time per resource
+        seal_case(1).check(await scheduler.submit(seal_case(1).job))
+        assert await scheduler.probe_now() == []    # stuck: already being probed

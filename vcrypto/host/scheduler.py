@@ -104,6 +104,7 @@ class Scheduler:
         self._nursery_cm = None
         self._nursery: trio.Nursery | None = None
         self._started: list[Resource] = []
+        self._probing: set[str] = set()   # resources with a probe under way
 
     # ------------------------------------------------------------ lifecycle
 
@@ -267,17 +268,20 @@ class Scheduler:
     # ---------------------------------------------------------------- probes
 
     async def _probe_loop(self) -> None:
+        """Every ``probe_interval_s``, start a probe of each unhealthy
+        resource not already being probed. Probes run on their own, so a
+        probe that hangs (until ``probe_timeout_s``) delays no other."""
+        assert self._nursery is not None
         while True:
             await trio.sleep(self.retry.probe_interval_s)
-            await self.probe_now()
+            for name in self.core.unhealthy():
+                if name not in self._probing:
+                    self._probing.add(name)
+                    self._nursery.start_soon(self._probe_one, name)
 
-    async def probe_now(self) -> list[str]:
-        """Probe every unhealthy resource once (concurrently); return the
-        names re-admitted."""
-        readmitted: list[str] = []
-
-        async def probe_one(name: str) -> None:
-            ok = False
+    async def _probe_one(self, name: str) -> bool:
+        ok = False
+        try:
             with trio.move_on_after(self.retry.probe_timeout_s):
                 try:
                     ok = await self.resources[name].probe()
@@ -288,16 +292,28 @@ class Scheduler:
                     # of the others (or take the pool down): it stays out.
                     log.exception("probe of resource %s crashed", name)
                     ok = False
-            if ok:
-                self.core.readmit(name)
+        finally:
+            self._probing.discard(name)
+        if ok and not self.core.is_healthy(name):
+            self.core.readmit(name)
+            log.info("resource %s re-admitted by probe", name)
+            self._notify()
+        return ok
+
+    async def probe_now(self) -> list[str]:
+        """Probe every unhealthy resource once, concurrently, and wait for
+        the probes; return the names re-admitted."""
+        readmitted: list[str] = []
+
+        async def one(name: str) -> None:
+            if await self._probe_one(name):
                 readmitted.append(name)
-                log.info("resource %s re-admitted by probe", name)
 
         async with trio.open_nursery() as nursery:
             for name in self.core.unhealthy():
-                nursery.start_soon(probe_one, name)
-        if readmitted:
-            self._notify()
+                if name not in self._probing:
+                    self._probing.add(name)
+                    nursery.start_soon(one, name)
         return readmitted
 
     # ----------------------------------------------------------------- stats
