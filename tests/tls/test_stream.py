@@ -221,6 +221,8 @@ async def test_writes_fill_records(test_certs):
     config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=0)
     server, rec, client = pair(config, provider)
     await handshake(server, client)
+    await server.send_all(b"first")     # the session ticket leaves with it
+    assert await client.recv_app() == b"first"
     sent_before = len(rec.sent)
     server.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
     await server.send_all(b"hello")

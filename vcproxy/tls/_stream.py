@@ -14,7 +14,9 @@ Handshake: read one record at a time (keys may change after any message),
 feed whole messages to the state machine, execute its commands in order.
 Handshake bytes for one epoch are queued and sealed together when the write
 epoch changes or before we wait for the peer, so the server flight
-EncryptedExtensions..Finished leaves as one record.
+EncryptedExtensions..Finished leaves as one record. NewSessionTicket is
+sealed at the end of the handshake and leaves with the first ``send_all``
+(or the close_notify).
 
 Records: ``send_all`` (and the no-I/O ``write`` before it: a cork, so
 headers and body written together leave in one record) cuts data into full
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import operator
 import time
 
 import trio
@@ -102,7 +105,7 @@ class TLSStream(trio.abc.Stream):
         self._got_client_hello = False
         self._peer_closed = False      # close_notify (or EOF) received
         self._handshake_done: trio.Event | None = None
-        self._send_lock = trio.Lock()
+        self._sending = False          # trio streams refuse concurrent send_all
         self._receiving = False
         self.info: HandshakeInfo | None = None
         self.server_name: str | None = None
@@ -117,6 +120,7 @@ class TLSStream(trio.abc.Stream):
     async def do_handshake(self) -> None:
         """Run the handshake (once; later or concurrent calls wait for its end)."""
         if self._state is _State.OPEN:
+            await trio.lowlevel.checkpoint()
             return
         if self._handshake_done is not None:  # another task is running it
             await self._handshake_done.wait()
@@ -153,24 +157,34 @@ class TLSStream(trio.abc.Stream):
         if self._state is _State.HANDSHAKING:
             await self.do_handshake()
         self._check_usable()
-        async with self._send_lock:
-            self._pending_app += data
-            data = bytes(self._pending_app)
-            self._pending_app.clear()
-            try:
-                await self._seal_records(APPLICATION_DATA, data)
-                await self._flush()
-            except TLSError as exc:
-                await self._fail(exc)
-                raise
-            except BaseException:
-                self._state = _State.BROKEN
-                raise
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this TLSStream")
+        self._sending = True
+        self._pending_app += data
+        data = bytes(self._pending_app)
+        self._pending_app.clear()
+        try:
+            if not data:
+                await trio.lowlevel.checkpoint()  # trio: every send_all is a checkpoint
+            await self._seal_records(APPLICATION_DATA, data)
+            await self._flush()
+        except TLSError as exc:
+            await self._fail(exc)
+            raise
+        except BaseException:
+            self._state = _State.BROKEN
+            raise
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
         if self._state is _State.HANDSHAKING:
             await self.do_handshake()
         self._check_usable()
@@ -178,6 +192,8 @@ class TLSStream(trio.abc.Stream):
             raise trio.BusyResourceError("another task is already receiving on this TLSStream")
         self._receiving = True
         try:
+            if self._app_in or self._peer_closed:
+                await trio.lowlevel.checkpoint()  # trio: every receive_some is a checkpoint
             while not self._app_in and not self._peer_closed:
                 await self._pump_application_records()
         except TLSError as exc:
@@ -195,15 +211,16 @@ class TLSStream(trio.abc.Stream):
     async def aclose(self) -> None:
         """Send close_notify (when open), then close the transport."""
         if self._state is _State.CLOSED:
+            await trio.lowlevel.checkpoint()
             return
         was_open = self._state is _State.OPEN
         self._state = _State.CLOSED
         try:
-            if was_open and self._write is not None:
+            # (not while another task is mid-send: its records would interleave)
+            if was_open and self._write is not None and not self._sending:
                 with trio.move_on_after(LINGER_S):
-                    async with self._send_lock:
-                        await self._seal_records(ALERT, bytes((1, AlertDescription.close_notify)))
-                        await self._flush()
+                    await self._seal_records(ALERT, bytes((1, AlertDescription.close_notify)))
+                    await self._flush()
         except (TLSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away first: nothing left to tell it
         finally:
@@ -220,7 +237,10 @@ class TLSStream(trio.abc.Stream):
                 raise UnexpectedMessage("data after the ClientHello in its record")
             self._got_client_hello = True
             await self._execute(self._hs.receive_message(epoch, message))
-        await self._flush()
+        # The session tickets are sealed now but leave with our first write (or
+        # close_notify): one segment instead of two, and a handshake never
+        # blocks on a peer that is not reading yet.
+        await self._seal_handshake_out()
 
     async def _next_handshake_message(self) -> tuple[Epoch, bytes]:
         while not self._hs_messages:
