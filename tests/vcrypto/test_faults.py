@@ -186,3 +186,16 @@ async def test_a_hanging_probe_delays_no_other_probe(autojump_clock):
         assert stuck.injected_hangs == 1   # one probe at a time per resource
         seal_case(1).check(await scheduler.submit(seal_case(1).job))
         assert await scheduler.probe_now() == []    # stuck: already being probed
+
+
+async def test_a_resource_bug_is_isolated_like_a_fault(autojump_clock):
+    class Buggy(SimulatedResource):
+        async def execute(self, job):
+            raise RuntimeError("bug in the resource")
+
+    buggy, good = Buggy("buggy"), SimulatedResource("good")
+    async with Scheduler([buggy, good], unhealthy_after_faults=1) as scheduler:
+        await run_all(scheduler, [seal_case(i) for i in range(10)], concurrency=2)
+        s = scheduler.stats()
+    assert s.succeeded == 10 and s.resources["buggy"].errors >= 1
+    assert not s.resources["buggy"].healthy

@@ -56,7 +56,7 @@ from vcrypto.ops import Capability, Op
 __all__ = [
     "Health", "Outcome", "PolicyKind", "Run", "Wait", "NO_CAPABLE", "NoCapable",
     "ResourceSpec", "FailoverSpec", "SizeRoutingSpec", "ResourceStats",
-    "PoolStats", "SchedulerCore",
+    "PoolStats", "SchedulerCore", "ConfigError",
 ]
 
 

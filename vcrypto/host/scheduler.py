@@ -172,6 +172,12 @@ class Scheduler:
             except ResourceFault as exc:
                 outcome = Outcome.FAULT
                 last_fault = f"{run.resource}: {exc}"
+            except Exception as exc:
+                # A bug in a resource is that resource's fault: isolate it
+                # (retry elsewhere, mark it unhealthy), never fail the host.
+                log.exception("resource %s raised an unexpected error", run.resource)
+                outcome = Outcome.FAULT
+                last_fault = f"{run.resource}: unexpected {exc!r}"
             finally:
                 if core.finished(run.resource, job.op, outcome,
                                  exec_s=trio.current_time() - t0, will_retry=will_retry):
