@@ -127,3 +127,28 @@ def test_misuse_is_a_typed_error():
     with pytest.raises(ReorderError, match="never admitted"):
         buf.complete(7, "x")
     assert buf.complete(a, "a") == ["a", "b"]
+
+
+async def test_fifo_holds_back_early_finishers_then_releases_in_order(autojump_clock):
+    """Fixed case: a slow resource and a fast one finish out of order; the
+    reorder buffer publishes in submission order, the unordered one does not."""
+    slow = SimulatedResource("slow", max_inflight=8, parallelism=8, default_latency_us=5000)
+    fast = SimulatedResource("fast", max_inflight=8, parallelism=8, default_latency_us=100)
+    fifo, unordered = ReorderBuffer(True), ReorderBuffer(False)
+    published_fifo, published_unordered, finished = [], [], []
+    async with Scheduler([slow, fast], policy=PolicyKind.ROUND_ROBIN) as scheduler:
+        async def one(i, seq_f, seq_u):
+            case = seal_case(i)
+            case.check(await scheduler.submit(case.job))
+            finished.append(i)
+            published_fifo.extend(fifo.complete(seq_f, i))
+            published_unordered.extend(unordered.complete(seq_u, i))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(one, i, fifo.admit(), unordered.admit())
+                await trio.sleep(0.00001)
+    assert finished != list(range(10))                 # really out of order
+    assert published_fifo == list(range(10))
+    assert published_unordered == finished
+    assert fifo.held_total > 0 and unordered.held_total == 0

@@ -181,8 +181,8 @@ class Scheduler:
             finally:
                 if core.finished(run.resource, job.op, outcome,
                                  exec_s=trio.current_time() - t0, will_retry=will_retry):
-                    log.warning("resource %s marked unhealthy after %s: %s", run.resource,
-                                outcome.value, last_fault)
+                    log.warning("resource marked unhealthy after %s: %s", outcome.value,
+                                last_fault)
                 self._notify()
             tried.append(run.resource)
         core.job_failed()
