@@ -121,7 +121,8 @@ async def run(config: HostConfig, socket_path: str, metrics: str | None) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vcrypto-host", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vcrypto-host", description="vhost-user backend serving virtual crypto devices")
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--metrics", help="HOST:PORT for the prometheus endpoint (port 0 = any)")
