@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from vcproxy import cli
-from vcproxy.config import ConfigError, load_config, parse_config, reference
+from vcproxy.config import ConfigError, check_files, load_config, parse_config, reference
 
 from proxy_testkit import REPO
 
@@ -134,6 +134,21 @@ def test_check_config_loads_certificates(tmp_path, certs):
     data["listeners"][0]["tls"]["certificates"][0]["key"] = str(certs["a"][1])
     f.write_text(yaml.safe_dump(data))
     assert cli.main(["check-config", str(f)]) == 0
+
+
+def test_check_config_checks_tls_parameters(tmp_path, certs):
+    cert = {"cert": str(certs["a"][0]), "key": str(certs["a"][1])}
+    data = _with("listeners[0].tls", {"certificates": [cert], "cipher_suites": ["TLS_RC4_WITH_HOPE"]})
+    f = tmp_path / "suite.yaml"
+    f.write_text(yaml.safe_dump(data))
+    assert cli.main(["check-config", str(f)]) == 1
+    with pytest.raises(ConfigError) as info:
+        check_files(load_config(str(f)))
+    assert info.value.problems[0][0] == "listeners[0].tls" and "cipher_suites" in info.value.problems[0][1]
+    data = _with("listeners[0].tls", {"certificates": [cert], "versions": ["1.2"]})
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(data))
+    assert info.value.problems[0][0] == "listeners[0].tls.versions"
 
 
 def test_check_config_process_exit_status(tmp_path):

@@ -119,3 +119,23 @@ def test_tls_fault_after_handshake_is_a_quiet_close(start_proxy, certs, upstream
     tls.close()
     assert reply.endswith(b"ok\n")
     assert [e for e in proxy.events() if e["event"] == "connection_failed"] == []
+
+
+def test_sni_selects_the_certificate(start_proxy, certs, upstream):
+    config = base_config(upstream.address, None)
+    config["listeners"][0]["tls"] = {"certificates": [
+        {"cert": str(certs["a"][0]), "key": str(certs["a"][1]), "names": ["a.test"]},
+        {"cert": str(certs["b"][0]), "key": str(certs["b"][1]), "names": ["*.b.test"]}]}
+    proxy = start_proxy(config)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+
+    def served(name: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=name) as tls:
+                return tls.getpeercert(binary_form=True)
+
+    der = {k: ssl.PEM_cert_to_DER_cert(certs[k][0].read_text()) for k in ("a", "b")}
+    assert served("a.test") == der["a"]
+    assert served("www.b.test") == der["b"]
+    assert served("unknown.test") == der["a"]  # the first certificate is the default

@@ -106,18 +106,26 @@ def load_config(path: str, overrides: typing.Sequence[str] = ()) -> Config:
 
 
 def check_files(config: Config) -> None:
-    """Load every certificate/key pair; raise ConfigError naming the bad ones."""
-    from vcproxy.proxy._tlsglue import load_certificate
+    """Load every certificate/key pair and build each listener's TLS config (suites,
+    groups, ALPN checked by the TLS stack); raise ConfigError naming the bad ones."""
+    from vcproxy.proxy._tlsglue import build_server_config, load_certificate
 
     problems = []
     for i, lis in enumerate(config.listeners):
         if not lis.tls.enabled:
             continue
+        certs_ok = True
         for j, cert in enumerate(lis.tls.certificates):
             try:
                 load_certificate(cert)
             except (OSError, ValueError) as exc:
+                certs_ok = False
                 problems.append((f"listeners[{i}].tls.certificates[{j}]", str(exc)))
+        if certs_ok:
+            try:
+                build_server_config(lis, config)
+            except ValueError as exc:  # ServerConfig names the field: "cipher_suites: unknown ..."
+                problems.append((f"listeners[{i}].tls", str(exc)))
     if problems:
         raise ConfigError(problems)
 

@@ -97,7 +97,7 @@ class TLSConfig:
     enabled: bool = opt(True, "terminate TLS on this listener (false: plain TCP, for tests and local use)")
     certificates: tuple[CertificateConfig, ...] = opt((), "certificates; the first is the default when SNI matches none")
     alpn: tuple[str, ...] = opt(("http/1.1",), "ALPN protocols offered, in preference order")
-    versions: tuple[Literal["1.3", "1.2"], ...] = opt(("1.3",), "TLS versions accepted")
+    versions: tuple[Literal["1.3", "1.2"], ...] = opt(("1.3",), "TLS versions accepted (this build serves 1.3; 1.2 is reserved)")
     cipher_suites: tuple[str, ...] | None = opt(None, "cipher suites by IANA name (default: the TLS stack's)")
     groups: tuple[str, ...] | None = opt(None, "key exchange groups, e.g. x25519, secp256r1 (default: the TLS stack's)")
     tickets: TicketsConfig = opt(TicketsConfig(), "session tickets")
@@ -105,8 +105,8 @@ class TLSConfig:
     def check(self) -> list[tuple[str, str]]:
         if self.enabled and not self.certificates:
             return [("certificates", "at least one certificate is required when TLS is enabled")]
-        if not self.versions:
-            return [("versions", "at least one version is required")]
+        if "1.3" not in self.versions:
+            return [("versions", "this build serves TLS 1.3: include '1.3'")]
         return []
 
 

@@ -53,8 +53,6 @@ def build_server_config(listener: ListenerConfig, config: Config,
     ticket issued by one worker resumes on any other behind SO_REUSEPORT.
     """
     tls = listener.tls
-    if tls.versions != ("1.3",) and "1.3" not in tls.versions:
-        raise ValueError("tls.versions: this build serves TLS 1.3; include '1.3'")
     kwargs = dict(
         certificates=[load_certificate(c) for c in tls.certificates],
         alpn_protocols=tls.alpn,
