@@ -138,3 +138,31 @@ def test_mutated_session_create_decodes_or_errors(params, pos, junk):
     except vc.WireError:
         return
     assert isinstance(out, vc.SessionParams)
+
+
+def test_driver_writes_the_documented_header():
+    """The driver packs headers in place with its own struct: it must match the
+    wire codec byte for byte (AEAD then akcipher in the same slot: no stale bytes)."""
+    from vcrypto.driver._driver import SLOT_BYTES, DataOp, Queue, RegionHandle
+    from vcrypto.shm.region import Region
+    from vcrypto.shm.virtqueue import SplitVirtqueue, vring_layout
+
+    lay = vring_layout(8)
+    region = Region.create("hdr", lay.total + 8 * SLOT_BYTES)
+    b = region.buf
+    q = Queue(0, SplitVirtqueue(8, b[lay.desc:lay.avail], b[lay.avail:lay.used],
+                                b[lay.used:lay.total], event_idx=False),
+              b[lay.total:lay.total + 8 * SLOT_BYTES], 1 << 36, True)
+    h = RegionHandle(region, 1 << 36)
+    aead = DataOp(7, Op.AEAD_OPEN, src=h.buf(0, 116), dst=h.buf(200, 100), iv=h.buf(400, 12),
+                  aad=h.buf(500, 5))
+    q._write_chain(0, aead)
+    want = vc.encode_data_request(vc.data_request_for(Op.AEAD_OPEN, 7, src_len=116, dst_len=100,
+                                                      iv_len=12, aad_len=5))
+    assert bytes(b[lay.total:lay.total + 72]) == want
+    sign = DataOp(9, Op.SIGN, src=h.buf(0, 32), dst=h.buf(200, 72))
+    q._write_chain(0, sign)
+    want = vc.encode_data_request(vc.data_request_for(Op.SIGN, 9, src_len=32, dst_len=72))
+    assert bytes(b[lay.total:lay.total + 72]) == want
+    q.vq.release()
+    del b
