@@ -88,3 +88,32 @@ async def test_session_the_host_refuses_runs_in_process(tmp_path):
     finally:
         backend.stop()
         host.stop()
+
+
+async def test_detach_reattach_cycles_leak_no_fds(tmp_path):
+    """Every attachment's socket, eventfds and mappings are released once it
+    is over (backend SIGKILLed, then restarted, several times)."""
+    d = engine_daemons.backend(tmp_path)
+    fe = Frontend(d.socket_path, reconnect_interval_s=0.02)
+    h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, b"k" * 16))
+    item = (b"x", b"n" * 12, b"")
+    counts = []
+    try:
+        for _ in range(4):
+            d.start()
+            with trio.fail_after(10):
+                while not fe.attached:
+                    await fe.run(h, [item])
+                    await trio.sleep(0.02)
+            await fe.run(h, [item] * 20)
+            d.kill()
+            with trio.fail_after(10):
+                while fe.attached:
+                    await fe.run(h, [item])
+                    await trio.sleep(0.02)
+            await trio.sleep(0.15)  # the waiter notices within its backstop
+            counts.append(len(os.listdir("/proc/self/fd")))
+    finally:
+        d.stop()
+    assert counts[1:] == counts[1:2] * 3, counts
+    assert fe.stats.attaches == 4 and fe.stats.detaches == 4

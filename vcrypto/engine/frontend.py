@@ -49,7 +49,7 @@ from collections.abc import Sequence
 
 import trio
 
-from vcrypto.shm.region import Region
+from vcrypto.shm.region import Region, RegionError
 from vcrypto.shm.ring import full_fence
 
 from . import _control
@@ -137,6 +137,36 @@ class _Attachment:
         self.replies: dict[int, list] = {}
         self.send_lock = trio.Lock()
         self.decoder = _control.FrameDecoder()
+        self.raw: socket.socket | None = None
+        self._fds_closed = False
+        self.users = 0              # run() calls that may still read the region
+        self.waiter_done = False
+        self._unmapped = False
+
+    def maybe_unmap(self) -> None:
+        """Unmap both regions once the attachment is over and nothing can
+        read them any more (no run() in progress, waiter gone)."""
+        if self.alive or self.users or not self.waiter_done or self._unmapped:
+            return
+        self._unmapped = True
+        self.region.release()
+        self.shared.release()
+        for shm in (self.fshm, self.sshm):
+            try:
+                shm.close()
+            except RegionError:  # a view still held somewhere: the GC finishes it
+                pass
+
+    def close_fds(self) -> None:
+        """Close the socket and eventfds once (idempotent: several paths end
+        an attachment). The shared mappings go with the last reference."""
+        if self._fds_closed:
+            return
+        self._fds_closed = True
+        if self.raw is not None:
+            self.raw.close()
+        os.close(self.efd)
+        os.close(self.doorbell)
 
 
 class Frontend:
@@ -206,9 +236,9 @@ class Frontend:
             # Closing our copies is harmless in a forked child: the parent
             # keeps its own, so the backend sees no detach.
             att.alive = False
-            att.raw.close()
-            os.close(att.efd)
-            os.close(att.doorbell)
+            att.close_fds()
+            att.waiter_done = True  # its run is over
+            att.maybe_unmap()
 
     async def _current(self) -> _Attachment | None:
         att = self._att
@@ -379,8 +409,12 @@ class Frontend:
                     pass
                 self._scan(att)
         finally:
+            att.waiter_done = True
             if att.alive:
                 region.frontend_waiting = 0
+            else:
+                att.close_fds()
+                att.maybe_unmap()
 
     def _scan(self, att: _Attachment) -> int:
         region, n = att.region, 0
@@ -537,6 +571,7 @@ class Frontend:
         if att is None or not att.alive:
             await trio.lowlevel.checkpoint()
             return [self._inline(h, it) for it in items]
+        att.users += 1  # keeps the shared mappings alive while we read slots
         results: list[Result | None] = [None] * len(items)
         meta, region = h.meta, att.region
         offload = []
@@ -596,6 +631,8 @@ class Frontend:
                     else:  # still at the backend: the waiter frees it when done
                         att.orphans[j] = slots
                         att.has_work.set()
+            att.users -= 1
+            att.maybe_unmap()
         return results  # type: ignore[return-value]
 
     def _submit(self, att: _Attachment, h: EngineSession, items, group):
@@ -632,7 +669,7 @@ class Frontend:
         att, self._att = self._att, None
         if att is not None and att.pid == os.getpid():
             self._detach(att)
-            trio.lowlevel.notify_closing(att.efd)
-            os.close(att.efd)
-            os.close(att.doorbell)
+            if not att._fds_closed:
+                trio.lowlevel.notify_closing(att.efd)  # wake the waiter off it
+            att.close_fds()
         self._handles.clear()
