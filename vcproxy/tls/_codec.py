@@ -260,19 +260,25 @@ def _u16_vector(data: bytes, prefix: int, what: str) -> tuple[int, ...]:
 
 
 def _ext_server_name(ch: ClientHello, data: bytes, offset: int) -> None:
-    r = Reader(data)
-    names = r.sub(2, "server_name_list", 1)
-    r.end("server_name")
-    while names.left():
-        name_type = names.u8("server_name.name_type")
-        name = names.vec(2, "server_name.host_name", 1)
+    n = len(data)
+    if n < 2 or (data[0] << 8 | data[1]) != n - 2 or n < 5:
+        raise DecodeError("server_name: bad server_name_list length")
+    pos = 2
+    while pos < n:
+        if pos + 3 > n:
+            raise DecodeError("server_name: truncated entry")
+        name_type = data[pos]
+        end = pos + 3 + (data[pos + 1] << 8 | data[pos + 2])
+        if end > n or end == pos + 3:
+            raise DecodeError("server_name: bad host_name length")
         if name_type == 0:
             if ch.server_name is not None:
                 raise IllegalParameter("server_name: more than one host_name")
             try:
-                ch.server_name = name.decode("ascii")
+                ch.server_name = data[pos + 3:end].decode("ascii")
             except UnicodeDecodeError:
                 raise DecodeError("server_name: host_name is not ASCII") from None
+        pos = end
 
 
 def _ext_groups(ch: ClientHello, data: bytes, offset: int) -> None:
@@ -288,22 +294,33 @@ def _ext_supported_versions(ch: ClientHello, data: bytes, offset: int) -> None:
 
 
 def _ext_key_share(ch: ClientHello, data: bytes, offset: int) -> None:
-    r = Reader(data)
-    shares = r.sub(2, "key_share.client_shares")
-    r.end("key_share")
-    ch.key_shares = []
-    while shares.left():
-        group = shares.u16("key_share.group")
-        ch.key_shares.append((group, shares.vec(2, "key_share.key_exchange", 1)))
+    n = len(data)
+    if n < 2 or (data[0] << 8 | data[1]) != n - 2:
+        raise DecodeError("key_share: client_shares length does not match")
+    shares = ch.key_shares = []
+    pos = 2
+    while pos < n:
+        if pos + 4 > n:
+            raise DecodeError("key_share: truncated entry")
+        end = pos + 4 + (data[pos + 2] << 8 | data[pos + 3])
+        if end > n or end == pos + 4:
+            raise DecodeError("key_share: bad key_exchange length")
+        shares.append((data[pos] << 8 | data[pos + 1], data[pos + 4:end]))
+        pos = end
 
 
 def _ext_alpn(ch: ClientHello, data: bytes, offset: int) -> None:
-    r = Reader(data)
-    protos = r.sub(2, "alpn.protocol_name_list", 2)
-    r.end("alpn")
-    ch.alpn = []
-    while protos.left():
-        ch.alpn.append(protos.vec(1, "alpn.protocol_name", 1))
+    n = len(data)
+    if n < 4 or (data[0] << 8 | data[1]) != n - 2:
+        raise DecodeError("alpn: protocol_name_list length does not match")
+    protos = ch.alpn = []
+    pos = 2
+    while pos < n:
+        end = pos + 1 + data[pos]
+        if end > n or end == pos + 1:
+            raise DecodeError("alpn: bad protocol_name length")
+        protos.append(data[pos + 1:end])
+        pos = end
 
 
 def _ext_psk_modes(ch: ClientHello, data: bytes, offset: int) -> None:
