@@ -69,4 +69,6 @@ async def test_failing_resource_never_crashes_the_device(start_host):
         assert results[4].status == vc.VIRTIO_CRYPTO_NOTSUPP    # no capable resource at all
         stats = await drv.stats()
         assert stats["device"]["resource_faults"] == 4
+        caps = await drv.capabilities()        # the pool's capabilities, not the vocabulary's
+        assert caps["capabilities"] == ["ecdh:secp256r1", "ecdh:secp384r1", "ecdh:x25519"]
     assert host.alive()

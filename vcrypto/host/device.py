@@ -30,8 +30,8 @@ from vcrypto.host.config import HostConfig
 from vcrypto.host.keys import KeyStore
 from vcrypto.host.memory import BadAddress, GuestMemory
 from vcrypto.host.queue import DataQueue, DeviceStats, QueueBroken
+from vcrypto.host.scheduling import capabilities_of
 from vcrypto.host.sessions import SessionError, SessionTable
-from vcrypto.ops import ALL_CAPABILITIES
 from vcrypto.shm.virtqueue import (
     SplitVirtqueue, VirtqueueError, avail_bytes, check_num, desc_table_bytes, used_bytes,
 )
@@ -160,94 +160,108 @@ class Device:
         return os.dup(msg.fds[0])
 
     def _handle(self, msg: vu.Message) -> bytes | None:
+        """Apply one message; returns the reply payload or None (no reply)."""
         try:
             req = R(msg.request)
         except ValueError:
             raise DeviceError(f"unknown vhost-user request {msg.request}") from None
-        p = msg.payload
-        if req is R.GET_FEATURES:
-            return vu.u64(DEVICE_FEATURES)
-        if req is R.SET_FEATURES:
-            features = vu.parse_u64(p)
-            if features & ~DEVICE_FEATURES:
-                raise DeviceError(f"SET_FEATURES {features:#x} has bits the device did not offer")
-            self.features = features
-            return None
-        if req is R.GET_PROTOCOL_FEATURES:
-            return vu.u64(PROTOCOL_FEATURES)
-        if req is R.SET_PROTOCOL_FEATURES:
-            pf = vu.parse_u64(p)
-            if pf & ~PROTOCOL_FEATURES:
-                raise DeviceError(f"SET_PROTOCOL_FEATURES {pf:#x} has bits not offered")
-            self.protocol_features = pf
-            return None
-        if req in (R.SET_OWNER, R.RESET_OWNER, R.SET_VRING_ENABLE, R.SET_CONFIG):
-            return None
-        if req is R.GET_QUEUE_NUM:
-            return vu.u64(self.config.limits.max_queues)
-        if req is R.GET_MAX_MEM_SLOTS:
-            return vu.u64(self.config.limits.max_mem_slots)
-        if req is R.SET_MEM_TABLE:
-            return self._set_mem_table(msg)
-        if req is R.ADD_MEM_REG:
-            region = vu.parse_mem_reg(p)
-            self._add_region(region, self._take_fd(msg))
-            return None
-        if req is R.REM_MEM_REG:
-            region = vu.parse_mem_reg(p)
-            try:
-                self.mem.remove(region.guest_phys_addr)
-            except BadAddress as exc:
-                raise DeviceError(str(exc)) from exc
-            return None
-        if req is R.SET_VRING_NUM:
-            index, num = vu.parse_vring_state(p)
-            ring = self._ring(index, stopped=True)
-            try:
-                check_num(num)
-            except VirtqueueError as exc:
-                raise DeviceError(str(exc)) from exc
-            if num > self.config.limits.max_queue_size:
-                raise DeviceError(f"vring {index}: size {num} > {self.config.limits.max_queue_size}")
-            ring.num = num
-            return None
-        if req is R.SET_VRING_ADDR:
-            addr = vu.VringAddr.decode(p)
-            self._ring(addr.index, stopped=True).addr = addr
-            return None
-        if req is R.SET_VRING_BASE:
-            index, base = vu.parse_vring_state(p)
-            self._ring(index, stopped=True).base = base & 0xFFFF
-            return None
-        if req is R.GET_VRING_BASE:
-            index, _ = vu.parse_vring_state(p)
-            ring = self._ring(index)
-            self._stop_ring(ring)
-            return vu.vring_state(index, ring.base)
-        if req in (R.SET_VRING_KICK, R.SET_VRING_CALL, R.SET_VRING_ERR):
-            return self._set_vring_fd(req, msg)
-        if req is R.CREATE_CRYPTO_SESSION:
-            return self._create_session(p)
-        if req is R.CLOSE_CRYPTO_SESSION:
-            sid = vu.parse_u64(p)
-            try:
-                self.sessions.close(sid)
-            except SessionError as exc:
-                log.info("device %d: close session %d: %s", self.id, sid, exc)
-                return vu.u64(exc.status) if msg.need_reply else None
-            return None
-        if req is R.VCRYPTO_GET_CAPS and self.protocol_features & (1 << PF.VCRYPTO_EXT):
-            return json.dumps({
-                "v": 1,
-                "capabilities": sorted(f"{op.value}:{alg.value}" for op, alg in ALL_CAPABILITIES),
-                "max_sessions": self.config.limits.max_sessions_per_device,
-                "max_queues": self.config.limits.max_queues,
-                "max_queue_size": self.config.limits.max_queue_size,
-            }).encode()
-        if req is R.VCRYPTO_GET_STATS and self.protocol_features & (1 << PF.VCRYPTO_EXT):
-            return json.dumps({"v": 1, "device": self.stats_dict(),
-                               "host": {"cpu_s": host_cpu_seconds(), "pid": os.getpid()}}).encode()
-        raise DeviceError(f"request {req.name} is not supported here")
+        handler = _HANDLERS.get(req)
+        if handler is None:
+            raise DeviceError(f"request {req.name} is not supported here")
+        return handler(self, msg)
+
+    # One method per message; ``_HANDLERS`` below maps request numbers to them.
+
+    def _get_features(self, msg: vu.Message) -> bytes:
+        return vu.u64(DEVICE_FEATURES)
+
+    def _set_features(self, msg: vu.Message) -> None:
+        features = vu.parse_u64(msg.payload)
+        if features & ~DEVICE_FEATURES:
+            raise DeviceError(f"SET_FEATURES {features:#x} has bits the device did not offer")
+        self.features = features
+
+    def _get_protocol_features(self, msg: vu.Message) -> bytes:
+        return vu.u64(PROTOCOL_FEATURES)
+
+    def _set_protocol_features(self, msg: vu.Message) -> None:
+        pf = vu.parse_u64(msg.payload)
+        if pf & ~PROTOCOL_FEATURES:
+            raise DeviceError(f"SET_PROTOCOL_FEATURES {pf:#x} has bits not offered")
+        self.protocol_features = pf
+
+    def _ignore(self, msg: vu.Message) -> None:
+        return None
+
+    def _get_queue_num(self, msg: vu.Message) -> bytes:
+        return vu.u64(self.config.limits.max_queues)
+
+    def _get_max_mem_slots(self, msg: vu.Message) -> bytes:
+        return vu.u64(self.config.limits.max_mem_slots)
+
+    def _add_mem_reg(self, msg: vu.Message) -> None:
+        self._add_region(vu.parse_mem_reg(msg.payload), self._take_fd(msg))
+
+    def _rem_mem_reg(self, msg: vu.Message) -> None:
+        region = vu.parse_mem_reg(msg.payload)
+        try:
+            self.mem.remove(region.guest_phys_addr)
+        except BadAddress as exc:
+            raise DeviceError(str(exc)) from exc
+
+    def _set_vring_num(self, msg: vu.Message) -> None:
+        index, num = vu.parse_vring_state(msg.payload)
+        ring = self._ring(index, stopped=True)
+        try:
+            check_num(num)
+        except VirtqueueError as exc:
+            raise DeviceError(str(exc)) from exc
+        if num > self.config.limits.max_queue_size:
+            raise DeviceError(f"vring {index}: size {num} > {self.config.limits.max_queue_size}")
+        ring.num = num
+
+    def _set_vring_addr(self, msg: vu.Message) -> None:
+        addr = vu.VringAddr.decode(msg.payload)
+        self._ring(addr.index, stopped=True).addr = addr
+
+    def _set_vring_base(self, msg: vu.Message) -> None:
+        index, base = vu.parse_vring_state(msg.payload)
+        self._ring(index, stopped=True).base = base & 0xFFFF
+
+    def _get_vring_base(self, msg: vu.Message) -> bytes:
+        index, _ = vu.parse_vring_state(msg.payload)
+        ring = self._ring(index)
+        self._stop_ring(ring)
+        return vu.vring_state(index, ring.base)
+
+    def _close_session(self, msg: vu.Message) -> bytes | None:
+        sid = vu.parse_u64(msg.payload)
+        try:
+            self.sessions.close(sid)
+        except SessionError as exc:
+            log.info("device %d: close session %d: %s", self.id, sid, exc)
+            return vu.u64(exc.status) if msg.need_reply else None
+        return None
+
+    def _vendor(self, msg: vu.Message) -> None:
+        if not self.protocol_features & (1 << PF.VCRYPTO_EXT):
+            raise DeviceError(f"vendor request {msg.request:#x} without VCRYPTO_EXT negotiated")
+
+    def _get_caps(self, msg: vu.Message) -> bytes:
+        self._vendor(msg)
+        return json.dumps({
+            "v": 1,
+            "capabilities": sorted(f"{op.value}:{alg.value}"
+                                   for op, alg in capabilities_of(self.scheduler)),
+            "max_sessions": self.config.limits.max_sessions_per_device,
+            "max_queues": self.config.limits.max_queues,
+            "max_queue_size": self.config.limits.max_queue_size,
+        }).encode()
+
+    def _get_stats(self, msg: vu.Message) -> bytes:
+        self._vendor(msg)
+        return json.dumps({"v": 1, "device": self.stats_dict(),
+                           "host": {"cpu_s": host_cpu_seconds(), "pid": os.getpid()}}).encode()
 
     def stats_dict(self) -> dict:
         d = self.stats.as_dict()
@@ -284,7 +298,8 @@ class Device:
             raise DeviceError(f"vring {index} reconfigured while running")
         return ring
 
-    def _set_vring_fd(self, req: R, msg: vu.Message) -> None:
+    def _set_vring_fd(self, msg: vu.Message) -> None:
+        req = R(msg.request)
         value = vu.parse_u64(msg.payload)
         index = value & vu.VRING_IDX_MASK
         nofd = bool(value & vu.VRING_NOFD_MASK)
@@ -362,7 +377,8 @@ class Device:
 
     # -- sessions -------------------------------------------------------------------
 
-    def _create_session(self, payload: bytes) -> bytes:
+    def _create_session(self, msg: vu.Message) -> bytes:
+        payload = msg.payload
         request = None
         try:
             request = session_msg.decode_create(payload)
@@ -376,3 +392,30 @@ class Device:
         log.debug("device %d: session %d created (%s/%s)", self.id, session.id,
                   session.op.value, session.alg.value)
         return session_msg.encode_create_reply(request, session.id, vc.VIRTIO_CRYPTO_OK)
+
+
+_HANDLERS = {
+    R.GET_FEATURES: Device._get_features,
+    R.SET_FEATURES: Device._set_features,
+    R.GET_PROTOCOL_FEATURES: Device._get_protocol_features,
+    R.SET_PROTOCOL_FEATURES: Device._set_protocol_features,
+    R.SET_OWNER: Device._ignore,
+    R.RESET_OWNER: Device._ignore,
+    R.SET_VRING_ENABLE: Device._ignore,   # QEMU never sends it for crypto; KICK starts a ring
+    R.GET_QUEUE_NUM: Device._get_queue_num,
+    R.GET_MAX_MEM_SLOTS: Device._get_max_mem_slots,
+    R.SET_MEM_TABLE: Device._set_mem_table,
+    R.ADD_MEM_REG: Device._add_mem_reg,
+    R.REM_MEM_REG: Device._rem_mem_reg,
+    R.SET_VRING_NUM: Device._set_vring_num,
+    R.SET_VRING_ADDR: Device._set_vring_addr,
+    R.SET_VRING_BASE: Device._set_vring_base,
+    R.GET_VRING_BASE: Device._get_vring_base,
+    R.SET_VRING_KICK: Device._set_vring_fd,
+    R.SET_VRING_CALL: Device._set_vring_fd,
+    R.SET_VRING_ERR: Device._set_vring_fd,
+    R.CREATE_CRYPTO_SESSION: Device._create_session,
+    R.CLOSE_CRYPTO_SESSION: Device._close_session,
+    R.VCRYPTO_GET_CAPS: Device._get_caps,
+    R.VCRYPTO_GET_STATS: Device._get_stats,
+}

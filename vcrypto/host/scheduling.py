@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from vcrypto.host.resources._base import CryptoJob
 from vcrypto.host.resources.openssl import OpensslResource
+from vcrypto.ops import ALL_CAPABILITIES
 
 log = logging.getLogger("vcrypto.host")
 
@@ -45,6 +46,18 @@ class DirectScheduler:
 
     def stats(self) -> None:
         return None
+
+
+def capabilities_of(scheduler) -> frozenset:
+    """Union of the (op, alg) capabilities of the scheduler's resources."""
+    resources = getattr(scheduler, "resources", None)
+    if isinstance(resources, dict):
+        caps: set = set()
+        for r in resources.values():
+            caps |= r.capabilities
+        return frozenset(caps)
+    single = getattr(scheduler, "resource", None)
+    return frozenset(single.capabilities) if single is not None else ALL_CAPABILITIES
 
 
 def _pool_builder():
