@@ -415,3 +415,27 @@ async def test_records_under_old_key_after_key_update_are_refused(config):
         while True:
             await server.receive_some()
     assert info.value.alert in (A.unexpected_message, A.bad_record_mac)
+
+
+async def test_provider_failure_is_local_error_with_internal_error_alert(config):
+    from vcproxy.tls import CryptoProviderError, TLSLocalError
+
+    class BrokenSigner(InlineProvider):
+        async def sign(self, key, scheme, message):
+            raise RuntimeError("signer offline")
+
+    server, rec, client = pair(config, BrokenSigner())
+
+    async def run_client():
+        await client.send_plain(22, client_hello(share=client.share))
+        while await client.stream.receive_some():
+            pass
+        await client.stream.aclose()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_client)
+        with pytest.raises(CryptoProviderError) as info:
+            await server.do_handshake()
+    assert isinstance(info.value, TLSLocalError) and info.value.alert == A.internal_error
+    assert "signer offline" in str(info.value)
+    sent = b"".join(rec.sent)
+    assert sent[0] == 22 and sent[-(5 + 2 + 1 + 16):][0] == 23  # ServerHello, then the sealed alert

@@ -169,6 +169,7 @@ class TLSStream(trio.abc.Stream):
             await self._seal_records(APPLICATION_DATA, data)
             await self._flush()
         except TLSError as exc:
+            self._sending = False  # this task is the sender: the alert may go out
             await self._fail(exc)
             raise
         except BaseException:
@@ -291,6 +292,11 @@ class TLSStream(trio.abc.Stream):
         try:
             return await awaitable
         except TLSError:
+            raise
+        except trio.Cancelled:
+            # Records handed to a provider that did not finish are lost: the
+            # sequence numbers no longer line up, so the stream cannot go on.
+            self._state = _State.BROKEN
             raise
         except Exception as exc:  # a provider's own failure type: ours is local
             raise CryptoProviderError(f"{self.provider.name}: {what} failed: {exc!r}") from exc
@@ -540,7 +546,8 @@ class TLSStream(trio.abc.Stream):
         self._state = _State.BROKEN
         try:
             with trio.move_on_after(LINGER_S):
-                if send_alert and not isinstance(exc, TLSAlertReceived):
+                # (no alert while another task is mid-send: records would interleave)
+                if send_alert and not isinstance(exc, TLSAlertReceived) and not self._sending:
                     alert = bytes((2, exc.alert))
                     self._hs_out.clear()
                     if self._write is None:
@@ -552,8 +559,9 @@ class TLSStream(trio.abc.Stream):
                     self._wire_out.clear()
                     await self.transport_stream.send_all(data)
                 await self._linger()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, TLSError):
-            pass  # the transport is gone: nothing more to say
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError,
+                TLSError):
+            pass  # the transport is gone or busy: nothing more to say
         finally:
             await trio.aclose_forcefully(self.transport_stream)
 
