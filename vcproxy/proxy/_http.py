@@ -254,9 +254,7 @@ class HttpProxyConnection:
 
     async def _exchange(self, request: h11.Request, headers: list[tuple[bytes, bytes]], pool: UpstreamPool,
                         upstream: UpstreamConn, record: dict[str, Any], started: float) -> bool:
-        cfg = pool.config
         state: dict[str, Exception | None] = {"body": None, "relay": None}
-        body_done = trio.Event()
         try:
             await _send_upstream(upstream, self._upstream_request(request, headers, upstream.server), pool.name)
         except UpstreamError as exc:
@@ -264,33 +262,18 @@ class HttpProxyConnection:
             self.observer.upstream_error(pool.name, exc.kind)
             record["error"] = str(exc)
             return await self._send_error(502, "upstream failed", record, started)
-
-        async def pump_body(cancel: trio.CancelScope) -> None:
+        status = 0
+        length = _header(headers, b"content-length")
+        if not _header(headers, b"transfer-encoding") and length in (b"", b"0"):
+            # No body (RFC 9112 §6.3): h11 yields EndOfMessage without I/O, so the
+            # common GET needs no pump task; relay in this task.
             try:
                 await self._pump_request_body(upstream, pool.name)
-            except (_ClientGone, _BodyTooLarge, h11.RemoteProtocolError) as exc:
-                state["body"] = exc
-                cancel.cancel()  # nothing sensible can reach the upstream any more
-            except UpstreamError as exc:
-                # The upstream stopped reading: it may still have a response for us.
-                state["body"] = exc
-            finally:
-                body_done.set()
-
-        status = 0
-        with trio.CancelScope() as exchange_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump_body, exchange_scope)
-                try:
-                    status = await self._relay_response(upstream, cfg.read_timeout_s, pool.name, request.method)
-                except (UpstreamError, h11.RemoteProtocolError) as exc:
-                    state["relay"] = exc
-                    nursery.cancel_scope.cancel()
-                except _ClientGone as exc:
-                    state["relay"] = exc
-                    nursery.cancel_scope.cancel()
-                if not body_done.is_set():
-                    nursery.cancel_scope.cancel()  # answered before the body ended
+                status = await self._relay_response(upstream, pool.config.read_timeout_s, pool.name)
+            except (UpstreamError, h11.RemoteProtocolError, _ClientGone) as exc:
+                state["relay"] = exc
+        else:
+            status = await self._exchange_with_body(upstream, pool, state)
         body_err, relay_err = state["body"], state["relay"]
         err = relay_err or body_err
         seconds = time.monotonic() - started
@@ -315,6 +298,37 @@ class HttpProxyConnection:
             return False
         return await self._send_error(fail, _REASONS[fail], record, started)
 
+    async def _exchange_with_body(self, upstream: UpstreamConn, pool: UpstreamPool,
+                                  state: dict[str, Exception | None]) -> int:
+        """Body pump and response relay as two tasks (see the module docstring);
+        their failures land in ``state`` for ``_exchange`` to judge."""
+        body_done = trio.Event()
+
+        async def pump_body(cancel: trio.CancelScope) -> None:
+            try:
+                await self._pump_request_body(upstream, pool.name)
+            except (_ClientGone, _BodyTooLarge, h11.RemoteProtocolError) as exc:
+                state["body"] = exc
+                cancel.cancel()  # nothing sensible can reach the upstream any more
+            except UpstreamError as exc:
+                # The upstream stopped reading: it may still have a response for us.
+                state["body"] = exc
+            finally:
+                body_done.set()
+
+        status = 0
+        with trio.CancelScope() as exchange_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump_body, exchange_scope)
+                try:
+                    status = await self._relay_response(upstream, pool.config.read_timeout_s, pool.name)
+                except (UpstreamError, h11.RemoteProtocolError, _ClientGone) as exc:
+                    state["relay"] = exc
+                    nursery.cancel_scope.cancel()
+                if not body_done.is_set():
+                    nursery.cancel_scope.cancel()  # answered before the body ended
+        return status
+
     async def _pump_request_body(self, upstream: UpstreamConn, name: str) -> None:
         total = 0
         if self.h11.they_are_waiting_for_100_continue:
@@ -332,8 +346,7 @@ class HttpProxyConnection:
             else:
                 raise _ClientGone(f"unexpected {type(event).__name__} in request body")
 
-    async def _relay_response(self, upstream: UpstreamConn, read_timeout_s: float, name: str,
-                              method: bytes) -> int:
+    async def _relay_response(self, upstream: UpstreamConn, read_timeout_s: float, name: str) -> int:
         while True:
             event = await _next_upstream_event(upstream, read_timeout_s, name)
             if isinstance(event, h11.InformationalResponse):
