@@ -92,3 +92,36 @@ async def test_off_curve_peer_key_is_redone_in_process_not_a_fallback(host_and_b
     assert st is SlotStatus.INVALID
     assert fe.stats.redone_requests == 1 and fe.stats.fallback_requests == 0
     await fe.aclose()
+
+
+async def test_device_queue_full_applies_back_pressure(tmp_path):
+    """More requests in flight than the data virtqueue holds: the backend
+    keeps the overflow until the host completes some (no loss, no spin)."""
+    import engine_daemons
+
+    host = engine_daemons.host(tmp_path).start()
+    backend = engine_daemons.backend(tmp_path, host_socket=host.socket_path,
+                                     extra=["--queue-size", "16"]).start()
+    try:
+        fe = Frontend(backend.socket_path)
+        await fe.start()
+        key = os.urandom(16)
+        h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, key))
+        out = {}
+
+        async def worker(k):
+            items = [(os.urandom(200), (k * 100 + i).to_bytes(12, "big"), b"") for i in range(40)]
+            res = await fe.run(h, items)
+            out[k] = [r[1] for r in res] == [AESGCM(key).encrypt(iv, s, a) for s, iv, a in items]
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as n:
+                for k in range(8):
+                    n.start_soon(worker, k)
+        assert out == {k: True for k in range(8)}
+        assert fe.stats.fallback_requests == 0 and fe.stats.submitted == 320
+        assert (await fe.backend_stats())["device_full"] > 0  # the path was exercised
+        await fe.aclose()
+    finally:
+        backend.stop()
+        host.stop()

@@ -24,6 +24,7 @@ class BackendStats:
     poll_passes: int = 0            # passes spent polling instead of sleeping
     sleeps: int = 0
     batches: int = 0
+    device_full: int = 0            # batches the device queue could not take whole
     batch_fill: list = dataclasses.field(default_factory=lambda: [0] * len(BATCH_BUCKETS))
     queue_ns_sum: int = 0           # frontend submit -> handed to the device
     exec_ns_sum: int = 0            # handed to the device -> completion seen
@@ -69,6 +70,7 @@ class BackendCollector:
             ("device_down_events", "times the host device was lost"),
             ("calls", "frontend eventfd notifications"),
             ("poll_passes", "loop passes spent polling"),
+            ("device_full", "batches the device queue could not take whole (back-pressure)"),
             ("sleeps", "times the loop blocked on its doorbell"),
             ("cache_hits", "session cache hits"),
             ("cache_misses", "session cache misses (sessions created)"),

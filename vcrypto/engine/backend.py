@@ -139,6 +139,7 @@ class Backend:
         self._to_wake: set[_Frontend] = set()
         self._last_work = 0.0
         self._last_drained = 0
+        self._device_full = False
         self._last_arrival = 0.0
         self._gap_s: float | None = None
         self._unavailable_logged = False
@@ -182,7 +183,9 @@ class Backend:
                 continue
             now = time.monotonic()
             timeout = None
-            if self._batch:
+            if self._batch and self._device_full:
+                timeout = None  # back-pressure: sleep until the device completes some
+            elif self._batch:
                 timeout = self._batch_deadline - now
                 if timeout <= 0:
                     continue  # the next pass flushes it
@@ -274,6 +277,7 @@ class Backend:
         # device): all of them go back to their frontends for in-process redo.
         failed = [(tok, SlotStatus.DEVICE_LOST, 0) for tok in self._tokens]
         self._batch.clear()
+        self._device_full = False
         self.stats.device_errors += len(failed)
         self._complete(failed)
         self._next_retry = time.monotonic() + self.cfg.host_retry_s
@@ -387,9 +391,11 @@ class Backend:
             self._batch = batch
             self._device_failed(exc)
             return
-        if n < len(batch):  # device queue full: keep the rest for the next pass
+        if n < len(batch):  # device queue full: keep the rest until it has room
             self._batch = batch[n:]
             self._batch_deadline = time.monotonic()
+            self._device_full = True
+            self.stats.device_full += 1
 
     def _reap(self) -> int:
         if self.device is None or not self._tokens:
@@ -400,6 +406,7 @@ class Backend:
             self._device_failed(exc)
             return 1
         if done:
+            self._device_full = False
             self._complete(done)
         return len(done)
 
@@ -697,6 +704,8 @@ def _parse(argv):
     p.add_argument("--batch-deadline-us", type=float, default=0.0)
     p.add_argument("--poll-budget-us", type=float, default=None)
     p.add_argument("--slots", type=int, default=256, help="request slots per frontend")
+    p.add_argument("--queue-size", type=int, default=256,
+                   help="entries of the data virtqueue to the host (requests in flight there)")
     return p.parse_args(argv)
 
 
@@ -714,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         from ._hostdevice import HostDevice
 
         def factory() -> Device:
-            return HostDevice(args.host_socket, geometry=cfg.geometry)
+            return HostDevice(args.host_socket, geometry=cfg.geometry, queue_size=args.queue_size)
     try:
         backend = Backend(cfg, factory)
     except OSError as exc:
