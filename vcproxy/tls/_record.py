@@ -76,6 +76,11 @@ class RecordSplitter:
 
 def split_inner(inner: bytes) -> tuple[int, bytes]:
     """TLSInnerPlaintext → (content_type, content), stripping zero padding."""
+    content_type = inner[-1] if inner else 0
+    if content_type:  # no padding: the usual case, one copy
+        if len(inner) - 1 > MAX_PLAINTEXT:
+            raise RecordOverflow(f"record: plaintext of {len(inner) - 1} bytes > {MAX_PLAINTEXT}")
+        return content_type, inner[:-1]
     end = len(inner.rstrip(b"\x00"))
     if end == 0:
         # RFC 8446 §5.4: no non-zero octet → unexpected_message.

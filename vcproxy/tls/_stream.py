@@ -204,9 +204,12 @@ class TLSStream(trio.abc.Stream):
             self._receiving = False
         if not self._app_in:
             return b""
-        n = len(self._app_in) if max_bytes is None else max_bytes
-        out = bytes(self._app_in[:n])
-        del self._app_in[:n]
+        if max_bytes is None or max_bytes >= len(self._app_in):
+            out = bytes(self._app_in)
+            self._app_in.clear()
+            return out
+        out = bytes(self._app_in[:max_bytes])
+        del self._app_in[:max_bytes]
         return out
 
     async def aclose(self) -> None:
