@@ -107,6 +107,8 @@ async def bench(fe: Frontend, pids: list[int], seconds: float, tasks: int) -> li
             lat.append(time.perf_counter() - t0)
         # throughput, concurrent tasks
         done = 0
+        be0 = await fe.backend_stats()
+        bells0 = fe.stats.doorbells
         cpu0 = _cpu() + sum(_proc_cpu(p) for p in pids)
         t0 = time.perf_counter()
         stop = t0 + seconds
@@ -123,6 +125,11 @@ async def bench(fe: Frontend, pids: list[int], seconds: float, tasks: int) -> li
                 n.start_soon(worker)
         wall = time.perf_counter() - t0
         cpu = _cpu() + sum(_proc_cpu(p) for p in pids) - cpu0
+        be1 = await fe.backend_stats()
+        # doorbells to the backend + eventfd wakes of this frontend + kicks to
+        # and calls from the host, per request
+        notif = (fe.stats.doorbells - bells0 + be1["calls"] - be0["calls"]
+                 + be1["host_kicks"] - be0["host_kicks"] + be1["host_calls"] - be0["host_calls"])
         await fe.close_session(h, linger=False)
         # in-process
         local = InlineSession(meta)
@@ -135,7 +142,7 @@ async def bench(fe: Frontend, pids: list[int], seconds: float, tasks: int) -> li
             local.perform(src, iv, aad)
             inl.append(time.perf_counter() - a)
         rows.append(dict(op=label, e_p50=_pct(lat, .5), e_p99=_pct(lat, .99), e_ops=done / wall,
-                         e_cpu_us=cpu / max(done, 1) * 1e6,
+                         e_cpu_us=cpu / max(done, 1) * 1e6, notif=notif / max(done, 1),
                          i_p50=_pct(inl, .5), i_p99=_pct(inl, .99), i_ops=len(inl) / sum(inl)))
     return rows
 
@@ -163,13 +170,14 @@ def main(argv=None) -> int:
     where = "backend only (--no-host)" if args.no_host else "backend + vcrypto-host"
     print(f"engine ({where}) vs in-process, {os.cpu_count()} CPUs, {args.tasks} tasks, "
           f"AEAD pipelines of 16 per opdone (fallbacks during the run: {fallbacks})")
-    hdr = (f"{'op':26} {'engine p50 us':>13} {'p99 us':>8} {'ops/s':>8} {'cpu us/op':>9} | "
+    hdr = (f"{'op':26} {'engine p50 us':>13} {'p99 us':>8} {'ops/s':>8} {'cpu us/op':>9} "
+           f"{'notif/op':>8} | "
            f"{'inproc p50 us':>13} {'p99 us':>8} {'ops/s':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         print(f"{r['op']:26} {r['e_p50']:13.1f} {r['e_p99']:8.1f} {r['e_ops']:8.0f} "
-              f"{r['e_cpu_us']:9.1f} | {r['i_p50']:13.1f} {r['i_p99']:8.1f} {r['i_ops']:8.0f}")
+              f"{r['e_cpu_us']:9.1f} {r['notif']:8.3f} | {r['i_p50']:13.1f} {r['i_p99']:8.1f} {r['i_ops']:8.0f}")
     return 0
 
 

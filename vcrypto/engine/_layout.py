@@ -178,7 +178,7 @@ class Geometry:
 
     ring_capacity: int = 256
     slot_count: int = 256
-    opdone_count: int = 64
+    opdone_count: int = 256  # one per slot: single requests never wait for a record
     chunk_bytes: int = 36864  # aad + a 16 KiB+256 record + its sealed copy, 64-aligned
 
     def __post_init__(self):

@@ -659,6 +659,7 @@ class Backend:
             "frontends": len(self._frontends),
             "inflight": len(self._tokens),
             "device_stats": self._device_stats(),
+            **self.gauges(),
         }
 
     def gauges(self) -> dict[str, float]:
