@@ -126,7 +126,8 @@ class Supervisor:
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which then
         # stops the children in order (workers drain first, daemons after).
         child.process = await trio.lowlevel.open_process(child.argv, env=self._env(), pass_fds=pass_fds,
-                                                         start_new_session=True)
+                                                         start_new_session=True,
+                                                         preexec_fn=_die_with_parent(os.getpid()))
         child.started_s = time.monotonic()
 
     def _worker_argv(self, index: int, ready_fd: int) -> list[str]:
@@ -355,6 +356,25 @@ class Supervisor:
         for daemon in reversed(self.daemons):
             if daemon.process:
                 await _terminate([daemon.process], 5.0)
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn: SIGTERM the child when the supervisor dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), so no orphaned worker keeps a port. Its own
+    session keeps it out of the terminal's Ctrl-C, so this is its only link."""
+
+    def preexec() -> None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def _unlink_stale(path: str) -> None:

@@ -139,3 +139,27 @@ def test_sni_selects_the_certificate(start_proxy, certs, upstream):
     assert served("a.test") == der["a"]
     assert served("www.b.test") == der["b"]
     assert served("unknown.test") == der["a"]  # the first certificate is the default
+
+
+def test_children_stop_when_the_supervisor_is_killed(start_proxy, certs, upstream):
+    proxy = start_proxy(base_config(upstream.address, certs["a"], workers=2, crypto={"provider": "vcrypto"}))
+    ready = proxy.wait_event("ready")
+    children = list(ready["workers"]) + list(ready["daemons"].values())
+    os.kill(proxy.proc.pid, 9)
+    proxy.proc.wait(10)
+    deadline = time.monotonic() + 20
+    alive = children
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in children if _running(pid)]
+        time.sleep(0.1)
+    for pid in alive:  # on failure, do not leak what the test started
+        os.kill(pid, 9)
+    assert alive == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
