@@ -253,3 +253,23 @@ async def test_republished_heads_never_exceed_queue_size_in_flight(devices):
         assert stats["device"]["requests"] <= 1 + 20 * 200
     assert host.alive()
     assert "Traceback" not in host.log()
+
+
+async def test_unsealed_memory_is_refused(devices):
+    """An fd that could be truncated under the host's mapping (SIGBUS for the
+    whole host on the next access) is refused: that device is closed."""
+    host, drv, by, bypool, bysid = devices
+    fd = os.memfd_create("unsealed")
+    os.ftruncate(fd, 1 << 16)
+    raw = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with raw:
+        await raw.connect(host.socket_path)
+        from vcrypto.wire import transport
+        await transport.send_message(raw, vu.Request.SET_MEM_TABLE,
+                                     vu.mem_table([vu.MemRegion(0, 1 << 16, 0)]), fds=[fd])
+        os.ftruncate(fd, 0)          # what a hostile driver would do next
+        with trio.fail_after(10):
+            assert await raw.recv(100) == b""
+    os.close(fd)
+    await _healthy(by, bypool, bysid)
+    assert "not a memfd sealed against shrinking" in host.log()

@@ -19,6 +19,7 @@ number, got 'fast'")``). Defaults live here, once, with their units::
       max_queue_size: 1024
       max_request_bytes: 65536   # per request; bounds host memory: queue size x this
       max_mem_slots: 32
+      require_sealed_memory: true   # refuse region fds not sealed with F_SEAL_SHRINK
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class Limits:
     max_queue_size: int = 1024
     max_request_bytes: int = 64 * 1024
     max_mem_slots: int = 32
+    require_sealed_memory: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

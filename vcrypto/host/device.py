@@ -98,7 +98,7 @@ class Device:
         self.scheduler = scheduler
         limits = config.limits
         self.sessions = SessionTable(limits.max_sessions_per_device, keys)
-        self.mem = GuestMemory(limits.max_mem_slots)
+        self.mem = GuestMemory(limits.max_mem_slots, require_sealed=limits.require_sealed_memory)
         self.stats = DeviceStats()
         self.features = 0
         self.protocol_features = 0

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 
-from vcrypto.shm.region import Region, RegionError
+from vcrypto.shm.region import Region, RegionError, is_size_sealed
 from vcrypto.wire.vhost_user import MemRegion
 
 log = logging.getLogger("vcrypto.host.memory")
@@ -33,8 +33,9 @@ class _Mapped:
 
 
 class GuestMemory:
-    def __init__(self, max_slots: int):
+    def __init__(self, max_slots: int, *, require_sealed: bool = True):
         self.max_slots = max_slots
+        self.require_sealed = require_sealed
         self._maps: list[_Mapped] = []
         self._retired: list[Region] = []
         self._last: _Mapped | None = None
@@ -51,6 +52,12 @@ class GuestMemory:
                 or desc.userspace_addr + desc.memory_size > U64_MAX:
             os.close(fd)
             raise BadAddress(f"region {desc} has an empty or overflowing range")
+        if self.require_sealed and not is_size_sealed(fd):
+            # A driver that truncates an unsealed file under our mapping would
+            # kill the whole host with SIGBUS on the next access.
+            os.close(fd)
+            raise BadAddress("region fd is not a memfd sealed against shrinking "
+                             "(F_SEAL_SHRINK); refusing to map it")
         for m in self._maps:
             d = m.desc
             if desc.guest_phys_addr < d.guest_phys_addr + d.memory_size and \

@@ -1,6 +1,8 @@
 """Shared-memory regions: ``memfd_create`` + ``mmap``.
 
-A ``Region`` is one anonymous memory file mapped read-write and shared. The
+A ``Region`` is one anonymous memory file mapped read-write and shared,
+sealed against resizing (F_SEAL_SHRINK | F_SEAL_GROW), so a peer that maps it
+never faults on a page the owner truncated away. The
 creator passes its fd across a unix socket (``socket.send_fds``; vhost-user
 SET_MEM_TABLE / ADD_MEM_REG carry it as SCM_RIGHTS ancillary data); the peer
 maps the same pages with ``Region.from_fd``. Nothing is copied: both
@@ -18,12 +20,22 @@ instead of leaking the fd.
 """
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 
-__all__ = ["Region", "RegionError", "PAGE_SIZE"]
+__all__ = ["Region", "RegionError", "PAGE_SIZE", "SIZE_SEALS", "is_size_sealed"]
 
 PAGE_SIZE = mmap.PAGESIZE
+SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+
+
+def is_size_sealed(fd: int) -> bool:
+    """Whether ``fd`` is a memfd whose size can never shrink (F_SEAL_SHRINK)."""
+    try:
+        return bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK)
+    except OSError:          # not a memfd / sealing not supported
+        return False
 
 
 class RegionError(Exception):
@@ -52,9 +64,13 @@ class Region:
         if size <= 0:
             raise RegionError(f"region {name!r}: size must be positive, got {size}")
         size = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-        fd = os.memfd_create(f"vcrypto-{name}", os.MFD_CLOEXEC)
+        fd = os.memfd_create(f"vcrypto-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            # Fix the size for good (as QEMU's memory-backend-memfd does with
+            # seal=on): a peer that maps this region can then trust that the
+            # pages stay backed; a shrunk file would SIGBUS whoever touches it.
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SIZE_SEALS | fcntl.F_SEAL_SEAL)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             os.close(fd)
