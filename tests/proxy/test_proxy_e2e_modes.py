@@ -141,8 +141,10 @@ def test_sni_selects_the_certificate(start_proxy, certs, upstream):
     assert served("unknown.test") == der["a"]  # the first certificate is the default
 
 
-def test_children_stop_when_the_supervisor_is_killed(start_proxy, certs, upstream):
-    proxy = start_proxy(base_config(upstream.address, certs["a"], workers=2, crypto={"provider": "vcrypto"}))
+def test_children_stop_when_the_supervisor_is_killed(start_proxy, certs, upstream, tmp_path):
+    # runtime_dir in tmp_path: a SIGKILLed supervisor cannot clean its runtime directory up
+    proxy = start_proxy(base_config(upstream.address, certs["a"], workers=2, crypto={"provider": "vcrypto"},
+                                    vcrypto={"runtime_dir": str(tmp_path / "runtime")}))
     ready = proxy.wait_event("ready")
     children = list(ready["workers"]) + list(ready["daemons"].values())
     os.kill(proxy.proc.pid, 9)
