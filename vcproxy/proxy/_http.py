@@ -114,8 +114,9 @@ class HttpProxyConnection:
         self.limits = runtime.config.limits
         self.observer = observer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
-        self._response_started = False
-        self._status = 0
+        # The status of the response head already sent for the current request
+        # (None: nothing sent yet, so a failure can still become an error response).
+        self._sent_status: int | None = None
 
     # ---------------------------------------------------------------- client I/O
 
@@ -194,7 +195,7 @@ class HttpProxyConnection:
                 if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                     return
                 self.h11.start_next_cycle()
-                self._response_started = False
+                self._sent_status = None
         except _ClientGone:
             return
 
@@ -287,8 +288,8 @@ class HttpProxyConnection:
                 self.observer.upstream_error(pool.name, "protocol")
         if err is not None:
             record["error"] = f"{type(err).__name__}: {err}"
-        if self._response_started:
-            record["status"] = self._status
+        if self._sent_status is not None:
+            record["status"] = self._sent_status
             self._log(record, seconds, response_complete=relay_err is None)
             return err is None
         fail = _fail_status(body_err, relay_err)
@@ -357,8 +358,7 @@ class HttpProxyConnection:
         headers = _strip_hop_by_hop(list(event.headers))
         if self.conn.draining.is_set():
             headers.append((b"connection", b"close"))
-        self._response_started = True
-        self._status = event.status_code
+        self._sent_status = event.status_code
         await self._send_client(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason))
         while True:
             event = await _next_upstream_event(upstream, read_timeout_s, name)
@@ -366,7 +366,7 @@ class HttpProxyConnection:
                 await self._send_client(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
                 await self._send_client(h11.EndOfMessage())
-                return self._status
+                return self._sent_status
             else:
                 raise UpstreamClosed(name, "closed mid-response")
 
@@ -377,7 +377,7 @@ class HttpProxyConnection:
         if record is None:
             record = {"client": self.conn.client_host, "listener": self.rt.listener}
         record["status"] = status
-        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self._response_started:
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self._sent_status is None:
             body = f"{status} {_REASONS.get(status, 'Error')}: {message}\n".encode()
             try:
                 await self._send_client(h11.Response(status_code=status, headers=[
