@@ -439,3 +439,31 @@ async def test_provider_failure_is_local_error_with_internal_error_alert(config)
     assert "signer offline" in str(info.value)
     sent = b"".join(rec.sent)
     assert sent[0] == 22 and sent[-(5 + 2 + 1 + 16):][0] == 23  # ServerHello, then the sealed alert
+
+
+async def test_hello_retry_with_refused_early_data_over_the_stream(test_certs):
+    import hashlib
+    config = server_config([test_certs["ecdsa-p256"]], groups=["x25519"])
+    server, _, client = pair(config)
+    ch1 = client_hello(share=bytes([4]) + bytes(64), share_group=0x0017, groups=(0x0017, 0x001D),
+                       extra=ext(c.EXT_EARLY_DATA, b""))
+
+    async def run_client():
+        await client.send_plain(22, ch1)
+        for _ in range(2):  # 0-RTT records the server cannot read: skipped
+            await client.stream.send_all(b"\x17\x03\x03\x00\x30" + bytes(48))
+        hrr = await client.message()
+        assert hrr[6:38] == c.HRR_RANDOM
+        cookie = hrr[hrr.index(c.EXT_COOKIE.to_bytes(2, "big")) + 6:]
+        client.transcript = hashlib.sha256(
+            c.handshake(c.MESSAGE_HASH, hashlib.sha256(ch1).digest()) + hrr)
+        ch2 = client_hello(share=client.share, groups=(0x0017, 0x001D),
+                           extra=ext(c.EXT_COOKIE, c.vec16(cookie)))
+        await client.handshake(ch2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_client)
+        await server.do_handshake()
+    assert server.info.hello_retry and server.named_group == "x25519"
+    await client.send_app(b"after retry")
+    assert await server.receive_some() == b"after retry"
