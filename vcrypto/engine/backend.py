@@ -651,6 +651,7 @@ class Backend:
 
     def snapshot(self) -> dict:
         return {
+            **self.gauges(),
             **self.stats.as_dict(),
             "sessions": self.sessions.refcounts(),
             "cache_entries": self.shared.live_entries(),
@@ -659,7 +660,6 @@ class Backend:
             "frontends": len(self._frontends),
             "inflight": len(self._tokens),
             "device_stats": self._device_stats(),
-            **self.gauges(),
         }
 
     def gauges(self) -> dict[str, float]:
