@@ -134,3 +134,49 @@ async def test_qemu_shaped_frontend(start_host):
     os.close(call)
     mem.close()
     assert host.alive()
+
+
+async def test_vring_without_kick_fd_is_polled(start_host):
+    """SET_VRING_KICK with the no-fd flag (bit 8): the host polls the ring."""
+    host = start_host({"poll": {"nofd_interval_us": 2000}})
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.connect(host.socket_path)
+    mem = Region.create("guest", REGION_BYTES)
+    num = 8
+    lay = vring_layout(num)
+    for req, payload, fds in [
+        (R.SET_FEATURES, vu.u64(1 << vu.VIRTIO_F_VERSION_1), []),
+        (R.SET_MEM_TABLE, vu.mem_table([vu.MemRegion(GPA_B, REGION_BYTES, UVA_B)]), [mem.fd]),
+        (R.SET_VRING_NUM, vu.vring_state(0, num), []),
+        (R.SET_VRING_ADDR, vu.VringAddr(0, 0, UVA_B + lay.desc, UVA_B + lay.used,
+                                        UVA_B + lay.avail).encode(), []),
+        (R.SET_VRING_KICK, vu.u64(0 | vu.VRING_NOFD_MASK), []),
+        (R.SET_VRING_CALL, vu.u64(0 | vu.VRING_NOFD_MASK), []),
+    ]:
+        await transport.send_message(sock, req, payload, fds=fds)
+    await transport.send_message(sock, R.CREATE_CRYPTO_SESSION,
+                                 session_msg.encode_create(vc.SessionParams(Op.ECDH, Alg.X25519)))
+    sid, _ = session_msg.decode_create_reply((await transport.recv_message(sock)).payload)
+    vq = SplitVirtqueue(num, mem.buf[lay.desc:lay.avail], mem.buf[lay.avail:lay.used],
+                        mem.buf[lay.used:lay.total], event_idx=False)
+    priv, pub = ecdh_peer(Alg.X25519)
+    base = 8192
+    mem.write(base, vc.encode_data_request(vc.data_request_for(Op.ECDH, sid, src_len=32,
+                                                                dst_len=64)))
+    mem.write(base + 100, pub)
+    for i, (off, length, flags) in enumerate([(0, 72, 0), (100, 32, 0),
+                                              (200, 64, VIRTQ_DESC_F_WRITE),
+                                              (300, 1, VIRTQ_DESC_F_WRITE)]):
+        vq.desc.write(i, GPA_B + base + off, length, flags | (VIRTQ_DESC_F_NEXT if i < 3 else 0),
+                      i + 1)
+    await trio.sleep(0.1)                   # let the host park first
+    vq.driver_add(0)
+    vq.driver_publish()                     # no kick: there is no kick fd
+    with trio.fail_after(10):
+        while vq.driver_pending_used() == 0:
+            await trio.sleep(0.005)
+    assert vq.driver_pop_used() == (0, 65)
+    check_ecdh_result(Alg.X25519, priv, mem.read(base + 200, 64))
+    vq.release()
+    sock.close()
+    mem.close()

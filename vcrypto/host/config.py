@@ -12,6 +12,7 @@ number, got 'fast'")``). Defaults live here, once, with their units::
       spin_us: 50            # adaptive: busy-poll this long after work before parking
       batch_threshold: 8     # adaptive: poll only after a drained batch this big
       coalesce_us: 0         # hold a call up to this long while the batch still runs
+      nofd_interval_us: 1000 # ring poll period for a vring kicked with no fd (polling driver)
     limits:
       max_devices: 64
       max_sessions_per_device: 1024
@@ -40,6 +41,7 @@ class PollConfig:
     spin_us: float = 50.0
     batch_threshold: int = 8
     coalesce_us: float = 0.0
+    nofd_interval_us: float = 1000.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -137,6 +137,7 @@ class DataQueue:
         self._call_from: int | None = None       # used.idx before the first unsignalled publish
         self._call_deadline = math.inf
         self._coalesce_s = poll.coalesce_us / 1e6
+        self._nofd_s = poll.nofd_interval_us / 1e6
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.stopped = False
@@ -188,7 +189,12 @@ class DataQueue:
                 continue
             self.stats.sleeps += 1
             last_batch = 0
-            with trio.move_on_at(self._call_deadline):
+            deadline = self._call_deadline
+            if self.kick_fd is None:
+                # SET_VRING_KICK with the no-fd flag: "the back-end must poll
+                # the ring" (vhost-user spec); at a bounded rate, not spinning.
+                deadline = min(deadline, time.monotonic() + self._nofd_s)
+            with trio.move_on_at(deadline):
                 await self._wake.wait()
             vq.device_disable_kicks()
             self._maybe_call()
