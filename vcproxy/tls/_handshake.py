@@ -29,8 +29,13 @@ for what it waits for::
                                                KeyUpdate both ways
 
 A ``FinishedVerified`` value exists only once the client's Finished MAC has
-been compared (``hmac.compare_digest``); ``Connected`` cannot be built
-without one, and only ``Connected`` lets application keys be read.
+been compared (``hmac.compare_digest``); the application keys are installed
+only after it exists, and ``Connected`` cannot be built without one.
+
+In ``Connected``, a client KeyUpdate installs the next read key at once; if
+it requested an update, ``key_update_owed`` tells the adapter to send ours
+before its next application data (``initiate_key_update``, which also serves
+the server-initiated update after N records).
 """
 from __future__ import annotations
 
