@@ -1,5 +1,6 @@
-"""Start real vcrypto daemons as subprocesses for tests (and for the TLS
-interop suite's VcryptoProvider parameter: see ``vcrypto_provider_factory``).
+"""Start real vcrypto daemons as subprocesses for tests, and the fixtures the
+TLS interop suite uses to run a second time over ``VcryptoProvider``
+(``engine_stack``, ``vcrypto_tls_provider``: import both into a conftest).
 
 Every process started here is stopped by PID in ``Daemon.stop``.
 """
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,8 +146,6 @@ class EngineStack:
 
 # -- fixtures for other suites (import them into a conftest) -------------------------
 
-import pytest  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def engine_stack(tmp_path_factory):
@@ -166,5 +167,6 @@ def vcrypto_tls_provider(engine_stack):
     yield provider
     stats = provider.frontend.stats
     provider.frontend.close_nowait()
-    assert stats.fallback_requests == 0, (f"in-process fallback during the test: {stats}", provider.frontend.last_detach_reason)
+    assert stats.fallback_requests == 0, (
+        f"in-process fallback during the test: {stats} ({provider.frontend.last_detach_reason})")
     assert engine_stack.host_requests() - before >= stats.submitted, stats
