@@ -180,3 +180,27 @@ async def test_vring_without_kick_fd_is_polled(start_host):
     vq.release()
     sock.close()
     mem.close()
+
+
+async def test_get_vring_base_drains_in_flight_requests(start_host):
+    """GET_VRING_BASE stops the ring only after the requests it already popped
+    are completed and published: the reply's base matches used.idx."""
+    from host_refcheck import der_of
+    from vcrypto.driver import Driver, Item, PayloadPool
+
+    host = start_host()
+    async with await Driver.attach(host.socket_path) as drv:
+        sid = await drv.create_session(vc.SessionParams(Op.SIGN, Alg.RSA_PSS_RSAE_SHA512,
+                                                        key=der_of(Alg.RSA_PSS_RSAE_SHA512)))
+        pool = await PayloadPool.create(drv, slots=32)
+        ops = [pool._op_for(i, Item(sid, Op.SIGN, Alg.RSA_PSS_RSAE_SHA512, b"m" * 10), i)
+               for i in range(32)]
+        q = drv.queues[0]
+        assert q.enqueue_burst(ops) == 32
+        await trio.sleep(0.005)             # popped, most still signing on threads
+        reply = await drv._request(R.GET_VRING_BASE, vu.vring_state(0, 0))
+        _, base = vu.parse_vring_state(reply)
+        assert base >= 1
+        assert q.vq.used_idx == base         # every popped request published before the reply
+        done = q.dequeue_burst()
+        assert len(done) == base and all(c.status == 0 for c in done)

@@ -18,6 +18,7 @@ request is not a device error: it gets an error status in its own inhdr.
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import logging
 import os
@@ -49,6 +50,9 @@ DEVICE_FEATURES = ((1 << vu.VIRTIO_F_VERSION_1) | (1 << vu.VIRTIO_F_INDIRECT_DES
                    | (1 << vu.VIRTIO_F_EVENT_IDX) | (1 << vu.VHOST_USER_F_PROTOCOL_FEATURES))
 PROTOCOL_FEATURES = ((1 << PF.MQ) | (1 << PF.REPLY_ACK) | (1 << PF.CRYPTO_SESSION)
                      | (1 << PF.CONFIGURE_MEM_SLOTS) | (1 << PF.VCRYPTO_EXT))
+
+
+DRAIN_TIMEOUT_S = 5.0     # GET_VRING_BASE waits this long for in-flight requests
 
 
 class DeviceError(Exception):
@@ -130,6 +134,8 @@ class Device:
             msg = await transport.recv_message(sock)
             try:
                 reply = self._handle(msg)
+                if inspect.isawaitable(reply):
+                    reply = await reply
             finally:
                 for fd in msg.fds:
                     if fd >= 0:
@@ -228,10 +234,17 @@ class Device:
         index, base = vu.parse_vring_state(msg.payload)
         self._ring(index, stopped=True).base = base & 0xFFFF
 
-    def _get_vring_base(self, msg: vu.Message) -> bytes:
+    async def _get_vring_base(self, msg: vu.Message) -> bytes:
+        """Stop the ring and report where it stopped. Requests already popped
+        finish and are published first (bounded by DRAIN_TIMEOUT_S), so the
+        front-end's view (used.idx) and the returned base agree."""
         index, _ = vu.parse_vring_state(msg.payload)
         ring = self._ring(index)
-        self._stop_ring(ring)
+        if ring.state is VringState.RUNNING:
+            ring.queue.begin_drain()
+            with trio.move_on_after(DRAIN_TIMEOUT_S):
+                await ring.done.wait()
+            self._stop_ring(ring)
         return vu.vring_state(index, ring.base)
 
     def _close_session(self, msg: vu.Message) -> bytes | None:

@@ -141,6 +141,7 @@ class DataQueue:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.stopped = False
+        self.draining = False
 
     # -- the loop ----------------------------------------------------------
 
@@ -168,8 +169,11 @@ class DataQueue:
         last_work = time.monotonic()
         while not self.stopped:
             self.stats.polls += 1
-            drained = self._drain()
+            drained = 0 if self.draining else self._drain()
             published = self._publish()
+            if self.draining and not self.reorder.in_flight and not self._released:
+                self._maybe_call()
+                return            # every popped request completed and published
             if drained or published:
                 if drained:
                     last_batch = drained
@@ -184,7 +188,7 @@ class DataQueue:
             self._wake = trio.Event()
             vq.device_enable_kicks()
             full_fence()          # store avail_event/flags before re-reading avail.idx
-            if self._drain_budget() > 0 or self._released:
+            if (not self.draining and self._drain_budget() > 0) or self._released:
                 vq.device_disable_kicks()
                 continue
             self.stats.sleeps += 1
@@ -211,7 +215,14 @@ class DataQueue:
             self._wake.set()
 
     def stop(self) -> None:
+        """Stop at once (connection gone): in-flight results are dropped."""
         self.stopped = True
+        self._wake.set()
+
+    def begin_drain(self) -> None:
+        """Stop popping new requests; the loop returns once every request it
+        already popped has completed and been published (GET_VRING_BASE)."""
+        self.draining = True
         self._wake.set()
 
     # -- avail side ----------------------------------------------------------
