@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import urllib.request
 
-import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 

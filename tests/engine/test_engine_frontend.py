@@ -29,9 +29,8 @@ async def test_seal_roundtrip_through_backend(local_backend):
 
 import random
 
-import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 import engine_daemons
