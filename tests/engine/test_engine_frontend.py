@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import os
+import random
 
 import trio
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+import engine_daemons
+from vcrypto.engine._inline import ecdh_split
 from vcrypto.engine._layout import SessionMeta, SlotStatus
 from vcrypto.engine.frontend import Frontend
 from vcrypto.ops import Alg, Op
@@ -26,15 +31,6 @@ async def test_seal_roundtrip_through_backend(local_backend):
     await fe.close_session(h)
     await fe.aclose()
 
-
-import random
-
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
-import engine_daemons
-from vcrypto.engine._inline import ecdh_split
 
 
 async def test_bad_tag_and_ecdh_and_sign(local_backend):
