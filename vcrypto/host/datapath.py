@@ -53,12 +53,20 @@ class Stream:
 
     def __init__(self, views: list[memoryview]):
         self.views = views
-        self.total = sum(len(v) for v in views)
+        self.total = sum(map(len, views))
 
     def read(self, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
-        out = []
+        rel = offset
+        for v in self.views:          # fast path: the range lies in one buffer
+            n = len(v)
+            if rel < n:
+                if rel + length <= n:
+                    return bytes(v[rel:rel + length])
+                break
+            rel -= n
+        out = []                      # slow path: a field split across buffers
         for v in self.views:
             n = len(v)
             if offset >= n:
@@ -70,8 +78,6 @@ class Stream:
             offset = 0
             if not length:
                 break
-        if len(out) == 1:
-            return bytes(out[0])
         return b"".join(out)
 
     def write(self, offset: int, data: bytes) -> None:
@@ -170,6 +176,8 @@ def walk_chain(vq: SplitVirtqueue, head: int, mem: GuestMemory) -> Chain:
             indirect_view.release()
     if not writable or writable[-1] is None or len(writable[-1]) < vc.INHDR_BYTES:
         raise ChainError("no writable status byte at the end of the chain")
+    if bad is None:
+        return Chain(head, Stream(readable), Stream(writable))
     chain = Chain(head, Stream([v for v in readable if v is not None]),
                   Stream([v for v in writable if v is not None]))
     if bad is not None:

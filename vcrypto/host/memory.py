@@ -103,16 +103,7 @@ class GuestMemory:
     def _find(self, addr: int, length: int, field: str) -> memoryview:
         if addr < 0 or length < 0 or addr + length > U64_MAX:
             raise BadAddress(f"range {addr:#x}+{length} overflows")
-        maps = self._maps
-        if field == "guest_phys_addr" and maps:
-            # Fast path: most buffers of a burst live in the same region.
-            m = self._last
-            if m is not None:
-                start = m.desc.guest_phys_addr
-                if start <= addr and addr + length <= start + m.desc.memory_size:
-                    off = m.base + addr - start
-                    return m.region.buf[off:off + length]
-        for m in maps:
+        for m in self._maps:
             start = getattr(m.desc, field)
             if start <= addr and addr + length <= start + m.desc.memory_size:
                 off = m.base + addr - start
@@ -122,6 +113,13 @@ class GuestMemory:
         raise BadAddress(f"range {addr:#x}+{length} is outside every registered region")
 
     def gpa_view(self, addr: int, length: int) -> memoryview:
+        m = self._last                # fast path: a burst's buffers share a region
+        if m is not None:
+            start = m.desc.guest_phys_addr
+            # (start + memory_size <= 2^64 was checked in add(); lengths are u32)
+            if start <= addr and addr + length <= start + m.desc.memory_size:
+                off = m.base + addr - start
+                return m.region.buf[off:off + length]
         return self._find(addr, length, "guest_phys_addr")
 
     def uva_view(self, addr: int, length: int) -> memoryview:
