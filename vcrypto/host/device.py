@@ -8,7 +8,10 @@ state: negotiated features, the memory table, per-vring configuration, and
 the session table (control plane). A vring starts serving (a ``DataQueue``
 task in the device nursery) once it has a size, addresses and a kick
 (QEMU never sends SET_VRING_ENABLE for crypto: SET_VRING_KICK is the start
-signal, notes/qemu-virtio-crypto.md); GET_VRING_BASE stops it.
+signal, notes/qemu-virtio-crypto.md); GET_VRING_BASE stops it after the
+requests it already popped are completed and published, and replies with the
+next avail index. Region fds must be memfds sealed against shrinking (a
+truncated file under the host's mapping would SIGBUS the whole host).
 
 A malformed message, an unknown request number, or a ring the driver
 corrupted raises ``DeviceError``: this device's connection is closed and its
