@@ -1,0 +1,686 @@
+"""The engine-backend's poll loop: one per device, serving every frontend.
+
+Theory of operation
+-------------------
+Frontends (proxy workers) attach over a unix socket. For each, the backend
+creates a *frontend region* (``_layout``: header, trans ring, request slots,
+opdone records, data chunks) in a memfd, registers it with the device (the
+host maps it: requests are served in place, zero copy), and sends the fd
+with the backend's *shared region* (sleep flag, device state, session
+cache) and its doorbell eventfd. The frontend sends its own eventfd.
+
+One single-threaded poll loop does all the work:
+
+1. drain every attached trans ring, round-robin, at most ``ring_quota``
+   entries per ring per pass (fairness: a busy worker cannot starve the
+   others); decode and validate each slot; resolve its session (lazily
+   (re)created at the device); refcount +1 per request;
+2. batch into the device on "full or deadline": ``batch_max`` requests, or
+   the deadline after the first one. The deadline adapts to the arrival
+   rate: a partial batch is held only while an EWMA of the gap between
+   arrivals says it will fill within ``batch_deadline_us``; a trickle goes
+   out at once. 0 (the default) flushes at the end of every drain pass, the
+   right choice on small machines: arrivals are already batched by the time
+   the loop wakes;
+3. drain completions, write slot status, bump opdone counters, refcount -1;
+   a frontend whose opdone completed gets one eventfd write per pass, and
+   only if its ``frontend_waiting`` flag says its waiter is blocked;
+4. when a pass finds nothing: poll again only while requests are in flight
+   above ``poll_inflight_threshold`` and within ``poll_budget_us`` of the last
+   work (0 on machines with <= 2 cores: notes/ipc-costs.md measured
+   busy-polling as catastrophic there); otherwise set ``backend_sleeping``,
+   arm the device's completion notification, fence, re-check the rings, and
+   block in epoll on doorbell + device call fd + control sockets. Never a
+   dead loop at idle.
+
+The store->load handshakes (frontend: push, fence, read ``backend_sleeping``;
+backend: set ``backend_sleeping``, fence, re-check rings) use
+``vcrypto.shm.ring.full_fence`` so no wake-up is lost.
+
+Sessions: the backend owns the session table. ``open`` creates (or finds) a
+session by canonical metadata, inserts it in the shared cache, refcount +1
+for the frontend; ``acquire`` (+1) follows a frontend's cache hit;
+``release`` -1; each request holds +1 while in flight. At zero the cache
+entry is removed and the device session closed. A frontend that disconnects
+drops all its references; its region is freed once its in-flight requests
+are done.
+
+Device loss: every in-flight request completes with DEVICE_LOST (the
+frontend redoes it in-process), ``device_up`` is cleared (frontends compute
+in-process meanwhile), and the loop retries the attach every
+``host_retry_s``; on success, regions are re-registered, ``device_up`` set,
+and sessions re-created at the device on first use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import selectors
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from vcrypto.shm.region import Region, RegionError
+from vcrypto.shm.ring import full_fence
+
+from . import _control
+from ._device import Device, DeviceError, DeviceRequest, SessionRejected
+from ._layout import (BadSlotError, CacheGeometry, FrontendRegion, Geometry, LayoutError,
+                      SessionMeta, SharedRegion, SlotStatus)
+from ._metrics import BackendStats
+from ._sessions import Session, SessionTable
+
+
+@dataclasses.dataclass
+class BackendConfig:
+    socket_path: str
+    host_socket: str | None = None
+    geometry: Geometry = Geometry()
+    cache: CacheGeometry = CacheGeometry()
+    batch_max: int = 32
+    batch_deadline_us: float = 0.0   # max hold of a partial batch (adaptive below it)
+    poll_budget_us: float = 0.0 if (os.cpu_count() or 1) <= 2 else 50.0
+    poll_inflight_threshold: int = 8
+    ring_quota: int = 32
+    host_retry_s: float = 0.25
+    backstop_s: float = 0.05
+    control_send_timeout_s: float = 1.0
+
+
+class _Frontend:
+    def __init__(self, fid: int, sock: socket.socket):
+        self.fid = fid
+        self.sock = sock
+        self.decoder = _control.FrameDecoder()
+        self.region: FrontendRegion | None = None
+        self.shm: Region | None = None
+        self.efd = -1
+        self.pid = 0
+        self.refs: dict[int, int] = {}
+        self.inflight = 0
+        self.alive = True
+
+
+class Backend:
+    def __init__(self, cfg: BackendConfig, device_factory: Callable[[], Device]):
+        self.cfg = cfg
+        self.stats = BackendStats()
+        self._factory = device_factory
+        self.device: Device | None = None
+        self._epoch = 0
+        self._next_retry = 0.0
+        self._sel = selectors.DefaultSelector()
+        self._shm = Region.create("engine-shared", cfg.cache.region_bytes)
+        self.shared = SharedRegion(self._shm.buf, cfg.cache, create=True)
+        self._doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(cfg.socket_path)
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._listener, selectors.EVENT_READ, ("listen", None))
+        self._sel.register(self._doorbell, selectors.EVENT_READ, ("doorbell", None))
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._frontends: dict[int, _Frontend] = {}
+        self._order: list[_Frontend] = []
+        self._rr = 0
+        self._next_fid = 1
+        self.sessions = SessionTable(self.shared, self.stats)
+        self._batch: list[DeviceRequest] = []
+        self._batch_deadline = 0.0
+        self._tokens: dict[int, tuple] = {}
+        self._next_token = 1
+        self._to_wake: set[_Frontend] = set()
+        self._last_work = 0.0
+        self._last_drained = 0
+        self._device_full = False
+        self._last_arrival = 0.0
+        self._gap_s: float | None = None
+        self._unavailable_logged = False
+        self._running = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for fe in list(self._frontends.values()):
+            self._drop_frontend(fe)
+        if self.device is not None:
+            self.device.close()
+        self._sel.close()
+        self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        os.close(self._doorbell)
+        self.shared.release()
+        self._shm.close()
+        try:
+            os.unlink(self.cfg.socket_path)
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        self._running = True
+        self._connect_device()
+        while self._running:
+            if self.device is None and time.monotonic() >= self._next_retry:
+                self._connect_device()
+            if self._work_pass():
+                self._last_work = time.monotonic()
+                self._handle(self._sel.select(0))
+                continue
+            now = time.monotonic()
+            timeout = None
+            if self._batch and self._device_full:
+                timeout = None  # back-pressure: sleep until the device completes some
+            elif self._batch:
+                timeout = self._batch_deadline - now
+                if timeout <= 0:
+                    continue  # the next pass flushes it
+            elif self._should_poll(now):
+                self.stats.poll_passes += 1
+                self._handle(self._sel.select(0))
+                continue
+            self._sleep(timeout)
+
+    def _should_poll(self, now: float) -> bool:
+        """High load = many requests in flight at the device (completions are
+        coming) or the last drain pass took many requests (arrivals are
+        dense): then the next work is likely within the budget and a sleep
+        plus doorbell would cost more than it saves (§8a, QAT's heuristic)."""
+        budget = self.cfg.poll_budget_us / 1e6
+        if budget <= 0 or now - self._last_work >= budget:
+            return False
+        threshold = self.cfg.poll_inflight_threshold
+        return len(self._tokens) >= threshold or self._last_drained >= threshold
+
+    def _sleep(self, timeout: float | None) -> None:
+        sh = self.shared
+        sh.backend_sleeping = 1
+        armed = self.device.arm_notify() if self.device is not None else True
+        full_fence()  # flag/notification stores before the ring and used-ring loads
+        if (not armed or (self.device is not None and self.device.has_completions())
+                or any(fe.region is not None and not fe.region.ring.empty()
+                       for fe in self._order)):
+            sh.backend_sleeping = 0
+            if self.device is not None:
+                self.device.disarm_notify()
+            return
+        if self._tokens:
+            timeout = self.cfg.backstop_s if timeout is None else min(timeout, self.cfg.backstop_s)
+        if self.device is None and self.cfg.host_socket is not None:
+            wait = max(0.0, self._next_retry - time.monotonic())
+            timeout = wait if timeout is None else min(timeout, wait)
+        events = self._sel.select(timeout)
+        sh.backend_sleeping = 0
+        if self.device is not None:
+            self.device.disarm_notify()
+        self.stats.sleeps += 1
+        self._handle(events)
+
+    # -- device ----------------------------------------------------------------
+
+    def _connect_device(self) -> None:
+        try:
+            dev = self._factory()
+            for fe in self._order:
+                if fe.shm is not None:
+                    dev.register_region(fe.fid, fe.shm)
+        except DeviceError as exc:
+            self._next_retry = time.monotonic() + self.cfg.host_retry_s
+            if not self._unavailable_logged:  # once per outage, not per retry
+                self._unavailable_logged = True
+                print(f"engine-backend: device unavailable (retrying every "
+                      f"{self.cfg.host_retry_s}s): {exc}", file=sys.stderr, flush=True)
+            return
+        self._unavailable_logged = False
+        print("engine-backend: device attached", file=sys.stderr, flush=True)
+        self.device = dev
+        self._epoch += 1
+        self.stats.device_attaches += 1
+        if dev.call_fd is not None:
+            self._sel.register(dev.call_fd, selectors.EVENT_READ, ("call", None))
+        if dev.watch_fd is not None:
+            self._sel.register(dev.watch_fd, selectors.EVENT_READ, ("devwatch", None))
+        self.shared.set_device(True)
+
+    def _device_failed(self, exc: BaseException) -> None:
+        print(f"engine-backend: device lost: {exc}", file=sys.stderr, flush=True)
+        self.stats.device_down_events += 1
+        self.shared.set_device(False)
+        dev, self.device = self.device, None
+        if dev is not None:
+            for fd in (dev.call_fd, dev.watch_fd):
+                if fd is not None:
+                    try:
+                        self._sel.unregister(fd)
+                    except (KeyError, ValueError):
+                        pass
+            try:
+                dev.close()
+            except Exception as close_exc:  # noqa: BLE001 - best effort on a dead device
+                print(f"engine-backend: closing device: {close_exc!r}", file=sys.stderr)
+        self.sessions.forget_device()
+        # Every request taken from a ring is in _tokens (batched or at the
+        # device): all of them go back to their frontends for in-process redo.
+        failed = [(tok, SlotStatus.DEVICE_LOST, 0) for tok in self._tokens]
+        self._batch.clear()
+        self._device_full = False
+        self.stats.device_errors += len(failed)
+        self._complete(failed)
+        self._next_retry = time.monotonic() + self.cfg.host_retry_s
+
+    def _device_sid(self, sess: Session) -> int:
+        if sess.device_sid is None or sess.epoch != self._epoch:
+            sess.device_sid = self.device.create_session(sess.meta)
+            sess.epoch = self._epoch
+        return sess.device_sid
+
+    # -- the work pass -------------------------------------------------------------
+
+    def _work_pass(self) -> bool:
+        n = self._drain_rings()
+        now = time.monotonic()
+        if n:
+            self._last_drained = n
+            # EWMA of the time between arriving requests, for the batch hold.
+            if self._last_arrival:
+                gap = (now - self._last_arrival) / n
+                self._gap_s = gap if self._gap_s is None else 0.8 * self._gap_s + 0.2 * gap
+            self._last_arrival = now
+        if self._batch and (len(self._batch) >= self.cfg.batch_max
+                            or now >= self._batch_deadline or not self._worth_holding()):
+            self._flush()
+        m = self._reap()
+        self._wake_frontends()
+        return n + m > 0
+
+    def _drain_rings(self) -> int:
+        order = self._order
+        if not order:
+            return 0
+        total = 0
+        k = len(order)
+        start = self._rr % k
+        self._rr += 1
+        now_ns = time.monotonic_ns()
+        for j in range(k):
+            fe = order[(start + j) % k]
+            if not fe.alive or fe.region is None:
+                continue
+            try:
+                idxs = fe.region.ring.pop_many(self.cfg.ring_quota)
+            except LayoutError as exc:  # corrupt ring counters: that frontend is broken
+                print(f"engine-backend: frontend {fe.fid}: {exc}", file=sys.stderr)
+                self._drop_frontend(fe)
+                continue
+            for i in idxs:
+                self._take(fe, i, now_ns)
+            total += len(idxs)
+        return total
+
+    def _take(self, fe: _Frontend, i: int, now_ns: int) -> None:
+        region = fe.region
+        self.stats.requests += 1
+        try:
+            req = region.read_request(i)
+        except BadSlotError as exc:
+            self.stats.bad_requests += 1
+            self._finish_bad(fe, i, exc.opdone, SlotStatus.BAD_REQUEST)
+            return
+        sess = self.sessions.get(req.session_id)
+        if sess is None or sess.meta.op is not req.op or sess.meta.alg is not req.alg:
+            self.stats.bad_requests += 1
+            self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
+            return
+        token = self._next_token
+        self._next_token += 1
+        self.sessions.ref(None, sess)
+        fe.inflight += 1
+        self.stats.inflight_by_op[req.op] += 1
+        self._tokens[token] = (fe, req, sess, now_ns)
+        self.stats.queue_ns_sum += max(0, now_ns - req.submit_ns)
+        if self.device is None:
+            self.stats.device_errors += 1
+            self._complete([(token, SlotStatus.DEVICE_LOST, 0)])
+            return
+        try:
+            dsid = self._device_sid(sess)
+        except SessionRejected:
+            self._complete([(token, SlotStatus.INVALID, 0)])
+            return
+        except DeviceError as exc:
+            self._device_failed(exc)
+            return
+        if not self._batch:
+            self._batch_deadline = time.monotonic() + self.cfg.batch_deadline_us / 1e6
+        self._batch.append(DeviceRequest(token, fe.fid, region, req, dsid))
+
+    def _worth_holding(self) -> bool:
+        """Hold a partial batch only if, at the current arrival rate, it is
+        expected to fill before ``batch_deadline_us`` (the deadline adapts to
+        the rate: a trickle is sent at once, a dense stream is batched)."""
+        max_hold = self.cfg.batch_deadline_us / 1e6
+        if max_hold <= 0 or self._gap_s is None:
+            return False
+        return self._gap_s * (self.cfg.batch_max - len(self._batch)) <= max_hold
+
+    def _finish_bad(self, fe: _Frontend, i: int, opdone: int | None, status: SlotStatus) -> None:
+        fe.region.complete(i, status)
+        if opdone is not None and fe.region.opdone_bump(opdone):
+            self._to_wake.add(fe)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self.stats.record_batch(len(batch))
+        try:
+            n = self.device.submit(batch)
+        except DeviceError as exc:
+            self._batch = batch
+            self._device_failed(exc)
+            return
+        if n < len(batch):  # device queue full: keep the rest until it has room
+            self._batch = batch[n:]
+            self._batch_deadline = time.monotonic()
+            self._device_full = True
+            self.stats.device_full += 1
+
+    def _reap(self) -> int:
+        if self.device is None or not self._tokens:
+            return 0
+        try:
+            done = self.device.completions()
+        except DeviceError as exc:
+            self._device_failed(exc)
+            return 1
+        if done:
+            self._device_full = False
+            self._complete(done)
+        return len(done)
+
+    def _complete(self, done) -> None:
+        now_ns = time.monotonic_ns()
+        st = self.stats
+        for token, status, dst_len in done:
+            entry = self._tokens.pop(token, None)
+            if entry is None:
+                continue
+            fe, req, sess, t_ns = entry
+            st.completed += 1
+            st.exec_ns_sum += now_ns - t_ns
+            st.timed += 1
+            st.inflight_by_op[req.op] -= 1
+            fe.inflight -= 1
+            if fe.alive:
+                fe.region.complete(req.slot, status, dst_len)
+                if fe.region.opdone_bump(req.opdone):
+                    self._to_wake.add(fe)
+            elif fe.inflight == 0:
+                self._free_region(fe)
+            self._unref(sess)
+
+    def _wake_frontends(self) -> None:
+        if not self._to_wake:
+            return
+        full_fence()  # opdone stores before the frontend_waiting loads
+        for fe in self._to_wake:
+            if fe.alive and fe.region.frontend_waiting:
+                try:
+                    os.eventfd_write(fe.efd, 1)
+                    self.stats.calls += 1
+                except OSError:
+                    pass
+        self._to_wake.clear()
+
+    # -- events ----------------------------------------------------------------------
+
+    def _handle(self, events) -> None:
+        for key, _mask in events:
+            kind, fe = key.data
+            if kind == "doorbell":
+                try:
+                    os.eventfd_read(self._doorbell)
+                except BlockingIOError:
+                    pass
+                self.stats.kicks_doorbell_wakes += 1
+            elif kind == "call":
+                if self.device is not None:
+                    try:
+                        self.device.ack_call()
+                    except DeviceError as exc:
+                        self._device_failed(exc)
+            elif kind == "devwatch":
+                if self.device is not None:
+                    try:
+                        self.device.watch_event()
+                    except DeviceError as exc:
+                        self._device_failed(exc)
+            elif kind == "listen":
+                self._accept()
+            elif kind == "ctl":
+                self._read_control(fe)
+            elif kind == "wake":
+                try:
+                    self._wake_r.recv(64)
+                except BlockingIOError:
+                    pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            fe = _Frontend(self._next_fid, sock)
+            self._next_fid += 1
+            self._frontends[fe.fid] = fe
+            self._sel.register(sock, selectors.EVENT_READ, ("ctl", fe))
+
+    def _read_control(self, fe: _Frontend) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(fe.sock, 65536, 4)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            print(f"engine-backend: frontend {fe.fid} (pid {fe.pid}) closed", file=sys.stderr)
+            self._drop_frontend(fe)
+            return
+        try:
+            msgs = fe.decoder.feed(data)
+            for msg in msgs:
+                self._on_message(fe, msg, fds)
+                fds = []
+        except (_control.ControlProtocolError, LayoutError, KeyError, ValueError, TypeError,
+                RegionError, OSError) as exc:
+            print(f"engine-backend: frontend {fe.fid}: bad control message: {exc!r}",
+                  file=sys.stderr)
+            self._drop_frontend(fe)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _send(self, fe: _Frontend, msg: dict, fds=()) -> None:
+        data = _control.encode(msg)
+        try:
+            # Replies are small; a frontend that stops reading must not stall
+            # the poll loop for long: bounded wait, then it is dropped.
+            fe.sock.settimeout(self.cfg.control_send_timeout_s)
+            if fds:
+                socket.send_fds(fe.sock, [data[:1]], list(fds))
+                data = data[1:]
+            fe.sock.sendall(data)
+        except OSError as exc:
+            print(f"engine-backend: frontend {fe.fid}: send failed: {exc!r}", file=sys.stderr)
+            self._drop_frontend(fe)
+        finally:
+            if fe.alive:
+                fe.sock.setblocking(False)
+
+    def _on_message(self, fe: _Frontend, msg: dict, fds: list[int]) -> None:
+        t = msg["t"]
+        if t == "attach":
+            self._attach(fe, msg, fds)
+            return
+        if fe.region is None and t != "stats":  # stats: also for monitoring tools
+            raise _control.ControlProtocolError(f"{t!r} before attach")
+        rid = msg.get("id")
+        if t == "open":
+            meta = SessionMeta.from_canonical(bytes.fromhex(msg["meta"]))
+            self._send(fe, self._open(fe, meta) | {"t": "reply", "id": rid})
+        elif t == "acquire":
+            sess = self.sessions.acquire(int(msg["sid"]), str(msg["md5"]))
+            if sess is not None:
+                self.sessions.ref(fe.refs, sess)
+                self._send(fe, {"t": "reply", "id": rid, "ok": True, "sid": sess.sid})
+            else:
+                self._send(fe, {"t": "reply", "id": rid, "ok": False, "kind": "stale"})
+        elif t == "release":
+            sess = self.sessions.get(int(msg["sid"]))
+            if sess is not None and fe.refs.get(sess.sid, 0) > 0:
+                fe.refs[sess.sid] -= 1
+                self._unref(sess)
+            self._send(fe, {"t": "reply", "id": rid, "ok": True})
+        elif t == "stats":
+            self._send(fe, {"t": "reply", "id": rid, "ok": True, "stats": self.snapshot()})
+        else:
+            raise _control.ControlProtocolError(f"unknown control message {t!r}")
+
+    def _attach(self, fe: _Frontend, msg: dict, fds: list[int]) -> None:
+        if fe.region is not None or msg.get("v") != _control.PROTOCOL_VERSION or len(fds) != 1:
+            raise _control.ControlProtocolError(
+                f"bad attach (version {msg.get('v')}, {len(fds)} fds)")
+        fe.efd = fds.pop()
+        fe.pid = int(msg.get("pid", 0))
+        geo = self.cfg.geometry
+        fe.shm = Region.create(f"frontend-{fe.fid}", geo.region_bytes)
+        fe.region = FrontendRegion(fe.shm.buf, geo, create=True)
+        if self.device is not None:
+            try:
+                self.device.register_region(fe.fid, fe.shm)
+            except DeviceError as exc:
+                self._device_failed(exc)
+        self._order.append(fe)
+        self.stats.frontends_attached += 1
+        self._send(fe, {"t": "attached", "frontend_id": fe.fid, "pid": os.getpid()},
+                   fds=(fe.shm.fd, self._shm.fd, self._doorbell))
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def _open(self, fe: _Frontend, meta: SessionMeta) -> dict:
+        canonical = meta.canonical()
+        sess = self.sessions.find(canonical)
+        if sess is not None:
+            self.sessions.ref(fe.refs, sess)
+            return {"ok": True, "sid": sess.sid, "hit": True}
+        sess = self.sessions.new(meta, canonical)
+        if self.device is not None:
+            try:
+                self._device_sid(sess)  # validated at create (§8a: strict session protocol)
+            except SessionRejected as exc:
+                return {"ok": False, "kind": "rejected", "detail": str(exc)}
+            except DeviceError as exc:
+                self._device_failed(exc)
+        self.sessions.add(sess)
+        self.sessions.ref(fe.refs, sess)
+        return {"ok": True, "sid": sess.sid, "hit": False}
+
+    def _unref(self, sess: Session) -> None:
+        if not self.sessions.unref(sess):
+            return
+        if sess.device_sid is not None and self.device is not None and sess.epoch == self._epoch:
+            try:
+                self.device.close_session(sess.device_sid)
+            except DeviceError as exc:
+                self._device_failed(exc)
+
+    # -- frontends ----------------------------------------------------------------------
+
+    def _drop_frontend(self, fe: _Frontend) -> None:
+        if not fe.alive:
+            return
+        fe.alive = False
+        self.stats.frontends_detached += 1
+        try:
+            self._sel.unregister(fe.sock)
+        except (KeyError, ValueError):
+            pass
+        fe.sock.close()
+        if fe.efd >= 0:
+            os.close(fe.efd)
+            fe.efd = -1
+        self._frontends.pop(fe.fid, None)
+        for sid, n in list(fe.refs.items()):
+            sess = self.sessions.get(sid)
+            for _ in range(n):
+                if sess is not None:
+                    self._unref(sess)
+        fe.refs.clear()
+        if fe in self._order:
+            self._order.remove(fe)
+        if fe.inflight == 0:
+            self._free_region(fe)
+
+    def _free_region(self, fe: _Frontend) -> None:
+        if fe.shm is None:
+            return
+        if self.device is not None:
+            try:
+                self.device.unregister_region(fe.fid)
+            except DeviceError as exc:
+                self._device_failed(exc)
+        fe.region.release()
+        fe.shm.close()
+        fe.shm = None
+
+    def snapshot(self) -> dict:
+        return {
+            **self.gauges(),
+            **self.stats.as_dict(),
+            "sessions": self.sessions.refcounts(),
+            "cache_entries": self.shared.live_entries(),
+            "device_up": self.device is not None,
+            "device_sessions": self.device.session_count if self.device is not None else 0,
+            "frontends": len(self._frontends),
+            "inflight": len(self._tokens),
+            "device_stats": self._device_stats(),
+        }
+
+    def gauges(self) -> dict[str, float]:
+        """Live values for the metrics endpoint (read at scrape time, from the
+        exporter thread: plain reads of ints the loop owns)."""
+        st = self.stats
+        looked_up = st.cache_hits + st.cache_misses
+        dev = self.device
+        return {
+            "sessions": len(self.sessions),
+            "frontends": len(self._frontends),
+            "device_up": 1 if dev is not None else 0,
+            "cache_hit_ratio": st.cache_hits / looked_up if looked_up else 0.0,
+            "host_kicks": getattr(dev, "kicks", 0),
+            "host_calls": getattr(dev, "calls", 0),
+        }
+
+    def _device_stats(self) -> dict | None:
+        """The host's own counters (vendor GET_STATS), when a host is attached."""
+        stats = getattr(self.device, "stats", None)
+        if stats is None:
+            return None
+        try:
+            return stats()
+        except DeviceError as exc:
+            self._device_failed(exc)
+            return None
