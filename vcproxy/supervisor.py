@@ -23,11 +23,13 @@ listener and metrics addresses (tests and scripts read it from there).
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import shutil
 import signal
 import socket as stdsocket
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +67,7 @@ def vcrypto_available() -> str | None:
 class _Child:
     name: str
     argv: list[str]
-    process: trio.Process | None = None
+    process: "ChildProcess | None" = None
     restarts: int = 0
     started_s: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -125,9 +127,7 @@ class Supervisor:
     async def _start_child(self, child: _Child, pass_fds: tuple[int, ...] = ()) -> None:
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which then
         # stops the children in order (workers drain first, daemons after).
-        child.process = await trio.lowlevel.open_process(child.argv, env=self._env(), pass_fds=pass_fds,
-                                                         start_new_session=True,
-                                                         preexec_fn=_die_with_parent(os.getpid()))
+        child.process = ChildProcess.spawn(child.argv, self._env(), pass_fds)
         child.started_s = time.monotonic()
 
     def _worker_argv(self, index: int, ready_fd: int) -> list[str]:
@@ -358,23 +358,78 @@ class Supervisor:
                 await _terminate([daemon.process], 5.0)
 
 
-def _die_with_parent(parent_pid: int):
-    """preexec_fn: SIGTERM the child when the supervisor dies, even by SIGKILL
-    (Linux PR_SET_PDEATHSIG), so no orphaned worker keeps a port. Its own
-    session keeps it out of the terminal's Ctrl-C, so this is its only link."""
+try:  # loaded before any fork: a child between fork and exec must not import
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: children just will not follow a killed supervisor
+    _PRCTL = None
+_PR_SET_PDEATHSIG = 1
 
-    def preexec() -> None:
-        try:
-            import ctypes
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+class ChildProcess:
+    """A child process started from the supervisor's *main thread*.
 
-    return preexec
+    Why not ``trio.lowlevel.open_process``: it forks in a worker thread, and
+    Linux's PR_SET_PDEATHSIG fires when the forking *thread* exits, so trio's
+    idle thread cache would SIGTERM every child a few seconds after start.
+    Forking here is a few milliseconds; waiting stays async through a pidfd.
+
+    Each child gets its own session (a terminal's Ctrl-C reaches only the
+    supervisor, which stops the children in order) and PR_SET_PDEATHSIG, so
+    a SIGKILLed supervisor leaves no orphan holding a port.
+    """
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self._pidfd = os.pidfd_open(popen.pid)
+        self._waiting: trio.Event | None = None
+
+    @classmethod
+    def spawn(cls, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> "ChildProcess":
+        parent = os.getpid()
+
+        def preexec() -> None:  # between fork and exec: no imports, no locks
+            if _PRCTL is not None:
+                _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+                if os.getppid() != parent:  # the supervisor died before prctl took effect
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        return cls(subprocess.Popen(argv, env=env, pass_fds=pass_fds, start_new_session=True,
+                                    preexec_fn=preexec))
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    async def wait(self) -> int:
+        """The exit status, once the child has exited; any number of tasks may wait."""
+        while self.popen.poll() is None:
+            if self._waiting is None:  # trio allows one waiter per fd: the others wait on an Event
+                self._waiting = trio.Event()
+                try:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                finally:
+                    event, self._waiting = self._waiting, None
+                    event.set()
+            else:
+                await self._waiting.wait()
+        self.close()
+        return self.popen.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._pidfd >= 0 and self._waiting is None:
+            fd, self._pidfd = self._pidfd, -1
+            os.close(fd)
 
 
 def _unlink_stale(path: str) -> None:
@@ -384,7 +439,7 @@ def _unlink_stale(path: str) -> None:
         pass
 
 
-async def _terminate(processes: list[trio.Process], deadline_s: float) -> None:
+async def _terminate(processes: list[ChildProcess], deadline_s: float) -> None:
     for proc in processes:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
