@@ -50,8 +50,11 @@ async def test_used_ring_order(start_host, fifo):
         {"name": "soft", "kind": "openssl", "max_inflight": 32}]}})
     async with await Driver.attach(host.socket_path) as drv:
         order = await _completion_order(drv)
+        held = (await drv.stats())["device"]["reorder_held"]
     if fifo:
         assert order == list(range(20))
+        assert held >= 1          # the AEADs that finished before the RSA signatures
     else:
         assert sorted(order) == list(range(20))
         assert order[0] >= 2, order      # an AEAD finished before the RSA signatures
+        assert held == 0

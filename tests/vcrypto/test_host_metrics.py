@@ -44,3 +44,5 @@ async def test_metrics_endpoint(start_host):
     assert "vcrypto_host_pool_resource_" in text, text
     assert _value(text, 'vcrypto_host_batch_size_bucket{le="+Inf"}') >= 1
     assert _value(text, "vcrypto_host_batch_size_sum") == 6
+    assert _value(text, "vcrypto_host_inflight ") == 0
+    _value(text, "vcrypto_host_reorder_held_total")

@@ -3,9 +3,11 @@
 Exported families (all prefixed ``vcrypto_host_``):
 
 - ``devices`` / ``sessions`` (gauges): attached devices, live sessions;
+- ``inflight`` (gauge): requests popped from avail rings, not yet completed;
 - ``kicks_total``, ``calls_total``, ``polls_total``, ``sleeps_total``,
   ``requests_total``, ``batches_total``, ``chain_errors_total``,
-  ``resource_faults_total``: summed over live and closed devices;
+  ``resource_faults_total``, ``reorder_held_total`` (completions held back
+  for FIFO order: the head-of-line cost): summed over live and closed devices;
 - ``completions_total{op,alg,status}``;
 - ``batch_size`` (histogram): requests per drained avail batch (batch fill);
 - ``cpu_seconds_total``: the host process's CPU time (user + system);
@@ -51,6 +53,14 @@ class HostCollector(Collector):
             sessions += len(dev.sessions)
         yield GaugeMetricFamily("vcrypto_host_devices", "attached devices", value=len(host.devices))
         yield GaugeMetricFamily("vcrypto_host_sessions", "live sessions", value=sessions)
+        inflight = 0
+        for dev in list(host.devices.values()):
+            for ring in list(dev.vrings.values()):
+                queue = ring.queue
+                if queue is not None:
+                    inflight += queue.reorder.in_flight
+        yield GaugeMetricFamily("vcrypto_host_inflight", "requests popped and not yet completed",
+                                value=inflight)
         for field in DeviceStats.FIELDS:
             yield CounterMetricFamily(f"vcrypto_host_{field}", f"{field} over all devices",
                                       value=getattr(total, field))

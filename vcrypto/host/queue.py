@@ -79,7 +79,7 @@ class DeviceStats:
     """Counters of one device (summed into the host's metrics)."""
 
     FIELDS = ("kicks", "calls", "polls", "sleeps", "requests", "batches", "chain_errors",
-              "resource_faults")
+              "resource_faults", "reorder_held")
 
     #: upper bounds of the drained-batch-size histogram buckets
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 32768)
@@ -293,7 +293,10 @@ class DataQueue:
         self._complete(seq, head, written)
 
     def _complete(self, seq: int, head: int, written: int) -> None:
+        held_before = self.reorder.held_total
         released = self.reorder.complete(seq, (head, written))
+        # completions that finished early and waited for an earlier one (FIFO cost)
+        self.stats.reorder_held += self.reorder.held_total - held_before
         if released:
             self._released.extend(released)
             self._wake.set()
