@@ -6,10 +6,12 @@ import json
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
 from vcproxy.proxy.demo_upstream import expected_sha256
-from proxy_testkit import base_config, client_context, scrape, total
+from proxy_testkit import REPO, base_config, client_context, scrape, total
 
 
 def tls_exchange(port: int, ctx: ssl.SSLContext, request: bytes, session=None) -> tuple[bytes, ssl.SSLSocket]:
@@ -165,3 +167,44 @@ def _running(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_external_vcrypto_daemons(start_proxy, certs, upstream, tmp_path):
+    """vcrypto.manage: false — the daemons run on their own (systemd/Kubernetes style)
+    and the workers' frontends attach to the configured backend socket."""
+    host_sock, backend_sock = str(tmp_path / "host.sock"), str(tmp_path / "backend.sock")
+    logs = open(tmp_path / "daemons.log", "w")
+    daemons = [subprocess.Popen([sys.executable, "-m", "vcrypto.host", "--socket", host_sock],
+                                cwd=REPO, stdout=logs, stderr=logs)]
+    try:
+        _wait_path(host_sock, daemons[0])
+        daemons.append(subprocess.Popen([sys.executable, "-m", "vcrypto.engine.backend", "--host-socket", host_sock,
+                                         "--socket", backend_sock], cwd=REPO, stdout=logs, stderr=logs))
+        _wait_path(backend_sock, daemons[1])
+        proxy = start_proxy(base_config(upstream.address, certs["a"], crypto={"provider": "vcrypto", "fallback": "none"},
+                                        vcrypto={"manage": False, "backend_socket": backend_sock}))
+        assert proxy.wait_event("ready")["daemons"] == {}
+        reply, tls = tls_exchange(proxy.port, client_context(certs["a"][0]),
+                                  b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        tls.close()
+        assert reply.endswith(b"ok\n")
+        m = scrape(proxy.metrics_url)
+        assert total(m, "vcproxy_crypto_ops_total", op="ecdh", provider="vcrypto") == 1
+        assert total(m, "vcproxy_crypto_fallbacks_total") == 0
+    finally:
+        for d in reversed(daemons):
+            d.terminate()
+            try:
+                d.wait(10)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait(5)
+        logs.close()
+
+
+def _wait_path(path: str, proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
