@@ -12,6 +12,10 @@ from tests.tls.certs import TestCert, make_cert
 from tests.tls.helpers import CERT_KINDS, CountingProvider
 from vcproxy.tls import CryptoProvider, InlineProvider
 
+# The engine's fixtures: a real vcrypto-host + vcrypto-engine-backend pair and
+# a VcryptoProvider attached to it (tests/engine/engine_daemons.py).
+from tests.engine.engine_daemons import engine_stack, vcrypto_tls_provider  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def test_certs() -> dict[str, TestCert]:
@@ -25,10 +29,13 @@ def ca_file(test_certs, tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(params=["inline", "counting"])
+@pytest.fixture(params=["inline", "counting", "vcrypto"])
 def tls_provider(request) -> CryptoProvider:
     if request.param == "inline":
         return InlineProvider()
+    if request.param == "vcrypto":
+        # every interop test again, with its crypto offloaded to real daemons
+        return request.getfixturevalue("vcrypto_tls_provider")
     return CountingProvider()
 
 
