@@ -1,4 +1,5 @@
-"""TCP mode and TLS session resumption through the real process."""
+"""Modes and process model through the real process: tcp mode, SNI, resumption across workers,
+TLS faults, vcrypto daemon crash, external daemons, supervisor death, start failures."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,8 @@ import ssl
 import subprocess
 import sys
 import time
+
+import yaml
 
 from vcproxy.proxy.demo_upstream import expected_sha256
 from proxy_testkit import REPO, base_config, client_context, scrape, total
@@ -208,3 +211,21 @@ def _wait_path(path: str, proc: subprocess.Popen, timeout_s: float = 20) -> None
         assert proc.poll() is None, f"daemon exited with {proc.returncode}"
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.05)
+
+
+def test_port_in_use_is_a_clear_start_failure(tmp_path, certs, upstream):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = base_config(upstream.address, certs["a"])
+        config["listeners"][0]["port"] = port
+        config["metrics"] = {"port": 0}
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = subprocess.run([sys.executable, "-m", "vcproxy", "run", "--config", str(path)], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e["event"] == "start_failed"]
+    assert failed and f"listeners[0]: cannot bind 127.0.0.1:{port}" in failed[0]["error"]
