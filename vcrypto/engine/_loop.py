@@ -61,6 +61,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from vcrypto._unixsock import bind_unix_listener
 from vcrypto.shm.region import Region, RegionError
 from vcrypto.shm.ring import full_fence
 
@@ -114,9 +115,8 @@ class Backend:
         self._shm = Region.create("engine-shared", cfg.cache.region_bytes)
         self.shared = SharedRegion(self._shm.buf, cfg.cache, create=True)
         self._doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(cfg.socket_path)
-        self._listener.listen(64)
+        # a stale socket left by a killed backend is replaced; a live one is an error
+        self._listener = bind_unix_listener(cfg.socket_path)
         self._listener.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)

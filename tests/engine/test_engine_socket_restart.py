@@ -1,0 +1,35 @@
+"""The backend's socket across restarts: a killed backend's stale socket file
+does not stop the next one from starting; a live backend's is never stolen."""
+import os
+import subprocess
+import sys
+
+import engine_daemons
+
+
+def test_restart_after_sigkill_replaces_the_stale_socket(tmp_path):
+    first = engine_daemons.backend(tmp_path).start()
+    first.kill()
+    assert os.path.exists(first.socket_path)          # SIGKILL leaves the file behind
+    proc = subprocess.Popen([sys.executable, *first.args], cwd=engine_daemons.REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        line = proc.stdout.readline().decode()
+        assert "ready on" in line, line
+        assert engine_daemons.backend_stats(first.socket_path) is not None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_second_backend_on_a_live_socket_fails_clearly(tmp_path):
+    live = engine_daemons.backend(tmp_path).start()
+    try:
+        out = subprocess.run([sys.executable, *live.args], cwd=engine_daemons.REPO,
+                             capture_output=True, timeout=30)
+        assert out.returncode == 2
+        assert b"another process is serving" in out.stderr, out.stderr
+        # the live backend still owns and serves its socket
+        assert engine_daemons.backend_stats(live.socket_path) is not None
+    finally:
+        live.stop()
