@@ -195,3 +195,6 @@ def test_config_readme_tables_are_current():
     text = (REPO / "config" / "README.md").read_text()
     assert "<!-- config-reference:begin -->\n" + reference() + "<!-- config-reference:end -->" in text
     assert "<!-- metrics-reference:begin -->\n" + help_table() + "<!-- metrics-reference:end -->" in text
+    # README.md carries the same metrics list for users who never open config/
+    readme = (REPO / "README.md").read_text()
+    assert "<!-- metrics-reference:begin -->\n" + help_table() + "<!-- metrics-reference:end -->" in readme
