@@ -204,21 +204,38 @@ def parse_client_hello(raw: bytes) -> ClientHello:
     n = len(raw)
     if n < 4 or raw[0] != CLIENT_HELLO or int.from_bytes(raw[1:4], "big") != n - 4:
         raise DecodeError("ClientHello: bad handshake header")
-    r = Reader(raw, 4)
-    legacy_version = r.u16("ClientHello.legacy_version")
-    random = r.take(32, "ClientHello.random")
-    session_id = r.vec(1, "ClientHello.legacy_session_id")
-    if len(session_id) > 32:
-        raise DecodeError(f"ClientHello.legacy_session_id: {len(session_id)} bytes > 32")
-    suites = _u16_vector(r.vec(2, "ClientHello.cipher_suites", 2), 0, "ClientHello.cipher_suites")
-    compression = r.vec(1, "ClientHello.legacy_compression_methods", 1)
+    # Fixed fields by direct indexing, each length checked before use (a
+    # Reader call per field cost more than the rest of the parse).
+    if n < 4 + 2 + 32 + 1:
+        raise DecodeError("ClientHello: truncated before legacy_session_id")
+    legacy_version = (raw[4] << 8) | raw[5]
+    random = raw[6:38]
+    pos = 39 + raw[38]
+    if raw[38] > 32:
+        raise DecodeError(f"ClientHello.legacy_session_id: {raw[38]} bytes > 32")
+    if pos + 2 > n:
+        raise DecodeError("ClientHello.legacy_session_id: truncated")
+    session_id = raw[39:pos]
+    end = pos + 2 + ((raw[pos] << 8) | raw[pos + 1])
+    if end > n:
+        raise DecodeError("ClientHello.cipher_suites: truncated")
+    suites = _u16_vector(raw[pos + 2:end], 0, "ClientHello.cipher_suites")
+    pos = end
+    if pos >= n or raw[pos] == 0:
+        raise DecodeError("ClientHello.legacy_compression_methods: truncated or empty")
+    end = pos + 1 + raw[pos]
+    if end > n:
+        raise DecodeError("ClientHello.legacy_compression_methods: truncated")
+    compression = raw[pos + 1:end]
     ch = ClientHello(raw, legacy_version, random, session_id, suites, compression, [])
-    if r.left() == 0:
+    if end == n:
         return ch  # pre-TLS-1.2 hello without extensions: caught as protocol_version
-    end = r.u16("ClientHello.extensions") + r.pos
+    if end + 2 > n:
+        raise DecodeError("ClientHello.extensions: truncated length")
+    pos = end + 2
+    end = pos + ((raw[end] << 8) | raw[end + 1])
     if end != n:
         raise DecodeError(f"ClientHello.extensions: block ends at {end}, message at {n}")
-    pos = r.pos
     seen: set[int] = set()
     exts = ch.extensions
     while pos < end:

@@ -153,23 +153,27 @@ class ServerHandshake:
         #: The client's record_size_limit (RFC 8449), once its hello is read.
         self.peer_record_size_limit: int | None = None
 
-    def _run(self, step) -> list[Command]:
-        self._out = out = []
-        self.state = step()
-        return out
+    # Each entry point collects the commands its state step emits; the state
+    # changes only when the step returns (an exception leaves it as it was).
 
     def emit(self, command: Command) -> None:
         self._out.append(command)
 
     def receive_message(self, epoch: Epoch, message: bytes) -> list[Command]:
         """Feed one whole handshake message (header included) read under ``epoch``."""
-        return self._run(lambda: self.state.handle(self, epoch, message))
+        self._out = out = []
+        self.state = self.state.handle(self, epoch, message)
+        return out
 
     def key_exchange_done(self, own_public: bytes, shared_secret: bytes) -> list[Command]:
-        return self._run(lambda: self.state.on_key_exchange(self, own_public, shared_secret))
+        self._out = out = []
+        self.state = self.state.on_key_exchange(self, own_public, shared_secret)
+        return out
 
     def signature_done(self, signature: bytes) -> list[Command]:
-        return self._run(lambda: self.state.on_signature(self, signature))
+        self._out = out = []
+        self.state = self.state.on_signature(self, signature)
+        return out
 
     @property
     def key_update_owed(self) -> bool:
@@ -178,7 +182,9 @@ class ServerHandshake:
 
     def initiate_key_update(self) -> list[Command]:
         """Update our sending keys (server-initiated, or the one we owe the peer)."""
-        return self._run(lambda: self.state.update_write_keys(self, request_peer=False))
+        self._out = out = []
+        self.state = self.state.update_write_keys(self, request_peer=False)
+        return out
 
     def send_ccs_once(self, ch: c.ClientHello) -> None:
         # RFC 8446 §D.4: compatibility mode is signalled by a non-empty session id.
@@ -417,12 +423,13 @@ class ExpectFinished(State):
 
 def _new_session_ticket(hs: ServerHandshake, neg: Negotiated, rms: bytes, index: int) -> bytes:
     nonce = index.to_bytes(1, "big")
-    age_add = int.from_bytes(hs.random_bytes(4), "big")
+    rand = hs.random_bytes(16)  # age_add and the sealing nonce: one call, not two
+    age_add = int.from_bytes(rand[:4], "big")
     now = hs.now_s()
     state = TicketState(neg.suite.id, int(now * 1000), age_add,
                         resumption_psk(neg.suite, rms, nonce),
                         (neg.server_name or "").lower().rstrip("."), neg.alpn or "")
-    ticket = seal_ticket(hs.config.ticket_keyring.current(now), hs.random_bytes(12), state)
+    ticket = seal_ticket(hs.config.ticket_keyring.current(now), rand[4:], state)
     return c.new_session_ticket(hs.config.tickets.lifetime_s, age_add, nonce, ticket)
 
 

@@ -74,30 +74,84 @@ def _hmac(key: bytes, msg: bytes, hash_name: str) -> bytes:
     return ctor(key.translate(_OPAD) + ctor(key.translate(_IPAD) + msg).digest()).digest()
 
 
+class _HmacKey:
+    """HMAC under one key with the padded-key blocks hashed once.
+
+    A secret that keys two or three expansions (a traffic secret: key and IV;
+    the handshake and master secrets: two traffic secrets and "derived" or
+    "res master") then pays two hash-state copies per MAC instead of hashing
+    two key blocks again.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes, hash_name: str):
+        ctor, block = _HASHES[hash_name]
+        if len(key) > block:
+            key = ctor(key).digest()
+        key = key.ljust(block, b"\x00")
+        self._inner = ctor(key.translate(_IPAD))
+        self._outer = ctor(key.translate(_OPAD))
+
+    def digest(self, msg: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(msg)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 _HASH_LEN = {"sha256": 32, "sha384": 48}
 _LABEL_PREFIX: dict[tuple[int, bytes], bytes] = {}
+#: Whole HkdfLabel || 0x01 for labels with an empty context ("key", "iv",
+#: "finished", "traffic upd"): the info block is a constant per (length, label).
+_EMPTY_CONTEXT_INFO: dict[tuple[int, bytes], bytes] = {}
 
 
 def hkdf_extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
     return _hmac(salt, ikm, hash_name)
 
 
-def hkdf_expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes,
-                      length: int) -> bytes:
-    """HKDF-Expand-Label (RFC 8446 §7.1): info = HkdfLabel{length, "tls13 "+label, context}."""
+def _label_prefix(label: bytes, length: int) -> bytes:
     prefix = _LABEL_PREFIX.get((length, label))
     if prefix is None:
         full = b"tls13 " + label
         prefix = _LABEL_PREFIX[length, label] = length.to_bytes(2, "big") + bytes((len(full),)) + full
-    info = prefix + bytes((len(context),)) + context
-    if length <= _HASH_LEN[hash_name]:
-        return _hmac(secret, info + b"\x01", hash_name)[:length]  # one block: T(1)
+    return prefix
+
+
+def _expand_label(mac: _HmacKey, hash_len: int, label: bytes, context: bytes, length: int) -> bytes:
+    """HKDF-Expand-Label through a prepared HMAC key (one output block or more)."""
+    if not context and length <= hash_len:
+        info1 = _EMPTY_CONTEXT_INFO.get((length, label))
+        if info1 is None:
+            info1 = _EMPTY_CONTEXT_INFO[length, label] = _label_prefix(label, length) + b"\x00\x01"
+        return mac.digest(info1)[:length]
+    info = _label_prefix(label, length) + bytes((len(context),)) + context
+    if length <= hash_len:
+        return mac.digest(info + b"\x01")[:length]  # one block: T(1)
     out, block, i = b"", b"", 1
     while len(out) < length:
-        block = _hmac(secret, block + info + bytes((i,)), hash_name)
+        block = mac.digest(block + info + bytes((i,)))
         out += block
         i += 1
     return out[:length]
+
+
+def hkdf_expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes,
+                      length: int) -> bytes:
+    """HKDF-Expand-Label (RFC 8446 §7.1): info = HkdfLabel{length, "tls13 "+label, context}."""
+    hash_len = _HASH_LEN[hash_name]
+    if length <= hash_len:
+        # One output block: a one-shot HMAC (no key state worth keeping).
+        if context:
+            info1 = _label_prefix(label, length) + bytes((len(context),)) + context + b"\x01"
+        else:
+            info1 = _EMPTY_CONTEXT_INFO.get((length, label))
+            if info1 is None:
+                info1 = _EMPTY_CONTEXT_INFO[length, label] = _label_prefix(label, length) + b"\x00\x01"
+        return _hmac(secret, info1, hash_name)[:length]
+    return _expand_label(_HmacKey(secret, hash_name), hash_len, label, context, length)
 
 
 def derive_secret(suite: CipherSuite, secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
@@ -106,9 +160,10 @@ def derive_secret(suite: CipherSuite, secret: bytes, label: bytes, transcript_ha
 
 def traffic_key_iv(suite: CipherSuite, secret: bytes) -> tuple[bytes, bytes]:
     """[sender]_write_key and _iv for a traffic secret (RFC 8446 §7.3)."""
-    h = suite.hash_name
-    return (hkdf_expand_label(h, secret, b"key", b"", suite.key_len),
-            hkdf_expand_label(h, secret, b"iv", b"", IV_LEN))
+    mac = _HmacKey(secret, suite.hash_name)  # one key, two expansions
+    hash_len = suite.hash_len
+    return (_expand_label(mac, hash_len, b"key", b"", suite.key_len),
+            _expand_label(mac, hash_len, b"iv", b"", IV_LEN))
 
 
 def next_traffic_secret(suite: CipherSuite, secret: bytes) -> bytes:
@@ -172,39 +227,47 @@ class EarlySecret:
 
 
 class HandshakeSecret:
-    __slots__ = ("suite", "secret")
+    __slots__ = ("suite", "secret", "_mac")
 
     def __init__(self, suite: CipherSuite, secret: bytes):
         self.suite = suite
         self.secret = secret
+        # Keys three expansions (both traffic secrets and "derived").
+        self._mac = _HmacKey(secret, suite.hash_name)
 
     def traffic_secrets(self, hello_hash: bytes) -> tuple[bytes, bytes]:
         """(client_handshake_traffic_secret, server_handshake_traffic_secret)."""
-        s = self.suite
-        return (derive_secret(s, self.secret, b"c hs traffic", hello_hash),
-                derive_secret(s, self.secret, b"s hs traffic", hello_hash))
+        n = self.suite.hash_len
+        return (_expand_label(self._mac, n, b"c hs traffic", hello_hash, n),
+                _expand_label(self._mac, n, b"s hs traffic", hello_hash, n))
 
     def into_master(self) -> MasterSecret:
         s = self.suite
-        derived = derive_secret(s, self.secret, b"derived", s.empty_hash())
-        return MasterSecret(s, hkdf_extract(s.hash_name, derived, bytes(s.hash_len)))
+        n = s.hash_len
+        derived = _expand_label(self._mac, n, b"derived", s.empty_hash(), n)
+        return MasterSecret(s, hkdf_extract(s.hash_name, derived, bytes(n)))
 
 
 class MasterSecret:
-    __slots__ = ("suite", "secret")
+    __slots__ = ("suite", "secret", "_mac")
 
     def __init__(self, suite: CipherSuite, secret: bytes):
         self.suite = suite
         self.secret = secret
+        # Keys three expansions (both application secrets and "res master").
+        self._mac = _HmacKey(secret, suite.hash_name)
+
+    def _derive(self, label: bytes, transcript_hash: bytes) -> bytes:
+        n = self.suite.hash_len
+        return _expand_label(self._mac, n, label, transcript_hash, n)
 
     def traffic_secrets(self, server_finished_hash: bytes) -> tuple[bytes, bytes]:
         """(client_application_traffic_secret_0, server_application_traffic_secret_0)."""
-        s = self.suite
-        return (derive_secret(s, self.secret, b"c ap traffic", server_finished_hash),
-                derive_secret(s, self.secret, b"s ap traffic", server_finished_hash))
+        return (self._derive(b"c ap traffic", server_finished_hash),
+                self._derive(b"s ap traffic", server_finished_hash))
 
     def exporter_master_secret(self, server_finished_hash: bytes) -> bytes:
-        return derive_secret(self.suite, self.secret, b"exp master", server_finished_hash)
+        return self._derive(b"exp master", server_finished_hash)
 
     def resumption_master_secret(self, client_finished_hash: bytes) -> bytes:
-        return derive_secret(self.suite, self.secret, b"res master", client_finished_hash)
+        return self._derive(b"res master", client_finished_hash)

@@ -239,20 +239,36 @@ def _inline_key_exchange(group: str, peer_public: bytes) -> tuple[bytes, bytes]:
     return priv.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint), shared
 
 
-def inline_sign(private_key, scheme: str, message: bytes) -> bytes:
-    """Sign with a ``cryptography`` private key object (shared with vcrypto resources)."""
+def _sign_args(scheme: str) -> tuple:
+    """The ``sign()`` arguments after the message for ``scheme``."""
     if scheme == "ed25519":
-        return private_key.sign(message)
+        return ()
     if scheme.startswith("ecdsa_"):
         h = {"ecdsa_secp256r1_sha256": hashes.SHA256, "ecdsa_secp384r1_sha384": hashes.SHA384}[scheme]
-        return private_key.sign(message, ec.ECDSA(h()))
+        return (ec.ECDSA(h()),)
     if scheme.startswith("rsa_pss_rsae_"):
         h = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[scheme[-6:]]
-        return private_key.sign(message, padding.PSS(padding.MGF1(h()), h.digest_size), h())
+        return (padding.PSS(padding.MGF1(h()), h.digest_size), h())
     if scheme.startswith("rsa_pkcs1_"):
         h = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[scheme[-6:]]
-        return private_key.sign(message, padding.PKCS1v15(), h())
-    raise ValueError(f"unknown signature scheme {scheme!r}")
+        return (padding.PKCS1v15(), h())
+    raise KeyError(scheme)
+
+
+#: Padding/hash objects are immutable: built once per scheme, not per
+#: signature (building them cost a few µs of every handshake).
+_SIGN_ARGS: dict[str, tuple] = {}
+
+
+def inline_sign(private_key, scheme: str, message: bytes) -> bytes:
+    """Sign with a ``cryptography`` private key object (shared with vcrypto resources)."""
+    args = _SIGN_ARGS.get(scheme)
+    if args is None:
+        try:
+            args = _SIGN_ARGS[scheme] = _sign_args(scheme)
+        except KeyError:
+            raise ValueError(f"unknown signature scheme {scheme!r}") from None
+    return private_key.sign(message, *args)
 
 
 class InlineProvider(CryptoProvider):

@@ -58,6 +58,7 @@ from ._handshake import (
     Epoch, HandshakeComplete, HandshakeInfo, InstallKeys, KeyExchange, SendChangeCipherSpec,
     SendHandshake, ServerHandshake, Sign, SkipEarlyData,
 )
+from ._keyschedule import traffic_key_iv
 from ._provider import CryptoProvider
 from ._record import (
     ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE, MAX_PLAINTEXT, TAG_LEN,
@@ -260,9 +261,9 @@ class TLSStream(trio.abc.Stream):
         return self._hs_messages.popleft()
 
     async def _execute(self, commands) -> None:
-        queue = collections.deque(commands)
-        while queue:
-            cmd = queue.popleft()
+        # A blocking command (KeyExchange, Sign) is always the last of its
+        # list, so its follow-up commands run in a nested call: no queue.
+        for cmd in commands:
             kind = type(cmd)
             if kind is SendHandshake:
                 if cmd.epoch is not self._write_epoch:
@@ -274,12 +275,12 @@ class TLSStream(trio.abc.Stream):
             elif kind is KeyExchange:
                 own_public, shared = await self._provider_op(
                     self.provider.key_exchange(cmd.group, cmd.peer_public), "key exchange")
-                queue.extend(self._hs.key_exchange_done(own_public, shared))
+                await self._execute(self._hs.key_exchange_done(own_public, shared))
             elif kind is Sign:
                 key = cmd.certificate.signing_key(self.provider)
                 signature = await self._provider_op(
                     self.provider.sign(key, cmd.scheme, cmd.message), "sign")
-                queue.extend(self._hs.signature_done(signature))
+                await self._execute(self._hs.signature_done(signature))
             elif kind is SendChangeCipherSpec:
                 await self._seal_handshake_out()
                 self._wire_out += _CCS_RECORD
@@ -305,7 +306,7 @@ class TLSStream(trio.abc.Stream):
             raise CryptoProviderError(f"{self.provider.name}: {what} failed: {exc!r}") from exc
 
     async def _install_keys(self, cmd: InstallKeys) -> None:
-        key, iv = Protection.keys(cmd.suite, cmd.secret)
+        key, iv = traffic_key_iv(cmd.suite, cmd.secret)
         session = self.provider.aead(cmd.suite.aead_alg, key)
         protection = Protection(cmd.suite, cmd.secret, session, iv)
         if cmd.direction == "write":
@@ -366,6 +367,14 @@ class TLSStream(trio.abc.Stream):
             return
         session = self._write.session
         threshold = self.config.small_record_threshold_bytes
+        wire = self._wire_out
+        if not threshold and len(items) <= self.config.pipeline_depth:
+            # The usual case (a handshake flight, a response): one provider batch.
+            sealed = await self._provider_op(session.seal_many(items), "seal")
+            for (_, aad, _), ct in zip(items, sealed):
+                wire += aad
+                wire += ct
+            return
         depth = self.config.pipeline_depth
         sealed: list[bytes | None] = [None] * len(items)
         batch_idx = []
@@ -379,7 +388,6 @@ class TLSStream(trio.abc.Stream):
             out = await self._provider_op(session.seal_many([items[i] for i in idx]), "seal")
             for i, ct in zip(idx, out):
                 sealed[i] = ct
-        wire = self._wire_out
         for (_, aad, _), ct in zip(items, sealed):
             wire += aad
             wire += ct
