@@ -28,9 +28,9 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import serialization
 
-from vcproxy.tls import (AeadSession, BadRecordMac, CryptoProvider, CryptoProviderError,
-                         IllegalParameter, SigningKey)
-from vcproxy.tls._provider import SCHEMES_BY_KEY_TYPE, key_type_of, load_private_key_pem
+from vcproxy.tls import (SCHEMES_BY_KEY_TYPE, AeadSession, BadRecordMac, CryptoProvider,
+                         CryptoProviderError, IllegalParameter, SigningKey, key_type_of,
+                         load_private_key_pem)
 from vcrypto.engine._inline import ecdh_split
 from vcrypto.engine._layout import SessionMeta, SlotStatus
 from vcrypto.engine.frontend import EngineSession, EngineUnavailable, Frontend
