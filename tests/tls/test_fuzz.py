@@ -157,3 +157,26 @@ def test_tls_stream_on_arbitrary_input(config_ed25519, data, byte_by_byte):
                 finally:
                     await server.aclose()
     trio.run(main)
+
+
+def test_client_hello_cut_at_every_length_is_typed():
+    # The fixed fields are parsed by direct indexing: every cut (header length
+    # fixed up) must be a typed decode error, or a hello that ends cleanly
+    # right after its compression methods (no extensions: parsed).
+    for hello in VALID_HELLOS:
+        body = hello[4:]
+        sid_len = body[34]
+        suites_end = 35 + sid_len + 2 + int.from_bytes(body[35 + sid_len:37 + sid_len], "big")
+        no_ext_len = suites_end + 1 + body[suites_end]
+        for cut in range(len(body)):
+            msg = c.handshake(c.CLIENT_HELLO, body[:cut])
+            if cut == no_ext_len:
+                assert c.parse_client_hello(msg).extensions == []
+                continue
+            try:
+                c.parse_client_hello(msg)
+            except TLSError as exc:
+                assert isinstance(exc.alert, AlertDescription)
+            else:
+                raise AssertionError(f"cut at {cut} of {len(body)} parsed")
+        assert c.parse_client_hello(hello).serialize() == hello
