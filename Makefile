@@ -8,7 +8,7 @@ DEMO_DIR := .demo
 # System tools the tests and the demo drive as real peers.
 SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin
 
-.PHONY: run test venv sysdeps demo-cert check-config clean
+.PHONY: run test venv sysdeps demo-cert check-config clean bench bench-quick benchdeps
 
 venv: $(STAMP)
 
@@ -49,3 +49,27 @@ check-config: venv
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .hypothesis
+
+# Benchmarks (bench/README.md): four configurations side by side, results in
+# bench/results/. Load generator: h2load (Debian nghttp2-client). matplotlib is
+# installed into the venv here only, for the PNG plots; it is not a project dependency.
+BENCH_TOOLS := h2load:nghttp2-client
+
+benchdeps:
+	@missing=""; for pair in $(BENCH_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+bench: venv sysdeps benchdeps
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	$(PY) bench/run.py --mode full
+
+bench-quick: venv sysdeps benchdeps
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	$(PY) bench/run.py --mode quick
