@@ -37,7 +37,8 @@ class CipherSuite:
         return 48 if self.hash_name == "sha384" else 32
 
     def new_hash(self):
-        return hashlib.new(self.hash_name)
+        # The constructor, not hashlib.new(name): no OpenSSL lookup by name.
+        return _HASHES[self.hash_name][0]()
 
     def empty_hash(self) -> bytes:
         return _EMPTY[self.hash_name]

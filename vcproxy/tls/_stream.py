@@ -251,7 +251,8 @@ class TLSStream(trio.abc.Stream):
         while not self._hs_messages:
             record = self._splitter.next_record()
             if record is None:
-                await self._flush()  # the peer may be waiting for our flight
+                if self._hs_out or self._wire_out:  # (no coroutine for nothing to send)
+                    await self._flush()  # the peer may be waiting for our flight
                 if not await self._read_transport():
                     raise trio.BrokenResourceError("peer closed the connection during the handshake")
                 continue
@@ -282,7 +283,8 @@ class TLSStream(trio.abc.Stream):
                     self.provider.sign(key, cmd.scheme, cmd.message), "sign")
                 await self._execute(self._hs.signature_done(signature))
             elif kind is SendChangeCipherSpec:
-                await self._seal_handshake_out()
+                if self._hs_out:
+                    await self._seal_handshake_out()
                 self._wire_out += _CCS_RECORD
             elif kind is SkipEarlyData:
                 self._skip_early_bytes = cmd.max_bytes
@@ -310,7 +312,8 @@ class TLSStream(trio.abc.Stream):
         session = self.provider.aead(cmd.suite.aead_alg, key)
         protection = Protection(cmd.suite, cmd.secret, session, iv)
         if cmd.direction == "write":
-            await self._seal_handshake_out()  # what was queued leaves under the old keys
+            if self._hs_out:  # what was queued leaves under the old keys
+                await self._seal_handshake_out()
             old, self._write, self._write_epoch = self._write, protection, cmd.epoch
             limit = self._hs.peer_record_size_limit
             if limit is not None:
