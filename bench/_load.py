@@ -57,17 +57,23 @@ class Handshakes:
     def result(self) -> dict:
         outs = _finish(self.procs, self.seconds + SLACK_S)
         wall = time.perf_counter() - self.t0
-        total, failed = 0, 0
+        total, failed, read = 0, 0, 0
+        # s_time prints one mark per connection: 'r' if the session was resumed, '*' if not
+        marks = "".join(line for out in outs for line in out.splitlines() if set(line) <= {"*", "r"})
         for out in outs:
-            m = re.search(r"(\d+) connections in [\d.]+s", out)
+            m = re.search(r"(\d+) connections in [\d.]+s; [\d.]+ connections/user sec, bytes read (\d+)", out)
             if m:
                 total += int(m.group(1))
+                read += int(m.group(2))
             else:
                 failed += 1
         if failed == len(outs):
             raise LoadError(f"s_time produced no count: {outs[0][-500:]}")
+        if total and read < total * 64:  # every connection must have carried a response
+            raise LoadError(f"s_time: {total} connections read only {read} bytes: no HTTP responses")
         return {"handshakes": total, "seconds": wall, "per_s": total / wall, "clients_failed": failed,
-                "sample_output": outs[0][-300:] if failed else ""}
+                "bytes_per_conn": read / max(total, 1),
+                "resumed_share": marks.count("r") / max(1, len(marks)), "sample_output": outs[0][-300:] if failed else ""}
 
 
 _BYTES = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}

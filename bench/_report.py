@@ -165,6 +165,9 @@ def plots(run: dict, stem: Path) -> list[Path]:
         for c, pts in series.items():
             ax.plot([n for n, _ in pts], [v for _, v in pts], marker="o", label=LABELS[c])
         ax.set_xscale("log", base=2)
+        levels = sorted({n for pts in series.values() for n, _ in pts})
+        ax.set_xticks(levels, [str(n) for n in levels])
+        ax.minorticks_off()
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(ylabel)
         ax.set_title(title)

@@ -82,7 +82,9 @@ async def next_client_event(conn: h11.Connection, stream: trio.SSLStream):
 
 
 async def handle(sock: trio.socket.SocketType, ctx: ssl.SSLContext, pool: Pool) -> None:
-    stream = trio.SSLStream(trio.SocketStream(sock), ctx, server_side=True, https_compatible=True)
+    # https_compatible=False: close_notify is sent before closing; without it
+    # OpenSSL 3 clients see an unexpected EOF and refuse to resume the session
+    stream = trio.SSLStream(trio.SocketStream(sock), ctx, server_side=True)
     try:
         await stream.do_handshake()
         conn = h11.Connection(h11.SERVER)
@@ -91,6 +93,8 @@ async def handle(sock: trio.socket.SocketType, ctx: ssl.SSLContext, pool: Pool) 
             if not isinstance(req, h11.Request):
                 return
             headers = [(k, v) for k, v in req.headers if k not in HOP_BY_HOP]
+            if not any(k == b"host" for k, _ in headers):  # HTTP/1.0 clients (s_time) send none
+                headers.append((b"host", b"localhost"))
             up = await pool.get()
             await up.stream.send_all(up.h11.send(h11.Request(method=req.method, target=req.target,
                                                               headers=headers)))
@@ -125,7 +129,8 @@ async def handle(sock: trio.socket.SocketType, ctx: ssl.SSLContext, pool: Pool) 
         return
     finally:
         try:
-            await trio.aclose_forcefully(stream)
+            with trio.move_on_after(1):
+                await stream.aclose()
         except Exception:  # noqa: BLE001 - closing a broken stream may fail, nothing left to do
             pass
 
