@@ -33,7 +33,7 @@ Size routing (optional, before the policy): a job with ``src_len <=
 max_bytes`` goes to the named group when that group has a healthy capable
 resource (small records are cheap on software, expensive over a PCIe hop);
 a larger job goes to the other resources under the policy, and to the group
-only when no other resource can do it.
+only when no other healthy resource can do it.
 
 Retries prefer resources not yet tried; a job whose only capable resources
 were all tried may run on one of them again (a ``workers`` resource has
@@ -162,11 +162,12 @@ class PoolStats:
 class _Entry:
     """What the core tracks per resource (mutable, private)."""
 
-    __slots__ = ("spec", "index", "groups", "health", "consecutive_faults", "stats")
+    __slots__ = ("spec", "index", "groups", "health", "consecutive_faults", "stats", "run")
 
     def __init__(self, spec: ResourceSpec, index: int):
         self.spec = spec
         self.index = index
+        self.run = Run(spec.name)     # the (immutable) decision, built once
         self.groups: set[str] = set()
         self.health = Health.HEALTHY
         self.consecutive_faults = 0
@@ -223,6 +224,7 @@ class SchedulerCore:
         self.failover = failover
         self.size_routing = size_routing
         self.unhealthy_after_faults = unhealthy_after_faults
+        self._simple = policy is PolicyKind.CAPABILITY and size_routing is None
         self._capable: dict[Capability, list[_Entry]] = {}   # cap -> capable entries
         self._rr_cursor = 0
         self._spill_remaining = 0
@@ -265,6 +267,13 @@ class SchedulerCore:
                                             if cap in e.spec.capabilities]
         if not capable:
             return NO_CAPABLE
+        if self._simple and not tried and len(capable) == 1:
+            # The common case, decided without building lists: one capable
+            # resource, policy capability, no size routing, a first attempt.
+            e = capable[0]
+            if e.health is Health.HEALTHY and e.stats.inflight < e.spec.max_inflight:
+                return e.run
+            return self._why_wait(capable)
         candidates = capable
         if tried:
             tried = set(tried)
@@ -280,8 +289,11 @@ class SchedulerCore:
                     return self._least_loaded(group) or Wait("saturated")
             else:
                 # Large jobs stay off the small-job group while anything else
-                # can run them.
-                candidates = [e for e in candidates if sized not in e.groups] or candidates
+                # healthy can run them (an unhealthy outsider must not make a
+                # job wait while the group could serve it).
+                outside = [e for e in candidates if sized not in e.groups]
+                if any(e.healthy for e in outside):
+                    candidates = outside
 
         if self.policy is PolicyKind.ROUND_ROBIN:
             return self._round_robin(candidates)
@@ -295,7 +307,7 @@ class SchedulerCore:
             return None
         best = min(ready, key=lambda e: (e.stats.inflight / e.spec.max_inflight,
                                          e.stats.assigned, e.index))
-        return Run(best.spec.name)
+        return best.run
 
     @staticmethod
     def _why_wait(entries: list[_Entry]) -> Wait:
@@ -310,7 +322,7 @@ class SchedulerCore:
             e = self._order[(self._rr_cursor + step) % n]
             if id(e) in eligible:
                 self._rr_cursor = (e.index + 1) % n
-                return Run(e.spec.name)
+                return e.run
         return self._why_wait(entries)
 
     def _failover(self, entries: list[_Entry]) -> Decision:

@@ -13,10 +13,10 @@ Shape (defaults in brackets)::
         - name: soft                   # required, unique
           kind: openssl                # openssl | workers | simulated
           capabilities: ["*"]          # ["*"] | ["op:*", "op:alg", ...]  [*]
-          max_inflight: 4              # [openssl 4, workers 2 x processes, simulated 8]
+          max_inflight: 64             # [openssl 64, workers 2 x processes, simulated 8]
           # openssl only:
           thread_threshold_bytes: 262144   # AEAD at least this big runs on a thread
-          threads: 4                       # [max_inflight]
+          threads: 2                       # [cores, at least 2, at most max_inflight]
         - name: procs
           kind: workers
           processes: 2                 # [2] worker processes
@@ -56,6 +56,7 @@ from typing import Any
 
 from vcrypto.host._sched_core import FailoverSpec, PolicyKind, SizeRoutingSpec
 from vcrypto.host.resources import RESOURCE_KINDS, FaultModel, Resource
+from vcrypto.host.resources.openssl import DEFAULT_MAX_INFLIGHT as OPENSSL_MAX_INFLIGHT
 from vcrypto.host.resources.openssl import OpensslResource
 from vcrypto.host.resources.simulated import SimulatedResource
 from vcrypto.host.resources.workers import WorkersResource
@@ -205,7 +206,7 @@ def _parse_resource(raw: object, path: str) -> ResourceConfig:
         raise PoolConfigError(s.at("capabilities"), "must not be empty")
     options: dict[str, Any] = {}
     if kind == OpensslResource.kind:
-        max_inflight = s.int("max_inflight", 4, minimum=1)
+        max_inflight = s.int("max_inflight", OPENSSL_MAX_INFLIGHT, minimum=1)
         options["thread_threshold_bytes"] = s.int("thread_threshold_bytes", 256 * 1024)
         options["threads"] = s.int("threads", None, minimum=1)
     elif kind == WorkersResource.kind:

@@ -2,8 +2,17 @@
 
 Theory of operation
 -------------------
-``Scheduler.submit(job)`` is what the host's data path awaits for every
-request. It asks the sans-IO ``SchedulerCore`` (``_sched_core.py``) where the
+``Scheduler.submit_now(job)`` is what the host's data path calls first for
+every request, synchronously, in its drain pass: when the core grants a slot
+at once on a resource that runs the job inline (``openssl``, small jobs), the
+job runs right there and the result comes back with no task, no lock, no
+checkpoint — the data path's cheap case (a trio task + cancel scope + wake
+per job cost several times the AES-GCM seal of a TLS record). Otherwise it
+returns a ``Pending`` and the data path starts a task that awaits
+``submit(job, pending)``, the general path below; one decision per attempt
+either way, and the same counters, health rules and retries.
+
+``Scheduler.submit(job)`` is what the general path awaits. It asks the sans-IO ``SchedulerCore`` (``_sched_core.py``) where the
 job should run, and:
 
 - on ``Run``: calls ``resource.execute(job)`` inside ``trio.move_on_after
@@ -36,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Sequence
 
 import trio
@@ -46,7 +56,7 @@ from vcrypto.host._sched_core import (
 )
 from vcrypto.host.resources._base import CryptoJob, CryptoOpError, Resource, ResourceFault
 
-__all__ = ["Scheduler", "RetryPolicy", "NoCapableResource", "JobFailed"]
+__all__ = ["Scheduler", "RetryPolicy", "NoCapableResource", "JobFailed", "Pending"]
 
 log = logging.getLogger("vcrypto.host.scheduler")
 
@@ -62,6 +72,21 @@ class _Waiter:
         self.t0 = t0
         self.event = trio.Event()
         self.run: Run | None = None
+
+
+class Pending:
+    """A job ``submit_now`` could not finish: hand it to ``submit``.
+
+    ``run``: the slot already granted (``core.started`` counted), or None to
+    wait in line; ``tried``/``attempts``/``last_fault``: the attempts made."""
+
+    __slots__ = ("run", "tried", "attempts", "last_fault")
+
+    def __init__(self, run: Run | None, tried: list[str], attempts: int, last_fault: str):
+        self.run = run
+        self.tried = tried
+        self.attempts = attempts
+        self.last_fault = last_fault
 
 
 class NoCapableResource(CryptoOpError):
@@ -142,17 +167,87 @@ class Scheduler:
 
     # ------------------------------------------------------------ data path
 
-    async def submit(self, job: CryptoJob) -> bytes:
+    def submit_now(self, job: CryptoJob) -> bytes | Pending:
+        """Start ``job`` without awaiting: the data path's fast path.
+
+        Asks the core once. If the job gets a slot at once on a resource that
+        ``runs_inline`` it, runs it right here, synchronously, and returns the
+        result bytes. Otherwise returns a ``Pending`` to hand to ``submit``
+        (which carries the slot already granted, or the attempt that faulted,
+        so the decision is never taken twice: the round-robin cursor and the
+        failover hysteresis advance once per attempt, as in ``submit``).
+
+        Raises what ``submit`` raises: ``CryptoOpError`` (the request's own
+        fault, never retried), ``NoCapableResource``, or ``JobFailed`` when
+        the inline attempt faulted and no attempt is left. Counters, health
+        and retries follow exactly the rules of ``submit``; there is no
+        timeout on an inline attempt (nothing can interrupt synchronous code:
+        only resources whose jobs take microseconds say ``runs_inline``)."""
+        core = self.core
+        core.submitted()
+        decision = core.pick(job.capability, len(job.src), ())
+        if decision.__class__ is not Run:
+            if decision is NO_CAPABLE:
+                core.not_supported()
+                raise NoCapableResource(f"no resource in the pool can do "
+                                        f"{job.op.value}/{job.alg.value}")
+            return Pending(None, [], 0, "")          # wait in line in submit()
+        core.started(decision, job.op, retry=False)
+        name = decision.resource
+        resource = self.resources[name]
+        if not resource.runs_inline(job):
+            return Pending(decision, [], 0, "")
+        will_retry = self.retry.max_attempts > 1
+        t0 = time.perf_counter()
+        try:
+            result = resource.execute_inline(job)
+        except CryptoOpError:
+            core.finished(name, job.op, Outcome.OP_ERROR, exec_s=time.perf_counter() - t0)
+            self._notify()
+            raise
+        except ResourceFault as exc:
+            fault = f"{name}: {exc}"
+        except Exception as exc:
+            log.exception("resource %s raised an unexpected error", name)
+            fault = f"{name}: unexpected {exc!r}"
+        else:
+            core.finished(name, job.op, Outcome.OK, exec_s=time.perf_counter() - t0)
+            if self._lines:
+                self._notify()
+            return result
+        if core.finished(name, job.op, Outcome.FAULT, exec_s=time.perf_counter() - t0,
+                         will_retry=will_retry):
+            log.warning("resource marked unhealthy after %s: %s", Outcome.FAULT.value, fault)
+        self._notify()
+        if not will_retry:
+            core.job_failed()
+            raise JobFailed(f"{job.op.value}/{job.alg.value} failed on 1 attempt(s); "
+                            f"last: {fault}")
+        return Pending(None, [name], 1, fault)
+
+    async def submit(self, job: CryptoJob, pending: Pending | None = None) -> bytes:
         """Run ``job`` on a capable resource; return its result bytes.
+
+        ``pending`` (from ``submit_now``) continues a job already submitted:
+        with the slot it was granted, or after its faulted attempts.
 
         Raises ``CryptoOpError`` (bad request, or ``NoCapableResource``) or
         ``JobFailed`` after ``max_attempts`` resource faults."""
         core = self.core
-        core.submitted()
-        tried: list[str] = []
-        last_fault: str = ""
-        for attempt in range(self.retry.max_attempts):
-            run = await self._acquire(job, tried)
+        if pending is None:
+            core.submitted()
+            tried: list[str] = []
+            last_fault: str = ""
+            first = 0
+            granted: Run | None = None
+        else:
+            tried, last_fault, first = pending.tried, pending.last_fault, pending.attempts
+            granted = pending.run
+        for attempt in range(first, self.retry.max_attempts):
+            if granted is not None:
+                run, granted = granted, None
+            else:
+                run = await self._acquire(job, tried)
             resource = self.resources[run.resource]
             will_retry = attempt + 1 < self.retry.max_attempts
             outcome = Outcome.CANCELLED

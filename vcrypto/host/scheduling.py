@@ -1,6 +1,8 @@
 """The seam between the device data path and the resource pool.
 
-The data path needs one thing: ``await scheduler.submit(job) -> bytes``,
+The data path needs one thing: ``scheduler.submit_now(job)`` (the result
+bytes at once, or a token to pass on) then ``await scheduler.submit(job,
+token) -> bytes``,
 raising ``CryptoOpError`` for a bad request and ``ResourceFault`` when every
 retry failed; plus ``stats()`` for metrics at scrape time. The pool
 (``vcrypto.host.pool.build_scheduler``) provides that with groups, policies,
@@ -23,7 +25,9 @@ log = logging.getLogger("vcrypto.host")
 
 
 class SchedulerLike(Protocol):
-    async def submit(self, job: CryptoJob) -> bytes: ...
+    def submit_now(self, job: CryptoJob) -> bytes | Any: ...
+
+    async def submit(self, job: CryptoJob, pending: Any = None) -> bytes: ...
 
     def stats(self) -> Any: ...
 
@@ -41,7 +45,13 @@ class DirectScheduler:
     async def __aexit__(self, *exc: object) -> None:
         await self.resource.aclose()
 
-    async def submit(self, job: CryptoJob) -> bytes:
+    def submit_now(self, job: CryptoJob) -> bytes | None:
+        """The result at once if the job runs inline; else None (await ``submit``)."""
+        if self.resource.runs_inline(job):
+            return self.resource.execute_inline(job)
+        return None
+
+    async def submit(self, job: CryptoJob, pending: Any = None) -> bytes:
         return await self.resource.execute(job)
 
     def stats(self) -> None:

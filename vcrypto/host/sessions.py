@@ -38,7 +38,7 @@ class SessionError(Exception):
 
 
 class Session:
-    __slots__ = ("id", "op", "alg", "key", "key_id", "refs", "opcode")
+    __slots__ = ("id", "op", "alg", "key", "key_id", "refs", "opcode", "labels")
 
     def __init__(self, sid: int, op: Op, alg: Alg, key: bytes):
         self.id = sid
@@ -48,6 +48,7 @@ class Session:
         self.key_id = key_id_of(key) if key else b""
         self.refs = 1
         self.opcode = vc.DATA_OPCODE[op]
+        self.labels = (op.value, alg.value)   # metrics labels, computed once, not per request
 
     def __repr__(self) -> str:
         return f"Session(id={self.id}, {self.op.value}/{self.alg.value}, refs={self.refs})"

@@ -95,3 +95,20 @@ class Resource(abc.ABC):
     async def probe(self) -> bool:
         """Health probe used to re-admit an unhealthy resource."""
         return True
+
+    # Synchronous fast path. A resource that computes in the host's own
+    # thread (``openssl``) can run a small job right where the data path
+    # drains the ring: no task, no checkpoint, no cancel scope. That is most
+    # of the host's CPU per request (a trio task + scheduler round trip costs
+    # several times an AES-GCM seal of a TLS record). The scheduler only asks
+    # for it when the job got a slot of this resource at once.
+
+    def runs_inline(self, job: CryptoJob) -> bool:
+        """True if ``execute_inline(job)`` is cheap enough to run on the event
+        loop's thread without yielding (microseconds, not milliseconds)."""
+        return False
+
+    def execute_inline(self, job: CryptoJob) -> bytes:
+        """Run ``job`` synchronously (only called when ``runs_inline(job)``);
+        raise ``CryptoOpError`` or ``ResourceFault`` like ``execute``."""
+        raise NotImplementedError(f"{type(self).__name__} has no inline path")

@@ -113,15 +113,31 @@ def load_private_key(der: bytes) -> object:
 # ops
 # --------------------------------------------------------------------------
 
+#: AEAD cipher objects by (alg, key): building one (the key schedule) costs
+#: more than sealing a small TLS record, and a session seals many records
+#: with one key. The objects are immutable and safe to share between
+#: threads. Bounded: cleared when full (sessions come and go).
+_AEAD_CACHE_SIZE = 1024
+_aead_cache: dict[tuple[Alg, bytes], object] = {}
+
+
 def _aead(job: CryptoJob):
-    want = AEAD_KEY_BYTES[job.alg]
-    if len(job.key) != want:
-        raise CryptoOpError(_BAD, f"{job.alg.value} key must be {want} bytes, got {len(job.key)}")
+    alg, key = job.alg, job.key
+    cipher = _aead_cache.get((alg, key))
+    if cipher is not None:
+        if len(job.iv) != AEAD_IV_BYTES:
+            raise CryptoOpError(_BAD, f"AEAD iv must be {AEAD_IV_BYTES} bytes, got {len(job.iv)}")
+        return cipher
+    want = AEAD_KEY_BYTES[alg]
+    if len(key) != want:
+        raise CryptoOpError(_BAD, f"{alg.value} key must be {want} bytes, got {len(key)}")
     if len(job.iv) != AEAD_IV_BYTES:
         raise CryptoOpError(_BAD, f"AEAD iv must be {AEAD_IV_BYTES} bytes, got {len(job.iv)}")
-    if job.alg is Alg.CHACHA20_POLY1305:
-        return ChaCha20Poly1305(job.key)
-    return AESGCM(job.key)
+    cipher = ChaCha20Poly1305(key) if alg is Alg.CHACHA20_POLY1305 else AESGCM(key)
+    if len(_aead_cache) >= _AEAD_CACHE_SIZE:
+        _aead_cache.clear()
+    _aead_cache[(alg, key)] = cipher
+    return cipher
 
 
 def _seal(job: CryptoJob) -> bytes:

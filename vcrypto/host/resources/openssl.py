@@ -9,13 +9,17 @@ parallelism) and AEAD payloads above ``thread_threshold_bytes``.
 """
 from __future__ import annotations
 
+import os
+
 import trio
 
 from vcrypto.host.resources._base import CryptoJob, Resource
 from vcrypto.host.resources._crypto import perform
 from vcrypto.ops import ALL_CAPABILITIES, Alg, Capability, Op
 
-__all__ = ["OpensslResource"]
+__all__ = ["OpensslResource", "DEFAULT_MAX_INFLIGHT"]
+
+DEFAULT_MAX_INFLIGHT = 64
 
 _THREADED_SIGN_ALGS = frozenset({
     Alg.RSA_PSS_RSAE_SHA256, Alg.RSA_PSS_RSAE_SHA384, Alg.RSA_PSS_RSAE_SHA512,
@@ -28,13 +32,15 @@ class OpensslResource(Resource):
 
     def __init__(self, name: str = "openssl",
                  capabilities: frozenset[Capability] = ALL_CAPABILITIES,
-                 max_inflight: int = 4, *,
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT, *,
                  thread_threshold_bytes: int = 256 * 1024,
                  threads: int | None = None):
         super().__init__(name, capabilities, max_inflight)
         self.thread_threshold_bytes = thread_threshold_bytes
         # Limits threads used by this resource (not trio's global pool).
-        self._limiter = trio.CapacityLimiter(threads or max(1, max_inflight))
+        if threads is None:
+            threads = min(max_inflight, max(2, os.cpu_count() or 1))
+        self._limiter = trio.CapacityLimiter(threads)
         self.executed = 0
         self.threaded = 0
 
@@ -51,4 +57,11 @@ class OpensslResource(Resource):
         # Inline: a checkpoint first so a burst of small jobs still lets other
         # tasks (the poll loop, other devices) run between them.
         await trio.lowlevel.checkpoint()
+        return perform(job)
+
+    def runs_inline(self, job: CryptoJob) -> bool:
+        return not self._wants_thread(job)
+
+    def execute_inline(self, job: CryptoJob) -> bytes:
+        self.executed += 1
         return perform(job)
