@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from host_refcheck import ecdh_peer
+from host_refcheck import der_of, ecdh_peer
 from vcrypto.driver import Driver, Item, PayloadPool, SessionParams
 from vcrypto.host.config import ConfigError, parse_config
 from vcrypto.ops import Alg, Op
@@ -24,6 +25,8 @@ from vcrypto.wire import virtio_crypto as vc
     ({"limits": {"max_queues": -1}}, "limits.max_queues: must be >= 0"),
     ({"limits": {"max_sessions": 3}}, "limits.max_sessions: unknown key"),
     ({"keys_dir": "/nonexistent/dir"}, "keys_dir: /nonexistent/dir is not a directory"),
+    ({"bad_input_status": "invalid"}, "bad_input_status: expected one of err, badmsg, key_rejected"),
+    ({"bad_input_status": 2}, "bad_input_status: expected one of"),
     ([1, 2], "<root>: expected a mapping"),
 ])
 def test_config_errors_name_the_path(raw, message):
@@ -36,6 +39,7 @@ def test_config_defaults():
     assert cfg.poll.mode == "adaptive" and cfg.poll.spin_us == 50.0
     assert cfg.limits.max_devices == 2 and cfg.limits.max_sessions_per_device == 1024
     assert cfg.fifo is True
+    assert cfg.bad_input_status == "err"
 
 
 def test_daemon_rejects_bad_config(tmp_path):
@@ -71,4 +75,48 @@ async def test_failing_resource_never_crashes_the_device(start_host):
         assert stats["device"]["resource_faults"] == 4
         caps = await drv.capabilities()        # the pool's capabilities, not the vocabulary's
         assert caps["capabilities"] == ["ecdh:secp256r1", "ecdh:secp384r1", "ecdh:x25519"]
+    assert host.alive()
+
+
+@pytest.mark.parametrize("bad_input_status, want", [
+    ("key_rejected", vc.VIRTIO_CRYPTO_KEY_REJECTED),
+    ("badmsg", vc.VIRTIO_CRYPTO_BADMSG),
+])
+async def test_request_faults_and_device_faults_get_distinct_statuses(start_host,
+                                                                      bad_input_status, want):
+    """A peer key off the curve is the request's fault (bad_input_status); a
+    tag mismatch or a too-short record is BADMSG; a resource that fails every
+    attempt is ERR, the device's fault; an unknown session INVSESS."""
+    host = start_host({"bad_input_status": bad_input_status, "pool": {
+        "resources": [{"name": "soft", "kind": "openssl", "capabilities": ["aead_open:*", "ecdh:*"]},
+                      {"name": "broken", "kind": "simulated", "capabilities": ["sign:*"],
+                       "faults": {"error_rate": 1.0}}],
+        "retry": {"max_attempts": 2, "timeout_s": 2.0}}})
+    async with await Driver.attach(host.socket_path) as drv:
+        ecdh = await drv.create_session(SessionParams(Op.ECDH, Alg.SECP256R1))
+        key = bytes(range(16))
+        open_ = await drv.create_session(SessionParams(Op.AEAD_OPEN, Alg.AES_128_GCM, key=key))
+        sign = await drv.create_session(SessionParams(Op.SIGN, Alg.ED25519,
+                                                      key=der_of(Alg.ED25519)))
+        iv = os.urandom(12)
+        ct = bytearray(AESGCM(key).encrypt(iv, b"record", None))
+        good_ct = bytes(ct)
+        ct[-1] ^= 1
+        _, pub = ecdh_peer(Alg.SECP256R1)
+        pool = await PayloadPool.create(drv)
+        results = await pool.run([
+            Item(ecdh, Op.ECDH, Alg.SECP256R1, b"\x04" + b"\x01" * 64),   # not on the curve
+            Item(open_, Op.AEAD_OPEN, Alg.AES_128_GCM, bytes(ct), iv),      # tag mismatch
+            Item(open_, Op.AEAD_OPEN, Alg.AES_128_GCM, b"short", iv),       # shorter than a tag
+            Item(sign, Op.SIGN, Alg.ED25519, b"msg"),                       # device failure
+            Item(ecdh, Op.ECDH, Alg.SECP256R1, pub),
+            Item(open_, Op.AEAD_OPEN, Alg.AES_128_GCM, good_ct, iv),
+            Item(0x7777, Op.ECDH, Alg.SECP256R1, pub),                      # unknown session
+        ])
+        assert [r.status for r in results] == [
+            want, vc.VIRTIO_CRYPTO_BADMSG, vc.VIRTIO_CRYPTO_BADMSG, vc.VIRTIO_CRYPTO_ERR,
+            vc.VIRTIO_CRYPTO_OK, vc.VIRTIO_CRYPTO_OK, vc.VIRTIO_CRYPTO_INVSESS]
+        assert results[5].data == b"record"
+        stats = await drv.stats()
+        assert stats["device"]["resource_faults"] == 1
     assert host.alive()

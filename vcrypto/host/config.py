@@ -6,6 +6,10 @@ number, got 'fast'")``). Defaults live here, once, with their units::
 
     keys_dir: null           # directory of PEM/DER private keys for key_ref (keyless)
     fifo: true               # used ring in submission order per data queue
+    bad_input_status: err    # status for input the crypto rejects (an ECDH peer
+                             # key off the curve, a session key of the wrong
+                             # type): err | badmsg | key_rejected. An AEAD tag
+                             # mismatch is always badmsg, a device failure err.
     pool: {}                 # handed verbatim to vcrypto.host.pool.build_scheduler
     poll:
       mode: doorbell         # doorbell | adaptive
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vcrypto.wire import virtio_crypto as vc
 
 
 class ConfigError(Exception):
@@ -55,10 +61,16 @@ class Limits:
     require_sealed_memory: bool = True
 
 
+#: ``bad_input_status`` values -> virtio-crypto status
+BAD_INPUT_STATUSES = {"err": vc.VIRTIO_CRYPTO_ERR, "badmsg": vc.VIRTIO_CRYPTO_BADMSG,
+                      "key_rejected": vc.VIRTIO_CRYPTO_KEY_REJECTED}
+
+
 @dataclasses.dataclass(frozen=True)
 class HostConfig:
     keys_dir: Path | None = None
     fifo: bool = True
+    bad_input_status: str = "err"
     pool: dict = dataclasses.field(default_factory=dict)
     poll: PollConfig = PollConfig()
     limits: Limits = Limits()
@@ -99,7 +111,7 @@ def parse_config(raw: Any, *, base_dir: Path | None = None) -> HostConfig:
     if raw is None:
         raw = {}
     _check("<root>", raw, dict, "a mapping")
-    allowed = {"keys_dir", "fifo", "pool", "poll", "limits"}
+    allowed = {"keys_dir", "fifo", "bad_input_status", "pool", "poll", "limits"}
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"{key}: unknown key (expected one of {', '.join(sorted(allowed))})")
@@ -111,13 +123,19 @@ def parse_config(raw: Any, *, base_dir: Path | None = None) -> HostConfig:
         if not keys_dir.is_dir():
             raise ConfigError(f"keys_dir: {keys_dir} is not a directory")
     fifo = _check("fifo", raw.get("fifo", True), bool, "true or false")
+    bad_input = _check("bad_input_status", raw.get("bad_input_status", "err"), str,
+                       f"one of {', '.join(BAD_INPUT_STATUSES)}")
+    if bad_input not in BAD_INPUT_STATUSES:
+        raise ConfigError(f"bad_input_status: expected one of {', '.join(BAD_INPUT_STATUSES)}, "
+                          f"got {bad_input!r}")
     pool = raw.get("pool") or {}
     _check("pool", pool, dict, "a mapping")
     poll = _section("poll", raw.get("poll"), PollConfig)
     if poll.mode not in ("doorbell", "adaptive"):
         raise ConfigError(f"poll.mode: expected 'doorbell' or 'adaptive', got {poll.mode!r}")
     limits = _section("limits", raw.get("limits"), Limits)
-    return HostConfig(keys_dir=keys_dir, fifo=fifo, pool=pool, poll=poll, limits=limits)
+    return HostConfig(keys_dir=keys_dir, fifo=fifo, bad_input_status=bad_input, pool=pool,
+                      poll=poll, limits=limits)
 
 
 def load_config(path: str | Path | None) -> HostConfig:

@@ -81,6 +81,10 @@ class Stream:
         return b"".join(out)
 
     def write(self, offset: int, data: bytes) -> None:
+        views = self.views
+        if views and offset + len(data) <= len(views[0]):   # fast path: one buffer
+            views[0][offset:offset + len(data)] = data
+            return
         pos = 0
         for v in self.views:
             n = len(v)
@@ -215,7 +219,9 @@ class Request:
             else:
                 self.chain.writable.write(0, result)
                 written = len(result)
-        self.chain.writable.write(self.status_offset, bytes((status,)))
+        # The status byte is the last writable byte (walk_chain checked that
+        # the last writable buffer holds it).
+        self.chain.writable.views[-1][-1] = status
         self.chain.release()
         return written + vc.INHDR_BYTES
 

@@ -360,7 +360,8 @@ class Device:
             index, vq, kick_fd=ring.kick_fd, call_fd=ring.call_fd, mem=self.mem,
             sessions=self.sessions, scheduler=self.scheduler, stats=self.stats,
             fifo=self.config.fifo, poll=self.config.poll,
-            max_request_bytes=self.config.limits.max_request_bytes)
+            max_request_bytes=self.config.limits.max_request_bytes,
+            bad_input_status=self.config.bad_input_status)
         ring.cancel = trio.CancelScope()
         ring.done = trio.Event()
         ring.state = VringState.RUNNING

@@ -16,7 +16,7 @@ Shape (defaults in brackets)::
           max_inflight: 64             # [openssl 64, workers 2 x processes, simulated 8]
           # openssl only:
           thread_threshold_bytes: 262144   # AEAD at least this big runs on a thread
-          threads: 2                       # [cores, at least 2, at most max_inflight]
+          threads: 4                       # [max_inflight]
         - name: procs
           kind: workers
           processes: 2                 # [2] worker processes

@@ -57,6 +57,7 @@ import time
 
 import trio
 
+from vcrypto.host.config import BAD_INPUT_STATUSES
 from vcrypto.host.datapath import ChainError, Request, parse_request
 from vcrypto.host.memory import GuestMemory
 from vcrypto.host.reorder import ReorderBuffer
@@ -68,6 +69,14 @@ from vcrypto.wire import virtio_crypto as vc
 
 log = logging.getLogger("vcrypto.host.queue")
 
+#: Statuses as virtio-crypto means them, so a driver can tell the request's
+#: own fault from the device's: BADMSG for an AEAD tag mismatch, NOTSUPP for
+#: an op the device cannot do, ERR for a device failure (every resource
+#: attempt faulted) or a request the device could not parse. Input the crypto
+#: rejects (INVALID_INPUT: an ECDH peer key off the curve, a session key of
+#: the wrong type) is deterministic, another device would answer the same:
+#: config ``bad_input_status`` (err, the historical answer the engine redoes
+#: in-process; badmsg; key_rejected, which the engine maps to INVALID).
 _OP_ERROR_STATUS = {
     CryptoOpError.Kind.BAD_MESSAGE: vc.VIRTIO_CRYPTO_BADMSG,
     CryptoOpError.Kind.INVALID_INPUT: vc.VIRTIO_CRYPTO_ERR,
@@ -140,7 +149,8 @@ class DeviceStats:
 class DataQueue:
     def __init__(self, index: int, vq: SplitVirtqueue, *, kick_fd: int | None,
                  call_fd: int | None, mem: GuestMemory, sessions: SessionTable, scheduler,
-                 stats: DeviceStats, fifo: bool, poll, max_request_bytes: int):
+                 stats: DeviceStats, fifo: bool, poll, max_request_bytes: int,
+                 bad_input_status: str = "err"):
         self.index = index
         self.vq = vq
         self.kick_fd = kick_fd
@@ -152,6 +162,9 @@ class DataQueue:
         self.reorder: ReorderBuffer[tuple[int, int]] = ReorderBuffer(fifo)
         self.poll = poll
         self.max_request_bytes = max_request_bytes
+        self._op_error_status = dict(_OP_ERROR_STATUS)
+        self._op_error_status[CryptoOpError.Kind.INVALID_INPUT] = \
+            BAD_INPUT_STATUSES[bad_input_status]
         self._released: list[tuple[int, int]] = []
         self._call_from: int | None = None       # used.idx before the first unsignalled publish
         self._call_deadline = math.inf
@@ -315,7 +328,7 @@ class DataQueue:
         """The virtio-crypto status for a job that raised ``exc``: BADMSG /
         NOTSUPP for the request's own fault, ERR for a device failure."""
         if isinstance(exc, CryptoOpError):
-            return _OP_ERROR_STATUS.get(exc.kind, vc.VIRTIO_CRYPTO_ERR)
+            return self._op_error_status.get(exc.kind, vc.VIRTIO_CRYPTO_ERR)
         if isinstance(exc, ResourceFault):
             log.warning("queue %d: %s/%s failed on every resource: %s", self.index,
                         job.op.value, job.alg.value, exc)

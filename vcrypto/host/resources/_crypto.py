@@ -9,7 +9,8 @@ in one place:
 op             result
 =============  ==============================================================
 AEAD_SEAL      ciphertext || 16-byte tag (``job.iv`` 12 bytes, ``job.aad``)
-AEAD_OPEN      plaintext; tag mismatch -> ``CryptoOpError(BAD_MESSAGE)``
+AEAD_OPEN      plaintext; tag mismatch (or input shorter than the tag) ->
+               ``CryptoOpError(BAD_MESSAGE)``
 ECDH           own ephemeral public key || shared secret.  X25519: 32 || 32.
                P-256: 65 (SEC1 uncompressed) || 32. P-384: 97 || 48.
 SIGN           signature over ``job.src`` (the message, not a digest).
@@ -147,7 +148,10 @@ def _seal(job: CryptoJob) -> bytes:
 def _open(job: CryptoJob) -> bytes:
     cipher = _aead(job)
     if len(job.src) < AEAD_TAG_BYTES:
-        raise CryptoOpError(_BAD, f"AEAD_OPEN input {len(job.src)} bytes is shorter than the tag")
+        # Cannot authenticate: the same answer as a tag mismatch (and as
+        # `cryptography` gives in-process).
+        raise CryptoOpError(CryptoOpError.Kind.BAD_MESSAGE,
+                            f"AEAD_OPEN input {len(job.src)} bytes is shorter than the tag")
     try:
         return cipher.decrypt(job.iv, job.src, job.aad or None)
     except InvalidTag:

@@ -9,8 +9,6 @@ parallelism) and AEAD payloads above ``thread_threshold_bytes``.
 """
 from __future__ import annotations
 
-import os
-
 import trio
 
 from vcrypto.host.resources._base import CryptoJob, Resource
@@ -38,9 +36,11 @@ class OpensslResource(Resource):
         super().__init__(name, capabilities, max_inflight)
         self.thread_threshold_bytes = thread_threshold_bytes
         # Limits threads used by this resource (not trio's global pool).
-        if threads is None:
-            threads = min(max_inflight, max(2, os.cpu_count() or 1))
-        self._limiter = trio.CapacityLimiter(threads)
+        # One thread per slot by default: with fewer (say one per core) the
+        # RSA signatures of a batch complete one by one and each completion
+        # wakes the sleeping driver (measured: 0.28-0.56 notifications per
+        # RSA request with 2 threads, 0.07 with one per slot).
+        self._limiter = trio.CapacityLimiter(threads or max(1, max_inflight))
         self.executed = 0
         self.threaded = 0
 
