@@ -61,10 +61,10 @@ def main_table(run: dict) -> str:
     # notifications per request (vcrypto only)
     cells = []
     for c in configs:
-        n = value(run, c, "keepalive", "notif_per_req")
-        h = value(run, c, "hs_ecdsa", "notif_per_req")
-        cells.append("–" if n is None else f"{_fmt(h)} / {_fmt(n)}")
-    out.append("| notifications per request (full-handshake ECDSA / keep-alive) | " + " | ".join(cells) + " |")
+        vals = [value(run, c, k, "notif_per_req") for k in ("hs_ecdsa", "hs_rsa", "keepalive", "bulk")]
+        cells.append("–" if all(v is None for v in vals) else " / ".join(_fmt(v) for v in vals))
+    out.append("| notifications per request (full ECDSA / full RSA / keep-alive / bulk) | "
+               + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 

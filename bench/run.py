@@ -7,7 +7,10 @@ vcrypto ``openssl``, (c) vcproxy + vcrypto with RSA signing on ``workers``,
 (d) a trio proxy on stdlib ssl. Same worker count, same upstream
 (``bench/_upstream.py``), two listeners each (ECDSA P-256, RSA-2048).
 
-Workloads per configuration (``bench/_load.py``): full handshakes/s (ECDSA,
+All configurations are up at once; each workload runs on each of them in
+turn (order reversed every other workload), so one row's numbers are taken
+seconds apart on a machine whose speed drifts over minutes. Workloads
+(``bench/_load.py``): full handshakes/s (ECDSA,
 RSA; swept over concurrency), resumed handshakes/s, keep-alive small
 requests/s (swept), bulk MB/s on 10 MiB downloads, p50/p99 latency at a
 fixed rate, and the mixed run (keep-alive p99 at that rate while an RSA-2048
@@ -126,62 +129,96 @@ class Measure:
         return res
 
 
-def run_config(name: str, work: Path, certs, upstream: _procs.Service, upstream_addr: str,
-               s: dict, workers: int, log) -> dict:
-    t0 = time.perf_counter()
-    try:
-        running = _configs.start(name, work, certs, upstream_addr, workers)
-    except Exception as exc:  # noqa: BLE001 - a configuration that does not start is reported
-        return {"error": f"start failed: {type(exc).__name__}: {exc}"[:2000]}
-    out: dict = {"startup_s": time.perf_counter() - t0, "workloads": {}}
-    w = out["workloads"]
-    measure = Measure(running, upstream)
-    ecdsa, rsa = running.ports["ecdsa"], running.ports["rsa"]
+def workloads(s: dict) -> list[tuple[str, object, str]]:
+    """(key, fn(running) -> result, unit field) in the order they run."""
     secs = s["seconds"]
-    try:
-        # warm-up: keys parsed, sessions opened, upstream connections pooled in every worker
-        warm = [_load.Handshakes(ecdsa, 2, 1, False), _load.Handshakes(rsa, 2, 1, False)]
-        _load.h2load(ecdsa, 8, 1, "/", 0.2)
-        for h in warm:
-            h.result()
-        for k in s["hs_levels"]:
-            w[f"hs_ecdsa@{k}"] = measure(lambda: _load.Handshakes(ecdsa, k, secs, False).result(), "handshakes")
-            log(name, f"hs_ecdsa@{k}", w[f"hs_ecdsa@{k}"], "per_s")
-        for k in s["rsa_levels"]:
-            w[f"hs_rsa@{k}"] = measure(lambda: _load.Handshakes(rsa, k, secs, False).result(), "handshakes")
-            log(name, f"hs_rsa@{k}", w[f"hs_rsa@{k}"], "per_s")
-        w["hs_ecdsa"] = w[f"hs_ecdsa@{s['hs_default']}"]
-        w["hs_rsa"] = w[f"hs_rsa@{s['hs_default']}"]
-        w["resumed"] = measure(lambda: _load.Handshakes(ecdsa, s["hs_default"], secs, True).result(),
-                               "handshakes")
-        log(name, "resumed", w["resumed"], "per_s")
-        for c in s["ka_levels"]:
-            w[f"keepalive@{c}"] = measure(lambda: _load.h2load(ecdsa, c, secs), "requests")
-            log(name, f"keepalive@{c}", w[f"keepalive@{c}"], "per_s")
-        w["keepalive"] = w[f"keepalive@{s['ka_default']}"]
-        w["bulk"] = measure(lambda: _load.h2load(ecdsa, s["bulk_conns"], s["bulk_seconds"], BULK_PATH), "bytes")
-        log(name, "bulk", w["bulk"], "mb_per_s")
-        w["latency"] = measure(lambda: _load.FixedRate(ecdsa, s["rate"], s["latency_seconds"],
-                                                       s["latency_conns"]).result(), "ok")
-        log(name, "latency", w["latency"], "p99_ms")
+    out: list[tuple[str, object, str]] = []
+    for k in s["hs_levels"]:
+        out.append((f"hs_ecdsa@{k}", lambda r, k=k: _load.Handshakes(r.ports["ecdsa"], k, secs, False).result(),
+                    "handshakes"))
+    for k in s["rsa_levels"]:
+        out.append((f"hs_rsa@{k}", lambda r, k=k: _load.Handshakes(r.ports["rsa"], k, secs, False).result(),
+                    "handshakes"))
+    out.append(("resumed", lambda r: _load.Handshakes(r.ports["ecdsa"], s["hs_default"], secs, True).result(),
+                "handshakes"))
+    for c in s["ka_levels"]:
+        out.append((f"keepalive@{c}", lambda r, c=c: _load.h2load(r.ports["ecdsa"], c, secs), "requests"))
+    out.append(("bulk", lambda r: _load.h2load(r.ports["ecdsa"], s["bulk_conns"], s["bulk_seconds"], BULK_PATH),
+                "bytes"))
+    out.append(("latency", lambda r: _load.FixedRate(r.ports["ecdsa"], s["rate"], s["latency_seconds"],
+                                                     s["latency_conns"]).result(), "ok"))
 
-        def mixed() -> dict:
-            storm = _load.Handshakes(rsa, s["storm_procs"], s["mixed_seconds"], False)
-            probe = _load.FixedRate(ecdsa, s["rate"], s["mixed_seconds"] - 1, s["latency_conns"])
-            lat, hs = probe.result(), storm.result()
-            return lat | {"storm_handshakes": hs["handshakes"], "storm_per_s": hs["per_s"],
-                          "handshakes": hs["handshakes"]}
+    def mixed(r) -> dict:
+        storm = _load.Handshakes(r.ports["rsa"], s["storm_procs"], s["mixed_seconds"], False)
+        probe = _load.FixedRate(r.ports["ecdsa"], s["rate"], s["mixed_seconds"] - 1, s["latency_conns"])
+        lat, hs = probe.result(), storm.result()
+        return lat | {"storm_handshakes": hs["handshakes"], "storm_per_s": hs["per_s"],
+                      "handshakes": hs["handshakes"]}
 
-        w["mixed"] = measure(mixed, "handshakes")
-        log(name, "mixed", w["mixed"], "p99_ms")
-    except Exception as exc:  # noqa: BLE001 - keep the other configurations' numbers
-        out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-    finally:
-        alive = running.service.alive()
-        running.stop()
-        if not alive:
-            out["error"] = out.get("error", "") + f" proxy had exited: {running.service.tail()}"
+    out.append(("mixed", mixed, "handshakes"))
     return out
+
+
+def one_run(names: list[str], work: Path, certs, upstream: _procs.Service, upstream_addr: str,
+            s: dict, workers: int, log) -> dict:
+    """All configurations are started first and stay up (idle ones cost ~nothing);
+    each workload then runs on each configuration in turn, the order reversed
+    from one workload to the next. Machine speed drifts over minutes here, so
+    the numbers of one row are taken within seconds of each other."""
+    configs: dict[str, dict] = {}
+    running: dict[str, _configs.Running] = {}
+    try:
+        for name in names:
+            t0 = time.perf_counter()
+            try:
+                running[name] = _configs.start(name, work, certs, upstream_addr, workers)
+                configs[name] = {"startup_s": time.perf_counter() - t0, "workloads": {}}
+            except Exception as exc:  # noqa: BLE001 - a configuration that does not start is reported
+                configs[name] = {"error": f"start failed: {type(exc).__name__}: {exc}"[:2000]}
+                print(f"  {name}: {configs[name]['error'][:500]}", flush=True)
+        for name, r in running.items():
+            # warm-up: keys parsed, sessions opened, upstream connections pooled in every worker
+            try:
+                warm = [_load.Handshakes(r.ports["ecdsa"], 2, 1, False), _load.Handshakes(r.ports["rsa"], 2, 1, False)]
+                _load.h2load(r.ports["ecdsa"], 8, 1, "/", 0.2)
+                for h in warm:
+                    h.result()
+            except _load.LoadError as exc:
+                configs[name]["error"] = f"warm-up: {exc}"[:2000]
+        # what an idle configuration costs while the others are measured
+        pids = {n: r.processes() for n, r in running.items()}
+        cpu0 = {n: _procs.cpu_snapshot(p) for n, p in pids.items()}
+        time.sleep(2.0)
+        for n, p in pids.items():
+            idle = _procs.cpu_by_role(p, cpu0[n], _procs.cpu_snapshot(p))
+            configs[n]["idle_cpu_s_per_s"] = sum(idle.values()) / 2.0
+        print("  idle CPU s/s: " + ", ".join(f"{n} {c['idle_cpu_s_per_s']:.3f}" for n, c in configs.items()
+                                             if "idle_cpu_s_per_s" in c), flush=True)
+        order = [n for n in names if n in running]
+        for i, (key, fn, unit) in enumerate(workloads(s)):
+            for name in (order if i % 2 == 0 else order[::-1]):
+                r = running[name]
+                if not r.service.alive():
+                    configs[name]["workloads"][key] = {"error": f"proxy exited: {r.service.tail(500)}"}
+                    continue
+                res = Measure(r, upstream)(lambda r=r, fn=fn: fn(r), unit)
+                configs[name]["workloads"][key] = res
+                field = ("p99_ms" if key in ("latency", "mixed")
+                         else "mb_per_s" if unit == "bytes" else "per_s")
+                log(name, key, res, field)
+        for name in order:
+            w = configs[name]["workloads"]
+            for alias, src in (("hs_ecdsa", f"hs_ecdsa@{s['hs_default']}"), ("hs_rsa", f"hs_rsa@{s['hs_default']}"),
+                               ("keepalive", f"keepalive@{s['ka_default']}")):
+                if src in w:
+                    w[alias] = w[src]
+    finally:
+        for name, r in running.items():
+            if not r.service.alive():
+                configs[name]["error"] = (configs[name].get("error", "")
+                                          + f" proxy had exited: {r.service.tail()}")
+            r.stop()
+    return configs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,11 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 run: dict = {"configs": {}}
                 print(f"run {i + 1}/{runs} ({args.mode}), load {os.getloadavg()[0]:.2f}", flush=True)
-                for name in names:
-                    run["configs"][name] = run_config(name, work / f"run{i}", certs, upstream, upstream_addr,
-                                                      s, args.workers, log)
-                    if "error" in run["configs"][name]:
-                        print(f"  {name}: {run['configs'][name]['error'][:500]}", flush=True)
+                run["configs"] = one_run(names, work / f"run{i}", certs, upstream, upstream_addr, s,
+                                         args.workers, log)
                 run["seconds"] = time.perf_counter() - t0
                 run["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
                 result["runs"].append(run)
