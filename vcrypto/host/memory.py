@@ -38,7 +38,7 @@ class GuestMemory:
         self.require_sealed = require_sealed
         self._maps: list[_Mapped] = []
         self._retired: list[Region] = []
-        self._last: _Mapped | None = None
+        self._gpa: list[tuple[int, int, int, memoryview]] = []
 
     def __len__(self) -> int:
         return len(self._maps)
@@ -71,12 +71,21 @@ class GuestMemory:
         except RegionError as exc:
             raise BadAddress(str(exc)) from exc
         self._maps.append(_Mapped(desc, region, desc.mmap_offset))
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """The data path's lookup table: (start, end, base, buf) per region,
+        plain tuples so a descriptor's translation is one short loop (a
+        request's buffers usually alternate between two regions, the driver's
+        request slots and its payload pool)."""
+        self._gpa = [(m.desc.guest_phys_addr, m.desc.guest_phys_addr + m.desc.memory_size,
+                      m.base, m.region.buf) for m in self._maps]
 
     def remove(self, gpa: int) -> None:
         for i, m in enumerate(self._maps):
             if m.desc.guest_phys_addr == gpa:
                 del self._maps[i]
-                self._last = None
+                self._reindex()
                 self._close(m.region)
                 return
         raise BadAddress(f"no region at {gpa:#x}")
@@ -90,7 +99,7 @@ class GuestMemory:
 
     def clear(self) -> None:
         maps, self._maps = self._maps, []
-        self._last = None
+        self._gpa = []
         for m in maps:
             self._close(m.region)
         retired, self._retired = self._retired, []
@@ -107,20 +116,18 @@ class GuestMemory:
             start = getattr(m.desc, field)
             if start <= addr and addr + length <= start + m.desc.memory_size:
                 off = m.base + addr - start
-                if field == "guest_phys_addr":
-                    self._last = m
                 return m.region.buf[off:off + length]
         raise BadAddress(f"range {addr:#x}+{length} is outside every registered region")
 
     def gpa_view(self, addr: int, length: int) -> memoryview:
-        m = self._last                # fast path: a burst's buffers share a region
-        if m is not None:
-            start = m.desc.guest_phys_addr
-            # (start + memory_size <= 2^64 was checked in add(); lengths are u32)
-            if start <= addr and addr + length <= start + m.desc.memory_size:
-                off = m.base + addr - start
-                return m.region.buf[off:off + length]
-        return self._find(addr, length, "guest_phys_addr")
+        end = addr + length
+        # (start + memory_size <= 2^64 was checked in add(); descriptor
+        # addresses and lengths are unsigned)
+        for start, stop, base, buf in self._gpa:
+            if start <= addr and end <= stop:
+                off = base + addr - start
+                return buf[off:off + length]
+        return self._find(addr, length, "guest_phys_addr")   # raises BadAddress
 
     def uva_view(self, addr: int, length: int) -> memoryview:
         return self._find(addr, length, "userspace_addr")
