@@ -198,6 +198,10 @@ def markdown(result: dict) -> str:
                      "Ratios in brackets are to (a). Handshakes, requests and MB/s: higher is "
                      "better; latencies: lower is better.\n")
         parts.append(main_table(run))
+        idle = [f"{LABELS[c]} {cr['idle_cpu_s_per_s']:.3f}" for c, cr in run["configs"].items()
+                if "idle_cpu_s_per_s" in cr]
+        if idle:
+            parts.append("\nIdle CPU s/s while the others were measured: " + ", ".join(idle) + "\n")
         parts.append("\n" + cpu_table(run))
         sweeps = sweep_table(run)
         if sweeps:

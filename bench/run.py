@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -160,7 +162,7 @@ def workloads(s: dict) -> list[tuple[str, object, str]]:
 
 
 def one_run(names: list[str], work: Path, certs, upstream: _procs.Service, upstream_addr: str,
-            s: dict, workers: int, log) -> dict:
+            s: dict, workers: int, log, vcrypto_crypto: dict | None = None) -> dict:
     """All configurations are started first and stay up (idle ones cost ~nothing);
     each workload then runs on each configuration in turn, the order reversed
     from one workload to the next. Machine speed drifts over minutes here, so
@@ -171,7 +173,7 @@ def one_run(names: list[str], work: Path, certs, upstream: _procs.Service, upstr
         for name in names:
             t0 = time.perf_counter()
             try:
-                running[name] = _configs.start(name, work, certs, upstream_addr, workers)
+                running[name] = _configs.start(name, work, certs, upstream_addr, workers, vcrypto_crypto)
                 configs[name] = {"startup_s": time.perf_counter() - t0, "workloads": {}}
             except Exception as exc:  # noqa: BLE001 - a configuration that does not start is reported
                 configs[name] = {"error": f"start failed: {type(exc).__name__}: {exc}"[:2000]}
@@ -228,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers per proxy (all configurations)")
     parser.add_argument("--only", default=",".join(_configs.NAMES), help="comma-separated configurations")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--vcrypto-crypto", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra crypto: key for (b) and (c), e.g. small_record_threshold_bytes=20000")
     args = parser.parse_args(argv)
     s = dict(MODES[args.mode])
+    vcrypto_crypto = {}
+    for item in args.vcrypto_crypto:
+        key, _, val = item.partition("=")
+        vcrypto_crypto[key] = yaml.safe_load(val)
     runs = args.runs or s["runs"]
     names = [n for n in args.only.split(",") if n]
     for n in names:
@@ -246,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"mode": args.mode, "started": started.isoformat(timespec="seconds"),
               "command": "make bench" if args.mode == "full" else "make bench-quick",
               "argv": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
-              "machine": machine(), "settings": s | {"runs": runs, "workers": args.workers}, "runs": []}
+              "machine": machine(), "runs": [],
+              "settings": s | {"runs": runs, "workers": args.workers, "vcrypto_crypto": vcrypto_crypto}}
     result["settings_text"] = (
         f"{args.workers} workers per proxy; {s['seconds']} s per point; full/resumed handshakes: openssl "
         f"s_time processes (table: {s['hs_default']} concurrent), one `GET /` per connection; keep-alive: "
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                 run: dict = {"configs": {}}
                 print(f"run {i + 1}/{runs} ({args.mode}), load {os.getloadavg()[0]:.2f}", flush=True)
                 run["configs"] = one_run(names, work / f"run{i}", certs, upstream, upstream_addr, s,
-                                         args.workers, log)
+                                         args.workers, log, vcrypto_crypto)
                 run["seconds"] = time.perf_counter() - t0
                 run["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
                 result["runs"].append(run)
