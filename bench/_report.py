@@ -70,7 +70,7 @@ def main_table(run: dict) -> str:
 
 def cpu_table(run: dict) -> str:
     configs = [c for c in NAMES if c in run["configs"]]
-    out = ["| CPU seconds per 1,000 units, by process | " + " | ".join(LABELS[c] for c in configs) + " |",
+    out = ["| CPU seconds per 1,000 units, by process (load generators apart) | " + " | ".join(LABELS[c] for c in configs) + " |",
            "|---|" + "---|" * len(configs)]
     for key, unit in CPU_ROWS:
         cells = []
@@ -81,7 +81,9 @@ def cpu_table(run: dict) -> str:
                 continue
             per = w["cpu_per_1k"]
             parts = [f"{r.replace('_', ' ')} {per[r]:.2f}" for r in ROLE_ORDER if per.get(r)]
-            cells.append(f"**{sum(per.values()):.2f}**: " + ", ".join(parts))
+            lg = w.get("load_generator_per_1k")
+            client = f" (load generators {lg:.2f})" if lg is not None else ""
+            cells.append(f"**{sum(per.values()):.2f}**: " + ", ".join(parts) + client)
         unit_label = "per 1 GB" if unit == "GB" else f"per 1,000 {unit}"
         out.append(f"| {key} ({unit_label}) | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -212,6 +214,14 @@ def markdown(result: dict) -> str:
         failures = [(c, k, w.get("failed") or w.get("errors") or w.get("clients_failed"))
                     for c, cr in run["configs"].items() for k, w in cr.get("workloads", {}).items()
                     if (w.get("failed") or w.get("errors") or w.get("clients_failed"))]
+        for c, cr in run["configs"].items():
+            for k, w in cr.get("workloads", {}).items():
+                share = w.get("resumed_share")
+                if share is None:
+                    continue
+                want_resumed = k == "resumed"
+                if (want_resumed and share < 0.9) or (not want_resumed and share > 0.1):
+                    errors.append((c, k, f"{share:.0%} of the handshakes were resumed"))
         if errors or failures:
             parts.append("\nProblems seen:\n")
             for c, k, e in errors:

@@ -31,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -95,10 +96,14 @@ class Measure:
         cpu0 = _procs.cpu_snapshot(pids)
         m0 = _procs.scrape(self.running.metrics)
         d0 = {k: _procs.scrape(u) for k, u in self.running.daemon_metrics.items()}
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             res = fn()
         except _load.LoadError as exc:
             return {"error": str(exc)[:1000]}
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # the load generators' own CPU (they share the 2 cores with the proxy)
+        res["load_generator_cpu_s"] = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
         cpu1 = _procs.cpu_snapshot(pids)
         m = _procs.delta(_procs.scrape(self.running.metrics), m0)
         d = {k: _procs.delta(_procs.scrape(u), d0[k]) for k, u in self.running.daemon_metrics.items()}
@@ -110,6 +115,7 @@ class Measure:
             units = units / 1e6  # so that "per 1k units" is per 1 GB
         if units:
             res["cpu_per_1k"] = {r: s / units * 1000 for r, s in cpu.items()}
+            res["load_generator_per_1k"] = res["load_generator_cpu_s"] / units * 1000
         if m:
             res["proxy_metrics"] = {k: v for k, v in m.items()
                                     if k.startswith(("vcproxy_tls_handshakes_total", "vcproxy_crypto_ops",
