@@ -158,7 +158,9 @@ def scrape(url: str | None) -> dict[str, float]:
             continue
         name, labels = m.group(1), m.group(3) or ""
         if name == "vcproxy_tls_handshakes_total":
-            name += "{resumed=%s}" % ("true" if 'resumed="true"' in labels else "false")
+            result = re.search(r'result="(\w*)"', labels)
+            name += "{result=%s,resumed=%s}" % (result.group(1) if result else "",
+                                                 "true" if 'resumed="true"' in labels else "false")
         elif name == "vcproxy_crypto_ops_total":
             prov = re.search(r'provider="(\w+)"', labels)
             name += "{provider=%s}" % (prov.group(1) if prov else "")

@@ -216,6 +216,12 @@ def markdown(result: dict) -> str:
                     if (w.get("failed") or w.get("errors") or w.get("clients_failed"))]
         for c, cr in run["configs"].items():
             for k, w in cr.get("workloads", {}).items():
+                bad = sum(v for m, v in (w.get("proxy_metrics") or {}).items()
+                          if m.startswith("vcproxy_tls_handshakes_total") and "result=ok" not in m)
+                bad_up = sum(v for m, v in (w.get("proxy_metrics") or {}).items()
+                             if m.startswith("vcproxy_upstream_errors"))
+                if bad or bad_up:
+                    errors.append((c, k, f"proxy counted {bad:.0f} failed handshakes, {bad_up:.0f} upstream errors"))
                 share = w.get("resumed_share")
                 if share is None:
                     continue
