@@ -79,10 +79,10 @@ async def test_every_op_family_through_the_host(host_and_backend):
     await fe.aclose()
 
 
-async def test_off_curve_peer_key_is_redone_in_process_not_a_fallback(host_and_backend):
-    """The host reports bad input as virtio ERR; the frontend redoes it
-    in-process for the authoritative answer (INVALID), counted apart from
-    engine-away fallbacks."""
+async def test_off_curve_peer_key_is_the_requests_fault_not_a_device_failure(host_and_backend):
+    """The host reports input the crypto rejects as KEY_REJECTED, not ERR: the
+    frontend returns INVALID at once, with no in-process redo and no
+    fallback (a device failure, ERR, would be redone in-process)."""
     _host, backend = host_and_backend
     fe = Frontend(backend.socket_path)
     await fe.start()
@@ -90,7 +90,7 @@ async def test_off_curve_peer_key_is_redone_in_process_not_a_fallback(host_and_b
     bad_point = b"\x04" + b"\x01" * 64  # right size and form, not on the curve
     [(st, _)] = await fe.run(h, [(bad_point, b"", b"")])
     assert st is SlotStatus.INVALID
-    assert fe.stats.redone_requests == 1 and fe.stats.fallback_requests == 0
+    assert fe.stats.redone_requests == 0 and fe.stats.fallback_requests == 0
     await fe.aclose()
 
 

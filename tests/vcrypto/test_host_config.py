@@ -39,7 +39,7 @@ def test_config_defaults():
     assert cfg.poll.mode == "adaptive" and cfg.poll.spin_us == 50.0
     assert cfg.limits.max_devices == 2 and cfg.limits.max_sessions_per_device == 1024
     assert cfg.fifo is True
-    assert cfg.bad_input_status == "err"
+    assert cfg.bad_input_status == "key_rejected"   # a peer key off the curve is not a device failure
 
 
 def test_daemon_rejects_bad_config(tmp_path):

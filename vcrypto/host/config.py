@@ -6,7 +6,7 @@ number, got 'fast'")``). Defaults live here, once, with their units::
 
     keys_dir: null           # directory of PEM/DER private keys for key_ref (keyless)
     fifo: true               # used ring in submission order per data queue
-    bad_input_status: err    # status for input the crypto rejects (an ECDH peer
+    bad_input_status: key_rejected  # status for input the crypto rejects (an ECDH peer
                              # key off the curve, a session key of the wrong
                              # type): err | badmsg | key_rejected. An AEAD tag
                              # mismatch is always badmsg, a device failure err.
@@ -70,7 +70,7 @@ BAD_INPUT_STATUSES = {"err": vc.VIRTIO_CRYPTO_ERR, "badmsg": vc.VIRTIO_CRYPTO_BA
 class HostConfig:
     keys_dir: Path | None = None
     fifo: bool = True
-    bad_input_status: str = "err"
+    bad_input_status: str = "key_rejected"
     pool: dict = dataclasses.field(default_factory=dict)
     poll: PollConfig = PollConfig()
     limits: Limits = Limits()
@@ -123,7 +123,7 @@ def parse_config(raw: Any, *, base_dir: Path | None = None) -> HostConfig:
         if not keys_dir.is_dir():
             raise ConfigError(f"keys_dir: {keys_dir} is not a directory")
     fifo = _check("fifo", raw.get("fifo", True), bool, "true or false")
-    bad_input = _check("bad_input_status", raw.get("bad_input_status", "err"), str,
+    bad_input = _check("bad_input_status", raw.get("bad_input_status", "key_rejected"), str,
                        f"one of {', '.join(BAD_INPUT_STATUSES)}")
     if bad_input not in BAD_INPUT_STATUSES:
         raise ConfigError(f"bad_input_status: expected one of {', '.join(BAD_INPUT_STATUSES)}, "

@@ -75,8 +75,9 @@ log = logging.getLogger("vcrypto.host.queue")
 #: attempt faulted) or a request the device could not parse. Input the crypto
 #: rejects (INVALID_INPUT: an ECDH peer key off the curve, a session key of
 #: the wrong type) is deterministic, another device would answer the same:
-#: config ``bad_input_status`` (err, the historical answer the engine redoes
-#: in-process; badmsg; key_rejected, which the engine maps to INVALID).
+#: config ``bad_input_status``: key_rejected by default (for our vendor ECDH
+#: op it means "the peer key was rejected"; the engine maps it to INVALID and
+#: does not redo it), or err (the engine then redoes it in-process) or badmsg.
 _OP_ERROR_STATUS = {
     CryptoOpError.Kind.BAD_MESSAGE: vc.VIRTIO_CRYPTO_BADMSG,
     CryptoOpError.Kind.INVALID_INPUT: vc.VIRTIO_CRYPTO_ERR,
@@ -150,7 +151,7 @@ class DataQueue:
     def __init__(self, index: int, vq: SplitVirtqueue, *, kick_fd: int | None,
                  call_fd: int | None, mem: GuestMemory, sessions: SessionTable, scheduler,
                  stats: DeviceStats, fifo: bool, poll, max_request_bytes: int,
-                 bad_input_status: str = "err"):
+                 bad_input_status: str = "key_rejected"):
         self.index = index
         self.vq = vq
         self.kick_fd = kick_fd
