@@ -17,11 +17,11 @@ import itertools
 import logging
 import os
 import signal
-import socket
 import sys
 
 import trio
 
+from vcrypto._unixsock import bind_unix_listener
 from vcrypto.host.config import ConfigError, HostConfig, load_config
 from vcrypto.host.device import Device
 from vcrypto.host.keys import KeyStore, KeyStoreError
@@ -61,13 +61,8 @@ class Host:
                 log.info("device %d detached", device.id)
 
     async def serve(self, socket_path: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            os.unlink(socket_path)
-        except FileNotFoundError:
-            pass
-        await listener.bind(socket_path)
-        listener.listen(64)
+        # a stale socket left by a killed host is replaced; a live host's is never stolen
+        listener = trio.socket.from_stdlib_socket(bind_unix_listener(socket_path))
         log.info("listening on %s", socket_path)
         try:
             async with trio.open_nursery() as nursery:
@@ -134,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"vcrypto-host: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # fail fast, before resources start, if another host serves the path
+        bind_unix_listener(args.socket).close()
+    except OSError as exc:   # SocketInUse, or a path we may not use
+        print(f"vcrypto-host: cannot listen on {args.socket}: {exc}", file=sys.stderr)
         return 2
     try:
         trio.run(run, config, args.socket, args.metrics)
