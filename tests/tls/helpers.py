@@ -25,6 +25,8 @@ SMALL_RECORD_THRESHOLD_BYTES = 64
 class _CountingAead(AeadSession):
     def __init__(self, inner: AeadSession, owner: CountingProvider):
         self.inner, self.owner, self.alg = inner, owner, inner.alg
+        self.closes = 0  # aclose() calls: the stream must make exactly one
+        owner.sessions.append(self)
 
     def seal(self, nonce, aad, plaintext):
         # The in-process path may only see records under the threshold
@@ -53,6 +55,8 @@ class _CountingAead(AeadSession):
         return await self.inner.open_many(items)
 
     async def aclose(self):
+        self.closes += 1
+        self.owner.counts["aead_closes"] += 1
         await self.inner.aclose()
 
 
@@ -66,7 +70,13 @@ class CountingProvider(CryptoProvider):
         self.threshold = threshold
         self.counts: dict[str, int] = dict.fromkeys(
             ("key_exchange", "sign", "aead_sessions", "seal_many", "open_many",
-             "sealed_records", "opened_records", "small_seal", "small_open"), 0)
+             "sealed_records", "opened_records", "small_seal", "small_open", "aead_closes"), 0)
+        self.sessions: list[_CountingAead] = []  # every AEAD session handed out
+
+    def check_sessions_closed_once(self) -> None:
+        """Every AEAD session handed out was closed exactly once."""
+        closes = [s.closes for s in self.sessions]
+        assert closes and all(n == 1 for n in closes), closes
 
     async def key_exchange(self, group, peer_public):
         self.counts["key_exchange"] += 1
@@ -113,6 +123,9 @@ class ServerRun:
         # every full handshake's flight (with its Certificate) is above the threshold
         assert counts["sealed_records"] >= full, counts
         assert counts["aead_sessions"] >= 4 * len(self.infos), counts
+        # every stream closed: each AEAD session it opened was closed exactly once
+        closes = [s.closes for s in self.provider.sessions]
+        assert all(n == 1 for n in closes), closes
 
 
 async def echo_handler(tls: TLSStream, run: ServerRun) -> None:

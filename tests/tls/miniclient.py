@@ -165,9 +165,16 @@ class MiniClient:
             if ctype == 23:
                 return data
             if ctype == 22:
-                if data[0] == c.KEY_UPDATE:
-                    self.key_updates_received += 1
-                    self.read = Keys(next_traffic_secret(SUITE, self.read.secret))
+                # one record may carry several messages (a queued
+                # NewSessionTicket, then a KeyUpdate: the last of its record)
+                pos = 0
+                while pos < len(data):
+                    kind, size = data[pos], int.from_bytes(data[pos + 1:pos + 4], "big")
+                    pos += 4 + size
+                    if kind == c.KEY_UPDATE:
+                        assert pos == len(data), "KeyUpdate not the last message of its record"
+                        self.key_updates_received += 1
+                        self.read = Keys(next_traffic_secret(SUITE, self.read.secret))
                 continue
             if ctype == 21:
                 raise AssertionError(f"alert {data!r}")

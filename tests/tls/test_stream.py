@@ -258,14 +258,138 @@ async def test_small_records_sealed_in_process(test_certs):
     config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=100)
     server, _, client = pair(config, provider)
     await handshake(server, client)
-    small, batched = provider.counts["small_seal"], provider.counts["seal_many"]
+    # Only the server flight was sealed (one batch): the NewSessionTicket
+    # (above the threshold) is no longer sealed in a batch of its own at the
+    # end of the handshake; it waits for the first send_all.
+    assert provider.counts["seal_many"] == 1 and provider.counts["small_seal"] == 0
+    batched = provider.counts["sealed_records"]
     await server.send_all(b"tiny")
-    assert provider.counts["small_seal"] == small + 1 and provider.counts["seal_many"] == batched
+    # "tiny" sealed in-process; the queued ticket went through the provider
+    assert provider.counts["small_seal"] == 1
+    assert provider.counts["seal_many"] == 2 and provider.counts["sealed_records"] == batched + 1
     await server.send_all(b"z" * 1000)
-    assert provider.counts["seal_many"] == batched + 1
+    assert provider.counts["seal_many"] == 3 and provider.counts["sealed_records"] == batched + 2
     assert await client.recv_app() == b"tiny"
     await client.send_app(b"q" * 500)
     assert await server.receive_some() == b"q" * 500
+
+
+async def test_ticket_sealed_in_the_first_writes_batch(test_certs):
+    provider = CountingProvider(threshold=0)
+    config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=0)
+    server, rec, client = pair(config, provider)
+    await handshake(server, client)
+    assert provider.counts["seal_many"] == 1          # the server flight; no ticket yet
+    flight = provider.counts["sealed_records"]
+    sent = len(rec.sent)
+    await server.send_all(b"a" * 20000)
+    # ticket + two data records: one provider batch, one transport write
+    assert provider.counts["seal_many"] == 2
+    assert provider.counts["sealed_records"] == flight + 3
+    assert len(rec.sent) == sent + 1
+    ctype, data = await client.record()
+    assert ctype == 22 and data[0] == c.NEW_SESSION_TICKET
+    assert await client.recv_app() + await client.recv_app() == b"a" * 20000
+    await server.send_all(b"b")                       # the ticket is not sent twice
+    assert await client.record() == (23, b"b")
+
+
+async def test_ticket_sealed_with_close_notify(test_certs):
+    provider = CountingProvider(threshold=0)
+    config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=0)
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    await server.aclose()
+    assert provider.counts["seal_many"] == 2          # flight, then ticket + close_notify
+    ctype, data = await client.record()
+    assert ctype == 22 and data[0] == c.NEW_SESSION_TICKET
+    assert await client.record() == (21, b"\x01\x00")
+
+
+async def test_sessions_closed_once_after_close(test_certs):
+    provider = CountingProvider()
+    config = server_config([test_certs["ecdsa-p256"]])
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    await client.send_app(b"x" * 200)
+    assert await server.receive_some() == b"x" * 200
+    await server.send_all(b"y" * 200)
+    await server.aclose()
+    await server.aclose()                             # a second close releases nothing again
+    # handshake read/write + application read/write
+    assert len(provider.sessions) == 4
+    provider.check_sessions_closed_once()
+
+
+async def test_sessions_closed_once_after_fatal_alert(test_certs):
+    provider = CountingProvider()
+    config = server_config([test_certs["ecdsa-p256"]])
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    await client.stream.send_all(b"\x17\x03\x03\x00\x20" + bytes(32))
+    await client.stream.send_eof()
+    with pytest.raises(TLSError):
+        await server.receive_some()
+    provider.check_sessions_closed_once()             # released by the failure itself
+    await server.aclose()
+    provider.check_sessions_closed_once()             # and not again by aclose
+
+
+async def test_sessions_closed_once_after_key_updates(test_certs):
+    provider = CountingProvider()
+    config = server_config([test_certs["ecdsa-p256"]], key_update_after_records=2)
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    for i in range(5):                                # server-initiated KeyUpdates
+        await server.send_all(b"msg%d" % i)
+        assert await client.recv_app() == b"msg%d" % i
+    await client.key_update(True)                     # a client KeyUpdate (requested)
+    await client.send_app(b"after")
+    assert await server.receive_some() == b"after"
+    await server.send_all(b"reply")
+    assert await client.recv_app() == b"reply"
+    superseded = [s for s in provider.sessions[:-2]]
+    assert all(s.closes == 1 for s in superseded)     # closed when replaced, not at the end
+    assert client.key_updates_received == 3
+    await server.aclose()
+    # 2 handshake + 2 application + 3 server KeyUpdates + 1 client KeyUpdate
+    assert len(provider.sessions) == 8
+    provider.check_sessions_closed_once()
+
+
+async def test_sessions_closed_once_after_broken_transport(test_certs):
+    provider = CountingProvider()
+    config = server_config([test_certs["ecdsa-p256"]])
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    await client.stream.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        for _ in range(10):                           # memory streams: broken on a later write
+            await server.send_all(b"z" * 100)
+    await server.aclose()
+    provider.check_sessions_closed_once()
+
+
+async def test_sessions_closed_once_when_closed_mid_handshake(test_certs):
+    provider = CountingProvider()
+    config = server_config([test_certs["ecdsa-p256"]])
+    server, _, client = pair(config, provider)
+    failures = []
+
+    async def run_server():
+        try:
+            await server.do_handshake()
+        except trio.ClosedResourceError as exc:  # its transport was closed under it
+            failures.append(exc)
+
+    await client.send_plain(22, client_hello(share=client.share))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_server)
+        await trio.testing.wait_all_tasks_blocked()  # the server waits for the Finished
+        await server.aclose()
+    assert failures
+    assert provider.sessions
+    provider.check_sessions_closed_once()
 
 
 async def test_server_initiated_key_update(test_certs):
@@ -306,7 +430,9 @@ async def test_bad_record_mac_after_handshake(config):
     with pytest.raises(TLSError) as info:
         await server.receive_some()
     assert info.value.alert == A.bad_record_mac
-    assert (await client.record())[0] == 22          # the ticket, then our alert
+    # The ticket was still queued for our first write: a failed connection
+    # drops it (RFC 8446 §6.2: its PSK SHOULD be discarded), so the alert
+    # is the first record after the handshake.
     assert await client.record() == (21, bytes((2, A.bad_record_mac)))
 
 

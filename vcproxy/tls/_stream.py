@@ -15,8 +15,9 @@ feed whole messages to the state machine, execute its commands in order.
 Handshake bytes for one epoch are queued and sealed together when the write
 epoch changes or before we wait for the peer, so the server flight
 EncryptedExtensions..Finished leaves as one record. NewSessionTicket is
-sealed at the end of the handshake and leaves with the first ``send_all``
-(or the close_notify).
+queued (not sealed) at the end of the handshake and is sealed in the same
+provider batch as the first ``send_all``'s records (or the close_notify):
+the handshake never waits on it and it costs no provider round trip of its own.
 
 Records: ``send_all`` (and the no-I/O ``write`` before it: a cork, so
 headers and body written together leave in one record) cuts data into full
@@ -38,6 +39,11 @@ not destroy the alert before the client reads it. Transport failures surface
 as trio's ``BrokenResourceError``. A transport EOF without close_notify reads
 as EOF unless ``strict_close_notify`` (like ``trio.SSLStream``'s
 ``https_compatible``: HTTP framing already detects truncation).
+
+AEAD sessions are provider resources (host sessions, for vcrypto): each one
+is closed exactly once by the stream: a superseded key (handshake → traffic,
+KeyUpdate) when it is replaced, the current read/write keys when the stream
+closes or breaks (``_release_keys``; shielded, bounded, never raising).
 """
 from __future__ import annotations
 
@@ -106,6 +112,7 @@ class TLSStream(trio.abc.Stream):
         self._got_client_hello = False
         self._peer_closed = False      # close_notify (or EOF) received
         self._handshake_done: trio.Event | None = None
+        self._keys_released = False    # current AEAD sessions closed (stream over)
         self._sending = False          # trio streams refuse concurrent send_all
         self._receiving = False
         self.info: HandshakeInfo | None = None
@@ -143,7 +150,8 @@ class TLSStream(trio.abc.Stream):
             await self._fail(exc)
             raise
         except BaseException:
-            self._state = _State.BROKEN
+            if self._state is not _State.CLOSED:  # (closed by another task meanwhile)
+                self._state = _State.BROKEN
             raise
         finally:
             self._handshake_done.set()
@@ -229,7 +237,10 @@ class TLSStream(trio.abc.Stream):
         except (TLSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away first: nothing left to tell it
         finally:
-            await trio.aclose_forcefully(self.transport_stream)
+            try:
+                await self._release_keys()
+            finally:
+                await trio.aclose_forcefully(self.transport_stream)
 
     # ---- handshake ----------------------------------------------------------
 
@@ -242,10 +253,10 @@ class TLSStream(trio.abc.Stream):
                 raise UnexpectedMessage("data after the ClientHello in its record")
             self._got_client_hello = True
             await self._execute(self._hs.receive_message(epoch, message))
-        # The session tickets are sealed now but leave with our first write (or
-        # close_notify): one segment instead of two, and a handshake never
-        # blocks on a peer that is not reading yet.
-        await self._seal_handshake_out()
+        # The session tickets stay queued in _hs_out: _seal_records seals them
+        # in the same provider batch as our first write (or close_notify), so
+        # they cost no round trip of their own, leave in one segment with the
+        # data, and a handshake never blocks on a peer that is not reading yet.
 
     async def _next_handshake_message(self) -> tuple[Epoch, bytes]:
         while not self._hs_messages:
@@ -310,6 +321,11 @@ class TLSStream(trio.abc.Stream):
     async def _install_keys(self, cmd: InstallKeys) -> None:
         key, iv = traffic_key_iv(cmd.suite, cmd.secret)
         session = self.provider.aead(cmd.suite.aead_alg, key)
+        if self._keys_released:
+            # Another task closed the stream while this one was mid-handshake:
+            # nothing will release this session later, so release it now.
+            await _close_session(session)
+            raise trio.ClosedResourceError("TLSStream was closed")
         protection = Protection(cmd.suite, cmd.secret, session, iv)
         if cmd.direction == "write":
             if self._hs_out:  # what was queued leaves under the old keys
@@ -324,7 +340,7 @@ class TLSStream(trio.abc.Stream):
                 raise UnexpectedMessage("handshake message data left over at a key change")
             old, self._read, self._read_epoch = self._read, protection, cmd.epoch
         if old is not None:
-            await old.session.aclose()
+            await _close_session(old.session)
 
     def _complete(self, info: HandshakeInfo) -> None:
         self.info = info
@@ -357,6 +373,13 @@ class TLSStream(trio.abc.Stream):
             if self._hs.key_update_owed:
                 await self._execute(self._hs.initiate_key_update())
         items = []
+        if self._hs_out and content_type != HANDSHAKE:
+            # Handshake bytes still queued (the NewSessionTicket after the
+            # handshake) go first, in this same batch: one provider round trip.
+            queued = bytes(self._hs_out)
+            self._hs_out.clear()
+            for pos in range(0, len(queued), frag):
+                items.append(self._write.seal_item(HANDSHAKE, queued[pos:pos + frag]))
         for pos in range(0, len(data), frag):
             if limit and self._write.seq >= limit:
                 await self._seal_items(items)
@@ -577,7 +600,23 @@ class TLSStream(trio.abc.Stream):
                 TLSError):
             pass  # the transport is gone or busy: nothing more to say
         finally:
-            await trio.aclose_forcefully(self.transport_stream)
+            try:
+                await self._release_keys()
+            finally:
+                await trio.aclose_forcefully(self.transport_stream)
+
+    async def _release_keys(self) -> None:
+        """Close the current read/write AEAD sessions, once (the stream is over).
+
+        Not left to the provider's finalizers: a vcrypto session holds a host
+        session until it is closed, and GC may come much later.
+        """
+        if self._keys_released:
+            return
+        self._keys_released = True
+        sessions = [p.session for p in (self._read, self._write) if p is not None]
+        for session in sessions:
+            await _close_session(session)
 
     async def _linger(self) -> None:
         # Half-close, then read what the peer still sends so our close does not
@@ -592,3 +631,13 @@ class TLSStream(trio.abc.Stream):
                 return
             drained += len(data)
 
+
+async def _close_session(session) -> None:
+    # Shielded (a cancelled close must still release) yet bounded (a provider
+    # that hangs must not hang the close); a failure to release is the
+    # provider's to log, never an error of the stream that is going away.
+    with trio.move_on_after(LINGER_S, shield=True):
+        try:
+            await session.aclose()
+        except Exception:
+            pass
