@@ -274,6 +274,51 @@ async def test_small_records_sealed_in_process(test_certs):
     assert await server.receive_some() == b"q" * 500
 
 
+async def test_small_record_threshold_boundary(test_certs):
+    # content strictly below the threshold: in-process; at it: the provider
+    provider = CountingProvider(threshold=100)
+    config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=100)
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    await server.send_all(b"")                        # the queued ticket leaves
+    counts = provider.counts
+    before = dict(counts)
+    await server.send_all(b"a" * 99)
+    assert (counts["small_seal"], counts["seal_many"]) == (before["small_seal"] + 1,
+                                                           before["seal_many"])
+    await server.send_all(b"a" * 100)
+    assert (counts["small_seal"], counts["seal_many"]) == (before["small_seal"] + 1,
+                                                           before["seal_many"] + 1)
+    for size in (99, 100):                            # one record per read
+        await client.send_app(b"b" * size)
+        assert await server.receive_some() == b"b" * size
+    assert (counts["small_open"], counts["open_many"]) == (before["small_open"] + 1,
+                                                           before["open_many"] + 1)
+    await client.send_app(b"c" * 99)                  # both in one read: the batch path
+    await client.send_app(b"d" * 100)
+    got = b""
+    while len(got) < 199:
+        got += await server.receive_some()
+    assert got == b"c" * 99 + b"d" * 100
+    assert (counts["small_open"], counts["open_many"]) == (before["small_open"] + 2,
+                                                           before["open_many"] + 2)
+    assert counts["opened_records"] == before["opened_records"] + 2
+
+
+async def test_fatal_alert_sealed_in_process_whatever_the_threshold(test_certs):
+    provider = CountingProvider(threshold=0)
+    config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=0)
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    batches = provider.counts["seal_many"]
+    await client.stream.send_all(b"\x17\x03\x03\x00\x20" + bytes(32))
+    await client.stream.send_eof()
+    with pytest.raises(TLSError):
+        await server.receive_some()
+    assert provider.counts["small_seal"] == 1 and provider.counts["seal_many"] == batches
+    assert await client.record() == (21, bytes((2, A.bad_record_mac)))
+
+
 async def test_ticket_sealed_in_the_first_writes_batch(test_certs):
     provider = CountingProvider(threshold=0)
     config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=0)

@@ -200,6 +200,21 @@ class TicketConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
+    """What a TLS server offers and how its streams behave (validated on creation).
+
+    ``small_record_threshold_bytes`` (T) splits record protection between the
+    provider and the process: a record whose plaintext content is strictly
+    below T bytes (``len(content) < T``) is sealed or opened in-process with
+    the ``AeadSession``'s sync ``seal``/``open``; every record at or above T
+    goes through ``seal_many``/``open_many``. T = 0 (the default) sends every
+    record to the provider. Content excludes the inner content-type byte; on
+    receive, where only the ciphertext length is known, the peer's padding
+    counts as content, so a padded record may go to the provider although its
+    content is under T (never the other way round). One exception: a fatal
+    alert (2 bytes) is always sealed in-process, since the provider may be
+    the very thing that failed.
+    """
+
     certificates: Sequence[CertificateEntry]
     alpn_protocols: Sequence[str] = ()
     cipher_suites: Sequence[str] | None = None
@@ -210,7 +225,8 @@ class ServerConfig:
     max_handshake_message_bytes: int = 32768
     #: Server-initiated KeyUpdate after this many records under one write key (0 = never).
     key_update_after_records: int = 0
-    #: Records with less plaintext than this are sealed/opened in-process.
+    #: Records with plaintext strictly below this many bytes are sealed/opened
+    #: in-process; at or above it, through the provider (see the class docstring).
     small_record_threshold_bytes: int = 0
     #: AEAD items per ``seal_many`` / ``open_many`` batch (vcrypto opdone: ≤ 16).
     pipeline_depth: int = 16
