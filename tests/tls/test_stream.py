@@ -638,3 +638,25 @@ async def test_hello_retry_with_refused_early_data_over_the_stream(test_certs):
     assert server.info.hello_retry and server.named_group == "x25519"
     await client.send_app(b"after retry")
     assert await server.receive_some() == b"after retry"
+
+
+async def test_handshake_timeout_while_the_provider_stalls(test_certs, autojump_clock):
+    # A provider op cut off by the timeout leaves the stream broken (records in
+    # flight are lost), yet the timeout must still close the transport and
+    # release the sessions, as a timeout while reading does.
+    class StalledSigner(CountingProvider):
+        async def sign(self, key, scheme, message):
+            await trio.sleep_forever()
+
+    provider = StalledSigner()
+    config = server_config([test_certs["ecdsa-p256"]])
+    server, _, client = pair(config, provider)
+    await client.send_plain(22, client_hello(share=client.share))
+    with pytest.raises(HandshakeTimeout):
+        await server.do_handshake()
+    provider.check_sessions_closed_once()             # the handshake keys, without aclose
+    with pytest.raises(EOFError):                     # ServerHello, then the transport closed
+        while True:
+            await client.record()
+    with pytest.raises(trio.BrokenResourceError):
+        await server.send_all(b"x")

@@ -144,7 +144,9 @@ class TLSStream(trio.abc.Stream):
                 await self._handshake()
             if scope.cancelled_caught:
                 exc = HandshakeTimeout(f"handshake not done within handshake_timeout_s={timeout_s}")
-                await self._fail(exc, send_alert=False)
+                # (force: a provider op cut off by the timeout already marked
+                # the stream BROKEN, yet the timeout still closes it)
+                await self._fail(exc, send_alert=False, force=True)
                 raise exc
         except TLSError as exc:
             await self._fail(exc)
@@ -576,9 +578,9 @@ class TLSStream(trio.abc.Stream):
         if self._state is _State.BROKEN:
             raise trio.BrokenResourceError("TLSStream failed earlier")
 
-    async def _fail(self, exc: TLSError, *, send_alert: bool = True) -> None:
+    async def _fail(self, exc: TLSError, *, send_alert: bool = True, force: bool = False) -> None:
         """Send our alert for ``exc`` (if any), then close lingeringly."""
-        if self._state in (_State.BROKEN, _State.CLOSED):
+        if self._state is _State.CLOSED or (self._state is _State.BROKEN and not force):
             return
         self._state = _State.BROKEN
         try:
