@@ -114,6 +114,27 @@ def repeat_table(runs: list[dict]) -> str:
     text = "\n".join(out) + "\n"
     text += (f"\n{len(flagged)} of {len(ROWS) * len(configs)} numbers moved more than ±15% between the "
              "two runs (⚠).\n")
+    # the same for the ratios to (a): what one run's interleaving is meant to keep stable
+    others = [c for c in configs if c != "inline"]
+    if "inline" in configs and others:
+        out = ["| ratio to (a) | " + " | ".join(LABELS[c] for c in others) + " |",
+               "|---|" + "---|" * len(others)]
+        moved = 0
+        for label, key, field, _unit, _hib in ROWS:
+            cells = []
+            for c in others:
+                xa, ya = value(a, "inline", key, field), value(b, "inline", key, field)
+                x, y = value(a, c, key, field), value(b, c, key, field)
+                if None in (xa, ya, x, y) or not xa or not ya or not x:
+                    cells.append("–")
+                    continue
+                r1, r2 = x / xa, y / ya
+                bad = abs(r2 / r1 - 1) > REPEAT_TOLERANCE
+                moved += bad
+                cells.append(f"{r1:.2f} → {r2:.2f}{' ⚠' if bad else ''}")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        text += ("\nRatios to (a), run 1 → run 2 (⚠: moved more than ±15%):\n\n" + "\n".join(out) + "\n"
+                 f"\n{moved} of {len(ROWS) * len(others)} ratios moved more than ±15%.\n")
     return text
 
 
@@ -196,7 +217,8 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`\n", machine_md(result["machine"]),
              f"\nSettings: {result['settings_text']}\n"]
     for i, run in enumerate(runs, 1):
-        parts.append(f"\n## Run {i} of {len(runs)} ({run['seconds']:.0f} s)\n\n"
+        parts.append(f"\n## Run {i} of {len(runs)} ({run['seconds']:.0f} s, load average "
+                     f"{run.get('load_start', '?')} at start, {run.get('load_end', '?')} at end)\n\n"
                      "Ratios in brackets are to (a). Handshakes, requests and MB/s: higher is "
                      "better; latencies: lower is better.\n")
         parts.append(main_table(run))

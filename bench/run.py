@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             upstream_addr = f"127.0.0.1:{json.loads(line)['port']}"
             for i in range(runs):
                 t0 = time.perf_counter()
-                run: dict = {"configs": {}}
+                run: dict = {"configs": {}, "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
                 print(f"run {i + 1}/{runs} ({args.mode}), load {os.getloadavg()[0]:.2f}", flush=True)
                 run["configs"] = one_run(names, work / f"run{i}", certs, upstream, upstream_addr, s,
                                          args.workers, log, vcrypto_crypto)
