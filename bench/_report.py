@@ -213,14 +213,14 @@ def machine_md(machine: dict) -> str:
 
 def markdown(result: dict) -> str:
     runs = result["runs"]
-    parts = [f"# vcproxy benchmark, {result['mode']} mode, {result['started']}\n",
-             f"Command: `{result['command']}`\n", machine_md(result["machine"]),
+    parts = [f"# vcproxy benchmark, {result['mode']} mode, {result['started']}\n\n",
+             f"Command: `{result['command']}`\n\n", machine_md(result["machine"]),
              f"\nSettings: {result['settings_text']}\n"]
     for i, run in enumerate(runs, 1):
         parts.append(f"\n## Run {i} of {len(runs)} ({run['seconds']:.0f} s, load average "
                      f"{run.get('load_start', '?')} at start, {run.get('load_end', '?')} at end)\n\n"
                      "Ratios in brackets are to (a). Handshakes, requests and MB/s: higher is "
-                     "better; latencies: lower is better.\n")
+                     "better; latencies: lower is better.\n\n")
         parts.append(main_table(run))
         idle = [f"{LABELS[c]} {cr['idle_cpu_s_per_s']:.3f}" for c, cr in run["configs"].items()
                 if "idle_cpu_s_per_s" in cr]
