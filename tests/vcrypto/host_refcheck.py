@@ -91,3 +91,36 @@ def check_ecdh_result(alg: Alg, priv, out: bytes) -> None:
 def check_ecdh(alg: Alg, run) -> None:
     priv, pub = ecdh_peer(alg)
     check_ecdh_result(alg, priv, run(pub))
+
+
+def faulty_rsa_key(real: rsa.RSAPrivateKey) -> rsa.RSAPrivateKey:
+    """An RSA key whose signatures are corrupted (what a CRT fault produces):
+    for the re-verification tests of every in-process crypto path."""
+
+    class FaultyKey(rsa.RSAPrivateKey):
+        key_size = real.key_size
+
+        def sign(self, data, pad, algorithm):
+            sig = bytearray(real.sign(data, pad, algorithm))
+            sig[-1] ^= 0x01
+            return bytes(sig)
+
+        def public_key(self):
+            return real.public_key()
+
+        def decrypt(self, *a):
+            return real.decrypt(*a)
+
+        def private_numbers(self):
+            return real.private_numbers()
+
+        def private_bytes(self, *a):
+            return real.private_bytes(*a)
+
+        def __copy__(self):
+            return self
+
+        def __deepcopy__(self, memo):
+            return self
+
+    return FaultyKey()

@@ -16,7 +16,7 @@ from vcrypto.host.resources._crypto import perform
 from vcrypto.host.resources.openssl import OpensslResource
 from vcrypto.ops import AEAD_KEY_BYTES, ALL_CAPABILITIES, Alg, Op
 
-from host_refcheck import check_ecdh, check_signature, der_of, key_for
+from host_refcheck import check_ecdh, check_signature, der_of, faulty_rsa_key, key_for
 
 
 def _job(op, alg, key=b"", src=b"", iv=b"", aad=b""):
@@ -89,43 +89,15 @@ async def test_openssl_resource_inline_and_threaded():
 def test_faulty_rsa_signature_is_caught_by_reverification():
     """A signer that returns a corrupted signature (what a CRT fault produces)
     is caught by the re-verification: ResourceFault, never a bad signature."""
-    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_mod
-
-    from vcrypto.host.resources import _crypto
+    from vcrypto import crypto as _crypto  # the shared implementation holds the key cache
     from vcrypto.host.resources._base import ResourceFault
 
-    real = key_for(Alg.RSA_PSS_RSAE_SHA256)
-
-    class FaultyKey(rsa_mod.RSAPrivateKey):
-        def sign(self, data, pad, algorithm):
-            sig = bytearray(real.sign(data, pad, algorithm))
-            sig[-1] ^= 0x01
-            return bytes(sig)
-
-        def public_key(self):
-            return real.public_key()
-
-        key_size = real.key_size
-
-        def decrypt(self, *a):
-            return real.decrypt(*a)
-
-        def private_numbers(self):
-            return real.private_numbers()
-
-        def private_bytes(self, *a):
-            return real.private_bytes(*a)
-
-        def __copy__(self):
-            return self
-
-        def __deepcopy__(self, memo):
-            return self
+    faulty = faulty_rsa_key(key_for(Alg.RSA_PSS_RSAE_SHA256))
 
     der = der_of(Alg.RSA_PSS_RSAE_SHA256)
     key_id = b"faulty-key-id"
     with _crypto._key_cache._lock:
-        _crypto._key_cache._keys[key_id] = (der, FaultyKey())
+        _crypto._key_cache._keys[key_id] = (der, faulty)
     try:
         job = CryptoJob(op=Op.SIGN, alg=Alg.RSA_PSS_RSAE_SHA256, key=der, key_id=key_id, src=b"m")
         with pytest.raises(ResourceFault, match="re-verification"):

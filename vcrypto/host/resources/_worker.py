@@ -14,7 +14,7 @@ runs every complete request it has read before writing the answers in one
 ``write``: requests that queued up while it was busy are answered together,
 so the host wakes once for the lot (each wake costs the host ~15-20 µs here,
 notes/ipc-costs.md). Parsed private keys stay cached in this process by
-``key_id`` (``_crypto``'s LRU), so a worker parses a certificate key once,
+``key_id`` (``vcrypto.crypto``'s LRU), so a worker parses a certificate key once,
 not per signature. EOF on stdin means the host is gone: exit. SIGINT is
 ignored: the host decides when workers stop.
 """

@@ -28,7 +28,7 @@ is given a job. A job cut off by its timeout does not disturb its worker:
 unwritten bytes stay queued, an unclaimed reply is dropped.
 
 Parsed private keys are cached inside each worker by ``key_id`` (the LRU in
-``_crypto``), so a certificate key is parsed once per worker, not per
+``vcrypto.crypto``), so a certificate key is parsed once per worker, not per
 signature.
 
 What it costs (2 shared vCPUs, load ~3 from other work, so ±40%; 2
