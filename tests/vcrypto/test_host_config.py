@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from host_refcheck import der_of, ecdh_peer
@@ -67,8 +68,9 @@ async def test_failing_resource_never_crashes_the_device(start_host):
         aead = await drv.create_session(SessionParams(Op.AEAD_SEAL, Alg.AES_128_GCM, key=bytes(16)))
         pool = await PayloadPool.create(drv)
         _, pub = ecdh_peer(Alg.X25519)
-        results = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)] * 4
-                                 + [Item(aead, Op.AEAD_SEAL, Alg.AES_128_GCM, b"x", os.urandom(12))])
+        with trio.fail_after(30):
+            results = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)] * 4
+                                     + [Item(aead, Op.AEAD_SEAL, Alg.AES_128_GCM, b"x", os.urandom(12))])
         assert [r.status for r in results[:4]] == [vc.VIRTIO_CRYPTO_ERR] * 4
         assert results[4].status == vc.VIRTIO_CRYPTO_NOTSUPP    # no capable resource at all
         stats = await drv.stats()
@@ -104,15 +106,16 @@ async def test_request_faults_and_device_faults_get_distinct_statuses(start_host
         ct[-1] ^= 1
         _, pub = ecdh_peer(Alg.SECP256R1)
         pool = await PayloadPool.create(drv)
-        results = await pool.run([
-            Item(ecdh, Op.ECDH, Alg.SECP256R1, b"\x04" + b"\x01" * 64),   # not on the curve
-            Item(open_, Op.AEAD_OPEN, Alg.AES_128_GCM, bytes(ct), iv),      # tag mismatch
-            Item(open_, Op.AEAD_OPEN, Alg.AES_128_GCM, b"short", iv),       # shorter than a tag
-            Item(sign, Op.SIGN, Alg.ED25519, b"msg"),                       # device failure
-            Item(ecdh, Op.ECDH, Alg.SECP256R1, pub),
-            Item(open_, Op.AEAD_OPEN, Alg.AES_128_GCM, good_ct, iv),
-            Item(0x7777, Op.ECDH, Alg.SECP256R1, pub),                      # unknown session
-        ])
+        with trio.fail_after(30):
+            results = await pool.run([
+                Item(ecdh, Op.ECDH, Alg.SECP256R1, b"\x04" + b"\x01" * 64),   # not on the curve
+                Item(open_, Op.AEAD_OPEN, Alg.AES_128_GCM, bytes(ct), iv),      # tag mismatch
+                Item(open_, Op.AEAD_OPEN, Alg.AES_128_GCM, b"short", iv),       # shorter than a tag
+                Item(sign, Op.SIGN, Alg.ED25519, b"msg"),                       # device failure
+                Item(ecdh, Op.ECDH, Alg.SECP256R1, pub),
+                Item(open_, Op.AEAD_OPEN, Alg.AES_128_GCM, good_ct, iv),
+                Item(0x7777, Op.ECDH, Alg.SECP256R1, pub),                      # unknown session
+            ])
         assert [r.status for r in results] == [
             want, vc.VIRTIO_CRYPTO_BADMSG, vc.VIRTIO_CRYPTO_BADMSG, vc.VIRTIO_CRYPTO_ERR,
             vc.VIRTIO_CRYPTO_OK, vc.VIRTIO_CRYPTO_OK, vc.VIRTIO_CRYPTO_INVSESS]

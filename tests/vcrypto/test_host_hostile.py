@@ -23,7 +23,8 @@ W = VIRTQ_DESC_F_WRITE
 async def _healthy(drv: Driver, pool: PayloadPool, sid: int) -> None:
     """The bystander device still gets correct service."""
     _, pub = ecdh_peer(Alg.X25519)
-    [res] = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)])
+    with trio.fail_after(30):
+        [res] = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)])
     assert res.ok and len(res.data) == 64
 
 
@@ -207,10 +208,12 @@ async def test_unregistered_region_is_no_longer_addressable(devices):
     pool = await PayloadPool.create(drv, slots=4)
     sid = await drv.create_session(SessionParams(Op.ECDH, Alg.X25519))
     _, pub = ecdh_peer(Alg.X25519)
-    [ok] = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)])
+    with trio.fail_after(30):
+        [ok] = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)])
     assert ok.ok
     await drv.unregister_region(pool.handle)
-    [gone] = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)])
+    with trio.fail_after(30):
+        [gone] = await pool.run([Item(sid, Op.ECDH, Alg.X25519, pub)])
     assert gone.status == vc.VIRTIO_CRYPTO_ERR        # src/dst now outside every region
     await _healthy(by, bypool, bysid)
 
@@ -234,7 +237,8 @@ async def test_republished_heads_never_exceed_queue_size_in_flight(devices):
                                                  key=der_of(Alg.RSA_PSS_RSAE_SHA256)))
     pool = await PayloadPool.create(drv, slots=1)
     item = Item(sid, Op.SIGN, Alg.RSA_PSS_RSAE_SHA256, b"m")
-    [res] = await pool.run([item])          # leaves a valid chain at slot 0's descriptors
+    with trio.fail_after(30):
+        [res] = await pool.run([item])          # leaves a valid chain at slot 0's descriptors
     assert res.ok
     q = drv.queues[0]
     vq = q.vq

@@ -31,7 +31,8 @@ async def test_metrics_endpoint(start_host):
         pool = await PayloadPool.create(drv)
         items = [Item(sid, Op.AEAD_SEAL, Alg.AES_256_GCM, b"x" * 100, os.urandom(12))] * 5
         items.append(Item(sid + 999, Op.AEAD_SEAL, Alg.AES_256_GCM, b"x", os.urandom(12)))
-        await pool.run(items)
+        with trio.fail_after(30):
+            await pool.run(items)
         text = await trio.to_thread.run_sync(_scrape, host.metrics_port)
     assert _value(text, "vcrypto_host_devices ") >= 1
     assert _value(text, "vcrypto_host_sessions ") >= 1

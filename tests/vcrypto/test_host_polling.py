@@ -17,7 +17,8 @@ async def _burst(drv: Driver, sid: int, n: int, *, window: int, poll_s: float = 
     pool = await PayloadPool.create(drv, slot_bytes=4096)
     items = [Item(sid, Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(256), os.urandom(12))
              for _ in range(n)]
-    results = await pool.run(items, window=window, poll_s=poll_s)
+    with trio.fail_after(30):
+        results = await pool.run(items, window=window, poll_s=poll_s)
     assert all(r.ok for r in results)
 
 

@@ -50,7 +50,9 @@ async def test_failover_spills_and_returns_through_the_host(start_host):
         async def run(n: int, window: int):
             items = [Item(sid, Op.AEAD_SEAL, Alg.AES_256_GCM, os.urandom(100), os.urandom(12))
                      for _ in range(n)]
-            for item, r in zip(items, await pool.run(items, window=window)):
+            with trio.fail_after(60):
+                results = await pool.run(items, window=window)
+            for item, r in zip(items, results):
                 assert r.ok and r.data == AESGCM(key).encrypt(item.iv, item.src, None)
 
         await run(10, window=1)            # one at a time: the primary only

@@ -11,13 +11,19 @@ API
 Control path (async, trio; serialised on the socket)::
 
     drv = await Driver.attach(socket_path, queues=1, queue_size=256,
-                              event_idx=True, indirect=True)
+                              event_idx=True, indirect=True,
+                              control_timeout_s=CONTROL_TIMEOUT_S)   # 10 s
     sid = await drv.create_session(SessionParams(Op.AEAD_SEAL, Alg.AES_128_GCM, key=k))
     sid = await drv.create_session(SessionParams(Op.SIGN, Alg.ED25519, key_ref="site"))
     await drv.close_session(sid)               # DriverError if unknown
     h = await drv.register_region(region)      # ADD_MEM_REG: caller's own Region
     caps = await drv.capabilities(); st = await drv.stats()   # vendor messages
     await drv.aclose()
+
+Every control message (attach's negotiation included) waits at most
+``control_timeout_s`` for the device: past it, ``DriverTimeout`` (a
+``DriverError``; ``.what`` names the message) and the driver refuses further
+control requests (the connection is out of step): close it and re-attach.
 
 ``create_session`` raises ``SessionCreateError`` (``.status`` = the
 virtio-crypto status: NOTSUPP, NOSPC, KEY_REJECTED, ERR).
@@ -30,7 +36,9 @@ asked for a kick)::
                                      aad=h.buf(...), token=anything), ...])
     for c in drv.dequeue_burst(q):             # Completion(token, status, dst_len)
         ...
-    await drv.wait_used(q, poll_s=0.0)         # poll, then arm calls, re-check, sleep on call fd
+    await drv.wait_used(q, poll_s=0.0, deadline=math.inf)
+                                               # poll, then arm calls, re-check, sleep on call fd;
+                                               # DriverTimeout past deadline (trio clock)
     drv.kick_fd(q), drv.call_fd(q)             # for a caller's own wait loop:
     if drv.queues[q].arm_calls(): <wait for call_fd readable; os.eventfd_read(call_fd)>
     drv.queues[q].disarm_calls()
@@ -46,7 +54,8 @@ Convenience for tests and benchmarks (copies bytes through a helper-owned
 region)::
 
     pool = await PayloadPool.create(drv, q)
-    results = await pool.run([Item(sid, op, alg, src, iv, aad), ...])   # [Result(status, data)]
+    results = await pool.run([Item(sid, op, alg, src, iv, aad), ...],   # [Result(status, data)]
+                             timeout_s=None)   # DriverTimeout if not all answered in time
 
 Driver region layout (one memfd, registered with SET_MEM_TABLE at
 guest-physical address 2^36; userspace address = the same number), per
@@ -71,12 +80,14 @@ it, slot k uses ring descriptors 6k..6k+5 directly (``num // 6`` in flight).
 Each registered region gets its own 2^36-byte window of device addresses.
 """
 from vcrypto.driver._driver import (
-    Buf, Completion, DataOp, Driver, DriverError, Queue, RegionHandle, SessionCreateError,
+    CONTROL_TIMEOUT_S, Buf, Completion, DataOp, Driver, DriverError, DriverTimeout, Queue,
+    RegionHandle, SessionCreateError,
 )
 from vcrypto.driver._payload import Item, PayloadPool, Result
 from vcrypto.wire.virtio_crypto import SessionParams
 
 __all__ = [
-    "Buf", "Completion", "DataOp", "Driver", "DriverError", "Item", "PayloadPool", "Queue",
+    "CONTROL_TIMEOUT_S", "Buf", "Completion", "DataOp", "Driver", "DriverError", "DriverTimeout",
+    "Item", "PayloadPool", "Queue",
     "RegionHandle", "Result", "SessionCreateError", "SessionParams",
 ]

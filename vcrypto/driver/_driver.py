@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import socket
 import struct
@@ -37,8 +38,33 @@ _AEAD_HDR = struct.Struct("<IIQIIIIIIII")
 _DESC = struct.Struct("<QIHH")
 
 
+#: How long one control message may wait for the device (the socket to take
+#: it, the reply to arrive). The host answers in well under 10 ms (a session
+#: create parses a key); a device silent this long is not answering, and the
+#: caller gets ``DriverTimeout`` instead of a stall.
+CONTROL_TIMEOUT_S = 10.0
+
+
 class DriverError(Exception):
     """The device refused or broke the protocol (control path)."""
+
+
+class DriverTimeout(DriverError):
+    """The device did not answer within the bound: ``what`` names the message
+    (or the wait) that got no answer. After a control message timed out the
+    control connection is out of step (a late reply would answer the next
+    request), so the driver refuses further control requests: close it."""
+
+    def __init__(self, what: str, bound: str):
+        super().__init__(f"{what}: no answer from the device within {bound}")
+        self.what = what
+
+
+async def _bounded(what: str, timeout_s: float, aw):
+    """Await ``aw``; ``DriverTimeout(what)`` if it takes longer than ``timeout_s``."""
+    with trio.move_on_after(timeout_s):
+        return await aw
+    raise DriverTimeout(what, f"{timeout_s:g} s")
 
 
 class SessionCreateError(DriverError):
@@ -249,10 +275,18 @@ class Queue:
     def disarm_calls(self) -> None:
         self.vq.driver_disable_calls()
 
-    async def wait_used(self, poll_s: float = 0.0) -> None:
+    async def wait_used(self, poll_s: float = 0.0, *, deadline: float = math.inf) -> None:
         """Wait until the used ring has something: first poll it for up to
         ``poll_s`` (trio checkpoints, so other tasks run), then arm calls,
-        re-check, and sleep on the call eventfd."""
+        re-check, and sleep on the call eventfd. ``deadline`` (``trio``'s
+        clock): raise ``DriverTimeout`` if nothing was used by then."""
+        with trio.move_on_at(deadline):
+            await self._wait_used(poll_s)
+            return
+        self.vq.driver_disable_calls()
+        raise DriverTimeout(f"wait_used(queue {self.index})", "the caller's deadline")
+
+    async def _wait_used(self, poll_s: float) -> None:
         vq = self.vq
         if poll_s > 0 and not vq.driver_pending_used():
             deadline = trio.current_time() + poll_s
@@ -284,8 +318,10 @@ class Driver:
     """An attached virtio-crypto device (see the package docstring)."""
 
     def __init__(self, sock, region: Region, queues: list[Queue], features: int,
-                 protocol_features: int):
+                 protocol_features: int, control_timeout_s: float = CONTROL_TIMEOUT_S):
         self._sock = sock
+        self.control_timeout_s = control_timeout_s
+        self._broken = ""          # why the control connection is out of step
         self.region = region
         self.queues = queues
         self.features = features
@@ -299,11 +335,17 @@ class Driver:
 
     @classmethod
     async def attach(cls, socket_path: str, *, queues: int = 1, queue_size: int = 256,
-                     event_idx: bool = True, indirect: bool = True) -> Driver:
+                     event_idx: bool = True, indirect: bool = True,
+                     control_timeout_s: float = CONTROL_TIMEOUT_S) -> Driver:
+        """Connect and negotiate. Each message waits at most ``control_timeout_s``
+        (``DriverTimeout`` naming it); the driver keeps the bound for its
+        control requests."""
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            await sock.connect(socket_path)
-            return await cls._negotiate(sock, queues, queue_size, event_idx, indirect)
+            await _bounded(f"attach to {socket_path}: connect", control_timeout_s,
+                           sock.connect(socket_path))
+            return await cls._negotiate(sock, queues, queue_size, event_idx, indirect,
+                                        control_timeout_s)
         except (OSError, transport.ConnectionClosed, vu.VhostUserError) as exc:
             sock.close()
             raise DriverError(f"attach to {socket_path}: {exc!r}") from exc
@@ -312,13 +354,16 @@ class Driver:
             raise
 
     @classmethod
-    async def _negotiate(cls, sock, nqueues, queue_size, event_idx, indirect) -> Driver:
+    async def _negotiate(cls, sock, nqueues, queue_size, event_idx, indirect,
+                         timeout_s: float) -> Driver:
         async def call(req, payload=b"", fds=(), need_reply=False):
             flags = vu.VHOST_USER_VERSION | (vu.FLAG_NEED_REPLY if need_reply else 0)
-            await transport.send_message(sock, req, payload, flags=flags, fds=list(fds))
+            await _bounded(f"attach: {R(req).name}", timeout_s,
+                           transport.send_message(sock, req, payload, flags=flags, fds=list(fds)))
 
         async def reply(req):
-            msg = await transport.recv_message(sock)
+            msg = await _bounded(f"attach: reply to {R(req).name}", timeout_s,
+                                 transport.recv_message(sock))
             for fd in msg.fds:
                 os.close(fd)
             if msg.request != req or not msg.flags & vu.FLAG_REPLY:
@@ -385,7 +430,7 @@ class Driver:
                 queue.close()
             region.close()
             raise
-        return cls(sock, region, queues, features, pf)
+        return cls(sock, region, queues, features, pf, timeout_s)
 
     # -- control path -----------------------------------------------------------
 
@@ -399,19 +444,33 @@ class Driver:
                        expect_reply=True) -> bytes | None:
         if self.closed:
             raise DriverError("driver is closed")
+        name, timeout_s = R(req).name, self.control_timeout_s
         async with self._lock:
+            if self._broken:
+                raise DriverError(f"{name}: control connection unusable ({self._broken})")
             flags = vu.VHOST_USER_VERSION | (vu.FLAG_NEED_REPLY if need_reply else 0)
+            finished = False
             try:
-                await transport.send_message(self._sock, req, payload, flags=flags, fds=list(fds))
+                await _bounded(name, timeout_s, transport.send_message(
+                    self._sock, req, payload, flags=flags, fds=list(fds)))
                 if not (expect_reply or need_reply):
+                    finished = True
                     return None
-                msg = await transport.recv_message(self._sock)
+                msg = await _bounded(f"reply to {name}", timeout_s,
+                                     transport.recv_message(self._sock))
+                finished = True
             except (OSError, transport.ConnectionClosed, vu.VhostUserError) as exc:
-                raise DriverError(f"{R(req).name}: connection to the device failed: {exc}") from exc
+                raise DriverError(f"{name}: connection to the device failed: {exc}") from exc
+            finally:
+                if not finished:
+                    # Timed out, cancelled or failed mid-exchange: a late or
+                    # partial message would be taken for the next request's.
+                    self._broken = f"{name} did not complete"
             for fd in msg.fds:
                 os.close(fd)
             if msg.request != req or not msg.flags & vu.FLAG_REPLY:
-                raise DriverError(f"{R(req).name}: unexpected reply {msg.request}")
+                self._broken = f"unexpected reply to {name}"
+                raise DriverError(f"{name}: unexpected reply {msg.request}")
             return msg.payload
 
     async def create_session(self, params: vc.SessionParams) -> int:
@@ -471,8 +530,9 @@ class Driver:
     def call_fd(self, queue: int) -> int:
         return self.queues[queue].call_fd
 
-    async def wait_used(self, queue: int, poll_s: float = 0.0) -> None:
-        await self.queues[queue].wait_used(poll_s)
+    async def wait_used(self, queue: int, poll_s: float = 0.0, *,
+                        deadline: float = math.inf) -> None:
+        await self.queues[queue].wait_used(poll_s, deadline=deadline)
 
     # -- teardown -----------------------------------------------------------------
 

@@ -9,9 +9,12 @@ skip both copies.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
-from vcrypto.driver._driver import DataOp, Driver, RegionHandle
+from vcrypto.driver._driver import DataOp, Driver, DriverTimeout, RegionHandle
+import trio
+
 from vcrypto.ops import Alg, Op
 from vcrypto.shm.region import Region
 from vcrypto.wire import virtio_crypto as vc
@@ -72,10 +75,14 @@ class PayloadPool:
                       dst=dst, iv=bufs[0], aad=bufs[1], token=(token, dst))
 
     async def run(self, items: Sequence[Item], *, window: int | None = None,
-                  poll_s: float = 0.0) -> list[Result]:
+                  poll_s: float = 0.0, timeout_s: float | None = None) -> list[Result]:
         """Run every item (at most ``window`` in flight); results in item order.
-        ``poll_s``: poll the used ring this long before sleeping on the call fd."""
+        ``poll_s``: poll the used ring this long before sleeping on the call fd.
+        ``timeout_s``: ``DriverTimeout`` if the device has not answered every
+        item by then (requests still in flight own their slots: close the
+        driver, the pool cannot be reused)."""
         q = self.driver.queues[self.queue]
+        deadline = math.inf if timeout_s is None else trio.current_time() + timeout_s
         window = min(window or self.slots, self.slots, q.capacity)
         free = list(range(window))
         results: list[Result | None] = [None] * len(items)
@@ -94,7 +101,11 @@ class PayloadPool:
                     next_i = min(next_i, i)
             completions = q.dequeue_burst()
             if not completions:
-                await q.wait_used(poll_s)
+                try:
+                    await q.wait_used(poll_s, deadline=deadline)
+                except DriverTimeout:
+                    raise DriverTimeout(f"PayloadPool.run: {len(items) - done} of {len(items)} "
+                                        f"requests", f"{timeout_s:g} s") from None
                 continue
             for c in completions:
                 (i, slot), dst = c.token

@@ -88,7 +88,8 @@ class HostDevice(Device):
         self._portal = _TrioThread()
         try:
             self._drv: Driver = self._call(functools.partial(
-                Driver.attach, host_socket, queues=1, queue_size=queue_size))
+                Driver.attach, host_socket, queues=1, queue_size=queue_size,
+                control_timeout_s=control_timeout_s))
         except DeviceError:
             self._portal.close()
             raise
@@ -103,7 +104,10 @@ class HostDevice(Device):
 
     def _call(self, afn, *args):
         try:
-            return self._portal.run(afn, *args, timeout_s=self._timeout)
+            # The driver bounds each control message by ``self._timeout``
+            # (DriverTimeout naming it); the portal's bound, a little longer,
+            # is the backstop for the call as a whole.
+            return self._portal.run(afn, *args, timeout_s=self._timeout + 1.0)
         except SessionCreateError:
             raise
         except (DriverError, OSError, trio.TooSlowError, EOFError) as exc:
