@@ -111,7 +111,8 @@ class MiniClient:
             self.hs_buf += data
 
     async def handshake(self, ch: bytes | None = None, *, after_hello=None, bad_finished=False,
-                        ccs_before_finished=False, fragment: int = 1 << 14) -> dict:
+                        ccs_before_finished=False, fragment: int = 1 << 14,
+                        after_finished: bytes = b"") -> dict:
         ch = ch or client_hello(share=self.share)
         self.transcript.update(ch)
         for i in range(0, len(ch), fragment):
@@ -151,7 +152,7 @@ class MiniClient:
             verify = bytes(32)
         if ccs_before_finished:
             await self.send_plain(20, b"\x01")
-        await self.send_protected(22, c.finished(verify))
+        await self.send_protected(22, c.finished(verify) + after_finished)
         self.read, self.write = Keys(server_ap), Keys(client_ap)
         return info
 

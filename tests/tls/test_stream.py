@@ -567,6 +567,28 @@ async def test_handshake_bytes_left_at_key_change_are_refused(config):
     await expect_alert(server, client, send, A.unexpected_message)
 
 
+async def test_handshake_bytes_left_at_the_finished_key_change_are_refused(test_certs):
+    # Finished and the start of another message in one record: the read key
+    # change after the Finished is refused, and no session leaks from it.
+    provider = CountingProvider()
+    server, _, client = pair(server_config([test_certs["ecdsa-p256"]]), provider)
+    failure = []
+
+    async def run_server():
+        try:
+            await server.do_handshake()
+        except TLSError as exc:
+            failure.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_server)
+        await client.handshake(after_finished=b"\x14\x00")
+        await client.stream.aclose()
+    assert failure and failure[0].alert == A.unexpected_message
+    assert "key change" in str(failure[0]), failure
+    provider.check_sessions_closed_once()
+
+
 async def test_empty_application_records_are_allowed(config):
     server, _, client = pair(config)
     await handshake(server, client)

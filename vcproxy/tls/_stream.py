@@ -321,25 +321,26 @@ class TLSStream(trio.abc.Stream):
             raise CryptoProviderError(f"{self.provider.name}: {what} failed: {exc!r}") from exc
 
     async def _install_keys(self, cmd: InstallKeys) -> None:
+        if cmd.direction == "write" and self._hs_out:
+            await self._seal_handshake_out()  # what was queued leaves under the old keys
+        if self._keys_released:
+            # Another task closed the stream (and released its keys) while this
+            # one was mid-handshake: no new session may outlive that.
+            raise trio.ClosedResourceError("TLSStream was closed")
+        if cmd.direction != "write" and self._reassembler.pending:
+            # RFC 8446 §5.1: handshake messages MUST NOT span a key change.
+            raise UnexpectedMessage("handshake message data left over at a key change")
+        # From here to the swap there is no await: _release_keys sees either
+        # the old protection or the new one, never neither.
         key, iv = traffic_key_iv(cmd.suite, cmd.secret)
         session = self.provider.aead(cmd.suite.aead_alg, key)
-        if self._keys_released:
-            # Another task closed the stream while this one was mid-handshake:
-            # nothing will release this session later, so release it now.
-            await _close_session(session)
-            raise trio.ClosedResourceError("TLSStream was closed")
         protection = Protection(cmd.suite, cmd.secret, session, iv)
         if cmd.direction == "write":
-            if self._hs_out:  # what was queued leaves under the old keys
-                await self._seal_handshake_out()
             old, self._write, self._write_epoch = self._write, protection, cmd.epoch
             limit = self._hs.peer_record_size_limit
             if limit is not None:
                 self._max_fragment = min(MAX_PLAINTEXT, limit - 1)
         else:
-            if self._reassembler.pending:
-                # RFC 8446 §5.1: handshake messages MUST NOT span a key change.
-                raise UnexpectedMessage("handshake message data left over at a key change")
             old, self._read, self._read_epoch = self._read, protection, cmd.epoch
         if old is not None:
             await _close_session(old.session)
