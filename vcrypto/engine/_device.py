@@ -131,7 +131,7 @@ class LocalDevice(Device):
             r, mv = dr.req, dr.region.mv
             sess = self._sessions.get(dr.device_sid)
             if sess is None:
-                self._done.append((dr.token, SlotStatus.INVALID, 0))
+                self._done.append((dr.token, SlotStatus.SESSION_LOST, 0))
                 continue
             try:
                 out = sess.perform(bytes(mv[r.src_offset:r.src_offset + r.src_len]),

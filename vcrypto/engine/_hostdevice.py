@@ -40,7 +40,7 @@ _STATUS = {
     vc.VIRTIO_CRYPTO_OK: SlotStatus.OK,
     vc.VIRTIO_CRYPTO_BADMSG: SlotStatus.BAD_MESSAGE,
     vc.VIRTIO_CRYPTO_NOTSUPP: SlotStatus.NOT_SUPPORTED,
-    vc.VIRTIO_CRYPTO_INVSESS: SlotStatus.INVALID,
+    vc.VIRTIO_CRYPTO_INVSESS: SlotStatus.SESSION_LOST,   # the backend recreates it, redoes once
     vc.VIRTIO_CRYPTO_KEY_REJECTED: SlotStatus.INVALID,
     # ERR (a resource fault that exhausted the host's retries, or input the
     # host could not process) and NOSPC: the frontend redoes the request
@@ -85,6 +85,7 @@ class HostDevice(Device):
     def __init__(self, host_socket: str, *, geometry: Geometry | None = None,
                  queue_size: int = 256, control_timeout_s: float = 5.0):
         self._timeout = control_timeout_s
+        self._control_busy = 0     # control requests under way (they own the socket)
         self._portal = _TrioThread()
         try:
             self._drv: Driver = self._call(functools.partial(
@@ -103,6 +104,7 @@ class HostDevice(Device):
         self.submitted = 0
 
     def _call(self, afn, *args):
+        self._control_busy += 1
         try:
             # The driver bounds each control message by ``self._timeout``
             # (DriverTimeout naming it); the portal's bound, a little longer,
@@ -114,6 +116,8 @@ class HostDevice(Device):
             raise DeviceError(f"vcrypto-host control path: {exc!r}") from exc
         except Exception as exc:  # noqa: BLE001 - any wire/transport failure means the device is gone
             raise DeviceError(f"vcrypto-host control path: {exc!r}") from exc
+        finally:
+            self._control_busy -= 1
 
     # -- control path ---------------------------------------------------------------
 
@@ -190,6 +194,10 @@ class HostDevice(Device):
 
     def watch_event(self) -> None:
         """The driver socket became readable outside a control request."""
+        if self._control_busy:
+            # A reply on its way to a control request made from another
+            # thread than the loop's (the loop's own requests block it).
+            return
         try:
             data = self._watch.recv(1, socket.MSG_PEEK)
         except BlockingIOError:

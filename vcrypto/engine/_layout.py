@@ -158,6 +158,10 @@ class SlotStatus(enum.IntEnum):
     DEVICE_ERROR = 5    # the device reported a failure (virtio ERR): redo in-process
     BAD_REQUEST = 6     # the slot itself was malformed (a frontend bug)
     DEVICE_LOST = 7     # the backend has no device (host down or lost): redo in-process
+    # Between a device and the backend only, never written to a slot: the
+    # device does not know the session (host INVSESS). Not the request's
+    # fault: the backend recreates the session and redoes the request once.
+    SESSION_LOST = 8
 
 
 class LayoutError(Exception):

@@ -50,6 +50,12 @@ frontend redoes it in-process), ``device_up`` is cleared (frontends compute
 in-process meanwhile), and the loop retries the attach every
 ``host_retry_s``; on success, regions are re-registered, ``device_up`` set,
 and sessions re-created at the device on first use.
+
+Session loss: a device that answers a request "unknown session" (host
+INVSESS) lost the session, which is not the request's fault: the backend
+recreates the device session (once for all the requests that went with the
+lost id) and redoes each request once; lost again, the request goes back as
+DEVICE_ERROR and the frontend redoes it in-process.
 """
 from __future__ import annotations
 
@@ -131,7 +137,9 @@ class Backend:
         self.sessions = SessionTable(self.shared, self.stats)
         self._batch: list[DeviceRequest] = []
         self._batch_deadline = 0.0
+        # token -> (frontend, request, session, taken_ns, device sid it went with)
         self._tokens: dict[int, tuple] = {}
+        self._redone: set[int] = set()   # tokens already redone once after a session loss
         self._next_token = 1
         self._to_wake: set[_Frontend] = set()
         self._last_work = 0.0
@@ -347,7 +355,7 @@ class Backend:
         self.sessions.ref(None, sess)
         fe.inflight += 1
         self.stats.inflight_by_op[req.op] += 1
-        self._tokens[token] = (fe, req, sess, now_ns)
+        self._tokens[token] = (fe, req, sess, now_ns, -1)
         self.stats.queue_ns_sum += max(0, now_ns - req.submit_ns)
         if self.device is None:
             self.stats.device_errors += 1
@@ -361,6 +369,7 @@ class Backend:
         except DeviceError as exc:
             self._device_failed(exc)
             return
+        self._tokens[token] = (fe, req, sess, now_ns, dsid)
         if not self._batch:
             self._batch_deadline = time.monotonic() + self.cfg.batch_deadline_us / 1e6
         self._batch.append(DeviceRequest(token, fe.fid, region, req, dsid))
@@ -411,10 +420,16 @@ class Backend:
         now_ns = time.monotonic_ns()
         st = self.stats
         for token, status, dst_len in done:
+            if status is SlotStatus.SESSION_LOST:
+                status = self._session_lost(token)
+                if status is None:
+                    continue        # resubmitted on a recreated session
             entry = self._tokens.pop(token, None)
             if entry is None:
                 continue
-            fe, req, sess, t_ns = entry
+            if self._redone:
+                self._redone.discard(token)
+            fe, req, sess, t_ns, _dsid = entry
             st.completed += 1
             st.exec_ns_sum += now_ns - t_ns
             st.timed += 1
@@ -427,6 +442,39 @@ class Backend:
             elif fe.inflight == 0:
                 self._free_region(fe)
             self._unref(sess)
+
+    def _session_lost(self, token: int) -> SlotStatus | None:
+        """The device no longer knows the session a request went with (host
+        restarted between a cache hit and the request, a session dropped at
+        the host): not the request's fault. Recreate the device session and
+        resubmit the request once (None); lost again, the frontend redoes it
+        in-process (DEVICE_ERROR), which gives the authoritative answer."""
+        entry = self._tokens.get(token)
+        if entry is None:
+            return SlotStatus.DEVICE_ERROR
+        fe, req, sess, t_ns, dsid = entry
+        if token in self._redone or not fe.alive or self.device is None:
+            self.stats.device_errors += 1
+            return SlotStatus.DEVICE_ERROR
+        if sess.device_sid == dsid and sess.epoch == self._epoch:
+            # The first completion to report this sid lost; requests that
+            # went with it too find the session already recreated.
+            sess.device_sid = None
+            self.stats.sessions_lost += 1
+        try:
+            new_sid = self._device_sid(sess)
+        except SessionRejected:
+            return SlotStatus.INVALID
+        except DeviceError as exc:
+            self._device_failed(exc)   # completes every token, this one included
+            return None
+        self.stats.session_lost_redos += 1
+        self._redone.add(token)
+        self._tokens[token] = (fe, req, sess, t_ns, new_sid)
+        if not self._batch:
+            self._batch_deadline = time.monotonic()   # flushed on the next pass
+        self._batch.append(DeviceRequest(token, fe.fid, fe.region, req, new_sid))
+        return None
 
     def _wake_frontends(self) -> None:
         if not self._to_wake:

@@ -17,6 +17,8 @@ class BackendStats:
     completed: int = 0
     bad_requests: int = 0
     device_errors: int = 0          # requests failed back to frontends (fallback)
+    sessions_lost: int = 0          # device sessions recreated after the device lost them
+    session_lost_redos: int = 0     # requests redone on a recreated session
     device_down_events: int = 0
     device_attaches: int = 0
     kicks_doorbell_wakes: int = 0   # times we woke from sleep
@@ -68,6 +70,8 @@ class BackendCollector:
             ("bad_requests", "malformed slots rejected"),
             ("device_errors", "requests failed back to frontends for in-process fallback"),
             ("device_down_events", "times the host device was lost"),
+            ("sessions_lost", "device sessions recreated after the device lost them (INVSESS)"),
+            ("session_lost_redos", "requests redone at the device on a recreated session"),
             ("calls", "frontend eventfd notifications"),
             ("poll_passes", "loop passes spent polling"),
             ("device_full", "batches the device queue could not take whole (back-pressure)"),
