@@ -112,8 +112,16 @@ class VcryptoAead(AeadSession):
             self._finalizer = None
         handles = list(self._handles.values())
         self._handles.clear()
-        for h in handles:
-            await self._p.frontend.close_session(h, linger=False)
+        fe = self._p.frontend
+        for i, h in enumerate(handles):
+            try:
+                await fe.close_session(h, linger=False)
+            except BaseException:
+                # cut off (the stream bounds its close): the reaper task
+                # releases what is left, so no host session outlives us
+                for rest in handles[i + 1:]:
+                    fe.release_soon(rest)
+                raise
 
 
 def _release_all(frontend: Frontend, handles: dict) -> None:

@@ -77,3 +77,24 @@ async def test_second_connection_reuses_signing_session_and_all_refs_drop(host_a
         st = await _wait_sessions_gone(fe)
         assert st["inflight"] == 0
     await provider.aclose()
+
+
+async def test_aead_session_close_cut_off_still_releases_every_host_session(host_and_backend):
+    """A stream bounds its close: an AEAD session whose aclose is cancelled
+    half-way must still give all its host sessions back (the reaper does)."""
+    _h, backend = host_and_backend
+    provider = VcryptoProvider(backend.socket_path, linger_s=0.1)
+    aead = provider.aead("aes-128-gcm", bytes(16))
+    nonce = bytes(12)
+    [ct] = await aead.seal_many([(nonce, b"", b"x" * 4096)])   # opens the seal session
+    [pt] = await aead.open_many([(nonce, b"", ct)])            # and the open session
+    assert pt == b"x" * 4096
+    fe = provider.frontend
+    st = await fe.backend_stats()
+    assert st["device_stats"]["device"]["sessions"] == 2
+    with trio.CancelScope() as scope:
+        scope.cancel()                      # the close is cut off at its first await
+        await aead.aclose()
+    st = await _wait_sessions_gone(fe)
+    assert st["cache_entries"] == 0
+    await provider.aclose()

@@ -494,10 +494,14 @@ class Frontend:
         if att is not None and att.alive and h.gen == att.gen:
             h.gen = -1
             # Fire and forget: the reply (matched to no waiter) is dropped.
+            # Shielded: the handle is already out of the table, so a release
+            # cut off by the caller's cancellation would leak the backend's
+            # (and the host's) session for good. Bounded all the same.
             try:
-                async with att.send_lock:
-                    await att.sock.send(_control.encode(
-                        {"t": "release", "sid": h.sid, "id": next(self._ids)}))
+                with trio.CancelScope(shield=True), trio.move_on_after(self.control_timeout_s):
+                    async with att.send_lock:
+                        await att.sock.send(_control.encode(
+                            {"t": "release", "sid": h.sid, "id": next(self._ids)}))
             except (OSError, trio.ClosedResourceError) as exc:
                 self.last_detach_reason = f"release send: {exc!r}"
                 self._detach(att)
