@@ -28,6 +28,8 @@ in-process with the session's sync ``seal``. ``receive_some`` opens all
 buffered records in one ``open_many`` batch; if the batch fails (a KeyUpdate
 inside it switched keys, or a bad record) it reopens record by record, which
 either applies the key change or raises ``BadRecordMac`` at the bad one.
+(The batched seal/open code is the ``_RecordProtection`` mixin in
+``_protect``; record dispatch and state stay here.)
 After ``key_update_after_records`` records under one key, the server sends a
 KeyUpdate and switches its write key; a KeyUpdate the client requested is sent
 before our next application data (RFC 8446 §4.6.3), by the sending task.
@@ -65,6 +67,7 @@ from ._handshake import (
     SendHandshake, ServerHandshake, Sign, SkipEarlyData,
 )
 from ._keyschedule import traffic_key_iv
+from ._protect import _RecordProtection
 from ._provider import CryptoProvider
 from ._record import (
     ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE, MAX_PLAINTEXT, TAG_LEN,
@@ -84,7 +87,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class TLSStream(trio.abc.Stream):
+class TLSStream(_RecordProtection, trio.abc.Stream):
     """A server-side TLS 1.3 stream over ``transport_stream``."""
 
     def __init__(self, transport_stream: trio.abc.Stream, config: ServerConfig,
@@ -353,81 +356,6 @@ class TLSStream(trio.abc.Stream):
         self._skip_early_bytes = 0
         self._state = _State.OPEN
 
-    # ---- sending ------------------------------------------------------------
-
-    async def _seal_handshake_out(self) -> None:
-        if not self._hs_out:
-            return
-        data = bytes(self._hs_out)
-        self._hs_out.clear()
-        if self._write is None:
-            for i in range(0, len(data), MAX_PLAINTEXT):
-                chunk = data[i:i + MAX_PLAINTEXT]
-                self._wire_out += record_header(HANDSHAKE, len(chunk)) + chunk
-        else:
-            await self._seal_records(HANDSHAKE, data)
-
-    async def _seal_records(self, content_type: int, data: bytes) -> None:
-        """Seal ``data`` into full records under the write key, into ``_wire_out``."""
-        frag = self._max_fragment
-        limit = 0
-        if content_type == APPLICATION_DATA:
-            limit = self.config.key_update_after_records
-            if self._hs.key_update_owed:
-                await self._execute(self._hs.initiate_key_update())
-        items = []
-        if self._hs_out and content_type != HANDSHAKE:
-            # Handshake bytes still queued (the NewSessionTicket after the
-            # handshake) go first, in this same batch: one provider round trip.
-            queued = bytes(self._hs_out)
-            self._hs_out.clear()
-            for pos in range(0, len(queued), frag):
-                items.append(self._write.seal_item(HANDSHAKE, queued[pos:pos + frag]))
-        for pos in range(0, len(data), frag):
-            if limit and self._write.seq >= limit:
-                await self._seal_items(items)
-                items = []
-                await self._execute(self._hs.initiate_key_update())
-            items.append(self._write.seal_item(content_type, data[pos:pos + frag]))
-        await self._seal_items(items)
-
-    async def _seal_items(self, items) -> None:
-        if not items:
-            return
-        session = self._write.session
-        threshold = self.config.small_record_threshold_bytes
-        wire = self._wire_out
-        if not threshold and len(items) <= self.config.pipeline_depth:
-            # The usual case (a handshake flight, a response): one provider batch.
-            sealed = await self._provider_op(session.seal_many(items), "seal")
-            for (_, aad, _), ct in zip(items, sealed):
-                wire += aad
-                wire += ct
-            return
-        depth = self.config.pipeline_depth
-        sealed: list[bytes | None] = [None] * len(items)
-        batch_idx = []
-        for i, (nonce, aad, inner) in enumerate(items):
-            if len(inner) - 1 < threshold:
-                sealed[i] = session.seal(nonce, aad, inner)
-            else:
-                batch_idx.append(i)
-        for start in range(0, len(batch_idx), depth):
-            idx = batch_idx[start:start + depth]
-            out = await self._provider_op(session.seal_many([items[i] for i in idx]), "seal")
-            for i, ct in zip(idx, out):
-                sealed[i] = ct
-        for (_, aad, _), ct in zip(items, sealed):
-            wire += aad
-            wire += ct
-
-    async def _flush(self) -> None:
-        await self._seal_handshake_out()
-        if self._wire_out:
-            data = bytes(self._wire_out)
-            self._wire_out.clear()
-            await self.transport_stream.send_all(data)
-
     # ---- receiving ----------------------------------------------------------
 
     async def _read_transport(self) -> bool:
@@ -468,32 +396,6 @@ class TLSStream(trio.abc.Stream):
             await self._process_record(*record)
             if self._hs_messages:
                 await self._post_handshake()
-
-    async def _open_batch(self, records) -> list[bytes] | None:
-        """Open records under the current read key; None if any fails to open."""
-        read = self._read
-        threshold = self.config.small_record_threshold_bytes
-        base = read.seq
-        items = [(read.nonce(base + i), header, payload)
-                 for i, (_, header, payload) in enumerate(records)]
-        out: list[bytes | None] = [None] * len(items)
-        batch = []
-        try:
-            for i, item in enumerate(items):
-                if len(item[2]) - TAG_LEN - 1 < threshold:
-                    out[i] = read.session.open(*item)
-                else:
-                    batch.append(i)
-            for start in range(0, len(batch), self.config.pipeline_depth):
-                idx = batch[start:start + self.config.pipeline_depth]
-                opened = await self._provider_op(read.session.open_many([items[i] for i in idx]),
-                                                 "open")
-                for i, pt in zip(idx, opened):
-                    out[i] = pt
-        except BadRecordMac:
-            return None
-        read.seq = base + len(items)
-        return out
 
     async def _process_record(self, content_type: int, header: bytes, payload: bytes) -> None:
         if self._peer_closed:
