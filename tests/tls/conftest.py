@@ -44,3 +44,11 @@ def config_ed25519(test_certs):
     from tests.tls.helpers import server_config
 
     return server_config([test_certs["ed25519"]])
+
+
+@pytest.fixture
+def config(test_certs):
+    """The in-memory stream tests' server: ECDSA P-256, ALPN http/1.1."""
+    from tests.tls.helpers import server_config
+
+    return server_config([test_certs["ecdsa-p256"]], alpn_protocols=["http/1.1"])

@@ -1,8 +1,8 @@
 """TLSStream behaviour in memory: the handshake's alerts, limits and
 timeouts, 0-RTT refusal, SNI, resumption, provider failures — driven by a
 scripted client or Python's ssl. The record layer (batching, KeyUpdate,
-close_notify, session release) is in ``test_stream_records``, which shares
-the in-memory pair helpers below."""
+close_notify, session release) is in ``test_stream_records``; both use the
+in-memory pair in ``memstream`` and the ``config`` fixture in conftest."""
 from __future__ import annotations
 
 import ssl
@@ -13,52 +13,12 @@ import trio.testing
 
 from tests.tls.helpers import CountingProvider, server_config
 from tests.tls.memclient import MemoryTLSClient, client_context
+from tests.tls.memstream import handshake, pair
 from tests.tls.miniclient import MiniClient, client_hello, ext
 from vcproxy.tls import (
     AlertDescription as A, HandshakeTimeout, InlineProvider, TLSError, TLSPeerError, TLSStream,
 )
 from vcproxy.tls import _codec as c
-
-
-class RecordingStream(trio.abc.HalfCloseableStream):
-    """Passes through to ``inner``, keeping every chunk the server sends."""
-
-    def __init__(self, inner):
-        self.inner, self.sent = inner, []
-
-    async def send_all(self, data):
-        self.sent.append(bytes(data))
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self):
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes=None):
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_eof(self):
-        await self.inner.send_eof()
-
-    async def aclose(self):
-        await self.inner.aclose()
-
-
-def pair(config, provider=None):
-    a, b = trio.testing.memory_stream_pair()
-    rec = RecordingStream(a)
-    return TLSStream(rec, config, provider or InlineProvider()), rec, MiniClient(b)
-
-
-@pytest.fixture
-def config(test_certs):
-    return server_config([test_certs["ecdsa-p256"]], alpn_protocols=["http/1.1"])
-
-
-async def handshake(server, client, **kw):
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.do_handshake)
-        info = await client.handshake(**kw)
-    return info
 
 
 async def expect_alert(server: TLSStream, client: MiniClient, send, alert: A):

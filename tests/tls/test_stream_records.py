@@ -11,7 +11,7 @@ import trio.testing
 
 from tests.tls.helpers import CountingProvider, server_config
 from tests.tls.miniclient import client_hello, ext
-from tests.tls.test_stream import config, handshake, pair  # noqa: F401 (config: a fixture)
+from tests.tls.memstream import handshake, pair
 from vcproxy.tls import AlertDescription as A, TLSError
 from vcproxy.tls import _codec as c
 
