@@ -59,6 +59,8 @@ INVALID = [
     ("no routes for http", _with("routes", []), "routes", "at least one route"),
     ("bad provider", _with("crypto.provider", "qat"), "crypto.provider", "expected one of"),
     ("pipeline depth", _with("crypto.pipeline_depth", 17), "crypto.pipeline_depth", "1..16"),
+    ("record threshold", _with("crypto.small_record_threshold_bytes", 16386),
+     "crypto.small_record_threshold_bytes", "0..16385"),
     ("bad fallback", _with("crypto.fallback", True), "crypto.fallback", "expected one of"),
     ("pool resources type", _with("vcrypto.pool", {"resources": 3}), "vcrypto.pool.resources", "expected a list"),
     ("pool resource kind", _with("vcrypto.pool", {"resources": [{"name": "x", "kind": "gpu"}]}),

@@ -105,6 +105,26 @@ async def test_small_record_threshold_boundary(test_certs):
     assert counts["opened_records"] == before["opened_records"] + 2
 
 
+async def test_threshold_above_the_largest_record_keeps_every_record_in_process(test_certs):
+    # 2^14 + 1: full-size records too stay in-process (handshake crypto still offloaded)
+    provider = CountingProvider(threshold=16385)
+    config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=16385)
+    server, _, client = pair(config, provider)
+    await handshake(server, client)
+    await server.send_all(b"")                        # the queued ticket leaves
+    counts = provider.counts
+    batches = counts["seal_many"]
+    await server.send_all(b"a" * 40000)               # 16384 + 16384 + 7232
+    assert counts["seal_many"] == batches and counts["small_seal"] >= 3
+    await client.send_app(b"b" * 16384)
+    got = b""
+    while len(got) < 16384:
+        got += await server.receive_some()
+    assert got == b"b" * 16384 and counts["open_many"] == 0
+    with pytest.raises(ValueError, match="0..16385"):
+        server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=16386)
+
+
 async def test_fatal_alert_sealed_in_process_whatever_the_threshold(test_certs):
     provider = CountingProvider(threshold=0)
     config = server_config([test_certs["ecdsa-p256"]], small_record_threshold_bytes=0)

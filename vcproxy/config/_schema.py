@@ -177,7 +177,9 @@ class CryptoConfig:
     provider: Literal["inline", "vcrypto"] = opt(
         "vcrypto", "vcrypto: offload through the engine (the supervisor starts its daemons); "
                    "inline: `cryptography` in the worker, the bare-metal baseline")
-    small_record_threshold_bytes: int = opt(2048, "records smaller than this are sealed in-process even with vcrypto")
+    small_record_threshold_bytes: int = opt(
+        2048, "records whose content is smaller than this are sealed/opened in-process even with "
+              "vcrypto; 16385 keeps every record in-process (only handshake crypto is offloaded)")
     pipeline_depth: int = opt(16, "records sealed/opened per batch (one opdone), 1..16")
     fallback: Literal["none", "startup", "per_op"] = opt(
         "per_op",
@@ -187,8 +189,9 @@ class CryptoConfig:
 
     def check(self) -> list[tuple[str, str]]:
         out = []
-        if self.small_record_threshold_bytes < 0:
-            out.append(("small_record_threshold_bytes", "must be >= 0"))
+        if not 0 <= self.small_record_threshold_bytes <= 16385:
+            out.append(("small_record_threshold_bytes",
+                        f"must be 0..16385, got {self.small_record_threshold_bytes}"))
         if not 1 <= self.pipeline_depth <= 16:
             out.append(("pipeline_depth", f"must be 1..16, got {self.pipeline_depth}"))
         return out

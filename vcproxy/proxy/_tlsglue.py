@@ -60,7 +60,7 @@ def build_server_config(listener: ListenerConfig, config: Config,
         groups=tls.groups,
         tickets=TicketConfig(enabled=tls.tickets.enabled, lifetime_s=tls.tickets.lifetime_s, keys=ticket_keys),
         handshake_timeout_s=config.limits.handshake_timeout_s,
-        small_record_threshold_bytes=min(config.crypto.small_record_threshold_bytes, 16384),
+        small_record_threshold_bytes=config.crypto.small_record_threshold_bytes,
         pipeline_depth=config.crypto.pipeline_depth,
     )
     known = {f.name for f in dataclasses.fields(ServerConfig)}

@@ -207,7 +207,7 @@ class ServerConfig:
     below T bytes (``len(content) < T``) is sealed or opened in-process with
     the ``AeadSession``'s sync ``seal``/``open``; every record at or above T
     goes through ``seal_many``/``open_many``. T = 0 (the default) sends every
-    record to the provider. Content excludes the inner content-type byte; on
+    record to the provider; T = 16385 (2^14 + 1) keeps every record in-process. Content excludes the inner content-type byte; on
     receive, where only the ciphertext length is known, the peer's padding
     counts as content, so a padded record may go to the provider although its
     content is under T (never the other way round). One exception: a fatal
@@ -262,8 +262,10 @@ class ServerConfig:
             raise ValueError("max_handshake_message_bytes: must be in 1024..16777216")
         if self.key_update_after_records < 0:
             raise ValueError("key_update_after_records: must be >= 0")
-        if not 0 <= self.small_record_threshold_bytes <= 16384:
-            raise ValueError("small_record_threshold_bytes: must be in 0..16384")
+        # RFC 8446 §5.1: content is at most 2^14 bytes, so 2^14 + 1 keeps every
+        # record in-process (only the handshake's ECDH and signature offloaded)
+        if not 0 <= self.small_record_threshold_bytes <= 16385:
+            raise ValueError("small_record_threshold_bytes: must be in 0..16385")
         if not 1 <= self.pipeline_depth <= 16:
             raise ValueError("pipeline_depth: must be in 1..16")
         set_(self, "ticket_keyring", TicketKeyring(self.tickets.keys, self.tickets.rotate_after_s))
