@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Installs missing system packages with apt-get (CI and fresh machines run as root).
-sysdeps:
-	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+# $(call apt_install,cmd:pkg ...): apt-get installs the package of every
+# command that is missing (CI and fresh machines run as root; else sudo).
+define apt_install
+	@missing=""; for pair in $(1); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -29,6 +30,10 @@ sysdeps:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+sysdeps:
+	$(call apt_install,$(SYSTEM_TOOLS))
 
 demo-cert: $(DEMO_DIR)/cert.pem
 
@@ -56,15 +61,7 @@ clean:
 BENCH_TOOLS := h2load:nghttp2-client
 
 benchdeps:
-	@missing=""; for pair in $(BENCH_TOOLS); do \
-	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing system packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	$(call apt_install,$(BENCH_TOOLS))
 
 bench: venv sysdeps benchdeps
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
