@@ -366,12 +366,19 @@ class Frontend(_SessionHandles):
                     region.frontend_waiting = 0
                     await trio.lowlevel.checkpoint()
                     continue
+                # aclose/_detach close the eventfd synchronously, possibly while
+                # this task is scheduled but not running: never touch a closed
+                # fd (its number may already belong to another file)
+                if att._fds_closed:
+                    return
                 with trio.move_on_after(self.backstop_s):
                     try:
                         await trio.lowlevel.wait_readable(att.efd)
                     except (trio.ClosedResourceError, OSError):
                         return
                 region.frontend_waiting = 0
+                if att._fds_closed:
+                    return
                 try:
                     os.eventfd_read(att.efd)
                     self.stats.waiter_wakes += 1
