@@ -1,2 +1,2 @@
 """Proxy test fixtures live in proxy_testkit (importable by the tests, unlike a conftest)."""
-from proxy_testkit import certs, start_proxy, upstream  # noqa: F401
+from proxy_testkit import certs, ctx, start_proxy, upstream  # noqa: F401

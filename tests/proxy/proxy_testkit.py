@@ -6,6 +6,7 @@ teardown.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -186,6 +187,23 @@ def base_config(upstream_addr: str, cert: tuple[Path, Path] | None, **extra) -> 
         else:
             config[key] = value
     return config
+
+
+@contextlib.contextmanager
+def running_proxy(tmp: Path, config: dict):
+    """A started `Proxy` that is stopped on exit, also when it never got ready."""
+    proxy = Proxy(tmp, config)
+    try:
+        proxy.wait_ready()
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def ctx(certs) -> ssl.SSLContext:
+    """A client context trusting certificate "a" (the one ``base_config`` serves)."""
+    return client_context(certs["a"][0])
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 
 from vcproxy.proxy.demo_upstream import expected_sha256
-from proxy_testkit import Proxy, base_config, client_context, closed_port, peak_rss_bytes, worker_pids
+from proxy_testkit import base_config, client_context, closed_port, peak_rss_bytes, running_proxy, worker_pids
 
 CURL_TIMEOUT_S = 120
 
@@ -51,17 +51,8 @@ def proxy(request, tmp_path_factory, certs, upstream):
     config["upstreams"]["slowup"] = {"servers": [upstream.address], "read_timeout_s": 0.5}
     config["routes"] += [{"path_prefix": "/dead", "upstream": "dead"},
                          {"path_prefix": "/slow", "upstream": "slowup"}]
-    p = Proxy(tmp_path_factory.mktemp(f"proxy-{request.param}"), config)
-    try:
-        p.wait_ready()
+    with running_proxy(tmp_path_factory.mktemp(f"proxy-{request.param}"), config) as p:
         yield p
-    finally:
-        p.stop()
-
-
-@pytest.fixture(scope="module")
-def ctx(certs) -> ssl.SSLContext:
-    return client_context(certs["a"][0])
 
 
 def test_curl_gets_the_demo_upstream_through_tls(proxy, certs):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from proxy_testkit import Proxy, base_config, client_context
+from proxy_testkit import base_config, running_proxy
 
 
 @pytest.fixture(scope="module")
@@ -19,17 +19,8 @@ def limited(tmp_path_factory, certs, upstream):
     config = base_config(upstream.address, certs["a"], workers=1, limits={
         "max_body_bytes": 100_000, "max_header_bytes": 4096, "handshake_timeout_s": 1.0,
         "idle_timeout_s": 1.0, "header_timeout_s": 20.0, "max_connections": 3})
-    p = Proxy(tmp_path_factory.mktemp("limited"), config)
-    try:
-        p.wait_ready()
+    with running_proxy(tmp_path_factory.mktemp("limited"), config) as p:
         yield p
-    finally:
-        p.stop()
-
-
-@pytest.fixture(scope="module")
-def ctx(certs) -> ssl.SSLContext:
-    return client_context(certs["a"][0])
 
 
 def tls_socket(port: int, ctx: ssl.SSLContext, timeout_s: float = 10) -> ssl.SSLSocket:
