@@ -1,6 +1,18 @@
 """Shared-memory layouts of the engine: the frontend region and the backend's
 shared region (session cache). Pure code over a buffer: no sockets, no trio.
 
+Theory of operation
+-------------------
+Two processes read and write these bytes with no lock, so the layouts are
+documented once, here, byte by byte, and every accessor below is a thin view
+over them: the frontend fills a request slot and pushes its index on the
+trans ring; the backend validates the slot (never trusting a frontend's
+offsets), completes it, and bumps the slot's opdone counter; the frontend's
+waiter compares opdone ``done`` with ``total``. The session cache is
+read by frontends and written only by the backend, with a sequence counter
+per entry so a torn read counts as a miss. The module is long because the
+layout description is; the code per structure is short.
+
 Frontend region
 ===============
 One per attached frontend (proxy worker process). The engine-backend creates
