@@ -166,7 +166,16 @@ def vcrypto_tls_provider(engine_stack):
     provider = engine_stack.provider()
     yield provider
     stats = provider.frontend.stats
-    provider.frontend.close_nowait()
-    assert stats.fallback_requests == 0, (
-        f"in-process fallback during the test: {stats} ({provider.frontend.last_detach_reason})")
-    assert engine_stack.host_requests() - before >= stats.submitted, stats
+    try:
+        assert stats.fallback_requests == 0, (
+            f"in-process fallback during the test: {stats} ({provider.frontend.last_detach_reason})")
+        # A request whose task was cancelled when the test's server shut down is
+        # still in the ring: the backend and host finish it on their own, so wait
+        # (bounded) for the host's count rather than sampling it once.
+        deadline = time.monotonic() + 10.0
+        while (executed := engine_stack.host_requests() - before) < stats.submitted:
+            assert time.monotonic() < deadline, (
+                f"host executed {executed} of {stats.submitted} offloaded requests: {stats}")
+            time.sleep(0.02)
+    finally:
+        provider.frontend.close_nowait()
