@@ -41,7 +41,7 @@ from vcproxy.config import Config
 from ._router import Router, normalise_host
 from ._upstream import UpstreamClosed, UpstreamConn, UpstreamError, UpstreamPool, UpstreamTimeout
 
-READ_CHUNK_BYTES = 64 * 1024
+READ_CHUNK_BYTES = 256 * 1024
 DRAIN_FIRST_REQUEST_WAIT_S = 1.0
 
 _HOP_BY_HOP = frozenset({

@@ -18,7 +18,7 @@ import trio
 from ._http import ConnState, _close
 from ._upstream import UpstreamError, UpstreamPool
 
-PUMP_CHUNK_BYTES = 64 * 1024
+PUMP_CHUNK_BYTES = 256 * 1024
 
 
 async def serve_tcp(stream: trio.abc.Stream, conn: ConnState, pool: UpstreamPool, idle_timeout_s: float,
