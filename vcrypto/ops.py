@@ -25,6 +25,10 @@ import enum
 
 
 class Op(enum.Enum):
+    # Identity hash (members are singletons): Enum's own __hash__ is Python
+    # code, and ops/algs key dicts several times per request on the data path.
+    __hash__ = object.__hash__
+
     AEAD_SEAL = "aead_seal"
     AEAD_OPEN = "aead_open"
     ECDH = "ecdh"
@@ -32,6 +36,8 @@ class Op(enum.Enum):
 
 
 class Alg(enum.Enum):
+    __hash__ = object.__hash__   # as Op's
+
     # AEAD
     AES_128_GCM = "aes-128-gcm"
     AES_256_GCM = "aes-256-gcm"

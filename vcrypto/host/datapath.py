@@ -22,16 +22,28 @@ writable byte, ``virtio_crypto_inhdr``) and publishes len 1.
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 from vcrypto.host.memory import BadAddress, GuestMemory
 from vcrypto.host.resources._base import CryptoJob
 from vcrypto.host.sessions import Session, SessionTable
 from vcrypto.ops import AEAD_IV_BYTES, AEAD_TAG_BYTES, Op
 from vcrypto.shm.virtqueue import (
-    DESC_BYTES, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, DescriptorTable,
+    DESC_BYTES, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
     SplitVirtqueue, VirtqueueError,
 )
 from vcrypto.wire import virtio_crypto as vc
+
+
+#: ``virtio_crypto_op_header`` + the first 24 bytes of the op's flf, one
+#: unpack (the per-request path: no ``DataRequest`` object). AEAD flf:
+#: iv_len, aad_len, src_len, dst_len, tag_len, reserved; akcipher/KX flf:
+#: src_len, dst_len first (``vc.decode_data_request`` is the reference).
+_HDR_FLF = struct.Struct("<IIQII6I")
+_AEAD_CODES = (vc.AEAD_ENCRYPT, vc.AEAD_DECRYPT)
+_SRC_DST_CODES = (vc.AKCIPHER_SIGN, vc.KX_DERIVE)
+#: one indirect descriptor (virtio 1.2 struct virtq_desc)
+_DESC = struct.Struct("<QIHH")
 
 
 class ChainError(Exception):
@@ -134,12 +146,10 @@ def walk_chain(vq: SplitVirtqueue, head: int, mem: GuestMemory) -> Chain:
         except BadAddress as exc:
             raise ChainError(f"indirect table: {exc}") from exc
         limit = length // DESC_BYTES
-        read = DescriptorTable.read_from
-        table = indirect_view
+        table = list(_DESC.iter_unpack(indirect_view))   # one C-level pass
         index = 0
     else:
         limit = num
-        read = None
         table = None
         index = head
     readable: list[memoryview | None] = []
@@ -148,7 +158,7 @@ def walk_chain(vq: SplitVirtqueue, head: int, mem: GuestMemory) -> Chain:
     gpa_view = mem.gpa_view
     try:
         for _ in range(limit):
-            if read is None:
+            if table is None:
                 try:
                     addr, length, flags, nxt = vq.desc.read_raw(index)
                 except VirtqueueError as exc:
@@ -156,7 +166,7 @@ def walk_chain(vq: SplitVirtqueue, head: int, mem: GuestMemory) -> Chain:
             else:
                 if index >= limit:
                     raise ChainError(f"indirect next {index} outside table of {limit}")
-                addr, length, flags, nxt = read(table, index)
+                addr, length, flags, nxt = table[index]
             if flags & VIRTQ_DESC_F_INDIRECT:
                 raise ChainError("nested or chained INDIRECT descriptor")
             try:
@@ -238,43 +248,47 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
     try:
         if chain.readable.total < vc.DATA_REQ_BYTES:
             raise RequestError(vc.VIRTIO_CRYPTO_ERR, "readable part shorter than the header")
-        try:
-            hdr = vc.decode_data_request(chain.readable.read(0, vc.DATA_REQ_BYTES))
-        except vc.WireError as exc:
-            raise RequestError(exc.status, exc.detail) from exc
-        inputs = hdr.iv_len + hdr.aad_len + hdr.src_len
-        if inputs > max_request_bytes or hdr.dst_len > max_request_bytes:
+        (opcode, _algo, session_id, _flag, _pad, f0, f1, f2, f3, f4, _r) = \
+            _HDR_FLF.unpack(chain.readable.read(0, _HDR_FLF.size))
+        if opcode in _AEAD_CODES:
+            iv_len, aad_len, src_len, dst_len, tag_len = f0, f1, f2, f3, f4
+        elif opcode in _SRC_DST_CODES:
+            iv_len, aad_len, src_len, dst_len, tag_len = 0, 0, f0, f1, 0
+        else:
+            raise RequestError(vc.VIRTIO_CRYPTO_NOTSUPP, f"data opcode {opcode:#x}")
+        inputs = iv_len + aad_len + src_len
+        if inputs > max_request_bytes or dst_len > max_request_bytes:
             raise RequestError(vc.VIRTIO_CRYPTO_ERR, f"request over {max_request_bytes} bytes")
         if vc.DATA_REQ_BYTES + inputs > chain.readable.total:
             raise RequestError(vc.VIRTIO_CRYPTO_ERR,
                                f"header lengths need {inputs} input bytes, chain has "
                                f"{chain.readable.total - vc.DATA_REQ_BYTES}")
-        if hdr.dst_len > status_offset:
+        if dst_len > status_offset:
             raise RequestError(vc.VIRTIO_CRYPTO_ERR,
-                               f"dst_len {hdr.dst_len} but {status_offset} writable bytes")
-        session = sessions.acquire(hdr.session_id)
+                               f"dst_len {dst_len} but {status_offset} writable bytes")
+        session = sessions.acquire(session_id)
         if session is None:
-            raise RequestError(vc.VIRTIO_CRYPTO_INVSESS, f"session {hdr.session_id} unknown here")
+            raise RequestError(vc.VIRTIO_CRYPTO_INVSESS, f"session {session_id} unknown here")
         try:
-            if session.opcode != hdr.opcode:
+            if session.opcode != opcode:
                 raise RequestError(vc.VIRTIO_CRYPTO_ERR,
-                                   f"opcode {hdr.opcode:#x} on a {session.op.value} session")
+                                   f"opcode {opcode:#x} on a {session.op.value} session")
             op = session.op
             if op in (Op.AEAD_SEAL, Op.AEAD_OPEN):
-                if hdr.iv_len != AEAD_IV_BYTES or hdr.tag_len != AEAD_TAG_BYTES:
+                if iv_len != AEAD_IV_BYTES or tag_len != AEAD_TAG_BYTES:
                     raise RequestError(vc.VIRTIO_CRYPTO_ERR,
-                                       f"iv_len {hdr.iv_len}/tag_len {hdr.tag_len}, need 12/16")
-            elif hdr.iv_len or hdr.aad_len:
+                                       f"iv_len {iv_len}/tag_len {tag_len}, need 12/16")
+            elif iv_len or aad_len:
                 raise RequestError(vc.VIRTIO_CRYPTO_ERR, "iv/aad on a non-AEAD request")
-            need = vc.max_dst_bytes(op, session.alg, hdr.src_len) \
+            need = vc.max_dst_bytes(op, session.alg, src_len) \
                 if op in (Op.AEAD_SEAL, Op.AEAD_OPEN) else 0
-            if hdr.dst_len < need:
-                raise RequestError(vc.VIRTIO_CRYPTO_ERR, f"dst_len {hdr.dst_len} < {need}")
+            if dst_len < need:
+                raise RequestError(vc.VIRTIO_CRYPTO_ERR, f"dst_len {dst_len} < {need}")
             r = chain.readable
             off = vc.DATA_REQ_BYTES
-            iv = r.read(off, hdr.iv_len)
-            aad = r.read(off + hdr.iv_len, hdr.aad_len)
-            src = r.read(off + hdr.iv_len + hdr.aad_len, hdr.src_len)
+            iv = r.read(off, iv_len)
+            aad = r.read(off + iv_len, aad_len)
+            src = r.read(off + iv_len + aad_len, src_len)
             job = CryptoJob(op=op, alg=session.alg, key=session.key, key_id=session.key_id,
                             src=src, iv=iv, aad=aad, seq=seq)
         except BaseException:
@@ -283,7 +297,7 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
     except RequestError as exc:
         return _failed(chain, exc.status, str(exc))
     chain.readable.release()
-    return Request(chain, session, job, hdr.dst_len, status_offset)
+    return Request(chain, session, job, dst_len, status_offset)
 
 
 def _failed(chain: Chain, status: int, detail: str) -> Request:
