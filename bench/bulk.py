@@ -10,7 +10,8 @@ each repeat runs the bulk workload (h2load, 10 MiB bodies) on both, order
 alternating. Prints MB/s per repeat, the median of the same-repeat ratios
 vcrypto/inline, CPU per GB by process role, and the daemons' notifications
 per request and mean host batch. ``--profile DIR`` runs ``py-spy record``
-(in the venv: ``pip install py-spy``) on every process of the vcrypto
+(in the venv: ``pip install py-spy``; ``--gil`` samples: CPU, not time
+preempted in a syscall) on every process of the vcrypto
 configuration during one extra bulk run and writes one flame-graph SVG and
 one ``--format raw`` file per process there.
 """
@@ -50,7 +51,7 @@ def profile(r, upstream, conns: int, seconds: float, out: Path) -> None:
         for fmt, ext in (("flamegraph", "svg"), ("raw", "txt")):
             procs.append(subprocess.Popen(
                 [spy, "record", "--pid", str(pid), "--rate", "200", "--duration", str(int(seconds) + 1),
-                 "--format", fmt, "--nonblocking", "-o", str(out / f"{role}-{pid}.{ext}")],
+                 "--format", fmt, "--gil", "-o", str(out / f"{role}-{pid}.{ext}")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     res = Measure(r, upstream)(lambda: bulk(r, conns, seconds), "bytes")
     for p in procs:
