@@ -315,6 +315,11 @@ class DataQueue:
                 if result.__class__ is bytes:
                     self._finish(req, seq, head, vc.VIRTIO_CRYPTO_OK, result)
                 else:
+                    if job.src.__class__ is memoryview:
+                        # It waits (a task, maybe another process): own bytes,
+                        # not a view into driver memory that may be unmapped.
+                        view, job.src = job.src, bytes(job.src)
+                        view.release()
                     self._nursery.start_soon(self._execute, req, seq, head, result)
             if time.perf_counter() >= deadline:
                 # Long enough on the event loop's thread: publish and let other

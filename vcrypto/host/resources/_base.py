@@ -50,14 +50,16 @@ class CryptoJob:
     empty for ECDH. ``key_id`` identifies the key material (a digest of it) so
     resources that keep loaded keys (worker processes) can cache them.
     ``seq`` is the request's submission sequence number within its data queue
-    (the reorder layer uses it; resources ignore it).
+    (the reorder layer uses it; resources ignore it). ``src`` of an AEAD job
+    run inline (``execute_inline``) may be a ``memoryview`` into the driver's
+    memory (no copy); every other job gets ``bytes``.
     """
 
     op: Op
     alg: Alg
     key: bytes
     key_id: bytes
-    src: bytes
+    src: bytes | memoryview
     iv: bytes = b""
     aad: bytes = b""
     seq: int = 0
