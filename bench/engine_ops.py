@@ -17,7 +17,10 @@ the cost of the engine alone (frontend + trans ring + backend, one hop pair).
 
 Machine speed drifts between runs here (notes/ipc-costs.md): compare the
 columns of one run, not numbers across runs. CPU per op includes all three
-processes (this one, the backend, the host).
+processes (this one, the backend, the host); ``split`` is the same per
+process: this one (the frontend) / backend / host (``--no-host``: frontend /
+backend). ``--only aes`` runs the AEAD cases alone (1, 4, 8, 16 KiB: the
+offload's break-even against the in-process column).
 """
 from __future__ import annotations
 
@@ -59,6 +62,10 @@ def cases():
     return [
         ("aes-128-gcm seal 16 KiB", SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(16)),
          (os.urandom(16384), iv, b"hdr05"), 16),
+        ("aes-128-gcm seal 8 KiB", SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(16)),
+         (os.urandom(8192), iv, b"hdr05"), 16),
+        ("aes-128-gcm seal 4 KiB", SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(16)),
+         (os.urandom(4096), iv, b"hdr05"), 16),
         ("aes-128-gcm seal 1 KiB", SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(16)),
          (os.urandom(1024), iv, b"hdr05"), 16),
         ("chacha20 seal 16 KiB", SessionMeta(Op.AEAD_SEAL, Alg.CHACHA20_POLY1305, os.urandom(32)),
@@ -83,7 +90,7 @@ def _pct(samples: list[float], q: float) -> float:
 
 def _cpu() -> float:
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return t.user + t.system
 
 
 def _proc_cpu(pid: int) -> float:
@@ -91,9 +98,12 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def bench(fe: Frontend, pids: list[int], seconds: float, tasks: int) -> list[dict]:
+async def bench(fe: Frontend, pids: list[int], seconds: float, tasks: int,
+                only: str = "") -> list[dict]:
     rows = []
     for label, meta, item, depth in cases():
+        if only and only not in label:
+            continue
         h = await fe.open_session(meta)
         [(st, _)] = await fe.run(h, [item])  # warm: session created at the host
         assert st is SlotStatus.OK, (label, st)
@@ -108,7 +118,7 @@ async def bench(fe: Frontend, pids: list[int], seconds: float, tasks: int) -> li
         done = 0
         be0 = await fe.backend_stats()
         bells0 = fe.stats.doorbells
-        cpu0 = _cpu() + sum(_proc_cpu(p) for p in pids)
+        cpu0 = [_cpu()] + [_proc_cpu(p) for p in pids]
         t0 = time.perf_counter()
         stop = t0 + seconds
 
@@ -123,7 +133,8 @@ async def bench(fe: Frontend, pids: list[int], seconds: float, tasks: int) -> li
             for _ in range(tasks):
                 n.start_soon(worker)
         wall = time.perf_counter() - t0
-        cpu = _cpu() + sum(_proc_cpu(p) for p in pids) - cpu0
+        per_proc = [b - a for a, b in zip(cpu0, [_cpu()] + [_proc_cpu(p) for p in pids])]
+        cpu = sum(per_proc)
         be1 = await fe.backend_stats()
         # doorbells to the backend + eventfd wakes of this frontend + kicks to
         # and calls from the host, per request
@@ -142,6 +153,7 @@ async def bench(fe: Frontend, pids: list[int], seconds: float, tasks: int) -> li
             inl.append(time.perf_counter() - a)
         rows.append(dict(op=label, e_p50=_pct(lat, .5), e_p99=_pct(lat, .99), e_ops=done / wall,
                          e_cpu_us=cpu / max(done, 1) * 1e6, notif=notif / max(done, 1),
+                         split_us=[c / max(done, 1) * 1e6 for c in per_proc],
                          i_p50=_pct(inl, .5), i_p99=_pct(inl, .99), i_ops=len(inl) / sum(inl)))
     return rows
 
@@ -152,6 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", type=int, default=32, help="concurrent tasks in the throughput run")
     p.add_argument("--no-host", action="store_true",
                    help="backend computes itself: the engine's own overhead")
+    p.add_argument("--only", default="", help="ops whose label contains this, e.g. 'aes'")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="engine-bench-"))
     if args.no_host:
@@ -161,7 +174,7 @@ def main(argv=None) -> int:
         daemons = [stack.backend, stack.host]
     try:
         fe = Frontend(daemons[0].socket_path, linger_s=0)
-        rows = trio.run(bench, fe, [d.pid for d in daemons], args.seconds, args.tasks)
+        rows = trio.run(bench, fe, [d.pid for d in daemons], args.seconds, args.tasks, args.only)
         fallbacks = fe.stats.fallback_requests
     finally:
         for d in daemons:
@@ -170,13 +183,13 @@ def main(argv=None) -> int:
     print(f"engine ({where}) vs in-process, {os.cpu_count()} CPUs, {args.tasks} tasks, "
           f"AEAD pipelines of 16 per opdone (fallbacks during the run: {fallbacks})")
     hdr = (f"{'op':26} {'engine p50 us':>13} {'p99 us':>8} {'ops/s':>8} {'cpu us/op':>9} "
-           f"{'notif/op':>8} | "
+           f"{'split':>17} {'notif/op':>8} | "
            f"{'inproc p50 us':>13} {'p99 us':>8} {'ops/s':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         print(f"{r['op']:26} {r['e_p50']:13.1f} {r['e_p99']:8.1f} {r['e_ops']:8.0f} "
-              f"{r['e_cpu_us']:9.1f} {r['notif']:8.3f} | {r['i_p50']:13.1f} {r['i_p99']:8.1f} {r['i_ops']:8.0f}")
+              f"{r['e_cpu_us']:9.1f} {'/'.join(f'{c:.0f}' for c in r['split_us']):>17} {r['notif']:8.3f} | {r['i_p50']:13.1f} {r['i_p99']:8.1f} {r['i_ops']:8.0f}")
     return 0
 
 
