@@ -171,6 +171,21 @@ async def test_ticket_sealed_with_close_notify(test_certs):
     assert await client.record() == (21, b"\x01\x00")
 
 
+async def test_corked_data_leaves_with_close_notify(test_certs):
+    config = server_config([test_certs["ecdsa-p256"]])
+    server, rec, client = pair(config)
+    await handshake(server, client)
+    await server.send_all(b"first")
+    assert await client.recv_app() == b"first"
+    sent = len(rec.sent)
+    server.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlast")
+    await server.aclose()
+    # the corked response and the alert: one transport write, in that order
+    assert len(rec.sent) == sent + 1
+    assert await client.recv_app() == b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlast"
+    assert await client.record() == (21, b"\x01\x00")
+
+
 async def test_sessions_closed_once_after_close(test_certs):
     provider = CountingProvider()
     config = server_config([test_certs["ecdsa-p256"]])

@@ -80,6 +80,10 @@ class TLSErrorsAsBroken(trio.abc.Stream):
         except TLSError as exc:
             raise trio.BrokenResourceError(f"TLS: {exc}") from exc
 
+    def write(self, data) -> None:
+        """Cork ``data``: the next ``send_all`` or the close sends it (``TLSStream.write``)."""
+        self.tls.write(data)
+
     async def wait_send_all_might_not_block(self) -> None:
         await self.tls.wait_send_all_might_not_block()
 
