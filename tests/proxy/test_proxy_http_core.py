@@ -469,3 +469,27 @@ async def test_upstream_dying_mid_body_relays_what_came_then_closes(nursery):
     assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(body[:500])
     with trio.fail_after(10):
         await done.wait()
+
+
+async def test_counting_stream_adds_bytes_in_steps_and_at_close():
+    from vcproxy.proxy._listener import CountingStream
+
+    class Total:
+        def __init__(self):
+            self.value, self.incs = 0, 0
+
+        def inc(self, n):
+            self.value, self.incs = self.value + n, self.incs + 1
+
+    a, b = trio.testing.memory_stream_pair()
+    got, sent = Total(), Total()
+    counting = CountingStream(a, got, sent)
+    for _ in range(100):                              # 100 x 1000 B each way
+        await counting.send_all(b"s" * 1000)
+        await b.receive_some(65536)
+        await b.send_all(b"r" * 1000)
+        assert len(await counting.receive_some(65536)) == 1000
+    # one metrics-file write per 64 KiB, not per call; the rest when it closes
+    assert (sent.value, sent.incs) == (66_000, 1) and (got.value, got.incs) == (66_000, 1)
+    await counting.aclose()
+    assert sent.value == got.value == 100_000 and sent.incs == got.incs == 2
