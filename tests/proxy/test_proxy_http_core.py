@@ -344,3 +344,160 @@ async def test_health_checks_steer_away_from_a_dead_server(nursery, origin):
     for _ in range(4):  # no retries, no reuse: round-robin alone would send every other one to the dead server
         assert (await client.request("GET", "/health"))[0] == 200
     await pool.aclose()
+
+
+class WriteLog(trio.abc.Stream):
+    """The proxy's end of the client stream, logging each ``send_all``; with
+    ``cork=True`` it also offers ``write`` (as ``TLSStream`` does) and sends
+    what was corked when closed."""
+
+    def __init__(self, inner, cork: bool) -> None:
+        self.inner = inner
+        self.sends: list[bytes] = []
+        self.corked = bytearray()
+        self.sent_at_close = b""
+        if cork:
+            self.write = self.corked.extend
+
+    async def send_all(self, data) -> None:
+        self.sends.append(bytes(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        self.sent_at_close = bytes(self.corked)
+        if self.corked:
+            await self.inner.send_all(self.sent_at_close)
+        await self.inner.aclose()
+
+
+async def one_write_origin(nursery, body: bytes, close_mid_body: bool = False) -> str:
+    """An upstream that answers each request with ONE send_all (head + body),
+    or with the head and half the body, then closes."""
+    async def handler(stream):
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.EndOfMessage):
+                head = conn.send(h11.Response(status_code=200, headers=[("content-length", str(len(body)))]))
+                if close_mid_body:
+                    await stream.send_all(head + body[:len(body) // 2])
+                    await stream.aclose()
+                    return
+                await stream.send_all(head + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+                conn.start_next_cycle()
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+
+    listeners = await nursery.start(trio.serve_tcp, handler, 0)
+    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+async def serve_logged(nursery, runtime, cork: bool):
+    client_end, proxy_end = trio.testing.memory_stream_pair()
+    logged = WriteLog(proxy_end, cork)
+    done = trio.Event()
+
+    async def run():
+        try:
+            await HttpProxyConnection(logged, ConnState("192.0.2.7", 40000, trio.Event()), runtime,
+                                      Recorder()).serve()
+        finally:
+            await logged.aclose()
+            done.set()
+
+    nursery.start_soon(run)
+    return Client(client_end), logged, done
+
+
+async def test_small_response_leaves_in_one_write(nursery):
+    body = b"x" * 300
+    rt = make_runtime({"o": {"servers": [await one_write_origin(nursery, body)]}}, [{"upstream": "o"}])
+    client, logged, _ = await serve_logged(nursery, rt, cork=False)
+    for _ in range(3):
+        logged.sends.clear()
+        status, _, got = await client.request("GET", "/")
+        assert (status, got) == (200, body)
+        # head, body and end together: one record, one syscall, one peer wake-up
+        assert len(logged.sends) == 1 and logged.sends[0].endswith(body)
+
+
+async def test_last_response_is_corked_into_the_close(nursery):
+    body = b"y" * 300
+    rt = make_runtime({"o": {"servers": [await one_write_origin(nursery, body)]}}, [{"upstream": "o"}])
+    client, logged, done = await serve_logged(nursery, rt, cork=True)
+    status, _, got = await client.request("GET", "/")  # keep-alive: sent at once
+    assert (status, got) == (200, body) and len(logged.sends) == 1
+    logged.sends.clear()
+    status, headers, got = await client.request("GET", "/", headers=[("connection", "close")])
+    assert (status, got) == (200, body)
+    with trio.fail_after(10):
+        await done.wait()
+    # the last response went out with the close (TLS: with its close_notify)
+    assert logged.sends == [] and logged.sent_at_close.endswith(body)
+    assert await read_all(client.stream) == b""
+
+
+async def test_large_last_response_is_not_corked(nursery):
+    from vcproxy.proxy._http import CORK_LAST_RESPONSE_MAX_BYTES
+
+    body = b"z" * 200_000  # far over the cork limit: it goes out before the close
+    rt = make_runtime({"o": {"servers": [await one_write_origin(nursery, body)]}}, [{"upstream": "o"}])
+    client, logged, done = await serve_logged(nursery, rt, cork=True)
+    status, _, got = await client.request("GET", "/", headers=[("connection", "close")])
+    assert (status, got) == (200, body)
+    with trio.fail_after(10):
+        await done.wait()
+    # (the upstream's bytes may arrive in several reads: only the tail after
+    # the last one may ride with the close, and never more than the limit)
+    assert len(logged.sent_at_close) <= CORK_LAST_RESPONSE_MAX_BYTES
+    assert sum(map(len, logged.sends)) >= len(body) - CORK_LAST_RESPONSE_MAX_BYTES
+    assert (b"".join(logged.sends) + logged.sent_at_close).endswith(body)
+
+
+async def test_upstream_dying_mid_body_relays_what_came_then_closes(nursery):
+    body = b"w" * 1000
+    origin = await one_write_origin(nursery, body, close_mid_body=True)
+    rt = make_runtime({"o": {"servers": [origin]}}, [{"upstream": "o"}])
+    client, logged, done = await serve_logged(nursery, rt, cork=True)
+    await client.send_raw(b"GET / HTTP/1.1\r\nhost: example.com\r\n\r\n")
+    got = await read_all(client.stream)
+    # the head and the half body that arrived were relayed; the close cuts it short
+    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(body[:500])
+    with trio.fail_after(10):
+        await done.wait()
+
+
+async def test_counting_stream_adds_bytes_in_steps_and_at_close():
+    from vcproxy.proxy._listener import CountingStream
+
+    class Total:
+        def __init__(self):
+            self.value, self.incs = 0, 0
+
+        def inc(self, n):
+            self.value, self.incs = self.value + n, self.incs + 1
+
+    a, b = trio.testing.memory_stream_pair()
+    got, sent = Total(), Total()
+    counting = CountingStream(a, got, sent)
+    for _ in range(100):                              # 100 x 1000 B each way
+        await counting.send_all(b"s" * 1000)
+        await b.receive_some(65536)
+        await b.send_all(b"r" * 1000)
+        assert len(await counting.receive_some(65536)) == 1000
+    # one metrics-file write per 64 KiB, not per call; the rest when it closes
+    assert (sent.value, sent.incs) == (66_000, 1) and (got.value, got.incs) == (66_000, 1)
+    await counting.aclose()
+    assert sent.value == got.value == 100_000 and sent.incs == got.incs == 2

@@ -84,6 +84,32 @@ async def test_fallback_provider_redoes_failed_ops_inline_and_counts_them():
     assert len(fallbacks) == 3
 
 
+async def test_wrapped_sessions_say_whether_aclose_releases_anything():
+    # The TLS stream skips aclose (and its shielded scope) for sessions that
+    # hold nothing: the wrappers must report their inner sessions' answer.
+    class Holding(InlineProvider):
+        def aead(self, suite_alg, key):
+            inner = super().aead(suite_alg, key)
+
+            class Held(type(inner)):
+                async def aclose(self):
+                    pass
+
+            held = Held.__new__(Held)
+            held.alg, held._cipher = inner.alg, inner._cipher
+            return held
+
+    key = os.urandom(16)
+    count = lambda op, prov: None  # noqa: E731
+    assert InlineProvider().aead("aes-128-gcm", key).needs_aclose is False
+    assert CountingProvider(InlineProvider(), count).aead("aes-128-gcm", key).needs_aclose is False
+    assert CountingProvider(Holding(), count).aead("aes-128-gcm", key).needs_aclose is True
+    inline = FallbackProvider(InlineProvider(), InlineProvider(), count)
+    assert inline.aead("aes-128-gcm", key).needs_aclose is False
+    mixed = FallbackProvider(Holding(), InlineProvider(), count)
+    assert mixed.aead("aes-128-gcm", key).needs_aclose is True
+
+
 def config(fallback: str):
     return parse_config(yaml.safe_dump({
         "listeners": [{"port": 1, "tls": {"enabled": False}}],

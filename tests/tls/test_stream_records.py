@@ -171,6 +171,65 @@ async def test_ticket_sealed_with_close_notify(test_certs):
     assert await client.record() == (21, b"\x01\x00")
 
 
+async def test_corked_data_leaves_with_close_notify(test_certs):
+    config = server_config([test_certs["ecdsa-p256"]])
+    server, rec, client = pair(config)
+    await handshake(server, client)
+    await server.send_all(b"first")
+    assert await client.recv_app() == b"first"
+    sent = len(rec.sent)
+    server.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlast")
+    await server.aclose()
+    # the corked response and the alert: one transport write, in that order
+    assert len(rec.sent) == sent + 1
+    assert await client.recv_app() == b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlast"
+    assert await client.record() == (21, b"\x01\x00")
+
+
+class _SuspendingClose(CountingProvider):
+    """AEAD sessions whose aclose() suspends (``close_s``; None: never returns)."""
+
+    def __init__(self, close_s):
+        super().__init__()
+        self.close_s, self.finished = close_s, 0
+
+    def aead(self, suite_alg, key):
+        session = super().aead(suite_alg, key)
+        inner_close = session.aclose
+
+        async def aclose():
+            await inner_close()
+            if self.close_s is None:
+                await trio.sleep_forever()
+            await trio.sleep(self.close_s)
+            self.finished += 1
+
+        session.aclose = aclose
+        return session
+
+
+async def test_session_close_that_suspends_is_awaited_to_its_end(test_certs):
+    provider = _SuspendingClose(0.01)
+    server, _, client = pair(server_config([test_certs["ecdsa-p256"]]), provider)
+    await handshake(server, client)
+    assert provider.finished == 2                     # the superseded handshake keys
+    with trio.CancelScope() as scope:
+        scope.cancel()                                # shielded: a cancelled close still releases
+        await server.aclose()
+    provider.check_sessions_closed_once()
+    assert provider.finished == 4
+
+
+async def test_session_close_that_hangs_is_bounded(test_certs, autojump_clock):
+    provider = _SuspendingClose(None)
+    server, _, client = pair(server_config([test_certs["ecdsa-p256"]]), provider)
+    start = trio.current_time()
+    await handshake(server, client)                   # each superseded key: LINGER_S, then on
+    await server.aclose()
+    provider.check_sessions_closed_once()
+    assert provider.finished == 0 and trio.current_time() - start < 10
+
+
 async def test_sessions_closed_once_after_close(test_certs):
     provider = CountingProvider()
     config = server_config([test_certs["ecdsa-p256"]])

@@ -103,6 +103,10 @@ class _CountingAead(AeadSession):
     async def aclose(self) -> None:
         await self._inner.aclose()
 
+    @property
+    def needs_aclose(self) -> bool:
+        return getattr(self._inner, "needs_aclose", True)
+
 
 class CountingProvider(CryptoProvider):
     """Counts each op under the name of the provider it was handed to.
@@ -173,6 +177,10 @@ class _FallbackAead(AeadSession):
             await self._primary.aclose()
         finally:
             await self._backup.aclose()
+
+    @property
+    def needs_aclose(self) -> bool:
+        return getattr(self._primary, "needs_aclose", True) or getattr(self._backup, "needs_aclose", True)
 
 
 class FallbackProvider(CryptoProvider):

@@ -33,15 +33,33 @@ from ._tlsglue import ProviderUnavailable, build_server_config, make_provider, r
 from ._upstream import UpstreamPool
 
 
+class _Children:
+    """A labelled metric's children by label values, looked up once each:
+    ``labels()`` takes a lock and builds a key on every call."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class WorkerObserver:
     def __init__(self) -> None:
         self.m = metrics()
+        self._requests = _Children(self.m.http_requests_total)
+        self._request_seconds = _Children(self.m.http_request_seconds)
 
     def request_done(self, record: dict[str, Any], seconds: float) -> None:
         listener = record.get("listener", "")
-        self.m.http_requests_total.labels(listener, str(record.get("status", 0))).inc()
-        self.m.http_request_seconds.labels(listener).observe(seconds)
-        _log.access_log.write(record | {"ts": round(time.time(), 6)})
+        self._requests(listener, str(record.get("status", 0))).inc()
+        self._request_seconds(listener).observe(seconds)
+        if _log.access_log.enabled():
+            _log.access_log.write(record | {"ts": round(time.time(), 6)})
 
     def tcp_done(self, record: dict[str, Any]) -> None:
         self.m.tcp_sessions_total.labels(record["listener"], record["result"]).inc()
@@ -95,8 +113,9 @@ class Worker:
         _log.configure(config.logging.access_log, config.logging.error_log, config.logging.level)
         m = metrics()
         try:
+            ops = _Children(m.crypto_ops_total)
             self.provider = await make_provider(
-                config, lambda op, prov: m.crypto_ops_total.labels(op, prov).inc(),
+                config, lambda op, prov: ops(op, prov).inc(),
                 lambda op, reason: m.crypto_fallbacks_total.labels(op, reason).inc(),
                 self.backend_socket)
             self.runtimes, self.pools = self._build(config, {})

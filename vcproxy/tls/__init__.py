@@ -14,7 +14,8 @@ Public surface (everything else is private):
   providers (``key_type_of``, ``SCHEMES_BY_KEY_TYPE``, ``load_private_key_pem``,
   ``inline_sign``).
 - ``TLSStream.write(data)``: queue bytes without I/O so the next ``send_all``
-  puts them in the same record (headers + body leave together).
+  puts them in the same record (headers + body leave together), or
+  ``aclose`` sends them in one segment with the close_notify.
 - ``TLSError`` (carries ``.alert``), ``TLSPeerError`` (the peer's fault),
   ``TLSAlertReceived``, ``TLSLocalError`` (ours), ``TLSUsageError`` (misuse).
 

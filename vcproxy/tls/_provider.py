@@ -41,7 +41,8 @@ The seam, and why each shape is what it is:
     batch. The sync ``seal`` / ``open`` are the in-process small-record path
     (records under ``small_record_threshold_bytes``): a remote provider
     implements them with local software crypto. ``aclose`` releases the
-    session (key update, connection end).
+    session (key update, connection end); ``needs_aclose`` False (the
+    default when ``aclose`` is not overridden) lets the stream skip it.
 
 ``CryptoProvider.random_bytes(n)``
     Server random, HRR cookies, ticket nonces. Default: ``os.urandom``.
@@ -139,6 +140,13 @@ class AeadSession(abc.ABC):
 
     async def aclose(self) -> None:
         """Release the session. Default: nothing to release."""
+
+    @property
+    def needs_aclose(self) -> bool:
+        """Whether ``aclose`` has anything to release; when False the stream
+        skips the call (and the bounded, shielded scope around it). Default:
+        True exactly when a subclass overrides ``aclose``; wrappers delegate."""
+        return type(self).aclose is not AeadSession.aclose
 
 
 class CryptoProvider(abc.ABC):
