@@ -1,5 +1,5 @@
 """End to end limits and timeouts through the real process and real TLS clients:
-413, 431, handshake and idle timeouts, max connections, slow clients.
+413, 431, handshake, idle and send timeouts, max connections, slow clients.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from proxy_testkit import base_config, running_proxy
 def limited(tmp_path_factory, certs, upstream):
     config = base_config(upstream.address, certs["a"], workers=1, limits={
         "max_body_bytes": 100_000, "max_header_bytes": 4096, "handshake_timeout_s": 1.0,
-        "idle_timeout_s": 1.0, "header_timeout_s": 20.0, "max_connections": 3})
+        "idle_timeout_s": 1.0, "header_timeout_s": 20.0, "send_timeout_s": 1.0, "max_connections": 3})
     with running_proxy(tmp_path_factory.mktemp("limited"), config) as p:
         yield p
 
@@ -129,3 +129,30 @@ def test_slow_client_does_not_block_others(limited, ctx):
     t.join(20)
     assert slow_done["reply"].startswith(b"HTTP/1.1 200 ")
     assert max(fast_done) < slow_done["at"]  # the fast clients finished while the slow one trickled
+
+
+def test_client_that_stops_reading_is_disconnected(limited, ctx):
+    """A download whose client takes no bytes for send_timeout_s is cut off (the
+    connection, its upstream and its slot are freed) instead of waiting forever."""
+    total = 64 * 1024 * 1024
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # the kernel buffers little
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", limited.port))
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        s.sendall(f"GET /bytes?n={total} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        head = read_response(s)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        time.sleep(4.0)  # stop reading: well past send_timeout_s (1 s)
+        got, started = len(head), time.monotonic()
+        try:
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+                assert time.monotonic() - started < 30, "the proxy kept sending"
+        except (ssl.SSLError, ConnectionResetError):
+            pass  # cut mid-record: what a client of a dropped download sees
+    assert got < total // 2, f"received {got} of {total}: the stalled download was not cut"
+    # The proxy serves on (max_connections is 3: the stalled one gave its slot back).
+    conn = http.client.HTTPSConnection("127.0.0.1", limited.port, context=ctx, timeout=10)
+    conn.request("GET", "/health")
+    assert conn.getresponse().read() == b"ok\n"

@@ -155,7 +155,7 @@ class HealthCheckConfig:
 class UpstreamConfig:
     servers: tuple[ServerAddress, ...] = req("servers as 'host:port', used round-robin")
     connect_timeout_s: float = opt(5 * SECONDS, "TCP connect timeout (then 502 or the next server)")
-    read_timeout_s: float = opt(60 * SECONDS, "wait for response headers / between body reads (then 504)")
+    read_timeout_s: float = opt(60 * SECONDS, "wait for response headers / between body reads, and for the upstream to take each request write (then 504)")
     retries: int = opt(1, "extra servers tried when a connect fails (never after request bytes were sent)")
     max_idle_connections: int = opt(32, "idle keep-alive connections kept per server")
     idle_timeout_s: float = opt(30 * SECONDS, "idle keep-alive connections older than this are closed")
@@ -247,12 +247,13 @@ class LimitsConfig:
     header_timeout_s: float = opt(30 * SECONDS, "a started request's headers must arrive within this")
     idle_timeout_s: float = opt(60 * SECONDS, "keep-alive connection with no request in flight is closed after this")
     body_timeout_s: float = opt(60 * SECONDS, "max wait between two reads of a request body or a tcp stream")
+    send_timeout_s: float = opt(60 * SECONDS, "each write to the client (a response head or body chunk, <= 256 KiB) must finish within this, else the client is disconnected")
     drain_timeout_s: float = opt(10 * SECONDS, "SIGTERM: in-flight requests get this long to finish")
 
     def check(self) -> list[tuple[str, str]]:
         return _check_positive(
             self, "max_connections", "max_header_bytes", "max_body_bytes", "handshake_timeout_s",
-            "header_timeout_s", "idle_timeout_s", "body_timeout_s", "drain_timeout_s",
+            "header_timeout_s", "idle_timeout_s", "body_timeout_s", "send_timeout_s", "drain_timeout_s",
         )
 
 

@@ -30,7 +30,7 @@ What the client gets when something fails, decided in one place
 (``_fail_status``) and only while no response byte has been sent:
 400 malformed request (h11's verdict), 431 head too large, 413 body too large,
 404 no route, 502 upstream connect failure or broken upstream response,
-504 upstream read timeout. After the response head has gone out, a failure
+504 upstream read or write timeout. After the response head has gone out, a failure
 can only be signalled by closing the connection.
 
 Hop-by-hop headers (RFC 9110 §7.6.1: Connection and the fields it names,
@@ -169,10 +169,17 @@ class HttpProxyConnection:
             return
         data = bytes(self._client_out)
         self._client_out.clear()
+        # Bounded: a client that stops reading must not hold its connection,
+        # its upstream connection and a worker's memory forever. The deadline
+        # is per flush (one response head or one body chunk, <= 256 KiB).
+        timeout_s = self.limits.send_timeout_s
         try:
-            await self.stream.send_all(data)
+            with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
+                await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise _ClientGone(f"client write failed: {exc}") from exc
+        if scope.cancelled_caught:
+            raise _ClientGone(f"client took no response bytes within {timeout_s}s")
 
     async def _send_client(self, event: Any) -> None:
         self._queue_client(event)
@@ -312,11 +319,14 @@ class HttpProxyConnection:
                         upstream: UpstreamConn, record: dict[str, Any], started: float) -> bool:
         state: dict[str, Exception | None] = {"body": None, "relay": None}
         try:
-            await _send_upstream(upstream, self._upstream_request(request, headers, upstream.server), pool.name)
+            await _send_upstream(upstream, self._upstream_request(request, headers, upstream.server), pool.name,
+                                 pool.config.read_timeout_s)
         except UpstreamError as exc:
             await _close(upstream.stream)
             self.observer.upstream_error(pool.name, exc.kind)
             record["error"] = str(exc)
+            if isinstance(exc, UpstreamTimeout):
+                return await self._send_error(504, _REASONS[504], record, started)
             return await self._send_error(502, "upstream failed", record, started)
         status = 0
         length = _header(headers, b"content-length")
@@ -324,7 +334,7 @@ class HttpProxyConnection:
             # No body (RFC 9112 §6.3): h11 yields EndOfMessage without I/O, so the
             # common GET needs no pump task; relay in this task.
             try:
-                await self._pump_request_body(upstream, pool.name)
+                await self._pump_request_body(upstream, pool)
                 status = await self._relay_response(upstream, pool.config.read_timeout_s, pool.name)
             except (UpstreamError, h11.RemoteProtocolError, _ClientGone) as exc:
                 state["relay"] = exc
@@ -362,7 +372,7 @@ class HttpProxyConnection:
 
         async def pump_body(cancel: trio.CancelScope) -> None:
             try:
-                await self._pump_request_body(upstream, pool.name)
+                await self._pump_request_body(upstream, pool)
             except (_ClientGone, _BodyTooLarge, h11.RemoteProtocolError) as exc:
                 state["body"] = exc
                 cancel.cancel()  # nothing sensible can reach the upstream any more
@@ -385,7 +395,8 @@ class HttpProxyConnection:
                     nursery.cancel_scope.cancel()  # answered before the body ended
         return status
 
-    async def _pump_request_body(self, upstream: UpstreamConn, name: str) -> None:
+    async def _pump_request_body(self, upstream: UpstreamConn, pool: UpstreamPool) -> None:
+        name, timeout_s = pool.name, pool.config.read_timeout_s
         total = 0
         if self.h11.they_are_waiting_for_100_continue:
             await self._send_client(h11.InformationalResponse(status_code=100, headers=[]))
@@ -395,9 +406,9 @@ class HttpProxyConnection:
                 total += len(event.data)
                 if total > self.limits.max_body_bytes:
                     raise _BodyTooLarge(f"request body over {self.limits.max_body_bytes} bytes")
-                await _send_upstream(upstream, h11.Data(data=event.data), name)
+                await _send_upstream(upstream, h11.Data(data=event.data), name, timeout_s)
             elif isinstance(event, h11.EndOfMessage):
-                await _send_upstream(upstream, h11.EndOfMessage(), name)
+                await _send_upstream(upstream, h11.EndOfMessage(), name, timeout_s)
                 return
             else:
                 raise _ClientGone(f"unexpected {type(event).__name__} in request body")
@@ -502,16 +513,19 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
     return b", ".join(values)
 
 
-async def _send_upstream(upstream: UpstreamConn, event: Any, name: str) -> None:
+async def _send_upstream(upstream: UpstreamConn, event: Any, name: str, timeout_s: float) -> None:
     try:
         data = upstream.h11.send(event)
     except h11.LocalProtocolError as exc:
         raise UpstreamError(name, f"cannot forward: {exc}") from exc
     if data:
         try:
-            await upstream.stream.send_all(data)
+            with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
+                await upstream.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise UpstreamClosed(name, f"write failed: {exc}") from exc
+        if scope.cancelled_caught:
+            raise UpstreamTimeout(name, f"upstream took no request bytes within {timeout_s}s")
 
 
 def _upstream_event_nowait(upstream: UpstreamConn, name: str) -> Any:
