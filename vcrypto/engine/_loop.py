@@ -77,7 +77,7 @@ from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 
 from ._backend_control import _ControlPlane, _Frontend
-from ._device import Device, DeviceError, DeviceRequest, SessionRejected
+from ._device import Device, DeviceError, DeviceRequest, DeviceStalled, SessionRejected
 from ._layout import (BadSlotError, CacheGeometry, Geometry, LayoutError, SharedRegion,
                       SlotStatus)
 from ._metrics import BackendStats
@@ -96,6 +96,12 @@ class BackendConfig:
     poll_inflight_threshold: int = 8
     ring_quota: int = 32
     host_retry_s: float = 0.25
+    # The oldest request at the host older than this: the host is hung
+    # (SIGSTOP, a deadlock) and is failed like a dead one. ~4x the worst
+    # outstanding time measured under a 2 x 256-slot RSA-2048 burst on the
+    # loaded 2-core box (0.77 s, bench/engine_latency_tail.py), and well
+    # under the TLS handshake timeout (10 s) even doubled for the frontends.
+    stall_timeout_s: float = 3.0
     backstop_s: float = 0.05
     control_send_timeout_s: float = 1.0
 
@@ -133,6 +139,7 @@ class Backend(_ControlPlane):
         self._redone: set[int] = set()   # tokens already redone once after a session loss
         self._next_token = 1
         self._to_wake: set[_Frontend] = set()
+        self._exposed: set[_Frontend] = set()   # to drop: a lost device may still write them
         self._last_work = 0.0
         self._last_drained = 0
         self._device_full = False
@@ -171,8 +178,12 @@ class Backend(_ControlPlane):
         self._running = True
         self._connect_device()
         while self._running:
+            if self._exposed:
+                self._retire_exposed()
             if self.device is None and time.monotonic() >= self._next_retry:
                 self._connect_device()
+            elif self._tokens and self.device is not None:
+                self._check_stall()
             if self._work_pass():
                 self._last_work = time.monotonic()
                 self._handle(self._sel.select(0))
@@ -229,13 +240,18 @@ class Backend(_ControlPlane):
     # -- device ----------------------------------------------------------------
 
     def _connect_device(self) -> None:
+        t0 = time.monotonic()
         try:
             dev = self._factory()
             for fe in self._order:
                 if fe.shm is not None:
                     dev.register_region(fe.fid, fe.shm)
         except DeviceError as exc:
-            self._next_retry = time.monotonic() + self.cfg.host_retry_s
+            # Backoff: an attempt that blocked the loop (a hung host accepts
+            # the connection and never answers) is retried only after twice
+            # as long, so the loop keeps serving frontends most of the time.
+            now = time.monotonic()
+            self._next_retry = now + max(self.cfg.host_retry_s, 2 * (now - t0))
             if not self._unavailable_logged:  # once per outage, not per retry
                 self._unavailable_logged = True
                 print(f"engine-backend: device unavailable (retrying every "
@@ -255,6 +271,9 @@ class Backend(_ControlPlane):
     def _device_failed(self, exc: BaseException) -> None:
         print(f"engine-backend: device lost: {exc}", file=sys.stderr, flush=True)
         self.stats.device_down_events += 1
+        if isinstance(exc, DeviceStalled):
+            self.stats.host_stalls += 1
+        self._exposed.update(fe for fe in self._order if fe.inflight)
         self.shared.set_device(False)
         dev, self.device = self.device, None
         if dev is not None:
@@ -277,6 +296,31 @@ class Backend(_ControlPlane):
         self.stats.device_errors += len(failed)
         self._complete(failed)
         self._next_retry = time.monotonic() + self.cfg.host_retry_s
+
+    def _check_stall(self) -> None:
+        """Fail a hung host (SIGSTOP, deadlock): its oldest request
+        (``_tokens`` is in take order) outstanding past ``stall_timeout_s``.
+        The host's control path has the same bound (``DeviceStalled``)."""
+        oldest_ns = next(iter(self._tokens.values()))[3]
+        age = (time.monotonic_ns() - oldest_ns) / 1e9
+        if age > self.cfg.stall_timeout_s:
+            self._device_failed(DeviceStalled(
+                f"vcrypto-host stalled: oldest request outstanding {age:.2f}s "
+                f"(stall_timeout_s {self.cfg.stall_timeout_s}s), {len(self._tokens)} in flight"))
+
+    def _retire_exposed(self) -> None:
+        """Drop the frontends that had requests at a lost device. A device
+        that is gone may not be dead (a stopped host resumes and writes
+        those requests' outputs in place): their regions must never be
+        reused, so each frontend reattaches with a fresh one. Deferred to
+        the top of the loop: a device can fail mid-pass, while ``_order``
+        is being iterated."""
+        exposed, self._exposed = self._exposed, set()
+        for fe in exposed:
+            if fe.alive:
+                print(f"engine-backend: frontend {fe.fid} (pid {fe.pid}) dropped: the lost device "
+                      f"may still write its region", file=sys.stderr, flush=True)
+                self._drop_frontend(fe)
 
     def _device_sid(self, sess: Session) -> int:
         if sess.device_sid is None or sess.epoch != self._epoch:

@@ -1,0 +1,120 @@
+"""Stall tests: SIGSTOP the host, then the engine-backend, in the middle of a
+stream of TLS handshakes and transfers. A hung daemon closes no socket, so
+only the deadlines notice: the backend fails a host whose oldest request is
+past ``--stall-timeout-s``, a frontend detaches from a backend whose oldest
+request is past its ``stall_timeout_s``. Clients never see an error (every
+request is redone in-process), the stall counters rise, and after SIGCONT
+traffic returns to vcrypto (the host's own counters prove it)."""
+from __future__ import annotations
+
+import pytest
+import trio
+
+import engine_daemons
+import tls_support
+from vcproxy.vcrypto_provider import VcryptoProvider
+from vcrypto.engine.frontend import Frontend
+
+pytestmark = pytest.mark.daemons
+
+# Short deadlines keep the tests fast; still far above a request's normal
+# outstanding time here (~0.8 s at worst under a full-slot RSA burst, far
+# more load than two sequential clients make).
+HOST_STALL_S = 1.0
+FRONTEND_STALL_S = 2.0
+
+
+async def _stream(tmp_path, test):
+    host = engine_daemons.host(tmp_path).start()
+    backend = engine_daemons.backend(tmp_path, host_socket=host.socket_path,
+                                     extra=["--stall-timeout-s", str(HOST_STALL_S)]).start()
+    try:
+        fe = Frontend(backend.socket_path, reconnect_interval_s=0.1, linger_s=0.3,
+                      stall_timeout_s=FRONTEND_STALL_S, control_timeout_s=FRONTEND_STALL_S)
+        provider = VcryptoProvider(backend.socket_path, frontend=fe)
+        cert, key = tls_support.self_signed()
+        async with tls_support.echo_server(tls_support.config(cert, key), provider) as (port, errors):
+            loops = [tls_support.ClientLoop(port, cert, max_connections=150) for _ in range(2)]
+            async with trio.open_nursery() as nursery:
+                for loop in loops:
+                    nursery.start_soon(trio.to_thread.run_sync, loop.run)
+                try:
+                    for loop in loops:
+                        await loop.more(2)
+                    assert fe.stats.fallback_requests == 0 and fe.stats.submitted > 0
+                    await test(host, backend, fe, loops)
+                finally:
+                    for loop in loops:
+                        loop.stop.set()
+            for loop in loops:
+                assert loop.errors == []
+        assert errors == []
+        await provider.aclose()
+    finally:
+        backend.stop()  # stop() sends SIGCONT first: never leave a daemon stopped
+        host.stop()
+
+
+async def _backend_stats(backend) -> dict:
+    """Over a connection of its own (the frontend may be between attachments)."""
+    return await trio.to_thread.run_sync(engine_daemons.backend_stats, backend.socket_path)
+
+
+async def _offloads_to_host(backend, fe: Frontend, loops) -> None:
+    """Both clients get through more connections, and the frontend's new
+    requests run at the host (its own counter of executed requests rises)."""
+    async def host_requests():
+        st = await _backend_stats(backend)
+        return (st["device_stats"] or {}).get("device", {}).get("requests", 0)
+
+    async def device_up():
+        return fe.attached and (await _backend_stats(backend))["device_up"]
+    await tls_support.until(device_up, timeout_s=30)
+    sub0, done0 = fe.stats.submitted, await host_requests()
+    for loop in loops:
+        await loop.more(2)
+    assert fe.stats.submitted > sub0
+
+    async def host_ran_them():
+        return await host_requests() > done0
+    await tls_support.until(host_ran_them)
+
+
+async def test_sigstop_host_mid_traffic(tmp_path):
+    async def test(host, backend, fe, loops):
+        host.pause()
+        try:
+            fb0 = fe.stats.fallback_requests
+            for loop in loops:
+                await loop.more(3)
+            assert fe.stats.fallback_requests > fb0  # redone / run in-process meanwhile
+            st = await _backend_stats(backend)
+            assert st["host_stalls"] >= 1, st
+            assert "device lost: vcrypto-host stalled" in backend.log_path.read_text()
+        finally:
+            host.resume()
+        await _offloads_to_host(backend, fe, loops)
+
+    await _stream(tmp_path, test)
+
+
+async def test_sigstop_backend_mid_traffic(tmp_path):
+    async def test(host, backend, fe, loops):
+        attaches0 = fe.stats.attaches
+        backend.pause()
+        try:
+            fb0 = fe.stats.fallback_requests
+            for loop in loops:
+                await loop.more(3)
+            assert fe.stats.fallback_requests > fb0
+            assert fe.stats.stalls >= 1 and not fe.attached, fe.stats
+            assert "engine-backend stalled" in fe.last_detach_reason
+        finally:
+            backend.resume()
+
+        async def reattached():
+            return fe.attached and fe.stats.attaches > attaches0
+        await tls_support.until(reattached, timeout_s=30)
+        await _offloads_to_host(backend, fe, loops)
+
+    await _stream(tmp_path, test)
