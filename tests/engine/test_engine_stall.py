@@ -118,3 +118,116 @@ async def test_sigstop_backend_mid_traffic(tmp_path):
         await _offloads_to_host(backend, fe, loops)
 
     await _stream(tmp_path, test)
+
+
+# -- the data path alone (sessions opened before the stall: no control round trip) --------
+
+
+def _keys():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    sk = ec.generate_private_key(ec.SECP256R1())
+    der = sk.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption())
+    return sk, der
+
+
+async def _open(fe: Frontend):
+    from vcrypto.engine._layout import SessionMeta
+    from vcrypto.ops import Alg, Op
+
+    sk, der = _keys()
+    seal = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, b"k" * 16))
+    sign = await fe.open_session(SessionMeta(Op.SIGN, Alg.ECDSA_SECP256R1_SHA256, der))
+    await _burst(fe, seal, sign, sk, tasks=2)  # sids known: no control request from here on
+    return seal, sign, sk
+
+
+async def _burst(fe: Frontend, seal, sign, sk, tasks: int = 24) -> None:
+    """Concurrent seal batches and signatures; every result checked."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from vcrypto.engine._layout import SlotStatus
+
+    async def one(k: int) -> None:
+        if k % 2:
+            items = [(bytes([k]) * (100 + i), i.to_bytes(12, "big"), b"aad") for i in range(16)]
+            res = await fe.run(seal, items)
+            assert [r[1] for r in res] == [AESGCM(b"k" * 16).encrypt(iv, p, a) for p, iv, a in items]
+        else:
+            msg = b"m" * k
+            [(st, sig)] = await fe.run(sign, [(msg, b"", b"")])
+            assert st is SlotStatus.OK
+            sk.public_key().verify(sig, msg, ec.ECDSA(hashes.SHA256()))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for k in range(tasks):
+                nursery.start_soon(one, k)
+
+
+async def test_hung_host_is_failed_by_its_oldest_request(tmp_path):
+    host = engine_daemons.host(tmp_path).start()
+    backend = engine_daemons.backend(tmp_path, host_socket=host.socket_path,
+                                     extra=["--stall-timeout-s", str(HOST_STALL_S)]).start()
+    try:
+        # The frontend's own deadline is far longer: the backend must be the one to act.
+        fe = Frontend(backend.socket_path, reconnect_interval_s=0.1, stall_timeout_s=10.0)
+        seal, sign, sk = await _open(fe)
+        host.pause()
+        try:
+            fb0 = fe.stats.fallback_requests
+            await _burst(fe, seal, sign, sk)
+            assert fe.stats.fallback_requests > fb0 and fe.stats.stalls == 0, fe.stats
+            st = await _backend_stats(backend)
+            assert st["host_stalls"] == 1 and not st["device_up"], st
+            assert "vcrypto-host stalled: oldest request outstanding" in backend.log_path.read_text()
+        finally:
+            host.resume()
+
+        async def offloading():  # a frontend reattaches when it has work
+            await _burst(fe, seal, sign, sk, tasks=2)
+            return fe.attached and (await _backend_stats(backend))["device_up"]
+        await tls_support.until(offloading, timeout_s=30)
+        fb1, sub1 = fe.stats.fallback_requests, fe.stats.submitted
+        await _burst(fe, seal, sign, sk)
+        assert fe.stats.fallback_requests == fb1 and fe.stats.submitted > sub1, fe.stats
+        await fe.aclose()
+    finally:
+        backend.stop()
+        host.stop()
+
+
+async def test_hung_backend_is_left_by_the_frontend_and_its_slots_abandoned(tmp_path):
+    backend = engine_daemons.backend(tmp_path).start()
+    try:
+        # control_timeout_s is longer: the data-path deadline must be what acts
+        fe = Frontend(backend.socket_path, reconnect_interval_s=0.1, stall_timeout_s=1.0,
+                      control_timeout_s=10.0)
+        seal, sign, sk = await _open(fe)
+        old = fe._att
+        backend.pause()
+        try:
+            fb0 = fe.stats.fallback_requests
+            await _burst(fe, seal, sign, sk)
+            assert fe.stats.fallback_requests > fb0 and fe.stats.stalls == 1, fe.stats
+            assert "oldest request outstanding" in fe.last_detach_reason
+            assert not old.alive and not fe.attached
+            # what the stopped backend still owns was never handed out again
+            assert len(old.free_slots) < old.region.geometry.slot_count
+        finally:
+            backend.resume()
+
+        async def reattached():
+            await _burst(fe, seal, sign, sk, tasks=2)
+            return fe.attached and fe._att.gen > old.gen
+        await tls_support.until(reattached, timeout_s=30)
+        fb1, sub1 = fe.stats.fallback_requests, fe.stats.submitted
+        await _burst(fe, seal, sign, sk)
+        assert fe.stats.fallback_requests == fb1 and fe.stats.submitted > sub1, fe.stats
+        await fe.aclose()
+    finally:
+        backend.stop()

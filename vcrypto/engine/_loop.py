@@ -48,8 +48,17 @@ are done.
 Device loss: every in-flight request completes with DEVICE_LOST (the
 frontend redoes it in-process), ``device_up`` is cleared (frontends compute
 in-process meanwhile), and the loop retries the attach every
-``host_retry_s``; on success, regions are re-registered, ``device_up`` set,
-and sessions re-created at the device on first use.
+``host_retry_s`` (or twice as long as a failed attempt blocked it); on
+success, regions are re-registered, ``device_up`` set, and sessions
+re-created at the device on first use. A lost device may not be dead (a
+hung host resumes and writes outputs in place), so the frontends that had
+requests there are dropped at the top of the next pass: they reattach with
+fresh regions, and the old ones are never reused.
+
+Host stall: a host that hangs without dying closes no socket. The oldest
+request in flight (``_tokens`` is in take order) older than
+``stall_timeout_s``, or a control request unanswered as long
+(``DeviceStalled``), fails the device as above and counts ``host_stalls``.
 
 Session loss: a device that answers a request "unknown session" (host
 INVSESS) lost the session, which is not the request's fault: the backend
