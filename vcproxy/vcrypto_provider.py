@@ -140,8 +140,12 @@ class VcryptoProvider(CryptoProvider):
                  stall_timeout_s: float | None = None):
         # stall_timeout_s is the engine's deadline (crypto.stall_timeout_s,
         # the backend's for the host); the frontend gives up on the backend
-        # itself after twice that, so a hung host is the backend's to fail.
-        kw = {} if stall_timeout_s is None else {"stall_timeout_s": 2 * stall_timeout_s}
+        # itself after twice that (data requests and control replies alike),
+        # so a hung host is the backend's to fail.
+        kw = {}
+        if stall_timeout_s is not None:
+            kw = {"stall_timeout_s": 2 * stall_timeout_s,
+                  "control_timeout_s": min(5.0, 2 * stall_timeout_s)}
         self.frontend = frontend or Frontend(engine_socket, linger_s=linger_s, **kw)
         self.inline_below_bytes = inline_below_bytes
 

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.daemons
 # Short deadlines keep the tests fast; still far above a request's normal
 # outstanding time here (~0.8 s at worst under a full-slot RSA burst, far
 # more load than two sequential clients make).
-HOST_STALL_S = 1.0
-FRONTEND_STALL_S = 2.0
+HOST_STALL_S = 1.5
+FRONTEND_STALL_S = 3.0
 
 
 async def _stream(tmp_path, test):
@@ -205,7 +205,7 @@ async def test_hung_backend_is_left_by_the_frontend_and_its_slots_abandoned(tmp_
     backend = engine_daemons.backend(tmp_path).start()
     try:
         # control_timeout_s is longer: the data-path deadline must be what acts
-        fe = Frontend(backend.socket_path, reconnect_interval_s=0.1, stall_timeout_s=1.0,
+        fe = Frontend(backend.socket_path, reconnect_interval_s=0.1, stall_timeout_s=2.0,
                       control_timeout_s=10.0)
         seal, sign, sk = await _open(fe)
         old = fe._att
