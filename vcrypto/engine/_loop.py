@@ -149,6 +149,8 @@ class Backend(_ControlPlane):
         self._next_token = 1
         self._to_wake: set[_Frontend] = set()
         self._exposed: set[_Frontend] = set()   # to drop: a lost device may still write them
+        self._stall_check_ns = 0        # last _check_stall, and where ages restart (see there)
+        self._stall_from_ns = 0
         self._last_work = 0.0
         self._last_drained = 0
         self._device_full = False
@@ -309,9 +311,16 @@ class Backend(_ControlPlane):
     def _check_stall(self) -> None:
         """Fail a hung host (SIGSTOP, deadlock): its oldest request
         (``_tokens`` is in take order) outstanding past ``stall_timeout_s``.
-        The host's control path has the same bound (``DeviceStalled``)."""
-        oldest_ns = next(iter(self._tokens.values()))[3]
-        age = (time.monotonic_ns() - oldest_ns) / 1e9
+        The host's control path has the same bound (``DeviceStalled``).
+        Only time this loop ran counts: after a gap in its own checks (this
+        process was stopped or starved) ages restart, so a resumed backend
+        does not blame a host that kept working."""
+        now = time.monotonic_ns()
+        if now - self._stall_check_ns > max(0.25, self.cfg.stall_timeout_s / 4) * 1e9:
+            self._stall_from_ns = now
+        self._stall_check_ns = now
+        oldest_ns = max(next(iter(self._tokens.values()))[3], self._stall_from_ns)
+        age = (now - oldest_ns) / 1e9
         if age > self.cfg.stall_timeout_s:
             self._device_failed(DeviceStalled(
                 f"vcrypto-host stalled: oldest request outstanding {age:.2f}s "

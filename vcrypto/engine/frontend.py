@@ -124,6 +124,8 @@ class _Attachment:
         # opdone -> submit time (ns) while at the backend (waited on or
         # orphaned); insertion order is submit order: the first is the oldest.
         self.sent_at: dict[int, int] = {}
+        self.stall_check_ns = 0     # last stall check, and where ages restart (_stalled)
+        self.stall_from_ns = 0
         # Tasks wait here for free slots + an opdone. A group takes all its
         # slots at once (no partial holdings), see Frontend.run.
         self.capacity = trio.lowlevel.ParkingLot()
@@ -426,8 +428,16 @@ class Frontend(_SessionHandles):
                 att.maybe_unmap()
 
     def _stalled(self, att: _Attachment) -> bool:
-        """Detach if the oldest request at the backend is past the deadline."""
-        age = (time.monotonic_ns() - next(iter(att.sent_at.values()))) / 1e9
+        """Detach if the oldest request at the backend is past the deadline.
+        Only time this process ran counts: after a gap between the waiter's
+        checks (it checks every ``backstop_s`` while requests are out; a gap
+        means this process was stopped or its trio loop starved) ages
+        restart, so the frontend never blames the backend for its own pause."""
+        now = time.monotonic_ns()
+        if now - att.stall_check_ns > max(0.25, self.stall_timeout_s / 4) * 1e9:
+            att.stall_from_ns = now
+        att.stall_check_ns = now
+        age = (now - max(next(iter(att.sent_at.values())), att.stall_from_ns)) / 1e9
         if age <= self.stall_timeout_s:
             return False
         self._stall(att, f"oldest request outstanding {age:.2f}s "
