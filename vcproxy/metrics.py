@@ -48,9 +48,9 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
                                "engine unreachable at start (op=startup)"),
     "crypto_engine_stalls_total": ("counter", (),
                                    "times a worker's engine frontend gave up on a hung engine-backend (a "
-                                   "request outstanding past twice crypto.stall_timeout_s): its requests "
-                                   "were redone in-process; a hung host is counted by the backend "
-                                   "(vcrypto_engine_host_stalls)"),
+                                   "request or control reply outstanding past twice "
+                                   "crypto.stall_timeout_s): its requests were redone in-process; a hung "
+                                   "host is counted by the backend (vcrypto_engine_host_stalls)"),
     "crypto_engine_doorbells_total": ("counter", (),
                                       "doorbells the workers' engine frontends rang to wake a sleeping "
                                       "engine-backend"),

@@ -190,7 +190,10 @@ class CryptoConfig:
         3 * SECONDS,
         "a vcrypto daemon that leaves a request outstanding this long is hung (SIGSTOP, deadlock): "
         "the engine-backend fails such a host; each worker's frontend detaches from such an "
-        "engine-backend after twice this. Requests are redone in-process, then offloaded again")
+        "engine-backend after twice this. Their requests are redone in-process, then offloaded "
+        "again once the daemon answers. The default is ~4x the worst outstanding time measured "
+        "under a full-slot RSA-2048 burst on 2 loaded cores (bench/engine_latency_tail.py); "
+        "raise it for slow pools or many workers")
 
     def check(self) -> list[tuple[str, str]]:
         out = _check_positive(self, "stall_timeout_s")
