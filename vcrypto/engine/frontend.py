@@ -437,9 +437,10 @@ class Frontend(_SessionHandles):
         if now - att.stall_check_ns > max(0.25, self.stall_timeout_s / 4) * 1e9:
             att.stall_from_ns = now
         att.stall_check_ns = now
-        age = (now - max(next(iter(att.sent_at.values())), att.stall_from_ns)) / 1e9
-        if age <= self.stall_timeout_s:
-            return False
+        j, sent_ns = next(iter(att.sent_at.items()))
+        age = (now - max(sent_ns, att.stall_from_ns)) / 1e9
+        if age <= self.stall_timeout_s or att.region.opdone_done(j) >= att.region.opdone_total(j):
+            return False  # (done but not yet collected by its task: not stuck)
         self._stall(att, f"oldest request outstanding {age:.2f}s "
                          f"(stall_timeout_s {self.stall_timeout_s}s)")
         return True
