@@ -231,3 +231,34 @@ async def test_hung_backend_is_left_by_the_frontend_and_its_slots_abandoned(tmp_
         await fe.aclose()
     finally:
         backend.stop()
+
+
+async def test_a_slow_host_that_keeps_completing_is_not_a_stall(tmp_path):
+    """A backlog deeper than the deadline in front of a host that keeps
+    completing: the oldest request waits longer than ``--stall-timeout-s``
+    (queued at the backend behind a 16-entry device queue and a one-at-a-time
+    25 ms resource), yet requests complete all along, so nothing is failed
+    and nothing falls back."""
+    import yaml
+
+    pool = {"resources": [{"name": "slow", "kind": "simulated", "parallelism": 1,
+                           "max_inflight": 1, "default_latency_us": 25000}]}
+    cfg = tmp_path / "host.yaml"
+    cfg.write_text(yaml.safe_dump({"pool": pool}))
+    host = engine_daemons.host(tmp_path, config=str(cfg)).start()
+    backend = engine_daemons.backend(tmp_path, host_socket=host.socket_path,
+                                     extra=["--stall-timeout-s", "0.5", "--queue-size", "16"]).start()
+    try:
+        fe = Frontend(backend.socket_path, stall_timeout_s=30.0)
+        seal, sign, sk = await _open(fe)
+        t0 = trio.current_time()
+        await _burst(fe, seal, sign, sk, tasks=8)  # 4 x 16 seals + 4 signs, 25 ms each, one at a time
+        elapsed = trio.current_time() - t0
+        st = await _backend_stats(backend)
+        assert st["host_stalls"] == 0 and st["device_up"], st
+        assert elapsed > 1.0  # so the last request waited > 2 x the deadline
+        assert (fe.stats.fallback_requests, fe.stats.redone_requests, fe.stats.stalls) == (0, 0, 0), fe.stats
+        await fe.aclose()
+    finally:
+        backend.stop()
+        host.stop()

@@ -56,9 +56,12 @@ requests there are dropped at the top of the next pass: they reattach with
 fresh regions, and the old ones are never reused.
 
 Host stall: a host that hangs without dying closes no socket. The oldest
-request in flight (``_tokens`` is in take order) older than
-``stall_timeout_s``, or a control request unanswered as long
-(``DeviceStalled``), fails the device as above and counts ``host_stalls``.
+request in flight (``_tokens`` is in take order) outstanding for
+``stall_timeout_s`` with no completion meanwhile, or a control request
+unanswered as long (``DeviceStalled``), fails the device as above and
+counts ``host_stalls``. The host's reorder layer may hold completions
+behind a slow earlier request (at most its queue's worth of service
+time), which the deadline must cover.
 
 Session loss: a device that answers a request "unknown session" (host
 INVSESS) lost the session, which is not the request's fault: the backend
@@ -105,11 +108,12 @@ class BackendConfig:
     poll_inflight_threshold: int = 8
     ring_quota: int = 32
     host_retry_s: float = 0.25
-    # The oldest request at the host older than this: the host is hung
-    # (SIGSTOP, a deadlock) and is failed like a dead one. ~4x the worst
-    # outstanding time measured under a 2 x 256-slot RSA-2048 burst on the
-    # loaded 2-core box (0.77 s, bench/engine_latency_tail.py), and well
-    # under the TLS handshake timeout (10 s) even doubled for the frontends.
+    # The oldest request at the host outstanding this long with no
+    # completion meanwhile: the host is hung (SIGSTOP, a deadlock) and is
+    # failed like a dead one. ~4x the worst outstanding time of any request
+    # under a 2 x 256-slot RSA-2048 burst on the loaded 2-core box (0.77 s;
+    # 1.5 s with 4 x 256; bench/engine_latency_tail.py), and well under the
+    # TLS handshake timeout (10 s) even doubled for the frontends.
     stall_timeout_s: float = 3.0
     backstop_s: float = 0.05
     control_send_timeout_s: float = 1.0
@@ -151,6 +155,7 @@ class Backend(_ControlPlane):
         self._exposed: set[_Frontend] = set()   # to drop: a lost device may still write them
         self._stall_check_ns = 0        # last _check_stall, and where ages restart (see there)
         self._stall_from_ns = 0
+        self._progress_ns = 0           # last completion from the device
         self._last_work = 0.0
         self._last_drained = 0
         self._device_full = False
@@ -310,7 +315,11 @@ class Backend(_ControlPlane):
 
     def _check_stall(self) -> None:
         """Fail a hung host (SIGSTOP, deadlock): its oldest request
-        (``_tokens`` is in take order) outstanding past ``stall_timeout_s``.
+        (``_tokens`` is in take order) outstanding past ``stall_timeout_s``
+        with no completion meanwhile. The age counts from the later of the
+        request's take and the last completion, so a deep backlog in front
+        of a host that keeps completing (many frontends' slots queued behind
+        its queue) is never taken for a hang; a hung host completes nothing.
         The host's control path has the same bound (``DeviceStalled``).
         Only time this loop ran counts: after a gap in its own checks (this
         process was stopped or starved) ages restart, so a resumed backend
@@ -319,13 +328,14 @@ class Backend(_ControlPlane):
         if now - self._stall_check_ns > max(0.25, self.cfg.stall_timeout_s / 4) * 1e9:
             self._stall_from_ns = now
         self._stall_check_ns = now
-        oldest_ns = max(next(iter(self._tokens.values()))[3], self._stall_from_ns)
-        age = (now - oldest_ns) / 1e9
+        taken_ns = next(iter(self._tokens.values()))[3]
+        age = (now - max(taken_ns, self._progress_ns, self._stall_from_ns)) / 1e9
         # completions waiting to be reaped: the host is working (this pass reaps them)
         if age > self.cfg.stall_timeout_s and not self.device.has_completions():
             self._device_failed(DeviceStalled(
-                f"vcrypto-host stalled: oldest request outstanding {age:.2f}s "
-                f"(stall_timeout_s {self.cfg.stall_timeout_s}s), {len(self._tokens)} in flight"))
+                f"vcrypto-host stalled: oldest request outstanding {(now - taken_ns) / 1e9:.2f}s, "
+                f"none completed for {age:.2f}s (stall_timeout_s {self.cfg.stall_timeout_s}s), "
+                f"{len(self._tokens)} in flight"))
 
     def _retire_exposed(self) -> None:
         """Drop the frontends that had requests at a lost device. A device
@@ -467,6 +477,7 @@ class Backend(_ControlPlane):
             return 1
         if done:
             self._device_full = False
+            self._progress_ns = time.monotonic_ns()
             self._complete(done)
         return len(done)
 

@@ -41,7 +41,8 @@ afresh (it never shares its parent's ring).
 Stalls: a backend that hangs without dying (SIGSTOP, a deadlock) closes no
 socket. The waiter, which wakes at least every ``backstop_s`` while
 requests are out, checks the age of the oldest opdone still at the backend
-(``sent_at``, in submit order); past ``stall_timeout_s`` (or a control
+(``sent_at``, in submit order), counted from its submit or the last
+completion, whichever is later; past ``stall_timeout_s`` (or a control
 request unanswered for ``control_timeout_s``) it counts ``stats.stalls``,
 logs, and detaches: the waiting tasks redo their requests
 in-process. The attachment's slots are never reused (the backend or the
@@ -126,6 +127,7 @@ class _Attachment:
         self.sent_at: dict[int, int] = {}
         self.stall_check_ns = 0     # last stall check, and where ages restart (_stalled)
         self.stall_from_ns = 0
+        self.progress_ns = 0        # last completion seen from the backend
         # Tasks wait here for free slots + an opdone. A group takes all its
         # slots at once (no partial holdings), see Frontend.run.
         self.capacity = trio.lowlevel.ParkingLot()
@@ -428,8 +430,9 @@ class Frontend(_SessionHandles):
                 att.maybe_unmap()
 
     def _stalled(self, att: _Attachment) -> bool:
-        """Detach if the oldest request at the backend is past the deadline.
-        Only time this process ran counts: after a gap between the waiter's
+        """Detach if the oldest request at the backend is past the deadline
+        with no completion meanwhile (a busy backend keeps completing; a hung
+        one completes nothing). Only time this process ran counts: after a gap between the waiter's
         checks (it checks every ``backstop_s`` while requests are out; a gap
         means this process was stopped or its trio loop starved) ages
         restart, so the frontend never blames the backend for its own pause."""
@@ -438,11 +441,11 @@ class Frontend(_SessionHandles):
             att.stall_from_ns = now
         att.stall_check_ns = now
         j, sent_ns = next(iter(att.sent_at.items()))
-        age = (now - max(sent_ns, att.stall_from_ns)) / 1e9
+        age = (now - max(sent_ns, att.progress_ns, att.stall_from_ns)) / 1e9
         if age <= self.stall_timeout_s or att.region.opdone_done(j) >= att.region.opdone_total(j):
             return False  # (done but not yet collected by its task: not stuck)
-        self._stall(att, f"oldest request outstanding {age:.2f}s "
-                         f"(stall_timeout_s {self.stall_timeout_s}s)")
+        self._stall(att, f"oldest request outstanding {(now - sent_ns) / 1e9:.2f}s, none completed "
+                         f"for {age:.2f}s (stall_timeout_s {self.stall_timeout_s}s)")
         return True
 
     def _stall(self, att: _Attachment, what: str) -> None:
@@ -463,6 +466,8 @@ class Frontend(_SessionHandles):
         for j in [j for j in att.orphans if region.opdone_done(j) >= region.opdone_total(j)]:
             self._free(att, att.orphans.pop(j), j)
             n += 1
+        if n:
+            att.progress_ns = time.monotonic_ns()
         return n
 
     def _free(self, att: _Attachment, slots: list[int], j: int) -> None:
