@@ -156,6 +156,7 @@ class Backend(_ControlPlane):
         self._stall_check_ns = 0        # last _check_stall, and where ages restart (see there)
         self._stall_from_ns = 0
         self._progress_ns = 0           # last completion from the device
+        self.host_hung = False          # the device was last lost as hung (DeviceStalled)
         self._last_work = 0.0
         self._last_drained = 0
         self._device_full = False
@@ -274,6 +275,7 @@ class Backend(_ControlPlane):
                       f"{self.cfg.host_retry_s}s): {exc}", file=sys.stderr, flush=True)
             return
         self._unavailable_logged = False
+        self.host_hung = False
         print("engine-backend: device attached", file=sys.stderr, flush=True)
         self.device = dev
         self._epoch += 1
@@ -287,7 +289,8 @@ class Backend(_ControlPlane):
     def _device_failed(self, exc: BaseException) -> None:
         print(f"engine-backend: device lost: {exc}", file=sys.stderr, flush=True)
         self.stats.device_down_events += 1
-        if isinstance(exc, DeviceStalled):
+        self.host_hung = isinstance(exc, DeviceStalled)
+        if self.host_hung:
             self.stats.host_stalls += 1
         self._exposed.update(fe for fe in self._order if fe.inflight)
         self.shared.set_device(False)

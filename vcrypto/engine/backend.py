@@ -63,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         from ._hostdevice import HostDevice
 
         def factory() -> Device:
+            # The loop waits for the attempt: a host just failed as hung (it
+            # accepts connections, never answers) is probed with the stall bound.
+            hung = backend.host_hung
             return HostDevice(args.host_socket, geometry=cfg.geometry, queue_size=args.queue_size,
-                              control_timeout_s=min(5.0, args.stall_timeout_s))
+                              attach_timeout_s=min(5.0, args.stall_timeout_s) if hung else None)
     try:
         backend = Backend(cfg, factory)
     except OSError as exc:
