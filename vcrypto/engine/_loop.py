@@ -58,10 +58,11 @@ fresh regions, and the old ones are never reused.
 Host stall: a host that hangs without dying closes no socket. The oldest
 request in flight (``_tokens`` is in take order) outstanding for
 ``stall_timeout_s`` with no completion meanwhile, or a control request
-unanswered as long (``DeviceStalled``), fails the device as above and
-counts ``host_stalls``. The host's reorder layer may hold completions
-behind a slow earlier request (at most its queue's worth of service
-time), which the deadline must cover.
+unanswered within the control bound (``DeviceStalled``), fails the device
+as above and counts ``host_stalls``; a host failed as hung is probed with
+attaches bounded by ``stall_timeout_s`` (the loop waits for them). The
+host's reorder layer may hold completions behind a slow earlier request
+(at most its queue's worth of service time): the deadline must cover it.
 
 Session loss: a device that answers a request "unknown session" (host
 INVSESS) lost the session, which is not the request's fault: the backend
@@ -323,7 +324,7 @@ class Backend(_ControlPlane):
         request's take and the last completion, so a deep backlog in front
         of a host that keeps completing (many frontends' slots queued behind
         its queue) is never taken for a hang; a hung host completes nothing.
-        The host's control path has the same bound (``DeviceStalled``).
+        (A control request is bounded on its own: ``DeviceStalled``.)
         Only time this loop ran counts: after a gap in its own checks (this
         process was stopped or starved) ages restart, so a resumed backend
         does not blame a host that kept working."""
