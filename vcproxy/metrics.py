@@ -46,6 +46,14 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
                                "vcrypto work done in-process instead: engine away (op=any, "
                                "reason=engine_unavailable), a failed op redone inline (reason=error type), "
                                "engine unreachable at start (op=startup)"),
+    "crypto_engine_stalls_total": ("counter", (),
+                                   "times a worker's engine frontend gave up on a hung engine-backend (a "
+                                   "request or control reply outstanding past twice "
+                                   "crypto.stall_timeout_s): its requests were redone in-process; a hung "
+                                   "host is counted by the backend (vcrypto_engine_host_stalls)"),
+    "crypto_engine_doorbells_total": ("counter", (),
+                                      "doorbells the workers' engine frontends rang to wake a sleeping "
+                                      "engine-backend"),
     "worker_restarts_total": ("counter", (), "worker processes restarted after they died (supervisor)"),
     "daemon_restarts_total": ("counter", ("daemon",), "vcrypto daemons / demo upstream restarted after they died"),
     "config_reloads_total": ("counter", ("result",), "SIGHUP reloads by result (ok, error)"),

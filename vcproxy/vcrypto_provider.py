@@ -136,8 +136,17 @@ class VcryptoProvider(CryptoProvider):
     name = "vcrypto"
 
     def __init__(self, engine_socket: str, *, inline_below_bytes: int = 0,
-                 linger_s: float = 1.0, frontend: Frontend | None = None):
-        self.frontend = frontend or Frontend(engine_socket, linger_s=linger_s)
+                 linger_s: float = 1.0, frontend: Frontend | None = None,
+                 stall_timeout_s: float | None = None):
+        # stall_timeout_s is the engine's deadline (crypto.stall_timeout_s,
+        # the backend's for the host); the frontend gives up on the backend
+        # itself after twice that (data requests and control replies alike),
+        # so a hung host is the backend's to fail.
+        kw = {}
+        if stall_timeout_s is not None:
+            kw = {"stall_timeout_s": 2 * stall_timeout_s,
+                  "control_timeout_s": min(5.0, 2 * stall_timeout_s)}
+        self.frontend = frontend or Frontend(engine_socket, linger_s=linger_s, **kw)
         self.inline_below_bytes = inline_below_bytes
 
     async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:

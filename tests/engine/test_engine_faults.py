@@ -4,8 +4,6 @@ frontend's fallback counter rises; traffic returns to vcrypto once the
 daemon is back."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 import trio
 
@@ -17,40 +15,6 @@ from vcrypto.engine.frontend import Frontend
 pytestmark = pytest.mark.daemons
 
 
-class ClientLoop:
-    """Sequential TLS connections from a thread until stopped (bounded)."""
-
-    def __init__(self, port, cert, max_connections=400):
-        self.port, self.cert, self.max = port, cert, max_connections
-        self.ok = 0
-        self.errors: list[BaseException] = []
-        self.stop = threading.Event()
-
-    def run(self):
-        while not self.stop.is_set() and self.ok < self.max:
-            try:
-                got = tls_support.client_exchange(self.port, self.cert, [b"hi", b"BIG 100000"])
-                if got != [b"echo:hi", b"x" * 100000]:
-                    raise AssertionError(f"wrong reply {[len(g) for g in got]}")
-                self.ok += 1
-            except Exception as exc:  # noqa: BLE001 - recorded and asserted on
-                self.errors.append(exc)
-                return
-
-    async def more(self, n, timeout_s=30):
-        target = self.ok + n
-        with trio.fail_after(timeout_s):
-            while self.ok < target:
-                assert not self.errors, self.errors
-                await trio.sleep(0.02)
-
-
-async def _until(pred, timeout_s=20):
-    with trio.fail_after(timeout_s):
-        while not await pred():
-            await trio.sleep(0.05)
-
-
 async def test_sigkill_backend_then_host_mid_traffic(tmp_path):
     host = engine_daemons.host(tmp_path).start()
     backend = engine_daemons.backend(tmp_path, host_socket=host.socket_path).start()
@@ -60,7 +24,7 @@ async def test_sigkill_backend_then_host_mid_traffic(tmp_path):
         cert, key = tls_support.self_signed()
         cfg = tls_support.config(cert, key)
         async with tls_support.echo_server(cfg, provider) as (port, server_errors):
-            loop = ClientLoop(port, cert)
+            loop = tls_support.ClientLoop(port, cert)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.to_thread.run_sync, loop.run)
                 try:
@@ -79,7 +43,7 @@ async def test_sigkill_backend_then_host_mid_traffic(tmp_path):
 
                     async def offloading():
                         return fe.attached and fe.stats.attaches >= 2
-                    await _until(offloading)
+                    await tls_support.until(offloading)
                     sub0 = fe.stats.submitted
                     await loop.more(2)
                     assert fe.stats.submitted > sub0
@@ -96,7 +60,7 @@ async def test_sigkill_backend_then_host_mid_traffic(tmp_path):
                     async def device_back():
                         st = await fe.backend_stats()
                         return st["device_up"]
-                    await _until(device_back)
+                    await tls_support.until(device_back)
                     await loop.more(2)
                     st = await fe.backend_stats()
                     by_op = st["device_stats"]["device"]["by_op"]

@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import socket
 import ssl
+import threading
 
 import trio
 from cryptography import x509
@@ -83,3 +84,37 @@ def client_exchange(port: int, cert_pem: bytes, messages: list[bytes], timeout_s
                     buf += chunk
                 out.append(buf)
     return out
+
+
+class ClientLoop:
+    """Sequential TLS connections from a thread until stopped (bounded)."""
+
+    def __init__(self, port, cert, max_connections=400):
+        self.port, self.cert, self.max = port, cert, max_connections
+        self.ok = 0
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set() and self.ok < self.max:
+            try:
+                got = client_exchange(self.port, self.cert, [b"hi", b"BIG 100000"])
+                if got != [b"echo:hi", b"x" * 100000]:
+                    raise AssertionError(f"wrong reply {[len(g) for g in got]}")
+                self.ok += 1
+            except Exception as exc:  # noqa: BLE001 - recorded and asserted on
+                self.errors.append(exc)
+                return
+
+    async def more(self, n, timeout_s=30):
+        target = self.ok + n
+        with trio.fail_after(timeout_s):
+            while self.ok < target:
+                assert not self.errors, self.errors
+                await trio.sleep(0.02)
+
+
+async def until(pred, timeout_s=20):
+    with trio.fail_after(timeout_s):
+        while not await pred():
+            await trio.sleep(0.05)

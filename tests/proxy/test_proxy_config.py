@@ -62,6 +62,7 @@ INVALID = [
     ("record threshold", _with("crypto.small_record_threshold_bytes", 16386),
      "crypto.small_record_threshold_bytes", "0..16385"),
     ("bad fallback", _with("crypto.fallback", True), "crypto.fallback", "expected one of"),
+    ("stall deadline zero", _with("crypto.stall_timeout_s", 0), "crypto.stall_timeout_s", "> 0"),
     ("pool resources type", _with("vcrypto.pool", {"resources": 3}), "vcrypto.pool.resources", "expected a list"),
     ("pool resource kind", _with("vcrypto.pool", {"resources": [{"name": "x", "kind": "gpu"}]}),
      "vcrypto.pool.resources[0].kind", "unknown kind"),

@@ -186,9 +186,18 @@ class CryptoConfig:
         "none: vcrypto failures fail the connection; startup: use inline if the engine is unreachable "
         "at start; per_op: also redo a failed op inline",
     )
+    stall_timeout_s: float = opt(
+        3 * SECONDS,
+        "a vcrypto daemon that leaves a request outstanding this long, completing nothing "
+        "meanwhile, is hung (SIGSTOP, deadlock): "
+        "the engine-backend fails such a host; each worker's frontend detaches from such an "
+        "engine-backend after twice this. Their requests are redone in-process, then offloaded "
+        "again once the daemon answers. The default is ~4x the worst outstanding time measured "
+        "under a full-slot RSA-2048 burst on 2 loaded cores (bench/engine_latency_tail.py); "
+        "raise it for resources slower than that per request")
 
     def check(self) -> list[tuple[str, str]]:
-        out = []
+        out = _check_positive(self, "stall_timeout_s")
         if not 0 <= self.small_record_threshold_bytes <= 16385:
             out.append(("small_record_threshold_bytes",
                         f"must be 0..16385, got {self.small_record_threshold_bytes}"))

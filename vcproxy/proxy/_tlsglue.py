@@ -267,7 +267,7 @@ async def make_provider(config: Config, count: CountOp, on_fallback: CountFallba
             "crypto.provider: vcrypto: no VcryptoProvider in this build; use provider: inline")
     if backend_socket is None:
         raise ProviderUnavailable("crypto.provider: vcrypto: no engine-backend socket configured")
-    primary = cls(backend_socket)
+    primary = cls(backend_socket, stall_timeout_s=crypto.stall_timeout_s)
     frontend = getattr(primary, "frontend", None)
     attached = await frontend.start() if frontend is not None else True
     if not attached:

@@ -213,18 +213,22 @@ def _frontend_of(provider: Any) -> Any:
 
 
 async def _export_frontend_fallbacks(frontend: Any, interval_s: float = 1.0) -> None:
-    """Requests the engine frontend ran in-process (engine away) -> crypto_fallbacks_total.
+    """Requests the engine frontend ran in-process (engine away) -> crypto_fallbacks_total,
+    its stalls (hung engine-backend) and doorbells -> crypto_engine_{stalls,doorbells}_total.
 
     The frontend keeps plain counters in this process; multiprocess metrics
     need them copied into a Counter, so we add the delta once a second.
     """
-    counter = metrics().crypto_fallbacks_total.labels("any", "engine_unavailable")
-    seen = 0
+    m = metrics()
+    counters = {"fallback_requests": m.crypto_fallbacks_total.labels("any", "engine_unavailable"),
+                "stalls": m.crypto_engine_stalls_total, "doorbells": m.crypto_engine_doorbells_total}
+    seen = dict.fromkeys(counters, 0)
     while True:
-        now = frontend.stats.fallback_requests
-        if now > seen:
-            counter.inc(now - seen)
-            seen = now
+        for name, counter in counters.items():
+            now = getattr(frontend.stats, name)
+            if now > seen[name]:
+                counter.inc(now - seen[name])
+                seen[name] = now
         await trio.sleep(interval_s)
 
 

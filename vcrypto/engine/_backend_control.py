@@ -75,6 +75,8 @@ class _ControlPlane:
         try:
             msgs = fe.decoder.feed(data)
             for msg in msgs:
+                if not fe.alive:  # dropped by an earlier message (a failed send)
+                    break
                 self._on_message(fe, msg, fds)
                 fds = []
         except (_control.ControlProtocolError, LayoutError, KeyError, ValueError, TypeError,

@@ -29,6 +29,11 @@ class DeviceError(Exception):
     """The device is unreachable or failed; the backend marks it down."""
 
 
+class DeviceStalled(DeviceError):
+    """The device is alive but does not answer in time (hung): failed like a
+    lost one, and counted apart (``host_stalls``)."""
+
+
 class SessionRejected(Exception):
     """The device refused to create a session (bad key, unsupported alg)."""
 

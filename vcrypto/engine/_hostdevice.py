@@ -29,11 +29,13 @@ import threading
 
 import trio
 
-from vcrypto.driver import DataOp, Driver, DriverError, SessionCreateError, SessionParams
+from vcrypto.driver import (DataOp, Driver, DriverError, DriverTimeout, SessionCreateError,
+                            SessionParams)
 from vcrypto.shm.region import Region
 from vcrypto.wire import virtio_crypto as vc
 
-from ._device import Completion, Device, DeviceError, DeviceRequest, SessionRejected
+from ._device import (Completion, Device, DeviceError, DeviceRequest, DeviceStalled,
+                      SessionRejected)
 from ._layout import Geometry, SessionMeta, SlotStatus
 
 _STATUS = {
@@ -83,17 +85,23 @@ class _TrioThread:
 
 class HostDevice(Device):
     def __init__(self, host_socket: str, *, geometry: Geometry | None = None,
-                 queue_size: int = 256, control_timeout_s: float = 5.0):
-        self._timeout = control_timeout_s
+                 queue_size: int = 256, control_timeout_s: float = 5.0,
+                 attach_timeout_s: float | None = None):
+        # The poll loop waits for every control round trip, the attach too: a
+        # hung host accepts the connection and never answers. Past the bound,
+        # DeviceStalled. The attach may be bounded apart (a host just failed
+        # as hung is probed with the engine's stall deadline).
+        self._timeout = control_timeout_s if attach_timeout_s is None else attach_timeout_s
         self._control_busy = 0     # control requests under way (they own the socket)
         self._portal = _TrioThread()
         try:
             self._drv: Driver = self._call(functools.partial(
                 Driver.attach, host_socket, queues=1, queue_size=queue_size,
-                control_timeout_s=control_timeout_s))
+                control_timeout_s=self._timeout))
         except DeviceError:
             self._portal.close()
             raise
+        self._timeout = self._drv.control_timeout_s = control_timeout_s
         self._q = self._drv.queues[0]
         self.call_fd = self._q.call_fd
         self._watch = socket.fromfd(self._drv._sock.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
@@ -112,6 +120,9 @@ class HostDevice(Device):
             return self._portal.run(afn, *args, timeout_s=self._timeout + 1.0)
         except SessionCreateError:
             raise
+        except (DriverTimeout, trio.TooSlowError) as exc:
+            raise DeviceStalled(f"vcrypto-host stalled: no answer to a control request within "
+                                f"{self._timeout}s ({exc!r})") from exc
         except (DriverError, OSError, trio.TooSlowError, EOFError) as exc:
             raise DeviceError(f"vcrypto-host control path: {exc!r}") from exc
         except Exception as exc:  # noqa: BLE001 - any wire/transport failure means the device is gone

@@ -48,8 +48,21 @@ are done.
 Device loss: every in-flight request completes with DEVICE_LOST (the
 frontend redoes it in-process), ``device_up`` is cleared (frontends compute
 in-process meanwhile), and the loop retries the attach every
-``host_retry_s``; on success, regions are re-registered, ``device_up`` set,
-and sessions re-created at the device on first use.
+``host_retry_s`` (or twice as long as a failed attempt blocked it); on
+success, regions are re-registered, ``device_up`` set, and sessions
+re-created at the device on first use. A lost device may not be dead (a
+hung host resumes and writes outputs in place), so the frontends that had
+requests there are dropped at the top of the next pass: they reattach with
+fresh regions, and the old ones are never reused.
+
+Host stall: a host that hangs without dying closes no socket. The oldest
+request in flight (``_tokens`` is in take order) outstanding for
+``stall_timeout_s`` with no completion meanwhile, or a control request
+unanswered within the control bound (``DeviceStalled``), fails the device
+as above and counts ``host_stalls``; a host failed as hung is probed with
+attaches bounded by ``stall_timeout_s`` (the loop waits for them). The
+host's reorder layer may hold completions behind a slow earlier request
+(at most its queue's worth of service time): the deadline must cover it.
 
 Session loss: a device that answers a request "unknown session" (host
 INVSESS) lost the session, which is not the request's fault: the backend
@@ -77,7 +90,7 @@ from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 
 from ._backend_control import _ControlPlane, _Frontend
-from ._device import Device, DeviceError, DeviceRequest, SessionRejected
+from ._device import Device, DeviceError, DeviceRequest, DeviceStalled, SessionRejected
 from ._layout import (BadSlotError, CacheGeometry, Geometry, LayoutError, SharedRegion,
                       SlotStatus)
 from ._metrics import BackendStats
@@ -96,6 +109,13 @@ class BackendConfig:
     poll_inflight_threshold: int = 8
     ring_quota: int = 32
     host_retry_s: float = 0.25
+    # The oldest request at the host outstanding this long with no
+    # completion meanwhile: the host is hung (SIGSTOP, a deadlock) and is
+    # failed like a dead one. ~4x the worst outstanding time of any request
+    # under a 2 x 256-slot RSA-2048 burst on the loaded 2-core box (0.77 s;
+    # 1.5 s with 4 x 256; bench/engine_latency_tail.py), and well under the
+    # TLS handshake timeout (10 s) even doubled for the frontends.
+    stall_timeout_s: float = 3.0
     backstop_s: float = 0.05
     control_send_timeout_s: float = 1.0
 
@@ -133,6 +153,11 @@ class Backend(_ControlPlane):
         self._redone: set[int] = set()   # tokens already redone once after a session loss
         self._next_token = 1
         self._to_wake: set[_Frontend] = set()
+        self._exposed: set[_Frontend] = set()   # to drop: a lost device may still write them
+        self._stall_check_ns = 0        # last _check_stall, and where ages restart (see there)
+        self._stall_from_ns = 0
+        self._progress_ns = 0           # last completion from the device
+        self.host_hung = False          # the device was last lost as hung (DeviceStalled)
         self._last_work = 0.0
         self._last_drained = 0
         self._device_full = False
@@ -171,8 +196,12 @@ class Backend(_ControlPlane):
         self._running = True
         self._connect_device()
         while self._running:
+            if self._exposed:
+                self._retire_exposed()
             if self.device is None and time.monotonic() >= self._next_retry:
                 self._connect_device()
+            elif self._tokens and self.device is not None:
+                self._check_stall()
             if self._work_pass():
                 self._last_work = time.monotonic()
                 self._handle(self._sel.select(0))
@@ -229,19 +258,25 @@ class Backend(_ControlPlane):
     # -- device ----------------------------------------------------------------
 
     def _connect_device(self) -> None:
+        t0 = time.monotonic()
         try:
             dev = self._factory()
             for fe in self._order:
                 if fe.shm is not None:
                     dev.register_region(fe.fid, fe.shm)
         except DeviceError as exc:
-            self._next_retry = time.monotonic() + self.cfg.host_retry_s
+            # Backoff: an attempt that blocked the loop (a hung host accepts
+            # the connection and never answers) is retried only after twice
+            # as long, so the loop keeps serving frontends most of the time.
+            now = time.monotonic()
+            self._next_retry = now + max(self.cfg.host_retry_s, 2 * (now - t0))
             if not self._unavailable_logged:  # once per outage, not per retry
                 self._unavailable_logged = True
                 print(f"engine-backend: device unavailable (retrying every "
                       f"{self.cfg.host_retry_s}s): {exc}", file=sys.stderr, flush=True)
             return
         self._unavailable_logged = False
+        self.host_hung = False
         print("engine-backend: device attached", file=sys.stderr, flush=True)
         self.device = dev
         self._epoch += 1
@@ -255,6 +290,10 @@ class Backend(_ControlPlane):
     def _device_failed(self, exc: BaseException) -> None:
         print(f"engine-backend: device lost: {exc}", file=sys.stderr, flush=True)
         self.stats.device_down_events += 1
+        self.host_hung = isinstance(exc, DeviceStalled)
+        if self.host_hung:
+            self.stats.host_stalls += 1
+        self._exposed.update(fe for fe in self._order if fe.inflight)
         self.shared.set_device(False)
         dev, self.device = self.device, None
         if dev is not None:
@@ -277,6 +316,44 @@ class Backend(_ControlPlane):
         self.stats.device_errors += len(failed)
         self._complete(failed)
         self._next_retry = time.monotonic() + self.cfg.host_retry_s
+
+    def _check_stall(self) -> None:
+        """Fail a hung host (SIGSTOP, deadlock): its oldest request
+        (``_tokens`` is in take order) outstanding past ``stall_timeout_s``
+        with no completion meanwhile. The age counts from the later of the
+        request's take and the last completion, so a deep backlog in front
+        of a host that keeps completing (many frontends' slots queued behind
+        its queue) is never taken for a hang; a hung host completes nothing.
+        (A control request is bounded on its own: ``DeviceStalled``.)
+        Only time this loop ran counts: after a gap in its own checks (this
+        process was stopped or starved) ages restart, so a resumed backend
+        does not blame a host that kept working."""
+        now = time.monotonic_ns()
+        if now - self._stall_check_ns > max(0.25, self.cfg.stall_timeout_s / 4) * 1e9:
+            self._stall_from_ns = now
+        self._stall_check_ns = now
+        taken_ns = next(iter(self._tokens.values()))[3]
+        age = (now - max(taken_ns, self._progress_ns, self._stall_from_ns)) / 1e9
+        # completions waiting to be reaped: the host is working (this pass reaps them)
+        if age > self.cfg.stall_timeout_s and not self.device.has_completions():
+            self._device_failed(DeviceStalled(
+                f"vcrypto-host stalled: oldest request outstanding {(now - taken_ns) / 1e9:.2f}s, "
+                f"none completed for {age:.2f}s (stall_timeout_s {self.cfg.stall_timeout_s}s), "
+                f"{len(self._tokens)} in flight"))
+
+    def _retire_exposed(self) -> None:
+        """Drop the frontends that had requests at a lost device. A device
+        that is gone may not be dead (a stopped host resumes and writes
+        those requests' outputs in place): their regions must never be
+        reused, so each frontend reattaches with a fresh one. Deferred to
+        the top of the loop: a device can fail mid-pass, while ``_order``
+        is being iterated."""
+        exposed, self._exposed = self._exposed, set()
+        for fe in exposed:
+            if fe.alive:
+                print(f"engine-backend: frontend {fe.fid} (pid {fe.pid}) dropped: the lost device "
+                      f"may still write its region", file=sys.stderr, flush=True)
+                self._drop_frontend(fe)
 
     def _device_sid(self, sess: Session) -> int:
         if sess.device_sid is None or sess.epoch != self._epoch:
@@ -404,6 +481,7 @@ class Backend(_ControlPlane):
             return 1
         if done:
             self._device_full = False
+            self._progress_ns = time.monotonic_ns()
             self._complete(done)
         return len(done)
 

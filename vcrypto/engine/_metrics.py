@@ -20,6 +20,7 @@ class BackendStats:
     sessions_lost: int = 0          # device sessions recreated after the device lost them
     session_lost_redos: int = 0     # requests redone on a recreated session
     device_down_events: int = 0
+    host_stalls: int = 0            # host failed for a request outstanding past stall_timeout_s
     device_attaches: int = 0
     kicks_doorbell_wakes: int = 0   # times we woke from sleep
     calls: int = 0                  # frontend eventfd writes
@@ -70,6 +71,8 @@ class BackendCollector:
             ("bad_requests", "malformed slots rejected"),
             ("device_errors", "requests failed back to frontends for in-process fallback"),
             ("device_down_events", "times the host device was lost"),
+            ("host_stalls", "times the host was failed as hung (a request outstanding past "
+                            "stall_timeout_s)"),
             ("sessions_lost", "device sessions recreated after the device lost them (INVSESS)"),
             ("session_lost_redos", "requests redone at the device on a recreated session"),
             ("calls", "frontend eventfd notifications"),

@@ -39,13 +39,20 @@ def _parse(argv):
     p.add_argument("--slots", type=int, default=256, help="request slots per frontend")
     p.add_argument("--queue-size", type=int, default=256,
                    help="entries of the data virtqueue to the host (requests in flight there)")
+    p.add_argument("--stall-timeout-s", type=float, default=BackendConfig.stall_timeout_s,
+                   help="a request outstanding at the host longer than this means the host is "
+                        "hung: it is failed like a dead one (reconnect with backoff)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if not args.stall_timeout_s > 0:
+        print("vcrypto-engine-backend: --stall-timeout-s must be > 0", file=sys.stderr)
+        return 2
     cfg = BackendConfig(socket_path=args.socket, host_socket=args.host_socket,
                         batch_max=args.batch_max, batch_deadline_us=args.batch_deadline_us,
+                        stall_timeout_s=args.stall_timeout_s,
                         geometry=Geometry(ring_capacity=max(256, 1 << (args.slots - 1).bit_length()),
                                           slot_count=args.slots))
     if args.poll_budget_us is not None:
@@ -56,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         from ._hostdevice import HostDevice
 
         def factory() -> Device:
-            return HostDevice(args.host_socket, geometry=cfg.geometry, queue_size=args.queue_size)
+            # The loop waits for the attempt: a host just failed as hung (it
+            # accepts connections, never answers) is probed with the stall bound.
+            hung = backend.host_hung
+            return HostDevice(args.host_socket, geometry=cfg.geometry, queue_size=args.queue_size,
+                              attach_timeout_s=min(5.0, args.stall_timeout_s) if hung else None)
     try:
         backend = Backend(cfg, factory)
     except OSError as exc:

@@ -37,12 +37,27 @@ requests that did not complete are redone in-process. The frontend retries
 the attach every ``reconnect_interval_s`` in the background and offloads
 again once attached. A forked child notices the pid change and attaches
 afresh (it never shares its parent's ring).
+
+Stalls: a backend that hangs without dying (SIGSTOP, a deadlock) closes no
+socket. The waiter, which wakes at least every ``backstop_s`` while
+requests are out, checks the age of the oldest opdone still at the backend
+(``sent_at``, in submit order), counted from its submit or the last
+completion, whichever is later; past ``stall_timeout_s`` (or a control
+request unanswered for ``control_timeout_s``) it counts ``stats.stalls``,
+logs, and detaches: the waiting tasks redo their requests
+in-process. The attachment's slots are never reused (the backend or the
+host may still write them when they resume); the regions are unmapped once
+no task reads them, and the frontend reattaches with a fresh region. The
+default sits above the backend's own host deadline
+(``BackendConfig.stall_timeout_s``) so a hung *host* is failed by the
+backend first.
 """
 from __future__ import annotations
 
 import array
 import dataclasses
 import itertools
+import logging
 import os
 import socket
 import time
@@ -71,12 +86,21 @@ class FrontendStats:
     waiter_wakes: int = 0        # eventfd wake-ups of the waiter
     doorbells: int = 0           # doorbell writes (backend was asleep)
     fallback_requests: int = 0   # computed in-process: engine away (detached, device down)
+    stalls: int = 0              # detached: a request outstanding past stall_timeout_s
     redone_requests: int = 0     # device reported ERR: redone in-process for the real answer
     attaches: int = 0
     detaches: int = 0
     local_hits: int = 0          # session found in the local handle table
     shared_hits: int = 0         # session found in the shared cache
     backend_opens: int = 0       # session opened by a backend round trip
+
+
+#: Frontend deadline: twice the backend's host deadline (3 s), so a hung
+#: host is failed by the backend (which keeps serving) before any frontend
+#: gives up on the backend itself.
+DEFAULT_STALL_TIMEOUT_S = 6.0
+
+_log = logging.getLogger("vcrypto.engine.frontend")
 
 
 class _Detached(Exception):
@@ -98,6 +122,12 @@ class _Attachment:
         geo = region.geometry
         self.free_slots = list(range(geo.slot_count - 1, -1, -1))
         self.free_opdones = list(range(geo.opdone_count - 1, -1, -1))
+        # opdone -> submit time (ns) while at the backend (waited on or
+        # orphaned); insertion order is submit order: the first is the oldest.
+        self.sent_at: dict[int, int] = {}
+        self.stall_check_ns = 0     # last stall check, and where ages restart (_stalled)
+        self.stall_from_ns = 0
+        self.progress_ns = 0        # last completion seen from the backend
         # Tasks wait here for free slots + an opdone. A group takes all its
         # slots at once (no partial holdings), see Frontend.run.
         self.capacity = trio.lowlevel.ParkingLot()
@@ -142,7 +172,11 @@ class _Attachment:
 class Frontend(_SessionHandles):
     def __init__(self, socket_path: str, *, reconnect_interval_s: float = 0.5,
                  linger_s: float = 1.0, attach_timeout_s: float = 2.0,
-                 backstop_s: float = 0.05, control_timeout_s: float = 5.0):
+                 backstop_s: float = 0.05, control_timeout_s: float = 5.0,
+                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
+        if not stall_timeout_s > 0:
+            raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
+        self.stall_timeout_s = stall_timeout_s
         self.socket_path = socket_path
         self.reconnect_interval_s = reconnect_interval_s
         self.linger_s = linger_s
@@ -316,7 +350,8 @@ class Frontend(_SessionHandles):
                 for msg in att.decoder.feed(data):
                     self._dispatch(att, msg)
         except (OSError, _control.ControlProtocolError, trio.ClosedResourceError) as exc:
-            self.last_detach_reason = f"control channel: {exc!r}"
+            if att.alive:  # else _detach closed it and said why
+                self.last_detach_reason = f"control channel: {exc!r}"
         except trio.Cancelled:  # the trio run is ending: not a backend failure
             run_ended = True
             att.alive = False
@@ -345,8 +380,7 @@ class Frontend(_SessionHandles):
             await slot[0].wait()
         if slot[1] is None:
             if att.alive:  # a backend that does not answer is as good as gone
-                self.last_detach_reason = f"no reply to {msg['t']!r} in {self.control_timeout_s}s"
-                self._detach(att)
+                self._stall(att, f"no reply to {msg['t']!r} in {self.control_timeout_s}s")
             raise _Detached()
         return slot[1]
 
@@ -360,6 +394,8 @@ class Frontend(_SessionHandles):
                     att.has_work = trio.Event()
                     await att.has_work.wait()
                     continue
+                if att.sent_at and self._stalled(att):
+                    return
                 region.frontend_waiting = 1
                 full_fence()  # our flag store before the opdone loads
                 if self._scan(att):
@@ -393,6 +429,35 @@ class Frontend(_SessionHandles):
                 att.close_fds()
                 att.maybe_unmap()
 
+    def _stalled(self, att: _Attachment) -> bool:
+        """Detach if the oldest request at the backend is past the deadline
+        with no completion meanwhile (a busy backend keeps completing; a hung
+        one completes nothing). Only time this process ran counts: after a gap between the waiter's
+        checks (it checks every ``backstop_s`` while requests are out; a gap
+        means this process was stopped or its trio loop starved) ages
+        restart, so the frontend never blames the backend for its own pause."""
+        now = time.monotonic_ns()
+        if now - att.stall_check_ns > max(0.25, self.stall_timeout_s / 4) * 1e9:
+            att.stall_from_ns = now
+        att.stall_check_ns = now
+        j, sent_ns = next(iter(att.sent_at.items()))
+        age = (now - max(sent_ns, att.progress_ns, att.stall_from_ns)) / 1e9
+        if age <= self.stall_timeout_s or att.region.opdone_done(j) >= att.region.opdone_total(j):
+            return False  # (done but not yet collected by its task: not stuck)
+        self._stall(att, f"oldest request outstanding {(now - sent_ns) / 1e9:.2f}s, none completed "
+                         f"for {age:.2f}s (stall_timeout_s {self.stall_timeout_s}s)")
+        return True
+
+    def _stall(self, att: _Attachment, what: str) -> None:
+        """The backend is alive (its socket is open) but hung: count, log, detach."""
+        self.stats.stalls += 1
+        self.last_detach_reason = f"engine-backend stalled: {what}"
+        _log.warning("vcrypto frontend (pid %d): %s; %d requests outstanding there are redone "
+                     "in-process, their slots abandoned; reattaching",
+                     os.getpid(), self.last_detach_reason,
+                     sum(att.region.opdone_total(j) for j in att.sent_at))
+        self._detach(att)
+
     def _scan(self, att: _Attachment) -> int:
         region, n = att.region, 0
         for j in [j for j in att.waiting if region.opdone_done(j) >= region.opdone_total(j)]:
@@ -401,9 +466,12 @@ class Frontend(_SessionHandles):
         for j in [j for j in att.orphans if region.opdone_done(j) >= region.opdone_total(j)]:
             self._free(att, att.orphans.pop(j), j)
             n += 1
+        if n:
+            att.progress_ns = time.monotonic_ns()
         return n
 
     def _free(self, att: _Attachment, slots: list[int], j: int) -> None:
+        att.sent_at.pop(j, None)
         att.free_slots.extend(slots)
         att.free_opdones.append(j)
         att.capacity.unpark_all()
@@ -533,6 +601,7 @@ class Frontend(_SessionHandles):
                                  dst_capacity(meta, len(src)), iv, aad, now_ns)
         ev = trio.Event()
         att.waiting[j] = ev
+        att.sent_at[j] = now_ns
         att.region.ring.push_many(slots)  # capacity >= slot_count: always fits
         att.has_work.set()
         self.stats.submitted += len(group)
