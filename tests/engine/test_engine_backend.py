@@ -248,3 +248,38 @@ async def test_busy_frontend_does_not_starve_another(local_backend):
     assert light_done == 20 and heavy.stats.submitted > 0
     await heavy.aclose()
     await light.aclose()
+
+
+async def test_release_never_overtakes_a_request_already_on_the_ring(host_and_backend):
+    """A cancelled task's last record is on the ring when its connection closes
+    and releases the session; the release travels on the control socket. The
+    backend must take the ring first: the request runs at the host with its own
+    reference (OK, the right bytes), never finds its session gone (INVALID)."""
+    _host, backend = host_and_backend
+    fe = Frontend(backend.socket_path, linger_s=0)
+    await fe.start()
+    key = os.urandom(16)
+    h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, key))
+    await fe.run(h, [(b"warm", b"n" * 12, b"")])  # the backend holds the session now
+    att = fe._att
+    region = att.region
+    with trio.fail_after(10):  # idle: only a doorbell or a control message wakes it
+        while not att.shared.backend_sleeping:
+            await trio.sleep(0.01)
+    before = (await fe.backend_stats())["device_stats"]["device"]["requests"]
+    slot, j = att.free_slots.pop(), att.free_opdones.pop()
+    region.opdone_reset(j, 1)
+    region.write_request(slot, Op.AEAD_SEAL, Alg.AES_128_GCM, j, h.sid, b"last record", 27,
+                         b"m" * 12)
+    ev = trio.Event()
+    att.waiting[j] = ev
+    region.ring.push_many([slot])  # no doorbell: the backend is not told
+    att.has_work.set()
+    await fe.close_session(h, linger=False)  # the release message wakes it
+    with trio.fail_after(10):
+        await ev.wait()
+    assert region.result(slot) == (SlotStatus.OK, AESGCM(key).encrypt(b"m" * 12, b"last record", None))
+    stats = await fe.backend_stats()
+    assert stats["device_stats"]["device"]["requests"] == before + 1
+    assert stats["bad_requests"] == 0
+    await fe.aclose()

@@ -124,6 +124,11 @@ class _ControlPlane:
             else:
                 self._send(fe, {"t": "reply", "id": rid, "ok": False, "kind": "stale"})
         elif t == "release":
+            # The frontend pushed any request on this session to its ring before
+            # it sent the release: take them first, so each holds its own
+            # reference instead of finding the session gone (a cancelled
+            # task's last record would otherwise come back INVALID unrun).
+            self._take_pending(fe)
             sess = self.sessions.get(int(msg["sid"]))
             if sess is not None and fe.refs.get(sess.sid, 0) > 0:
                 fe.refs[sess.sid] -= 1

@@ -40,7 +40,9 @@ backend: set ``backend_sleeping``, fence, re-check rings) use
 Sessions: the backend owns the session table. ``open`` creates (or finds) a
 session by canonical metadata, inserts it in the shared cache, refcount +1
 for the frontend; ``acquire`` (+1) follows a frontend's cache hit;
-``release`` -1; each request holds +1 while in flight. At zero the cache
+``release`` -1 (after taking what that frontend's ring already holds, so a
+release never overtakes requests pushed before it); each request holds +1
+while in flight. At zero the cache
 entry is removed and the device session closed. A frontend that disconnects
 drops all its references; its region is freed once its in-flight requests
 are done.
@@ -403,6 +405,22 @@ class Backend(_ControlPlane):
                 self._take(fe, i, now_ns)
             total += len(idxs)
         return total
+
+    def _take_pending(self, fe: _Frontend) -> None:
+        """Take everything ``fe`` has pushed so far (ordering against a
+        control message it sent afterwards); the next pass flushes it."""
+        now_ns = time.monotonic_ns()
+        while fe.alive and fe.region is not None:
+            try:
+                idxs = fe.region.ring.pop_many(self.cfg.ring_quota)
+            except LayoutError as exc:
+                print(f"engine-backend: frontend {fe.fid}: {exc}", file=sys.stderr)
+                self._drop_frontend(fe)
+                return
+            if not idxs:
+                return
+            for i in idxs:
+                self._take(fe, i, now_ns)
 
     def _take(self, fe: _Frontend, i: int, now_ns: int) -> None:
         region = fe.region
