@@ -283,3 +283,17 @@ async def test_release_never_overtakes_a_request_already_on_the_ring(host_and_ba
     assert stats["device_stats"]["device"]["requests"] == before + 1
     assert stats["bad_requests"] == 0
     await fe.aclose()
+
+
+def test_queue_size_below_a_request_chain_is_refused_at_start(tmp_path):
+    """A data queue shorter than an AEAD request's chain would make the host
+    refuse every such request: the backend refuses the flag instead."""
+    import subprocess
+    import sys
+
+    for bad in ("4", "100"):
+        r = subprocess.run([sys.executable, "-m", "vcrypto.engine.backend", "--socket",
+                            str(tmp_path / "b.sock"), "--no-host", "--queue-size", bad],
+                           capture_output=True, text=True, timeout=60, cwd=engine_daemons.REPO)
+        assert r.returncode == 2 and "--queue-size" in r.stderr and "power of two" in r.stderr, r
+    assert not (tmp_path / "b.sock").exists()

@@ -81,7 +81,7 @@ Each registered region gets its own 2^36-byte window of device addresses.
 """
 from vcrypto.driver._driver import (
     CONTROL_TIMEOUT_S, Buf, Completion, DataOp, Driver, DriverError, DriverTimeout, Queue,
-    RegionHandle, SessionCreateError,
+    RegionHandle, SessionCreateError, check_queue_size,
 )
 from vcrypto.driver._payload import Item, PayloadPool, Result
 from vcrypto.wire.virtio_crypto import SessionParams
@@ -89,5 +89,5 @@ from vcrypto.wire.virtio_crypto import SessionParams
 __all__ = [
     "CONTROL_TIMEOUT_S", "Buf", "Completion", "DataOp", "Driver", "DriverError", "DriverTimeout",
     "Item", "PayloadPool", "Queue",
-    "RegionHandle", "Result", "SessionCreateError", "SessionParams",
+    "RegionHandle", "Result", "SessionCreateError", "SessionParams", "check_queue_size",
 ]

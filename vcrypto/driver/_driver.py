@@ -30,6 +30,15 @@ SLOT_BYTES = 256
 SLOT_STATUS = 72
 SLOT_TABLE = 128
 MAX_CHAIN = 6                  # header, iv, aad, src, dst, status
+
+
+def check_queue_size(n: int) -> None:
+    """A split virtqueue's size is a power of two (virtio 1.2 §2.7), and no
+    chain, indirect or not, may be longer than it (§2.7.5.3.1): below
+    MAX_CHAIN every AEAD request would be refused by the device."""
+    if n < MAX_CHAIN or n > 32768 or n & (n - 1):
+        raise ValueError(f"queue size must be a power of two in {1 << (MAX_CHAIN - 1).bit_length()}..32768 "
+                         f"(a request chain has up to {MAX_CHAIN} descriptors), got {n}")
 GPA_STRIDE = 1 << 36           # each registered region gets its own 64 GiB window
 
 # virtio_crypto_op_data_req header + the AEAD / akcipher flf, packed in place
@@ -340,6 +349,7 @@ class Driver:
         """Connect and negotiate. Each message waits at most ``control_timeout_s``
         (``DriverTimeout`` naming it); the driver keeps the bound for its
         control requests."""
+        check_queue_size(queue_size)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await _bounded(f"attach to {socket_path}: connect", control_timeout_s,

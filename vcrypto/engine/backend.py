@@ -14,6 +14,8 @@ import signal
 import sys
 from collections.abc import Callable
 
+from vcrypto.driver import check_queue_size
+
 from ._device import Device, LocalDevice
 from ._layout import Geometry
 from ._loop import Backend, BackendConfig
@@ -47,6 +49,11 @@ def _parse(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    try:
+        check_queue_size(args.queue_size)
+    except ValueError as exc:
+        print(f"vcrypto-engine-backend: --queue-size: {exc}", file=sys.stderr)
+        return 2
     if not args.stall_timeout_s > 0:
         print("vcrypto-engine-backend: --stall-timeout-s must be > 0", file=sys.stderr)
         return 2
