@@ -56,12 +56,13 @@ class _RecordProtection:
             self._hs_out.clear()
             for pos in range(0, len(queued), frag):
                 items.append(self._write.seal_item(HANDSHAKE, queued[pos:pos + frag]))
+        view = memoryview(data)  # record slices without a copy each (seal_item copies once)
         for pos in range(0, len(data), frag):
             if limit and self._write.seq >= limit:
                 await self._seal_items(items)
                 items = []
                 await self._execute(self._hs.initiate_key_update())
-            items.append(self._write.seal_item(content_type, data[pos:pos + frag]))
+            items.append(self._write.seal_item(content_type, view[pos:pos + frag]))
         await self._seal_items(items)
 
     async def _seal_items(self, items) -> None:

@@ -175,9 +175,12 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this TLSStream")
         self._sending = True
-        self._pending_app += data
-        data = bytes(self._pending_app)
-        self._pending_app.clear()
+        if self._pending_app:  # write() queued some: one buffer, one record stream
+            self._pending_app += data
+            data = bytes(self._pending_app)
+            self._pending_app.clear()
+        elif data.__class__ is not bytes:
+            data = bytes(data)  # the caller may reuse its buffer once we return
         try:
             if not data:
                 await trio.lowlevel.checkpoint()  # trio: every send_all is a checkpoint
