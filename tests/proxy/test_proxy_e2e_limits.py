@@ -47,6 +47,18 @@ def test_413_for_a_body_over_the_limit(limited, ctx):
     assert conn.getresponse().status == 200
 
 
+def test_413_reaches_a_client_still_sending_its_body(limited, ctx):
+    """The 413 goes out before the body is read; the proxy then reads and drops
+    what the client still sends instead of closing on unread bytes (a TCP reset
+    that would destroy the response before the client, busy sending, reads it)."""
+    for _ in range(3):
+        conn = http.client.HTTPSConnection("127.0.0.1", limited.port, context=ctx, timeout=10)
+        conn.request("POST", "/upload", body=b"x" * (4 * 1024 * 1024))
+        reply = conn.getresponse()
+        assert reply.status == 413 and reply.getheader("connection") == "close"
+        conn.close()
+
+
 def test_431_for_headers_over_the_limit(limited, ctx):
     with tls_socket(limited.port, ctx) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")

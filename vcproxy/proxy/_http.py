@@ -55,6 +55,11 @@ from ._upstream import UpstreamClosed, UpstreamConn, UpstreamError, UpstreamPool
 
 READ_CHUNK_BYTES = 256 * 1024
 DRAIN_FIRST_REQUEST_WAIT_S = 1.0
+#: After answering a request whose body was not read (413, an upstream
+#: failure mid-upload), read and drop what the client still sends for at
+#: most this long / this many bytes before closing (see _drain_unread_request).
+LINGER_UNREAD_S = 2.0
+LINGER_UNREAD_BYTES = 8 * 1024 * 1024
 #: The last response of a connection is corked into the close (see the module
 #: docstring) only up to this size: a socket buffer always takes it at once,
 #: so the close's short linger never has to wait for a slow reader.
@@ -237,6 +242,31 @@ class HttpProxyConnection:
     # ---------------------------------------------------------------- main loop
 
     async def serve(self) -> None:
+        await self._serve_requests()
+        await self._drain_unread_request()
+
+    async def _drain_unread_request(self) -> None:
+        """Close politely when we answered before reading the whole request (413,
+        a 4xx/5xx mid-upload): closing a socket with unread bytes makes the
+        kernel send a reset, which can destroy the response on its way before
+        the client (still busy sending its body) reads it (RFC 9112 §9.6). So
+        the response goes out now, then what the client still sends is read
+        and dropped, bounded in time and bytes, until it closes."""
+        if self.h11.their_state is not h11.SEND_BODY:
+            return
+        try:
+            await self._flush_client()
+            with trio.move_on_after(LINGER_UNREAD_S):
+                drained = 0
+                while drained < LINGER_UNREAD_BYTES:
+                    data = await self.stream.receive_some(READ_CHUNK_BYTES)
+                    if not data:
+                        return
+                    drained += len(data)
+        except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def _serve_requests(self) -> None:
         try:
             while True:
                 try:
