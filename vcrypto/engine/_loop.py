@@ -393,34 +393,28 @@ class Backend(_ControlPlane):
         now_ns = time.monotonic_ns()
         for j in range(k):
             fe = order[(start + j) % k]
-            if not fe.alive or fe.region is None:
-                continue
-            try:
-                idxs = fe.region.ring.pop_many(self.cfg.ring_quota)
-            except LayoutError as exc:  # corrupt ring counters: that frontend is broken
-                print(f"engine-backend: frontend {fe.fid}: {exc}", file=sys.stderr)
-                self._drop_frontend(fe)
-                continue
-            for i in idxs:
-                self._take(fe, i, now_ns)
-            total += len(idxs)
+            if fe.alive and fe.region is not None:
+                total += self._take_some(fe, now_ns)
         return total
 
     def _take_pending(self, fe: _Frontend) -> None:
         """Take everything ``fe`` has pushed so far (ordering against a
         control message it sent afterwards); the next pass flushes it."""
         now_ns = time.monotonic_ns()
-        while fe.alive and fe.region is not None:
-            try:
-                idxs = fe.region.ring.pop_many(self.cfg.ring_quota)
-            except LayoutError as exc:
-                print(f"engine-backend: frontend {fe.fid}: {exc}", file=sys.stderr)
-                self._drop_frontend(fe)
-                return
-            if not idxs:
-                return
-            for i in idxs:
-                self._take(fe, i, now_ns)
+        while fe.alive and fe.region is not None and self._take_some(fe, now_ns):
+            pass
+
+    def _take_some(self, fe: _Frontend, now_ns: int) -> int:
+        """Take up to ``ring_quota`` requests from ``fe``'s ring; how many."""
+        try:
+            idxs = fe.region.ring.pop_many(self.cfg.ring_quota)
+        except LayoutError as exc:  # corrupt ring counters: that frontend is broken
+            print(f"engine-backend: frontend {fe.fid}: {exc}", file=sys.stderr)
+            self._drop_frontend(fe)
+            return 0
+        for i in idxs:
+            self._take(fe, i, now_ns)
+        return len(idxs)
 
     def _take(self, fe: _Frontend, i: int, now_ns: int) -> None:
         region = fe.region
