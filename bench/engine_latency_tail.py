@@ -29,7 +29,7 @@ async def _worker(sock: str, tasks: int, rounds: int) -> dict:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from vcrypto.engine._layout import SessionMeta, SlotStatus
+    from vcrypto.engine import SessionMeta, SlotStatus
     from vcrypto.engine.frontend import Frontend
     from vcrypto.ops import Alg, Op
 

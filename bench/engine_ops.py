@@ -41,8 +41,8 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519  # noqa: E402
 
 import engine_daemons  # noqa: E402
-from vcrypto.engine._inline import InlineSession  # noqa: E402
-from vcrypto.engine._layout import SessionMeta, SlotStatus  # noqa: E402
+from vcrypto.engine import InlineSession  # noqa: E402
+from vcrypto.engine import SessionMeta, SlotStatus  # noqa: E402
 from vcrypto.engine.frontend import Frontend  # noqa: E402
 from vcrypto.ops import Alg, Op  # noqa: E402
 

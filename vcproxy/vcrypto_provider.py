@@ -31,9 +31,8 @@ from cryptography.hazmat.primitives import serialization
 from vcproxy.tls import (SCHEMES_BY_KEY_TYPE, AeadSession, BadRecordMac, CryptoProvider,
                          CryptoProviderError, IllegalParameter, SigningKey, key_type_of,
                          load_private_key_pem)
-from vcrypto.engine._inline import ecdh_split
-from vcrypto.engine._layout import SessionMeta, SlotStatus
-from vcrypto.engine.frontend import EngineSession, EngineUnavailable, Frontend
+from vcrypto.engine import (EngineSession, EngineUnavailable, Frontend, InlineOpError, InlineSession,
+                            SessionMeta, SlotStatus, ecdh_split)
 from vcrypto.ops import Alg, Op
 
 _SIGN_SCHEMES = tuple(sorted(a.value for a in (
@@ -66,7 +65,6 @@ class VcryptoAead(AeadSession):
         self._handles: dict[Op, EngineSession] = {}
         self._finalizer: weakref.finalize | None = None
         # in-process path (sync seal/open): the same code the frontend falls back to
-        from vcrypto.engine._inline import InlineSession
         self._local = {Op.AEAD_SEAL: InlineSession(self._seal_meta),
                        Op.AEAD_OPEN: InlineSession(self._open_meta)}
 
@@ -74,8 +72,6 @@ class VcryptoAead(AeadSession):
         return self._local[Op.AEAD_SEAL].perform(plaintext, nonce, aad)
 
     def open(self, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
-        from vcrypto.engine._inline import InlineOpError
-
         try:
             return self._local[Op.AEAD_OPEN].perform(ciphertext, nonce, aad)
         except InlineOpError:

@@ -115,3 +115,22 @@ def parse_capabilities(spec: list[str]) -> frozenset[Capability]:
             raise ValueError(f"capability {entry!r}: {alg.value} is not valid for {op.value}")
         caps.add((op, alg))
     return frozenset(caps)
+
+
+#: Output bytes each op writes at most (the data contract above): drivers and
+#: frontends size ``dst`` with it, the host checks ``dst`` against it.
+ECDH_DST_BYTES = {Alg.X25519: 32 + 32, Alg.SECP256R1: 65 + 32, Alg.SECP384R1: 97 + 48}
+SIGN_DST_BYTES = {Alg.ED25519: 64, Alg.ECDSA_SECP256R1_SHA256: 72,
+                  Alg.ECDSA_SECP384R1_SHA384: 104}
+MAX_SIGNATURE_BYTES = 1024   # RSA up to 8192 bits
+
+
+def max_dst_bytes(op: Op, alg: Alg, src_len: int) -> int:
+    """Upper bound of the ``dst`` bytes ``(op, alg)`` writes for ``src_len`` input."""
+    if op is Op.AEAD_SEAL:
+        return src_len + AEAD_TAG_BYTES
+    if op is Op.AEAD_OPEN:
+        return max(0, src_len - AEAD_TAG_BYTES)
+    if op is Op.ECDH:
+        return ECDH_DST_BYTES[alg]
+    return SIGN_DST_BYTES.get(alg, MAX_SIGNATURE_BYTES)

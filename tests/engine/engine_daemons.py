@@ -107,7 +107,7 @@ def host(tmp: Path, *, config: str | None = None, name: str = "host") -> Daemon:
 
 def backend_stats(socket_path: str, timeout_s: float = 5.0) -> dict:
     """The backend's counters over its control socket (sync, no attach)."""
-    from vcrypto.engine import _control
+    from vcrypto.engine.contract import control as _control
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)

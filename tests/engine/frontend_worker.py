@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vcrypto.engine._inline import ecdh_split
-from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine import ecdh_split
+from vcrypto.engine import SessionMeta, SlotStatus
 from vcrypto.engine.frontend import Frontend
 from vcrypto.ops import Alg, Op
 

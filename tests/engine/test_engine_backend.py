@@ -13,7 +13,7 @@ import engine_daemons
 import tls_support
 from vcproxy.tls import TLSStream
 from vcproxy.vcrypto_provider import VcryptoProvider
-from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine import SessionMeta, SlotStatus
 from vcrypto.engine.frontend import Frontend
 from vcrypto.ops import Alg, Op
 
@@ -30,7 +30,7 @@ async def test_garbage_slot_gets_bad_request_and_backend_keeps_serving(local_bac
     # chunk, and one naming a session that does not exist.
     slot_a, slot_b = att.free_slots.pop(), att.free_slots.pop()
     j = att.free_opdones.pop()
-    region.opdone_reset(j, 2)
+    region.opdones.reset(j, 2)
     region.write_request(slot_a, Op.AEAD_SEAL, Alg.AES_128_GCM, j, h.sid, b"x", 17, b"n" * 12)
     region.u32[region.slot_offset(slot_a) // 4 + 4] = 0  # src_offset = 0: the header
     region.write_request(slot_b, Op.AEAD_SEAL, Alg.AES_128_GCM, j, 999999, b"x", 17, b"n" * 12)
@@ -268,7 +268,7 @@ async def test_release_never_overtakes_a_request_already_on_the_ring(host_and_ba
             await trio.sleep(0.01)
     before = (await fe.backend_stats())["device_stats"]["device"]["requests"]
     slot, j = att.free_slots.pop(), att.free_opdones.pop()
-    region.opdone_reset(j, 1)
+    region.opdones.reset(j, 1)
     region.write_request(slot, Op.AEAD_SEAL, Alg.AES_128_GCM, j, h.sid, b"last record", 27,
                          b"m" * 12)
     ev = trio.Event()

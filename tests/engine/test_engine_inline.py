@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from tests.vcrypto.host_refcheck import der_of, faulty_rsa_key, key_for
-from vcrypto.engine._inline import InlineOpError, InlineSession
-from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine import InlineOpError, InlineSession
+from vcrypto.engine import SessionMeta, SlotStatus
 from vcrypto.host.resources._base import CryptoJob, CryptoOpError
 from vcrypto.host.resources._crypto import perform as host_perform
 from vcrypto.ops import Alg, Op

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vcrypto.engine._layout import (BadSlotError, CacheGeometry, FrontendRegion, Geometry,
-                                    LayoutError, SessionMeta, SharedRegion, SlotStatus)
+from vcrypto.engine.contract import (BadSlotError, CacheGeometry, FrontendRegion, Geometry,
+                                     LayoutError, SessionMeta, BackendRegion, SlotStatus)
 from vcrypto.ops import Alg, Op
 
 GEO = Geometry(ring_capacity=8, slot_count=8, opdone_count=4, chunk_bytes=4096)
@@ -25,7 +25,7 @@ def test_sections_are_cache_line_aligned_and_disjoint():
 
 def test_slot_roundtrip_backend_view():
     buf, fe = _region()
-    fe.opdone_reset(2, 1)
+    fe.opdones.reset(2, 1)
     fe.write_request(3, Op.AEAD_SEAL, Alg.AES_256_GCM, 2, 77, b"plain", 21, b"N" * 12, b"aad",
                      submit_ns=123)
     be = FrontendRegion(buf)  # the other side's view of the same bytes
@@ -36,8 +36,8 @@ def test_slot_roundtrip_backend_view():
     assert bytes(buf[r.iv_offset:r.iv_offset + r.iv_len]) == b"N" * 12
     buf[r.dst_offset:r.dst_offset + 4] = b"ctxt"
     be.complete(3, SlotStatus.OK, 4)
-    assert be.opdone_bump(2)
-    assert fe.opdone_done(2) == 1
+    assert be.opdones.bump(2)
+    assert fe.opdones.done(2) == 1
     assert fe.result(3) == (SlotStatus.OK, b"ctxt")
 
 
@@ -78,7 +78,7 @@ def test_region_header_is_checked():
 def _shared(entries=8):
     g = CacheGeometry(entries=entries, entry_bytes=1024)
     buf = bytearray(g.region_bytes)
-    return buf, SharedRegion(buf, g, create=True)
+    return buf, BackendRegion(buf, g, create=True).cache
 
 
 def test_session_cache_hit_miss_remove():
@@ -87,7 +87,7 @@ def test_session_cache_hit_miss_remove():
     m2 = SessionMeta(Op.ECDH, Alg.X25519).canonical()
     assert sh.lookup(m1) is None
     assert sh.insert(m1, 5) and sh.insert(m2, 6)
-    reader = SharedRegion(buf)
+    reader = BackendRegion(buf).cache
     assert reader.lookup(m1) == 5 and reader.lookup(m2) == 6
     assert sh.remove(m1, 5)
     assert reader.lookup(m1) is None and reader.lookup(m2) == 6

@@ -10,7 +10,7 @@ import engine_daemons
 import tls_support
 from vcproxy.tls import CertificateEntry, ServerConfig
 from vcproxy.vcrypto_provider import VcryptoProvider
-from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine import SessionMeta, SlotStatus
 from vcrypto.engine.frontend import Frontend
 from vcrypto.ops import Alg, Op
 

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import engine_daemons
-from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine import SessionMeta, SlotStatus
 from vcrypto.engine.frontend import Frontend
 from vcrypto.ops import Alg, Op
 

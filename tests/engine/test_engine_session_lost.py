@@ -11,10 +11,10 @@ import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import engine_daemons
-from vcrypto.engine._device import LocalDevice
-from vcrypto.engine._hostdevice import HostDevice
-from vcrypto.engine._layout import SessionMeta, SlotStatus
-from vcrypto.engine._loop import Backend, BackendConfig
+from vcrypto.engine.backend._device import LocalDevice
+from vcrypto.engine.backend._hostdevice import HostDevice
+from vcrypto.engine import SessionMeta, SlotStatus
+from vcrypto.engine.backend import Backend, BackendConfig
 from vcrypto.engine.frontend import Frontend
 from vcrypto.ops import Alg, Op
 

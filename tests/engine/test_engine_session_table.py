@@ -1,15 +1,15 @@
 """The backend's session table, sans-IO: refcounts, cache entries, reuse."""
 from __future__ import annotations
 
-from vcrypto.engine._layout import CacheGeometry, SessionMeta, SharedRegion
-from vcrypto.engine._metrics import BackendStats
-from vcrypto.engine._sessions import SessionTable
+from vcrypto.engine.contract import BackendRegion, CacheGeometry, SessionMeta
+from vcrypto.engine.backend._metrics import BackendStats
+from vcrypto.engine.backend._sessions import SessionTable
 from vcrypto.ops import Alg, Op
 
 
 def _table():
     g = CacheGeometry(entries=16, entry_bytes=512)
-    shared = SharedRegion(bytearray(g.region_bytes), g, create=True)
+    shared = BackendRegion(bytearray(g.region_bytes), g, create=True).cache
     stats = BackendStats()
     return SessionTable(shared, stats), shared, stats
 

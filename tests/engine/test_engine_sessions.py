@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import tls_support
-from vcrypto.engine._layout import SessionMeta, SlotStatus
+from vcrypto.engine import SessionMeta, SlotStatus
 from vcrypto.engine.frontend import Frontend
 from vcrypto.ops import Alg, Op
 from vcproxy.vcrypto_provider import VcryptoProvider

@@ -134,7 +134,7 @@ def _keys():
 
 
 async def _open(fe: Frontend):
-    from vcrypto.engine._layout import SessionMeta
+    from vcrypto.engine import SessionMeta
     from vcrypto.ops import Alg, Op
 
     sk, der = _keys()
@@ -150,7 +150,7 @@ async def _burst(fe: Frontend, seal, sign, sk, tasks: int = 24) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from vcrypto.engine._layout import SlotStatus
+    from vcrypto.engine import SlotStatus
 
     async def one(k: int) -> None:
         if k % 2:

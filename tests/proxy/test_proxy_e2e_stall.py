@@ -32,7 +32,7 @@ def _fetch(port: int, ctx: ssl.SSLContext) -> bytes:
 
 
 def _backend_stats(path: str) -> dict:
-    from vcrypto.engine import _control
+    from vcrypto.engine.contract import control as _control
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)

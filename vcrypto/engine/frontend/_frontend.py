@@ -28,7 +28,7 @@ byte for byte) and an ``acquire`` to the backend; else ``open`` (the backend
 creates the session at the host). The backend reference is dropped after
 the last local user has been gone ``linger_s`` (so back-to-back connections
 reuse the session rather than churn it at the host). The handle table and
-its reaper are the ``_SessionHandles`` mixin in ``_handles``.
+its reaper are the frontend's ``SessionHandles`` (``_handles``).
 
 Fallback: if the backend is unreachable, or dies (control socket EOF), or
 the host device is down (``device_up`` = 0), requests run in-process with
@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import enum
 import itertools
 import logging
 import os
@@ -65,13 +66,14 @@ from collections.abc import Sequence
 
 import trio
 
-from vcrypto.shm.region import Region, RegionError
+from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 
-from . import _control
-from ._handles import EngineSession, EngineUnavailable, _SessionHandles
-from ._inline import InlineOpError, dst_capacity
-from ._layout import PIPELINE_DEPTH, FrontendRegion, SharedRegion, SlotStatus
+from vcrypto.ops import max_dst_bytes
+
+from ..contract import PIPELINE_DEPTH, InlineOpError, SessionMeta, SlotStatus, control
+from ._attachment import Attachment, Detached
+from ._handles import EngineSession, EngineUnavailable, SessionHandles
 
 #: One request: (src, iv, aad).
 Item = tuple[bytes, bytes, bytes]
@@ -103,73 +105,15 @@ DEFAULT_STALL_TIMEOUT_S = 6.0
 _log = logging.getLogger("vcrypto.engine.frontend")
 
 
-class _Detached(Exception):
-    pass
+class _State(enum.Enum):
+    """What the frontend is doing about attaching (whether it is attached is
+    its ``Attachment``'s state)."""
+    IDLE = "idle"            # attached, or waiting for the next retry
+    ATTACHING = "attaching"  # an attach is in progress
+    CLOSED = "closed"        # closed by the application: no reattach
 
 
-class _Attachment:
-    def __init__(self, gen, sock, efd, region, fshm, shared, sshm, doorbell):
-        self.gen = gen
-        self.pid = os.getpid()
-        self.sock = sock
-        self.efd = efd
-        self.region: FrontendRegion = region
-        self.fshm: Region = fshm
-        self.shared: SharedRegion = shared
-        self.sshm: Region = sshm
-        self.doorbell = doorbell
-        self.alive = True
-        geo = region.geometry
-        self.free_slots = list(range(geo.slot_count - 1, -1, -1))
-        self.free_opdones = list(range(geo.opdone_count - 1, -1, -1))
-        # opdone -> submit time (ns) while at the backend (waited on or
-        # orphaned); insertion order is submit order: the first is the oldest.
-        self.sent_at: dict[int, int] = {}
-        self.stall_check_ns = 0     # last stall check, and where ages restart (_stalled)
-        self.stall_from_ns = 0
-        self.progress_ns = 0        # last completion seen from the backend
-        # Tasks wait here for free slots + an opdone. A group takes all its
-        # slots at once (no partial holdings), see Frontend.run.
-        self.capacity = trio.lowlevel.ParkingLot()
-        self.waiting: dict[int, trio.Event] = {}
-        self.orphans: dict[int, list[int]] = {}
-        self.has_work = trio.Event()
-        self.replies: dict[int, list] = {}
-        self.send_lock = trio.Lock()
-        self.decoder = _control.FrameDecoder()
-        self.raw: socket.socket | None = None
-        self._fds_closed = False
-        self.users = 0              # run() calls that may still read the region
-        self.waiter_done = False
-        self._unmapped = False
-
-    def maybe_unmap(self) -> None:
-        """Unmap both regions once the attachment is over and nothing can
-        read them any more (no run() in progress, waiter gone)."""
-        if self.alive or self.users or not self.waiter_done or self._unmapped:
-            return
-        self._unmapped = True
-        self.region.release()
-        self.shared.release()
-        for shm in (self.fshm, self.sshm):
-            try:
-                shm.close()
-            except RegionError:  # a view still held somewhere: the GC finishes it
-                pass
-
-    def close_fds(self) -> None:
-        """Close the socket and eventfds once (idempotent: several paths end
-        an attachment). The shared mappings go with the last reference."""
-        if self._fds_closed:
-            return
-        self._fds_closed = True
-        if self.raw is not None:
-            self.raw.close()
-        os.close(self.efd)
-        os.close(self.doorbell)
-
-
-class Frontend(_SessionHandles):
+class Frontend:
     def __init__(self, socket_path: str, *, reconnect_interval_s: float = 0.5,
                  linger_s: float = 1.0, attach_timeout_s: float = 2.0,
                  backstop_s: float = 0.05, control_timeout_s: float = 5.0,
@@ -179,28 +123,47 @@ class Frontend(_SessionHandles):
         self.stall_timeout_s = stall_timeout_s
         self.socket_path = socket_path
         self.reconnect_interval_s = reconnect_interval_s
-        self.linger_s = linger_s
         self.attach_timeout_s = attach_timeout_s
         self.backstop_s = backstop_s
         self.control_timeout_s = control_timeout_s
         self.stats = FrontendStats()
-        self._att: _Attachment | None = None
+        self._att: Attachment | None = None
         self._gen = 0
         self._retry_at = 0.0
-        self._attaching = False
-        self._handles: dict[bytes, EngineSession] = {}
-        self._reaper_running = False
+        self._state = _State.IDLE
+        self.sessions = SessionHandles(self, self.stats, linger_s)
         self._ids = itertools.count(1)
         self._token = None
         self._first_attach = trio.Event()
-        self._closed = False
         self.last_detach_reason = ""
+
+    # -- sessions (the handle table is ``SessionHandles``) -------------------------------
+
+    async def open_session(self, meta: SessionMeta) -> EngineSession:
+        """A handle on the session for ``meta`` (+1 local reference)."""
+        if self._token is not trio.lowlevel.current_trio_token():
+            await self.start()
+        return self.sessions.open(meta)
+
+    async def close_session(self, h: EngineSession, *, linger: bool = True) -> None:
+        """-1 local reference; see ``SessionHandles.close``."""
+        await self.sessions.close(h, linger=linger)
+
+    def release_soon(self, h: EngineSession) -> None:
+        """Sync -1 local reference (for finalizers); see ``SessionHandles``."""
+        self.sessions.release_soon(h)
 
     # -- attach -------------------------------------------------------------------------
 
     @property
     def attached(self) -> bool:
         return self._att is not None and self._att.alive and self._att.pid == os.getpid()
+
+    @property
+    def attachment(self) -> Attachment | None:
+        """The live attachment, if any (no attach attempt)."""
+        att = self._att
+        return att if att is not None and att.alive else None
 
     async def start(self) -> bool:
         """Attach now (first use). False if the backend is unreachable."""
@@ -225,26 +188,23 @@ class Frontend(_SessionHandles):
     def close_nowait(self) -> None:
         """Sync close (no trio needed): drop the attachment's fds; the backend
         sees the socket close and releases this frontend's references."""
-        self._closed = True
+        self._state = _State.CLOSED
         self._abandon()
 
     def _abandon(self) -> None:
         """Forget an attachment made in another trio run or another process,
         closing only plain fds (its trio objects belong to a dead run)."""
         att, self._att = self._att, None
-        for h in self._handles.values():
-            h.gen = -1  # its sid belonged to the old attachment
-            h.lock = trio.Lock()
-        self._reaper_running = False
+        self.sessions.forget_attachment()
         if att is not None:
             # Closing our copies is harmless in a forked child: the parent
             # keeps its own, so the backend sees no detach.
-            att.alive = False
+            att.end()
             att.close_fds()
-            att.waiter_done = True  # its run is over
+            att.waiter_running = False  # its run is over
             att.maybe_unmap()
 
-    async def _current(self) -> _Attachment | None:
+    async def _current(self) -> Attachment | None:
         att = self._att
         if (self._token is not trio.lowlevel.current_trio_token()
                 or (att is not None and att.pid != os.getpid())):
@@ -255,13 +215,14 @@ class Frontend(_SessionHandles):
         if not self._first_attach.is_set():
             await self._first_attach.wait()
             return self._att if self.attached else None
-        if not self._attaching and not self._closed and time.monotonic() >= self._retry_at:
-            self._attaching = True
+        if self._state is _State.IDLE and time.monotonic() >= self._retry_at:
+            self._state = _State.ATTACHING
             trio.lowlevel.spawn_system_task(self._try_attach)
         return None
 
     async def _try_attach(self) -> None:
-        self._attaching = True
+        if self._state is not _State.CLOSED:  # (start() may still attach a closed one)
+            self._state = _State.ATTACHING
         try:
             with trio.fail_after(self.attach_timeout_s):
                 att = await self._attach()
@@ -270,24 +231,25 @@ class Frontend(_SessionHandles):
             self._last_attach_error = exc
             return
         finally:
-            self._attaching = False
+            if self._state is _State.ATTACHING:
+                self._state = _State.IDLE
         self._att = att
         self.stats.attaches += 1
         trio.lowlevel.spawn_system_task(self._reader, att)
         trio.lowlevel.spawn_system_task(self._waiter, att)
 
-    async def _attach(self) -> _Attachment:
+    async def _attach(self) -> Attachment:
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock = trio.socket.from_stdlib_socket(raw)
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         fds: list[int] = []
         try:
             await sock.connect(self.socket_path)
-            hello = _control.encode({"t": "attach", "v": _control.PROTOCOL_VERSION,
+            hello = control.encode({"t": "attach", "v": control.PROTOCOL_VERSION,
                                      "pid": os.getpid()})
             await sock.sendmsg([hello], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                           array.array("i", [efd]))])
-            decoder = _control.FrameDecoder()
+            decoder = control.FrameDecoder()
             msgs: list[dict] = []
             while not msgs:
                 data, anc, _flags, _addr = await sock.recvmsg(65536, socket.CMSG_SPACE(16))
@@ -297,35 +259,36 @@ class Frontend(_SessionHandles):
                         a.frombytes(payload[:len(payload) - len(payload) % a.itemsize])
                         fds.extend(a)
                 if not data:
-                    raise _control.ControlProtocolError("backend closed during attach")
+                    raise control.ControlProtocolError("backend closed during attach")
                 msgs = decoder.feed(data)
             if msgs[0].get("t") != "attached" or len(fds) != 3:
-                raise _control.ControlProtocolError(f"bad attach reply {msgs[0]!r} with {len(fds)} fds")
+                raise control.ControlProtocolError(f"bad attach reply {msgs[0]!r} with {len(fds)} fds")
             region_fd, shared_fd, doorbell = fds
-            fds = []
-            fshm = Region.from_fd("frontend", region_fd)
-            sshm = Region.from_fd("engine-shared", shared_fd)
-            region = FrontendRegion(fshm.buf)
-            shared = SharedRegion(sshm.buf)
+            fds = [doorbell]
+            maps = [Region.from_fd("frontend", region_fd)]
+            try:
+                maps.append(Region.from_fd("engine-shared", shared_fd))
+                att = Attachment(self._gen + 1, sock, raw, efd, *maps, doorbell, decoder)
+            except BaseException:
+                for shm in maps:
+                    shm.close()
+                raise
+            self._gen += 1
         except BaseException:
             raw.close()
             os.close(efd)
             for fd in fds:
                 os.close(fd)
             raise
-        self._gen += 1
-        att = _Attachment(self._gen, sock, efd, region, fshm, shared, sshm, doorbell)
-        att.raw = raw
-        att.decoder = decoder
         for msg in msgs[1:]:
             self._dispatch(att, msg)
         return att
 
-    def _detach(self, att: _Attachment) -> None:
+    def _detach(self, att: Attachment) -> None:
         """The backend is gone: wake every waiter (they redo in-process)."""
         if not att.alive:
             return
-        att.alive = False
+        att.end()
         self.stats.detaches += 1
         self._retry_at = time.monotonic() + min(self.reconnect_interval_s, 0.05)
         for ev in att.waiting.values():
@@ -339,7 +302,7 @@ class Frontend(_SessionHandles):
         # The regions stay mapped until every task that read from them is done
         # (their memoryviews are released with the attachment object).
 
-    async def _reader(self, att: _Attachment) -> None:
+    async def _reader(self, att: Attachment) -> None:
         run_ended = False
         try:
             while att.alive:
@@ -349,30 +312,44 @@ class Frontend(_SessionHandles):
                     break
                 for msg in att.decoder.feed(data):
                     self._dispatch(att, msg)
-        except (OSError, _control.ControlProtocolError, trio.ClosedResourceError) as exc:
+        except (OSError, control.ControlProtocolError, trio.ClosedResourceError) as exc:
             if att.alive:  # else _detach closed it and said why
                 self.last_detach_reason = f"control channel: {exc!r}"
         except trio.Cancelled:  # the trio run is ending: not a backend failure
             run_ended = True
-            att.alive = False
+            att.end()
             raise
         finally:
             if att.pid == os.getpid() and not run_ended:
                 self._detach(att)
 
-    def _dispatch(self, att: _Attachment, msg: dict) -> None:
+    def _dispatch(self, att: Attachment, msg: dict) -> None:
         slot = att.replies.pop(msg.get("id"), None)
         if slot is not None:
             slot[1] = msg
             slot[0].set()
 
-    async def _request(self, att: _Attachment, msg: dict) -> dict:
+    async def control_send(self, att: Attachment, msg: dict) -> None:
+        """Send a control message whose reply nobody waits for (the reply,
+        matched to no request, is dropped). Shielded: a release cut off by
+        the caller's cancellation would leak the backend's (and the host's)
+        session for good. Bounded all the same."""
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.control_timeout_s):
+                async with att.send_lock:
+                    await att.sock.send(control.encode(msg | {"id": next(self._ids)}))
+        except (OSError, trio.ClosedResourceError) as exc:
+            self.last_detach_reason = f"{msg['t']} send: {exc!r}"
+            self._detach(att)
+
+    async def control_request(self, att: Attachment, msg: dict) -> dict:
+        """A control round trip; ``Detached`` if the attachment ends first."""
         rid = next(self._ids)
         slot = [trio.Event(), None]
         att.replies[rid] = slot
         try:
             async with att.send_lock:
-                await att.sock.send(_control.encode(msg | {"id": rid}))
+                await att.sock.send(control.encode(msg | {"id": rid}))
         except (OSError, trio.ClosedResourceError) as exc:
             self.last_detach_reason = f"request send: {exc!r}"
             self._detach(att)
@@ -381,12 +358,12 @@ class Frontend(_SessionHandles):
         if slot[1] is None:
             if att.alive:  # a backend that does not answer is as good as gone
                 self._stall(att, f"no reply to {msg['t']!r} in {self.control_timeout_s}s")
-            raise _Detached()
+            raise Detached()
         return slot[1]
 
     # -- the waiter (one eventfd per process) -------------------------------------------
 
-    async def _waiter(self, att: _Attachment) -> None:
+    async def _waiter(self, att: Attachment) -> None:
         region = att.region
         try:
             while att.alive:
@@ -405,7 +382,7 @@ class Frontend(_SessionHandles):
                 # aclose/_detach close the eventfd synchronously, possibly while
                 # this task is scheduled but not running: never touch a closed
                 # fd (its number may already belong to another file)
-                if att._fds_closed:
+                if att.fds_closed:
                     return
                 with trio.move_on_after(self.backstop_s):
                     try:
@@ -413,7 +390,7 @@ class Frontend(_SessionHandles):
                     except (trio.ClosedResourceError, OSError):
                         return
                 region.frontend_waiting = 0
-                if att._fds_closed:
+                if att.fds_closed:
                     return
                 try:
                     os.eventfd_read(att.efd)
@@ -422,14 +399,14 @@ class Frontend(_SessionHandles):
                     pass
                 self._scan(att)
         finally:
-            att.waiter_done = True
+            att.waiter_running = False
             if att.alive:
                 region.frontend_waiting = 0
             else:
                 att.close_fds()
                 att.maybe_unmap()
 
-    def _stalled(self, att: _Attachment) -> bool:
+    def _stalled(self, att: Attachment) -> bool:
         """Detach if the oldest request at the backend is past the deadline
         with no completion meanwhile (a busy backend keeps completing; a hung
         one completes nothing). Only time this process ran counts: after a gap between the waiter's
@@ -442,35 +419,35 @@ class Frontend(_SessionHandles):
         att.stall_check_ns = now
         j, sent_ns = next(iter(att.sent_at.items()))
         age = (now - max(sent_ns, att.progress_ns, att.stall_from_ns)) / 1e9
-        if age <= self.stall_timeout_s or att.region.opdone_done(j) >= att.region.opdone_total(j):
+        if age <= self.stall_timeout_s or att.region.opdones.is_complete(j):
             return False  # (done but not yet collected by its task: not stuck)
         self._stall(att, f"oldest request outstanding {(now - sent_ns) / 1e9:.2f}s, none completed "
                          f"for {age:.2f}s (stall_timeout_s {self.stall_timeout_s}s)")
         return True
 
-    def _stall(self, att: _Attachment, what: str) -> None:
+    def _stall(self, att: Attachment, what: str) -> None:
         """The backend is alive (its socket is open) but hung: count, log, detach."""
         self.stats.stalls += 1
         self.last_detach_reason = f"engine-backend stalled: {what}"
         _log.warning("vcrypto frontend (pid %d): %s; %d requests outstanding there are redone "
                      "in-process, their slots abandoned; reattaching",
                      os.getpid(), self.last_detach_reason,
-                     sum(att.region.opdone_total(j) for j in att.sent_at))
+                     sum(att.region.opdones.total(j) for j in att.sent_at))
         self._detach(att)
 
-    def _scan(self, att: _Attachment) -> int:
+    def _scan(self, att: Attachment) -> int:
         region, n = att.region, 0
-        for j in [j for j in att.waiting if region.opdone_done(j) >= region.opdone_total(j)]:
+        for j in [j for j in att.waiting if region.opdones.is_complete(j)]:
             att.waiting.pop(j).set()
             n += 1
-        for j in [j for j in att.orphans if region.opdone_done(j) >= region.opdone_total(j)]:
+        for j in [j for j in att.orphans if region.opdones.is_complete(j)]:
             self._free(att, att.orphans.pop(j), j)
             n += 1
         if n:
             att.progress_ns = time.monotonic_ns()
         return n
 
-    def _free(self, att: _Attachment, slots: list[int], j: int) -> None:
+    def _free(self, att: Attachment, slots: list[int], j: int) -> None:
         att.sent_at.pop(j, None)
         att.free_slots.extend(slots)
         att.free_opdones.append(j)
@@ -482,8 +459,8 @@ class Frontend(_SessionHandles):
         if att is None:
             raise EngineUnavailable("not attached to an engine-backend")
         try:
-            return (await self._request(att, {"t": "stats"}))["stats"]
-        except _Detached:
+            return (await self.control_request(att, {"t": "stats"}))["stats"]
+        except Detached:
             raise EngineUnavailable("engine-backend went away") from None
 
     # -- requests --------------------------------------------------------------------------
@@ -508,8 +485,8 @@ class Frontend(_SessionHandles):
         att = await self._current()
         if att is not None and att.shared.device_up and h.rejected_gen != att.gen:
             try:
-                await self._sid(att, h)
-            except _Detached:
+                await self.sessions.sid(att, h)
+            except Detached:
                 att = None
             except EngineUnavailable:
                 # The device refused the session (a capability it lacks, a
@@ -527,7 +504,7 @@ class Frontend(_SessionHandles):
         meta, region = h.meta, att.region
         offload = []
         for k, (src, _iv, aad) in enumerate(items):
-            if region.fits(len(src), dst_capacity(meta, len(src)), len(aad)):
+            if region.fits(len(src), max_dst_bytes(meta.op, meta.alg, len(src)), len(aad)):
                 offload.append(k)
             else:  # larger than a data chunk: never worth a round trip
                 results[k] = self._inline(h, items[k])
@@ -586,7 +563,7 @@ class Frontend(_SessionHandles):
             att.maybe_unmap()
         return results  # type: ignore[return-value]
 
-    def _submit(self, att: _Attachment, h: EngineSession, items, group):
+    def _submit(self, att: Attachment, h: EngineSession, items, group):
         """Write one group (<= 16 requests, one opdone) and publish it. No
         await inside: the ring has a single producer."""
         region = att.region
@@ -594,11 +571,11 @@ class Frontend(_SessionHandles):
         slots = [att.free_slots.pop() for _ in group]
         now_ns = time.monotonic_ns()
         meta, sid = h.meta, h.sid
-        region.opdone_reset(j, len(group))
+        region.opdones.reset(j, len(group))
         for k, slot in zip(group, slots):
             src, iv, aad = items[k]
             region.write_request(slot, meta.op, meta.alg, j, sid, src,
-                                 dst_capacity(meta, len(src)), iv, aad, now_ns)
+                                 max_dst_bytes(meta.op, meta.alg, len(src)), iv, aad, now_ns)
         ev = trio.Event()
         att.waiting[j] = ev
         att.sent_at[j] = now_ns
@@ -617,11 +594,11 @@ class Frontend(_SessionHandles):
 
     async def aclose(self) -> None:
         """Detach (the backend drops this frontend's references) and close fds."""
-        self._closed = True
+        self._state = _State.CLOSED
         att, self._att = self._att, None
         if att is not None and att.pid == os.getpid():
             self._detach(att)
-            if not att._fds_closed:
+            if not att.fds_closed:
                 trio.lowlevel.notify_closing(att.efd)  # wake the waiter off it
             att.close_fds()
-        self._handles.clear()
+        self.sessions.clear()

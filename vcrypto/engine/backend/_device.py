@@ -21,8 +21,8 @@ import dataclasses
 
 from vcrypto.shm.region import Region
 
-from ._inline import InlineOpError, InlineSession
-from ._layout import FrontendRegion, SessionMeta, SlotRequest, SlotStatus
+from ..contract import (FrontendRegion, InlineOpError, InlineSession, SessionMeta,
+                        SlotRequest, SlotStatus)
 
 
 class DeviceError(Exception):

@@ -36,7 +36,7 @@ from vcrypto.wire import virtio_crypto as vc
 
 from ._device import (Completion, Device, DeviceError, DeviceRequest, DeviceStalled,
                       SessionRejected)
-from ._layout import Geometry, SessionMeta, SlotStatus
+from ..contract import Geometry, SessionMeta, SlotStatus
 
 _STATUS = {
     vc.VIRTIO_CRYPTO_OK: SlotStatus.OK,

@@ -1,20 +1,16 @@
 """The frontend's session handles: the local handle table, its lingering
 release and the reaper task (DESIGN §5, the frontend side).
 
-``Frontend`` (``frontend``) mixes ``_SessionHandles`` in; its module
+``Frontend`` (``_frontend``) owns one ``SessionHandles``; its module
 docstring tells the whole story ("Sessions:"). Here: ``EngineSession`` (one
 handle per canonical metadata, local refcount, the backend sid valid for
-one attachment generation), ``open_session``/``close_session``/
-``release_soon``, the reaper that drops the backend reference ``linger_s``
-after the last local user, and ``_sid`` (local table -> shared cache +
-``acquire`` -> ``open``). Separate from ``frontend`` because it is the
-session lifetime, not the attach or request path; it only talks to the
-backend through the frontend's ``_request`` and control socket.
-
-The mixin uses the ``Frontend`` state it is mixed into: ``stats``,
-``linger_s``, ``control_timeout_s``, ``last_detach_reason``, ``_handles``,
-``_reaper_running``, ``_att``, ``_ids``, ``_token`` and the methods
-``start``, ``_request`` and ``_detach``.
+one attachment generation), ``open``/``close``/``release_soon``, the reaper
+that drops the backend reference ``linger_s`` after the last local user,
+and ``sid`` (local table -> shared cache + ``acquire`` -> ``open``).
+Separate from ``_frontend`` because it is the session lifetime, not the
+attach or request path. It reaches the backend only through the frontend's
+public control calls: ``attachment`` (the live one, if any),
+``control_request`` (a round trip) and ``control_send`` (fire and forget).
 """
 from __future__ import annotations
 
@@ -23,12 +19,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import _control
-from ._inline import InlineOpError, InlineSession
-from ._layout import SessionMeta
+from ..contract import InlineOpError, InlineSession, SessionMeta
 
 if TYPE_CHECKING:
-    from .frontend import _Attachment
+    from ._attachment import Attachment
+    from ._frontend import Frontend, FrontendStats
 
 
 class EngineUnavailable(Exception):
@@ -63,23 +58,31 @@ class EngineSession:
         return self._inline
 
 
-class _SessionHandles:
-    """Mixin of ``Frontend``: the session handle table and its reaper."""
+class SessionHandles:
+    """The session handle table of one ``Frontend`` and its reaper."""
 
-    async def open_session(self, meta: SessionMeta) -> EngineSession:
+    def __init__(self, frontend: Frontend, stats: FrontendStats, linger_s: float):
+        self._frontend = frontend
+        self._stats = stats
+        self.linger_s = linger_s
+        self._table: dict[bytes, EngineSession] = {}
+        self._reaper_running = False
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def open(self, meta: SessionMeta) -> EngineSession:
         """A handle on the session for ``meta`` (+1 local reference)."""
-        if self._token is not trio.lowlevel.current_trio_token():
-            await self.start()
         canonical = meta.canonical()
-        h = self._handles.get(canonical)
+        h = self._table.get(canonical)
         if h is None:
-            h = self._handles[canonical] = EngineSession(meta)
+            h = self._table[canonical] = EngineSession(meta)
         else:
-            self.stats.local_hits += 1
+            self._stats.local_hits += 1
         h.local_refs += 1
         return h
 
-    async def close_session(self, h: EngineSession, *, linger: bool = True) -> None:
+    async def close(self, h: EngineSession, *, linger: bool = True) -> None:
         """-1 local reference. At zero the backend reference is dropped after
         ``linger_s`` (``linger=False``: at once, for sessions nobody else
         will reuse, such as a connection's traffic keys)."""
@@ -107,56 +110,58 @@ class _SessionHandles:
             except RuntimeError:  # not inside this trio run: the next close reaps it
                 pass
 
+    def forget_attachment(self) -> None:
+        """The attachment belonged to another trio run or process: every sid
+        is void, and the old run's locks and reaper with it."""
+        for h in self._table.values():
+            h.gen = -1
+            h.lock = trio.Lock()
+        self._reaper_running = False
+
+    def clear(self) -> None:
+        self._table.clear()
+
     async def _reaper(self) -> None:
         try:
             while True:
                 now = time.monotonic()
-                for h in list(self._handles.values()):
+                for h in list(self._table.values()):
                     if h.local_refs == 0 and now - h.idle_since >= self.linger_s:
                         await self._release(h)
-                if not any(h.local_refs == 0 for h in self._handles.values()):
+                if not any(h.local_refs == 0 for h in self._table.values()):
                     break
                 await trio.sleep(max(self.linger_s / 2, 0.01))
         finally:
             self._reaper_running = False
 
     async def _release(self, h: EngineSession) -> None:
-        if self._handles.get(h.canonical) is h:
-            del self._handles[h.canonical]
-        att = self._att
-        if att is not None and att.alive and h.gen == att.gen:
+        if self._table.get(h.canonical) is h:
+            del self._table[h.canonical]
+        att = self._frontend.attachment
+        if att is not None and h.gen == att.gen:
             h.gen = -1
             # Fire and forget: the reply (matched to no waiter) is dropped.
-            # Shielded: the handle is already out of the table, so a release
-            # cut off by the caller's cancellation would leak the backend's
-            # (and the host's) session for good. Bounded all the same.
-            try:
-                with trio.CancelScope(shield=True), trio.move_on_after(self.control_timeout_s):
-                    async with att.send_lock:
-                        await att.sock.send(_control.encode(
-                            {"t": "release", "sid": h.sid, "id": next(self._ids)}))
-            except (OSError, trio.ClosedResourceError) as exc:
-                self.last_detach_reason = f"release send: {exc!r}"
-                self._detach(att)
+            await self._frontend.control_send(att, {"t": "release", "sid": h.sid})
 
-    async def _sid(self, att: _Attachment, h: EngineSession) -> int:
+    async def sid(self, att: Attachment, h: EngineSession) -> int:
         """The backend session id of ``h`` in this attachment (+1 backend ref once)."""
         if h.gen == att.gen:
             return h.sid
         async with h.lock:
             if h.gen == att.gen:
                 return h.sid
-            sid = att.shared.lookup(h.canonical, h.md5)
+            request = self._frontend.control_request
+            sid = att.shared.cache.lookup(h.canonical, h.md5)
             reply = None
             if sid is not None:
-                reply = await self._request(att, {"t": "acquire", "sid": sid, "md5": h.md5.hex()})
+                reply = await request(att, {"t": "acquire", "sid": sid, "md5": h.md5.hex()})
                 if reply.get("ok"):
-                    self.stats.shared_hits += 1
+                    self._stats.shared_hits += 1
                 else:
                     reply = None
             if reply is None:
-                reply = await self._request(att, {"t": "open", "meta": h.canonical.hex()})
-                self.stats.backend_opens += 1
+                reply = await request(att, {"t": "open", "meta": h.canonical.hex()})
+                self._stats.backend_opens += 1
                 if not reply.get("ok"):
                     raise EngineUnavailable(f"backend refused session: {reply.get('detail')}")
             h.sid, h.gen = int(reply["sid"]), att.gen

@@ -11,7 +11,7 @@ re-created on first use while frontends keep their ids.
 """
 from __future__ import annotations
 
-from ._layout import SessionMeta, SharedRegion
+from ..contract import SessionCache, SessionMeta
 from ._metrics import BackendStats
 
 
@@ -30,7 +30,7 @@ class Session:
 
 
 class SessionTable:
-    def __init__(self, shared: SharedRegion, stats: BackendStats):
+    def __init__(self, shared: SessionCache, stats: BackendStats):
         self._shared = shared
         self._stats = stats
         self._by_sid: dict[int, Session] = {}

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Frontends (proxy workers) attach over a unix socket. For each, the backend
-creates a *frontend region* (``_layout``: header, trans ring, request slots,
+creates a *frontend region* (``vcrypto.engine.contract``: header, trans ring, request slots,
 opdone records, data chunks) in a memfd, registers it with the device (the
 host maps it: requests are served in place, zero copy), and sends the fd
 with the backend's *shared region* (sleep flag, device state, session
@@ -73,9 +73,9 @@ lost id) and redoes each request once; lost again, the request goes back as
 DEVICE_ERROR and the frontend redoes it in-process.
 
 This module is the data plane (the loop, rings, batches, device, session
-loss). The control plane -- accepting frontends, attach, session
-open/acquire/release and per-frontend refcounts, dropping a frontend -- is
-the ``_ControlPlane`` mixin in ``_backend_control``.
+loss, session create/destroy). The control plane -- accepting frontends,
+attach, the control messages and per-frontend refcounts, dropping a
+frontend -- is the backend's ``ControlPlane`` (``_control_plane``).
 """
 from __future__ import annotations
 
@@ -91,10 +91,10 @@ from vcrypto._unixsock import bind_unix_listener
 from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 
-from ._backend_control import _ControlPlane, _Frontend
+from ..contract import (BackendRegion, BadSlotError, CacheGeometry, Geometry, LayoutError,
+                        SessionMeta, SlotStatus)
+from ._control_plane import ControlPlane, FrontendConn
 from ._device import Device, DeviceError, DeviceRequest, DeviceStalled, SessionRejected
-from ._layout import (BadSlotError, CacheGeometry, Geometry, LayoutError, SharedRegion,
-                      SlotStatus)
 from ._metrics import BackendStats
 from ._sessions import Session, SessionTable
 
@@ -122,7 +122,7 @@ class BackendConfig:
     control_send_timeout_s: float = 1.0
 
 
-class Backend(_ControlPlane):
+class Backend:
     def __init__(self, cfg: BackendConfig, device_factory: Callable[[], Device]):
         self.cfg = cfg
         self.stats = BackendStats()
@@ -132,30 +132,28 @@ class Backend(_ControlPlane):
         self._next_retry = 0.0
         self._sel = selectors.DefaultSelector()
         self._shm = Region.create("engine-shared", cfg.cache.region_bytes)
-        self.shared = SharedRegion(self._shm.buf, cfg.cache, create=True)
+        self.shared = BackendRegion(self._shm.buf, cfg.cache, create=True)
         self._doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         # a stale socket left by a killed backend is replaced; a live one is an error
-        self._listener = bind_unix_listener(cfg.socket_path)
-        self._listener.setblocking(False)
+        listener = bind_unix_listener(cfg.socket_path)
+        listener.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._sel.register(self._listener, selectors.EVENT_READ, ("listen", None))
+        self._sel.register(listener, selectors.EVENT_READ, ("listen", None))
         self._sel.register(self._doorbell, selectors.EVENT_READ, ("doorbell", None))
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
-        self._frontends: dict[int, _Frontend] = {}
-        self._order: list[_Frontend] = []
+        self.control = ControlPlane(self, self._sel, listener)
         self._rr = 0
-        self._next_fid = 1
-        self.sessions = SessionTable(self.shared, self.stats)
+        self.sessions = SessionTable(self.shared.cache, self.stats)
         self._batch: list[DeviceRequest] = []
         self._batch_deadline = 0.0
         # token -> (frontend, request, session, taken_ns, device sid it went with)
         self._tokens: dict[int, tuple] = {}
         self._redone: set[int] = set()   # tokens already redone once after a session loss
         self._next_token = 1
-        self._to_wake: set[_Frontend] = set()
-        self._exposed: set[_Frontend] = set()   # to drop: a lost device may still write them
+        self._to_wake: set[FrontendConn] = set()
+        self._exposed: set[FrontendConn] = set()   # to drop: a lost device may still write them
         self._stall_check_ns = 0        # last _check_stall, and where ages restart (see there)
         self._stall_from_ns = 0
         self._progress_ns = 0           # last completion from the device
@@ -178,12 +176,10 @@ class Backend(_ControlPlane):
             pass
 
     def close(self) -> None:
-        for fe in list(self._frontends.values()):
-            self._drop_frontend(fe)
+        self.control.close()
         if self.device is not None:
             self.device.close()
         self._sel.close()
-        self._listener.close()
         self._wake_r.close()
         self._wake_w.close()
         os.close(self._doorbell)
@@ -240,7 +236,7 @@ class Backend(_ControlPlane):
         full_fence()  # flag/notification stores before the ring and used-ring loads
         if (not armed or (self.device is not None and self.device.has_completions())
                 or any(fe.region is not None and not fe.region.ring.empty()
-                       for fe in self._order)):
+                       for fe in self.control.order)):
             sh.backend_sleeping = 0
             if self.device is not None:
                 self.device.disarm_notify()
@@ -263,7 +259,7 @@ class Backend(_ControlPlane):
         t0 = time.monotonic()
         try:
             dev = self._factory()
-            for fe in self._order:
+            for fe in self.control.order:
                 if fe.shm is not None:
                     dev.register_region(fe.fid, fe.shm)
         except DeviceError as exc:
@@ -295,7 +291,7 @@ class Backend(_ControlPlane):
         self.host_hung = isinstance(exc, DeviceStalled)
         if self.host_hung:
             self.stats.host_stalls += 1
-        self._exposed.update(fe for fe in self._order if fe.inflight)
+        self._exposed.update(fe for fe in self.control.order if fe.inflight)
         self.shared.set_device(False)
         dev, self.device = self.device, None
         if dev is not None:
@@ -355,13 +351,64 @@ class Backend(_ControlPlane):
             if fe.alive:
                 print(f"engine-backend: frontend {fe.fid} (pid {fe.pid}) dropped: the lost device "
                       f"may still write its region", file=sys.stderr, flush=True)
-                self._drop_frontend(fe)
+                self.control.drop(fe)
 
     def _device_sid(self, sess: Session) -> int:
         if sess.device_sid is None or sess.epoch != self._epoch:
             sess.device_sid = self.device.create_session(sess.meta)
             sess.epoch = self._epoch
         return sess.device_sid
+
+    # -- for the control plane ----------------------------------------------------
+
+    def shared_fds(self) -> tuple[int, int]:
+        """What a frontend gets at attach besides its region: the shared
+        region's memfd and the doorbell eventfd."""
+        return self._shm.fd, self._doorbell
+
+    def register_region(self, fe: FrontendConn) -> None:
+        if self.device is not None:
+            try:
+                self.device.register_region(fe.fid, fe.shm)
+            except DeviceError as exc:
+                self._device_failed(exc)
+
+    def unregister_region(self, fe: FrontendConn) -> None:
+        if self.device is not None:
+            try:
+                self.device.unregister_region(fe.fid)
+            except DeviceError as exc:
+                self._device_failed(exc)
+
+    def open_session(self, refs: dict[int, int], meta: SessionMeta) -> dict:
+        """Find or create the session for ``meta``; +1 reference in ``refs``
+        (a frontend's). The control reply's fields."""
+        canonical = meta.canonical()
+        sess = self.sessions.find(canonical)
+        if sess is not None:
+            self.sessions.ref(refs, sess)
+            return {"ok": True, "sid": sess.sid, "hit": True}
+        sess = self.sessions.new(meta, canonical)
+        if self.device is not None:
+            try:
+                self._device_sid(sess)  # validated at create (§8a: strict session protocol)
+            except SessionRejected as exc:
+                return {"ok": False, "kind": "rejected", "detail": str(exc)}
+            except DeviceError as exc:
+                self._device_failed(exc)
+        self.sessions.add(sess)
+        self.sessions.ref(refs, sess)
+        return {"ok": True, "sid": sess.sid, "hit": False}
+
+    def unref(self, sess: Session) -> None:
+        """-1 reference; at zero the session leaves the cache and the device."""
+        if not self.sessions.unref(sess):
+            return
+        if sess.device_sid is not None and self.device is not None and sess.epoch == self._epoch:
+            try:
+                self.device.close_session(sess.device_sid)
+            except DeviceError as exc:
+                self._device_failed(exc)
 
     # -- the work pass -------------------------------------------------------------
 
@@ -383,7 +430,7 @@ class Backend(_ControlPlane):
         return n + m > 0
 
     def _drain_rings(self) -> int:
-        order = self._order
+        order = self.control.order
         if not order:
             return 0
         total = 0
@@ -397,26 +444,26 @@ class Backend(_ControlPlane):
                 total += self._take_some(fe, now_ns)
         return total
 
-    def _take_pending(self, fe: _Frontend) -> None:
+    def take_pending(self, fe: FrontendConn) -> None:
         """Take everything ``fe`` has pushed so far (ordering against a
         control message it sent afterwards); the next pass flushes it."""
         now_ns = time.monotonic_ns()
         while fe.alive and fe.region is not None and self._take_some(fe, now_ns):
             pass
 
-    def _take_some(self, fe: _Frontend, now_ns: int) -> int:
+    def _take_some(self, fe: FrontendConn, now_ns: int) -> int:
         """Take up to ``ring_quota`` requests from ``fe``'s ring; how many."""
         try:
             idxs = fe.region.ring.pop_many(self.cfg.ring_quota)
         except LayoutError as exc:  # corrupt ring counters: that frontend is broken
             print(f"engine-backend: frontend {fe.fid}: {exc}", file=sys.stderr)
-            self._drop_frontend(fe)
+            self.control.drop(fe)
             return 0
         for i in idxs:
             self._take(fe, i, now_ns)
         return len(idxs)
 
-    def _take(self, fe: _Frontend, i: int, now_ns: int) -> None:
+    def _take(self, fe: FrontendConn, i: int, now_ns: int) -> None:
         region = fe.region
         self.stats.requests += 1
         try:
@@ -463,9 +510,9 @@ class Backend(_ControlPlane):
             return False
         return self._gap_s * (self.cfg.batch_max - len(self._batch)) <= max_hold
 
-    def _finish_bad(self, fe: _Frontend, i: int, opdone: int | None, status: SlotStatus) -> None:
+    def _finish_bad(self, fe: FrontendConn, i: int, opdone: int | None, status: SlotStatus) -> None:
         fe.region.complete(i, status)
-        if opdone is not None and fe.region.opdone_bump(opdone):
+        if opdone is not None and fe.region.opdones.bump(opdone):
             self._to_wake.add(fe)
 
     def _flush(self) -> None:
@@ -518,11 +565,11 @@ class Backend(_ControlPlane):
             fe.inflight -= 1
             if fe.alive:
                 fe.region.complete(req.slot, status, dst_len)
-                if fe.region.opdone_bump(req.opdone):
+                if fe.region.opdones.bump(req.opdone):
                     self._to_wake.add(fe)
             elif fe.inflight == 0:
-                self._free_region(fe)
-            self._unref(sess)
+                self.control.free_region(fe)
+            self.unref(sess)
 
     def _session_lost(self, token: int) -> SlotStatus | None:
         """The device no longer knows the session a request went with (host
@@ -594,9 +641,9 @@ class Backend(_ControlPlane):
                     except DeviceError as exc:
                         self._device_failed(exc)
             elif kind == "listen":
-                self._accept()
+                self.control.accept()
             elif kind == "ctl":
-                self._read_control(fe)
+                self.control.read(fe)
             elif kind == "wake":
                 try:
                     self._wake_r.recv(64)
@@ -609,10 +656,10 @@ class Backend(_ControlPlane):
             **self.gauges(),
             **self.stats.as_dict(),
             "sessions": self.sessions.refcounts(),
-            "cache_entries": self.shared.live_entries(),
+            "cache_entries": self.shared.cache.live_entries(),
             "device_up": self.device is not None,
             "device_sessions": self.device.session_count if self.device is not None else 0,
-            "frontends": len(self._frontends),
+            "frontends": len(self.control.frontends),
             "inflight": len(self._tokens),
             "device_stats": self._device_stats(),
         }
@@ -625,7 +672,7 @@ class Backend(_ControlPlane):
         dev = self.device
         return {
             "sessions": len(self.sessions),
-            "frontends": len(self._frontends),
+            "frontends": len(self.control.frontends),
             "device_up": 1 if dev is not None else 0,
             "cache_hit_ratio": st.cache_hits / looked_up if looked_up else 0.0,
             "host_kicks": getattr(dev, "kicks", 0),

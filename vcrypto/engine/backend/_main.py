@@ -4,7 +4,7 @@ One engine-backend per device: it serves every frontend (proxy worker) of a
 tenant on a unix socket and drives one ``vcrypto-host`` device through
 ``vcrypto.driver`` (or, with ``--no-host``, computes in its own process).
 How the loop works is in ``_loop`` (theory of operation); the shared-memory
-layouts are in ``_layout``.
+layouts are in ``vcrypto.engine.contract``.
 """
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ from collections.abc import Callable
 
 from vcrypto.driver import check_queue_size
 
+from ..contract import Geometry
 from ._device import Device, LocalDevice
-from ._layout import Geometry
 from ._loop import Backend, BackendConfig
-
-__all__ = ["Backend", "BackendConfig", "main"]
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -99,6 +97,3 @@ def main(argv: list[str] | None = None) -> int:
         backend.close()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,6 @@
-"""Shared-memory layouts of the engine: the frontend region and the backend's
-shared region (session cache). Pure code over a buffer: no sockets, no trio.
+"""The frontend region: the shared memory one frontend and the engine-backend
+(and the host, in place) read and write with no lock. Pure code over a
+buffer: no sockets, no trio.
 
 Theory of operation
 -------------------
@@ -8,10 +9,10 @@ documented once, here, byte by byte, and every accessor below is a thin view
 over them: the frontend fills a request slot and pushes its index on the
 trans ring; the backend validates the slot (never trusting a frontend's
 offsets), completes it, and bumps the slot's opdone counter; the frontend's
-waiter compares opdone ``done`` with ``total``. The session cache is
-read by frontends and written only by the backend, with a sequence counter
-per entry so a torn read counts as a miss. The module is long because the
-layout description is; the code per structure is short.
+waiter compares opdone ``done`` with ``total`` (``Opdones``). The
+backend's shared region (flags, session cache) is ``_session_cache``. The
+module is long because the layout description is; the code per structure is
+short.
 
 Frontend region
 ===============
@@ -79,58 +80,18 @@ Ordering (x86-64 TSO, see ``vcrypto.shm.ring``): the frontend writes the
 chunk and the slot, then pushes the index (store order publishes them). The
 backend writes ``dst``/``dst_len``/``status`` of every slot of an opdone
 before it stores ``done``; the frontend reads ``done`` then the slots.
-
-Backend shared region
-=====================
-One per engine-backend, mapped read-only by every frontend (the backend is
-its only writer)::
-
-    offset size field            meaning
-    0      4    magic            0x45424356 (b"VCBE")
-    4      4    version          1
-    8      8    region_bytes
-    16     4    cache_offset     first cache entry
-    20     4    cache_entries    power of two
-    24     4    entry_bytes      bytes per entry (64 + max metadata)
-    28     36   -                reserved
-    64     4    backend_sleeping 1 while the backend is (about to be) blocked
-                                 on its doorbell: frontends ring it only then
-    68     60   -                reserved (own cache line)
-    128    4    device_up        1 while the host device is attached; 0 = frontends
-                                 compute in-process (fallback)
-    132    4    device_epoch     bumped at every (re)attach to the host
-    136    56   -                reserved
-
-Session cache entry k at ``cache_offset + entry_bytes*k`` (open addressing,
-linear probing from ``md5[0:4] mod cache_entries``)::
-
-    0      4    seq          seqlock: odd while the backend rewrites the entry
-    4      4    state        0 empty, 1 live, 2 tombstone (deleted; keep probing)
-    8      8    session_id
-    16     16   md5          MD5 of the canonical session metadata
-    32     4    meta_len
-    36     28   -            reserved
-    64     ...  meta         the canonical metadata itself: a hit is confirmed
-                             byte for byte, MD5 is not collision resistant
-
-A reader reads ``seq`` (must be even), the fields, then ``seq`` again; a
-change means a concurrent rewrite and is treated as a miss (the backend is
-asked, which is always correct).
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import mmap
-import os
 import struct
 
 from vcrypto.ops import Alg, Op
 from vcrypto.shm.ring import TransRing, ring_bytes
 
 FRONTEND_MAGIC = 0x45464356
-BACKEND_MAGIC = 0x45424356
 VERSION = 1
 HEADER_BYTES = 128
 SLOT_BYTES = 128
@@ -143,7 +104,6 @@ S_STATUS, S_OPALG, S_SID, S_SRC_OFF, S_SRC_LEN = 0, 4, 8, 16, 20
 S_DST_OFF, S_DST_CAP, S_AAD_OFF, S_AAD_LEN, S_DST_LEN, S_IV_LEN = 24, 28, 32, 36, 40, 44
 S_SUBMIT_NS, S_GEN, S_IV = 48, 56, 64
 H_WAITING = 64
-B_SLEEPING, B_DEVICE_UP, B_EPOCH = 64, 128, 132
 
 #: Slot bytes 0..59 in one struct (see the layout table above).
 _SLOT_FIELDS = struct.Struct("<IBBHQIIIIIIIIQI")
@@ -231,17 +191,6 @@ class Geometry:
         return (end + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
 
 
-def memfd_region(name: str, size: int) -> tuple[int, mmap.mmap]:
-    """A fresh shared-memory file of ``size`` bytes and a mapping of it."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, size)
-        return fd, mmap.mmap(fd, size)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _a64(n: int) -> int:
     return (n + 63) & ~63
 
@@ -284,7 +233,7 @@ class FrontendRegion:
         self.ring = TransRing(self.mv, r_off, r_cap, create=create)
         self._slots = s_off
         self._gens = [0] * s_cnt  # the writer's per-slot generation counters
-        self._opdones = o_off
+        self.opdones = Opdones(self.mv, o_off)
         self._data = d_off
         self._chunk = chunk
 
@@ -385,32 +334,53 @@ class FrontendRegion:
     def slot_opdone(self, i: int) -> int:
         return self.u32[self.slot_offset(i) // 4 + 1] >> 16
 
-    # -- opdone records --------------------------------------------------------
+    def release(self) -> None:
+        self.ring.release()
+        self.opdones.release()
+        self.u32.release()
+        self.u64.release()
+        self.mv.release()
 
-    def opdone_reset(self, j: int, total: int) -> None:
-        w = (self._opdones + OPDONE_BYTES * j) // 4
+
+class Opdones:
+    """The opdone records of a frontend region (the notes' "opdone"): one
+    completion record shared by up to ``PIPELINE_DEPTH`` requests. The
+    frontend resets record ``j`` with the number of requests that share it
+    and suspends once; the backend bumps ``done`` as they complete; the
+    waiter wakes the owning task when ``done`` reaches ``total``."""
+
+    __slots__ = ("u32", "_base")
+
+    def __init__(self, mv: memoryview, offset: int):
+        self.u32 = mv.cast("I")
+        self._base = offset // 4
+
+    def reset(self, j: int, total: int) -> None:
+        """Frontend: record ``j`` now counts ``total`` requests, none done."""
+        w = self._base + OPDONE_BYTES // 4 * j
         self.u32[w + 1] = 0
         self.u32[w] = total
         self.u32[w + 2] = (self.u32[w + 2] + 1) & 0xFFFFFFFF
 
-    def opdone_done(self, j: int) -> int:
-        return self.u32[(self._opdones + OPDONE_BYTES * j) // 4 + 1]
+    def done(self, j: int) -> int:
+        return self.u32[self._base + OPDONE_BYTES // 4 * j + 1]
 
-    def opdone_total(self, j: int) -> int:
-        return self.u32[(self._opdones + OPDONE_BYTES * j) // 4]
+    def total(self, j: int) -> int:
+        return self.u32[self._base + OPDONE_BYTES // 4 * j]
 
-    def opdone_bump(self, j: int, n: int = 1) -> bool:
+    def is_complete(self, j: int) -> bool:
+        w = self._base + OPDONE_BYTES // 4 * j
+        return self.u32[w + 1] >= self.u32[w]
+
+    def bump(self, j: int, n: int = 1) -> bool:
         """Backend: count ``n`` completions; True when the record is complete."""
-        w = (self._opdones + OPDONE_BYTES * j) // 4 + 1
+        w = self._base + OPDONE_BYTES // 4 * j + 1
         done = self.u32[w] + n
         self.u32[w] = done
         return done >= self.u32[w - 1]
 
     def release(self) -> None:
-        self.ring.release()
         self.u32.release()
-        self.u64.release()
-        self.mv.release()
 
 
 @dataclasses.dataclass(slots=True)
@@ -436,199 +406,3 @@ class SlotRequest:
     iv_len: int
     submit_ns: int
     generation: int
-
-
-# ---------------------------------------------------------------------------
-# Session metadata and the shared session cache
-# ---------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class SessionMeta:
-    """What a session is: op + algorithm + key material or a host key name.
-
-    AEAD: the traffic key (a session per direction: SEAL or OPEN). SIGN: the
-    PKCS#8 DER private key, or empty with ``key_ref`` naming a key the host
-    holds (keyless). ECDH: no key (keygen + derive per request).
-    """
-
-    op: Op
-    alg: Alg
-    key: bytes = dataclasses.field(default=b"", repr=False)
-    key_ref: str = ""
-
-    def canonical(self) -> bytes:
-        """The versioned, pointer-free encoding the cache hashes and stores."""
-        ref = self.key_ref.encode()
-        return (b"VCS1" + bytes((OP_CODE[self.op], ALG_CODE[self.alg]))
-                + len(ref).to_bytes(2, "little") + ref
-                + len(self.key).to_bytes(4, "little") + self.key)
-
-    @classmethod
-    def from_canonical(cls, data: bytes) -> SessionMeta:
-        try:
-            if data[:4] != b"VCS1":
-                raise LayoutError("session metadata: bad magic")
-            op, alg = CODE_OP[data[4]], CODE_ALG[data[5]]
-            rl = int.from_bytes(data[6:8], "little")
-            ref = data[8:8 + rl].decode()
-            p = 8 + rl
-            kl = int.from_bytes(data[p:p + 4], "little")
-            key = data[p + 4:p + 4 + kl]
-            if len(key) != kl or p + 4 + kl != len(data):
-                raise LayoutError("session metadata: bad lengths")
-        except (IndexError, KeyError, UnicodeDecodeError) as exc:
-            raise LayoutError(f"session metadata: {exc!r}") from exc
-        return cls(op, alg, bytes(key), ref)
-
-    def digest(self) -> bytes:
-        return hashlib.md5(self.canonical(), usedforsecurity=False).digest()
-
-
-@dataclasses.dataclass(frozen=True)
-class CacheGeometry:
-    entries: int = 256
-    entry_bytes: int = 4096
-
-    @property
-    def cache_offset(self) -> int:
-        return 192
-
-    @property
-    def region_bytes(self) -> int:
-        end = self.cache_offset + self.entries * self.entry_bytes
-        return (end + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
-
-
-E_SEQ, E_STATE, E_SID, E_MD5, E_META_LEN, E_META = 0, 4, 8, 16, 32, 64
-EMPTY, LIVE, TOMBSTONE = 0, 1, 2
-MAX_PROBE = 16
-
-
-class SharedRegion:
-    """The backend's shared region: sleep flag, device state, session cache.
-
-    The backend is the only writer (``insert``/``remove``/flags); frontends
-    call ``lookup`` and read the flags.
-    """
-
-    def __init__(self, mm, geometry: CacheGeometry | None = None, *, create: bool = False):
-        self.mm = mm
-        self.mv = memoryview(mm)
-        self.u32 = self.mv.cast("I")
-        self.u64 = self.mv.cast("Q")
-        if create:
-            if geometry is None:
-                raise LayoutError("creating a shared region needs a geometry")
-            if geometry.entries & (geometry.entries - 1) or geometry.entry_bytes % 64:
-                raise LayoutError(f"bad cache geometry {geometry}")
-            self.mv[:] = bytes(len(self.mv))
-            struct.pack_into("<IIQIII", self.mv, 0, BACKEND_MAGIC, VERSION, len(self.mv),
-                             geometry.cache_offset, geometry.entries, geometry.entry_bytes)
-        magic, version, size, c_off, n, eb = struct.unpack_from("<IIQIII", self.mv, 0)
-        if magic != BACKEND_MAGIC or version != VERSION or size != len(self.mv):
-            raise LayoutError("not a v1 backend shared region")
-        found = CacheGeometry(n, eb)
-        if found.region_bytes > size or c_off != found.cache_offset:
-            raise LayoutError("backend shared region header inconsistent")
-        self.geometry = found
-        self._mask = n - 1
-
-    # -- flags ------------------------------------------------------------------
-
-    @property
-    def backend_sleeping(self) -> int:
-        return self.u32[B_SLEEPING // 4]
-
-    @backend_sleeping.setter
-    def backend_sleeping(self, v: int) -> None:
-        self.u32[B_SLEEPING // 4] = v
-
-    @property
-    def device_up(self) -> int:
-        return self.u32[B_DEVICE_UP // 4]
-
-    @property
-    def device_epoch(self) -> int:
-        return self.u32[B_EPOCH // 4]
-
-    def set_device(self, up: bool) -> None:
-        if up:
-            self.u32[B_EPOCH // 4] += 1
-        self.u32[B_DEVICE_UP // 4] = 1 if up else 0
-
-    # -- cache ----------------------------------------------------------------
-
-    def _entry(self, k: int) -> int:
-        return self.geometry.cache_offset + self.geometry.entry_bytes * k
-
-    def _probe(self, md5: bytes):
-        start = int.from_bytes(md5[:4], "little")
-        for step in range(min(MAX_PROBE, self.geometry.entries)):
-            yield self._entry((start + step) & self._mask)
-
-    def lookup(self, meta: bytes, md5: bytes | None = None) -> int | None:
-        """Session id cached for canonical metadata ``meta``, or None (a miss)."""
-        if md5 is None:
-            md5 = hashlib.md5(meta, usedforsecurity=False).digest()
-        mv, u32 = self.mv, self.u32
-        for e in self._probe(md5):
-            seq = u32[e // 4]
-            state = u32[e // 4 + 1]
-            if state == EMPTY:
-                return None
-            if seq & 1 or state != LIVE or mv[e + E_MD5:e + E_MD5 + 16] != md5:
-                continue
-            n = u32[(e + E_META_LEN) // 4]
-            sid = self.u64[(e + E_SID) // 8]
-            same = n == len(meta) and mv[e + E_META:e + E_META + n] == meta
-            if u32[e // 4] != seq:
-                return None  # rewritten while we read: ask the backend
-            return sid if same else None
-        return None
-
-    def insert(self, meta: bytes, session_id: int) -> bool:
-        """Backend: cache ``meta`` -> ``session_id``. False if it cannot be cached."""
-        if len(meta) > self.geometry.entry_bytes - E_META:
-            return False
-        md5 = hashlib.md5(meta, usedforsecurity=False).digest()
-        free = None
-        for e in self._probe(md5):
-            state = self.u32[e // 4 + 1]
-            if state == EMPTY:
-                free = e if free is None else free
-                break
-            if state == TOMBSTONE and free is None:
-                free = e
-        if free is None:
-            return False
-        e, u32 = free, self.u32
-        u32[e // 4] += 1  # odd: being written
-        self.u64[(e + E_SID) // 8] = session_id
-        self.mv[e + E_MD5:e + E_MD5 + 16] = md5
-        u32[(e + E_META_LEN) // 4] = len(meta)
-        self.mv[e + E_META:e + E_META + len(meta)] = meta
-        u32[e // 4 + 1] = LIVE
-        u32[e // 4] += 1  # even: stable
-        return True
-
-    def remove(self, meta: bytes, session_id: int) -> bool:
-        md5 = hashlib.md5(meta, usedforsecurity=False).digest()
-        for e in self._probe(md5):
-            state = self.u32[e // 4 + 1]
-            if state == EMPTY:
-                return False
-            if state == LIVE and self.u64[(e + E_SID) // 8] == session_id:
-                self.u32[e // 4] += 1
-                self.u32[e // 4 + 1] = TOMBSTONE
-                self.u32[e // 4] += 1
-                return True
-        return False
-
-    def live_entries(self) -> int:
-        return sum(1 for k in range(self.geometry.entries)
-                   if self.u32[self._entry(k) // 4 + 1] == LIVE)
-
-    def release(self) -> None:
-        self.u32.release()
-        self.u64.release()
-        self.mv.release()

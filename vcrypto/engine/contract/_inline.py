@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from vcrypto import crypto
 from vcrypto.crypto import ecdh_split
-from vcrypto.ops import Alg, Op
+from vcrypto.ops import Op
 
-from ._layout import SessionMeta, SlotStatus
+from ._region import SlotStatus
+from ._session_cache import SessionMeta
 
-__all__ = ["InlineOpError", "InlineSession", "ecdh_split", "dst_capacity"]
+__all__ = ["InlineOpError", "InlineSession", "ecdh_split"]
 
 #: What the host's answer to the same error is, as the engine reports it
 #: (``_hostdevice`` maps the wire statuses onto these).
@@ -57,14 +58,3 @@ class InlineSession:
             # The computation failed its own check (RSA re-verification): not
             # the request's fault, so it is reported like a device failure.
             raise InlineOpError(SlotStatus.DEVICE_ERROR, str(exc)) from exc
-
-
-def dst_capacity(meta: SessionMeta, src_len: int) -> int:
-    """Output buffer a request needs (``vcrypto.ops`` data contract)."""
-    if meta.op is Op.AEAD_SEAL:
-        return src_len + 16
-    if meta.op is Op.AEAD_OPEN:
-        return max(src_len - 16, 0)
-    if meta.op is Op.ECDH:
-        return {Alg.X25519: 64, Alg.SECP256R1: 65 + 32, Alg.SECP384R1: 97 + 48}[meta.alg]
-    return 1024  # signatures: RSA-8192 is 1024 bytes; DER ECDSA P-384 <= 104

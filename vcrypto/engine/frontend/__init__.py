@@ -1,0 +1,13 @@
+"""The engine frontend: the library every application process loads.
+
+``Frontend`` (``_frontend``: attach, the request path, the waiter, stalls
+and fallback; its docstring is the theory of operation), its
+``Attachment`` to one engine-backend (``_attachment``) and its session
+handle table (``_handles``). Talks to the engine-backend only through the
+shared ``vcrypto.engine.contract``; never imports the backend.
+"""
+from ._frontend import DEFAULT_STALL_TIMEOUT_S, Frontend, FrontendStats, Item, Result
+from ._handles import EngineSession, EngineUnavailable
+
+__all__ = ["DEFAULT_STALL_TIMEOUT_S", "EngineSession", "EngineUnavailable", "Frontend",
+           "FrontendStats", "Item", "Result"]
