@@ -45,16 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_config(path: str, overrides: list[str]) -> int:
-    from vcproxy.config import ConfigError, check_files, load_config
-    from vcproxy.supervisor import vcrypto_available
+    from vcproxy.config import ConfigError, load_config
+    from vcproxy.proxy import check_files
 
     try:
         config = load_config(path, overrides)
         check_files(config)
-        if config.crypto.provider == "vcrypto" and config.vcrypto.manage:
-            problem = vcrypto_available()
-            if problem:
-                raise ConfigError([("", problem)])
     except ConfigError as exc:
         for where, message in exc.problems:
             print(f"vcproxy: {path}: {where + ': ' if where else ''}{message}", file=sys.stderr)

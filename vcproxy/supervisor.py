@@ -24,7 +24,6 @@ listener and metrics addresses (tests and scripts read it from there).
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import shutil
 import signal
@@ -39,7 +38,8 @@ import trio
 import yaml
 
 from vcproxy import _log
-from vcproxy.config import Config, ConfigError, check_files, load_config
+from vcproxy.config import Config, ConfigError, load_config
+from vcproxy.proxy import check_files
 from vcproxy.metrics import ENV_DIR, mark_process_dead, multiprocess_registry
 
 READY_TIMEOUT_S = 60.0
@@ -48,19 +48,6 @@ DAEMON_SOCKET_TIMEOUT_S = 20.0
 
 class SupervisorError(Exception):
     """Start-up cannot proceed (a daemon missing or dead, a port taken...)."""
-
-
-def vcrypto_available() -> str | None:
-    """None if the vcrypto daemons can be started, else why not."""
-    for module in ("vcrypto.host.__main__", "vcrypto.engine.backend"):
-        try:
-            found = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            found = None
-        if found is None:
-            return (f"crypto.provider: vcrypto needs the module {module.rsplit('.__main__', 1)[0]}, "
-                    "which this build does not have yet; use crypto.provider: inline")
-    return None
 
 
 @dataclass(eq=False)
@@ -188,9 +175,6 @@ class Supervisor:
         self.backend_socket = vc.backend_socket or os.path.join(self.runtime_dir, "backend.sock")
         if not vc.manage:
             return
-        problem = vcrypto_available()
-        if problem:
-            raise SupervisorError(problem)
         host_config = os.path.join(self.runtime_dir, "vcrypto-host.yaml")
         with open(host_config, "w", encoding="utf-8") as f:
             yaml.safe_dump({"pool": vc.pool_yaml()} if vc.pool is not None else {}, f)
@@ -462,10 +446,4 @@ def run(config_path: str, overrides: list[str]) -> int:
             print(f"vcproxy: {config_path}: {path + ': ' if path else ''}{message}", file=sys.stderr)
         return 2
     _log.configure(config.logging.access_log, config.logging.error_log, config.logging.level)
-    if config.crypto.provider == "vcrypto" and config.vcrypto.manage:
-        problem = vcrypto_available()
-        if problem:
-            _log.error_log.error("start_failed", error=problem)
-            print(f"vcproxy: {problem}", file=sys.stderr)
-            return 2
     return trio.run(Supervisor(config_path, overrides, config).run)

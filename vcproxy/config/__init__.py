@@ -2,8 +2,9 @@
 
 ``load_config(path)`` reads YAML into the frozen ``Config`` tree (see
 ``_schema.py`` for every key and default) and raises ``ConfigError`` naming
-the path of every problem. ``check_files(config)`` additionally loads the
-certificates, the part ``vcproxy check-config`` adds on top of the schema.
+the path of every problem. Loading the certificates and building each
+listener's TLS settings is the proxy's (``vcproxy.proxy.check_files``): this
+package only reads and validates.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ __all__ = [
     "CertificateConfig", "Config", "ConfigError", "CryptoConfig", "DemoUpstreamConfig",
     "HealthCheckConfig", "LimitsConfig", "ListenerConfig", "LoggingConfig", "MetricsConfig",
     "RouteConfig", "ServerAddress", "TicketsConfig", "TLSConfig", "UpstreamConfig",
-    "VcryptoConfig", "check_files", "load_config", "parse_config", "reference",
+    "VcryptoConfig", "load_config", "parse_config", "reference",
 ]
 
 
@@ -103,31 +104,6 @@ def load_config(path: str, overrides: typing.Sequence[str] = ()) -> Config:
     except OSError as exc:
         raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from exc
     return parse_config(text, path, overrides)
-
-
-def check_files(config: Config) -> None:
-    """Load every certificate/key pair and build each listener's TLS config (suites,
-    groups, ALPN checked by the TLS stack); raise ConfigError naming the bad ones."""
-    from vcproxy.proxy._tlsglue import build_server_config, load_certificate
-
-    problems = []
-    for i, lis in enumerate(config.listeners):
-        if not lis.tls.enabled:
-            continue
-        certs_ok = True
-        for j, cert in enumerate(lis.tls.certificates):
-            try:
-                load_certificate(cert)
-            except (OSError, ValueError) as exc:
-                certs_ok = False
-                problems.append((f"listeners[{i}].tls.certificates[{j}]", str(exc)))
-        if certs_ok:
-            try:
-                build_server_config(lis, config)
-            except ValueError as exc:  # ServerConfig names the field: "cipher_suites: unknown ..."
-                problems.append((f"listeners[{i}].tls", str(exc)))
-    if problems:
-        raise ConfigError(problems)
 
 
 def reference() -> str:

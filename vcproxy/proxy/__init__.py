@@ -11,6 +11,7 @@
 """
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, NullObserver
 from ._router import Router
+from ._tlsglue import check_files
 from ._upstream import UpstreamPool
 
-__all__ = ["ConnState", "HttpProxyConnection", "HttpRuntime", "NullObserver", "Router", "UpstreamPool"]
+__all__ = ["ConnState", "HttpProxyConnection", "HttpRuntime", "NullObserver", "Router", "UpstreamPool", "check_files"]

@@ -9,10 +9,9 @@ operation is counted in the metrics (``CountingProvider``) and, with
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from vcproxy.config import CertificateConfig, Config, ListenerConfig
+from vcproxy.config import CertificateConfig, Config, ConfigError, ListenerConfig
 from vcproxy.tls import (
     AeadSession,
     CertificateEntry,
@@ -23,6 +22,7 @@ from vcproxy.tls import (
     SigningKey,
     TicketConfig,
 )
+from vcproxy.vcrypto_provider import VcryptoProvider
 
 #: (op, provider_name) -> None; the metrics hook (a Counter's labels().inc in workers).
 CountOp = Callable[[str, str], None]
@@ -30,7 +30,7 @@ CountFallback = Callable[[str, str], None]
 
 
 class ProviderUnavailable(Exception):
-    """The configured crypto provider cannot be used in this build or right now."""
+    """The configured crypto provider cannot be used right now."""
 
 
 def load_certificate(cert: CertificateConfig) -> CertificateEntry:
@@ -53,7 +53,7 @@ def build_server_config(listener: ListenerConfig, config: Config,
     ticket issued by one worker resumes on any other behind SO_REUSEPORT.
     """
     tls = listener.tls
-    kwargs = dict(
+    return ServerConfig(
         certificates=[load_certificate(c) for c in tls.certificates],
         alpn_protocols=tls.alpn,
         cipher_suites=tls.cipher_suites,
@@ -63,8 +63,30 @@ def build_server_config(listener: ListenerConfig, config: Config,
         small_record_threshold_bytes=config.crypto.small_record_threshold_bytes,
         pipeline_depth=config.crypto.pipeline_depth,
     )
-    known = {f.name for f in dataclasses.fields(ServerConfig)}
-    return ServerConfig(**{k: v for k, v in kwargs.items() if k in known})
+
+
+def check_files(config: Config) -> None:
+    """Load every certificate/key pair and build each listener's TLS config
+    (suites, groups, ALPN checked by the TLS stack): what ``check-config`` and
+    a reload add on top of the schema. Raises ConfigError naming the bad ones."""
+    problems = []
+    for i, lis in enumerate(config.listeners):
+        if not lis.tls.enabled:
+            continue
+        certs_ok = True
+        for j, cert in enumerate(lis.tls.certificates):
+            try:
+                load_certificate(cert)
+            except (OSError, ValueError) as exc:
+                certs_ok = False
+                problems.append((f"listeners[{i}].tls.certificates[{j}]", str(exc)))
+        if certs_ok:
+            try:
+                build_server_config(lis, config)
+            except ValueError as exc:  # ServerConfig names the field: "cipher_suites: unknown ..."
+                problems.append((f"listeners[{i}].tls", str(exc)))
+    if problems:
+        raise ConfigError(problems)
 
 
 # --------------------------------------------------------------------------
@@ -105,7 +127,7 @@ class _CountingAead(AeadSession):
 
     @property
     def needs_aclose(self) -> bool:
-        return getattr(self._inner, "needs_aclose", True)
+        return self._inner.needs_aclose
 
 
 class CountingProvider(CryptoProvider):
@@ -180,7 +202,7 @@ class _FallbackAead(AeadSession):
 
     @property
     def needs_aclose(self) -> bool:
-        return getattr(self._primary, "needs_aclose", True) or getattr(self._backup, "needs_aclose", True)
+        return self._primary.needs_aclose or self._backup.needs_aclose
 
 
 class FallbackProvider(CryptoProvider):
@@ -228,26 +250,6 @@ class FallbackProvider(CryptoProvider):
         return self.primary.random_bytes(n)
 
 
-#: Where a vcrypto adapter may live (the TLS seam's VcryptoProvider); first found wins.
-_VCRYPTO_PROVIDER_PLACES: Sequence[tuple[str, str]] = (
-    ("vcproxy.tls", "VcryptoProvider"),
-    ("vcproxy.vcrypto_provider", "VcryptoProvider"),
-    ("vcrypto.engine.frontend", "VcryptoProvider"),
-)
-
-
-def find_vcrypto_provider_class() -> type | None:
-    for module, name in _VCRYPTO_PROVIDER_PLACES:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        cls = getattr(mod, name, None)
-        if cls is not None:
-            return cls
-    return None
-
-
 async def make_provider(config: Config, count: CountOp, on_fallback: CountFallback,
                         backend_socket: str | None) -> CryptoProvider:
     """The provider a worker uses, wrapped for counting (and per-op fallback).
@@ -261,16 +263,10 @@ async def make_provider(config: Config, count: CountOp, on_fallback: CountFallba
     crypto = config.crypto
     if crypto.provider == "inline":
         return CountingProvider(InlineProvider(), count)
-    cls = find_vcrypto_provider_class()
-    if cls is None:
-        raise ProviderUnavailable(
-            "crypto.provider: vcrypto: no VcryptoProvider in this build; use provider: inline")
     if backend_socket is None:
         raise ProviderUnavailable("crypto.provider: vcrypto: no engine-backend socket configured")
-    primary = cls(backend_socket, stall_timeout_s=crypto.stall_timeout_s)
-    frontend = getattr(primary, "frontend", None)
-    attached = await frontend.start() if frontend is not None else True
-    if not attached:
+    primary = VcryptoProvider(backend_socket, stall_timeout_s=crypto.stall_timeout_s)
+    if not await primary.frontend.start():
         if crypto.fallback == "none":
             raise ProviderUnavailable(f"crypto.provider: vcrypto: engine-backend at {backend_socket} unreachable")
         if crypto.fallback == "startup":

@@ -10,8 +10,7 @@ and the control messages. Here: accepting frontends, the attach handshake
 dropped, its region freed once nothing is in flight). Separate from the
 poll loop because none of it runs per request: it is driven by control
 messages. It reaches the data plane only through the ``Backend``'s public
-calls (``open_session``, ``unref``, ``take_pending``, ``register_region``,
-``unregister_region``, ``snapshot``) and its ``cfg``/``stats``/``sessions``.
+calls, the ``DataPlane`` protocol below (``Backend`` is one).
 """
 from __future__ import annotations
 
@@ -19,14 +18,13 @@ import os
 import selectors
 import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from vcrypto.shm.region import Region, RegionError
 
-from ..contract import FrontendRegion, LayoutError, SessionMeta, control
-
-if TYPE_CHECKING:
-    from ._loop import Backend
+from ..contract import FrontendRegion, Geometry, LayoutError, SessionMeta, control
+from ._metrics import BackendStats
+from ._sessions import Session, SessionTable
 
 
 class FrontendConn:
@@ -45,10 +43,37 @@ class FrontendConn:
         self.alive = True
 
 
+class DataPlane(Protocol):
+    """What the control plane needs of the backend (``Backend`` is one)."""
+
+    stats: BackendStats
+    sessions: SessionTable
+
+    @property
+    def geometry(self) -> Geometry: ...
+
+    @property
+    def control_send_timeout_s(self) -> float: ...
+
+    def shared_fds(self) -> tuple[int, int]: ...
+
+    def register_region(self, fe: FrontendConn) -> None: ...
+
+    def unregister_region(self, fe: FrontendConn) -> None: ...
+
+    def open_session(self, refs: dict[int, int], meta: SessionMeta) -> dict: ...
+
+    def unref(self, sess: Session) -> None: ...
+
+    def take_pending(self, fe: FrontendConn) -> None: ...
+
+    def snapshot(self) -> dict: ...
+
+
 class ControlPlane:
     """Frontend attach, control messages, per-frontend session references."""
 
-    def __init__(self, backend: Backend, selector: selectors.BaseSelector, listener: socket.socket):
+    def __init__(self, backend: DataPlane, selector: selectors.BaseSelector, listener: socket.socket):
         self._backend = backend
         self._sel = selector
         self._listener = listener
@@ -107,7 +132,7 @@ class ControlPlane:
         try:
             # Replies are small; a frontend that stops reading must not stall
             # the poll loop for long: bounded wait, then it is dropped.
-            fe.sock.settimeout(self._backend.cfg.control_send_timeout_s)
+            fe.sock.settimeout(self._backend.control_send_timeout_s)
             if fds:
                 socket.send_fds(fe.sock, [data[:1]], list(fds))
                 data = data[1:]
@@ -161,7 +186,7 @@ class ControlPlane:
         backend = self._backend
         fe.efd = fds.pop()
         fe.pid = int(msg.get("pid", 0))
-        geo = backend.cfg.geometry
+        geo = backend.geometry
         fe.shm = Region.create(f"frontend-{fe.fid}", geo.region_bytes)
         fe.region = FrontendRegion(fe.shm.buf, geo, create=True)
         backend.register_region(fe)

@@ -359,7 +359,15 @@ class Backend:
             sess.epoch = self._epoch
         return sess.device_sid
 
-    # -- for the control plane ----------------------------------------------------
+    # -- for the control plane (its DataPlane protocol) ------------------------------
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.cfg.geometry
+
+    @property
+    def control_send_timeout_s(self) -> float:
+        return self.cfg.control_send_timeout_s
 
     def shared_fds(self) -> tuple[int, int]:
         """What a frontend gets at attach besides its region: the shared

@@ -6,8 +6,9 @@ and fallback; its docstring is the theory of operation), its
 handle table (``_handles``). Talks to the engine-backend only through the
 shared ``vcrypto.engine.contract``; never imports the backend.
 """
-from ._frontend import DEFAULT_STALL_TIMEOUT_S, Frontend, FrontendStats, Item, Result
+from ._frontend import DEFAULT_STALL_TIMEOUT_S, Frontend, Item, Result
 from ._handles import EngineSession, EngineUnavailable
+from ._stats import FrontendStats
 
 __all__ = ["DEFAULT_STALL_TIMEOUT_S", "EngineSession", "EngineUnavailable", "Frontend",
            "FrontendStats", "Item", "Result"]

@@ -55,7 +55,6 @@ backend first.
 from __future__ import annotations
 
 import array
-import dataclasses
 import enum
 import itertools
 import logging
@@ -74,27 +73,11 @@ from vcrypto.ops import max_dst_bytes
 from ..contract import PIPELINE_DEPTH, InlineOpError, SessionMeta, SlotStatus, control
 from ._attachment import Attachment, Detached
 from ._handles import EngineSession, EngineUnavailable, SessionHandles
+from ._stats import FrontendStats
 
 #: One request: (src, iv, aad).
 Item = tuple[bytes, bytes, bytes]
 Result = tuple[SlotStatus, bytes]
-
-
-@dataclasses.dataclass
-class FrontendStats:
-    submitted: int = 0           # requests offloaded through the trans ring
-    opdones: int = 0             # opdone records used (<= 16 requests each)
-    opdone_waits: int = 0        # times a task suspended on its opdone
-    waiter_wakes: int = 0        # eventfd wake-ups of the waiter
-    doorbells: int = 0           # doorbell writes (backend was asleep)
-    fallback_requests: int = 0   # computed in-process: engine away (detached, device down)
-    stalls: int = 0              # detached: a request outstanding past stall_timeout_s
-    redone_requests: int = 0     # device reported ERR: redone in-process for the real answer
-    attaches: int = 0
-    detaches: int = 0
-    local_hits: int = 0          # session found in the local handle table
-    shared_hits: int = 0         # session found in the shared cache
-    backend_opens: int = 0       # session opened by a backend round trip
 
 
 #: Frontend deadline: twice the backend's host deadline (3 s), so a hung

@@ -15,15 +15,24 @@ public control calls: ``attachment`` (the live one, if any),
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from ..contract import InlineOpError, InlineSession, SessionMeta
+from ._attachment import Attachment
+from ._stats import FrontendStats
 
-if TYPE_CHECKING:
-    from ._attachment import Attachment
-    from ._frontend import Frontend, FrontendStats
+
+class ControlChannel(Protocol):
+    """What the handle table needs of its frontend (``Frontend`` is one)."""
+
+    @property
+    def attachment(self) -> Attachment | None: ...
+
+    async def control_request(self, att: Attachment, msg: dict) -> dict: ...
+
+    async def control_send(self, att: Attachment, msg: dict) -> None: ...
 
 
 class EngineUnavailable(Exception):
@@ -61,7 +70,7 @@ class EngineSession:
 class SessionHandles:
     """The session handle table of one ``Frontend`` and its reaper."""
 
-    def __init__(self, frontend: Frontend, stats: FrontendStats, linger_s: float):
+    def __init__(self, frontend: ControlChannel, stats: FrontendStats, linger_s: float):
         self._frontend = frontend
         self._stats = stats
         self.linger_s = linger_s
