@@ -14,8 +14,17 @@ exchange, signature and record batch becomes engine requests:
 - ``aead(alg, key)`` -> a ``VcryptoAead`` whose ``seal_many``/``open_many``
   submit a batch (<= 16 per opdone: one suspension per batch). Its host
   session is created on first use, so records sealed in-process (the sync
-  ``seal``/``open`` below the TLS small-record threshold, or below this
-  provider's ``inline_below_bytes``) never cost a session at the host.
+  ``seal``/``open`` below the TLS small-record threshold) never cost a
+  session at the host.
+
+What is offloaded is decided once per kind of decision: record size by the
+TLS record layer (``small_record_threshold_bytes``: below it the sync path,
+at or above it ``seal_many``/``open_many`` here, always offloaded); what an
+unreachable or failing engine means by ``crypto.fallback`` in the proxy's
+``make_provider`` (``FallbackProvider`` for ``per_op``); the frontend only
+runs in-process what the engine cannot take at that moment (detached,
+device down, a session the device refused, an input larger than a slot's
+data chunk).
 
 When the engine cannot take a request (backend or host down) the frontend
 runs it in-process and counts it; the TLS layer never sees the difference.
@@ -33,12 +42,12 @@ from vcproxy.tls import (SCHEMES_BY_KEY_TYPE, AeadSession, BadRecordMac, CryptoP
                          load_private_key_pem)
 from vcrypto.engine import (EngineSession, EngineUnavailable, Frontend, InlineOpError, InlineSession,
                             SessionMeta, SlotStatus, ecdh_split)
-from vcrypto.ops import Alg, Op
+from vcrypto.ops import ECDH_PUBLIC_BYTES, Alg, Op
 
 _SIGN_SCHEMES = tuple(sorted(a.value for a in (
     Alg.ECDSA_SECP256R1_SHA256, Alg.ECDSA_SECP384R1_SHA384, Alg.RSA_PSS_RSAE_SHA256,
     Alg.RSA_PSS_RSAE_SHA384, Alg.RSA_PSS_RSAE_SHA512, Alg.ED25519)))
-_GROUP_POINT_BYTES = {"x25519": 32, "secp256r1": 65, "secp384r1": 97}
+_GROUP_POINT_BYTES = {alg.value: n for alg, n in ECDH_PUBLIC_BYTES.items()}
 
 
 def _check(status: SlotStatus, what: str) -> None:
@@ -78,9 +87,6 @@ class VcryptoAead(AeadSession):
             raise BadRecordMac("record failed AEAD authentication") from None
 
     async def _run(self, op: Op, items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bytes]:
-        if all(len(d) < self._p.inline_below_bytes for _, _, d in items):
-            fn = self.seal if op is Op.AEAD_SEAL else self.open
-            return [fn(n, a, d) for n, a, d in items]
         fe = self._p.frontend
         h = self._handles.get(op)
         if h is None:
@@ -131,8 +137,7 @@ class VcryptoProvider(CryptoProvider):
 
     name = "vcrypto"
 
-    def __init__(self, engine_socket: str, *, inline_below_bytes: int = 0,
-                 linger_s: float = 1.0, frontend: Frontend | None = None,
+    def __init__(self, engine_socket: str, *, linger_s: float = 1.0, frontend: Frontend | None = None,
                  stall_timeout_s: float | None = None):
         # stall_timeout_s is the engine's deadline (crypto.stall_timeout_s,
         # the backend's for the host); the frontend gives up on the backend
@@ -143,7 +148,6 @@ class VcryptoProvider(CryptoProvider):
             kw = {"stall_timeout_s": 2 * stall_timeout_s,
                   "control_timeout_s": min(5.0, 2 * stall_timeout_s)}
         self.frontend = frontend or Frontend(engine_socket, linger_s=linger_s, **kw)
-        self.inline_below_bytes = inline_below_bytes
 
     async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
         size = _GROUP_POINT_BYTES.get(group)

@@ -49,7 +49,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from vcrypto.ops import AEAD_IV_BYTES, AEAD_KEY_BYTES, AEAD_TAG_BYTES, Alg, Op, is_valid
+from vcrypto.ops import (AEAD_IV_BYTES, AEAD_KEY_BYTES, AEAD_TAG_BYTES, ECDH_PUBLIC_BYTES, Alg, Op,
+                         is_valid)
 
 __all__ = ["CryptoError", "CryptoFault", "Prepared", "perform", "load_private_key",
            "ecdh_split", "KEY_CACHE_SIZE"]
@@ -84,7 +85,6 @@ _CURVES = {
 }
 
 #: Own public key length of an ECDH result (the rest is the shared secret).
-_ECDH_PUBLIC_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 65, Alg.SECP384R1: 97}
 
 _ECDSA = {
     Alg.ECDSA_SECP256R1_SHA256: (ec.SECP256R1, hashes.SHA256),
@@ -208,7 +208,7 @@ def _ecdh(alg: Alg, peer_bytes: bytes) -> bytes:
         peer = ec.EllipticCurvePublicKey.from_encoded_point(curve, peer_bytes)
     except ValueError as exc:
         raise CryptoError(_BAD, f"{alg.value} peer key is not a valid point: {exc}") from exc
-    if len(peer_bytes) != _ECDH_PUBLIC_BYTES[alg]:
+    if len(peer_bytes) != ECDH_PUBLIC_BYTES[alg]:
         # RFC 8446 §4.2.8.2: TLS 1.3 uses the uncompressed form only.
         raise CryptoError(_BAD, f"{alg.value} peer key must be an uncompressed point")
     own = ec.generate_private_key(curve)
@@ -320,5 +320,5 @@ class Prepared:
 
 def ecdh_split(alg: Alg, dst: bytes) -> tuple[bytes, bytes]:
     """Split an ECDH result into (own public key, shared secret)."""
-    n = _ECDH_PUBLIC_BYTES[alg]
+    n = ECDH_PUBLIC_BYTES[alg]
     return dst[:n], dst[n:]

@@ -119,7 +119,10 @@ def parse_capabilities(spec: list[str]) -> frozenset[Capability]:
 
 #: Output bytes each op writes at most (the data contract above): drivers and
 #: frontends size ``dst`` with it, the host checks ``dst`` against it.
-ECDH_DST_BYTES = {Alg.X25519: 32 + 32, Alg.SECP256R1: 65 + 32, Alg.SECP384R1: 97 + 48}
+#: ECDH public keys on the wire (X25519 raw, P-256/384 SEC1 uncompressed) and secrets.
+ECDH_PUBLIC_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 65, Alg.SECP384R1: 97}
+ECDH_SECRET_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 32, Alg.SECP384R1: 48}
+ECDH_DST_BYTES = {a: ECDH_PUBLIC_BYTES[a] + ECDH_SECRET_BYTES[a] for a in ECDH_PUBLIC_BYTES}
 SIGN_DST_BYTES = {Alg.ED25519: 64, Alg.ECDSA_SECP256R1_SHA256: 72,
                   Alg.ECDSA_SECP384R1_SHA384: 104}
 MAX_SIGNATURE_BYTES = 1024   # RSA up to 8192 bits

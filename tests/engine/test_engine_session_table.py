@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from vcrypto.engine.contract import BackendRegion, CacheGeometry, SessionMeta
 from vcrypto.engine.backend._metrics import BackendStats
-from vcrypto.engine.backend._sessions import SessionTable
+from vcrypto.engine.backend._sessions import BackendSessionTable
 from vcrypto.ops import Alg, Op
 
 
@@ -11,7 +11,7 @@ def _table():
     g = CacheGeometry(entries=16, entry_bytes=512)
     shared = BackendRegion(bytearray(g.region_bytes), g, create=True).cache
     stats = BackendStats()
-    return SessionTable(shared, stats), shared, stats
+    return BackendSessionTable(shared, stats), shared, stats
 
 
 def test_refcount_lifecycle_and_cache():

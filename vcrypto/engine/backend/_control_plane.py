@@ -24,7 +24,7 @@ from vcrypto.shm.region import Region, RegionError
 
 from ..contract import FrontendRegion, Geometry, LayoutError, SessionMeta, control
 from ._metrics import BackendStats
-from ._sessions import Session, SessionTable
+from ._sessions import Session, BackendSessionTable
 
 
 class FrontendConn:
@@ -47,7 +47,7 @@ class DataPlane(Protocol):
     """What the control plane needs of the backend (``Backend`` is one)."""
 
     stats: BackendStats
-    sessions: SessionTable
+    sessions: BackendSessionTable
 
     @property
     def geometry(self) -> Geometry: ...

@@ -1,6 +1,6 @@
 """What the engine-backend drives: a crypto *device*.
 
-``Device`` is the backend's view of the thing behind it. ``HostDevice`` (in
+``CryptoDevice`` is the backend's view of the thing behind it. ``HostDevice`` (in
 ``_hostdevice``) is the real one: a vcrypto-host reached through
 ``vcrypto.driver`` (control queue for sessions, data virtqueue for requests,
 frontend regions registered as memory regions so the host works in place).
@@ -25,11 +25,11 @@ from ..contract import (FrontendRegion, InlineOpError, InlineSession, SessionMet
                         SlotRequest, SlotStatus)
 
 
-class DeviceError(Exception):
+class CryptoDeviceError(Exception):
     """The device is unreachable or failed; the backend marks it down."""
 
 
-class DeviceStalled(DeviceError):
+class CryptoDeviceStalled(CryptoDeviceError):
     """The device is alive but does not answer in time (hung): failed like a
     lost one, and counted apart (``host_stalls``)."""
 
@@ -50,7 +50,7 @@ class DeviceRequest:
 Completion = tuple[int, SlotStatus, int]
 
 
-class Device(abc.ABC):
+class CryptoDevice(abc.ABC):
     #: fd that becomes readable when completions may be waiting (or None)
     call_fd: int | None = None
     #: fd that becomes readable when the device connection breaks (or None)
@@ -87,7 +87,7 @@ class Device(abc.ABC):
         return False
 
     def watch_event(self) -> None:
-        """``watch_fd`` became readable: raise ``DeviceError`` if the device is gone."""
+        """``watch_fd`` became readable: raise ``CryptoDeviceError`` if the device is gone."""
 
     def disarm_notify(self) -> None:
         pass
@@ -103,7 +103,7 @@ class Device(abc.ABC):
         pass
 
 
-class LocalDevice(Device):
+class LocalDevice(CryptoDevice):
     """Requests run in the backend process (no host). See the module doc."""
 
     def __init__(self) -> None:

@@ -34,9 +34,9 @@ from vcrypto.driver import (DataOp, Driver, DriverError, DriverTimeout, SessionC
 from vcrypto.shm.region import Region
 from vcrypto.wire import virtio_crypto as vc
 
-from ._device import (Completion, Device, DeviceError, DeviceRequest, DeviceStalled,
-                      SessionRejected)
 from ..contract import Geometry, SessionMeta, SlotStatus
+from ._device import (Completion, CryptoDevice, CryptoDeviceError, CryptoDeviceStalled,
+                      DeviceRequest, SessionRejected)
 
 _STATUS = {
     vc.VIRTIO_CRYPTO_OK: SlotStatus.OK,
@@ -83,13 +83,13 @@ class _TrioThread:
             self._thread.join(5)
 
 
-class HostDevice(Device):
+class HostDevice(CryptoDevice):
     def __init__(self, host_socket: str, *, geometry: Geometry | None = None,
                  queue_size: int = 256, control_timeout_s: float = 5.0,
                  attach_timeout_s: float | None = None):
         # The poll loop waits for every control round trip, the attach too: a
         # hung host accepts the connection and never answers. Past the bound,
-        # DeviceStalled. The attach may be bounded apart (a host just failed
+        # CryptoDeviceStalled. The attach may be bounded apart (a host just failed
         # as hung is probed with the engine's stall deadline).
         self._timeout = control_timeout_s if attach_timeout_s is None else attach_timeout_s
         self._control_busy = 0     # control requests under way (they own the socket)
@@ -98,7 +98,7 @@ class HostDevice(Device):
             self._drv: Driver = self._call(functools.partial(
                 Driver.attach, host_socket, queues=1, queue_size=queue_size,
                 control_timeout_s=self._timeout))
-        except DeviceError:
+        except CryptoDeviceError:
             self._portal.close()
             raise
         self._timeout = self._drv.control_timeout_s = control_timeout_s
@@ -121,12 +121,12 @@ class HostDevice(Device):
         except SessionCreateError:
             raise
         except (DriverTimeout, trio.TooSlowError) as exc:
-            raise DeviceStalled(f"vcrypto-host stalled: no answer to a control request within "
+            raise CryptoDeviceStalled(f"vcrypto-host stalled: no answer to a control request within "
                                 f"{self._timeout}s ({exc!r})") from exc
         except (DriverError, OSError, trio.TooSlowError, EOFError) as exc:
-            raise DeviceError(f"vcrypto-host control path: {exc!r}") from exc
+            raise CryptoDeviceError(f"vcrypto-host control path: {exc!r}") from exc
         except Exception as exc:  # noqa: BLE001 - any wire/transport failure means the device is gone
-            raise DeviceError(f"vcrypto-host control path: {exc!r}") from exc
+            raise CryptoDeviceError(f"vcrypto-host control path: {exc!r}") from exc
         finally:
             self._control_busy -= 1
 
@@ -163,7 +163,7 @@ class HostDevice(Device):
         for dr in batch:
             h = self._handles.get(dr.region_id)
             if h is None:
-                raise DeviceError(f"region {dr.region_id} is not registered")
+                raise CryptoDeviceError(f"region {dr.region_id} is not registered")
             r = dr.req
             dst_len = min(r.dst_cap, vc.max_dst_bytes(r.op, r.alg, r.src_len))
             ops.append(DataOp(dr.device_sid, r.op, src=h.buf(r.src_offset, r.src_len),
@@ -174,7 +174,7 @@ class HostDevice(Device):
         try:
             n = self._q.enqueue_burst(ops)
         except (DriverError, OSError) as exc:
-            raise DeviceError(f"enqueue: {exc}") from exc
+            raise CryptoDeviceError(f"enqueue: {exc}") from exc
         self.submitted += n
         return n
 
@@ -182,7 +182,7 @@ class HostDevice(Device):
         try:
             done = self._q.dequeue_burst()
         except DriverError as exc:
-            raise DeviceError(f"dequeue: {exc}") from exc
+            raise CryptoDeviceError(f"dequeue: {exc}") from exc
         return [(c.token, _STATUS.get(c.status, SlotStatus.DEVICE_ERROR), c.dst_len)
                 for c in done]
 
@@ -214,8 +214,8 @@ class HostDevice(Device):
         except BlockingIOError:
             return
         except OSError as exc:
-            raise DeviceError(f"vcrypto-host connection: {exc}") from exc
-        raise DeviceError("vcrypto-host closed the connection" if not data
+            raise CryptoDeviceError(f"vcrypto-host connection: {exc}") from exc
+        raise CryptoDeviceError("vcrypto-host closed the connection" if not data
                           else "vcrypto-host sent an unsolicited message")
 
     @property

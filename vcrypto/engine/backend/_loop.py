@@ -47,7 +47,7 @@ entry is removed and the device session closed. A frontend that disconnects
 drops all its references; its region is freed once its in-flight requests
 are done.
 
-Device loss: every in-flight request completes with DEVICE_LOST (the
+CryptoDevice loss: every in-flight request completes with DEVICE_LOST (the
 frontend redoes it in-process), ``device_up`` is cleared (frontends compute
 in-process meanwhile), and the loop retries the attach every
 ``host_retry_s`` (or twice as long as a failed attempt blocked it); on
@@ -60,7 +60,7 @@ fresh regions, and the old ones are never reused.
 Host stall: a host that hangs without dying closes no socket. The oldest
 request in flight (``_tokens`` is in take order) outstanding for
 ``stall_timeout_s`` with no completion meanwhile, or a control request
-unanswered within the control bound (``DeviceStalled``), fails the device
+unanswered within the control bound (``CryptoDeviceStalled``), fails the device
 as above and counts ``host_stalls``; a host failed as hung is probed with
 attaches bounded by ``stall_timeout_s`` (the loop waits for them). The
 host's reorder layer may hold completions behind a slow earlier request
@@ -94,9 +94,10 @@ from vcrypto.shm.ring import full_fence
 from ..contract import (BackendRegion, BadSlotError, CacheGeometry, Geometry, LayoutError,
                         SessionMeta, SlotStatus)
 from ._control_plane import ControlPlane, FrontendConn
-from ._device import Device, DeviceError, DeviceRequest, DeviceStalled, SessionRejected
+from ._device import (CryptoDevice, CryptoDeviceError, CryptoDeviceStalled, DeviceRequest,
+                      SessionRejected)
 from ._metrics import BackendStats
-from ._sessions import Session, SessionTable
+from ._sessions import BackendSessionTable, Session
 
 
 @dataclasses.dataclass
@@ -123,11 +124,11 @@ class BackendConfig:
 
 
 class Backend:
-    def __init__(self, cfg: BackendConfig, device_factory: Callable[[], Device]):
+    def __init__(self, cfg: BackendConfig, device_factory: Callable[[], CryptoDevice]):
         self.cfg = cfg
         self.stats = BackendStats()
         self._factory = device_factory
-        self.device: Device | None = None
+        self.device: CryptoDevice | None = None
         self._epoch = 0
         self._next_retry = 0.0
         self._sel = selectors.DefaultSelector()
@@ -145,7 +146,7 @@ class Backend:
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self.control = ControlPlane(self, self._sel, listener)
         self._rr = 0
-        self.sessions = SessionTable(self.shared.cache, self.stats)
+        self.sessions = BackendSessionTable(self.shared.cache, self.stats)
         self._batch: list[DeviceRequest] = []
         self._batch_deadline = 0.0
         # token -> (frontend, request, session, taken_ns, device sid it went with)
@@ -157,7 +158,7 @@ class Backend:
         self._stall_check_ns = 0        # last _check_stall, and where ages restart (see there)
         self._stall_from_ns = 0
         self._progress_ns = 0           # last completion from the device
-        self.host_hung = False          # the device was last lost as hung (DeviceStalled)
+        self.host_hung = False          # the device was last lost as hung (CryptoDeviceStalled)
         self._last_work = 0.0
         self._last_drained = 0
         self._device_full = False
@@ -262,7 +263,7 @@ class Backend:
             for fe in self.control.order:
                 if fe.shm is not None:
                     dev.register_region(fe.fid, fe.shm)
-        except DeviceError as exc:
+        except CryptoDeviceError as exc:
             # Backoff: an attempt that blocked the loop (a hung host accepts
             # the connection and never answers) is retried only after twice
             # as long, so the loop keeps serving frontends most of the time.
@@ -288,7 +289,7 @@ class Backend:
     def _device_failed(self, exc: BaseException) -> None:
         print(f"engine-backend: device lost: {exc}", file=sys.stderr, flush=True)
         self.stats.device_down_events += 1
-        self.host_hung = isinstance(exc, DeviceStalled)
+        self.host_hung = isinstance(exc, CryptoDeviceStalled)
         if self.host_hung:
             self.stats.host_stalls += 1
         self._exposed.update(fe for fe in self.control.order if fe.inflight)
@@ -322,7 +323,7 @@ class Backend:
         request's take and the last completion, so a deep backlog in front
         of a host that keeps completing (many frontends' slots queued behind
         its queue) is never taken for a hang; a hung host completes nothing.
-        (A control request is bounded on its own: ``DeviceStalled``.)
+        (A control request is bounded on its own: ``CryptoDeviceStalled``.)
         Only time this loop ran counts: after a gap in its own checks (this
         process was stopped or starved) ages restart, so a resumed backend
         does not blame a host that kept working."""
@@ -334,7 +335,7 @@ class Backend:
         age = (now - max(taken_ns, self._progress_ns, self._stall_from_ns)) / 1e9
         # completions waiting to be reaped: the host is working (this pass reaps them)
         if age > self.cfg.stall_timeout_s and not self.device.has_completions():
-            self._device_failed(DeviceStalled(
+            self._device_failed(CryptoDeviceStalled(
                 f"vcrypto-host stalled: oldest request outstanding {(now - taken_ns) / 1e9:.2f}s, "
                 f"none completed for {age:.2f}s (stall_timeout_s {self.cfg.stall_timeout_s}s), "
                 f"{len(self._tokens)} in flight"))
@@ -378,14 +379,14 @@ class Backend:
         if self.device is not None:
             try:
                 self.device.register_region(fe.fid, fe.shm)
-            except DeviceError as exc:
+            except CryptoDeviceError as exc:
                 self._device_failed(exc)
 
     def unregister_region(self, fe: FrontendConn) -> None:
         if self.device is not None:
             try:
                 self.device.unregister_region(fe.fid)
-            except DeviceError as exc:
+            except CryptoDeviceError as exc:
                 self._device_failed(exc)
 
     def open_session(self, refs: dict[int, int], meta: SessionMeta) -> dict:
@@ -402,7 +403,7 @@ class Backend:
                 self._device_sid(sess)  # validated at create (§8a: strict session protocol)
             except SessionRejected as exc:
                 return {"ok": False, "kind": "rejected", "detail": str(exc)}
-            except DeviceError as exc:
+            except CryptoDeviceError as exc:
                 self._device_failed(exc)
         self.sessions.add(sess)
         self.sessions.ref(refs, sess)
@@ -415,7 +416,7 @@ class Backend:
         if sess.device_sid is not None and self.device is not None and sess.epoch == self._epoch:
             try:
                 self.device.close_session(sess.device_sid)
-            except DeviceError as exc:
+            except CryptoDeviceError as exc:
                 self._device_failed(exc)
 
     # -- the work pass -------------------------------------------------------------
@@ -501,7 +502,7 @@ class Backend:
         except SessionRejected:
             self._complete([(token, SlotStatus.INVALID, 0)])
             return
-        except DeviceError as exc:
+        except CryptoDeviceError as exc:
             self._device_failed(exc)
             return
         self._tokens[token] = (fe, req, sess, now_ns, dsid)
@@ -528,7 +529,7 @@ class Backend:
         self.stats.record_batch(len(batch))
         try:
             n = self.device.submit(batch)
-        except DeviceError as exc:
+        except CryptoDeviceError as exc:
             self._batch = batch
             self._device_failed(exc)
             return
@@ -543,7 +544,7 @@ class Backend:
             return 0
         try:
             done = self.device.completions()
-        except DeviceError as exc:
+        except CryptoDeviceError as exc:
             self._device_failed(exc)
             return 1
         if done:
@@ -601,7 +602,7 @@ class Backend:
             new_sid = self._device_sid(sess)
         except SessionRejected:
             return SlotStatus.INVALID
-        except DeviceError as exc:
+        except CryptoDeviceError as exc:
             self._device_failed(exc)   # completes every token, this one included
             return None
         self.stats.session_lost_redos += 1
@@ -640,13 +641,13 @@ class Backend:
                 if self.device is not None:
                     try:
                         self.device.ack_call()
-                    except DeviceError as exc:
+                    except CryptoDeviceError as exc:
                         self._device_failed(exc)
             elif kind == "devwatch":
                 if self.device is not None:
                     try:
                         self.device.watch_event()
-                    except DeviceError as exc:
+                    except CryptoDeviceError as exc:
                         self._device_failed(exc)
             elif kind == "listen":
                 self.control.accept()
@@ -694,6 +695,6 @@ class Backend:
             return None
         try:
             return stats()
-        except DeviceError as exc:
+        except CryptoDeviceError as exc:
             self._device_failed(exc)
             return None

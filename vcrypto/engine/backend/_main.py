@@ -17,7 +17,7 @@ from collections.abc import Callable
 from vcrypto.driver import check_queue_size
 
 from ..contract import Geometry
-from ._device import Device, LocalDevice
+from ._device import CryptoDevice, LocalDevice
 from ._loop import Backend, BackendConfig
 
 
@@ -63,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.poll_budget_us is not None:
         cfg.poll_budget_us = args.poll_budget_us
     if args.no_host:
-        factory: Callable[[], Device] = LocalDevice
+        factory: Callable[[], CryptoDevice] = LocalDevice
     else:
         from ._hostdevice import HostDevice
 
-        def factory() -> Device:
+        def factory() -> CryptoDevice:
             # The loop waits for the attempt: a host just failed as hung (it
             # accepts connections, never answers) is probed with the stall bound.
             hung = backend.host_hung

@@ -29,7 +29,7 @@ class Session:
         self.cached = False      # present in the shared cache
 
 
-class SessionTable:
+class BackendSessionTable:
     def __init__(self, shared: SessionCache, stats: BackendStats):
         self._shared = shared
         self._stats = stats
