@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import gc
+import os
 
+import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -98,3 +100,44 @@ async def test_aead_session_close_cut_off_still_releases_every_host_session(host
     st = await _wait_sessions_gone(fe)
     assert st["cache_entries"] == 0
     await provider.aclose()
+
+
+async def test_shared_region_is_read_only_to_frontends_and_holds_no_keys(local_backend):
+    """Least privilege (DESIGN §5): a frontend maps the backend's region
+    read-only (the memfd refuses a writable mapping), only reusable sessions
+    are cached, and no key bytes appear in the region."""
+    fe = Frontend(local_backend.socket_path, linger_s=5)
+    assert await fe.start()
+    der = _der()
+    aead_key = b"K" * 16
+    sign = await fe.open_session(SessionMeta(Op.SIGN, Alg.ECDSA_SECP256R1_SHA256, der))
+    seal = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, aead_key))
+    for h, item in ((sign, (b"m", b"", b"")), (seal, (b"p" * 64, b"n" * 12, b""))):
+        [(st, _)] = await fe.run(h, [item])
+        assert st is SlotStatus.OK
+    stats = await fe.backend_stats()
+    assert len(stats["sessions"]) == 2 and stats["cache_entries"] == 1   # the AEAD key is not cached
+    att = fe.attachment
+    shm = att.shared.mv
+    assert shm.readonly
+    assert der[-32:] not in bytes(shm) and aead_key * 2 not in bytes(shm)
+    await fe.close_session(sign)
+    await fe.close_session(seal)
+    await fe.aclose()
+
+
+def test_backend_region_refuses_writable_mappings():
+    from vcrypto.shm.region import Region, RegionError
+
+    owner = Region.create("ro-test", 4096, peers_read_only=True)
+    try:
+        owner.write(0, b"owner writes")               # the owner's own mapping stays writable
+        with pytest.raises(RegionError):
+            Region.from_fd("peer", os.dup(owner.fd))  # a writable mapping by a peer: refused
+        peer = Region.from_fd("peer", os.dup(owner.fd), writable=False)
+        assert peer.read(0, 12) == b"owner writes"
+        with pytest.raises(TypeError):
+            peer.buf[0:1] = b"x"
+        peer.close()
+    finally:
+        owner.close()

@@ -27,6 +27,8 @@ import os
 __all__ = ["Region", "RegionError", "PAGE_SIZE", "SIZE_SEALS", "is_size_sealed"]
 
 PAGE_SIZE = mmap.PAGESIZE
+#: Linux 5.1+ (include/uapi/linux/fcntl.h); Python names it only from 3.13.
+F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
 SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
 
@@ -59,27 +61,37 @@ class Region:
     # -- construction -----------------------------------------------------
 
     @classmethod
-    def create(cls, name: str, size: int) -> Region:
-        """A fresh zero-filled region of ``size`` bytes (rounded up to a page)."""
+    def create(cls, name: str, size: int, *, peers_read_only: bool = False) -> Region:
+        """A fresh zero-filled region of ``size`` bytes (rounded up to a page).
+
+        ``peers_read_only``: seal it against new writable mappings
+        (F_SEAL_FUTURE_WRITE): this process keeps writing through its own
+        mapping, every peer it sends the fd to can only map it read-only."""
         if size <= 0:
             raise RegionError(f"region {name!r}: size must be positive, got {size}")
         size = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
         fd = os.memfd_create(f"vcrypto-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             # Fix the size for good (as QEMU's memory-backend-memfd does with
             # seal=on): a peer that maps this region can then trust that the
             # pages stay backed; a shrunk file would SIGBUS whoever touches it.
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SIZE_SEALS | fcntl.F_SEAL_SEAL)
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            seals = SIZE_SEALS | fcntl.F_SEAL_SEAL
+            if peers_read_only:
+                seals |= F_SEAL_FUTURE_WRITE
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
         except OSError as exc:
             os.close(fd)
             raise RegionError(f"region {name!r}: cannot create {size} bytes: {exc}") from exc
         return cls(name, fd, size, _mm=mm)
 
     @classmethod
-    def from_fd(cls, name: str, fd: int, size: int | None = None, *, offset: int = 0) -> Region:
+    def from_fd(cls, name: str, fd: int, size: int | None = None, *, offset: int = 0,
+                writable: bool = True) -> Region:
         """Map a region received from a peer; takes ownership of ``fd``.
+        ``writable=False`` maps it read-only (a region its owner sealed with
+        ``peers_read_only`` can only be mapped so).
 
         ``size`` defaults to the file's size. ``offset`` must be page aligned
         (mmap's rule); vhost-user's ``mmap_offset`` is honoured by mapping
@@ -92,7 +104,8 @@ class Region:
             if size <= 0 or offset < 0 or offset + size > file_size:
                 raise RegionError(f"region {name!r}: range {offset}+{size} exceeds the "
                                   f"{file_size}-byte file")
-            mm = mmap.mmap(fd, offset + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            mm = mmap.mmap(fd, offset + size, mmap.MAP_SHARED, prot)
         except OSError as exc:
             os.close(fd)
             raise RegionError(f"region {name!r}: cannot map fd {fd}: {exc}") from exc

@@ -132,7 +132,8 @@ class Backend:
         self._epoch = 0
         self._next_retry = 0.0
         self._sel = selectors.DefaultSelector()
-        self._shm = Region.create("engine-shared", cfg.cache.region_bytes)
+        # frontends can map it read-only only (no worker rewrites the cache)
+        self._shm = Region.create("engine-shared", cfg.cache.region_bytes, peers_read_only=True)
         self.shared = BackendRegion(self._shm.buf, cfg.cache, create=True)
         self._doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         # a stale socket left by a killed backend is replaced; a live one is an error

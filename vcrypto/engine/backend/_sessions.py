@@ -71,7 +71,8 @@ class BackendSessionTable:
         self._stats.cache_misses += 1
         self._by_sid[sess.sid] = sess
         self._by_meta[sess.canonical] = sess
-        sess.cached = self._shared.insert(sess.canonical, sess.sid)
+        # a connection's traffic key can never be reused: kept out of the shared cache
+        sess.cached = sess.meta.shareable and self._shared.insert(sess.canonical, sess.sid)
 
     @staticmethod
     def ref(owner_refs: dict[int, int] | None, sess: Session) -> None:

@@ -4,8 +4,10 @@ a buffer: no sockets, no trio.
 
 Backend shared region
 =====================
-One per engine-backend, mapped read-only by every frontend (the backend is
-its only writer)::
+One per engine-backend. The backend creates it sealed against writable
+mappings by anyone else (F_SEAL_FUTURE_WRITE): every frontend maps it
+read-only, so no worker can rewrite the flags or another worker's cache
+entries, and it holds no key material (entries carry digests only)::
 
     offset size field            meaning
     0      4    magic            0x45424356 (b"VCBE")
@@ -13,7 +15,7 @@ its only writer)::
     8      8    region_bytes
     16     4    cache_offset     first cache entry
     20     4    cache_entries    power of two
-    24     4    entry_bytes      bytes per entry (64 + max metadata)
+    24     4    entry_bytes      bytes per entry (64)
     28     36   -                reserved
     64     4    backend_sleeping 1 while the backend is (about to be) blocked
                                  on its doorbell: frontends ring it only then
@@ -29,11 +31,15 @@ linear probing from ``md5[0:4] mod cache_entries``)::
     0      4    seq          seqlock: odd while the backend rewrites the entry
     4      4    state        0 empty, 1 live, 2 tombstone (deleted; keep probing)
     8      8    session_id
-    16     16   md5          MD5 of the canonical session metadata
-    32     4    meta_len
-    36     28   -            reserved
-    64     ...  meta         the canonical metadata itself: a hit is confirmed
-                             byte for byte, MD5 is not collision resistant
+    16     16   md5          MD5 of the canonical session metadata (the notes'
+                             cache key; where probing starts)
+    32     32   sha256       SHA-256 of the same metadata: a hit is confirmed
+                             against it, as MD5 is not collision resistant; the
+                             metadata itself (it holds keys) is never stored here
+
+Only reusable sessions are cached (signing with the certificate key, ECDH
+parameters): a connection's AEAD traffic keys are private to one frontend
+(``SessionMeta.shareable``).
 
 A reader reads ``seq`` (must be even), the fields, then ``seq`` again; a
 change means a concurrent rewrite and is treated as a miss (the backend is
@@ -95,11 +101,20 @@ class SessionMeta:
     def digest(self) -> bytes:
         return hashlib.md5(self.canonical(), usedforsecurity=False).digest()
 
+    @property
+    def shareable(self) -> bool:
+        """Whether other connections (and workers) can reuse this session:
+        not an AEAD traffic key, which belongs to one connection direction."""
+        return self.op not in AEAD_OPS
+
+
+AEAD_OPS = frozenset({Op.AEAD_SEAL, Op.AEAD_OPEN})
+
 
 @dataclasses.dataclass(frozen=True)
 class CacheGeometry:
     entries: int = 256
-    entry_bytes: int = 4096
+    entry_bytes: int = 64
 
     @property
     def cache_offset(self) -> int:
@@ -111,7 +126,8 @@ class CacheGeometry:
         return (end + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
 
 
-E_SEQ, E_STATE, E_SID, E_MD5, E_META_LEN, E_META = 0, 4, 8, 16, 32, 64
+E_SEQ, E_STATE, E_SID, E_MD5, E_SHA = 0, 4, 8, 16, 32
+ENTRY_MIN_BYTES = 64
 EMPTY, LIVE, TOMBSTONE = 0, 1, 2
 MAX_PROBE = 16
 
@@ -130,7 +146,8 @@ class BackendRegion:
         if create:
             if geometry is None:
                 raise LayoutError("creating a shared region needs a geometry")
-            if geometry.entries & (geometry.entries - 1) or geometry.entry_bytes % 64:
+            if (geometry.entries & (geometry.entries - 1) or geometry.entry_bytes % 64
+                    or geometry.entry_bytes < ENTRY_MIN_BYTES):
                 raise LayoutError(f"bad cache geometry {geometry}")
             self.mv[:] = bytes(len(self.mv))
             struct.pack_into("<IIQIII", self.mv, 0, BACKEND_MAGIC, VERSION, len(self.mv),
@@ -192,10 +209,14 @@ class SessionCache:
         for step in range(min(MAX_PROBE, self.geometry.entries)):
             yield self._entry((start + step) & self._mask)
 
-    def lookup(self, meta: bytes, md5: bytes | None = None) -> int | None:
-        """Session id cached for canonical metadata ``meta``, or None (a miss)."""
+    def lookup(self, meta: bytes, md5: bytes | None = None,
+               sha: bytes | None = None) -> int | None:
+        """Session id cached for canonical metadata ``meta``, or None (a miss).
+        ``md5``/``sha``: its digests, if the caller keeps them."""
         if md5 is None:
             md5 = hashlib.md5(meta, usedforsecurity=False).digest()
+        if sha is None:
+            sha = hashlib.sha256(meta).digest()
         mv, u32 = self.mv, self.u32
         for e in self._probe(md5):
             seq = u32[e // 4]
@@ -204,9 +225,8 @@ class SessionCache:
                 return None
             if seq & 1 or state != LIVE or mv[e + E_MD5:e + E_MD5 + 16] != md5:
                 continue
-            n = u32[(e + E_META_LEN) // 4]
             sid = self.u64[(e + E_SID) // 8]
-            same = n == len(meta) and mv[e + E_META:e + E_META + n] == meta
+            same = mv[e + E_SHA:e + E_SHA + 32] == sha
             if u32[e // 4] != seq:
                 return None  # rewritten while we read: ask the backend
             return sid if same else None
@@ -214,8 +234,6 @@ class SessionCache:
 
     def insert(self, meta: bytes, session_id: int) -> bool:
         """Backend: cache ``meta`` -> ``session_id``. False if it cannot be cached."""
-        if len(meta) > self.geometry.entry_bytes - E_META:
-            return False
         md5 = hashlib.md5(meta, usedforsecurity=False).digest()
         free = None
         for e in self._probe(md5):
@@ -231,8 +249,7 @@ class SessionCache:
         u32[e // 4] += 1  # odd: being written
         self.u64[(e + E_SID) // 8] = session_id
         self.mv[e + E_MD5:e + E_MD5 + 16] = md5
-        u32[(e + E_META_LEN) // 4] = len(meta)
-        self.mv[e + E_META:e + E_META + len(meta)] = meta
+        self.mv[e + E_SHA:e + E_SHA + 32] = hashlib.sha256(meta).digest()
         u32[e // 4 + 1] = LIVE
         u32[e // 4] += 1  # even: stable
         return True

@@ -250,7 +250,7 @@ class Frontend:
             fds = [doorbell]
             maps = [Region.from_fd("frontend", region_fd)]
             try:
-                maps.append(Region.from_fd("engine-shared", shared_fd))
+                maps.append(Region.from_fd("engine-shared", shared_fd, writable=False))
                 att = Attachment(self._gen + 1, sock, raw, efd, *maps, doorbell, decoder)
             except BaseException:
                 for shm in maps:

@@ -14,6 +14,7 @@ public control calls: ``attachment`` (the live one, if any),
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Protocol
 
@@ -43,13 +44,15 @@ class EngineUnavailable(Exception):
 class EngineSession:
     """A frontend's handle on a session (see the module docstring)."""
 
-    __slots__ = ("meta", "canonical", "md5", "local_refs", "idle_since", "sid", "gen",
+    __slots__ = ("meta", "canonical", "md5", "sha256", "local_refs", "idle_since", "sid", "gen",
                  "rejected_gen", "lock", "_inline")
 
     def __init__(self, meta: SessionMeta):
         self.meta = meta
         self.canonical = meta.canonical()
         self.md5 = meta.digest()
+        # only shareable sessions are in the shared cache (see SessionMeta.shareable)
+        self.sha256 = hashlib.sha256(self.canonical).digest() if meta.shareable else None
         self.local_refs = 0
         self.idle_since = 0.0
         self.sid = 0
@@ -160,7 +163,8 @@ class SessionHandles:
             if h.gen == att.gen:
                 return h.sid
             request = self._frontend.control_request
-            sid = att.shared.cache.lookup(h.canonical, h.md5)
+            sid = (att.shared.cache.lookup(h.canonical, h.md5, h.sha256)
+                   if h.sha256 is not None else None)
             reply = None
             if sid is not None:
                 reply = await request(att, {"t": "acquire", "sid": sid, "md5": h.md5.hex()})
