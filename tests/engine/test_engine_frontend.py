@@ -132,3 +132,42 @@ async def test_slot_pool_exhaustion_waits_instead_of_failing(tmp_path):
 
 async def _collect(fe, h, items, out):
     out.extend(r[1] for r in await fe.run(h, items))
+
+
+async def test_concurrent_submissions_share_one_doorbell_and_one_device_batch(local_backend):
+    """Handshake ops of concurrent connections coalesce: requests submitted
+    in one trio scheduling batch reach a sleeping backend with one doorbell
+    (the kicker rings it after all of them) and leave as one device batch."""
+    fe = Frontend(local_backend.socket_path)
+    assert await fe.start()
+    h = await fe.open_session(SessionMeta(Op.ECDH, Alg.X25519))
+    peer = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+    [(status, _)] = await fe.run(h, [(peer, b"", b"")])   # the session is known now
+    assert status is SlotStatus.OK
+    n, rounds = 16, 5
+    for _ in range(rounds):
+        with trio.fail_after(10):
+            while not fe.attachment.shared.backend_sleeping:
+                await trio.sleep(0.005)
+        before = await fe.backend_stats()
+        doorbells = fe.stats.doorbells
+        go = trio.Event()
+        results = []
+
+        async def one():
+            await go.wait()
+            results.extend(await fe.run(h, [(peer, b"", b"")]))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(one)
+            await trio.sleep(0.01)   # all parked on `go`
+            go.set()
+        after = await fe.backend_stats()
+        assert [s for s, _ in results] == [SlotStatus.OK] * n
+        assert fe.stats.doorbells - doorbells == 1
+        assert after["batches"] - before["batches"] == 1
+        hs = after["family_requests"]["handshake"] - before["family_requests"]["handshake"]
+        assert hs == n
+    await fe.close_session(h)
+    await fe.aclose()

@@ -527,7 +527,7 @@ class Backend:
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
-        self.stats.record_batch(len(batch))
+        self.stats.record_batch([r.req.op for r in batch])
         try:
             n = self.device.submit(batch)
         except CryptoDeviceError as exc:

@@ -9,6 +9,17 @@ import dataclasses
 from vcrypto.ops import Op
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+#: Op families for the per-family batch fill: a handshake's key exchange and
+#: signature, and record protection.
+FAMILY = {Op.ECDH: "handshake", Op.SIGN: "handshake", Op.AEAD_SEAL: "bulk", Op.AEAD_OPEN: "bulk"}
+FAMILIES = ("handshake", "bulk")
+
+
+def _bucket(n: int) -> int:
+    for i, b in enumerate(BATCH_BUCKETS):
+        if n <= b:
+            return i
+    return len(BATCH_BUCKETS) - 1
 
 
 @dataclasses.dataclass
@@ -29,6 +40,11 @@ class BackendStats:
     batches: int = 0
     device_full: int = 0            # batches the device queue could not take whole
     batch_fill: list = dataclasses.field(default_factory=lambda: [0] * len(BATCH_BUCKETS))
+    # per op family: batches that carried it, how many of its requests, histogram
+    family_batches: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(FAMILIES, 0))
+    family_requests: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(FAMILIES, 0))
+    family_fill: dict = dataclasses.field(
+        default_factory=lambda: {f: [0] * len(BATCH_BUCKETS) for f in FAMILIES})
     queue_ns_sum: int = 0           # frontend submit -> handed to the device
     exec_ns_sum: int = 0            # handed to the device -> completion seen
     timed: int = 0
@@ -39,13 +55,15 @@ class BackendStats:
     frontends_detached: int = 0
     inflight_by_op: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
-    def record_batch(self, n: int) -> None:
+    def record_batch(self, ops) -> None:
+        """One device batch, given the op of each of its requests."""
         self.batches += 1
-        for i, b in enumerate(BATCH_BUCKETS):
-            if n <= b:
-                self.batch_fill[i] += 1
-                return
-        self.batch_fill[-1] += 1
+        self.batch_fill[_bucket(len(ops))] += 1
+        counts = collections.Counter(FAMILY[op] for op in ops)
+        for family, n in counts.items():
+            self.family_batches[family] += 1
+            self.family_requests[family] += n
+            self.family_fill[family][_bucket(n)] += 1
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -95,6 +113,18 @@ class BackendCollector:
         buckets.append(("+Inf", acc))
         yield HistogramMetricFamily("vcrypto_engine_batch_fill", "requests per device batch",
                                     buckets=buckets, sum_value=s.requests)
+        fam = HistogramMetricFamily("vcrypto_engine_family_batch_fill",
+                                    "requests of one op family (handshake: ecdh+sign, bulk: "
+                                    "aead) per device batch that carried that family",
+                                    labels=["family"])
+        for family in FAMILIES:
+            buckets, acc = [], 0
+            for b, n in zip(BATCH_BUCKETS, s.family_fill[family]):
+                acc += n
+                buckets.append((str(b), acc))
+            buckets.append(("+Inf", acc))
+            fam.add_metric([family], buckets, sum_value=s.family_requests[family])
+        yield fam
         yield CounterMetricFamily("vcrypto_engine_queue_seconds",
                                   "time from frontend submit to device", value=s.queue_ns_sum / 1e9)
         yield CounterMetricFamily("vcrypto_engine_exec_seconds",

@@ -62,6 +62,10 @@ class Attachment:
         self.waiting: dict[int, trio.Event] = {}
         self.orphans: dict[int, list[int]] = {}
         self.has_work = trio.Event()
+        # Doorbell coalescing: submissions of one trio scheduling batch share
+        # one doorbell, rung by the kicker task after they all ran.
+        self.kick = trio.Event()
+        self.kick_pending = False
         self.replies: dict[int, list] = {}
         self.send_lock = trio.Lock()
         self.decoder = decoder

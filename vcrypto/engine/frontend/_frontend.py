@@ -12,8 +12,12 @@ Many tasks submit at once. ``Frontend.run(session, items)`` is the fiber of
 the notes: it takes up to 16 free slots and one opdone record per chunk of
 items (pipeline mode), writes inputs into the slots' data chunks, pushes the
 slot indices on the trans ring (the process is the ring's single producer:
-trio runs one task at a time and the push has no await inside), rings the
-doorbell only if ``backend_sleeping`` is set, and suspends once per opdone.
+trio runs one task at a time and the push has no await inside) and suspends
+once per opdone. The doorbell is rung by the *kicker* task, once per trio
+scheduling batch that submitted anything and only if ``backend_sleeping``
+is set: the requests of concurrent connections reach the backend together
+and become one device batch (handshake ops of different connections share
+batches; notes/ipc-costs.md).
 Results are read in place by slot address.
 
 One system task, the *waiter*, watches the process's single eventfd with
@@ -220,6 +224,7 @@ class Frontend:
         self.stats.attaches += 1
         trio.lowlevel.spawn_system_task(self._reader, att)
         trio.lowlevel.spawn_system_task(self._waiter, att)
+        trio.lowlevel.spawn_system_task(self._kicker, att)
 
     async def _attach(self) -> Attachment:
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -281,6 +286,7 @@ class Frontend:
         for slot in att.replies.values():
             slot[0].set()
         att.has_work.set()
+        att.kick.set()  # the kicker sees the end and exits
         att.sock.close()
         # The regions stay mapped until every task that read from them is done
         # (their memoryviews are released with the attachment object).
@@ -566,14 +572,30 @@ class Frontend:
         att.has_work.set()
         self.stats.submitted += len(group)
         self.stats.opdones += 1
-        full_fence()  # ring tail store before the backend_sleeping load
-        if att.shared.backend_sleeping:
-            try:
-                os.eventfd_write(att.doorbell, 1)
-                self.stats.doorbells += 1
-            except OSError:
-                pass
+        if not att.kick_pending:
+            att.kick_pending = True
+            att.kick.set()
         return group, slots, j, ev
+
+    async def _kicker(self, att: Attachment) -> None:
+        """Ring the backend's doorbell once per trio scheduling batch that
+        submitted work. Woken by the first submission of a batch, it runs
+        after every task of that batch (trio runs tasks made runnable during
+        a batch in the next one), so concurrent connections' requests reach
+        the backend together and leave it as one device batch."""
+        while True:
+            await att.kick.wait()
+            att.kick = trio.Event()
+            att.kick_pending = False
+            if not att.alive or att.fds_closed:
+                return
+            full_fence()  # ring tail stores before the backend_sleeping load
+            if att.shared.backend_sleeping:
+                try:
+                    os.eventfd_write(att.doorbell, 1)
+                    self.stats.doorbells += 1
+                except OSError:
+                    pass
 
     async def aclose(self) -> None:
         """Detach (the backend drops this frontend's references) and close fds."""
