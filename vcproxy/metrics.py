@@ -46,6 +46,10 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
                                "vcrypto work done in-process instead: engine away (op=any, "
                                "reason=engine_unavailable), a failed op redone inline (reason=error type), "
                                "engine unreachable at start (op=startup)"),
+    "crypto_keyless_failures_total": ("counter", ("key_ref",),
+                                      "keyless signatures (certificates[].key_ref) that failed: only "
+                                      "vcrypto-host holds the key, so the handshake failed (no in-process "
+                                      "fallback exists)"),
     "crypto_engine_stalls_total": ("counter", (),
                                    "times a worker's engine frontend gave up on a hung engine-backend (a "
                                    "request or control reply outstanding past twice "

@@ -177,7 +177,10 @@ class Supervisor:
             return
         host_config = os.path.join(self.runtime_dir, "vcrypto-host.yaml")
         with open(host_config, "w", encoding="utf-8") as f:
-            yaml.safe_dump({"pool": vc.pool_yaml()} if vc.pool is not None else {}, f)
+            host_yaml = {"pool": vc.pool_yaml()} if vc.pool is not None else {}
+            if vc.keys_dir is not None:  # keyless: only the host reads the keys
+                host_yaml["keys_dir"] = os.path.abspath(vc.keys_dir)
+            yaml.safe_dump(host_yaml, f)
         host_argv = [sys.executable, "-m", "vcrypto.host", "--socket", host_socket, "--config", host_config]
         if vc.host_metrics:
             host_argv += ["--metrics", str(vc.host_metrics)]

@@ -79,8 +79,15 @@ def _check_address(address: str) -> list[tuple[str, str]]:
 @dataclass(frozen=True)
 class CertificateConfig:
     cert: str = req("PEM file with the certificate chain, leaf first")
-    key: str = req("PEM file with the private key (unencrypted)")
+    key: str | None = opt(None, "PEM file with the private key (unencrypted); exactly one of key / key_ref")
+    key_ref: str | None = opt(None, "keyless: the name of a private key vcrypto-host holds (NAME.pem or NAME.der "
+                                    "in vcrypto.keys_dir); the workers never read the key. Needs crypto.provider: vcrypto")
     names: tuple[str, ...] | None = opt(None, "SNI names served by this certificate (default: the certificate's SANs)")
+
+    def check(self) -> list[tuple[str, str]]:
+        if (self.key is None) == (self.key_ref is None):
+            return [("key", "give exactly one of key (a PEM file) or key_ref (a key vcrypto-host holds)")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,8 @@ class VcryptoConfig:
     backend_socket: str | None = opt(None, "engine-backend socket the workers' frontends attach to (default: <runtime_dir>/backend.sock)")
     host_metrics: BindAddress | None = opt(None, "vcrypto-host metrics 'host:port' (default: none)")
     backend_metrics: BindAddress | None = opt(None, "engine-backend metrics 'host:port' (default: none)")
+    keys_dir: str | None = opt(None, "directory of private keys vcrypto-host loads for keyless certificates "
+                                     "(certificates[].key_ref: NAME -> NAME.pem / NAME.der); only the host reads it")
     pool: object = opt(None, "vcrypto-host's `pool:` section, passed verbatim and validated by "
                              "vcrypto.host.pool (resources, groups, policy, failover, size_routing, retry...); "
                              "null: one in-process openssl resource")
@@ -325,6 +334,15 @@ class Config:
             binds.add((lis.address, lis.port))
             if lis.upstream is not None and lis.upstream not in self.upstreams:
                 out.append((f"listeners[{i}].upstream", f"unknown upstream {lis.upstream!r}"))
+        for i, lis in enumerate(self.listeners):
+            for j, cert in enumerate(lis.tls.certificates if lis.tls.enabled else ()):
+                if cert.key_ref is None:
+                    continue
+                where = f"listeners[{i}].tls.certificates[{j}].key_ref"
+                if self.crypto.provider != "vcrypto":
+                    out.append((where, "keyless signing needs crypto.provider: vcrypto (the host holds the key)"))
+                elif self.vcrypto.manage and self.vcrypto.keys_dir is None:
+                    out.append((where, "needs vcrypto.keys_dir: the directory vcrypto-host loads keys from"))
         if any(lis.mode == "http" for lis in self.listeners) and not self.routes:
             out.append(("routes", "an http listener needs at least one route"))
         for i, route in enumerate(self.routes):

@@ -34,7 +34,7 @@ class ProviderUnavailable(Exception):
 
 
 def load_certificate(cert: CertificateConfig) -> CertificateEntry:
-    return CertificateEntry.from_pem_files(cert.cert, cert.key, cert.names)
+    return CertificateEntry.from_pem_files(cert.cert, cert.key, cert.names, key_ref=cert.key_ref)
 
 
 def read_ticket_keys(path: str | None) -> tuple[bytes, ...]:
@@ -138,10 +138,12 @@ class CountingProvider(CryptoProvider):
     ``crypto_fallbacks_total``; the small-record sync path is ``inline``.
     """
 
-    def __init__(self, inner: CryptoProvider, count: CountOp) -> None:
+    def __init__(self, inner: CryptoProvider, count: CountOp,
+                 on_keyless_failure: Callable[[str, Exception], None] | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self._count = count
+        self._on_keyless_failure = on_keyless_failure
 
     async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
         out = await self.inner.key_exchange(group, peer_public)
@@ -152,7 +154,13 @@ class CountingProvider(CryptoProvider):
         return self.inner.load_signing_key(private_key_pem, key_ref=key_ref)
 
     async def sign(self, key: SigningKey, scheme: str, message: bytes) -> bytes:
-        out = await self.inner.sign(key, scheme, message)
+        try:
+            out = await self.inner.sign(key, scheme, message)
+        except CryptoProviderError as exc:
+            # keyless: only the host holds the key, so nothing can redo it here
+            if key.private_key_der is None and key.key_ref and self._on_keyless_failure is not None:
+                self._on_keyless_failure(key.key_ref, exc)
+            raise
         self._count("sign", self.name)
         return out
 
@@ -230,8 +238,11 @@ class FallbackProvider(CryptoProvider):
 
     def load_signing_key(self, private_key_pem, *, key_ref=None):
         # Both sides need the key: the backup keeps its own handle in ``handle``.
+        # Keyless (no key here, the host holds it): there is no backup to load,
+        # and a failed signature fails the handshake (DESIGN §7).
         primary = self.primary.load_signing_key(private_key_pem, key_ref=key_ref)
-        backup = self.backup.load_signing_key(private_key_pem, key_ref=key_ref)
+        backup = (self.backup.load_signing_key(private_key_pem, key_ref=key_ref)
+                  if private_key_pem else None)
         return dataclasses.replace(primary, handle=(primary, backup))
 
     async def sign(self, key, scheme, message):
@@ -239,6 +250,8 @@ class FallbackProvider(CryptoProvider):
         try:
             out = await self.primary.sign(primary, scheme, message)
         except CryptoProviderError as exc:
+            if backup is None:
+                raise
             self.fell_back("sign", exc)
             return await self.backup.sign(backup, scheme, message)
         return out
@@ -251,7 +264,9 @@ class FallbackProvider(CryptoProvider):
 
 
 async def make_provider(config: Config, count: CountOp, on_fallback: CountFallback,
-                        backend_socket: str | None) -> CryptoProvider:
+                        backend_socket: str | None,
+                        on_keyless_failure: Callable[[str, Exception], None] | None = None
+                        ) -> CryptoProvider:
     """The provider a worker uses, wrapped for counting (and per-op fallback).
 
     ``crypto.fallback`` decides what an unreachable engine means at start:
@@ -269,9 +284,17 @@ async def make_provider(config: Config, count: CountOp, on_fallback: CountFallba
     if not await primary.frontend.start():
         if crypto.fallback == "none":
             raise ProviderUnavailable(f"crypto.provider: vcrypto: engine-backend at {backend_socket} unreachable")
-        if crypto.fallback == "startup":
+        # Keyless certificates cannot be served in-process: the vcrypto
+        # provider stays (its frontend computes ECDH and records in-process
+        # until the engine is back; keyless signatures fail cleanly meanwhile).
+        if crypto.fallback == "startup" and not _has_keyless(config):
             on_fallback("startup", "engine_unreachable")
             return CountingProvider(InlineProvider(), count)
     if crypto.fallback == "per_op":
         primary = FallbackProvider(primary, InlineProvider(), on_fallback)
-    return CountingProvider(primary, count)
+    return CountingProvider(primary, count, on_keyless_failure)
+
+
+def _has_keyless(config: Config) -> bool:
+    return any(c.key_ref is not None for lis in config.listeners if lis.tls.enabled
+               for c in lis.tls.certificates)

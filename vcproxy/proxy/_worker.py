@@ -117,7 +117,7 @@ class Worker:
             self.provider = await make_provider(
                 config, lambda op, prov: ops(op, prov).inc(),
                 lambda op, reason: m.crypto_fallbacks_total.labels(op, reason).inc(),
-                self.backend_socket)
+                self.backend_socket, _keyless_failed)
             self.runtimes, self.pools = self._build(config, {})
         except (ProviderUnavailable, OSError, ValueError) as exc:
             _log.error_log.error("worker_start_failed", worker=self.index, error=str(exc))
@@ -210,6 +210,11 @@ def _frontend_of(provider: Any) -> Any:
         if provider is None:
             return None
     return None
+
+
+def _keyless_failed(key_ref: str, exc: Exception) -> None:
+    metrics().crypto_keyless_failures_total.labels(key_ref).inc()
+    _log.error_log.warning("keyless_sign_failed", key_ref=key_ref, error=str(exc))
 
 
 async def _export_frontend_fallbacks(frontend: Any, interval_s: float = 1.0) -> None:

@@ -49,7 +49,7 @@ class BackendSessionTable:
     def find(self, canonical: bytes) -> Session | None:
         """A live session with exactly this canonical metadata (an open that hits)."""
         sess = self._by_meta.get(canonical)
-        if sess is not None:
+        if sess is not None and sess.meta.shareable:
             self._stats.cache_hits += 1
         return sess
 
@@ -68,7 +68,8 @@ class BackendSessionTable:
 
     def add(self, sess: Session) -> None:
         self._next_sid = max(self._next_sid, sess.sid + 1)
-        self._stats.cache_misses += 1
+        if sess.meta.shareable:   # the cache's hits and misses count what it may hold
+            self._stats.cache_misses += 1
         self._by_sid[sess.sid] = sess
         self._by_meta[sess.canonical] = sess
         # a connection's traffic key can never be reused: kept out of the shared cache
