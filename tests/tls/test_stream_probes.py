@@ -1,0 +1,156 @@
+"""TLS 1.3 conformance probes, sent as a crafting client sends them: a bad or
+broken client Finished, odd records, old legacy_version values, odd key
+shares and groups, record size limits. Each refusal is checked where a real
+client sees it: the client decrypts our alert with the keys it derived (the
+server application keys from our Finished on, RFC 8446 §4.4.4 / App. A.2)
+and the test asserts the exact alert description inside.
+
+The scripted client is ``miniclient.MiniClient`` over a trio memory stream
+(``memstream.pair``); nothing here touches a socket.
+"""
+from __future__ import annotations
+
+import pytest
+import trio
+from cryptography.exceptions import InvalidTag
+
+from tests.tls.memstream import pair
+from tests.tls.miniclient import Keys, MiniClient, client_hello, ext
+from vcproxy.tls import AlertDescription as A, InlineProvider, TLSError, TLSPeerError
+from vcproxy.tls import _codec as c
+from vcproxy.tls._record import record_header
+
+MAX_PLAINTEXT = 1 << 14
+X25519, SECP256R1, FFDHE2048, FFDHE3072 = 0x001D, 0x0017, 0x0100, 0x0101
+UNKNOWN_GROUP, GREASE_GROUP = 0xFEFE, 0x0A0A
+
+
+def sealed(keys: Keys, inner: bytes, *, length: int | None = None, flip_tag: bool = False) -> bytes:
+    """One protected record of ``inner`` (TLSInnerPlaintext, type and padding
+    included) under ``keys``; ``flip_tag`` breaks the AEAD tag."""
+    header = record_header(23, len(inner) + 16 if length is None else length)
+    body = bytearray(keys.aead.encrypt(keys.nonce(), inner, header))
+    if flip_tag:
+        body[-1] ^= 0x01
+    return header + bytes(body)
+
+
+async def read_alert(client: MiniClient) -> bytes:
+    """The next record from the server, which must be an alert we can open."""
+    try:
+        ctype, data = await client.record()
+    except InvalidTag:
+        pytest.fail("the server's alert does not open under the keys the client reads with "
+                    "(the server application keys once the server Finished is out)")
+    assert ctype == 21, (ctype, data)
+    return data
+
+
+async def refused(server, client: MiniClient, probe, *, after_handshake: bool) -> tuple[TLSError, bytes]:
+    """Run ``probe(client)``; return the server's failure and the alert the client read."""
+    failure: list[TLSError] = []
+
+    async def run_server():
+        try:
+            await server.do_handshake()
+            if after_handshake:
+                while await server.receive_some():
+                    pass
+        except TLSError as exc:
+            failure.append(exc)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_server)
+            await probe(client)
+            alert = await read_alert(client)
+            await client.stream.aclose()  # ends the server's lingering drain
+    assert failure, "the server did not fail"
+    return failure[0], alert
+
+
+def assert_refused(failure: TLSError, alert: bytes, expected: A) -> None:
+    assert isinstance(failure, TLSPeerError) and failure.alert == expected, failure
+    assert alert == bytes((2, expected)), f"client read alert {alert!r}, expected {expected.name}"
+
+
+async def echo_after(server, client: MiniClient, **handshake_kw) -> None:
+    """Handshake, then one application record each way."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            await client.handshake(**handshake_kw)
+        await client.send_app(b"ping")
+        assert await server.receive_some() == b"ping"
+        await server.send_all(b"pong")
+        assert await client.recv_app() == b"pong"
+
+
+# ---- 1. alerts after our Finished are under the server application key ---------
+
+def _raw(data_of):
+    async def send(cl):
+        await cl.stream.send_all(data_of(cl))
+    return send
+
+
+def _protected(inner_of, **kw):
+    return _raw(lambda cl: sealed(cl.write, inner_of(cl), **kw))
+
+
+OVERLONG = MAX_PLAINTEXT + 256 + 1
+#: Records a client may send where its Finished (or, later, application data)
+#: belongs, each with the alert RFC 8446 names for it.
+BAD_RECORDS = {
+    # a tag that does not verify: §5.2
+    "broken tag": (_protected(lambda cl: b"x" * 20 + b"\x17", flip_tag=True), A.bad_record_mac),
+    # too short to hold a tag at all
+    "zero-length record": (_raw(lambda cl: b"\x17\x03\x03\x00\x00"), A.bad_record_mac),
+    # §5.2: length > 2^14 + 256
+    "over-long record": (_raw(lambda cl: record_header(23, OVERLONG) + bytes(OVERLONG)),
+                         A.record_overflow),
+    # §5.4: no non-zero octet in TLSInnerPlaintext
+    "inner content type 0": (_protected(lambda cl: bytes(20)), A.unexpected_message),
+    # §5.1: TLSInnerPlaintext.content over 2^14
+    "content over 2^14": (_protected(lambda cl: b"x" * (MAX_PLAINTEXT + 1) + b"\x17"),
+                          A.record_overflow),
+}
+INSTEAD_OF_FINISHED = {
+    **BAD_RECORDS,
+    "bad Finished": (lambda cl: cl.send_protected(22, c.finished(bytes(32))), A.decrypt_error),
+    "broken tag on the Finished": (
+        _protected(lambda cl: cl.finished + b"\x16", flip_tag=True), A.bad_record_mac),
+    "application data before the Finished": (
+        lambda cl: cl.send_protected(23, b"GET / HTTP/1.1\r\n\r\n"), A.unexpected_message),
+    "change_cipher_spec other than 0x01": (lambda cl: cl.send_plain(20, b"\x02"),
+                                           A.unexpected_message),
+}
+AFTER_HANDSHAKE = {
+    **BAD_RECORDS,
+    "change_cipher_spec after the Finished": (lambda cl: cl.send_plain(20, b"\x01"),
+                                              A.unexpected_message),
+}
+
+
+@pytest.mark.parametrize("name", list(INSTEAD_OF_FINISHED))
+async def test_alert_instead_of_client_finished_is_under_application_key(config, name):
+    probe, expected = INSTEAD_OF_FINISHED[name]
+    server, _, client = pair(config)
+
+    async def run(cl):
+        await cl.handshake(send_finished=False)  # the client reads with server_ap now
+        await probe(cl)
+    failure, alert = await refused(server, client, run, after_handshake=False)
+    assert_refused(failure, alert, expected)
+
+
+@pytest.mark.parametrize("name", list(AFTER_HANDSHAKE))
+async def test_alert_after_handshake(config, name):
+    probe, expected = AFTER_HANDSHAKE[name]
+    server, _, client = pair(config)
+
+    async def run(cl):
+        await cl.handshake()
+        await probe(cl)
+    failure, alert = await refused(server, client, run, after_handshake=True)
+    assert_refused(failure, alert, expected)
