@@ -154,3 +154,18 @@ async def test_alert_after_handshake(config, name):
         await probe(cl)
     failure, alert = await refused(server, client, run, after_handshake=True)
     assert_refused(failure, alert, expected)
+
+
+# ---- 2. legacy_version below TLS 1.2 ------------------------------------------
+
+@pytest.mark.parametrize("legacy_version", [0x0300, 0x0301, 0x0302, 0x0002], ids=hex)
+async def test_old_legacy_version_with_tls13_offered_is_protocol_version(config, legacy_version):
+    # RFC 8446 §4.1.2: a TLS 1.3 ClientHello sets legacy_version 0x0303;
+    # App. D.5 and RFC 8996: SSL 3.0, TLS 1.0 and 1.1 are not negotiable.
+    server, _, client = pair(config)
+
+    async def send(cl):
+        await cl.send_plain(22, client_hello(share=cl.share, legacy_version=legacy_version,
+                                             versions=(0x0304, 0x0303)))
+    failure, alert = await refused(server, client, send, after_handshake=False)
+    assert_refused(failure, alert, A.protocol_version)

@@ -26,6 +26,11 @@ def check_version(ch: ClientHello) -> None:
         offered = ("legacy_version 0x%04x" % ch.legacy_version if ch.supported_versions is None
                    else "versions " + ", ".join("0x%04x" % v for v in ch.supported_versions))
         raise ProtocolVersionError(f"ClientHello offers no TLS 1.3 ({offered})")
+    if ch.legacy_version < 0x0303:
+        # RFC 8446 §4.1.2: a TLS 1.3 ClientHello sets legacy_version 0x0303;
+        # App. D.5 and RFC 8996: SSL 3.0, TLS 1.0 and 1.1 are not negotiable.
+        raise ProtocolVersionError(f"ClientHello offers TLS 1.3 with legacy_version "
+                                   f"0x{ch.legacy_version:04x} < 0x0303")
     # RFC 8446 §4.1.2: exactly one compression method, null.
     if ch.compression_methods != b"\x00":
         raise IllegalParameter("ClientHello: legacy_compression_methods must be [null]")
