@@ -169,3 +169,75 @@ async def test_old_legacy_version_with_tls13_offered_is_protocol_version(config,
                                              versions=(0x0304, 0x0303)))
     failure, alert = await refused(server, client, send, after_handshake=False)
     assert_refused(failure, alert, A.protocol_version)
+
+
+# ---- 3. key shares and groups -----------------------------------------------
+
+@pytest.fixture(params=["inline", "vcrypto"])
+def share_provider(request):
+    """The share checks hold whatever runs the key exchange (vcrypto: the host)."""
+    if request.param == "inline":
+        return InlineProvider()
+    return request.getfixturevalue("vcrypto_tls_provider")
+
+
+#: u = 1 has small order: X25519 with it is all-zero (RFC 7748 §6.1).
+SMALL_ORDER_X25519 = b"\x01" + bytes(31)
+
+
+@pytest.mark.parametrize("share", [b"", bytes(32), SMALL_ORDER_X25519, bytes(31), bytes(33)],
+                         ids=["empty", "all-zero", "small-order", "short", "long"])
+async def test_bad_x25519_share_is_illegal_parameter(config, share_provider, share):
+    # RFC 8446 §4.2.8: a share that is not a valid X25519 value is
+    # illegal_parameter; RFC 7748 §6.1: an all-zero shared secret is refused.
+    server, _, client = pair(config, share_provider)
+
+    async def send(cl):
+        await cl.send_plain(22, client_hello(share=share))
+    failure, alert = await refused(server, client, send, after_handshake=False)
+    assert_refused(failure, alert, A.illegal_parameter)
+
+
+FFDHE_SHARE = b"\x02" * 256
+
+
+@pytest.mark.parametrize("groups,shares", [
+    ((FFDHE2048,), [(FFDHE2048, FFDHE_SHARE)]),
+    ((FFDHE2048, FFDHE3072), []),
+    ((UNKNOWN_GROUP,), [(UNKNOWN_GROUP, b"\x01" * 32)]),
+    ((UNKNOWN_GROUP, FFDHE2048), [(UNKNOWN_GROUP, b"")]),
+    ((FFDHE2048,), [(X25519, "client")]),   # a share too, but no group of ours offered
+], ids=["ffdhe", "ffdhe-no-shares", "unknown", "unknown-empty-share", "ffdhe-with-x25519-share"])
+async def test_only_unsupported_groups_is_handshake_failure(config, groups, shares):
+    # RFC 8446 §4.1.1: no group in common → handshake_failure.
+    server, _, client = pair(config)
+
+    async def send(cl):
+        ks = [(g, cl.share if s == "client" else s) for g, s in shares]
+        await cl.send_plain(22, client_hello(groups=groups, key_shares=ks))
+    failure, alert = await refused(server, client, send, after_handshake=False)
+    assert_refused(failure, alert, A.handshake_failure)
+
+
+@pytest.mark.parametrize("groups,shares", [
+    ((UNKNOWN_GROUP, X25519), [(UNKNOWN_GROUP, b"\xab" * 8), (X25519, "client")]),
+    ((UNKNOWN_GROUP, X25519), [(UNKNOWN_GROUP, b""), (X25519, "client")]),
+    ((GREASE_GROUP, FFDHE2048, X25519), [(GREASE_GROUP, b"\x00"), (X25519, "client")]),
+    ((X25519,), [(UNKNOWN_GROUP, b"\x01"), (X25519, "client")]),
+], ids=["unknown-share-first", "unknown-empty-share", "grease", "unknown-share-not-in-groups"])
+async def test_unknown_groups_next_to_a_known_one_are_ignored(config, groups, shares):
+    server, _, client = pair(config)
+    ks = [(g, client.share if s == "client" else s) for g, s in shares]
+    await echo_after(server, client, ch=client_hello(groups=groups, key_shares=ks))
+    assert server.named_group == "x25519"
+
+
+async def test_share_of_a_known_group_not_in_supported_groups_is_still_illegal_parameter(config):
+    # RFC 8446 §4.2.8: shares only for groups in supported_groups (checked for
+    # the groups we implement: a common group exists, so this is the fault).
+    server, _, client = pair(config)
+
+    async def send(cl):
+        await cl.send_plain(22, client_hello(groups=(SECP256R1,), key_shares=[(X25519, cl.share)]))
+    failure, alert = await refused(server, client, send, after_handshake=False)
+    assert_refused(failure, alert, A.illegal_parameter)
