@@ -114,6 +114,10 @@ BAD_RECORDS = {
     # §5.1: TLSInnerPlaintext.content over 2^14
     "content over 2^14": (_protected(lambda cl: b"x" * (MAX_PLAINTEXT + 1) + b"\x17"),
                           A.record_overflow),
+    # §5.4: "The presence of padding does not change the overall record size
+    # limitations: the full encoded TLSInnerPlaintext MUST NOT exceed 2^14 + 1"
+    "padded inner over 2^14 + 1": (
+        _protected(lambda cl: b"x" * 10 + b"\x17" + bytes(MAX_PLAINTEXT - 9)), A.record_overflow),
 }
 INSTEAD_OF_FINISHED = {
     **BAD_RECORDS,
@@ -124,6 +128,9 @@ INSTEAD_OF_FINISHED = {
         lambda cl: cl.send_protected(23, b"GET / HTTP/1.1\r\n\r\n"), A.unexpected_message),
     "change_cipher_spec other than 0x01": (lambda cl: cl.send_plain(20, b"\x02"),
                                            A.unexpected_message),
+    "padded Finished over 2^14 + 1": (
+        _protected(lambda cl: cl.finished + b"\x16" + bytes(MAX_PLAINTEXT + 1 - len(cl.finished))),
+        A.record_overflow),
 }
 AFTER_HANDSHAKE = {
     **BAD_RECORDS,
@@ -241,3 +248,42 @@ async def test_share_of_a_known_group_not_in_supported_groups_is_still_illegal_p
         await cl.send_plain(22, client_hello(groups=(SECP256R1,), key_shares=[(X25519, cl.share)]))
     failure, alert = await refused(server, client, send, after_handshake=False)
     assert_refused(failure, alert, A.illegal_parameter)
+
+
+# ---- 4. record size limits: the largest records are accepted -------------
+
+async def test_maximum_size_padded_handshake_record_is_accepted(config):
+    # The client Finished padded to the full TLSInnerPlaintext of 2^14 + 1 bytes.
+    server, _, client = pair(config)
+    padding = MAX_PLAINTEXT + 1 - 36 - 1  # Finished (4 + 32) and the type byte
+    await echo_after(server, client, finished_padding=padding)
+
+
+@pytest.mark.parametrize("content,padding", [(MAX_PLAINTEXT, 0), (10, MAX_PLAINTEXT - 10)])
+async def test_maximum_size_application_records_are_accepted(config, content, padding):
+    server, _, client = pair(config)
+    await echo_after(server, client)
+    await client.send_protected(23, b"a" * content, padding=padding)
+    got = b""
+    while len(got) < content:
+        got += await server.receive_some()
+    assert got == b"a" * content
+    await server.aclose()
+
+
+async def test_maximum_size_plaintext_client_hello_record_is_accepted(config):
+    # A ClientHello of exactly 2^14 bytes in one plaintext record (§5.1), made
+    # so by the padding extension (RFC 7685); one byte more is record_overflow.
+    server, _, client = pair(config)
+    base = client_hello(share=client.share, extra=ext(21, b""))
+    ch = client_hello(share=client.share, extra=ext(21, bytes(MAX_PLAINTEXT - len(base))))
+    assert len(ch) == MAX_PLAINTEXT
+    await echo_after(server, client, ch=ch)
+
+    server, _, client = pair(config)
+    ch = client_hello(share=client.share, extra=ext(21, bytes(MAX_PLAINTEXT + 1 - len(base))))
+
+    async def send(cl):
+        await cl.send_plain(22, ch)
+    failure, alert = await refused(server, client, send, after_handshake=False)
+    assert_refused(failure, alert, A.record_overflow)
