@@ -40,7 +40,9 @@ def ext(t: int, data: bytes) -> bytes:
 
 def client_hello(*, sni="localhost", share: bytes | None = None, groups=(0x001D,),
                  share_group=0x001D, versions=(0x0304,), extra=b"", session_id=b"",
-                 alpn=None, suites=(0x1301,), sig_algs=SIG_ALGS) -> bytes:
+                 alpn=None, suites=(0x1301,), sig_algs=SIG_ALGS, legacy_version=0x0303,
+                 key_shares=None) -> bytes:
+    """A ClientHello; ``key_shares`` (a list of (group, share)) replaces ``share``."""
     exts = b""
     if sni:
         exts += ext(0, c.vec16(b"\x00" + c.vec16(sni.encode())))
@@ -49,12 +51,15 @@ def client_hello(*, sni="localhost", share: bytes | None = None, groups=(0x001D,
                     c.vec8(b"".join(v.to_bytes(2, "big") for v in versions)))
     exts += ext(c.EXT_SUPPORTED_GROUPS, c.vec16(b"".join(g.to_bytes(2, "big") for g in groups)))
     exts += ext(c.EXT_SIGNATURE_ALGORITHMS, c.vec16(b"".join(s.to_bytes(2, "big") for s in sig_algs)))
-    if share is not None:
-        exts += ext(c.EXT_KEY_SHARE, c.vec16(share_group.to_bytes(2, "big") + c.vec16(share)))
+    if key_shares is None and share is not None:
+        key_shares = [(share_group, share)]
+    if key_shares is not None:
+        exts += ext(c.EXT_KEY_SHARE, c.vec16(b"".join(g.to_bytes(2, "big") + c.vec16(s)
+                                                      for g, s in key_shares)))
     if alpn:
         exts += ext(c.EXT_ALPN, c.vec16(b"".join(c.vec8(p) for p in alpn)))
     exts += extra
-    body = (b"\x03\x03" + os.urandom(32) + c.vec8(session_id)
+    body = (legacy_version.to_bytes(2, "big") + os.urandom(32) + c.vec8(session_id)
             + c.vec16(b"".join(s.to_bytes(2, "big") for s in suites)) + b"\x01\x00" + c.vec16(exts))
     return c.handshake(c.CLIENT_HELLO, body)
 
@@ -74,9 +79,10 @@ class MiniClient:
     async def send_plain(self, ctype: int, data: bytes) -> None:
         await self.stream.send_all(record_header(ctype, len(data)) + data)
 
-    async def send_protected(self, ctype: int, data: bytes, keys: Keys | None = None) -> None:
+    async def send_protected(self, ctype: int, data: bytes, keys: Keys | None = None, *,
+                             padding: int = 0) -> None:
         keys = keys or self.write
-        inner = data + bytes((ctype,))
+        inner = data + bytes((ctype,)) + bytes(padding)
         header = record_header(23, len(inner) + 16)
         await self.stream.send_all(header + keys.aead.encrypt(keys.nonce(), inner, header))
 
@@ -112,7 +118,16 @@ class MiniClient:
 
     async def handshake(self, ch: bytes | None = None, *, after_hello=None, bad_finished=False,
                         ccs_before_finished=False, fragment: int = 1 << 14,
-                        after_finished: bytes = b"") -> dict:
+                        after_finished: bytes = b"", send_finished: bool = True,
+                        finished_padding: int = 0) -> dict:
+        """Run the handshake up to our Finished.
+
+        ``send_finished=False`` stops once the server's Finished is read: the
+        client then reads under the server application keys (as a server
+        sends under them from its Finished on, RFC 8446 §4.4.4) and writes
+        under its handshake keys, ``self.finished`` holding the Finished it
+        would send. ``finished_padding`` zero bytes pad the Finished record.
+        """
         ch = ch or client_hello(share=self.share)
         self.transcript.update(ch)
         for i in range(0, len(ch), fragment):
@@ -150,9 +165,14 @@ class MiniClient:
         verify = finished_verify_data(SUITE, client_hs, self.transcript.digest())
         if bad_finished:
             verify = bytes(32)
+        self.finished = c.finished(verify)
+        if not send_finished:
+            self.read = Keys(server_ap)
+            self.client_ap = client_ap
+            return info
         if ccs_before_finished:
             await self.send_plain(20, b"\x01")
-        await self.send_protected(22, c.finished(verify) + after_finished)
+        await self.send_protected(22, self.finished + after_finished, padding=finished_padding)
         self.read, self.write = Keys(server_ap), Keys(client_ap)
         return info
 

@@ -118,9 +118,14 @@ def test_psk_resumption_with_valid_binder(x25519_only):
     flight = [k for k in cmds if isinstance(k, SendHandshake) and k.epoch is Epoch.HANDSHAKE]
     assert flight[0].data[0] == c.ENCRYPTED_EXTENSIONS
     client_hs = [k for k in cmds if isinstance(k, InstallKeys) and k.direction == "read"][0].secret
+    # the write key turns to the application secret right after our Finished (§4.4.4)
+    assert cmds[-2].data[-36:-32] == b"\x14\x00\x00\x20"
+    assert (cmds[-1].direction, cmds[-1].epoch) == ("write", Epoch.APPLICATION)
     fin = c.finished(finished_verify_data(SUITE, client_hs, hs.transcript_hash))
     done = hs.receive_message(Epoch.HANDSHAKE, fin)
     assert isinstance(done[-1], HandshakeComplete) and done[-1].info.resumed
+    assert [(k.direction, k.epoch) for k in done if isinstance(k, InstallKeys)] == [
+        ("read", Epoch.APPLICATION)]
 
 
 def test_psk_with_bad_binder_is_decrypt_error(x25519_only):

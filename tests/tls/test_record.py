@@ -20,6 +20,10 @@ def test_split_inner_with_and_without_padding():
         r.split_inner(b"x" * (r.MAX_PLAINTEXT + 1) + b"\x17")
     with pytest.raises(RecordOverflow):
         r.split_inner(b"x" * (r.MAX_PLAINTEXT + 1) + b"\x17\x00")
+    # RFC 8446 §5.4: padding counts: the whole TLSInnerPlaintext is <= 2^14 + 1
+    assert r.split_inner(b"x\x16" + bytes(r.MAX_PLAINTEXT - 1)) == (22, b"x")
+    with pytest.raises(RecordOverflow):
+        r.split_inner(b"x\x16" + bytes(r.MAX_PLAINTEXT))
 
 
 def test_nonce_is_iv_xor_sequence_number():

@@ -105,6 +105,13 @@ def test_simple_1rtt_handshake_through_the_state_machine():
     cmds = hs.signature_done(signature)
     [flight_tail] = [k for k in cmds if isinstance(k, SendHandshake)]
     assert flight_tail.data.startswith(cv_msg)  # the RFC's CertificateVerify, re-encoded
+    # RFC 8446 §4.4.4: from our Finished on we send under the server
+    # application traffic secret (an alert about the client's flight too).
+    # (Our EncryptedExtensions differ from the trace's, so the secret is
+    # derived here over our transcript, not taken from the RFC.)
+    _, server_ap = (EarlySecret(SUITE).into_handshake(v.SHARED_SECRET).into_master()
+                    .traffic_secrets(hs.transcript_hash))
+    assert cmds == [flight_tail, InstallKeys("write", Epoch.APPLICATION, SUITE, server_ap)]
     # A client Finished over our transcript completes the handshake.
     client_fin = c.finished(finished_verify_data(SUITE, v.CLIENT_HS_TRAFFIC, hs.transcript_hash))
     cmds = hs.receive_message(Epoch.HANDSHAKE, client_fin)

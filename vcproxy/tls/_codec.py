@@ -329,8 +329,11 @@ def _ext_key_share(ch: ClientHello, data: bytes, offset: int) -> None:
         if pos + 4 > n:
             raise DecodeError("key_share: truncated entry")
         end = pos + 4 + (data[pos + 2] << 8 | data[pos + 3])
-        if end > n or end == pos + 4:
+        if end > n:
             raise DecodeError("key_share: bad key_exchange length")
+        # (An empty key_exchange is kept: for a group we implement it is an
+        # invalid share, illegal_parameter (RFC 8446 §4.2.8); for one we do
+        # not know it is ignored with the rest of the entry.)
         shares.append((data[pos] << 8 | data[pos + 1], data[pos + 4:end]))
         pos = end
 

@@ -29,8 +29,11 @@ for what it waits for::
                                                KeyUpdate both ways
 
 A ``FinishedVerified`` value exists only once the client's Finished MAC has
-been compared (``hmac.compare_digest``); the application keys are installed
-only after it exists, and ``Connected`` cannot be built without one.
+been compared (``hmac.compare_digest``); the application read key is
+installed only after it exists, and ``Connected`` cannot be built without
+one. The application write key is installed right after our Finished (RFC
+8446 §4.4.4: an alert about the client's flight goes under it), yet nothing
+but that alert is sent under it before ``HandshakeComplete``.
 
 In ``Connected``, a client KeyUpdate installs the next read key at once; if
 it requested an update, ``key_update_owed`` tells the adapter to send ours
@@ -389,6 +392,13 @@ def _send_server_finished(hs: ServerHandshake, neg: Negotiated, hs_secret: Hands
     hs.emit(SendHandshake(Epoch.HANDSHAKE, pending + fin))
     master = hs_secret.into_master()
     client_ap, server_ap = master.traffic_secrets(hs.transcript_hash)
+    # RFC 8446 §4.4.4 / App. A.2: once our Finished is out we send under
+    # server_application_traffic_secret_0, so a fatal alert about the
+    # client's second flight (a bad Finished, a broken record) is under it
+    # too. The read side stays on the handshake key until the client Finished
+    # verifies; no application data is sent before that (the stream is OPEN
+    # only after HandshakeComplete).
+    hs.emit(InstallKeys("write", Epoch.APPLICATION, suite, server_ap))
     return ExpectFinished(neg, master, client_hs, client_ap, server_ap)
 
 
@@ -410,7 +420,6 @@ class ExpectFinished(State):
         proof = FinishedVerified(verify_data)
         hs.transcript.update(message)
         hs.emit(InstallKeys("read", Epoch.APPLICATION, suite, self.client_ap))
-        hs.emit(InstallKeys("write", Epoch.APPLICATION, suite, self.server_ap))
         if hs.config.tickets.enabled and hs.config.tickets.count:
             rms = self.master.resumption_master_secret(hs.transcript_hash)
             tickets = b"".join(_new_session_ticket(hs, self.neg, rms, i)

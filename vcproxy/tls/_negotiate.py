@@ -26,6 +26,11 @@ def check_version(ch: ClientHello) -> None:
         offered = ("legacy_version 0x%04x" % ch.legacy_version if ch.supported_versions is None
                    else "versions " + ", ".join("0x%04x" % v for v in ch.supported_versions))
         raise ProtocolVersionError(f"ClientHello offers no TLS 1.3 ({offered})")
+    if ch.legacy_version < 0x0303:
+        # RFC 8446 §4.1.2: a TLS 1.3 ClientHello sets legacy_version 0x0303;
+        # App. D.5 and RFC 8996: SSL 3.0, TLS 1.0 and 1.1 are not negotiable.
+        raise ProtocolVersionError(f"ClientHello offers TLS 1.3 with legacy_version "
+                                   f"0x{ch.legacy_version:04x} < 0x0303")
     # RFC 8446 §4.1.2: exactly one compression method, null.
     if ch.compression_methods != b"\x00":
         raise IllegalParameter("ClientHello: legacy_compression_methods must be [null]")
@@ -47,24 +52,31 @@ def choose_group(config: ServerConfig, ch: ClientHello) -> tuple[str, bytes | No
         # RFC 8446 §9.2: supported_groups and key_share come together.
         missing = "key_share" if ch.key_shares is None else "supported_groups"
         raise MissingExtension(f"ClientHello without {missing}")
+    common = [name for name in config.groups if GROUP_IDS[name] in ch.groups]
+    if not common:
+        # RFC 8446 §4.1.1: no group in common (FFDHE and ids we do not know
+        # count for nothing) → handshake_failure, whatever the shares say.
+        raise HandshakeFailure("no key exchange group in common: client offers "
+                               + ", ".join(GROUP_NAMES.get(g, "0x%04x" % g) for g in ch.groups))
     seen = set()
     for group_id, _ in ch.key_shares:
-        # RFC 8446 §4.2.8: one share per group, each in supported_groups.
+        # RFC 8446 §4.2.8: one share per group, each in supported_groups. The
+        # second rule is checked for the groups we implement only: a share of
+        # a group we do not know (GREASE, RFC 8701; a newer group) is ignored.
         if group_id in seen:
             raise IllegalParameter(f"key_share: two shares for group 0x{group_id:04x}")
-        if group_id not in ch.groups:
+        if group_id in GROUP_NAMES and group_id not in ch.groups:
             raise IllegalParameter(f"key_share: group 0x{group_id:04x} not in supported_groups")
         seen.add(group_id)
     shares = dict(ch.key_shares)
-    for name in config.groups:
+    for name in common:
         share = shares.get(GROUP_IDS[name])
         if share is not None:
+            # (its form — 32 bytes for X25519, an uncompressed point — and an
+            # all-zero X25519 result are the provider's to refuse with
+            # illegal_parameter, RFC 8446 §4.2.8.1-2, RFC 7748 §6.1)
             return name, share
-    for name in config.groups:
-        if GROUP_IDS[name] in ch.groups:
-            return name, None
-    raise HandshakeFailure("no key exchange group in common: client offers "
-                           + ", ".join(GROUP_NAMES.get(g, "0x%04x" % g) for g in ch.groups))
+    return common[0], None
 
 
 def choose_certificate(config: ServerConfig, ch: ClientHello) -> tuple[CertificateEntry, str, bool]:

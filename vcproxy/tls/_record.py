@@ -79,17 +79,18 @@ class RecordSplitter:
 
 def split_inner(inner: bytes) -> tuple[int, bytes]:
     """TLSInnerPlaintext → (content_type, content), stripping zero padding."""
+    if len(inner) > MAX_PLAINTEXT + 1:
+        # RFC 8446 §5.4: "The presence of padding does not change the overall
+        # record size limitations: the full encoded TLSInnerPlaintext MUST
+        # NOT exceed 2^14 + 1 octets." (§5.2: else record_overflow.)
+        raise RecordOverflow(f"record: inner plaintext of {len(inner)} bytes > {MAX_PLAINTEXT + 1}")
     content_type = inner[-1] if inner else 0
     if content_type:  # no padding: the usual case, one copy
-        if len(inner) - 1 > MAX_PLAINTEXT:
-            raise RecordOverflow(f"record: plaintext of {len(inner) - 1} bytes > {MAX_PLAINTEXT}")
         return content_type, inner[:-1]
     end = len(inner.rstrip(b"\x00"))
     if end == 0:
         # RFC 8446 §5.4: no non-zero octet → unexpected_message.
         raise UnexpectedMessage("record: protected record has no content type")
-    if end - 1 > MAX_PLAINTEXT:
-        raise RecordOverflow(f"record: plaintext of {end - 1} bytes > {MAX_PLAINTEXT}")
     return inner[end - 1], inner[:end - 1]
 
 
