@@ -8,7 +8,7 @@ DEMO_DIR := .demo
 # System tools the tests and the demo drive as real peers.
 SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin
 
-.PHONY: run test venv sysdeps demo-cert check-config clean bench bench-quick benchdeps
+.PHONY: run test venv sysdeps demo-cert check-config clean bench bench-quick benchdeps bench-mechanisms
 
 venv: $(STAMP)
 
@@ -70,3 +70,7 @@ bench: venv sysdeps benchdeps
 bench-quick: venv sysdeps benchdeps
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) bench/run.py --mode quick
+
+# vcrypto's mechanisms under make run's config and a bounded load (bench/mechanisms.py).
+bench-mechanisms: venv sysdeps demo-cert
+	$(PY) bench/mechanisms.py
