@@ -186,7 +186,8 @@ class Supervisor:
             host_argv += ["--metrics", str(vc.host_metrics)]
         backend_argv = [sys.executable, "-m", "vcrypto.engine.backend", "--host-socket", host_socket,
                         "--socket", self.backend_socket,
-                        "--stall-timeout-s", str(cfg.crypto.stall_timeout_s)]
+                        "--stall-timeout-s", str(cfg.crypto.stall_timeout_s),
+                        "--batch-deadline-us", str(vc.batch_deadline_us)]
         if vc.backend_metrics:
             backend_argv += ["--metrics", str(vc.backend_metrics)]
         for name, argv, sock in (("vcrypto-host", host_argv, host_socket),

@@ -229,6 +229,9 @@ class VcryptoConfig:
     backend_socket: str | None = opt(None, "engine-backend socket the workers' frontends attach to (default: <runtime_dir>/backend.sock)")
     host_metrics: BindAddress | None = opt(None, "vcrypto-host metrics 'host:port' (default: none)")
     backend_metrics: BindAddress | None = opt(None, "engine-backend metrics 'host:port' (default: none)")
+    batch_deadline_us: float = opt(0.0, "engine-backend: longest a partial device batch is held for more "
+                                        "requests (held only while the arrival rate says the next one comes "
+                                        "before it); 0: every drain pass sends what it found")
     keys_dir: str | None = opt(None, "directory of private keys vcrypto-host loads for keyless certificates "
                                      "(certificates[].key_ref: NAME -> NAME.pem / NAME.der); only the host reads it")
     pool: object = opt(None, "vcrypto-host's `pool:` section, passed verbatim and validated by "
@@ -236,6 +239,8 @@ class VcryptoConfig:
                              "null: one in-process openssl resource")
 
     def check(self) -> list[tuple[str, str]]:
+        if not 0 <= self.batch_deadline_us <= 100_000:
+            return [("batch_deadline_us", f"must be 0..100000 (us), got {self.batch_deadline_us}")]
         if self.pool is None:
             return []
         if not isinstance(self.pool, Mapping):

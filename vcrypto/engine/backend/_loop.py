@@ -18,10 +18,11 @@ One single-threaded poll loop does all the work:
 2. batch into the device on "full or deadline": ``batch_max`` requests, or
    the deadline after the first one. The deadline adapts to the arrival
    rate: a partial batch is held only while an EWMA of the gap between
-   arrivals says it will fill within ``batch_deadline_us``; a trickle goes
-   out at once. 0 (the default) flushes at the end of every drain pass, the
-   right choice on small machines: arrivals are already batched by the time
-   the loop wakes;
+   arrivals says the next request comes before the batch's deadline
+   (``batch_deadline_us`` after its first request); a trickle goes out at
+   once. While a batch is held the loop sleeps to its deadline without
+   setting ``backend_sleeping`` (no doorbell per arrival). 0 (the default)
+   flushes at the end of every drain pass;
 3. drain completions, write slot status, bump opdone counters, refcount -1;
    a frontend whose opdone completed gets one eventfd write per pass, and
    only if its ``frontend_waiting`` flag says its waiter is blocked;
@@ -211,9 +212,14 @@ class Backend:
             if self._batch and self._device_full:
                 timeout = None  # back-pressure: sleep until the device completes some
             elif self._batch:
+                # Holding a partial batch: sleep to its deadline without
+                # advertising it, so frontends do not ring for every arrival;
+                # the deadline's pass takes whatever arrived meanwhile.
                 timeout = self._batch_deadline - now
                 if timeout <= 0:
                     continue  # the next pass flushes it
+                self._sleep(timeout, advertise=False)
+                continue
             elif self._should_poll(now):
                 self.stats.poll_passes += 1
                 self._handle(self._sel.select(0))
@@ -231,14 +237,18 @@ class Backend:
         threshold = self.cfg.poll_inflight_threshold
         return len(self._tokens) >= threshold or self._last_drained >= threshold
 
-    def _sleep(self, timeout: float | None) -> None:
+    def _sleep(self, timeout: float | None, *, advertise: bool = True) -> None:
+        """Block in epoll. ``advertise``: set ``backend_sleeping`` so frontends
+        ring the doorbell for new work (not while holding a batch to its
+        deadline: then arrivals wait for the deadline's pass)."""
         sh = self.shared
-        sh.backend_sleeping = 1
+        if advertise:
+            sh.backend_sleeping = 1
         armed = self.device.arm_notify() if self.device is not None else True
         full_fence()  # flag/notification stores before the ring and used-ring loads
         if (not armed or (self.device is not None and self.device.has_completions())
-                or any(fe.region is not None and not fe.region.ring.empty()
-                       for fe in self.control.order)):
+                or (advertise and any(fe.region is not None and not fe.region.ring.empty()
+                                      for fe in self.control.order))):
             sh.backend_sleeping = 0
             if self.device is not None:
                 self.device.disarm_notify()
@@ -512,13 +522,14 @@ class Backend:
         self._batch.append(DeviceRequest(token, fe.fid, region, req, dsid))
 
     def _worth_holding(self) -> bool:
-        """Hold a partial batch only if, at the current arrival rate, it is
-        expected to fill before ``batch_deadline_us`` (the deadline adapts to
-        the rate: a trickle is sent at once, a dense stream is batched)."""
-        max_hold = self.cfg.batch_deadline_us / 1e6
-        if max_hold <= 0 or self._gap_s is None:
+        """Hold a partial batch only while, at the current arrival rate, the
+        next request is expected before the batch's deadline (at most
+        ``batch_deadline_us`` after its first request): the hold adapts to the
+        rate -- a trickle is sent at once, a dense stream is batched, and no
+        request waits longer than the deadline."""
+        if self.cfg.batch_deadline_us <= 0 or self._gap_s is None:
             return False
-        return self._gap_s * (self.cfg.batch_max - len(self._batch)) <= max_hold
+        return self._gap_s <= self._batch_deadline - time.monotonic()
 
     def _finish_bad(self, fe: FrontendConn, i: int, opdone: int | None, status: SlotStatus) -> None:
         fe.region.complete(i, status)
