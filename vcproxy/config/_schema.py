@@ -86,7 +86,7 @@ class CertificateConfig:
 
     def check(self) -> list[tuple[str, str]]:
         if (self.key is None) == (self.key_ref is None):
-            return [("key", "give exactly one of key (a PEM file) or key_ref (a key vcrypto-host holds)")]
+            return [("key", "required: give exactly one of key (a PEM file) or key_ref (a key vcrypto-host holds)")]
         return []
 
 
