@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import lzma
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ CACHE = ROOT / ".cache" / "qemu-guest"
 GUEST_SRC = Path(__file__).resolve().parent / "guest"
 #: what /init loads (their dependencies come first, from modules.dep)
 MODULES = ["virtio_pci", "virtio_crypto", "algif_skcipher", "algif_aead"]
-BUILD_VERSION = "1"     # bump when the layout below changes
+BUILD_VERSION = "2"     # bump when the layout below changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,12 +94,29 @@ def _module_order(root: Path, version: str) -> list[str]:
     return order
 
 
+def _vmlinux(bzimage: Path) -> bytes:
+    """The ELF kernel inside the bzImage (Debian compresses it with xz). QEMU
+    boots it through its PVH entry point (Debian builds CONFIG_PVH): no
+    decompression under TCG, which halves boot to power-off (measured 21 ->
+    12 s wall at load 7). Falls back to the bzImage itself."""
+    data = bzimage.read_bytes()
+    start = data.find(b"\xfd7zXZ\x00")
+    if start >= 0:
+        try:
+            elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[start:])
+        except lzma.LZMAError:
+            elf = b""
+        if elf[:4] == b"\x7fELF":
+            return elf
+    return data
+
+
 def build(log=print) -> Guest:
     """The cached guest, built first if missing or stale."""
     package = kernel_package()
     version = package.removeprefix("linux-image-")
     digest = _source_digest(package)
-    kernel, initrd, stamp = CACHE / "vmlinuz", CACHE / "initrd.gz", CACHE / "stamp"
+    kernel, initrd, stamp = CACHE / "vmlinux", CACHE / "initrd.gz", CACHE / "stamp"
     if stamp.exists() and stamp.read_text() == digest and kernel.exists() and initrd.exists():
         return Guest(kernel, initrd, version)
     t0 = time.monotonic()
@@ -134,7 +152,7 @@ def build(log=print) -> Guest:
     cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=initramfs, check=True,
                           input="\n".join(["."] + files).encode(), capture_output=True).stdout
     initrd.write_bytes(gzip.compress(cpio, 6))
-    shutil.copy2(root / "boot" / f"vmlinuz-{version}", kernel)
+    kernel.write_bytes(_vmlinux(root / "boot" / f"vmlinuz-{version}"))
     shutil.rmtree(root)
     stamp.write_text(digest)
     log(f"qemu guest: built {version} initramfs ({initrd.stat().st_size} bytes, "
