@@ -30,8 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "qemu-guest"
 GUEST_SRC = Path(__file__).resolve().parent / "guest"
-#: what /init loads (their dependencies come first, from modules.dep)
-MODULES = ["virtio_pci", "virtio_crypto", "algif_skcipher", "algif_aead"]
+#: what /init loads (their dependencies come first, from modules.dep);
+#: aesni_intel is the guest's own AES (cbc-aes-aesni), the bench's baseline
+MODULES = ["virtio_pci", "virtio_crypto", "algif_skcipher", "algif_aead", "aesni_intel"]
 BUILD_VERSION = "2"     # bump when the layout below changes
 
 
