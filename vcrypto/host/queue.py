@@ -320,7 +320,7 @@ class DataQueue:
                 view, job.src = job.src, bytes(job.src)
                 if view.__class__ is memoryview:
                     view.release()
-                self._nursery.start_soon(self._execute_pieces, req, seq, head)
+                self._nursery.start_soon(self._execute, req, seq, head, None, True)
                 continue
             try:
                 result = submit_now(job)
@@ -359,10 +359,14 @@ class DataQueue:
                       job.op.value, job.alg.value, exc_info=exc)
         return vc.VIRTIO_CRYPTO_ERR
 
-    async def _execute(self, req: Request, seq: int, head: int, pending) -> None:
+    async def _execute(self, req: Request, seq: int, head: int, pending,
+                       pieces: bool = False) -> None:
         job = req.job
         try:
-            result = await self.scheduler.submit(job, pending)
+            if pieces:
+                result = await self._run_pieces(job)
+            else:
+                result = await self.scheduler.submit(job, pending)
             status = vc.VIRTIO_CRYPTO_OK
         except Exception as exc:
             status, result = self._error_status(job, exc), b""
@@ -374,32 +378,21 @@ class DataQueue:
             return
         self._finish(req, seq, head, status, result)
 
-    async def _execute_pieces(self, req: Request, seq: int, head: int) -> None:
+    async def _run_pieces(self, job) -> bytes:
         """A cipher request over ``PIECE_BYTES``: pieces of at most that size,
         each its own job with the session's metadata, run in order (the next
         piece's iv is the previous ciphertext block: CBC chaining carried
         across pieces), results joined in order; the first failure fails the
         request."""
-        job = req.job
         src, iv, out = job.src, job.iv, []
         encrypt = job.op is Op.CIPHER_ENCRYPT
-        try:
-            for off in range(0, len(src), PIECE_BYTES):
-                piece = src[off:off + PIECE_BYTES]
-                part = await self.scheduler.submit(dataclasses.replace(job, src=piece, iv=iv))
-                self.stats.split_pieces += 1
-                iv = (part if encrypt else piece)[-CIPHER_BLOCK_BYTES:]
-                out.append(part)
-            status, result = vc.VIRTIO_CRYPTO_OK, b"".join(out)
-        except Exception as exc:
-            status, result = self._error_status(job, exc), b""
-        except BaseException:
-            self.sessions.release(req.session)
-            raise
-        if self.stopped:
-            self.sessions.release(req.session)
-            return
-        self._finish(req, seq, head, status, result)
+        for off in range(0, len(src), PIECE_BYTES):
+            piece = src[off:off + PIECE_BYTES]
+            part = await self.scheduler.submit(dataclasses.replace(job, src=piece, iv=iv))
+            self.stats.split_pieces += 1
+            iv = (part if encrypt else piece)[-CIPHER_BLOCK_BYTES:]
+            out.append(part)
+        return b"".join(out)
 
     def _finish(self, req: Request, seq: int, head: int, status: int, result: bytes) -> None:
         """Write the result and status in place, release the session, and

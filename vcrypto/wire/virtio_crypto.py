@@ -234,6 +234,16 @@ DESTROY_OPCODE = {Op.AEAD_SEAL: AEAD_DESTROY_SESSION, Op.AEAD_OPEN: AEAD_DESTROY
                   Op.CHAIN_SEAL: CIPHER_DESTROY_SESSION, Op.CHAIN_OPEN: CIPHER_DESTROY_SESSION}
 
 
+def _mac_alg(mac_algo: int, hash_result_len: int) -> Alg:
+    mac = _MAC_ALGO_REV.get(mac_algo)
+    if mac is None:
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"MAC algo {mac_algo}: HMAC-SHA1 (2), -SHA256 (4)")
+    if hash_result_len != MAC_DIGEST_BYTES[mac]:
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"hash_result_len {hash_result_len}: only the "
+                                               f"full {MAC_DIGEST_BYTES[mac]}-byte digest")
+    return mac
+
+
 def sym_session_params(*, op_type: int, cipher_algo: int, key: bytes, direction: int,
                        hash_mode: int = 0, mac_algo: int = 0, hash_result_len: int = 0,
                        auth_key: bytes = b"", chain_order: int = 0) -> SessionParams:
@@ -259,12 +269,7 @@ def sym_session_params(*, op_type: int, cipher_algo: int, key: bytes, direction:
         raise WireError(VIRTIO_CRYPTO_NOTSUPP,
                         f"chain order {chain_order} for {'encrypt' if encrypt else 'decrypt'}: "
                         f"only encrypt-then-MAC ({want_order})")
-    mac = _MAC_ALGO_REV.get(mac_algo)
-    if mac is None:
-        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"MAC algo {mac_algo}: HMAC-SHA1 (2), -SHA256 (4)")
-    if hash_result_len != MAC_DIGEST_BYTES[mac]:
-        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"hash_result_len {hash_result_len}: only the "
-                                               f"full {MAC_DIGEST_BYTES[mac]}-byte digest")
+    mac = _mac_alg(mac_algo, hash_result_len)
     if not 0 < len(auth_key) <= MAC_MAX_KEY_BYTES:
         raise WireError(VIRTIO_CRYPTO_KEY_REJECTED, f"HMAC key of {len(auth_key)} bytes")
     alg = _CHAIN_OF_PARTS.get((cipher, mac))
@@ -416,12 +421,7 @@ def decode_session_create(data: bytes | memoryview) -> SessionParams:
                                   chain_order=order)
     if code == MAC_CREATE_SESSION:
         m_algo, result_len, auth_len, _p = _U32X4.unpack_from(data, 16)
-        alg = _MAC_ALGO_REV.get(m_algo)
-        if alg is None:
-            raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"MAC algo {m_algo}")
-        if result_len != MAC_DIGEST_BYTES[alg]:
-            raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"hash_result_len {result_len}: only the full "
-                                                   f"{MAC_DIGEST_BYTES[alg]}-byte digest")
+        alg = _mac_alg(m_algo, result_len)
         if auth_len != len(vlf) or not 0 < auth_len <= MAC_MAX_KEY_BYTES:
             raise WireError(VIRTIO_CRYPTO_KEY_REJECTED,
                             f"auth_key_len {auth_len} with {len(vlf)} key bytes")
