@@ -61,7 +61,7 @@ check-config: venv
 	$(VENV)/bin/vcproxy check-config config/vcproxy.yaml
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .hypothesis .cache/qemu-guest
 
 # Benchmarks (bench/README.md): four configurations side by side, results in
 # bench/results/. Load generator: h2load (Debian nghttp2-client). matplotlib is

@@ -30,6 +30,7 @@ import re
 import time
 import urllib.request
 
+import pytest
 import trio
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -91,6 +92,8 @@ async def _driver_load(socket_path: str, stop: trio.Event, counts: dict) -> None
             await trio.sleep(0.05)
 
 
+# the first run on a machine also downloads (~70 MB) and builds the guest
+@pytest.mark.timeout(600)
 async def test_qemu_guest_uses_vcrypto_host(start_host, tmp_path):
     guest = qemu_guest.build()
     host = start_host({"limits": {"max_request_bytes": 128 * 1024}}, metrics=True)
