@@ -5,8 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR := .demo
-# System tools the tests and the demo drive as real peers.
-SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin
+# System tools the tests and the demo drive as real peers. The QEMU guest
+# test (tests/vcrypto/test_qemu_guest.py) needs QEMU, a static busybox, gcc,
+# cpio and depmod; "dpkg:PKG" means "package PKG installed" (no command tells
+# busybox-static from busybox).
+SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin \
+  qemu-system-x86_64:qemu-system-x86 dpkg:busybox-static gcc:gcc cpio:cpio depmod:kmod
 
 .PHONY: run test venv sysdeps demo-cert check-config clean bench bench-quick benchdeps bench-mechanisms
 
@@ -19,11 +23,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # $(call apt_install,cmd:pkg ...): apt-get installs the package of every
-# command that is missing (CI and fresh machines run as root; else sudo).
+# command that is missing, and every package named as dpkg:pkg that is not
+# installed (CI and fresh machines run as root; else sudo).
 define apt_install
 	@missing=""; for pair in $(1); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  if [ "$$cmd" = dpkg ]; then \
+	    dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' \
+	      || missing="$$missing $$pkg"; \
+	  else command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; fi; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
@@ -53,7 +61,7 @@ check-config: venv
 	$(VENV)/bin/vcproxy check-config config/vcproxy.yaml
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .hypothesis .cache/qemu-guest
 
 # Benchmarks (bench/README.md): four configurations side by side, results in
 # bench/results/. Load generator: h2load (Debian nghttp2-client). matplotlib is

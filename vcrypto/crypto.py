@@ -17,6 +17,14 @@ ECDH           own ephemeral public key || shared secret.  X25519: 32 || 32.
 SIGN           signature over ``src`` (the message, not a digest).
                ECDSA: DER. RSA-PSS: MGF1 with the same hash, salt length =
                hash length (RFC 8446 §4.2.3). RSA PKCS#1 v1.5. Ed25519: 64 B.
+CIPHER_*       AES-CBC of ``src`` (a multiple of 16 bytes, no padding),
+               ``iv`` 16 bytes.
+MAC            HMAC (RFC 2104) of ``src``, the full digest.
+CHAIN_SEAL     AES-CBC ciphertext || HMAC(aad || ciphertext); key = AES key
+               || HMAC key.
+CHAIN_OPEN     ``src`` = ciphertext || HMAC: the HMAC is checked first
+               (constant time), mismatch -> ``CryptoError(BAD_MESSAGE)``, then
+               the plaintext.
 =============  ==============================================================
 
 Errors: ``CryptoError`` (the request is bad: its ``kind`` says how) and
@@ -45,12 +53,16 @@ import enum
 import threading
 
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import constant_time, hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from vcrypto.ops import (AEAD_IV_BYTES, AEAD_KEY_BYTES, AEAD_TAG_BYTES, ECDH_PUBLIC_BYTES, Alg, Op,
-                         is_valid)
+from vcrypto.ops import (
+    AEAD_IV_BYTES, AEAD_KEY_BYTES, AEAD_TAG_BYTES, CHAIN_PARTS, CIPHER_BLOCK_BYTES,
+    CIPHER_KEY_BYTES, ECDH_PUBLIC_BYTES, MAC_DIGEST_BYTES, MAC_MAX_KEY_BYTES, SYM_OPS, Alg, Op,
+    is_valid,
+)
 
 __all__ = ["CryptoError", "CryptoFault", "Prepared", "perform", "load_private_key",
            "ecdh_split", "KEY_CACHE_SIZE"]
@@ -248,6 +260,56 @@ def _sign(key: object, alg: Alg, msg: bytes) -> bytes:
     return signature
 
 
+_HMAC_HASH = {Alg.HMAC_SHA1: hashes.SHA1, Alg.HMAC_SHA256: hashes.SHA256}
+
+
+def _cbc(alg: Alg, key: bytes, iv: bytes, src: bytes, encrypt: bool) -> bytes:
+    if len(key) != CIPHER_KEY_BYTES[alg]:
+        raise CryptoError(_BAD, f"{alg.value} key must be {CIPHER_KEY_BYTES[alg]} bytes, "
+                                f"got {len(key)}")
+    if len(iv) != CIPHER_BLOCK_BYTES:
+        raise CryptoError(_BAD, f"AES-CBC iv must be {CIPHER_BLOCK_BYTES} bytes, got {len(iv)}")
+    if len(src) % CIPHER_BLOCK_BYTES:
+        raise CryptoError(_BAD, f"AES-CBC input of {len(src)} bytes is not a whole number "
+                                f"of {CIPHER_BLOCK_BYTES}-byte blocks")
+    cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+    ctx = cipher.encryptor() if encrypt else cipher.decryptor()
+    return ctx.update(src) + ctx.finalize()
+
+
+def _hmac(alg: Alg, key: bytes, *parts: bytes) -> bytes:
+    if not 0 < len(key) <= MAC_MAX_KEY_BYTES:
+        raise CryptoError(_BAD, f"{alg.value} key of {len(key)} bytes (1..{MAC_MAX_KEY_BYTES})")
+    h = hmac.HMAC(key, _HMAC_HASH[alg]())
+    for part in parts:
+        h.update(part)
+    return h.finalize()
+
+
+def _sym(op: Op, alg: Alg, key: bytes, src: bytes, iv: bytes, aad: bytes) -> bytes:
+    """CIPHER_*, MAC and the CHAIN ops (``key`` raw, see the table above)."""
+    if op is Op.CIPHER_ENCRYPT or op is Op.CIPHER_DECRYPT:
+        return _cbc(alg, key, iv, src, op is Op.CIPHER_ENCRYPT)
+    if op is Op.MAC:
+        return _hmac(alg, key, src)
+    cipher_alg, mac_alg = CHAIN_PARTS[alg]
+    n = CIPHER_KEY_BYTES[cipher_alg]
+    ckey, mkey = key[:n], key[n:]
+    if len(ckey) != n:
+        raise CryptoError(_BAD, f"{alg.value} key of {len(key)} bytes: the AES key alone is {n}")
+    tag_len = MAC_DIGEST_BYTES[mac_alg]
+    if op is Op.CHAIN_SEAL:
+        ct = _cbc(cipher_alg, ckey, iv, src, True)
+        return ct + _hmac(mac_alg, mkey, aad, ct)
+    if len(src) < tag_len:
+        raise CryptoError(CryptoError.Kind.BAD_MESSAGE,
+                          f"{alg.value} input of {len(src)} bytes is shorter than the MAC")
+    ct, tag = src[:len(src) - tag_len], src[len(src) - tag_len:]
+    if not constant_time.bytes_eq(bytes(tag), _hmac(mac_alg, mkey, aad, ct)):
+        raise CryptoError(CryptoError.Kind.BAD_MESSAGE, f"{alg.value} MAC mismatch")
+    return _cbc(cipher_alg, ckey, iv, ct, False)
+
+
 def _describe(key: object) -> str:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return f"an EC {key.curve.name} key"
@@ -265,6 +327,8 @@ def _run(op: Op, alg: Alg, loaded: object, src: bytes, iv: bytes, aad: bytes) ->
             return _open(loaded, src, iv, aad)
         if op is Op.ECDH:
             return _ecdh(alg, src)
+        if op in SYM_OPS:
+            return _sym(op, alg, loaded, src, iv, aad)
         return _sign(loaded, alg, src)
     except (CryptoError, CryptoFault):
         raise
@@ -292,6 +356,8 @@ def perform(op: Op, alg: Alg, key: bytes, key_id: bytes, src: bytes,
         loaded = _aead_cipher(alg, key)
     elif op is Op.SIGN:
         loaded = _key_cache.get(key_id, key)
+    elif op in SYM_OPS:
+        loaded = key
     else:
         loaded = None
     return _run(op, alg, loaded, src, iv, aad)
@@ -311,6 +377,8 @@ class Prepared:
             self._loaded = _aead_cipher(alg, key)
         elif op is Op.SIGN:
             self._loaded = load_private_key(key)
+        elif op in SYM_OPS:
+            self._loaded = key
         else:
             self._loaded = None
 

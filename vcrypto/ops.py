@@ -17,7 +17,19 @@ ECDH           peer public key (wire encoding:    own public key || shared secre
                X25519 raw 32 B, P-256/384 SEC1    (keygen + derive in one op: the
                uncompressed point)                host keeps no per-request key)
 SIGN           message to sign (not a digest)     signature (DER for ECDSA)
+CIPHER_*       AES-CBC input, a multiple of 16 B  output of the same length (no
+               (iv 16 B separate)                 padding: the caller pads)
+MAC            message                            full HMAC digest (20 / 32 B)
+CHAIN_SEAL     plaintext (iv 16 B, aad separate)  AES-CBC ciphertext || HMAC over
+                                                  aad || ciphertext (encrypt-
+                                                  then-MAC, full digest)
+CHAIN_OPEN     ciphertext || HMAC                 plaintext, after the HMAC over
+                                                  aad || ciphertext verified
+                                                  (status BADMSG on mismatch)
 =============  =================================  ===============================
+
+Keys: CIPHER the raw AES key; MAC the HMAC key (1..512 bytes); CHAIN the AES
+key followed by the HMAC key (its length is the rest).
 """
 from __future__ import annotations
 
@@ -33,6 +45,11 @@ class Op(enum.Enum):
     AEAD_OPEN = "aead_open"
     ECDH = "ecdh"
     SIGN = "sign"
+    CIPHER_ENCRYPT = "cipher_encrypt"
+    CIPHER_DECRYPT = "cipher_decrypt"
+    MAC = "mac"
+    CHAIN_SEAL = "chain_seal"     # AES-CBC then HMAC (encrypt-then-MAC)
+    CHAIN_OPEN = "chain_open"     # verify the HMAC, then AES-CBC decrypt
 
 
 class Alg(enum.Enum):
@@ -56,11 +73,33 @@ class Alg(enum.Enum):
     RSA_PKCS1_SHA384 = "rsa_pkcs1_sha384"
     RSA_PKCS1_SHA512 = "rsa_pkcs1_sha512"
     ED25519 = "ed25519"
+    # symmetric cipher, MAC and cipher+MAC chains (virtio-crypto sym/mac services)
+    AES_128_CBC = "aes-128-cbc"
+    AES_192_CBC = "aes-192-cbc"
+    AES_256_CBC = "aes-256-cbc"
+    HMAC_SHA1 = "hmac-sha1"
+    HMAC_SHA256 = "hmac-sha256"
+    AES_128_CBC_HMAC_SHA1 = "aes-128-cbc-hmac-sha1"
+    AES_192_CBC_HMAC_SHA1 = "aes-192-cbc-hmac-sha1"
+    AES_256_CBC_HMAC_SHA1 = "aes-256-cbc-hmac-sha1"
+    AES_128_CBC_HMAC_SHA256 = "aes-128-cbc-hmac-sha256"
+    AES_256_CBC_HMAC_SHA256 = "aes-256-cbc-hmac-sha256"
 
 
 AEAD_ALGS = frozenset({Alg.AES_128_GCM, Alg.AES_256_GCM, Alg.CHACHA20_POLY1305})
 ECDH_ALGS = frozenset({Alg.X25519, Alg.SECP256R1, Alg.SECP384R1})
-SIGN_ALGS = frozenset(Alg) - AEAD_ALGS - ECDH_ALGS
+CIPHER_ALGS = frozenset({Alg.AES_128_CBC, Alg.AES_192_CBC, Alg.AES_256_CBC})
+MAC_ALGS = frozenset({Alg.HMAC_SHA1, Alg.HMAC_SHA256})
+#: chain alg -> (its cipher alg, its MAC alg)
+CHAIN_PARTS: dict[Alg, tuple[Alg, Alg]] = {
+    Alg.AES_128_CBC_HMAC_SHA1: (Alg.AES_128_CBC, Alg.HMAC_SHA1),
+    Alg.AES_192_CBC_HMAC_SHA1: (Alg.AES_192_CBC, Alg.HMAC_SHA1),
+    Alg.AES_256_CBC_HMAC_SHA1: (Alg.AES_256_CBC, Alg.HMAC_SHA1),
+    Alg.AES_128_CBC_HMAC_SHA256: (Alg.AES_128_CBC, Alg.HMAC_SHA256),
+    Alg.AES_256_CBC_HMAC_SHA256: (Alg.AES_256_CBC, Alg.HMAC_SHA256),
+}
+CHAIN_ALGS = frozenset(CHAIN_PARTS)
+SIGN_ALGS = frozenset(Alg) - AEAD_ALGS - ECDH_ALGS - CIPHER_ALGS - MAC_ALGS - CHAIN_ALGS
 
 #: Which algorithms each op accepts. A request whose (op, alg) is not here is
 #: invalid whatever resource it would go to.
@@ -69,11 +108,21 @@ VALID: dict[Op, frozenset[Alg]] = {
     Op.AEAD_OPEN: AEAD_ALGS,
     Op.ECDH: ECDH_ALGS,
     Op.SIGN: SIGN_ALGS,
+    Op.CIPHER_ENCRYPT: CIPHER_ALGS,
+    Op.CIPHER_DECRYPT: CIPHER_ALGS,
+    Op.MAC: MAC_ALGS,
+    Op.CHAIN_SEAL: CHAIN_ALGS,
+    Op.CHAIN_OPEN: CHAIN_ALGS,
 }
 
 AEAD_KEY_BYTES = {Alg.AES_128_GCM: 16, Alg.AES_256_GCM: 32, Alg.CHACHA20_POLY1305: 32}
 AEAD_TAG_BYTES = 16
 AEAD_IV_BYTES = 12
+CIPHER_KEY_BYTES = {Alg.AES_128_CBC: 16, Alg.AES_192_CBC: 24, Alg.AES_256_CBC: 32}
+CIPHER_BLOCK_BYTES = 16          # AES block = CBC iv length
+MAC_DIGEST_BYTES = {Alg.HMAC_SHA1: 20, Alg.HMAC_SHA256: 32}
+MAC_MAX_KEY_BYTES = 512          # QEMU 7.2's auth_key[512]
+SYM_OPS = frozenset({Op.CIPHER_ENCRYPT, Op.CIPHER_DECRYPT, Op.MAC, Op.CHAIN_SEAL, Op.CHAIN_OPEN})
 
 Capability = tuple[Op, Alg]
 
@@ -129,11 +178,20 @@ MAX_SIGNATURE_BYTES = 1024   # RSA up to 8192 bits
 
 
 def max_dst_bytes(op: Op, alg: Alg, src_len: int) -> int:
-    """Upper bound of the ``dst`` bytes ``(op, alg)`` writes for ``src_len`` input."""
+    """Upper bound of the ``dst`` bytes ``(op, alg)`` writes for ``src_len`` input
+    (the one table: drivers and frontends size ``dst`` with it)."""
     if op is Op.AEAD_SEAL:
         return src_len + AEAD_TAG_BYTES
     if op is Op.AEAD_OPEN:
         return max(0, src_len - AEAD_TAG_BYTES)
+    if op is Op.CIPHER_ENCRYPT or op is Op.CIPHER_DECRYPT:
+        return src_len
+    if op is Op.MAC:
+        return MAC_DIGEST_BYTES[alg]
+    if op is Op.CHAIN_SEAL:
+        return src_len + MAC_DIGEST_BYTES[CHAIN_PARTS[alg][1]]
+    if op is Op.CHAIN_OPEN:
+        return max(0, src_len - MAC_DIGEST_BYTES[CHAIN_PARTS[alg][1]])
     if op is Op.ECDH:
         return ECDH_DST_BYTES[alg]
     return SIGN_DST_BYTES.get(alg, MAX_SIGNATURE_BYTES)

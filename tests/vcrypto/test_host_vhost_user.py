@@ -75,9 +75,13 @@ async def test_qemu_shaped_frontend(start_host):
                                               UVA_A + lay.avail).encode())
     await send(R.SET_VRING_KICK, vu.u64(0), fds=[kick])
 
-    # QEMU 7.2's symmetric session form: refused with a negative id, same size
+    # QEMU 7.2's symmetric session form: AES-CBC accepted (a session id in
+    # the same 632-byte struct), AES-ECB refused with a negative id
     qemu = session_msg.QEMU72.pack(0, 3, 16, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, b"k" * 16, b"")
     await send(R.CREATE_CRYPTO_SESSION, qemu)
+    r = await reply(R.CREATE_CRYPTO_SESSION)
+    assert len(r) == 632 and struct.unpack_from("<q", r)[0] > 0 and r[8:] == qemu[8:]
+    await send(R.CREATE_CRYPTO_SESSION, qemu[:8] + struct.pack("<I", 2) + qemu[12:])
     r = await reply(R.CREATE_CRYPTO_SESSION)
     assert len(r) == 632 and struct.unpack_from("<q", r)[0] < 0
     await send(R.CREATE_CRYPTO_SESSION,

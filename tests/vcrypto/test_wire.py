@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vcrypto.ops import ALL_CAPABILITIES, Alg, Op
+from vcrypto.ops import ALL_CAPABILITIES, CHAIN_PARTS, CIPHER_KEY_BYTES, SYM_OPS, Alg, Op
 from vcrypto.wire import session_msg
 from vcrypto.wire import vhost_user as vu
 from vcrypto.wire import virtio_crypto as vc
@@ -23,8 +23,18 @@ def _params():
         elif op is Op.SIGN:
             yield vc.SessionParams(op, alg, b"\x30\x82der-bytes")
             yield vc.SessionParams(op, alg, key_ref="site-key")
+        elif op in SYM_OPS:
+            yield vc.SessionParams(op, alg, sym_key(op, alg))
         else:
             yield vc.SessionParams(op, alg)
+
+
+def sym_key(op, alg, mac_key=b"m" * 20):
+    """A valid key for a cipher / MAC / chain session."""
+    if op is Op.MAC:
+        return mac_key
+    cipher = CHAIN_PARTS[alg][0] if alg in CHAIN_PARTS else alg
+    return b"c" * CIPHER_KEY_BYTES[cipher] + (mac_key if alg in CHAIN_PARTS else b"")
 
 
 @pytest.mark.parametrize("params", list(_params()), ids=repr)

@@ -4,7 +4,7 @@ sessions on the control path, requests on split data virtqueues.
 
 The driver never imports the host: they meet only on the wire
 (``vcrypto.wire``) and in shared memory (``vcrypto.shm``), which is what lets
-a QEMU guest stand where this driver stands.
+a QEMU guest stand where this driver stands (tests/vcrypto/test_qemu_guest.py).
 
 API
 ---
@@ -48,7 +48,8 @@ asked for a kick)::
 ``enqueue_burst`` accepts as many ops as there are free slots and returns
 that count. Buffers are (registered region, offset, length): the host reads
 inputs and writes the result in place; ``dst`` must hold
-``vcrypto.wire.virtio_crypto.max_dst_bytes(op, alg, src_len)``.
+``vcrypto.ops.max_dst_bytes(op, alg, src_len)`` (for MAC and
+the CHAIN ops exactly that: the MAC length is read off dst and src).
 
 Convenience for tests and benchmarks (copies bytes through a helper-owned
 region)::

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import trio
 
-from vcrypto.ops import Op
+from vcrypto.ops import SYM_OPS, Op
 from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 from vcrypto.shm.virtqueue import (
@@ -44,6 +44,8 @@ GPA_STRIDE = 1 << 36           # each registered region gets its own 64 GiB wind
 # virtio_crypto_op_data_req header + the AEAD / akcipher flf, packed in place
 # (the layouts are documented in vcrypto.wire.virtio_crypto; the wire tests pin them)
 _AEAD_HDR = struct.Struct("<IIQIIIIIIII")
+#: header + sym/MAC flf (10 u32) + op_type + padding: all 72 bytes
+_SYM_HDR = struct.Struct("<IIQII10III")
 _DESC = struct.Struct("<QIHH")
 
 
@@ -112,7 +114,7 @@ class Buf:
 @dataclasses.dataclass(slots=True)   # one per request: frozen init is ~8x slower
 class DataOp:
     """One request for ``enqueue_burst``. ``dst`` must hold
-    ``vc.max_dst_bytes(op, alg, src.length)``; ``token`` comes back in the
+    ``max_dst_bytes(op, alg, src.length)``; ``token`` comes back in the
     ``Completion``."""
 
     session_id: int
@@ -129,6 +131,28 @@ class Completion:
     token: object
     status: int          # virtio-crypto status (VIRTIO_CRYPTO_OK = 0)
     dst_len: int         # result bytes written at the start of dst
+
+
+def _pack_sym(slots, base: int, dop: DataOp, iv_len: int, aad_len: int) -> None:
+    """The 72-byte header of a cipher / chain / MAC request. The MAC length is
+    what dst and src differ by (chain), or dst itself (MAC): a DataOp's dst is
+    exactly ``max_dst_bytes`` for these ops."""
+    op, src_len, dst_len = dop.op, dop.src.length, dop.dst.length
+    code = vc.DATA_OPCODE[op]
+    if op is Op.MAC:
+        flf = (src_len, dst_len) + (0,) * 8
+        op_type = 0
+    elif op is Op.CIPHER_ENCRYPT or op is Op.CIPHER_DECRYPT:
+        flf = (iv_len, src_len, dst_len) + (0,) * 7
+        op_type = vc.SYM_OP_CIPHER
+    else:
+        if op is Op.CHAIN_SEAL:
+            text, hash_len = src_len, dst_len - src_len
+        else:
+            text, hash_len = dst_len, src_len - dst_len
+        flf = (iv_len, src_len, text, 0, text, 0, text, aad_len, hash_len, 0)
+        op_type = vc.SYM_OP_CHAIN
+    _SYM_HDR.pack_into(slots, base, code, 0, dop.session_id, 0, 0, *flf, op_type, 0)
 
 
 class Queue:
@@ -212,6 +236,8 @@ class Queue:
         if dop.op is Op.AEAD_SEAL or dop.op is Op.AEAD_OPEN:
             _AEAD_HDR.pack_into(slots, base, vc.DATA_OPCODE[dop.op], 0, dop.session_id, 0, 0,
                                 iv_len, aad_len, src.length, dst.length, vc.AEAD_TAG_BYTES, 0)
+        elif dop.op in SYM_OPS:
+            _pack_sym(slots, base, dop, iv_len, aad_len)
         else:
             # akcipher / KX flf: src_len, dst_len; the rest of the 48-byte union is zero
             _AEAD_HDR.pack_into(slots, base, vc.DATA_OPCODE[dop.op], 0, dop.session_id, 0, 0,

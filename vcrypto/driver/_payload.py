@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from vcrypto.driver._driver import DataOp, Driver, DriverTimeout, RegionHandle
 import trio
 
-from vcrypto.ops import Alg, Op
+from vcrypto.ops import Alg, Op, max_dst_bytes
 from vcrypto.shm.region import Region
 from vcrypto.wire import virtio_crypto as vc
 
@@ -59,7 +59,7 @@ class PayloadPool:
 
     def _op_for(self, slot: int, item: Item, token) -> DataOp:
         base = slot * self.slot_bytes
-        dst_len = vc.max_dst_bytes(item.op, item.alg, len(item.src))
+        dst_len = max_dst_bytes(item.op, item.alg, len(item.src))
         need = len(item.iv) + len(item.aad) + len(item.src) + dst_len
         if need > self.slot_bytes:
             raise ValueError(f"request needs {need} bytes, slot holds {self.slot_bytes}")

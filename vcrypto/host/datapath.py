@@ -12,7 +12,10 @@ or an error status. Every check the design promises lives here:
 3. header: a known data opcode, lengths that add up within the readable and
    writable bytes actually supplied, within ``max_request_bytes``;
 4. the session id is live *on this device* and its op matches the opcode;
-5. per op: AEAD iv 12 bytes, tag 16, dst large enough.
+5. per op: AEAD iv 12 bytes, tag 16, dst large enough; AES-CBC iv 16 bytes,
+   whole blocks, the sym ``op_type`` matching the session (cipher or chain),
+   a chain's offsets 0, lengths covering the whole src, ``hash_result_len`` the
+   full digest (the vcrypto conventions in ``vcrypto.wire.virtio_crypto``).
 
 A broken chain (1) yields no status location: the used element is
 published with len 0, which the driver reads as VIRTIO_CRYPTO_ERR. Once
@@ -27,7 +30,9 @@ import struct
 from vcrypto.host.memory import BadAddress, GuestMemory
 from vcrypto.host.resources._base import CryptoJob
 from vcrypto.host.sessions import Session, SessionTable
-from vcrypto.ops import AEAD_IV_BYTES, AEAD_TAG_BYTES, Op
+from vcrypto.ops import (
+    AEAD_IV_BYTES, AEAD_TAG_BYTES, CHAIN_PARTS, CIPHER_BLOCK_BYTES, MAC_DIGEST_BYTES, Op, max_dst_bytes,
+)
 from vcrypto.shm.virtqueue import (
     DESC_BYTES, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
     SplitVirtqueue, VirtqueueError,
@@ -42,6 +47,10 @@ from vcrypto.wire import virtio_crypto as vc
 _HDR_FLF = struct.Struct("<IIQII6I")
 _AEAD_CODES = (vc.AEAD_ENCRYPT, vc.AEAD_DECRYPT)
 _SRC_DST_CODES = (vc.AKCIPHER_SIGN, vc.KX_DERIVE)
+_SYM_CODES = (vc.CIPHER_ENCRYPT, vc.CIPHER_DECRYPT)
+_U32 = struct.Struct("<I")
+_CIPHER_OPS = (Op.CIPHER_ENCRYPT, Op.CIPHER_DECRYPT)
+_CHAIN_OPS = (Op.CHAIN_SEAL, Op.CHAIN_OPEN)
 #: one indirect descriptor (virtio 1.2 struct virtq_desc)
 _DESC = struct.Struct("<QIHH")
 
@@ -264,10 +273,25 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
             raise RequestError(vc.VIRTIO_CRYPTO_ERR, "readable part shorter than the header")
         (opcode, _algo, session_id, _flag, _pad, f0, f1, f2, f3, f4, _r) = \
             _HDR_FLF.unpack(chain.readable.read(0, _HDR_FLF.size))
+        op_type = hash_len = c_off = c_len = h_off = h_len = 0
         if opcode in _AEAD_CODES:
             iv_len, aad_len, src_len, dst_len, tag_len = f0, f1, f2, f3, f4
         elif opcode in _SRC_DST_CODES:
             iv_len, aad_len, src_len, dst_len, tag_len = 0, 0, f0, f1, 0
+        elif opcode in _SYM_CODES:
+            tag_len = 0
+            hdr = chain.readable.read(0, vc.DATA_REQ_BYTES)
+            (op_type,) = _U32.unpack_from(hdr, vc.SYM_OP_TYPE_OFFSET)
+            if op_type == vc.SYM_OP_CIPHER:
+                iv_len, src_len, dst_len, aad_len = f0, f1, f2, 0
+            elif op_type == vc.SYM_OP_CHAIN:
+                (iv_len, src_len, dst_len, c_off, c_len, h_off, h_len, aad_len, hash_len,
+                 _r) = vc.CHAIN_PARA.unpack_from(hdr, 24)
+            else:
+                raise RequestError(vc.VIRTIO_CRYPTO_NOTSUPP, f"sym op_type {op_type}")
+        elif opcode == vc.MAC:
+            iv_len, aad_len, src_len, hash_len, tag_len = 0, 0, f0, f1, 0
+            dst_len = hash_len
         else:
             raise RequestError(vc.VIRTIO_CRYPTO_NOTSUPP, f"data opcode {opcode:#x}")
         inputs = iv_len + aad_len + src_len
@@ -292,9 +316,15 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
                 if iv_len != AEAD_IV_BYTES or tag_len != AEAD_TAG_BYTES:
                     raise RequestError(vc.VIRTIO_CRYPTO_ERR,
                                        f"iv_len {iv_len}/tag_len {tag_len}, need 12/16")
+            elif opcode in _SYM_CODES or opcode == vc.MAC:
+                dst_len = _check_sym(op, session.alg, op_type, iv_len, src_len, dst_len, hash_len,
+                                     c_off, c_len, h_off, h_len)
+                if dst_len > status_offset:
+                    raise RequestError(vc.VIRTIO_CRYPTO_ERR,
+                                       f"result of {dst_len} bytes but {status_offset} writable")
             elif iv_len or aad_len:
                 raise RequestError(vc.VIRTIO_CRYPTO_ERR, "iv/aad on a non-AEAD request")
-            need = vc.max_dst_bytes(op, session.alg, src_len) \
+            need = max_dst_bytes(op, session.alg, src_len) \
                 if op in (Op.AEAD_SEAL, Op.AEAD_OPEN) else 0
             if dst_len < need:
                 raise RequestError(vc.VIRTIO_CRYPTO_ERR, f"dst_len {dst_len} < {need}")
@@ -302,7 +332,7 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
             off = vc.DATA_REQ_BYTES
             iv = r.read(off, iv_len)
             aad = r.read(off + iv_len, aad_len)
-            if op in (Op.AEAD_SEAL, Op.AEAD_OPEN):
+            if op in (Op.AEAD_SEAL, Op.AEAD_OPEN) or opcode in _SYM_CODES:
                 # Zero copy: the cipher reads the record where the driver put
                 # it (a job that has to wait is given bytes: DataQueue).
                 src = r.view(off + iv_len + aad_len, src_len)
@@ -317,6 +347,41 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
         return _failed(chain, exc.status, str(exc))
     chain.readable.release()
     return Request(chain, session, job, dst_len, status_offset)
+
+
+def _check_sym(op: Op, alg, op_type: int, iv_len: int, src_len: int, dst_len: int,
+               hash_len: int, c_off: int, c_len: int, h_off: int, h_len: int) -> int:
+    """Checks of a cipher / chain / MAC request against its session; returns
+    the bytes the result takes in the writable stream."""
+    err = vc.VIRTIO_CRYPTO_ERR
+    if op is Op.MAC:
+        if hash_len != MAC_DIGEST_BYTES[alg]:
+            raise RequestError(err, f"hash_result_len {hash_len}, need {MAC_DIGEST_BYTES[alg]}")
+        return hash_len
+    want_type = vc.SYM_OP_CIPHER if op in _CIPHER_OPS else vc.SYM_OP_CHAIN
+    if op_type != want_type:
+        raise RequestError(err, f"sym op_type {op_type} on a {op.value} session")
+    if iv_len != CIPHER_BLOCK_BYTES:
+        raise RequestError(err, f"iv_len {iv_len}, AES-CBC needs {CIPHER_BLOCK_BYTES}")
+    if op in _CIPHER_OPS:
+        text = src_len
+    else:
+        digest = MAC_DIGEST_BYTES[CHAIN_PARTS[alg][1]]
+        text = src_len if op is Op.CHAIN_SEAL else src_len - digest
+        if hash_len != digest or text < 0:
+            raise RequestError(err, f"hash_result_len {hash_len} (src {src_len}), need {digest}")
+        if c_off or h_off or c_len != text or h_len != text:
+            raise RequestError(err, f"chain offsets {c_off}/{h_off}, lengths {c_len}/{h_len}: "
+                                    f"need 0/0 and {text}/{text} (the whole text)")
+    if text % CIPHER_BLOCK_BYTES:
+        raise RequestError(err, f"AES-CBC text of {text} bytes is not whole 16-byte blocks")
+    if op is Op.CHAIN_SEAL:
+        if dst_len != text:
+            raise RequestError(err, f"dst_len {dst_len}, encrypt-then-MAC needs {text}")
+        return text + hash_len
+    if dst_len < text:
+        raise RequestError(err, f"dst_len {dst_len} < {text}")
+    return dst_len
 
 
 def _failed(chain: Chain, status: int, detail: str) -> Request:

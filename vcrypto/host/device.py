@@ -399,10 +399,9 @@ class Device:
         request = None
         try:
             request = session_msg.decode_create(payload)
-            if isinstance(request, session_msg.QemuSymSession):
-                raise SessionError(vc.VIRTIO_CRYPTO_NOTSUPP,
-                                   f"symmetric cipher {request.cipher_alg} (QEMU form)")
-            session = self.sessions.create(request)
+            params = request.params() if isinstance(request, session_msg.QemuSymSession) \
+                else request
+            session = self.sessions.create(params)
         except (vc.WireError, SessionError) as exc:
             log.info("device %d: session create refused: %s", self.id, exc)
             return session_msg.encode_create_reply(request, None, exc.status)

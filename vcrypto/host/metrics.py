@@ -7,7 +7,9 @@ Exported families (all prefixed ``vcrypto_host_``):
 - ``kicks_total``, ``calls_total``, ``polls_total``, ``sleeps_total``,
   ``requests_total``, ``batches_total``, ``chain_errors_total``,
   ``resource_faults_total``, ``reorder_held_total`` (completions held back
-  for FIFO order: the head-of-line cost): summed over live and closed devices;
+  for FIFO order: the head-of-line cost), ``split_pieces_total`` (16 KiB
+  pieces of the cipher requests the host split): summed over live and closed
+  devices;
 - ``completions_total{op,alg,status}``;
 - ``batch_size`` (histogram): requests per drained avail batch (batch fill);
 - ``cpu_seconds_total``: the host process's CPU time (user + system);

@@ -50,6 +50,7 @@ sent, polls (passes that checked the ring), sleeps (parks), requests, batches.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -63,6 +64,7 @@ from vcrypto.host.memory import GuestMemory
 from vcrypto.host.reorder import ReorderBuffer
 from vcrypto.host.resources._base import CryptoOpError, ResourceFault
 from vcrypto.host.sessions import SessionTable
+from vcrypto.ops import CIPHER_BLOCK_BYTES, Op
 from vcrypto.shm.ring import full_fence
 from vcrypto.shm.virtqueue import SplitVirtqueue
 from vcrypto.wire import virtio_crypto as vc
@@ -97,6 +99,13 @@ CUT_SHORT_HOLD_S = 0.010
 
 _STATUS_LABEL = vc.STATUS_NAMES
 
+#: Cipher requests longer than this are split by the host into pieces of at
+#: most this size (the notes' large-request rule: a piece is what one
+#: accelerator job takes; CBC state is carried from piece to piece).
+#: Chained cipher+MAC requests run whole (the MAC covers the whole text).
+PIECE_BYTES = 16 * 1024
+_SPLIT_OPS = (Op.CIPHER_ENCRYPT, Op.CIPHER_DECRYPT)
+
 
 class QueueBroken(Exception):
     """The driver corrupted the ring itself (e.g. avail.idx ran ahead by more
@@ -107,7 +116,7 @@ class DeviceStats:
     """Counters of one device (summed into the host's metrics)."""
 
     FIELDS = ("kicks", "calls", "polls", "sleeps", "requests", "batches", "chain_errors",
-              "resource_faults", "reorder_held")
+              "resource_faults", "reorder_held", "split_pieces")
 
     #: upper bounds of the drained-batch-size histogram buckets
     BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 32768)
@@ -307,6 +316,12 @@ class DataQueue:
             # Fast path: the scheduler runs a small in-process job right here
             # (no task, no checkpoint); anything else becomes a task.
             job = req.job
+            if job.op in _SPLIT_OPS and len(job.src) > PIECE_BYTES:
+                view, job.src = job.src, bytes(job.src)
+                if view.__class__ is memoryview:
+                    view.release()
+                self._nursery.start_soon(self._execute, req, seq, head, None, True)
+                continue
             try:
                 result = submit_now(job)
             except Exception as exc:
@@ -344,10 +359,14 @@ class DataQueue:
                       job.op.value, job.alg.value, exc_info=exc)
         return vc.VIRTIO_CRYPTO_ERR
 
-    async def _execute(self, req: Request, seq: int, head: int, pending) -> None:
+    async def _execute(self, req: Request, seq: int, head: int, pending,
+                       pieces: bool = False) -> None:
         job = req.job
         try:
-            result = await self.scheduler.submit(job, pending)
+            if pieces:
+                result = await self._run_pieces(job)
+            else:
+                result = await self.scheduler.submit(job, pending)
             status = vc.VIRTIO_CRYPTO_OK
         except Exception as exc:
             status, result = self._error_status(job, exc), b""
@@ -358,6 +377,22 @@ class DataQueue:
             self.sessions.release(req.session)
             return
         self._finish(req, seq, head, status, result)
+
+    async def _run_pieces(self, job) -> bytes:
+        """A cipher request over ``PIECE_BYTES``: pieces of at most that size,
+        each its own job with the session's metadata, run in order (the next
+        piece's iv is the previous ciphertext block: CBC chaining carried
+        across pieces), results joined in order; the first failure fails the
+        request."""
+        src, iv, out = job.src, job.iv, []
+        encrypt = job.op is Op.CIPHER_ENCRYPT
+        for off in range(0, len(src), PIECE_BYTES):
+            piece = src[off:off + PIECE_BYTES]
+            part = await self.scheduler.submit(dataclasses.replace(job, src=piece, iv=iv))
+            self.stats.split_pieces += 1
+            iv = (part if encrypt else piece)[-CIPHER_BLOCK_BYTES:]
+            out.append(part)
+        return b"".join(out)
 
     def _finish(self, req: Request, seq: int, head: int, status: int, result: bytes) -> None:
         """Write the result and status in place, release the session, and

@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from vcrypto.host.keys import KeyStore, key_id_of
 from vcrypto.host.resources._base import CryptoOpError
 from vcrypto.host.resources._crypto import load_private_key
-from vcrypto.ops import AEAD_KEY_BYTES, Alg, Op, is_valid
+from vcrypto.ops import (
+    AEAD_KEY_BYTES, CHAIN_PARTS, CIPHER_KEY_BYTES, MAC_MAX_KEY_BYTES, SYM_OPS, Alg, Op, is_valid,
+)
 from vcrypto.wire import virtio_crypto as vc
 
 _ids = itertools.count(1)
@@ -64,6 +66,20 @@ def _key_matches(alg: Alg, key: object) -> bool:
     return isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 1024
 
 
+def _check_sym_key(op: Op, alg: Alg, key: bytes) -> None:
+    """CIPHER: the AES key; MAC: an HMAC key of 1..512 bytes; CHAIN: both."""
+    cipher_len = 0
+    if op is not Op.MAC:
+        cipher_len = CIPHER_KEY_BYTES[CHAIN_PARTS[alg][0] if alg in CHAIN_PARTS else alg]
+    mac_len = len(key) - cipher_len
+    if op in (Op.CIPHER_ENCRYPT, Op.CIPHER_DECRYPT):
+        ok = mac_len == 0
+    else:
+        ok = 0 < mac_len <= MAC_MAX_KEY_BYTES
+    if not ok:
+        raise SessionError(vc.VIRTIO_CRYPTO_KEY_REJECTED, f"{alg.value} key of {len(key)} bytes")
+
+
 class SessionTable:
     """id → Session for one device, capped at ``max_sessions``."""
 
@@ -103,6 +119,8 @@ class SessionTable:
             if not _key_matches(params.alg, loaded):
                 raise SessionError(vc.VIRTIO_CRYPTO_KEY_REJECTED,
                                    f"key type does not fit {params.alg.value}")
+        elif params.op in SYM_OPS:
+            _check_sym_key(params.op, params.alg, key)
         elif key:
             raise SessionError(vc.VIRTIO_CRYPTO_ERR, "an ECDH session carries no key")
         session = Session(next(_ids), params.op, params.alg, key)

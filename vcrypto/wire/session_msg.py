@@ -7,8 +7,15 @@ Two CREATE forms, told apart by size and magic:
    cipher_alg, key_len, hash_alg, hash_result_len, auth_key_len, add_len,
    op_type, direction, hash_mode, alg_chain_order, padding, two unused
    pointers, key[64], auth_key[512]. The reply is the same struct with
-   session_id set (negative = failure). We decode it so a QEMU guest gets a
-   clean refusal (no op in ``vcrypto.ops`` is a plain cipher yet).
+   session_id set (negative = failure). op_type CIPHER (1) is an AES-CBC
+   session (CIPHER_ENCRYPT/DECRYPT by direction); ALGORITHM_CHAINING (2)
+   with hash_mode AUTH (2) an AES-CBC + HMAC chain (encrypt-then-MAC, order
+   CIPHER_THEN_HASH for encrypt, HASH_THEN_CIPHER for decrypt); the numbers
+   are virtio-crypto's (``vcrypto.wire.virtio_crypto``). A plain-hash
+   chain, op_type NONE (hash/MAC alone: QEMU 7.2's virtio-crypto answers
+   the guest's HASH/MAC_CREATE_SESSION itself with NOTSUPP) or another
+   algorithm gets a negative id (NOTSUPP); a key_len over 64 or auth_key_len
+   over 512 is ERR.
 
 2. vcrypto's form (vendor extension; any other size)::
 
@@ -32,7 +39,7 @@ import struct
 
 from vcrypto.wire.virtio_crypto import (
     VIRTIO_CRYPTO_ERR, VIRTIO_CRYPTO_OK, SessionParams, WireError, decode_session_create,
-    encode_session_create,
+    encode_session_create, sym_session_params,
 )
 
 VCS_MAGIC = 0x31534356
@@ -51,6 +58,35 @@ class QemuSymSession:
     key_len: int
     op_type: int
     direction: int
+    hash_alg: int = 0
+    hash_result_len: int = 0
+    auth_key_len: int = 0
+    add_len: int = 0
+    hash_mode: int = 0
+    alg_chain_order: int = 0
+    key: bytes = dataclasses.field(default=b"", repr=False)
+    auth_key: bytes = dataclasses.field(default=b"", repr=False)
+
+    def params(self) -> SessionParams:
+        """The session in the shared vocabulary; ``WireError`` if refused."""
+        if self.key_len > 64 or self.auth_key_len > 512:
+            raise WireError(VIRTIO_CRYPTO_ERR, f"key_len {self.key_len} / auth_key_len "
+                                               f"{self.auth_key_len} exceed QEMU's 64 / 512")
+        return sym_session_params(
+            op_type=self.op_type, cipher_algo=self.cipher_alg, key=self.key[:self.key_len],
+            direction=self.direction, hash_mode=self.hash_mode, mac_algo=self.hash_alg,
+            hash_result_len=self.hash_result_len, auth_key=self.auth_key[:self.auth_key_len],
+            chain_order=self.alg_chain_order)
+
+
+def encode_qemu72(*, cipher_alg: int = 0, key: bytes = b"", op_type: int = 0,
+                  direction: int = 0, hash_alg: int = 0, hash_result_len: int = 0,
+                  auth_key: bytes = b"", add_len: int = 0, hash_mode: int = 0,
+                  alg_chain_order: int = 0, session_id: int = 0) -> bytes:
+    """A QEMU 7.2 ``VhostUserCryptoSession`` as QEMU builds it (tests, tools)."""
+    return QEMU72.pack(session_id, cipher_alg, len(key), hash_alg, hash_result_len,
+                       len(auth_key), add_len, op_type, direction, hash_mode, alg_chain_order,
+                       0, 0, key, auth_key)
 
 
 def encode_create(params: SessionParams) -> bytes:
@@ -64,8 +100,12 @@ def decode_create(payload: bytes) -> SessionParams | QemuSymSession:
         if magic == VCS_MAGIC:
             return decode_session_create(memoryview(payload)[VCS_HEAD_BYTES:])
     if len(payload) == QEMU72_BYTES:
-        f = QEMU72.unpack(payload)
-        return QemuSymSession(payload, cipher_alg=f[1], key_len=f[2], op_type=f[7], direction=f[8])
+        (_sid, cipher_alg, key_len, hash_alg, result_len, auth_len, add_len, op_type, direction,
+         hash_mode, order, _p1, _p2, key, auth_key) = QEMU72.unpack(payload)
+        return QemuSymSession(payload, cipher_alg=cipher_alg, key_len=key_len, op_type=op_type,
+                              direction=direction, hash_alg=hash_alg, hash_result_len=result_len,
+                              auth_key_len=auth_len, add_len=add_len, hash_mode=hash_mode,
+                              alg_chain_order=order, key=key, auth_key=auth_key)
     raise WireError(VIRTIO_CRYPTO_ERR, f"session create payload of {len(payload)} bytes is "
                                        f"neither the vcrypto nor the QEMU 7.2 form")
 

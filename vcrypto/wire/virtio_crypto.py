@@ -26,7 +26,18 @@ QEMU use; 72 bytes then the key)::
               32 rsa.hash_algo (SHA256 = 6, SHA384 = 7, SHA512 = 8) | ecdsa.padding (0)
       vendor KX (ECDH keygen+derive; service 0x80)
               16 curve (P-256 = 3, P-384 = 4, vendor X25519 = 0x8001), 20 padding
-    72      n     op_vlf: the key: AEAD raw key (key_len bytes); AKCIPHER private
+      CIPHER  (virtio_crypto_sym_create_session_flf, opcode CIPHER_CREATE_SESSION
+              = 0x002): 16..48 union, 64 op_type (CIPHER = 1, ALGORITHM_CHAINING = 2)
+              op_type CIPHER: 16 algo (AES_CBC = 3), 20 key_len, 24 op (1/2)
+              op_type CHAIN (virtio_crypto_alg_chain_session_flf): 16
+              alg_chain_order (HASH_THEN_CIPHER = 1 for decrypt, CIPHER_THEN_HASH
+              = 2 for encrypt), 20 hash_mode (AUTH = 2: HMAC), 24 cipher algo,
+              28 key_len, 32 op, 40 mac algo (HMAC_SHA1 = 2, HMAC_SHA_256 = 4),
+              44 hash_result_len (the full digest), 48 auth_key_len, 56 aad_len
+      MAC     (virtio_crypto_mac_create_session_flf, opcode MAC_CREATE_SESSION =
+              0x202): 16 algo, 20 hash_result_len, 24 auth_key_len
+    72      n     op_vlf: the key: AEAD raw key (key_len bytes); CIPHER the AES key,
+                  CHAIN the AES key then the HMAC key, MAC the HMAC key; AKCIPHER private
                   key as DER (PKCS#8 or PKCS#1/SEC1) or, with keytype KEY_REF,
                   the UTF-8 name of a key the host loaded itself (keyless mode);
                   nothing for KX
@@ -46,6 +57,21 @@ Data request header (``virtio_crypto_op_data_req``, 72 bytes, device-readable)::
               32 src_data_len, 36 dst_data_len (≥ src + tag for encrypt),
               40 tag_len, 44 reserved
       AKCIPHER / KX (virtio_crypto_akcipher_data_flf) 24 src_data_len, 28 dst_data_len
+      CIPHER  opcodes CIPHER_ENCRYPT (0x000) / CIPHER_DECRYPT (0x001),
+              virtio_crypto_sym_data_flf: 24..64 union, 64 op_type:
+              op_type CIPHER: 24 iv_len, 28 src_data_len, 32 dst_data_len
+              op_type CHAIN (virtio_crypto_alg_chain_data_para): 24 iv_len,
+              28 src_data_len, 32 dst_data_len, 36 cipher_start_src_offset (0),
+              40 len_to_cipher, 44 hash_start_src_offset (0), 48 len_to_hash,
+              52 aad_len, 56 hash_result_len
+      MAC     opcode MAC (0x200): 24 src_data_len, 28 hash_result_len
+
+A chained request's writable stream is dst_data then hash_result (encrypt:
+ciphertext || HMAC over aad || ciphertext). vcrypto convention for the
+decrypt direction (verify-then-decrypt), which virtio leaves open: src holds
+ciphertext || the HMAC to check (src_data_len = len_to_cipher +
+hash_result_len), dst gets the plaintext and there is no hash_result buffer.
+QEMU 7.2's Linux guests send plain cipher requests only.
 
 Buffers after the header, in this order (virtio 1.2 §5.9.7.2): device-readable
 iv, aad, src; device-writable dst, then the 1-byte ``virtio_crypto_inhdr``
@@ -71,7 +97,10 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from vcrypto.ops import AEAD_KEY_BYTES, AEAD_TAG_BYTES, Alg, Op
+from vcrypto.ops import (
+    AEAD_KEY_BYTES, AEAD_TAG_BYTES, CHAIN_PARTS, CIPHER_KEY_BYTES, MAC_DIGEST_BYTES,
+    MAC_MAX_KEY_BYTES, Alg, Op,
+)
 
 # -- services and opcodes (virtio 1.2 §5.9.7) --------------------------------
 
@@ -90,6 +119,14 @@ AKCIPHER_DESTROY_SESSION = opcode(SERVICE_AKCIPHER, 0x05)
 KX_CREATE_SESSION = opcode(VCRYPTO_SERVICE_KX, 0x04)
 KX_DESTROY_SESSION = opcode(VCRYPTO_SERVICE_KX, 0x05)
 
+CIPHER_CREATE_SESSION = opcode(SERVICE_CIPHER, 0x02)
+CIPHER_DESTROY_SESSION = opcode(SERVICE_CIPHER, 0x03)
+MAC_CREATE_SESSION = opcode(SERVICE_MAC, 0x02)
+MAC_DESTROY_SESSION = opcode(SERVICE_MAC, 0x03)
+
+CIPHER_ENCRYPT = opcode(SERVICE_CIPHER, 0x00)
+CIPHER_DECRYPT = opcode(SERVICE_CIPHER, 0x01)
+MAC = opcode(SERVICE_MAC, 0x00)
 AEAD_ENCRYPT = opcode(SERVICE_AEAD, 0x00)
 AEAD_DECRYPT = opcode(SERVICE_AEAD, 0x01)
 AKCIPHER_SIGN = opcode(SERVICE_AKCIPHER, 0x02)
@@ -126,6 +163,13 @@ CURVE_NIST_P256 = 3
 CURVE_NIST_P384 = 4
 VCRYPTO_CURVE_X25519 = 0x8001
 
+CIPHER_AES_CBC = 3
+HASH_SHA1, HASH_SHA_256 = 2, 4          # VIRTIO_CRYPTO_HASH_*
+MAC_HMAC_SHA1, MAC_HMAC_SHA_256 = 2, 4  # VIRTIO_CRYPTO_MAC_*
+SYM_OP_NONE, SYM_OP_CIPHER, SYM_OP_CHAIN = 0, 1, 2
+SYM_HASH_MODE_PLAIN, SYM_HASH_MODE_AUTH, SYM_HASH_MODE_NESTED = 1, 2, 3
+CHAIN_HASH_THEN_CIPHER, CHAIN_CIPHER_THEN_HASH = 1, 2
+
 CTRL_REQ_BYTES = 72          # header 16 + op_flf 56
 DATA_REQ_BYTES = 72          # header 24 + op_flf 48
 INHDR_BYTES = 1
@@ -136,6 +180,13 @@ _DATA_HDR = struct.Struct("<IIQII")
 _AEAD_FLF = struct.Struct("<IIIIII")
 _AK_FLF = struct.Struct("<IIIII")
 _U32X2 = struct.Struct("<II")
+_U32X4 = struct.Struct("<IIII")
+#: chain session flf: order, hash_mode, cipher (algo, key_len, op, pad),
+#: mac (algo, result_len, auth_key_len, pad), aad_len, pad; op_type at 64
+_CHAIN_FLF = struct.Struct("<12I")
+SYM_OP_TYPE_OFFSET = 64
+#: chain data para (10 u32 from offset 24)
+CHAIN_PARA = struct.Struct("<10I")
 
 
 class WireError(Exception):
@@ -163,12 +214,73 @@ _ECDSA_SIGN_REV = {v: k for k, v in _ECDSA_SIGN.items()}
 _KX = {Alg.X25519: VCRYPTO_CURVE_X25519, Alg.SECP256R1: CURVE_NIST_P256, Alg.SECP384R1: CURVE_NIST_P384}
 _KX_REV = {v: k for k, v in _KX.items()}
 
+_MAC_ALGO = {Alg.HMAC_SHA1: MAC_HMAC_SHA1, Alg.HMAC_SHA256: MAC_HMAC_SHA_256}
+_MAC_ALGO_REV = {v: k for k, v in _MAC_ALGO.items()}
+_CIPHER_OF_KEY_LEN = {n: a for a, n in CIPHER_KEY_BYTES.items()}
+_CHAIN_OF_PARTS = {v: k for k, v in CHAIN_PARTS.items()}
+
 #: data opcode each op's requests must carry
 DATA_OPCODE = {Op.AEAD_SEAL: AEAD_ENCRYPT, Op.AEAD_OPEN: AEAD_DECRYPT, Op.SIGN: AKCIPHER_SIGN,
-               Op.ECDH: KX_DERIVE}
-OP_OF_DATA_OPCODE = {v: k for k, v in DATA_OPCODE.items()}
+               Op.ECDH: KX_DERIVE, Op.CIPHER_ENCRYPT: CIPHER_ENCRYPT,
+               Op.CIPHER_DECRYPT: CIPHER_DECRYPT, Op.MAC: MAC,
+               Op.CHAIN_SEAL: CIPHER_ENCRYPT, Op.CHAIN_OPEN: CIPHER_DECRYPT}
+#: sym op_type of the cipher-service ops
+SYM_OP_TYPE = {Op.CIPHER_ENCRYPT: SYM_OP_CIPHER, Op.CIPHER_DECRYPT: SYM_OP_CIPHER,
+               Op.CHAIN_SEAL: SYM_OP_CHAIN, Op.CHAIN_OPEN: SYM_OP_CHAIN}
 DESTROY_OPCODE = {Op.AEAD_SEAL: AEAD_DESTROY_SESSION, Op.AEAD_OPEN: AEAD_DESTROY_SESSION,
-                  Op.SIGN: AKCIPHER_DESTROY_SESSION, Op.ECDH: KX_DESTROY_SESSION}
+                  Op.SIGN: AKCIPHER_DESTROY_SESSION, Op.ECDH: KX_DESTROY_SESSION,
+                  Op.CIPHER_ENCRYPT: CIPHER_DESTROY_SESSION,
+                  Op.CIPHER_DECRYPT: CIPHER_DESTROY_SESSION, Op.MAC: MAC_DESTROY_SESSION,
+                  Op.CHAIN_SEAL: CIPHER_DESTROY_SESSION, Op.CHAIN_OPEN: CIPHER_DESTROY_SESSION}
+
+
+def _mac_alg(mac_algo: int, hash_result_len: int) -> Alg:
+    mac = _MAC_ALGO_REV.get(mac_algo)
+    if mac is None:
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"MAC algo {mac_algo}: HMAC-SHA1 (2), -SHA256 (4)")
+    if hash_result_len != MAC_DIGEST_BYTES[mac]:
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"hash_result_len {hash_result_len}: only the "
+                                               f"full {MAC_DIGEST_BYTES[mac]}-byte digest")
+    return mac
+
+
+def sym_session_params(*, op_type: int, cipher_algo: int, key: bytes, direction: int,
+                       hash_mode: int = 0, mac_algo: int = 0, hash_result_len: int = 0,
+                       auth_key: bytes = b"", chain_order: int = 0) -> SessionParams:
+    """A virtio sym (cipher / alg-chain) session, as both session forms carry
+    it (ours and QEMU 7.2's), checked and named in the shared vocabulary."""
+    if direction not in (OP_ENCRYPT, OP_DECRYPT):
+        raise WireError(VIRTIO_CRYPTO_ERR, f"sym op {direction}: expected 1 (encrypt) or 2")
+    encrypt = direction == OP_ENCRYPT
+    if op_type not in (SYM_OP_CIPHER, SYM_OP_CHAIN):
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"sym op_type {op_type}: only cipher (1) and "
+                                               f"algorithm chaining (2)")
+    if cipher_algo != CIPHER_AES_CBC:
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"cipher algo {cipher_algo}: only AES-CBC (3)")
+    cipher = _CIPHER_OF_KEY_LEN.get(len(key))
+    if cipher is None:
+        raise WireError(VIRTIO_CRYPTO_KEY_REJECTED, f"AES-CBC key of {len(key)} bytes")
+    if op_type == SYM_OP_CIPHER:
+        return SessionParams(Op.CIPHER_ENCRYPT if encrypt else Op.CIPHER_DECRYPT, cipher, key)
+    if hash_mode != SYM_HASH_MODE_AUTH:
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"chain hash_mode {hash_mode}: only AUTH (2, HMAC)")
+    want_order = CHAIN_CIPHER_THEN_HASH if encrypt else CHAIN_HASH_THEN_CIPHER
+    if chain_order != want_order:
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP,
+                        f"chain order {chain_order} for {'encrypt' if encrypt else 'decrypt'}: "
+                        f"only encrypt-then-MAC ({want_order})")
+    mac = _mac_alg(mac_algo, hash_result_len)
+    if not 0 < len(auth_key) <= MAC_MAX_KEY_BYTES:
+        raise WireError(VIRTIO_CRYPTO_KEY_REJECTED, f"HMAC key of {len(auth_key)} bytes")
+    alg = _CHAIN_OF_PARTS.get((cipher, mac))
+    if alg is None:
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"{cipher.value} chained with {mac.value}")
+    return SessionParams(Op.CHAIN_SEAL if encrypt else Op.CHAIN_OPEN, alg, key + auth_key)
+
+
+def cipher_key_bytes(p: SessionParams) -> int:
+    """Length of the AES key at the start of a CIPHER / CHAIN session's key."""
+    return CIPHER_KEY_BYTES[CHAIN_PARTS[p.alg][0] if p.alg in CHAIN_PARTS else p.alg]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +323,28 @@ def encode_session_create(p: SessionParams) -> bytes:
             raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"sign with {p.alg.value}")
         hdr = _CTRL_HDR.pack(AKCIPHER_CREATE_SESSION, algo, 0, 0)
         flf = _AK_FLF.pack(algo, keytype, len(vlf), para0, para1)
+    elif p.op in SYM_OP_TYPE:
+        n = cipher_key_bytes(p)
+        if len(p.key) < n or (p.op in (Op.CIPHER_ENCRYPT, Op.CIPHER_DECRYPT) and len(p.key) != n):
+            # the wire names AES-CBC and a key length: the length *is* the alg
+            raise WireError(VIRTIO_CRYPTO_KEY_REJECTED, f"{p.alg.value} key of {len(p.key)} bytes")
+        direction = OP_ENCRYPT if p.op in (Op.CIPHER_ENCRYPT, Op.CHAIN_SEAL) else OP_DECRYPT
+        hdr = _CTRL_HDR.pack(CIPHER_CREATE_SESSION, CIPHER_AES_CBC, 0, 0)
+        flf = bytearray(56)
+        if SYM_OP_TYPE[p.op] == SYM_OP_CIPHER:
+            _U32X4.pack_into(flf, 0, CIPHER_AES_CBC, n, direction, 0)
+        else:
+            mac = CHAIN_PARTS[p.alg][1]
+            order = CHAIN_CIPHER_THEN_HASH if direction == OP_ENCRYPT else CHAIN_HASH_THEN_CIPHER
+            _CHAIN_FLF.pack_into(flf, 0, order, SYM_HASH_MODE_AUTH, CIPHER_AES_CBC, n, direction, 0,
+                                 _MAC_ALGO[mac], MAC_DIGEST_BYTES[mac], len(p.key) - n, 0, 0, 0)
+        struct.pack_into("<I", flf, SYM_OP_TYPE_OFFSET - 16, SYM_OP_TYPE[p.op])
+        flf = bytes(flf)
+        vlf = p.key
+    elif p.op is Op.MAC:
+        hdr = _CTRL_HDR.pack(MAC_CREATE_SESSION, _MAC_ALGO[p.alg], 0, 0)
+        flf = _U32X4.pack(_MAC_ALGO[p.alg], MAC_DIGEST_BYTES[p.alg], len(p.key), 0)
+        vlf = p.key
     elif p.op is Op.ECDH:
         if p.alg not in _KX:
             raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"ecdh with {p.alg.value}")
@@ -270,6 +404,28 @@ def decode_session_create(data: bytes | memoryview) -> SessionParams:
             except UnicodeDecodeError:
                 raise WireError(VIRTIO_CRYPTO_ERR, "key_ref is not UTF-8") from None
         raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"akcipher keytype {keytype}: sign needs a private key")
+    if code == CIPHER_CREATE_SESSION:
+        (op_type,) = struct.unpack_from("<I", data, SYM_OP_TYPE_OFFSET)
+        if op_type == SYM_OP_CHAIN:
+            (order, mode, c_algo, key_len, direction, _p, m_algo, result_len, auth_len,
+             _p2, _aad, _p3) = _CHAIN_FLF.unpack_from(data, 16)
+        else:
+            c_algo, key_len, direction, _p = _U32X4.unpack_from(data, 16)
+            order = mode = m_algo = result_len = auth_len = 0
+        if key_len + auth_len != len(vlf):
+            raise WireError(VIRTIO_CRYPTO_ERR, f"key_len {key_len} + auth_key_len {auth_len} but "
+                                               f"{len(vlf)} key bytes follow")
+        return sym_session_params(op_type=op_type, cipher_algo=c_algo, key=vlf[:key_len],
+                                  direction=direction, hash_mode=mode, mac_algo=m_algo,
+                                  hash_result_len=result_len, auth_key=vlf[key_len:],
+                                  chain_order=order)
+    if code == MAC_CREATE_SESSION:
+        m_algo, result_len, auth_len, _p = _U32X4.unpack_from(data, 16)
+        alg = _mac_alg(m_algo, result_len)
+        if auth_len != len(vlf) or not 0 < auth_len <= MAC_MAX_KEY_BYTES:
+            raise WireError(VIRTIO_CRYPTO_KEY_REJECTED,
+                            f"auth_key_len {auth_len} with {len(vlf)} key bytes")
+        return SessionParams(Op.MAC, alg, vlf)
     if code == KX_CREATE_SESSION:
         curve, _pad = _U32X2.unpack_from(data, 16)
         if vlf:
@@ -329,19 +485,3 @@ def data_request_for(op: Op, session_id: int, *, src_len: int, dst_len: int,
     tag = AEAD_TAG_BYTES if op in (Op.AEAD_SEAL, Op.AEAD_OPEN) else 0
     return DataRequest(DATA_OPCODE[op], 0, session_id, iv_len, aad_len, src_len, dst_len, tag)
 
-
-#: Upper bound of dst bytes each (op, alg) writes; drivers size dst with it.
-def max_dst_bytes(op: Op, alg: Alg, src_len: int) -> int:
-    if op is Op.AEAD_SEAL:
-        return src_len + AEAD_TAG_BYTES
-    if op is Op.AEAD_OPEN:
-        return max(0, src_len - AEAD_TAG_BYTES)
-    if op is Op.ECDH:
-        return {Alg.X25519: 64, Alg.SECP256R1: 97, Alg.SECP384R1: 145}[alg]
-    if alg is Alg.ED25519:
-        return 64
-    if alg is Alg.ECDSA_SECP256R1_SHA256:
-        return 72
-    if alg is Alg.ECDSA_SECP384R1_SHA384:
-        return 104
-    return 1024  # RSA up to 8192 bits

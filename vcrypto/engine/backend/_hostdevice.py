@@ -31,6 +31,7 @@ import trio
 
 from vcrypto.driver import (DataOp, Driver, DriverError, DriverTimeout, SessionCreateError,
                             SessionParams)
+from vcrypto.ops import max_dst_bytes
 from vcrypto.shm.region import Region
 from vcrypto.wire import virtio_crypto as vc
 
@@ -165,7 +166,7 @@ class HostDevice(CryptoDevice):
             if h is None:
                 raise CryptoDeviceError(f"region {dr.region_id} is not registered")
             r = dr.req
-            dst_len = min(r.dst_cap, vc.max_dst_bytes(r.op, r.alg, r.src_len))
+            dst_len = min(r.dst_cap, max_dst_bytes(r.op, r.alg, r.src_len))
             ops.append(DataOp(dr.device_sid, r.op, src=h.buf(r.src_offset, r.src_len),
                               dst=h.buf(r.dst_offset, dst_len),
                               iv=h.buf(r.iv_offset, r.iv_len) if r.iv_len else None,
