@@ -23,7 +23,7 @@ import trio
 
 from vcrypto._unixsock import bind_unix_listener
 from vcrypto.host.config import ConfigError, HostConfig, load_config
-from vcrypto.host.device import Device
+from vcrypto.host.device import VirtioCryptoDevice
 from vcrypto.host.keys import KeyStore, KeyStoreError
 from vcrypto.host.queue import DeviceStats
 from vcrypto.host.scheduling import open_scheduler
@@ -38,7 +38,7 @@ class Host:
         self.config = config
         self.scheduler = scheduler
         self.keys = keys
-        self.devices: dict[int, Device] = {}
+        self.devices: dict[int, VirtioCryptoDevice] = {}
         self.closed_stats = DeviceStats()
         self._ids = itertools.count(1)
 
@@ -47,7 +47,7 @@ class Host:
             if len(self.devices) >= self.config.limits.max_devices:
                 log.warning("refusing a device: %d attached (max_devices)", len(self.devices))
                 return
-            device = Device(next(self._ids), self.config, self.scheduler, self.keys)
+            device = VirtioCryptoDevice(next(self._ids), self.config, self.scheduler, self.keys)
             self.devices[device.id] = device
             log.info("device %d attached", device.id)
             try:

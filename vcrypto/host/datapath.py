@@ -67,7 +67,7 @@ class RequestError(Exception):
         self.status = status
 
 
-class Stream:
+class BufferChain:
     """A list of buffers read or written as one byte stream."""
 
     __slots__ = ("views", "total")
@@ -142,8 +142,8 @@ class Stream:
 @dataclasses.dataclass(slots=True)
 class Chain:
     head: int
-    readable: Stream
-    writable: Stream
+    readable: BufferChain
+    writable: BufferChain
 
     def release(self) -> None:
         self.readable.release()
@@ -214,14 +214,14 @@ def walk_chain(vq: SplitVirtqueue, head: int, mem: GuestMemory) -> Chain:
     if not writable or writable[-1] is None or len(writable[-1]) < vc.INHDR_BYTES:
         raise ChainError("no writable status byte at the end of the chain")
     if bad is None:
-        return Chain(head, Stream(readable), Stream(writable))
-    chain = Chain(head, Stream([v for v in readable if v is not None]),
-                  Stream([v for v in writable if v is not None]))
+        return Chain(head, BufferChain(readable), BufferChain(writable))
+    chain = Chain(head, BufferChain([v for v in readable if v is not None]),
+                  BufferChain([v for v in writable if v is not None]))
     if bad is not None:
         # Keep only the status byte so the caller can report ERR.
         status = writable[-1][-1:]
         chain.release()
-        raise _BadBuffer(Chain(head, Stream([]), Stream([status])), bad)
+        raise _BadBuffer(Chain(head, BufferChain([]), BufferChain([status])), bad)
     return chain
 
 

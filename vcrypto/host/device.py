@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-``Device.serve(sock)`` reads vhost-user messages one at a time (the protocol
-is strictly request/reply on this socket) and applies them to the device
+``VirtioCryptoDevice.serve(sock)`` reads vhost-user messages one at a time (the
+protocol is strictly request/reply on this socket) and applies them to the device
 state: negotiated features, the memory table, per-vring configuration, and
 the session table (control plane). A vring starts serving (a ``DataQueue``
 task in the device nursery) once it has a size, addresses and a kick
@@ -14,7 +14,7 @@ next avail index. Region fds must be memfds sealed against shrinking (a
 truncated file under the host's mapping would SIGBUS the whole host).
 
 A malformed message, an unknown request number, or a ring the driver
-corrupted raises ``DeviceError``: this device's connection is closed and its
+corrupted raises ``VhostProtocolError``: this device's connection is closed and its
 resources released; the host and every other device carry on. A bad data
 request is not a device error: it gets an error status in its own inhdr.
 """
@@ -58,7 +58,7 @@ PROTOCOL_FEATURES = ((1 << PF.MQ) | (1 << PF.REPLY_ACK) | (1 << PF.CRYPTO_SESSIO
 DRAIN_TIMEOUT_S = 5.0     # GET_VRING_BASE waits this long for in-flight requests
 
 
-class DeviceError(Exception):
+class VhostProtocolError(Exception):
     """The driver broke the protocol; this device's connection is closed."""
 
 
@@ -98,7 +98,7 @@ class _Vring:
         self.done: trio.Event | None = None
 
 
-class Device:
+class VirtioCryptoDevice:
     def __init__(self, device_id: int, config: HostConfig, scheduler, keys: KeyStore):
         self.id = device_id
         self.config = config
@@ -121,7 +121,7 @@ class Device:
                 self._nursery = nursery
                 try:
                     await self._message_loop(sock)
-                except (DeviceError, vu.VhostUserError) as exc:
+                except (VhostProtocolError, vu.VhostUserError) as exc:
                     log.warning("device %d: closing: %s", self.id, exc)
                 except transport.ConnectionClosed:
                     log.info("device %d: driver disconnected", self.id)
@@ -165,7 +165,7 @@ class Device:
     def _take_fd(self, msg: vu.Message) -> int:
         """Duplicate the message's single fd (the loop closes the originals)."""
         if len(msg.fds) != 1:
-            raise DeviceError(f"{R(msg.request).name}: expected 1 fd, got {len(msg.fds)}")
+            raise VhostProtocolError(f"{R(msg.request).name}: expected 1 fd, got {len(msg.fds)}")
         return os.dup(msg.fds[0])
 
     def _handle(self, msg: vu.Message) -> bytes | None:
@@ -173,10 +173,10 @@ class Device:
         try:
             req = R(msg.request)
         except ValueError:
-            raise DeviceError(f"unknown vhost-user request {msg.request}") from None
+            raise VhostProtocolError(f"unknown vhost-user request {msg.request}") from None
         handler = _HANDLERS.get(req)
         if handler is None:
-            raise DeviceError(f"request {req.name} is not supported here")
+            raise VhostProtocolError(f"request {req.name} is not supported here")
         return handler(self, msg)
 
     # One method per message; ``_HANDLERS`` below maps request numbers to them.
@@ -187,7 +187,7 @@ class Device:
     def _set_features(self, msg: vu.Message) -> None:
         features = vu.parse_u64(msg.payload)
         if features & ~DEVICE_FEATURES:
-            raise DeviceError(f"SET_FEATURES {features:#x} has bits the device did not offer")
+            raise VhostProtocolError(f"SET_FEATURES {features:#x} has bits the device did not offer")
         self.features = features
 
     def _get_protocol_features(self, msg: vu.Message) -> bytes:
@@ -196,7 +196,7 @@ class Device:
     def _set_protocol_features(self, msg: vu.Message) -> None:
         pf = vu.parse_u64(msg.payload)
         if pf & ~PROTOCOL_FEATURES:
-            raise DeviceError(f"SET_PROTOCOL_FEATURES {pf:#x} has bits not offered")
+            raise VhostProtocolError(f"SET_PROTOCOL_FEATURES {pf:#x} has bits not offered")
         self.protocol_features = pf
 
     def _ignore(self, msg: vu.Message) -> None:
@@ -216,7 +216,7 @@ class Device:
         try:
             self.mem.remove(region.guest_phys_addr)
         except BadAddress as exc:
-            raise DeviceError(str(exc)) from exc
+            raise VhostProtocolError(str(exc)) from exc
 
     def _set_vring_num(self, msg: vu.Message) -> None:
         index, num = vu.parse_vring_state(msg.payload)
@@ -224,9 +224,9 @@ class Device:
         try:
             check_num(num)
         except VirtqueueError as exc:
-            raise DeviceError(str(exc)) from exc
+            raise VhostProtocolError(str(exc)) from exc
         if num > self.config.limits.max_queue_size:
-            raise DeviceError(f"vring {index}: size {num} > {self.config.limits.max_queue_size}")
+            raise VhostProtocolError(f"vring {index}: size {num} > {self.config.limits.max_queue_size}")
         ring.num = num
 
     def _set_vring_addr(self, msg: vu.Message) -> None:
@@ -261,7 +261,7 @@ class Device:
 
     def _vendor(self, msg: vu.Message) -> None:
         if not self.protocol_features & (1 << PF.VCRYPTO_EXT):
-            raise DeviceError(f"vendor request {msg.request:#x} without VCRYPTO_EXT negotiated")
+            raise VhostProtocolError(f"vendor request {msg.request:#x} without VCRYPTO_EXT negotiated")
 
     def _get_caps(self, msg: vu.Message) -> bytes:
         self._vendor(msg)
@@ -290,9 +290,9 @@ class Device:
     def _set_mem_table(self, msg: vu.Message) -> None:
         regions = vu.parse_mem_table(msg.payload)
         if len(regions) != len(msg.fds):
-            raise DeviceError(f"SET_MEM_TABLE: {len(regions)} regions but {len(msg.fds)} fds")
+            raise VhostProtocolError(f"SET_MEM_TABLE: {len(regions)} regions but {len(msg.fds)} fds")
         if any(r.state is VringState.RUNNING for r in self.vrings.values()):
-            raise DeviceError("SET_MEM_TABLE while vrings are running")
+            raise VhostProtocolError("SET_MEM_TABLE while vrings are running")
         self.mem.clear()
         for region, fd in zip(regions, msg.fds):
             self._add_region(region, os.dup(fd))
@@ -302,16 +302,16 @@ class Device:
         try:
             self.mem.add(region, fd)
         except BadAddress as exc:
-            raise DeviceError(f"memory region: {exc}") from exc
+            raise VhostProtocolError(f"memory region: {exc}") from exc
 
     # -- vrings -------------------------------------------------------------------
 
     def _ring(self, index: int, *, stopped: bool = False) -> _Vring:
         if index >= self.config.limits.max_queues:
-            raise DeviceError(f"vring {index} >= max_queues {self.config.limits.max_queues}")
+            raise VhostProtocolError(f"vring {index} >= max_queues {self.config.limits.max_queues}")
         ring = self.vrings.setdefault(index, _Vring())
         if stopped and ring.state is VringState.RUNNING:
-            raise DeviceError(f"vring {index} reconfigured while running")
+            raise VhostProtocolError(f"vring {index} reconfigured while running")
         return ring
 
     def _set_vring_fd(self, msg: vu.Message) -> None:
@@ -320,7 +320,7 @@ class Device:
         index = value & vu.VRING_IDX_MASK
         nofd = bool(value & vu.VRING_NOFD_MASK)
         if value & ~(vu.VRING_IDX_MASK | vu.VRING_NOFD_MASK):
-            raise DeviceError(f"{req.name}: bad payload {value:#x}")
+            raise VhostProtocolError(f"{req.name}: bad payload {value:#x}")
         fd = None if nofd else self._take_fd(msg)
         if req is R.SET_VRING_ERR:
             if fd is not None:
@@ -344,14 +344,14 @@ class Device:
 
     def _start_ring(self, index: int, ring: _Vring) -> None:
         if ring.num == 0 or ring.addr is None:
-            raise DeviceError(f"vring {index} kicked before SET_VRING_NUM/ADDR")
+            raise VhostProtocolError(f"vring {index} kicked before SET_VRING_NUM/ADDR")
         a, n = ring.addr, ring.num
         try:
             desc = self.mem.uva_view(a.desc, desc_table_bytes(n))
             avail = self.mem.uva_view(a.avail, avail_bytes(n))
             used = self.mem.uva_view(a.used, used_bytes(n))
         except BadAddress as exc:
-            raise DeviceError(f"vring {index} addresses: {exc}") from exc
+            raise VhostProtocolError(f"vring {index} addresses: {exc}") from exc
         vq = SplitVirtqueue(n, desc, avail, used,
                             event_idx=bool(self.features & (1 << vu.VIRTIO_F_EVENT_IDX)))
         vq.last_avail = ring.base
@@ -411,27 +411,27 @@ class Device:
 
 
 _HANDLERS = {
-    R.GET_FEATURES: Device._get_features,
-    R.SET_FEATURES: Device._set_features,
-    R.GET_PROTOCOL_FEATURES: Device._get_protocol_features,
-    R.SET_PROTOCOL_FEATURES: Device._set_protocol_features,
-    R.SET_OWNER: Device._ignore,
-    R.RESET_OWNER: Device._ignore,
-    R.SET_VRING_ENABLE: Device._ignore,   # QEMU never sends it for crypto; KICK starts a ring
-    R.GET_QUEUE_NUM: Device._get_queue_num,
-    R.GET_MAX_MEM_SLOTS: Device._get_max_mem_slots,
-    R.SET_MEM_TABLE: Device._set_mem_table,
-    R.ADD_MEM_REG: Device._add_mem_reg,
-    R.REM_MEM_REG: Device._rem_mem_reg,
-    R.SET_VRING_NUM: Device._set_vring_num,
-    R.SET_VRING_ADDR: Device._set_vring_addr,
-    R.SET_VRING_BASE: Device._set_vring_base,
-    R.GET_VRING_BASE: Device._get_vring_base,
-    R.SET_VRING_KICK: Device._set_vring_fd,
-    R.SET_VRING_CALL: Device._set_vring_fd,
-    R.SET_VRING_ERR: Device._set_vring_fd,
-    R.CREATE_CRYPTO_SESSION: Device._create_session,
-    R.CLOSE_CRYPTO_SESSION: Device._close_session,
-    R.VCRYPTO_GET_CAPS: Device._get_caps,
-    R.VCRYPTO_GET_STATS: Device._get_stats,
+    R.GET_FEATURES: VirtioCryptoDevice._get_features,
+    R.SET_FEATURES: VirtioCryptoDevice._set_features,
+    R.GET_PROTOCOL_FEATURES: VirtioCryptoDevice._get_protocol_features,
+    R.SET_PROTOCOL_FEATURES: VirtioCryptoDevice._set_protocol_features,
+    R.SET_OWNER: VirtioCryptoDevice._ignore,
+    R.RESET_OWNER: VirtioCryptoDevice._ignore,
+    R.SET_VRING_ENABLE: VirtioCryptoDevice._ignore,   # QEMU never sends it for crypto; KICK starts a ring
+    R.GET_QUEUE_NUM: VirtioCryptoDevice._get_queue_num,
+    R.GET_MAX_MEM_SLOTS: VirtioCryptoDevice._get_max_mem_slots,
+    R.SET_MEM_TABLE: VirtioCryptoDevice._set_mem_table,
+    R.ADD_MEM_REG: VirtioCryptoDevice._add_mem_reg,
+    R.REM_MEM_REG: VirtioCryptoDevice._rem_mem_reg,
+    R.SET_VRING_NUM: VirtioCryptoDevice._set_vring_num,
+    R.SET_VRING_ADDR: VirtioCryptoDevice._set_vring_addr,
+    R.SET_VRING_BASE: VirtioCryptoDevice._set_vring_base,
+    R.GET_VRING_BASE: VirtioCryptoDevice._get_vring_base,
+    R.SET_VRING_KICK: VirtioCryptoDevice._set_vring_fd,
+    R.SET_VRING_CALL: VirtioCryptoDevice._set_vring_fd,
+    R.SET_VRING_ERR: VirtioCryptoDevice._set_vring_fd,
+    R.CREATE_CRYPTO_SESSION: VirtioCryptoDevice._create_session,
+    R.CLOSE_CRYPTO_SESSION: VirtioCryptoDevice._close_session,
+    R.VCRYPTO_GET_CAPS: VirtioCryptoDevice._get_caps,
+    R.VCRYPTO_GET_STATS: VirtioCryptoDevice._get_stats,
 }
