@@ -80,9 +80,9 @@ class CountingProvider(CryptoProvider):
         closes = [s.closes for s in self.sessions]
         assert closes and all(n == 1 for n in closes), closes
 
-    async def key_exchange(self, group, peer_public):
+    async def key_exchange(self, group, peer_public, *, private_key=None):
         self.counts["key_exchange"] += 1
-        return await self.inner.key_exchange(group, peer_public)
+        return await self.inner.key_exchange(group, peer_public, private_key=private_key)
 
     def load_signing_key(self, private_key_pem, *, key_ref=None) -> SigningKey:
         return self.inner.load_signing_key(private_key_pem, key_ref=key_ref)

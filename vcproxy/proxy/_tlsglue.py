@@ -121,8 +121,9 @@ class CountingProvider(CryptoProvider):
         self.name = inner.name
         self._count = count
 
-    async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
-        out = await self.inner.key_exchange(group, peer_public)
+    async def key_exchange(self, group: str, peer_public: bytes, *,
+                           private_key: bytes | None = None) -> tuple[bytes, bytes]:
+        out = await self.inner.key_exchange(group, peer_public, private_key=private_key)
         self._count("ecdh", self.name)
         return out
 
@@ -198,12 +199,12 @@ class FallbackProvider(CryptoProvider):
     def fell_back(self, op: str, exc: Exception) -> None:
         self._on_fallback(op, type(exc).__name__)
 
-    async def key_exchange(self, group, peer_public):
+    async def key_exchange(self, group, peer_public, *, private_key=None):
         try:
-            out = await self.primary.key_exchange(group, peer_public)
+            out = await self.primary.key_exchange(group, peer_public, private_key=private_key)
         except CryptoProviderError as exc:
             self.fell_back("ecdh", exc)
-            return await self.backup.key_exchange(group, peer_public)
+            return await self.backup.key_exchange(group, peer_public, private_key=private_key)
         return out
 
     def load_signing_key(self, private_key_pem, *, key_ref=None):

@@ -55,6 +55,7 @@ from ._negotiate import (
     AcceptedPsk, accept_psk, check_record_size_limit, check_version, choose_alpn,
     choose_certificate, choose_group, choose_suite,
 )
+from ._negotiate12 import choose_version
 from ._tickets import TicketState, seal_ticket
 
 #: Bytes of refused 0-RTT data we skip before calling it an attack (§4.2.10).
@@ -101,6 +102,8 @@ class SkipEarlyData:
 class KeyExchange:
     group: str
     peer_public: bytes
+    #: TLS 1.2: our ephemeral scalar (the keyed form, see ``_provider``).
+    private_key: bytes | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,6 +155,8 @@ class ServerHandshake:
         self._sent_ccs = False
         #: The client's record_size_limit (RFC 8449), once its hello is read.
         self.peer_record_size_limit: int | None = None
+        #: "1.3" or "1.2" once the ClientHello chose it (TLS 1.2: ``_handshake12``).
+        self.version: str | None = None
 
     # Each entry point collects the commands its state step emits; the state
     # changes only when the step returns (an exception leaves it as it was).
@@ -168,6 +173,12 @@ class ServerHandshake:
     def key_exchange_done(self, own_public: bytes, shared_secret: bytes) -> list[Command]:
         self._out = out = []
         self.state = self.state.on_key_exchange(self, own_public, shared_secret)
+        return out
+
+    def receive_change_cipher_spec(self) -> list[Command]:
+        """Feed the peer's ChangeCipherSpec (TLS 1.2: it switches the read keys)."""
+        self._out = out = []
+        self.state = self.state.on_change_cipher_spec(self)
         return out
 
     def signature_done(self, signature: bytes) -> list[Command]:
@@ -214,6 +225,9 @@ class State:
     def on_signature(self, hs: ServerHandshake, signature: bytes) -> State:
         raise TLSUsageError(f"{type(self).__name__}: no signature was requested")
 
+    def on_change_cipher_spec(self, hs: ServerHandshake) -> State:
+        raise self._unexpected("ChangeCipherSpec")
+
     def update_write_keys(self, hs: ServerHandshake, request_peer: bool) -> State:
         raise TLSUsageError(f"{type(self).__name__}: KeyUpdate before the handshake completed")
 
@@ -258,6 +272,12 @@ class ExpectClientHello(State):
         if message[0] != c.CLIENT_HELLO:
             return super().handle(hs, epoch, message)
         ch = c.parse_client_hello(message)
+        if choose_version(hs.config, ch) == "1.2":
+            if self.retry is not None:
+                # RFC 8446 §4.1.4: the retried hello must still be TLS 1.3.
+                raise IllegalParameter("retried ClientHello after a HelloRetryRequest offers TLS 1.2 only")
+            return _handshake12.start(hs, ch, message)
+        hs.version = "1.3"
         check_version(ch)
         suite = choose_suite(hs.config, ch)
         retry = self.retry
@@ -466,3 +486,7 @@ class Connected(State):
         self.server_secret = next_traffic_secret(self.suite, self.server_secret)
         hs.emit(InstallKeys("write", Epoch.APPLICATION, self.suite, self.server_secret))
         return self
+
+
+# (at the end: _handshake12 builds its states on this module's State and commands)
+from . import _handshake12  # noqa: E402

@@ -20,7 +20,7 @@ The mixin uses the ``TLSStream`` state it is mixed into: ``config``,
 from __future__ import annotations
 
 from ._errors import BadRecordMac
-from ._record import APPLICATION_DATA, HANDSHAKE, MAX_PLAINTEXT, TAG_LEN, record_header
+from ._record import ALERT, APPLICATION_DATA, HANDSHAKE, MAX_PLAINTEXT, TAG_LEN, record_header
 
 
 class _RecordProtection:
@@ -44,11 +44,15 @@ class _RecordProtection:
         """Seal ``data`` into full records under the write key, into ``_wire_out``."""
         frag = self._max_fragment
         limit = 0
-        if content_type == APPLICATION_DATA:
+        if content_type == APPLICATION_DATA and not self._write.tls12:  # (TLS 1.2: no KeyUpdate)
             limit = self.config.key_update_after_records
             if self._hs.key_update_owed:
                 await self._execute(self._hs.initiate_key_update())
         items = []
+        if self._owed_alerts:  # a warning the receiving task could not send itself
+            for alert in self._owed_alerts:
+                items.append(self._write.seal_item(ALERT, alert))
+            self._owed_alerts.clear()
         if self._hs_out and content_type != HANDSHAKE:
             # Handshake bytes still queued (the NewSessionTicket after the
             # handshake) go first, in this same batch: one provider round trip.
@@ -77,9 +81,10 @@ class _RecordProtection:
             return
         depth = self.config.pipeline_depth
         sealed: list[bytes | None] = [None] * len(items)
+        threshold += self._write.type_byte_len
         batch_idx = []
         for i, (nonce, aad, inner) in enumerate(items):
-            if len(inner) - 1 < threshold:
+            if len(inner) < threshold:  # (content + type byte, if any, < T + type byte)
                 sealed[i] = session.seal(nonce, aad, inner)
             else:
                 batch_idx.append(i)
@@ -96,8 +101,9 @@ class _RecordProtection:
         faults in pages again and again). Called after the last await:
         ``_flush`` may have handed the previous buffer to the transport."""
         parts = [self._wire_out] if self._wire_out else []
-        for (_, aad, _), ct in zip(items, sealed):
-            parts.append(aad)
+        prefix = self._write.wire_prefix
+        for item, ct in zip(items, sealed):
+            parts.append(prefix(item))
             parts.append(ct)
         self._wire_out = bytearray().join(parts)
 
@@ -115,15 +121,15 @@ class _RecordProtection:
     async def _open_batch(self, records) -> list[bytes] | None:
         """Open records under the current read key; None if any fails to open."""
         read = self._read
-        threshold = self.config.small_record_threshold_bytes
+        threshold = self.config.small_record_threshold_bytes + read.type_byte_len + TAG_LEN
         base = read.seq
-        items = [(read.nonce(base + i), header, payload)
-                 for i, (_, header, payload) in enumerate(records)]
-        out: list[bytes | None] = [None] * len(items)
         batch = []
         try:
+            items = [read.open_item(base + i, header, payload)
+                     for i, (_, header, payload) in enumerate(records)]
+            out: list[bytes | None] = [None] * len(items)
             for i, item in enumerate(items):
-                if len(item[2]) - TAG_LEN - 1 < threshold:
+                if len(item[2]) < threshold:
                     out[i] = read.session.open(*item)
                 else:
                     batch.append(i)

@@ -67,13 +67,15 @@ from ._handshake import (
     Epoch, HandshakeComplete, HandshakeInfo, InstallKeys, KeyExchange, SendChangeCipherSpec,
     SendHandshake, ServerHandshake, Sign, SkipEarlyData,
 )
+from ._handshake12 import InstallRecordKeys, SendAlert
 from ._keyschedule import traffic_key_iv
 from ._protect import _RecordProtection
 from ._provider import CryptoProvider
 from ._record import (
     ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE, MAX_PLAINTEXT, TAG_LEN,
-    Protection, RecordSplitter, record_header, split_inner,
+    Protection, RecordSplitter, record_header,
 )
+from ._record12 import Protection12
 
 RECEIVE_SIZE_BYTES = 65536
 LINGER_S = 1.0
@@ -110,6 +112,7 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         self._wire_out = bytearray()   # sealed records waiting for the transport
         self._app_in = bytearray()
         self._pending_app = bytearray()
+        self._owed_alerts: list[bytes] = []  # warnings for the next sender (TLS 1.2)
         self._max_fragment = MAX_PLAINTEXT
         self._skip_early_bytes = 0
         self._skip_early_encrypted = False
@@ -265,13 +268,18 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
     async def _handshake(self) -> None:
         while self._state is _State.HANDSHAKING:
             epoch, message = await self._next_handshake_message()
-            if epoch is Epoch.INITIAL and (self._hs_messages or self._reassembler.pending):
+            if epoch is Epoch.INITIAL and self._hs.version != "1.2" \
+                    and (self._hs_messages or self._reassembler.pending):
                 # RFC 8446 §5.1: keys change after a ClientHello, so nothing may
                 # follow it in its record. Refused before anything is sent.
                 raise UnexpectedMessage("data after the ClientHello in its record")
             self._got_client_hello = True
             await self._execute(self._hs.receive_message(epoch, message))
-        # The session tickets stay queued in _hs_out: _seal_records seals them
+        if self._hs.version == "1.2":
+            # TLS 1.2: our CCS and Finished end the handshake; the client
+            # waits for them before it sends data (no early flush, no deadlock).
+            await self._flush()
+        # TLS 1.3: the session tickets stay queued in _hs_out: _seal_records seals them
         # in the same provider batch as our first write (or close_notify), so
         # they cost no round trip of their own, leave in one segment with the
         # data, and a handshake never blocks on a peer that is not reading yet.
@@ -300,11 +308,16 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                     raise TLSUsageError(f"handshake bytes for {cmd.epoch.name} under "
                                         f"{self._write_epoch.name} keys")
                 self._hs_out += cmd.data
-            elif kind is InstallKeys:
+            elif kind is InstallKeys or kind is InstallRecordKeys:
                 await self._install_keys(cmd)
+            elif kind is SendAlert:
+                await self._send_warning(bytes((cmd.level, cmd.description)))
             elif kind is KeyExchange:
-                own_public, shared = await self._provider_op(
-                    self.provider.key_exchange(cmd.group, cmd.peer_public), "key exchange")
+                op = (self.provider.key_exchange(cmd.group, cmd.peer_public)
+                      if cmd.private_key is None else  # TLS 1.2: the keyed form
+                      self.provider.key_exchange(cmd.group, cmd.peer_public,
+                                                 private_key=cmd.private_key))
+                own_public, shared = await self._provider_op(op, "key exchange")
                 await self._execute(self._hs.key_exchange_done(own_public, shared))
             elif kind is Sign:
                 key = cmd.certificate.signing_key(self.provider)
@@ -336,7 +349,20 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         except Exception as exc:  # a provider's own failure type: ours is local
             raise CryptoProviderError(f"{self.provider.name}: {what} failed: {exc!r}") from exc
 
-    async def _install_keys(self, cmd: InstallKeys) -> None:
+    async def _send_warning(self, alert: bytes) -> None:
+        """Send a warning alert now, or leave it to the task that is sending
+        (records of two tasks must not interleave)."""
+        self._owed_alerts.append(alert)
+        if self._sending or self._write is None:
+            return
+        self._sending = True
+        try:
+            await self._seal_records(ALERT, b"")  # (seals the owed alerts only)
+            await self._flush()
+        finally:
+            self._sending = False
+
+    async def _install_keys(self, cmd: InstallKeys | InstallRecordKeys) -> None:
         if cmd.direction == "write" and self._hs_out:
             await self._seal_handshake_out()  # what was queued leaves under the old keys
         if self._keys_released:
@@ -348,9 +374,13 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
             raise UnexpectedMessage("handshake message data left over at a key change")
         # From here to the swap there is no await: _release_keys sees either
         # the old protection or the new one, never neither.
-        key, iv = traffic_key_iv(cmd.suite, cmd.secret)
-        session = self.provider.aead(cmd.suite.aead_alg, key)
-        protection = Protection(cmd.suite, cmd.secret, session, iv)
+        if type(cmd) is InstallRecordKeys:
+            protection = Protection12(cmd.suite, self.provider.aead(cmd.suite.aead_alg, cmd.key),
+                                      cmd.iv)
+        else:
+            key, iv = traffic_key_iv(cmd.suite, cmd.secret)
+            session = self.provider.aead(cmd.suite.aead_alg, key)
+            protection = Protection(cmd.suite, cmd.secret, session, iv)
         if cmd.direction == "write":
             old, self._write, self._write_epoch = self._write, protection, cmd.epoch
             limit = self._hs.peer_record_size_limit
@@ -401,7 +431,7 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                         # A KeyUpdate came mid-batch, yet later records opened
                         # under the old key: the peer did not switch.
                         raise UnexpectedMessage("records under the old key after a KeyUpdate")
-                    self._on_plaintext(*split_inner(inner))
+                    self._on_plaintext(*read.content(APPLICATION_DATA, inner))
                     if self._hs_messages:
                         await self._post_handshake()
                 return
@@ -414,13 +444,22 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         if self._peer_closed:
             return  # RFC 8446 §6.1: data after close_notify is ignored
         if content_type == CHANGE_CIPHER_SPEC:
+            if self._hs.version == "1.2":
+                # RFC 5246 §7.1: the CCS switches the read keys; it is one 0x01
+                # byte and may not split a handshake message.
+                if payload != b"\x01":
+                    raise DecodeError("change_cipher_spec is not the single byte 0x01")
+                if self._reassembler.pending or self._hs_messages:
+                    raise UnexpectedMessage("change_cipher_spec inside a handshake flight")
+                await self._execute(self._hs.receive_change_cipher_spec())
+                return
             # RFC 8446 §5: a plaintext 0x01 CCS between the first ClientHello
             # and the client Finished is dropped; anything else is fatal.
             if self._state is _State.HANDSHAKING and self._got_client_hello and payload == b"\x01":
                 return
             raise UnexpectedMessage("change_cipher_spec outside the handshake or not 0x01")
         read = self._read
-        if read is None or content_type != APPLICATION_DATA:
+        if read is None or (content_type != APPLICATION_DATA and not read.tls12):
             if read is None and content_type == APPLICATION_DATA:
                 if self._skip_early_bytes and not self._skip_early_encrypted:
                     self._skip_refused_early_data(len(payload))
@@ -432,13 +471,12 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                 raise RecordOverflow(f"plaintext record of {len(payload)} bytes")
             self._on_plaintext(content_type, payload)
             return
-        nonce = read.nonce(read.seq)
         try:
-            if len(payload) - TAG_LEN - 1 < self.config.small_record_threshold_bytes:
-                inner = read.session.open(nonce, header, payload)
+            item = read.open_item(read.seq, header, payload)
+            if len(item[2]) - TAG_LEN - read.type_byte_len < self.config.small_record_threshold_bytes:
+                inner = read.session.open(*item)
             else:
-                inner = (await self._provider_op(
-                    read.session.open_many([(nonce, header, payload)]), "open"))[0]
+                inner = (await self._provider_op(read.session.open_many([item]), "open"))[0]
         except BadRecordMac:
             if self._skip_early_bytes and self._skip_early_encrypted:
                 self._skip_refused_early_data(len(payload))
@@ -446,7 +484,7 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
             raise
         read.seq += 1
         self._skip_early_bytes = 0
-        self._on_plaintext(*split_inner(inner))
+        self._on_plaintext(*read.content(content_type, inner))
 
     def _skip_refused_early_data(self, size: int) -> None:
         self._skip_early_bytes -= size
@@ -473,6 +511,8 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
             description = content[1]
             if description == AlertDescription.close_notify:
                 self._peer_closed = True
+            elif content[0] == 1 and self._hs.version == "1.2":
+                pass  # RFC 5246 §7.2: a warning does not end a TLS 1.2 connection
             elif description != AlertDescription.user_canceled:
                 # RFC 8446 §6: every alert but close_notify/user_canceled is fatal.
                 raise TLSAlertReceived(description)
@@ -508,8 +548,9 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                     if self._write is None:
                         self._wire_out += record_header(ALERT, 2) + alert
                     else:
-                        nonce, aad, inner = self._write.seal_item(ALERT, alert)
-                        self._wire_out += aad + self._write.session.seal(nonce, aad, inner)
+                        item = self._write.seal_item(ALERT, alert)
+                        self._wire_out += self._write.wire_prefix(item) \
+                            + self._write.session.seal(*item)
                     data = bytes(self._wire_out)
                     self._wire_out.clear()
                     await self.transport_stream.send_all(data)
