@@ -20,6 +20,7 @@ from ._tickets import TicketState, open_ticket
 _VERSION_NAMES = {TLS13: "1.3", TLS12: "1.2"}
 #: The key types each TLS 1.2 suite's "auth" part can be served with.
 _AUTH_KEY_TYPES = {"ecdsa": ("ecdsa-p256", "ecdsa-p384", "ed25519"), "rsa": ("rsa",)}
+_CERT_CURVES = {"ecdsa-p256": "secp256r1", "ecdsa-p384": "secp384r1"}
 
 
 class InappropriateFallback(TLSPeerError):
@@ -81,6 +82,11 @@ def choose_suite_and_certificate(config: ServerConfig, ch: ClientHello) -> Choic
             continue
         for entry in candidates:
             if entry.key_type not in _AUTH_KEY_TYPES[suite.auth]:
+                continue
+            curve = _CERT_CURVES.get(entry.key_type)
+            if curve is not None and ch.groups is not None and GROUP_IDS[curve] not in ch.groups:
+                # RFC 8422 §5.1: the client's supported_groups also bound the
+                # curve of an ECDSA server certificate in TLS 1.2.
                 continue
             for scheme in config.signature_schemes:
                 if scheme in entry.schemes and SCHEME_IDS[scheme] in offered_schemes:
