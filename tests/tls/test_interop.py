@@ -197,6 +197,20 @@ async def test_openssl_tls12_every_suite_with_ecdsa_and_rsa(test_certs, ca_file,
         assert "Extended master secret: yes" in out and "Secure Renegotiation IS supported" in out
 
 
+@pytest.mark.parametrize("kind,sigalgs,shown", [
+    ("ecdsa-p384", "ECDSA+SHA384", "Peer signature type: ECDSA"),
+    ("ed25519", "ed25519", "Peer signature type: ed25519"),
+    ("rsa-2048", "RSA+SHA256", "Peer signature type: RSA\n"),        # PKCS#1 v1.5
+    ("rsa-2048", "RSA-PSS+SHA384", "Peer signature type: RSA-PSS"),
+])
+async def test_openssl_tls12_signature_schemes(kind, sigalgs, shown, test_certs, ca_file,
+                                               tls_provider):
+    async with tls_server(server_config([test_certs[kind]]), tls_provider) as run:
+        out = await s_client_ping(run.port, ca_file, "-sigalgs", sigalgs, version="-tls1_2")
+    assert shown in out and "Verification: OK" in out, out
+    assert [i.version for i in run.infos] == ["TLSv1.2"]
+
+
 async def test_openssl_tls12_ticket_resumption_shows_reused(test_certs, ca_file, tls_provider,
                                                             tmp_path):
     sess = str(tmp_path / "sess12.pem")

@@ -1,4 +1,5 @@
-"""The sans-IO TLS 1.3 server handshake: one class per state, commands out.
+"""The sans-IO TLS 1.3 server handshake (and the version choice that may hand
+a connection to TLS 1.2): one class per state, commands out.
 
 Theory of operation
 -------------------
@@ -15,8 +16,10 @@ list of *commands* for the I/O adapter (``TLSStream``) to execute in order:
     Sign(certificate, scheme, message)    BLOCKING: run it, call signature_done
     HandshakeComplete(info)               the client's Finished verified
 
-A blocking command is always the last of its list. The states, each named
-for what it waits for::
+A blocking command is always the last of its list. ``ExpectClientHello``
+first chooses the version (``_negotiate12.choose_version``); a TLS 1.2
+connection goes on in ``_handshake12``'s states. The TLS 1.3 states, each
+named for what it waits for::
 
     ExpectClientHello ──(no usable key share)──▶ HelloRetryRequest sent ─┐
           │   ▲──────────────────────── ExpectClientHello(retry) ◀───────┘
