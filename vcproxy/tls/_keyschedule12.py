@@ -22,7 +22,7 @@ import dataclasses
 import hmac
 
 from ._errors import DecryptError
-from ._keyschedule import _HmacKey
+from ._keyschedule import _HASHES, _HmacKey
 
 MASTER_SECRET_LEN = 48
 VERIFY_DATA_LEN = 12
@@ -44,7 +44,6 @@ class CipherSuite12:
     explicit_nonce_len: int
 
     def new_hash(self):
-        from ._keyschedule import _HASHES
         return _HASHES[self.hash_name][0]()
 
 
