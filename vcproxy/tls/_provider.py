@@ -118,10 +118,11 @@ def ecdhe_scalar(group: str, random_bytes) -> bytes:
     """
     n = SCALAR_BYTES[group]
     order = _ORDERS.get(group)
-    while True:
+    for _ in range(64):  # (a sound random source needs one draw, two at worst)
         scalar = random_bytes(n)
         if order is None or 0 < int.from_bytes(scalar, "big") < order:
             return scalar
+    raise CryptoProviderError(f"random_bytes gave no {group} scalar in [1, n-1] in 64 draws")
 
 
 #: One AEAD work item: (12-byte nonce, additional data, plaintext or ciphertext||tag).
