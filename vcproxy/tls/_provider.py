@@ -279,6 +279,9 @@ def _inline_key_exchange(group: str, peer_public: bytes,
             raise IllegalParameter(f"x25519 key share of {len(peer_public)} bytes, expected 32")
         priv = (x25519.X25519PrivateKey.generate() if private_key is None
                 else x25519.X25519PrivateKey.from_private_bytes(private_key))
+        if private_key is not None and peer_public == BASE_POINTS["x25519"]:
+            own = priv.public_key().public_bytes_raw()
+            return own, own  # X25519(k, 9) is the public key itself: no second multiplication
         try:
             shared = priv.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
         except ValueError as exc:  # all-zero shared secret (small-order point)
@@ -302,6 +305,9 @@ def _inline_key_exchange(group: str, peer_public: bytes,
             priv = ec.derive_private_key(int.from_bytes(private_key, "big"), curve())
         except ValueError as exc:
             raise CryptoProviderError(f"{group}: private scalar out of range") from exc
+        if peer_public == BASE_POINTS[group]:  # our share only: k·G is the public key
+            own = priv.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+            return own, own[1:1 + (size - 1) // 2]
     shared = priv.exchange(ec.ECDH(), peer)
     return priv.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint), shared
 
