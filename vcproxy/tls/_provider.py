@@ -63,6 +63,7 @@ class): ``CertificateEntry`` caches each provider's ``SigningKey`` in a
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -270,6 +271,27 @@ class _InlineAead(AeadSession):
         return [self.open(n, a, c) for n, a, c in items]
 
 
+#: Ephemeral keys loaded at TLS 1.2 keygen, taken back at the derive: loading a
+#: scalar computes its public key again (72 µs for X25519 here, more than the
+#: exchange itself). Bounded; an entry of a connection that never derives is
+#: dropped oldest first.
+_LOADED: collections.OrderedDict[bytes, object] = collections.OrderedDict()
+_LOADED_MAX = 4096
+
+
+def _load_scalar(private_key: bytes, load, keygen: bool):
+    if not keygen:
+        priv = _LOADED.pop(private_key, None)
+        if priv is not None:
+            return priv
+    priv = load()
+    if keygen:
+        _LOADED[private_key] = priv
+        if len(_LOADED) > _LOADED_MAX:
+            _LOADED.popitem(last=False)
+    return priv
+
+
 def _inline_key_exchange(group: str, peer_public: bytes,
                          private_key: bytes | None = None) -> tuple[bytes, bytes]:
     if private_key is not None and len(private_key) != SCALAR_BYTES.get(group):
@@ -277,9 +299,10 @@ def _inline_key_exchange(group: str, peer_public: bytes,
     if group == "x25519":
         if len(peer_public) != 32:
             raise IllegalParameter(f"x25519 key share of {len(peer_public)} bytes, expected 32")
-        priv = (x25519.X25519PrivateKey.generate() if private_key is None
-                else x25519.X25519PrivateKey.from_private_bytes(private_key))
-        if private_key is not None and peer_public == BASE_POINTS["x25519"]:
+        keygen = private_key is not None and peer_public == BASE_POINTS["x25519"]
+        priv = (x25519.X25519PrivateKey.generate() if private_key is None else _load_scalar(
+            private_key, lambda: x25519.X25519PrivateKey.from_private_bytes(private_key), keygen))
+        if keygen:
             own = priv.public_key().public_bytes_raw()
             return own, own  # X25519(k, 9) is the public key itself: no second multiplication
         try:
@@ -301,11 +324,13 @@ def _inline_key_exchange(group: str, peer_public: bytes,
     if private_key is None:
         priv = ec.generate_private_key(curve())
     else:
+        keygen = peer_public == BASE_POINTS[group]
         try:
-            priv = ec.derive_private_key(int.from_bytes(private_key, "big"), curve())
+            priv = _load_scalar(private_key, lambda: ec.derive_private_key(
+                int.from_bytes(private_key, "big"), curve()), keygen)
         except ValueError as exc:
             raise CryptoProviderError(f"{group}: private scalar out of range") from exc
-        if peer_public == BASE_POINTS[group]:  # our share only: k·G is the public key
+        if keygen:  # our share only: k·G is the public key
             own = priv.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
             return own, own[1:1 + (size - 1) // 2]
     shared = priv.exchange(ec.ECDH(), peer)
