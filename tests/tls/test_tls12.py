@@ -148,7 +148,7 @@ class Run:
 
 
 def test_full_handshake_commands(config12):
-    run = Run(config12, client_hello12(ticket=b""))
+    run = Run(config12, client_hello12(ticket=b"", extra=ext(c12.EXT_EC_POINT_FORMATS, b"\x01\x00")))
     cmds = run.full()
     names = [c.HANDSHAKE_NAMES[m[0]] for m in run.flight]
     assert names == ["ServerHello", "Certificate", "ServerKeyExchange", "ServerHelloDone"]
@@ -157,6 +157,8 @@ def test_full_handshake_commands(config12):
     # RFC 8446 §4.1.3: a TLS 1.3 server negotiating TLS 1.2 marks its random
     assert server_random.endswith(c12.DOWNGRADE_TLS12)
     assert sh[38] == 0  # no session id issued (session-id resumption is not offered)
+    assert _server_hello_extension_types(sh) == [c12.EXT_RENEGOTIATION_INFO, c12.EXT_EXTENDED_MASTER_SECRET,
+                       c12.EXT_SESSION_TICKET, c12.EXT_EC_POINT_FORMATS, 0]
     params = ske[4:4 + 4 + ske[7]]
     assert run.signed == run.client.random + server_random + params  # RFC 5246 §7.4.3
     assert ske.endswith(c.vec16(fake_sign(run.signed)))
@@ -178,6 +180,19 @@ def test_full_handshake_commands(config12):
     assert run.hs.receive_message(Epoch.APPLICATION, client_hello12()) == \
         [SendAlert(1, A.no_renegotiation)]
     assert type(run.hs.state).__name__ == "Connected12"
+
+
+def _server_hello_extension_types(sh: bytes) -> list[int]:
+    r = c.Reader(sh, 4 + 2 + 32)
+    r.vec(1, "session_id")
+    r.u16("suite"), r.u8("compression")
+    exts = r.sub(2, "extensions")
+    r.end("ServerHello")
+    types = []
+    while exts.left():
+        types.append(exts.u16())
+        exts.vec(2, "extension_data")
+    return types
 
 
 def test_same_inputs_same_bytes(config12):

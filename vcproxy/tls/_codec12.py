@@ -46,10 +46,12 @@ class Hello12Extensions:
     #: The session_ticket extension's content: None = absent, b"" = "send me one".
     session_ticket: bytes | None
     fallback_scsv: bool
+    #: The client sent ec_point_formats (RFC 8422 §5.2: the ServerHello answers it).
+    ec_point_formats: bool = False
 
 
 def hello12_extensions(ch: ClientHello) -> Hello12Extensions:
-    ems = False
+    ems = point_formats = False
     reneg = TLS_EMPTY_RENEGOTIATION_INFO_SCSV in ch.cipher_suites
     ticket = None
     for ext_type, data in ch.extensions:
@@ -72,7 +74,9 @@ def hello12_extensions(ch: ClientHello) -> Hello12Extensions:
             if _POINT_UNCOMPRESSED not in data[1:]:
                 # RFC 8422 §5.1.2: the uncompressed format MUST be supported.
                 raise IllegalParameter("ec_point_formats without uncompressed")
-    return Hello12Extensions(ems, reneg, ticket, TLS_FALLBACK_SCSV in ch.cipher_suites)
+            point_formats = True
+    return Hello12Extensions(ems, reneg, ticket, TLS_FALLBACK_SCSV in ch.cipher_suites,
+                             point_formats)
 
 
 def parse_client_key_exchange(message: bytes) -> bytes:
@@ -112,7 +116,8 @@ def new_session_ticket12(lifetime_hint_s: int, ticket: bytes) -> bytes:
 
 
 def server_hello_extensions(*, ems: bool, secure_renegotiation: bool, ticket: bool,
-                            alpn: str | None, sni_matched: bool) -> bytes:
+                            alpn: str | None, sni_matched: bool,
+                            ec_point_formats: bool = False) -> bytes:
     from ._codec import EXT_ALPN, EXT_SERVER_NAME, extension
 
     exts = b""
@@ -122,6 +127,8 @@ def server_hello_extensions(*, ems: bool, secure_renegotiation: bool, ticket: bo
         exts += extension(EXT_EXTENDED_MASTER_SECRET, b"")
     if ticket:
         exts += extension(EXT_SESSION_TICKET, b"")  # RFC 5077 §3.2: a NewSessionTicket follows
+    if ec_point_formats:
+        exts += extension(EXT_EC_POINT_FORMATS, b"\x01\x00")  # [uncompressed]
     if sni_matched:
         exts += extension(EXT_SERVER_NAME, b"")
     if alpn is not None:

@@ -137,7 +137,8 @@ def start(hs, ch: c.ClientHello, message: bytes):
 def _server_hello(hs, neg: Negotiated12, *, ticket: bool) -> bytes:
     exts = c12.server_hello_extensions(
         ems=neg.ext.extended_master_secret, secure_renegotiation=neg.ext.secure_renegotiation,
-        ticket=ticket, alpn=neg.alpn, sni_matched=neg.sni_matched)
+        ticket=ticket, alpn=neg.alpn, sni_matched=neg.sni_matched,
+        ec_point_formats=neg.ext.ec_point_formats and not neg.resumed)
     # Session ids are never issued (no server-side session cache): empty on a
     # full handshake; a resumption echoes the client's (RFC 5077 §3.4).
     session_id = neg.ch.session_id if neg.resumed else b""
