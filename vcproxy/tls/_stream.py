@@ -230,6 +230,7 @@ class TLSStream(trio.abc.Stream):
         finally:
             self._receiving = False
         if not self._app_in:
+            self._check_usable()  # closed or broken by another task meanwhile: not an EOF
             return b""
         if max_bytes is None or max_bytes >= len(self._app_in):
             out = bytes(self._app_in)
