@@ -3,7 +3,7 @@
 - handshakes: ``openssl s_time`` processes, one connection at a time each,
   one ``GET / HTTP/1.0`` per connection. ``-new`` makes every connection a
   full handshake; ``-reuse`` resumes the first connection's session (TLS 1.3
-  ticket). h2load and wrk cannot do full handshakes: on reconnect both
+  ticket); ``-tls1_2`` for the TLS 1.2 rows. h2load and wrk cannot do full handshakes: on reconnect both
   resume the session they hold (seen on vcproxy's ``resumed`` label).
 - keep-alive requests and bulk downloads: ``h2load --h1`` for a duration.
 - latency at a fixed rate: ``bench/_client.py`` (open loop, see there).
@@ -47,11 +47,13 @@ def _finish(procs: list[subprocess.Popen], timeout_s: float) -> list[str]:
 class Handshakes:
     """``procs`` concurrent ``openssl s_time`` loops for ``seconds``; start() returns at once."""
 
-    def __init__(self, port: int, procs: int, seconds: float, resume: bool):
+    def __init__(self, port: int, procs: int, seconds: float, resume: bool, tls12: bool = False):
         self.seconds = seconds
         self.t0 = time.perf_counter()
         argv = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-reuse" if resume else "-new",
                 "-time", str(max(1, round(seconds))), "-www", "/"]
+        if tls12:  # TLS 1.2 (s_time's default cipher list: ECDHE + AES-GCM first)
+            argv.append("-tls1_2")
         self.procs = [_spawn(argv) for _ in range(procs)]
 
     def result(self) -> dict:

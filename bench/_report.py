@@ -13,6 +13,8 @@ REPEAT_TOLERANCE = 0.15
 ROWS = [
     ("full handshakes/s, ECDSA P-256", "hs_ecdsa", "per_s", "/s", True),
     ("full handshakes/s, RSA-2048", "hs_rsa", "per_s", "/s", True),
+    ("TLS 1.2 full handshakes/s, ECDSA P-256", "hs12_ecdsa", "per_s", "/s", True),
+    ("TLS 1.2 full handshakes/s, RSA-2048", "hs12_rsa", "per_s", "/s", True),
     ("resumed handshakes/s", "resumed", "per_s", "/s", True),
     ("keep-alive small requests/s", "keepalive", "per_s", "/s", True),
     ("bulk 10 MiB downloads, MB/s", "bulk", "mb_per_s", "MB/s", True),
@@ -23,7 +25,8 @@ ROWS = [
 ]
 
 #: workloads whose CPU is reported per 1,000 handshakes / requests
-CPU_ROWS = [("hs_ecdsa", "handshakes"), ("hs_rsa", "handshakes"), ("resumed", "handshakes"),
+CPU_ROWS = [("hs_ecdsa", "handshakes"), ("hs_rsa", "handshakes"), ("hs12_ecdsa", "handshakes"),
+            ("hs12_rsa", "handshakes"), ("resumed", "handshakes"),
             ("keepalive", "requests"), ("bulk", "GB")]
 
 ROLE_ORDER = ("proxy_worker", "supervisor", "backend", "host", "host_worker", "upstream")

@@ -11,7 +11,7 @@ All configurations are up at once; each workload runs on each of them in
 turn (order reversed every other workload), so one row's numbers are taken
 seconds apart on a machine whose speed drifts over minutes. Workloads
 (``bench/_load.py``): full handshakes/s (ECDSA,
-RSA; swept over concurrency), resumed handshakes/s, keep-alive small
+RSA; swept over concurrency; TLS 1.2 beside them at the table's concurrency), resumed handshakes/s, keep-alive small
 requests/s (swept), bulk MB/s on 10 MiB downloads, p50/p99 latency at a
 fixed rate, and the mixed run (keep-alive p99 at that rate while an RSA-2048
 full-handshake storm runs). Around each: CPU seconds of every process of the
@@ -147,6 +147,10 @@ def workloads(s: dict) -> list[tuple[str, object, str]]:
     for k in s["rsa_levels"]:
         out.append((f"hs_rsa@{k}", lambda r, k=k: _load.Handshakes(r.ports["rsa"], k, secs, False).result(),
                     "handshakes"))
+    # TLS 1.2 full handshakes beside TLS 1.3's, at the table's concurrency
+    for cert in ("ecdsa", "rsa"):
+        out.append((f"hs12_{cert}", lambda r, cert=cert: _load.Handshakes(
+            r.ports[cert], s["hs_default"], secs, False, tls12=True).result(), "handshakes"))
     out.append(("resumed", lambda r: _load.Handshakes(r.ports["ecdsa"], s["hs_default"], secs, True).result(),
                 "handshakes"))
     for c in s["ka_levels"]:
@@ -167,8 +171,13 @@ def workloads(s: dict) -> list[tuple[str, object, str]]:
     return out
 
 
+def _selected(key: str, only: list[str] | None) -> bool:
+    return not only or key.split("@")[0] in only
+
+
 def one_run(names: list[str], work: Path, certs, upstream: _procs.Service, upstream_addr: str,
-            s: dict, workers: int, log, vcrypto_crypto: dict | None = None) -> dict:
+            s: dict, workers: int, log, vcrypto_crypto: dict | None = None,
+            only_workloads: list[str] | None = None) -> dict:
     """All configurations are started first and stay up (idle ones cost ~nothing);
     each workload then runs on each configuration in turn, the order reversed
     from one workload to the next. Machine speed drifts over minutes here, so
@@ -203,7 +212,7 @@ def one_run(names: list[str], work: Path, certs, upstream: _procs.Service, upstr
         print("  idle CPU s/s: " + ", ".join(f"{n} {c['idle_cpu_s_per_s']:.3f}" for n, c in configs.items()
                                              if "idle_cpu_s_per_s" in c), flush=True)
         order = [n for n in names if n in running]
-        for i, (key, fn, unit) in enumerate(workloads(s)):
+        for i, (key, fn, unit) in enumerate(w for w in workloads(s) if _selected(w[0], only_workloads)):
             for name in (order if i % 2 == 0 else order[::-1]):
                 r = running[name]
                 if not r.service.alive():
@@ -236,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers per proxy (all configurations)")
     parser.add_argument("--only", default=",".join(_configs.NAMES), help="comma-separated configurations")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--workloads", default="",
+                        help="comma-separated workload names to run (default: all), e.g. "
+                             "hs_ecdsa,hs_rsa,hs12_ecdsa,hs12_rsa")
     parser.add_argument("--vcrypto-crypto", action="append", default=[], metavar="KEY=VALUE",
                         help="extra crypto: key for (b) and (c), e.g. small_record_threshold_bytes=20000")
     args = parser.parse_args(argv)
@@ -294,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 run: dict = {"configs": {}, "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
                 print(f"run {i + 1}/{runs} ({args.mode}), load {os.getloadavg()[0]:.2f}", flush=True)
                 run["configs"] = one_run(names, work / f"run{i}", certs, upstream, upstream_addr, s,
-                                         args.workers, log, vcrypto_crypto)
+                                         args.workers, log, vcrypto_crypto,
+                                         [w for w in args.workloads.split(",") if w])
                 run["seconds"] = time.perf_counter() - t0
                 run["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
                 result["runs"].append(run)

@@ -1,4 +1,4 @@
-"""Server-side CPU per full TLS 1.3 handshake: vcproxy.tls with the inline provider.
+"""Server-side CPU per full TLS 1.3 handshake (and TLS 1.2 beside it): vcproxy.tls with the inline provider.
 
 Client and server run in memory in one thread. The client runs *inside* the
 server transport's ``send_all``, with the server's CPU clock (thread time)
@@ -222,9 +222,12 @@ async def server_handshakes_client_process(config: ServerConfig, count: int) -> 
     return samples
 
 
-def client_context() -> ssl.SSLContext:
+def client_context(tls12: bool = False) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    else:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # server cost only; the client skips chain checks
     ctx.set_alpn_protocols(["http/1.1"])
@@ -238,9 +241,9 @@ class TimedInlineProvider(InlineProvider):
     def __init__(self):
         self.pk_ns = 0
 
-    async def key_exchange(self, group, peer_public):
+    async def key_exchange(self, group, peer_public, *, private_key=None):
         t0 = cpu_ns()
-        result = await super().key_exchange(group, peer_public)
+        result = await super().key_exchange(group, peer_public, private_key=private_key)
         self.pk_ns += cpu_ns() - t0
         return result
 
@@ -253,11 +256,12 @@ class TimedInlineProvider(InlineProvider):
 
 async def server_handshakes(config: ServerConfig, count: int, lean: bool = False,
                             in_situ: list[float] | None = None,
-                            first_write: list[float] | None = None) -> list[float]:
+                            first_write: list[float] | None = None,
+                            tls12: bool = False) -> list[float]:
     # The clocked provider only when in-situ crypto is asked for: its four
     # clock reads (~1 µs each here) would otherwise sit in the headline.
     provider = TimedInlineProvider() if in_situ is not None else InlineProvider()
-    ctx = client_context()
+    ctx = client_context(tls12)
     samples = []
     for _ in range(count):
         transport = LeanClientInTransport() if lean else ClientInTransport(ctx)
@@ -267,7 +271,8 @@ async def server_handshakes(config: ServerConfig, count: int, lean: bool = False
         transport.start()
         await server.do_handshake()
         transport.stop()
-        if not transport.client_done or server.alpn_protocol != "http/1.1" or server.resumed:
+        if not transport.client_done or server.alpn_protocol != "http/1.1" or server.resumed \
+                or server.version != ("TLSv1.2" if tls12 else "TLSv1.3"):
             raise RuntimeError("handshake did not complete")
         samples.append(transport.server_ns / 1000)
         if in_situ is not None:
@@ -356,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             trio.run(server_handshakes, config, per_round, True, in_situ, first_write)
             m = {"server": trio.run(server_handshakes, config, per_round, True),
                  "openssl_client": trio.run(server_handshakes, config, per_round),
+                 "tls12_openssl_client": trio.run(server_handshakes, config, per_round, False,
+                                                  None, None, True),
                  "floor": crypto_floor(key, scheme, per_round),
                  "core": state_machine_only(config, per_round)}
             m["in_situ"] = in_situ
@@ -375,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             "sans_io_core_us_median": round(best["core"], 1),
             "first_write_with_ticket_us_median": round(best["first_write"], 1),
             "with_openssl_client_interleaved_us_median": round(best["openssl_client"], 1),
+            "tls12_with_openssl_client_us_median": round(best["tls12_openssl_client"], 1),
         }
         if args.client_process:
             r["client_process_tcp_us_median"] = round(best["client_process"], 1)
@@ -390,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             ("above floor", "above_floor_us"),
             ("sans-IO core", "sans_io_core_us_median"),
             ("first write", "first_write_with_ticket_us_median"),
-            ("w/ OpenSSL client", "with_openssl_client_interleaved_us_median")]
+            ("w/ OpenSSL client", "with_openssl_client_interleaved_us_median"),
+            ("TLS 1.2 w/ OpenSSL", "tls12_with_openssl_client_us_median")]
     if args.client_process:
         cols.append(("client process+TCP", "client_process_tcp_us_median"))
     print(f"{'cert':<12} {'n':>5} " + " ".join(f"{name:>18}" for name, _ in cols))
@@ -409,7 +418,9 @@ first write        the first send_all after the handshake (100 B + the session t
                    sealed in one provider batch), timed in the "crypto in situ" pass
 w/ OpenSSL client  as "server", with Python's ssl client (verifying the signature)
                    instead: its OpenSSL work between the server's steps cools the
-                   server's caches on the same core (a remote client would not)""")
+                   server's caches on the same core (a remote client would not)
+TLS 1.2 w/ OpenSSL the same with the client capped at TLS 1.2: a full TLS 1.2 handshake
+                   (ECDHE-ECDSA/RSA-AES128-GCM-SHA256, extended master secret, ticket)""")
     if args.client_process:
         print("client process+TCP  the ssl client in a subprocess over loopback TCP; server CPU\n"
               "                   from accept to handshake done, trio socket I/O included")

@@ -31,7 +31,7 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "connections_total": ("counter", ("listener",), "client connections accepted"),
     "connections_active": ("gauge", ("listener",), "client connections open now (all workers)"),
     "tls_handshakes_total": ("counter", ("listener", "result", "version", "cipher_suite", "resumed"),
-                             "TLS handshakes by result (ok, error, timeout), version, suite, resumption"),
+                             "TLS handshakes by result (ok, error, timeout), version (1.2, 1.3), suite, resumption"),
     "tls_handshake_seconds": ("histogram", ("listener",), "TLS handshake latency, successful handshakes"),
     "bytes_received_total": ("counter", ("listener",), "bytes received from clients (on the wire; added every 64 KiB of a connection and at its close)"),
     "bytes_sent_total": ("counter", ("listener",), "bytes sent to clients (on the wire; added every 64 KiB of a connection and at its close)"),

@@ -46,7 +46,8 @@ from vcrypto.ops import ECDH_PUBLIC_BYTES, Alg, Op
 
 _SIGN_SCHEMES = tuple(sorted(a.value for a in (
     Alg.ECDSA_SECP256R1_SHA256, Alg.ECDSA_SECP384R1_SHA384, Alg.RSA_PSS_RSAE_SHA256,
-    Alg.RSA_PSS_RSAE_SHA384, Alg.RSA_PSS_RSAE_SHA512, Alg.ED25519)))
+    Alg.RSA_PSS_RSAE_SHA384, Alg.RSA_PSS_RSAE_SHA512, Alg.ED25519,
+    Alg.RSA_PKCS1_SHA256, Alg.RSA_PKCS1_SHA384, Alg.RSA_PKCS1_SHA512)))
 _GROUP_POINT_BYTES = {alg.value: n for alg, n in ECDH_PUBLIC_BYTES.items()}
 
 
@@ -149,7 +150,8 @@ class VcryptoProvider(CryptoProvider):
                   "control_timeout_s": min(5.0, 2 * stall_timeout_s)}
         self.frontend = frontend or Frontend(engine_socket, linger_s=linger_s, **kw)
 
-    async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
+    async def key_exchange(self, group: str, peer_public: bytes, *,
+                           private_key: bytes | None = None) -> tuple[bytes, bytes]:
         size = _GROUP_POINT_BYTES.get(group)
         if size is None:
             raise CryptoProviderError(f"unsupported group {group!r}")
@@ -160,7 +162,9 @@ class VcryptoProvider(CryptoProvider):
         fe = self.frontend
         h = await fe.open_session(SessionMeta(Op.ECDH, alg))
         try:
-            [(status, out)] = await fe.run(h, [(peer_public, b"", b"")])
+            # keyed form (TLS 1.2): src = our scalar || peer key (vcrypto.ops)
+            src = peer_public if private_key is None else private_key + peer_public
+            [(status, out)] = await fe.run(h, [(src, b"", b"")])
         finally:
             await fe.close_session(h)
         if status is SlotStatus.INVALID:

@@ -202,7 +202,14 @@ def _open(cipher, src: bytes, iv: bytes, aad: bytes) -> bytes:
         raise CryptoError(CryptoError.Kind.BAD_MESSAGE, "AEAD tag mismatch") from None
 
 
+#: Private scalar length of the keyed ECDH form (src = scalar || peer key).
+_ECDH_SCALAR_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 32, Alg.SECP384R1: 48}
+
+
 def _ecdh(alg: Alg, peer_bytes: bytes) -> bytes:
+    if len(peer_bytes) == _ECDH_SCALAR_BYTES[alg] + ECDH_PUBLIC_BYTES[alg]:
+        return _ecdh_keyed(alg, peer_bytes[:_ECDH_SCALAR_BYTES[alg]],
+                           peer_bytes[_ECDH_SCALAR_BYTES[alg]:])
     if alg is Alg.X25519:
         if len(peer_bytes) != 32:
             raise CryptoError(_BAD, f"X25519 peer key must be 32 bytes, got {len(peer_bytes)}")
@@ -228,6 +235,49 @@ def _ecdh(alg: Alg, peer_bytes: bytes) -> bytes:
     pub = own.public_key().public_bytes(serialization.Encoding.X962,
                                         serialization.PublicFormat.UncompressedPoint)
     return pub + shared
+
+
+def _ecdh_keyed(alg: Alg, scalar: bytes, peer_bytes: bytes) -> bytes:
+    """ECDH under the caller's ephemeral scalar (TLS 1.2 sends its share before
+    it has the peer's, so the ephemeral key must outlive one request: the
+    requester keeps the scalar, the host keeps nothing)."""
+    if alg is Alg.X25519:
+        own = x25519.X25519PrivateKey.from_private_bytes(scalar)
+        pub = own.public_key().public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw)
+        if peer_bytes == _X25519_BASE:
+            return pub + pub  # X25519(k, 9) is the public key: no second multiplication
+        try:
+            shared = own.exchange(x25519.X25519PublicKey.from_public_bytes(peer_bytes))
+        except ValueError as exc:  # all-zero shared secret (small-order point)
+            raise CryptoError(_BAD, f"X25519 exchange failed: {exc}") from exc
+        return pub + shared
+    curve = _CURVES[alg]()
+    try:
+        own = ec.derive_private_key(int.from_bytes(scalar, "big"), curve)
+    except ValueError as exc:
+        raise CryptoError(_BAD, f"{alg.value} scalar out of range: {exc}") from exc
+    pub = own.public_key().public_bytes(serialization.Encoding.X962,
+                                        serialization.PublicFormat.UncompressedPoint)
+    if peer_bytes == _generator(alg):  # keygen: k·G is the public key, its x the "secret"
+        return pub + pub[1:1 + (len(pub) - 1) // 2]
+    try:
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(curve, peer_bytes)
+    except ValueError as exc:
+        raise CryptoError(_BAD, f"{alg.value} peer key is not a valid point: {exc}") from exc
+    return pub + own.exchange(ec.ECDH(), peer)
+
+
+_X25519_BASE = b"\x09" + bytes(31)
+_GENERATORS: dict[Alg, bytes] = {}
+
+
+def _generator(alg: Alg) -> bytes:
+    g = _GENERATORS.get(alg)
+    if g is None:
+        g = _GENERATORS[alg] = ec.derive_private_key(1, _CURVES[alg]()).public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return g
 
 
 def _sign(key: object, alg: Alg, msg: bytes) -> bytes:

@@ -15,7 +15,10 @@ AEAD_OPEN      ciphertext || tag                  plaintext (status BADMSG on ta
                                                   mismatch)
 ECDH           peer public key (wire encoding:    own public key || shared secret
                X25519 raw 32 B, P-256/384 SEC1    (keygen + derive in one op: the
-               uncompressed point)                host keeps no per-request key)
+               uncompressed point), or            host keeps no per-request key)
+               own private scalar || peer key     (TLS 1.2: the requester keeps its
+               (X25519 32, P-256 32, P-384 48 B)  ephemeral scalar between keygen,
+                                                  against the base point, and derive)
 SIGN           message to sign (not a digest)     signature (DER for ECDSA)
 CIPHER_*       AES-CBC input, a multiple of 16 B  output of the same length (no
                (iv 16 B separate)                 padding: the caller pads)

@@ -54,6 +54,17 @@ async def test_every_op_family_through_the_host(host_and_backend):
         own, shared = ecdh_split(Alg.SECP384R1, out)
         assert pk.exchange(ec.ECDH(), ec.EllipticCurvePublicKey.from_encoded_point(
             ec.SECP384R1(), own)) == shared
+        # keyed form (TLS 1.2): src = our scalar || peer key; twice under one scalar
+        scalar = ec.generate_private_key(ec.SECP384R1()).private_numbers().private_value
+        scalar = scalar.to_bytes(48, "big")
+        [(st, out1)], [(st2, out2)] = [await fe.run(hp, [(scalar + peer_pub, b"", b"")])
+                                       for _ in range(2)]
+        own, shared = ecdh_split(Alg.SECP384R1, out1)
+        assert out1 == out2 and st is st2 is SlotStatus.OK
+        mine = ec.derive_private_key(int.from_bytes(scalar, "big"), ec.SECP384R1())
+        assert own == mine.public_key().public_bytes(serialization.Encoding.X962,
+                                                     serialization.PublicFormat.UncompressedPoint)
+        assert shared == mine.exchange(ec.ECDH(), pk.public_key())
 
         msg = b"\x20" * 64 + b"TLS 1.3, server CertificateVerify\x00" + os.urandom(32)
         sk = ec.generate_private_key(ec.SECP256R1())
@@ -66,6 +77,9 @@ async def test_every_op_family_through_the_host(host_and_backend):
         [(st, sig)] = await fe.run(h2, [(msg, b"", b"")])
         rk.public_key().verify(sig, msg, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
                                hashes.SHA256())
+        h4 = await fe.open_session(SessionMeta(Op.SIGN, Alg.RSA_PKCS1_SHA384, _der(rk)))
+        [(st, sig)] = await fe.run(h4, [(msg, b"", b"")])  # TLS 1.2 ServerKeyExchange
+        rk.public_key().verify(sig, msg, padding.PKCS1v15(), hashes.SHA384())
         ek = ed25519.Ed25519PrivateKey.generate()
         h3 = await fe.open_session(SessionMeta(Op.SIGN, Alg.ED25519, _der(ek)))
         [(st, sig)] = await fe.run(h3, [(msg, b"", b"")])

@@ -149,10 +149,28 @@ def test_check_config_checks_tls_parameters(tmp_path, certs):
     with pytest.raises(ConfigError) as info:
         check_files(load_config(str(f)))
     assert info.value.problems[0][0] == "listeners[0].tls" and "cipher_suites" in info.value.problems[0][1]
-    data = _with("listeners[0].tls", {"certificates": [cert], "versions": ["1.2"]})
+    # a TLS 1.2 suite we do not serve (CBC) is refused by name
+    data = _with("listeners[0].tls", {"certificates": [cert],
+                                      "cipher_suites": ["TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"]})
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        check_files(load_config(str(f)))
+    assert "'TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA'" in info.value.problems[0][1]
+    # TLS 1.2 suites only, but TLS 1.3 served too
+    data = _with("listeners[0].tls", {"certificates": [cert], "versions": ["1.2", "1.3"],
+                                      "cipher_suites": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]})
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        check_files(load_config(str(f)))
+    assert "no TLS 1.3 suite" in info.value.problems[0][1]
+    data["listeners"][0]["tls"]["min_version"] = "1.2"
+    data["listeners"][0]["tls"]["versions"] = ["1.2"]
+    f.write_text(yaml.safe_dump(data))
+    check_files(load_config(str(f)))  # TLS 1.2 only, with a TLS 1.2 suite: fine
+    data = _with("listeners[0].tls", {"certificates": [cert], "versions": ["1.1"]})
     with pytest.raises(ConfigError) as info:
         parse_config(yaml.safe_dump(data))
-    assert info.value.problems[0][0] == "listeners[0].tls.versions"
+    assert info.value.problems[0][0] == "listeners[0].tls.versions[0]"
 
 
 def test_check_config_process_exit_status(tmp_path):

@@ -191,8 +191,19 @@ def test_external_vcrypto_daemons(start_proxy, certs, upstream, tmp_path):
                                   b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         tls.close()
         assert reply.endswith(b"ok\n")
+        ctx12 = ssl.create_default_context(cafile=str(certs["a"][0]))
+        ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+        reply, tls = tls_exchange(proxy.port, ctx12,
+                                  b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert tls.version() == "TLSv1.2"
+        tls.close()
+        assert reply.endswith(b"ok\n")
         m = scrape(proxy.metrics_url)
-        assert total(m, "vcproxy_crypto_ops_total", op="ecdh", provider="vcrypto") == 1
+        # TLS 1.3: one ECDH; TLS 1.2: two (our share, then the derive), all on the engine
+        assert total(m, "vcproxy_crypto_ops_total", op="ecdh", provider="vcrypto") == 1 + 2
+        assert total(m, "vcproxy_crypto_ops_total", op="sign", provider="vcrypto") == 2
+        assert total(m, "vcproxy_tls_handshakes_total", result="ok", version="1.2") == 1
+        assert total(m, "vcproxy_tls_handshakes_total", result="ok", version="1.3") == 1
         assert total(m, "vcproxy_crypto_fallbacks_total") == 0
     finally:
         for d in reversed(daemons):

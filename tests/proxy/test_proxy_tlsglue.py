@@ -18,7 +18,7 @@ class BrokenEngine(InlineProvider):
 
     name = "vcrypto"
 
-    async def key_exchange(self, group, peer_public):
+    async def key_exchange(self, group, peer_public, *, private_key=None):
         if len(peer_public) != 32:  # validated before submitting, as VcryptoProvider does
             raise IllegalParameter("x25519 key share is malformed")
         raise CryptoProviderError("device lost")

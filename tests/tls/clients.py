@@ -38,10 +38,11 @@ async def interactive(argv, steps, timeout_s=CLIENT_TIMEOUT_S) -> str:
     return out.decode(errors="replace")
 
 
-def s_client_argv(port: int, ca_file: str, *extra: str) -> list[str]:
+def s_client_argv(port: int, ca_file: str, *extra: str, version: str = "-tls1_3") -> list[str]:
     return ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
-            "-CAfile", ca_file, "-verify_return_error", "-tls1_3", *extra]
+            "-CAfile", ca_file, "-verify_return_error", version, *extra]
 
 
-async def s_client_ping(port: int, ca_file: str, *extra: str) -> str:
-    return await interactive(s_client_argv(port, ca_file, *extra), [(b"ping\n", "echo:ping")])
+async def s_client_ping(port: int, ca_file: str, *extra: str, version: str = "-tls1_3") -> str:
+    return await interactive(s_client_argv(port, ca_file, *extra, version=version),
+                             [(b"ping\n", "echo:ping")])

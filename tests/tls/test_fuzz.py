@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from tests.tls import rfc8448
 from tests.tls.miniclient import client_hello, ext
+from tests.tls.miniclient12 import client_hello12
 from vcproxy.tls import AlertDescription, InlineProvider, TLSError, TLSStream
 from vcproxy.tls import _codec as c
+from vcproxy.tls import _codec12 as c12
 from vcproxy.tls._handshake import Epoch, ServerHandshake
 from vcproxy.tls._record import RecordSplitter
 
@@ -20,6 +22,9 @@ VALID_HELLOS = [
     rfc8448.CLIENT_HELLO,
     client_hello(share=SHARE, alpn=[b"h2", b"http/1.1"], session_id=b"s" * 32,
                  extra=ext(c.EXT_RECORD_SIZE_LIMIT, b"\x40\x01")),
+    # TLS 1.2: EMS, renegotiation_info, an empty session ticket, point formats
+    client_hello12(random=bytes(range(32)), ticket=b"", suites=(0xC02B, 0xCCA9, 0x00FF),
+                   extra=ext(c12.EXT_EC_POINT_FORMATS, b"\x01\x00")),
 ]
 
 

@@ -5,6 +5,8 @@ close_notify, session release) is in ``test_stream_records``; both use the
 in-memory pair in ``memstream`` and the ``config`` fixture in conftest."""
 from __future__ import annotations
 
+import dataclasses
+
 import ssl
 
 import pytest
@@ -52,7 +54,7 @@ DUPLICATE_SNI = ext(0, c.vec16(b"\x00" + c.vec16(b"x")))
 
 
 @pytest.mark.parametrize("send,alert", [
-    (_hello_sender(versions=(0x0303,)), A.protocol_version),
+    (_hello_sender(versions=(0x0303,)), A.handshake_failure),        # TLS 1.2 without EMS
     (_hello_sender(suites=(0x1304,)), A.handshake_failure),
     (_hello_sender(extra=DUPLICATE_SNI), A.illegal_parameter),
     (_hello_sender(share=None), A.missing_extension),
@@ -71,13 +73,14 @@ async def test_bad_hello_gets_the_right_alert(config, send, alert):
                                             ((0x0303, 0x0302), A.protocol_version),
                                             ((), A.decode_error)])
 async def test_hello_without_tls13_is_refused(config, versions, alert):
-    server, _, client = pair(config)
+    server, _, client = pair(dataclasses.replace(config, versions=("1.3",)))
     await expect_alert(server, client, _hello_sender(versions=versions), alert)
 
 
 async def test_python_ssl_tls12_only_client_gets_protocol_version(config):
+    # (a server configured for TLS 1.3 only)
     a, b = trio.testing.memory_stream_pair()
-    server = TLSStream(a, config, InlineProvider())
+    server = TLSStream(a, dataclasses.replace(config, versions=("1.3",)), InlineProvider())
     ctx = client_context(maximum_version=ssl.TLSVersion.TLSv1_2,
                          minimum_version=ssl.TLSVersion.TLSv1_2)
     client = MemoryTLSClient(b, ctx)

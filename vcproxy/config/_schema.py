@@ -92,7 +92,7 @@ class CertificateConfig:
 
 @dataclass(frozen=True)
 class TicketsConfig:
-    enabled: bool = opt(True, "issue TLS 1.3 session tickets (PSK resumption)")
+    enabled: bool = opt(True, "issue session tickets (TLS 1.3 PSK and TLS 1.2 RFC 5077 resumption)")
     lifetime_s: int = opt(7200, "ticket lifetime announced to clients, seconds")
 
     def check(self) -> list[tuple[str, str]]:
@@ -104,16 +104,18 @@ class TLSConfig:
     enabled: bool = opt(True, "terminate TLS on this listener (false: plain TCP, for tests and local use)")
     certificates: tuple[CertificateConfig, ...] = opt((), "certificates; the first is the default when SNI matches none")
     alpn: tuple[str, ...] = opt(("http/1.1",), "ALPN protocols offered, in preference order")
-    versions: tuple[Literal["1.3", "1.2"], ...] = opt(("1.3",), "TLS versions accepted (this build serves 1.3; 1.2 is reserved)")
-    cipher_suites: tuple[str, ...] | None = opt(None, "cipher suites by IANA name (default: the TLS stack's)")
+    versions: tuple[Literal["1.3", "1.2"], ...] = opt(("1.2", "1.3"), "TLS versions served (SSL 3.0 and TLS 1.0/1.1 are never negotiated, RFC 8996)")
+    min_version: Literal["1.2", "1.3"] | None = opt(None, "lowest TLS version served (drops lower ones from `versions`)")
+    require_extended_master_secret: bool = opt(True, "TLS 1.2: refuse clients without extended_master_secret (RFC 7627) with handshake_failure")
+    cipher_suites: tuple[str, ...] | None = opt(None, "cipher suites by IANA name, TLS 1.3 and 1.2 together, in preference order (default: the TLS stack's: every AEAD suite)")
     groups: tuple[str, ...] | None = opt(None, "key exchange groups, e.g. x25519, secp256r1 (default: the TLS stack's)")
     tickets: TicketsConfig = opt(TicketsConfig(), "session tickets")
 
     def check(self) -> list[tuple[str, str]]:
         if self.enabled and not self.certificates:
             return [("certificates", "at least one certificate is required when TLS is enabled")]
-        if "1.3" not in self.versions:
-            return [("versions", "this build serves TLS 1.3: include '1.3'")]
+        if not self.versions:
+            return [("versions", "at least one TLS version is required")]
         return []
 
 

@@ -266,5 +266,7 @@ class ConnectionServer:
             await _close(raw)
             return None
         lm.handshake_seconds.observe(time.monotonic() - started)
-        lm.handshake_done("ok", tls.version or "", tls.cipher_suite or "", "true" if tls.resumed else "false")
+        # version label in the config's words: "1.2" / "1.3" (TLSStream.version says "TLSv1.2")
+        lm.handshake_done("ok", (tls.version or "").removeprefix("TLSv"), tls.cipher_suite or "",
+                          "true" if tls.resumed else "false")
         return TLSErrorsAsBroken(tls)

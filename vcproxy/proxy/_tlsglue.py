@@ -57,6 +57,9 @@ def build_server_config(listener: ListenerConfig, config: Config,
         certificates=[load_certificate(c) for c in tls.certificates],
         alpn_protocols=tls.alpn,
         cipher_suites=tls.cipher_suites,
+        versions=tls.versions,
+        min_version=tls.min_version,
+        require_extended_master_secret=tls.require_extended_master_secret,
         groups=tls.groups,
         tickets=TicketConfig(enabled=tls.tickets.enabled, lifetime_s=tls.tickets.lifetime_s, keys=ticket_keys),
         handshake_timeout_s=config.limits.handshake_timeout_s,
@@ -145,8 +148,9 @@ class CountingProvider(CryptoProvider):
         self._count = count
         self._on_keyless_failure = on_keyless_failure
 
-    async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
-        out = await self.inner.key_exchange(group, peer_public)
+    async def key_exchange(self, group: str, peer_public: bytes, *,
+                           private_key: bytes | None = None) -> tuple[bytes, bytes]:
+        out = await self.inner.key_exchange(group, peer_public, private_key=private_key)
         self._count("ecdh", self.name)
         return out
 
@@ -228,12 +232,12 @@ class FallbackProvider(CryptoProvider):
     def fell_back(self, op: str, exc: Exception) -> None:
         self._on_fallback(op, type(exc).__name__)
 
-    async def key_exchange(self, group, peer_public):
+    async def key_exchange(self, group, peer_public, *, private_key=None):
         try:
-            out = await self.primary.key_exchange(group, peer_public)
+            out = await self.primary.key_exchange(group, peer_public, private_key=private_key)
         except CryptoProviderError as exc:
             self.fell_back("ecdh", exc)
-            return await self.backup.key_exchange(group, peer_public)
+            return await self.backup.key_exchange(group, peer_public, private_key=private_key)
         return out
 
     def load_signing_key(self, private_key_pem, *, key_ref=None):

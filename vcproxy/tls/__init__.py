@@ -1,4 +1,4 @@
-"""vcproxy.tls: our TLS 1.3 server, with every costly crypto op behind a provider.
+"""vcproxy.tls: our TLS 1.3 and TLS 1.2 server, with every costly crypto op behind a provider.
 
 Public surface (everything else is private):
 
@@ -21,8 +21,11 @@ Public surface (everything else is private):
 
 Layout: ``_codec`` (wire formats), ``_record`` (record framing and
 protection state), ``_keyschedule`` (RFC 8446 §7 stages), ``_handshake``
-(sans-IO server state machine emitting commands), ``_tickets``, ``_stream``
-(the trio adapter that executes commands through the provider).
+(sans-IO server state machine emitting commands), ``_tickets``, ``_protect``
+(the record protector the stream owns), ``_stream`` (the trio adapter that
+executes commands through the provider). TLS 1.2 (RFC 5246): ``_codec12``,
+``_keyschedule12`` (PRF, extended master secret), ``_negotiate12`` (version
+choice for every ClientHello), ``_handshake12``, ``_record12``.
 """
 from ._config import CertificateEntry, ServerConfig, TicketConfig
 from ._errors import (

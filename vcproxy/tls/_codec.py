@@ -36,7 +36,10 @@ MESSAGE_HASH = 254
 HANDSHAKE_NAMES = {1: "ClientHello", 2: "ServerHello", 4: "NewSessionTicket",
                    5: "EndOfEarlyData", 8: "EncryptedExtensions", 11: "Certificate",
                    13: "CertificateRequest", 15: "CertificateVerify", 20: "Finished",
-                   24: "KeyUpdate", 254: "message_hash"}
+                   24: "KeyUpdate", 254: "message_hash",
+                   # TLS 1.2 only (RFC 5246 §7.4; formats in _codec12)
+                   0: "HelloRequest", 12: "ServerKeyExchange", 14: "ServerHelloDone",
+                   16: "ClientKeyExchange"}
 
 # ExtensionType
 EXT_SERVER_NAME = 0
@@ -61,6 +64,7 @@ SCHEME_IDS = {
     "ecdsa_secp256r1_sha256": 0x0403, "ecdsa_secp384r1_sha384": 0x0503,
     "rsa_pss_rsae_sha256": 0x0804, "rsa_pss_rsae_sha384": 0x0805,
     "rsa_pss_rsae_sha512": 0x0806, "ed25519": 0x0807,
+    "rsa_pkcs1_sha256": 0x0401, "rsa_pkcs1_sha384": 0x0501, "rsa_pkcs1_sha512": 0x0601,
 }
 SCHEME_NAMES = {v: k for k, v in SCHEME_IDS.items()}
 

@@ -30,11 +30,23 @@ from ._provider import SCHEMES_BY_KEY_TYPE, CryptoProvider, SigningKey, key_type
 
 SECONDS = 1.0
 
-CIPHER_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
-                 "TLS_CHACHA20_POLY1305_SHA256")
+CIPHER_SUITES_TLS13 = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                       "TLS_CHACHA20_POLY1305_SHA256")
+#: TLS 1.2: ECDHE key exchange and AEAD only (RFC 5289, RFC 7905), our preference order.
+CIPHER_SUITES_TLS12 = (
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256")
+CIPHER_SUITES = CIPHER_SUITES_TLS13 + CIPHER_SUITES_TLS12
 GROUPS = ("x25519", "secp256r1", "secp384r1")
+#: rsa_pkcs1_* sign TLS 1.2 ServerKeyExchange only: RFC 8446 §4.2.3 forbids
+#: them in a TLS 1.3 CertificateVerify.
 SIGNATURE_SCHEMES = ("ecdsa_secp256r1_sha256", "ecdsa_secp384r1_sha384", "ed25519",
-                     "rsa_pss_rsae_sha256", "rsa_pss_rsae_sha384", "rsa_pss_rsae_sha512")
+                     "rsa_pss_rsae_sha256", "rsa_pss_rsae_sha384", "rsa_pss_rsae_sha512",
+                     "rsa_pkcs1_sha256", "rsa_pkcs1_sha384", "rsa_pkcs1_sha512")
+#: Protocol versions by config name; SSL 3.0, TLS 1.0 and 1.1 are not
+#: negotiable at all (RFC 8996).
+VERSIONS = ("1.2", "1.3")
 
 
 def _pem_blocks(pem: bytes, kind: bytes) -> list[bytes]:
@@ -71,6 +83,13 @@ class CertificateEntry:
         from ._codec import certificate
 
         return certificate(self.chain_der)
+
+    @functools.cached_property
+    def certificate_message12(self) -> bytes:
+        """The TLS 1.2 Certificate message (RFC 5246 §7.4.2), built once."""
+        from ._codec12 import certificate12
+
+        return certificate12(self.chain_der)
 
     @classmethod
     def from_pem(cls, chain_pem: bytes, key_pem: bytes, names: Sequence[str] | None = None,
@@ -218,6 +237,13 @@ class ServerConfig:
     certificates: Sequence[CertificateEntry]
     alpn_protocols: Sequence[str] = ()
     cipher_suites: Sequence[str] | None = None
+    #: Protocol versions served ("1.2", "1.3"); None: both.
+    versions: Sequence[str] | None = None
+    #: Lowest version served (drops lower ones from ``versions``); None: no floor.
+    min_version: str | None = None
+    #: RFC 7627: refuse a TLS 1.2 client without extended_master_secret
+    #: (handshake_failure). False serves it with the RFC 5246 master secret.
+    require_extended_master_secret: bool = True
     groups: Sequence[str] | None = None
     signature_schemes: Sequence[str] | None = None
     tickets: TicketConfig = TicketConfig()
@@ -251,6 +277,23 @@ class ServerConfig:
             if not value:
                 raise ValueError(f"{field}: must not be empty")
             set_(self, field, value)
+        versions = VERSIONS if self.versions is None else tuple(self.versions)
+        for v in versions:
+            if v not in VERSIONS:
+                raise ValueError(f"versions: unsupported {v!r} (supported: {', '.join(VERSIONS)};"
+                                 " SSL 3.0, TLS 1.0 and 1.1 are not negotiable, RFC 8996)")
+        if self.min_version is not None:
+            if self.min_version not in VERSIONS:
+                raise ValueError(f"min_version: unsupported {self.min_version!r} "
+                                 f"(supported: {', '.join(VERSIONS)})")
+            versions = tuple(v for v in versions if v >= self.min_version)
+        if not versions:
+            raise ValueError("versions: no protocol version left to serve")
+        set_(self, "versions", versions)
+        for version, names in (("1.3", CIPHER_SUITES_TLS13), ("1.2", CIPHER_SUITES_TLS12)):
+            if version in versions and not any(n in names for n in self.cipher_suites):
+                raise ValueError(f"cipher_suites: no TLS {version} suite, but versions "
+                                 f"includes {version} (one of: {', '.join(names)})")
         alpn = tuple(self.alpn_protocols)
         for p in alpn:
             if not 0 < len(p.encode()) < 256:

@@ -38,6 +38,7 @@ class AlertDescription(enum.IntEnum):
     internal_error = 80
     inappropriate_fallback = 86
     user_canceled = 90
+    no_renegotiation = 100
     missing_extension = 109
     unsupported_extension = 110
     unrecognized_name = 112

@@ -1,4 +1,5 @@
-"""The sans-IO TLS 1.3 server handshake: one class per state, commands out.
+"""The sans-IO TLS 1.3 server handshake (and the version choice that may hand
+a connection to TLS 1.2): one class per state, commands out.
 
 Theory of operation
 -------------------
@@ -15,8 +16,12 @@ list of *commands* for the I/O adapter (``TLSStream``) to execute in order:
     Sign(certificate, scheme, message)    BLOCKING: run it, call signature_done
     HandshakeComplete(info)               the client's Finished verified
 
-A blocking command is always the last of its list. The states, each named
-for what it waits for::
+(The commands, ``FinishedVerified`` and the ``State`` base are ``_commands``,
+shared with the TLS 1.2 machine.) A blocking command is always the last of
+its list. ``ExpectClientHello``
+first chooses the version (``_negotiate12.choose_version``); a TLS 1.2
+connection goes on in ``_handshake12``'s states. The TLS 1.3 states, each
+named for what it waits for::
 
     ExpectClientHello ──(no usable key share)──▶ HelloRetryRequest sent ─┐
           │   ▲──────────────────────── ExpectClientHello(retry) ◀───────┘
@@ -43,13 +48,17 @@ the server-initiated update after N records).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
 from collections.abc import Callable
 
 from . import _codec as c
+from . import _handshake12
+from ._commands import (
+    Command, Epoch, FinishedVerified, HandshakeComplete, HandshakeInfo, InstallKeys,
+    KeyExchange, SendChangeCipherSpec, SendHandshake, Sign, SkipEarlyData, State,
+)
 from ._config import CertificateEntry, ServerConfig
-from ._errors import IllegalParameter, MissingExtension, TLSUsageError, UnexpectedMessage
+from ._errors import IllegalParameter, MissingExtension, TLSUsageError
 from ._keyschedule import (
     CipherSuite, EarlySecret, HandshakeSecret, MasterSecret, check_finished,
     finished_verify_data, next_traffic_secret, resumption_psk,
@@ -58,6 +67,7 @@ from ._negotiate import (
     AcceptedPsk, accept_psk, check_record_size_limit, check_version, choose_alpn,
     choose_certificate, choose_group, choose_suite,
 )
+from ._negotiate12 import choose_version
 from ._tickets import TicketState, seal_ticket
 
 #: Bytes of refused 0-RTT data we skip before calling it an attack (§4.2.10).
@@ -65,80 +75,6 @@ MAX_SKIPPED_EARLY_DATA = 1 << 16
 #: Our record_size_limit: a full TLS 1.3 record (2^14 + content type byte).
 OWN_RECORD_SIZE_LIMIT = (1 << 14) + 1
 _CV_PREFIX = b" " * 64 + b"TLS 1.3, server CertificateVerify\x00"
-
-
-class Epoch(enum.IntEnum):
-    INITIAL = 0
-    HANDSHAKE = 2
-    APPLICATION = 3
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SendHandshake:
-    epoch: Epoch
-    data: bytes
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SendChangeCipherSpec:
-    pass
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class InstallKeys:
-    direction: str  # "read" | "write"
-    epoch: Epoch
-    suite: CipherSuite
-    secret: bytes = dataclasses.field(repr=False)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SkipEarlyData:
-    max_bytes: int
-    #: True: skip records that fail to open under handshake keys; False: skip
-    #: application_data records before the retried ClientHello (after HRR).
-    encrypted: bool
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class KeyExchange:
-    group: str
-    peer_public: bytes
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Sign:
-    certificate: CertificateEntry
-    scheme: str
-    message: bytes
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HandshakeInfo:
-    server_name: str | None
-    alpn_protocol: str | None
-    cipher_suite: str
-    named_group: str
-    resumed: bool
-    peer_record_size_limit: int | None
-    hello_retry: bool
-    version: str = "TLSv1.3"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HandshakeComplete:
-    info: HandshakeInfo
-
-
-Command = (SendHandshake | SendChangeCipherSpec | InstallKeys | SkipEarlyData | KeyExchange
-           | Sign | HandshakeComplete)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FinishedVerified:
-    """Proof that the client's Finished verified (rustls's pattern)."""
-
-    verify_data: bytes = dataclasses.field(repr=False)
 
 
 class ServerHandshake:
@@ -155,6 +91,8 @@ class ServerHandshake:
         self._sent_ccs = False
         #: The client's record_size_limit (RFC 8449), once its hello is read.
         self.peer_record_size_limit: int | None = None
+        #: "1.3" or "1.2" once the ClientHello chose it (TLS 1.2: ``_handshake12``).
+        self.version: str | None = None
 
     # Each entry point collects the commands its state step emits; the state
     # changes only when the step returns (an exception leaves it as it was).
@@ -171,6 +109,12 @@ class ServerHandshake:
     def key_exchange_done(self, own_public: bytes, shared_secret: bytes) -> list[Command]:
         self._out = out = []
         self.state = self.state.on_key_exchange(self, own_public, shared_secret)
+        return out
+
+    def receive_change_cipher_spec(self) -> list[Command]:
+        """Feed the peer's ChangeCipherSpec (TLS 1.2: it switches the read keys)."""
+        self._out = out = []
+        self.state = self.state.on_change_cipher_spec(self)
         return out
 
     def signature_done(self, signature: bytes) -> list[Command]:
@@ -198,27 +142,6 @@ class ServerHandshake:
     @property
     def transcript_hash(self) -> bytes:
         return self.transcript.copy().digest()
-
-
-class State:
-    expects = "nothing"
-    #: The peer asked for a KeyUpdate we have not sent yet (only ``Connected``).
-    owe_key_update = False
-
-    def _unexpected(self, got: str) -> UnexpectedMessage:
-        return UnexpectedMessage(f"{type(self).__name__}: expected {self.expects}, got {got}")
-
-    def handle(self, hs: ServerHandshake, epoch: Epoch, message: bytes) -> State:
-        raise self._unexpected(c.HANDSHAKE_NAMES.get(message[0], f"handshake type {message[0]}"))
-
-    def on_key_exchange(self, hs: ServerHandshake, own_public: bytes, shared: bytes) -> State:
-        raise TLSUsageError(f"{type(self).__name__}: no key exchange was requested")
-
-    def on_signature(self, hs: ServerHandshake, signature: bytes) -> State:
-        raise TLSUsageError(f"{type(self).__name__}: no signature was requested")
-
-    def update_write_keys(self, hs: ServerHandshake, request_peer: bool) -> State:
-        raise TLSUsageError(f"{type(self).__name__}: KeyUpdate before the handshake completed")
 
 
 @dataclasses.dataclass(slots=True)
@@ -261,6 +184,12 @@ class ExpectClientHello(State):
         if message[0] != c.CLIENT_HELLO:
             return super().handle(hs, epoch, message)
         ch = c.parse_client_hello(message)
+        if choose_version(hs.config, ch) == "1.2":
+            if self.retry is not None:
+                # RFC 8446 §4.1.4: the retried hello must still be TLS 1.3.
+                raise IllegalParameter("retried ClientHello after a HelloRetryRequest offers TLS 1.2 only")
+            return _handshake12.start(hs, ch, message)
+        hs.version = "1.3"
         check_version(ch)
         suite = choose_suite(hs.config, ch)
         retry = self.retry
@@ -475,3 +404,4 @@ class Connected(State):
         self.server_secret = next_traffic_secret(self.suite, self.server_secret)
         hs.emit(InstallKeys("write", Epoch.APPLICATION, self.suite, self.server_secret))
         return self
+

@@ -39,8 +39,8 @@ def check_version(ch: ClientHello) -> None:
 def choose_suite(config: ServerConfig, ch: ClientHello) -> CipherSuite:
     offered = set(ch.cipher_suites)
     for name in config.cipher_suites:
-        suite = SUITES[name]
-        if suite.id in offered:
+        suite = SUITES.get(name)  # (None: a TLS 1.2 suite)
+        if suite is not None and suite.id in offered:
             return suite
     raise HandshakeFailure("no cipher suite in common: client offers "
                            + ", ".join("0x%04x" % s for s in ch.cipher_suites))
@@ -89,7 +89,9 @@ def choose_certificate(config: ServerConfig, ch: ClientHello) -> tuple[Certifica
         ch.server_name.lower().rstrip(".")) > 0
     for entry in candidates:
         for scheme in config.signature_schemes:
-            if scheme in entry.schemes and SCHEME_IDS[scheme] in offered:
+            # RFC 8446 §4.2.3: rsa_pkcs1_* never signs a CertificateVerify.
+            if scheme in entry.schemes and SCHEME_IDS[scheme] in offered \
+                    and not scheme.startswith("rsa_pkcs1_"):
                 return entry, scheme, sni_matched
     raise HandshakeFailure("no certificate can sign with a scheme the client offers ("
                            + ", ".join("0x%04x" % s for s in ch.signature_algorithms) + ")")

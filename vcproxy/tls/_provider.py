@@ -18,6 +18,15 @@ The seam, and why each shape is what it is:
     ``IllegalParameter`` (the peer's fault); a provider failure raises
     ``CryptoProviderError``.
 
+``CryptoProvider.key_exchange(group, peer_public, private_key=scalar)``
+    The keyed form, for TLS 1.2, where our share leaves (in ServerKeyExchange)
+    before the client's arrives: the handshake draws an ephemeral scalar
+    (``ecdhe_scalar``, from ``random_bytes``) and asks twice, first against
+    the group's base point (``BASE_POINTS``: ``own_public`` is then our share)
+    and then against the client's share. The scalar lives in the handshake
+    state, not in the provider (vcrypto: ``Op.ECDH`` with src = scalar || peer),
+    so a remote provider still keeps no per-connection state.
+
 ``CryptoProvider.load_signing_key(pem, key_ref=None) -> SigningKey``
     Sync, done once per certificate (``CertificateEntry`` caches it per
     provider). The ``SigningKey`` is a *handle*: a keyless provider may keep
@@ -54,6 +63,7 @@ class): ``CertificateEntry`` caches each provider's ``SigningKey`` in a
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -71,11 +81,50 @@ SCHEMES_BY_KEY_TYPE: dict[str, tuple[str, ...]] = {
     "ecdsa-p256": ("ecdsa_secp256r1_sha256",),
     "ecdsa-p384": ("ecdsa_secp384r1_sha384",),
     "ed25519": ("ed25519",),
-    "rsa": ("rsa_pss_rsae_sha256", "rsa_pss_rsae_sha384", "rsa_pss_rsae_sha512"),
+    "rsa": ("rsa_pss_rsae_sha256", "rsa_pss_rsae_sha384", "rsa_pss_rsae_sha512",
+            "rsa_pkcs1_sha256", "rsa_pkcs1_sha384", "rsa_pkcs1_sha512"),  # (PKCS#1: TLS 1.2 only)
 }
 
 GROUPS = ("x25519", "secp256r1", "secp384r1")
 AEAD_ALGS = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305")
+
+#: Private scalar bytes per group (X25519: RFC 7748 §5; P-256/384: the order's size).
+SCALAR_BYTES = {"x25519": 32, "secp256r1": 32, "secp384r1": 48}
+_ORDERS = {
+    "secp256r1": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "secp384r1": int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF"
+                     "581A0DB248B0A77AECEC196ACCC52973", 16),
+}
+
+
+def _base_point(group: str) -> bytes:
+    if group == "x25519":
+        return b"\x09" + bytes(31)  # u = 9 (RFC 7748 §4.1)
+    curve = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1}[group]()
+    return ec.derive_private_key(1, curve).public_key().public_bytes(
+        Encoding.X962, PublicFormat.UncompressedPoint)
+
+
+#: Each group's generator in its wire encoding: ECDH against it under a
+#: scalar yields that scalar's public key.
+BASE_POINTS = {g: _base_point(g) for g in SCALAR_BYTES}
+
+
+def ecdhe_scalar(group: str, random_bytes) -> bytes:
+    """A uniformly random ephemeral private scalar for ``group``.
+
+    X25519: any 32 bytes (clamped by the function itself). P-256/P-384: drawn
+    until it lies in [1, n-1] (rejection, so no modular bias; a retry is
+    needed with probability ~2^-32).
+    """
+    n = SCALAR_BYTES[group]
+    order = _ORDERS.get(group)
+    for _ in range(64):  # (a sound random source needs one draw, two at worst)
+        scalar = random_bytes(n)
+        if order is None or 0 < int.from_bytes(scalar, "big") < order:
+            return scalar
+    raise CryptoProviderError(f"random_bytes gave no {group} scalar in [1, n-1] in 64 draws")
+
 
 #: One AEAD work item: (12-byte nonce, additional data, plaintext or ciphertext||tag).
 AeadItem = tuple[bytes, bytes, bytes]
@@ -155,8 +204,10 @@ class CryptoProvider(abc.ABC):
     name: str = "abstract"
 
     @abc.abstractmethod
-    async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
-        """Generate an ephemeral key for ``group``, derive with ``peer_public``.
+    async def key_exchange(self, group: str, peer_public: bytes, *,
+                           private_key: bytes | None = None) -> tuple[bytes, bytes]:
+        """Generate an ephemeral key for ``group`` (or use ``private_key``, a
+        scalar from ``ecdhe_scalar``), derive with ``peer_public``.
 
         Returns ``(own_public_key_share, shared_secret)``.
         """
@@ -220,12 +271,40 @@ class _InlineAead(AeadSession):
         return [self.open(n, a, c) for n, a, c in items]
 
 
-def _inline_key_exchange(group: str, peer_public: bytes) -> tuple[bytes, bytes]:
+#: Ephemeral keys loaded at TLS 1.2 keygen, taken back at the derive: loading a
+#: scalar computes its public key again (72 µs for X25519 here, more than the
+#: exchange itself). Bounded; an entry of a connection that never derives is
+#: dropped oldest first.
+_LOADED: collections.OrderedDict[bytes, object] = collections.OrderedDict()
+_LOADED_MAX = 4096
 
+
+def _load_scalar(private_key: bytes, load, keygen: bool):
+    if not keygen:
+        priv = _LOADED.pop(private_key, None)
+        if priv is not None:
+            return priv
+    priv = load()
+    if keygen:
+        _LOADED[private_key] = priv
+        if len(_LOADED) > _LOADED_MAX:
+            _LOADED.popitem(last=False)
+    return priv
+
+
+def _inline_key_exchange(group: str, peer_public: bytes,
+                         private_key: bytes | None = None) -> tuple[bytes, bytes]:
+    if private_key is not None and len(private_key) != SCALAR_BYTES.get(group):
+        raise CryptoProviderError(f"{group}: private scalar of {len(private_key)} bytes")
     if group == "x25519":
         if len(peer_public) != 32:
             raise IllegalParameter(f"x25519 key share of {len(peer_public)} bytes, expected 32")
-        priv = x25519.X25519PrivateKey.generate()
+        keygen = private_key is not None and peer_public == BASE_POINTS["x25519"]
+        priv = (x25519.X25519PrivateKey.generate() if private_key is None else _load_scalar(
+            private_key, lambda: x25519.X25519PrivateKey.from_private_bytes(private_key), keygen))
+        if keygen:
+            own = priv.public_key().public_bytes_raw()
+            return own, own  # X25519(k, 9) is the public key itself: no second multiplication
         try:
             shared = priv.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
         except ValueError as exc:  # all-zero shared secret (small-order point)
@@ -242,7 +321,18 @@ def _inline_key_exchange(group: str, peer_public: bytes) -> tuple[bytes, bytes]:
         peer = ec.EllipticCurvePublicKey.from_encoded_point(curve(), peer_public)
     except ValueError as exc:
         raise IllegalParameter(f"{group} key share is not on the curve") from exc
-    priv = ec.generate_private_key(curve())
+    if private_key is None:
+        priv = ec.generate_private_key(curve())
+    else:
+        keygen = peer_public == BASE_POINTS[group]
+        try:
+            priv = _load_scalar(private_key, lambda: ec.derive_private_key(
+                int.from_bytes(private_key, "big"), curve()), keygen)
+        except ValueError as exc:
+            raise CryptoProviderError(f"{group}: private scalar out of range") from exc
+        if keygen:  # our share only: k·G is the public key
+            own = priv.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+            return own, own[1:1 + (size - 1) // 2]
     shared = priv.exchange(ec.ECDH(), peer)
     return priv.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint), shared
 
@@ -284,8 +374,9 @@ class InlineProvider(CryptoProvider):
 
     name = "inline"
 
-    async def key_exchange(self, group: str, peer_public: bytes) -> tuple[bytes, bytes]:
-        return _inline_key_exchange(group, peer_public)
+    async def key_exchange(self, group: str, peer_public: bytes, *,
+                           private_key: bytes | None = None) -> tuple[bytes, bytes]:
+        return _inline_key_exchange(group, peer_public, private_key)
 
     def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
         key = load_private_key_pem(private_key_pem)

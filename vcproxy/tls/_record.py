@@ -99,6 +99,10 @@ class Protection:
 
     __slots__ = ("suite", "secret", "session", "iv_int", "seq")
 
+    tls12 = False
+    #: Bytes of a sealed plaintext that are not content: the inner type byte.
+    type_byte_len = 1
+
     def __init__(self, suite: CipherSuite, secret: bytes, session: AeadSession, iv: bytes):
         self.suite = suite
         self.secret = secret
@@ -120,3 +124,17 @@ class Protection:
         self.seq = seq + 1
         return (self.iv_int ^ seq).to_bytes(12, "big"), \
             record_header(APPLICATION_DATA, len(inner) + TAG_LEN), inner
+
+    # The interface shared with ``_record12.Protection12`` (the stream's
+    # batched seal/open path is the same for both versions):
+
+    @staticmethod
+    def wire_prefix(item: tuple[bytes, bytes, bytes]) -> bytes:
+        return item[1]  # RFC 8446 §5.2: the additional data is the record header
+
+    def open_item(self, seq: int, header: bytes, payload: bytes) -> tuple[bytes, bytes, bytes]:
+        return (self.iv_int ^ seq).to_bytes(12, "big"), header, payload
+
+    @staticmethod
+    def content(header_type: int, inner: bytes) -> tuple[int, bytes]:
+        return split_inner(inner)

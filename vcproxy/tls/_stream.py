@@ -29,13 +29,15 @@ in-process with the session's sync ``seal``. ``receive_some`` opens all
 buffered records in one ``open_many`` batch; if the batch fails (a KeyUpdate
 inside it switched keys, or a bad record) it reopens record by record, which
 either applies the key change or raises ``BadRecordMac`` at the bad one.
-(The batched seal/open code is the ``_RecordProtection`` mixin in
-``_protect``; record dispatch and state stay here.)
+(The batched seal/open code is ``_protect.RecordProtector``, a part the
+stream owns with its own state — keys, sequence numbers, the sealed bytes
+waiting for the transport; record dispatch and the stream's state stay here.)
 After ``key_update_after_records`` records under one key, the server sends a
 KeyUpdate and switches its write key; a KeyUpdate the client requested is sent
 before our next application data (RFC 8446 §4.6.3), by the sending task.
 
-State: HANDSHAKING → OPEN → CLOSED, or BROKEN after a failure. A TLS failure
+State: HANDSHAKING → OPEN (→ READ_CLOSED once the peer's close_notify or
+EOF arrived: we may still send) → CLOSED, or BROKEN after a failure. A TLS failure
 raises the ``TLSError`` (with its alert); a peer fault first sends our alert,
 then closes lingeringly (send EOF, drain briefly, close) so a TCP reset does
 not destroy the alert before the client reads it. Transport failures surface
@@ -67,13 +69,15 @@ from ._handshake import (
     Epoch, HandshakeComplete, HandshakeInfo, InstallKeys, KeyExchange, SendChangeCipherSpec,
     SendHandshake, ServerHandshake, Sign, SkipEarlyData,
 )
+from ._handshake12 import InstallRecordKeys, SendAlert
 from ._keyschedule import traffic_key_iv
-from ._protect import _RecordProtection
+from ._protect import RecordProtector
 from ._provider import CryptoProvider
 from ._record import (
-    ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE, MAX_PLAINTEXT, TAG_LEN,
-    Protection, RecordSplitter, record_header, split_inner,
+    ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE, MAX_PLAINTEXT, Protection,
+    RecordSplitter, record_header,
 )
+from ._record12 import Protection12
 
 RECEIVE_SIZE_BYTES = 65536
 LINGER_S = 1.0
@@ -84,12 +88,18 @@ _CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
 class _State(enum.Enum):
     HANDSHAKING = "handshaking"
     OPEN = "open"
+    #: Open, and the peer sent close_notify (or EOF): we may still send;
+    #: ``receive_some`` returns b"" from now on.
+    READ_CLOSED = "read_closed"
     BROKEN = "broken"
     CLOSED = "closed"
 
 
-class TLSStream(_RecordProtection, trio.abc.Stream):
-    """A server-side TLS 1.3 stream over ``transport_stream``."""
+_OPEN_STATES = (_State.OPEN, _State.READ_CLOSED)
+
+
+class TLSStream(trio.abc.Stream):
+    """A server-side TLS 1.3 / TLS 1.2 stream over ``transport_stream``."""
 
     def __init__(self, transport_stream: trio.abc.Stream, config: ServerConfig,
                  provider: CryptoProvider, *, strict_close_notify: bool = False):
@@ -101,23 +111,22 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         self._state = _State.HANDSHAKING
         self._splitter = RecordSplitter()
         self._reassembler = HandshakeReassembler(config.max_handshake_message_bytes)
-        self._read: Protection | None = None
-        self._write: Protection | None = None
+        self._records = RecordProtector(config.small_record_threshold_bytes,
+                                        config.pipeline_depth, self._provider_op)
         self._read_epoch = Epoch.INITIAL
         self._write_epoch = Epoch.INITIAL
         self._hs_messages: collections.deque[tuple[Epoch, bytes]] = collections.deque()
         self._hs_out = bytearray()     # handshake bytes queued under the current write epoch
-        self._wire_out = bytearray()   # sealed records waiting for the transport
         self._app_in = bytearray()
         self._pending_app = bytearray()
+        self._owed_alerts: list[bytes] = []  # warnings for the next sender (TLS 1.2)
         self._max_fragment = MAX_PLAINTEXT
         self._skip_early_bytes = 0
         self._skip_early_encrypted = False
-        self._got_client_hello = False
-        self._peer_closed = False      # close_notify (or EOF) received
         self._handshake_done: trio.Event | None = None
-        self._keys_released = False    # current AEAD sessions closed (stream over)
-        self._sending = False          # trio streams refuse concurrent send_all
+        # (concurrency guards, not lifecycle: trio streams refuse a second
+        # concurrent sender or receiver)
+        self._sending = False
         self._receiving = False
         self.info: HandshakeInfo | None = None
         self.server_name: str | None = None
@@ -131,7 +140,7 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
 
     async def do_handshake(self) -> None:
         """Run the handshake (once; later or concurrent calls wait for its end)."""
-        if self._state is _State.OPEN:
+        if self._state in _OPEN_STATES:
             await trio.lowlevel.checkpoint()
             return
         if self._handshake_done is not None:  # another task is running it
@@ -211,9 +220,9 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
             raise trio.BusyResourceError("another task is already receiving on this TLSStream")
         self._receiving = True
         try:
-            if self._app_in or self._peer_closed:
+            if self._app_in or self._state is not _State.OPEN:
                 await trio.lowlevel.checkpoint()  # trio: every receive_some is a checkpoint
-            while not self._app_in and not self._peer_closed:
+            while not self._app_in and self._state is _State.OPEN:
                 await self._pump_application_records()
         except TLSError as exc:
             await self._fail(exc)
@@ -221,6 +230,7 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         finally:
             self._receiving = False
         if not self._app_in:
+            self._check_usable()  # closed or broken by another task meanwhile: not an EOF
             return b""
         if max_bytes is None or max_bytes >= len(self._app_in):
             out = bytes(self._app_in)
@@ -240,11 +250,11 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         if self._state is _State.CLOSED:
             await trio.lowlevel.checkpoint()
             return
-        was_open = self._state is _State.OPEN
+        was_open = self._state in _OPEN_STATES
         self._state = _State.CLOSED
         try:
             # (not while another task is mid-send: its records would interleave)
-            if was_open and self._write is not None and not self._sending:
+            if was_open and self._records.write is not None and not self._sending:
                 with trio.move_on_after(LINGER_S):
                     if self._pending_app:
                         data = bytes(self._pending_app)
@@ -256,7 +266,7 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
             pass  # the peer went away first: nothing left to tell it
         finally:
             try:
-                await self._release_keys()
+                await self._records.release()
             finally:
                 await trio.aclose_forcefully(self.transport_stream)
 
@@ -265,13 +275,17 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
     async def _handshake(self) -> None:
         while self._state is _State.HANDSHAKING:
             epoch, message = await self._next_handshake_message()
-            if epoch is Epoch.INITIAL and (self._hs_messages or self._reassembler.pending):
+            if epoch is Epoch.INITIAL and self._hs.version != "1.2" \
+                    and (self._hs_messages or self._reassembler.pending):
                 # RFC 8446 §5.1: keys change after a ClientHello, so nothing may
                 # follow it in its record. Refused before anything is sent.
                 raise UnexpectedMessage("data after the ClientHello in its record")
-            self._got_client_hello = True
             await self._execute(self._hs.receive_message(epoch, message))
-        # The session tickets stay queued in _hs_out: _seal_records seals them
+        if self._hs.version == "1.2":
+            # TLS 1.2: our CCS and Finished end the handshake; the client
+            # waits for them before it sends data (no early flush, no deadlock).
+            await self._flush()
+        # TLS 1.3: the session tickets stay queued in _hs_out: _seal_records seals them
         # in the same provider batch as our first write (or close_notify), so
         # they cost no round trip of their own, leave in one segment with the
         # data, and a handshake never blocks on a peer that is not reading yet.
@@ -280,14 +294,12 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         while not self._hs_messages:
             record = self._splitter.next_record()
             if record is None:
-                if self._hs_out or self._wire_out:  # (no coroutine for nothing to send)
+                if self._hs_out or self._records.wire:  # (no coroutine for nothing to send)
                     await self._flush()  # the peer may be waiting for our flight
                 if not await self._read_transport():
                     raise trio.BrokenResourceError("peer closed the connection during the handshake")
                 continue
             await self._process_record(*record)
-            if self._peer_closed:
-                raise TLSAlertReceived(AlertDescription.close_notify)
         return self._hs_messages.popleft()
 
     async def _execute(self, commands) -> None:
@@ -300,11 +312,16 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                     raise TLSUsageError(f"handshake bytes for {cmd.epoch.name} under "
                                         f"{self._write_epoch.name} keys")
                 self._hs_out += cmd.data
-            elif kind is InstallKeys:
+            elif kind is InstallKeys or kind is InstallRecordKeys:
                 await self._install_keys(cmd)
+            elif kind is SendAlert:
+                await self._send_warning(bytes((cmd.level, cmd.description)))
             elif kind is KeyExchange:
-                own_public, shared = await self._provider_op(
-                    self.provider.key_exchange(cmd.group, cmd.peer_public), "key exchange")
+                op = (self.provider.key_exchange(cmd.group, cmd.peer_public)
+                      if cmd.private_key is None else  # TLS 1.2: the keyed form
+                      self.provider.key_exchange(cmd.group, cmd.peer_public,
+                                                 private_key=cmd.private_key))
+                own_public, shared = await self._provider_op(op, "key exchange")
                 await self._execute(self._hs.key_exchange_done(own_public, shared))
             elif kind is Sign:
                 key = cmd.certificate.signing_key(self.provider)
@@ -314,7 +331,7 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
             elif kind is SendChangeCipherSpec:
                 if self._hs_out:
                     await self._seal_handshake_out()
-                self._wire_out += _CCS_RECORD
+                self._records.wire += _CCS_RECORD
             elif kind is SkipEarlyData:
                 self._skip_early_bytes = cmd.max_bytes
                 self._skip_early_encrypted = cmd.encrypted
@@ -336,10 +353,23 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         except Exception as exc:  # a provider's own failure type: ours is local
             raise CryptoProviderError(f"{self.provider.name}: {what} failed: {exc!r}") from exc
 
-    async def _install_keys(self, cmd: InstallKeys) -> None:
+    async def _send_warning(self, alert: bytes) -> None:
+        """Send a warning alert now, or leave it to the task that is sending
+        (records of two tasks must not interleave)."""
+        self._owed_alerts.append(alert)
+        if self._sending or self._records.write is None:
+            return
+        self._sending = True
+        try:
+            await self._seal_records(ALERT, b"")  # (seals the owed alerts only)
+            await self._flush()
+        finally:
+            self._sending = False
+
+    async def _install_keys(self, cmd: InstallKeys | InstallRecordKeys) -> None:
         if cmd.direction == "write" and self._hs_out:
             await self._seal_handshake_out()  # what was queued leaves under the old keys
-        if self._keys_released:
+        if self._records.released:
             # Another task closed the stream (and released its keys) while this
             # one was mid-handshake: no new session may outlive that.
             raise trio.ClosedResourceError("TLSStream was closed")
@@ -348,18 +378,21 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
             raise UnexpectedMessage("handshake message data left over at a key change")
         # From here to the swap there is no await: _release_keys sees either
         # the old protection or the new one, never neither.
-        key, iv = traffic_key_iv(cmd.suite, cmd.secret)
-        session = self.provider.aead(cmd.suite.aead_alg, key)
-        protection = Protection(cmd.suite, cmd.secret, session, iv)
+        if type(cmd) is InstallRecordKeys:
+            protection = Protection12(cmd.suite, self.provider.aead(cmd.suite.aead_alg, cmd.key),
+                                      cmd.iv)
+        else:
+            key, iv = traffic_key_iv(cmd.suite, cmd.secret)
+            session = self.provider.aead(cmd.suite.aead_alg, key)
+            protection = Protection(cmd.suite, cmd.secret, session, iv)
         if cmd.direction == "write":
-            old, self._write, self._write_epoch = self._write, protection, cmd.epoch
+            self._write_epoch = cmd.epoch
             limit = self._hs.peer_record_size_limit
             if limit is not None:
                 self._max_fragment = min(MAX_PLAINTEXT, limit - 1)
         else:
-            old, self._read, self._read_epoch = self._read, protection, cmd.epoch
-        if old is not None:
-            await _close_session(old.session)
+            self._read_epoch = cmd.epoch
+        await self._records.install(cmd.direction, protection)
 
     def _complete(self, info: HandshakeInfo) -> None:
         self.info = info
@@ -368,6 +401,59 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
         self.resumed, self.named_group = info.resumed, info.named_group
         self._skip_early_bytes = 0
         self._state = _State.OPEN
+
+    # ---- sending ------------------------------------------------------------
+
+    async def _seal_handshake_out(self) -> None:
+        if not self._hs_out:
+            return
+        data = bytes(self._hs_out)
+        self._hs_out.clear()
+        if self._records.write is None:
+            for i in range(0, len(data), MAX_PLAINTEXT):
+                chunk = data[i:i + MAX_PLAINTEXT]
+                self._records.wire += record_header(HANDSHAKE, len(chunk)) + chunk
+        else:
+            await self._seal_records(HANDSHAKE, data)
+
+    async def _seal_records(self, content_type: int, data: bytes) -> None:
+        """Cut ``data`` into full records and seal them under the write key."""
+        records = self._records
+        frag = self._max_fragment
+        limit = 0
+        if content_type == APPLICATION_DATA and not records.write.tls12:  # (TLS 1.2: no KeyUpdate)
+            limit = self.config.key_update_after_records
+            if self._hs.key_update_owed:
+                await self._execute(self._hs.initiate_key_update())
+        items = []
+        if self._owed_alerts:  # a warning the receiving task could not send itself
+            for alert in self._owed_alerts:
+                items.append(records.write.seal_item(ALERT, alert))
+            self._owed_alerts.clear()
+        if self._hs_out and content_type != HANDSHAKE:
+            # Handshake bytes still queued (the NewSessionTicket after the
+            # handshake) go first, in this same batch: one provider round trip.
+            queued = bytes(self._hs_out)
+            self._hs_out.clear()
+            for pos in range(0, len(queued), frag):
+                items.append(records.write.seal_item(HANDSHAKE, queued[pos:pos + frag]))
+        view = memoryview(data)  # record slices without a copy each (seal_item copies once)
+        for pos in range(0, len(data), frag):
+            if limit and records.write.seq >= limit:
+                await records.seal(items)
+                items = []
+                await self._execute(self._hs.initiate_key_update())
+            items.append(records.write.seal_item(content_type, view[pos:pos + frag]))
+        await records.seal(items)
+
+    async def _flush(self) -> None:
+        await self._seal_handshake_out()
+        if self._records.wire:
+            # Hand the buffer itself to the transport (a new one starts): no
+            # copy (bytes() of a 256 KiB bytearray, then clear(), measured
+            # ~20 us per 16 KiB record here). Nothing else holds the old
+            # buffer: writers touch the wire buffer only between awaits.
+            await self.transport_stream.send_all(self._records.take_wire())
 
     # ---- receiving ----------------------------------------------------------
 
@@ -390,18 +476,19 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
             if not await self._read_transport():
                 if self._splitter.buffered or self.strict_close_notify:
                     raise trio.BrokenResourceError("transport EOF without close_notify")
-                self._peer_closed = True
+                if self._state is _State.OPEN:  # (not over a concurrent aclose)
+                    self._state = _State.READ_CLOSED
             return
         if len(records) > 1 and all(r[0] == APPLICATION_DATA for r in records):
-            read = self._read
-            inners = await self._open_batch(records)
+            read = self._records.read
+            inners = await self._records.open_batch(records)
             if inners is not None:
                 for inner in inners:
-                    if self._read is not read:
+                    if self._records.read is not read:
                         # A KeyUpdate came mid-batch, yet later records opened
                         # under the old key: the peer did not switch.
                         raise UnexpectedMessage("records under the old key after a KeyUpdate")
-                    self._on_plaintext(*split_inner(inner))
+                    self._on_plaintext(*read.content(APPLICATION_DATA, inner))
                     if self._hs_messages:
                         await self._post_handshake()
                 return
@@ -411,16 +498,26 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                 await self._post_handshake()
 
     async def _process_record(self, content_type: int, header: bytes, payload: bytes) -> None:
-        if self._peer_closed:
+        if self._state is _State.READ_CLOSED:
             return  # RFC 8446 §6.1: data after close_notify is ignored
         if content_type == CHANGE_CIPHER_SPEC:
+            if self._hs.version == "1.2":
+                # RFC 5246 §7.1: the CCS switches the read keys; it is one 0x01
+                # byte and may not split a handshake message.
+                if payload != b"\x01":
+                    raise DecodeError("change_cipher_spec is not the single byte 0x01")
+                if self._reassembler.pending or self._hs_messages:
+                    raise UnexpectedMessage("change_cipher_spec inside a handshake flight")
+                await self._execute(self._hs.receive_change_cipher_spec())
+                return
             # RFC 8446 §5: a plaintext 0x01 CCS between the first ClientHello
             # and the client Finished is dropped; anything else is fatal.
-            if self._state is _State.HANDSHAKING and self._got_client_hello and payload == b"\x01":
+            if self._state is _State.HANDSHAKING and self._hs.version is not None \
+                    and payload == b"\x01":
                 return
             raise UnexpectedMessage("change_cipher_spec outside the handshake or not 0x01")
-        read = self._read
-        if read is None or content_type != APPLICATION_DATA:
+        read = self._records.read
+        if read is None or (content_type != APPLICATION_DATA and not read.tls12):
             if read is None and content_type == APPLICATION_DATA:
                 if self._skip_early_bytes and not self._skip_early_encrypted:
                     self._skip_refused_early_data(len(payload))
@@ -432,21 +529,15 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                 raise RecordOverflow(f"plaintext record of {len(payload)} bytes")
             self._on_plaintext(content_type, payload)
             return
-        nonce = read.nonce(read.seq)
         try:
-            if len(payload) - TAG_LEN - 1 < self.config.small_record_threshold_bytes:
-                inner = read.session.open(nonce, header, payload)
-            else:
-                inner = (await self._provider_op(
-                    read.session.open_many([(nonce, header, payload)]), "open"))[0]
+            plaintext = await self._records.open_one(content_type, header, payload)
         except BadRecordMac:
             if self._skip_early_bytes and self._skip_early_encrypted:
                 self._skip_refused_early_data(len(payload))
                 return
             raise
-        read.seq += 1
         self._skip_early_bytes = 0
-        self._on_plaintext(*split_inner(inner))
+        self._on_plaintext(*plaintext)
 
     def _skip_refused_early_data(self, size: int) -> None:
         self._skip_early_bytes -= size
@@ -472,7 +563,12 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                 raise DecodeError(f"alert of {len(content)} bytes, expected 2")
             description = content[1]
             if description == AlertDescription.close_notify:
-                self._peer_closed = True
+                if self._state is _State.HANDSHAKING:
+                    raise TLSAlertReceived(AlertDescription.close_notify)
+                if self._state is _State.OPEN:  # (not over a concurrent aclose)
+                    self._state = _State.READ_CLOSED
+            elif content[0] == 1 and self._hs.version == "1.2":
+                pass  # RFC 5246 §7.2: a warning does not end a TLS 1.2 connection
             elif description != AlertDescription.user_canceled:
                 # RFC 8446 §6: every alert but close_notify/user_canceled is fatal.
                 raise TLSAlertReceived(description)
@@ -505,36 +601,20 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                 if send_alert and not isinstance(exc, TLSAlertReceived) and not self._sending:
                     alert = bytes((2, exc.alert))
                     self._hs_out.clear()
-                    if self._write is None:
-                        self._wire_out += record_header(ALERT, 2) + alert
+                    if self._records.write is None:
+                        self._records.wire += record_header(ALERT, 2) + alert
                     else:
-                        nonce, aad, inner = self._write.seal_item(ALERT, alert)
-                        self._wire_out += aad + self._write.session.seal(nonce, aad, inner)
-                    data = bytes(self._wire_out)
-                    self._wire_out.clear()
-                    await self.transport_stream.send_all(data)
+                        self._records.seal_now(ALERT, alert)
+                    await self.transport_stream.send_all(self._records.take_wire())
                 await self._linger()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError,
                 TLSError):
             pass  # the transport is gone or busy: nothing more to say
         finally:
             try:
-                await self._release_keys()
+                await self._records.release()
             finally:
                 await trio.aclose_forcefully(self.transport_stream)
-
-    async def _release_keys(self) -> None:
-        """Close the current read/write AEAD sessions, once (the stream is over).
-
-        Not left to the provider's finalizers: a vcrypto session holds a host
-        session until it is closed, and GC may come much later.
-        """
-        if self._keys_released:
-            return
-        self._keys_released = True
-        sessions = [p.session for p in (self._read, self._write) if p is not None]
-        for session in sessions:
-            await _close_session(session)
 
     async def _linger(self) -> None:
         # Half-close, then read what the peer still sends so our close does not
@@ -549,17 +629,3 @@ class TLSStream(_RecordProtection, trio.abc.Stream):
                 return
             drained += len(data)
 
-
-async def _close_session(session) -> None:
-    # Shielded (a cancelled close must still release) yet bounded (a provider
-    # that hangs must not hang the close); a failure to release is the
-    # provider's to log, never an error of the stream that is going away.
-    # A session with nothing to release (every in-process one) skips both:
-    # a trio cancel scope costs ~10 µs here, and a connection retires four keys.
-    if not getattr(session, "needs_aclose", True):
-        return
-    with trio.move_on_after(LINGER_S, shield=True):
-        try:
-            await session.aclose()
-        except Exception:
-            pass

@@ -83,7 +83,8 @@ Vendor extensions (virtio assigns no vendor range; we use values far from the
 assigned ones, 0x80 for a service and 0x8000+ for algorithms/types):
 
 * service ``VCRYPTO_SERVICE_KX`` = 0x80: ECDH keygen+derive in one op. src =
-  the peer's public key (X25519 raw 32 B; P-256/384 SEC1 uncompressed),
+  the peer's public key (X25519 raw 32 B; P-256/384 SEC1 uncompressed), or
+  own private scalar (32/32/48 B) || peer key (keyed form, TLS 1.2),
   dst = own ephemeral public key || shared secret.
 * AKCIPHER algo ``VCRYPTO_AKCIPHER_ED25519`` = 0x8001 (src = the message).
 * RSA padding ``VCRYPTO_RSA_PSS_PADDING`` = 0x8001: RSASSA-PSS, MGF1 with the
