@@ -224,7 +224,8 @@ class VcryptoConfig:
     backend_metrics: BindAddress | None = opt(None, "engine-backend metrics 'host:port' (default: none)")
     pool: object = opt(None, "vcrypto-host's `pool:` section, passed verbatim and validated by "
                              "vcrypto.host.pool (resources, groups, policy, failover, size_routing, retry...); "
-                             "null: one in-process openssl resource")
+                             "null: the default pool (libsodium and OpenSSL in turn by capability, one "
+                             "`workers` process as failover secondary)")
 
     def check(self) -> list[tuple[str, str]]:
         if self.pool is None:
