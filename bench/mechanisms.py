@@ -109,8 +109,11 @@ def idle_cpu(r: _configs.Running, seconds: float = IDLE_S) -> dict[str, float]:
 
 
 def polling(work: Path, certs, upstream: str, args) -> dict:
-    results: dict[str, list] = {name: [] for name in POLLING}
-    order = list(POLLING)
+    order = args.settings.split(",") if args.settings else list(POLLING)
+    for name in order:
+        if name not in POLLING:
+            raise SystemExit(f"unknown setting {name!r} (one of {', '.join(POLLING)})")
+    results: dict[str, list] = {name: [] for name in order}
     for rep in range(args.repeats):
         for name in (order if rep % 2 == 0 else order[::-1]):
             host_poll, backend_poll = POLLING[name]
@@ -125,7 +128,7 @@ def polling(work: Path, certs, upstream: str, args) -> dict:
                 idle = idle_cpu(r)
             finally:
                 r.stop()
-            row = {"handshakes": hs, "downloads": bulk, "idle_cpu_pct": idle,
+            row = {"handshakes": hs, "downloads": bulk, "idle_cpu_pct": idle, "setting": POLLING[name],
                    "load": os.getloadavg()[0]}
             results[name].append(row)
             print(name, json.dumps(_brief(row)), flush=True)
@@ -282,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("what", choices=["polling", "fifo", "fifo-host"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--settings", help="polling: comma-separated subset of the settings")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     args.seconds = args.seconds or (3.0 if args.what == "polling" else 5.0)
