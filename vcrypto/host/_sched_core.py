@@ -336,24 +336,32 @@ class SchedulerCore:
 
     def _next_in_turn(self, entries: list[_Entry]) -> Run | None:
         """The first healthy, free entry at or after the round-robin cursor
-        (in pool order), advancing the cursor past it; None if none is."""
-        if len(entries) == 1:
-            e = entries[0]
-            return e.run if e.healthy and e.free else None
+        (in pool order), advancing the cursor past it; None if none is.
+        On the data path for every job of a round-robin group: one pass over
+        ``entries``, no temporaries."""
         n = len(self._order)
-        eligible = {id(e) for e in entries if e.healthy and e.free}
-        if not eligible:
+        cursor = self._rr_cursor
+        best = None
+        best_distance = n
+        healthy = Health.HEALTHY
+        for e in entries:
+            if e.health is healthy and e.stats.inflight < e.spec.max_inflight:
+                distance = (e.index - cursor) % n
+                if distance < best_distance:
+                    best, best_distance = e, distance
+        if best is None:
             return None
-        for step in range(n):
-            e = self._order[(self._rr_cursor + step) % n]
-            if id(e) in eligible:
-                self._rr_cursor = (e.index + 1) % n
-                return e.run
-        return None  # pragma: no cover - eligible entries are in _order
+        self._rr_cursor = (best.index + 1) % n
+        return best.run
 
     def _failover(self, entries: list[_Entry]) -> Decision:
         assert self.failover is not None
         split = self._fo_split.get(id(entries))
+        if split is not None and split[2] is entries and not self._spill_remaining:
+            # The common case: a first attempt, no spill under way.
+            run = self._fo_pick(split[0])
+            if run is not None:
+                return run
         if split is None or split[2] is not entries:
             primary = [e for e in entries if self.failover.primary in e.groups]
             secondary = [e for e in entries if self.failover.secondary in e.groups
