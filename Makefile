@@ -79,6 +79,6 @@ bench-quick: venv sysdeps benchdeps
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) bench/run.py --mode quick
 
-# vcrypto's mechanisms under make run's config and a bounded load (bench/mechanisms.py).
+# vcrypto's mechanisms under make run's config and a bounded load (bench/mechanisms_load.py).
 bench-mechanisms: venv sysdeps demo-cert
-	$(PY) bench/mechanisms.py
+	$(PY) bench/mechanisms_load.py

@@ -71,17 +71,20 @@ class Running:
 
 
 def start(name: str, work: Path, certs: dict[str, tuple[Path, Path]], upstream: str, workers: int,
-          vcrypto_crypto: dict | None = None) -> Running:
+          vcrypto_crypto: dict | None = None, vcrypto_extra: dict | None = None) -> Running:
     """``vcrypto_crypto``: extra ``crypto:`` keys for (b) and (c), e.g.
-    ``{"small_record_threshold_bytes": 20000}`` to keep all AEAD in the workers."""
+    ``{"small_record_threshold_bytes": 20000}`` to keep all AEAD in the workers;
+    ``vcrypto_extra``: extra ``vcrypto:`` keys (``fifo``, ``host_poll``...).
+    A name outside ``NAMES`` runs vcproxy + vcrypto with the default pool."""
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     if name == "stdlib":
         return _start_stdlib(d, certs, upstream, workers)
-    return _start_vcproxy(name, d, certs, upstream, workers, vcrypto_crypto or {})
+    return _start_vcproxy(name, d, certs, upstream, workers, vcrypto_crypto or {}, vcrypto_extra or {})
 
 
-def _start_vcproxy(name: str, d: Path, certs, upstream: str, workers: int, vcrypto_crypto: dict) -> Running:
+def _start_vcproxy(name: str, d: Path, certs, upstream: str, workers: int, vcrypto_crypto: dict,
+                   vcrypto_extra: dict | None = None) -> Running:
     error_log = d / "error.log"
     config: dict = {
         "listeners": [{"name": kind, "address": "127.0.0.1", "port": 0,
@@ -98,7 +101,8 @@ def _start_vcproxy(name: str, d: Path, certs, upstream: str, workers: int, vcryp
     daemon_metrics: dict[str, str] = {}
     if name != "inline":
         host_m, backend_m = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        config["vcrypto"] = {"host_metrics": host_m, "backend_metrics": backend_m, "pool": pool_for(name)}
+        config["vcrypto"] = {"host_metrics": host_m, "backend_metrics": backend_m, "pool": pool_for(name),
+                             **(vcrypto_extra or {})}
         config["crypto"].update(vcrypto_crypto)
         daemon_metrics = {"host": f"http://{host_m}/metrics", "backend": f"http://{backend_m}/metrics"}
     # the ready event is logged at info; keep the rest of the log quiet

@@ -79,6 +79,38 @@ class _RestartCollector:
         yield daemons
 
 
+@dataclass(frozen=True)
+class DaemonPlan:
+    """What the supervisor starts for ``crypto.provider: vcrypto``: the host's
+    generated config and both daemons' command lines, from the ``vcrypto``
+    and ``crypto`` sections (every setting the daemons take comes from there:
+    the pool, FIFO, both polling layers, the stall timeout)."""
+
+    host_config: dict
+    host_argv: list[str]
+    backend_argv: list[str]
+
+
+def daemon_plan(cfg: Config, host_socket: str, backend_socket: str, host_config_path: str) -> DaemonPlan:
+    vc = cfg.vcrypto
+    host_config: dict = {"fifo": vc.fifo, "poll": vc.host_poll.host_yaml()}
+    if vc.pool is not None:
+        host_config["pool"] = vc.pool_yaml()
+    if vc.keys_dir is not None:  # keyless: only the host reads the keys
+        host_config["keys_dir"] = os.path.abspath(vc.keys_dir)
+    host_argv = [sys.executable, "-m", "vcrypto.host", "--socket", host_socket, "--config", host_config_path]
+    if vc.host_metrics:
+        host_argv += ["--metrics", str(vc.host_metrics)]
+    backend_argv = [sys.executable, "-m", "vcrypto.engine.backend", "--host-socket", host_socket,
+                    "--socket", backend_socket,
+                    "--stall-timeout-s", str(cfg.crypto.stall_timeout_s),
+                    "--poll-budget-us", str(vc.backend_poll.budget_us),
+                    "--batch-deadline-us", str(vc.batch_deadline_us)]
+    if vc.backend_metrics:
+        backend_argv += ["--metrics", str(vc.backend_metrics)]
+    return DaemonPlan(host_config, host_argv, backend_argv)
+
+
 class Supervisor:
     def __init__(self, config_path: str, overrides: list[str], config: Config) -> None:
         self.config_path = config_path
@@ -176,20 +208,10 @@ class Supervisor:
         if not vc.manage:
             return
         host_config = os.path.join(self.runtime_dir, "vcrypto-host.yaml")
+        plan = daemon_plan(cfg, host_socket, self.backend_socket, host_config)
         with open(host_config, "w", encoding="utf-8") as f:
-            host_yaml = {"pool": vc.pool_yaml()} if vc.pool is not None else {}
-            if vc.keys_dir is not None:  # keyless: only the host reads the keys
-                host_yaml["keys_dir"] = os.path.abspath(vc.keys_dir)
-            yaml.safe_dump(host_yaml, f)
-        host_argv = [sys.executable, "-m", "vcrypto.host", "--socket", host_socket, "--config", host_config]
-        if vc.host_metrics:
-            host_argv += ["--metrics", str(vc.host_metrics)]
-        backend_argv = [sys.executable, "-m", "vcrypto.engine.backend", "--host-socket", host_socket,
-                        "--socket", self.backend_socket,
-                        "--stall-timeout-s", str(cfg.crypto.stall_timeout_s),
-                        "--batch-deadline-us", str(vc.batch_deadline_us)]
-        if vc.backend_metrics:
-            backend_argv += ["--metrics", str(vc.backend_metrics)]
+            yaml.safe_dump(plan.host_config, f)
+        host_argv, backend_argv = plan.host_argv, plan.backend_argv
         for name, argv, sock in (("vcrypto-host", host_argv, host_socket),
                                  ("vcrypto-engine-backend", backend_argv, self.backend_socket)):
             child = _Child(name, argv, extra={"socket": sock})

@@ -69,6 +69,12 @@ INVALID = [
      "vcrypto.pool.resources[0].kind", "unknown kind"),
     ("pool not a mapping", _with("vcrypto.pool", [1]), "vcrypto.pool", "expected mapping"),
     ("vcrypto metrics address", _with("vcrypto.host_metrics", 9101), "vcrypto.host_metrics", "host:port"),
+    ("host poll mode", _with("vcrypto.host_poll.mode", "spin"), "vcrypto.host_poll.mode", "expected one of"),
+    ("host poll spin", _with("vcrypto.host_poll.spin_us", -1), "vcrypto.host_poll.spin_us", ">= 0"),
+    ("host poll threshold", _with("vcrypto.host_poll.batch_threshold", 0), "vcrypto.host_poll.batch_threshold",
+     ">= 1"),
+    ("backend poll budget", _with("vcrypto.backend_poll.budget_us", -5), "vcrypto.backend_poll.budget_us", ">= 0"),
+    ("fifo type", _with("vcrypto.fifo", "yes"), "vcrypto.fifo", "expected bool"),
     ("limits zero", _with("limits.max_connections", 0), "limits.max_connections", "> 0"),
     ("limits type", _with("limits.max_body_bytes", "1G"), "limits.max_body_bytes", "expected int, got str"),
     ("metrics port", _with("metrics.port", -1), "metrics.port", "0..65535"),
@@ -217,3 +223,33 @@ def test_config_readme_tables_are_current():
     # README.md carries the same metrics list for users who never open config/
     readme = (REPO / "README.md").read_text()
     assert "<!-- metrics-reference:begin -->\n" + help_table() + "<!-- metrics-reference:end -->" in readme
+
+
+def test_supervisor_hands_the_vcrypto_section_to_both_daemons():
+    """``vcrypto.fifo``, ``vcrypto.host_poll`` and ``vcrypto.backend_poll`` reach
+    the daemons: the host's generated config parses with the host's own
+    loader to those values, the backend's argv with the backend's parser."""
+    from vcproxy.supervisor import daemon_plan
+    from vcrypto.engine.backend._main import _parse as parse_backend_argv
+    from vcrypto.host.config import parse_config as parse_host_config
+
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    data["crypto"] = {"provider": "vcrypto", "stall_timeout_s": 4}
+    data["vcrypto"] = {"fifo": True, "host_poll": {"mode": "doorbell", "spin_us": 75, "batch_threshold": 3,
+                                                   "coalesce_us": 10},
+                       "backend_poll": {"budget_us": 125}, "pool": {"resources": [{"name": "s", "kind": "sodium"}]}}
+    plan = daemon_plan(parse_config(yaml.safe_dump(data)), "/h.sock", "/b.sock", "/h.yaml")
+    host = parse_host_config(yaml.safe_load(yaml.safe_dump(plan.host_config)))
+    assert host.fifo is True and host.pool == {"resources": [{"name": "s", "kind": "sodium"}]}
+    assert (host.poll.mode, host.poll.spin_us, host.poll.batch_threshold, host.poll.coalesce_us) == (
+        "doorbell", 75.0, 3, 10.0)
+    assert plan.host_argv[-4:] == ["--socket", "/h.sock", "--config", "/h.yaml"]
+    backend = parse_backend_argv(plan.backend_argv[3:])
+    assert (backend.poll_budget_us, backend.stall_timeout_s, backend.host_socket) == (125.0, 4.0, "/h.sock")
+    # The defaults: what was measured best on this machine (README "Polling").
+    default = daemon_plan(parse_config(yaml.safe_dump(VALID)), "/h", "/b", "/c")
+    host = parse_host_config(default.host_config)
+    assert host.fifo is False and not default.host_config.get("pool")
+    from vcproxy.config import VcryptoConfig
+    assert host.poll.mode == VcryptoConfig().host_poll.mode
+    assert parse_backend_argv(default.backend_argv[3:]).poll_budget_us == VcryptoConfig().backend_poll.budget_us

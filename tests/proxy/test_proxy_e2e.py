@@ -19,7 +19,8 @@ import urllib.request
 import pytest
 
 from vcproxy.proxy.demo_upstream import expected_sha256
-from proxy_testkit import base_config, client_context, closed_port, peak_rss_bytes, running_proxy, worker_pids
+from proxy_testkit import (base_config, client_context, closed_port, free_port, peak_rss_bytes, running_proxy,
+                           scrape, worker_pids)
 
 CURL_TIMEOUT_S = 120
 
@@ -46,7 +47,9 @@ def proxy(request, tmp_path_factory, certs, upstream):
     With ``vcrypto`` the supervisor also runs vcrypto-host and
     vcrypto-engine-backend, and every handshake and record goes through them.
     """
-    config = base_config(upstream.address, certs["a"], workers=2, crypto={"provider": request.param})
+    extra = {"vcrypto": {"host_metrics": f"127.0.0.1:{free_port()}"}} if request.param == "vcrypto" else {}
+    config = base_config(upstream.address, certs["a"], workers=2, crypto={"provider": request.param},
+                         **extra)
     config["upstreams"]["dead"] = {"servers": [f"127.0.0.1:{closed_port()}"], "retries": 0}
     config["upstreams"]["slowup"] = {"servers": [upstream.address], "read_timeout_s": 0.5}
     config["routes"] += [{"path_prefix": "/dead", "upstream": "dead"},
@@ -210,6 +213,16 @@ def test_provider_did_the_crypto(proxy, ctx):
     for op in ("ecdh", "sign", "aead_seal", "aead_open"):
         m = re.search(rf'vcproxy_crypto_ops_total{{op="{op}",provider="{provider}"}} (\S+)', text)
         assert m and float(m.group(1)) > 0, op
+    if provider == "vcrypto":
+        # The default pool (no `vcrypto.pool` in this config): libsodium and
+        # OpenSSL take turns in its primary group, by capability (the P-256
+        # certificate's ECDSA signature goes to OpenSSL only), so both
+        # implementations completed requests of this module's traffic.
+        host = scrape(f"http://{proxy.config['vcrypto']['host_metrics']}/metrics")
+        done = {dict(labels)["kind"]: v for (name, labels), v in host.items()
+                if name == "vcrypto_host_pool_resource_completed"}
+        assert done.get("sodium", 0) > 0 and done.get("openssl", 0) > 0, done
+        assert sum(v for (name, _), v in host.items() if name == "vcrypto_host_pool_resource_spills") == 0
 
 
 def test_worker_crash_is_restarted(proxy, ctx):

@@ -39,7 +39,7 @@ def test_config_defaults():
     cfg = parse_config({"poll": {"mode": "adaptive"}, "limits": {"max_devices": 2}})
     assert cfg.poll.mode == "adaptive" and cfg.poll.spin_us == 50.0
     assert cfg.limits.max_devices == 2 and cfg.limits.max_sessions_per_device == 1024
-    assert cfg.fifo is True
+    assert cfg.fifo is False   # completions are matched by id; FIFO is opt-in
     assert cfg.bad_input_status == "key_rejected"   # a peer key off the curve is not a device failure
 
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from tests.vcrypto._pool_fixtures import seal_case, sign_case
 from vcrypto.host._sched_core import PolicyKind
 from vcrypto.host.pool import PoolConfigError, build_scheduler, parse_pool_config
-from vcrypto.host.resources import OpensslResource, SimulatedResource, WorkersResource
+from vcrypto.host.resources import (OpensslResource, SimulatedResource, SodiumResource,
+                                    WorkersResource)
 from vcrypto.ops import Alg, Op
 
 FULL = yaml.safe_load("""
@@ -55,11 +56,17 @@ def test_full_config_parses_to_typed_objects():
     assert scheduler.core.unhealthy_after_faults == 3
 
 
-async def test_default_pool_is_one_openssl_resource_and_works():
+async def test_default_pool_is_heterogeneous_and_works():
+    # Two implementations taken in turn in the primary group, a workers
+    # process as the failover secondary.
     scheduler = build_scheduler(None)
-    assert [type(r) for r in scheduler.resources.values()] == [OpensslResource]
+    assert [type(r) for r in scheduler.resources.values()] == [
+        SodiumResource, OpensslResource, WorkersResource]
+    assert scheduler.core.policy is PolicyKind.FAILOVER
+    assert scheduler.core.failover.balance == "round_robin"
     async with scheduler:
-        for case in (seal_case(1), sign_case(2, Alg.ED25519)):
+        for case in (seal_case(1), sign_case(2, Alg.ED25519),
+                     sign_case(3), seal_case(4, Alg.CHACHA20_POLY1305)):
             case.check(await scheduler.submit(case.job))
 
 
@@ -79,7 +86,7 @@ def with_(path_value: dict) -> dict:
 
 @pytest.mark.parametrize("change, message", [
     ({("resources", 2, "kind"): "gpu"},
-     "pool.resources[2].kind: unknown kind 'gpu' (one of openssl, workers, simulated)"),
+     "pool.resources[2].kind: unknown kind 'gpu' (one of openssl, sodium, workers, simulated)"),
     ({("resources", 0, "colour"): "red"}, "pool.resources[0].colour: unknown key"),
     ({("resources", 1, "processes"): 0}, "pool.resources[1].processes: must be >= 1, got 0"),
     ({("resources", 1, "processes"): "two"}, "pool.resources[1].processes: expected an integer"),

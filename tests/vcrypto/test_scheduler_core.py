@@ -252,3 +252,27 @@ def test_core_invariants_under_any_sequence(resources, policy, actions):
         assert stats.resources[s.name].inflight == sum(1 for n, _ in running if n == s.name)
         assert 0 <= stats.resources[s.name].inflight <= s.max_inflight
     assert sum(stats.inflight_by_op.values()) == len(running)
+
+
+@pytest.mark.parametrize("balance", ["least_loaded", "round_robin"])
+def test_failover_balance_within_the_primary_group(balance):
+    # Two primary members, one of which holds a long job: least_loaded sends
+    # everything to the idle one, round_robin takes them in turn (skipping a
+    # full one), as the default pool's sodium/openssl pair needs.
+    core = SchedulerCore([spec("sodium"), spec("openssl"), spec("spare")],
+                         groups={"main": ["sodium", "openssl"], "spare": ["spare"]},
+                         policy=PolicyKind.FAILOVER,
+                         failover=FailoverSpec("main", "spare", balance=balance))
+    core.started(Run("openssl"), Op.SIGN, retry=False)     # a long RSA signature
+    counts = collections.Counter(run_one(core).resource for _ in range(10))
+    if balance == "round_robin":
+        assert counts == {"sodium": 5, "openssl": 5}
+    else:
+        assert counts == {"sodium": 10}
+    for _ in range(3):                                     # openssl full (4 slots)
+        core.started(Run("openssl"), Op.SIGN, retry=False)
+    assert collections.Counter(run_one(core).resource for _ in range(4)) == {"sodium": 4}
+    assert not any(core.stats().resources[n].spills for n in core.names)
+    with pytest.raises(ConfigError, match="balance 'random'"):
+        SchedulerCore([spec("a")], groups={"g": ["a"], "h": ["a"]}, policy=PolicyKind.FAILOVER,
+                      failover=FailoverSpec("g", "h", balance="random"))

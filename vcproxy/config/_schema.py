@@ -224,6 +224,42 @@ def _plain(value: object) -> object:
 
 
 @dataclass(frozen=True)
+class HostPollConfig:
+    mode: Literal["doorbell", "adaptive"] = opt(
+        "adaptive", "vcrypto-host data-queue loop: adaptive busy-polls after a big drained batch "
+                    "(see batch_threshold, spin_us), doorbell always parks on the kick eventfd")
+    spin_us: float = opt(200.0, "adaptive: keep polling this long after the last work before parking")
+    batch_threshold: int = opt(8, "adaptive: poll only after a drained batch of at least this many "
+                                  "requests (a trickle never spins: idle CPU stays ~0)")
+    coalesce_us: float = opt(0.0, "hold the completion call up to this long while the rest of the "
+                                  "batch still runs (interrupt coalescing; 0: call at once)")
+
+    def check(self) -> list[tuple[str, str]]:
+        out = []
+        for name in ("spin_us", "coalesce_us"):
+            if getattr(self, name) < 0:
+                out.append((name, f"must be >= 0, got {getattr(self, name)}"))
+        if self.batch_threshold < 1:
+            out.append(("batch_threshold", f"must be >= 1, got {self.batch_threshold}"))
+        return out
+
+    def host_yaml(self) -> dict:
+        return {"mode": self.mode, "spin_us": float(self.spin_us),
+                "batch_threshold": int(self.batch_threshold), "coalesce_us": float(self.coalesce_us)}
+
+
+@dataclass(frozen=True)
+class BackendPollConfig:
+    budget_us: float = opt(
+        50.0, "engine-backend loop: after a pass with work, keep polling this long (only while "
+              ">= 8 requests are in flight at the host or the last pass drained >= 8) before "
+              "sleeping on the doorbells; 0: always sleep")
+
+    def check(self) -> list[tuple[str, str]]:
+        return [("budget_us", f"must be >= 0, got {self.budget_us}")] if self.budget_us < 0 else []
+
+
+@dataclass(frozen=True)
 class VcryptoConfig:
     manage: bool = opt(True, "the supervisor starts vcrypto-host and vcrypto-engine-backend when provider is vcrypto")
     runtime_dir: str | None = opt(None, "directory for sockets and shared memory (default: a fresh temp dir)")
@@ -236,9 +272,16 @@ class VcryptoConfig:
                                         "before it); 0: every drain pass sends what it found")
     keys_dir: str | None = opt(None, "directory of private keys vcrypto-host loads for keyless certificates "
                                      "(certificates[].key_ref: NAME -> NAME.pem / NAME.der); only the host reads it")
+    fifo: bool = opt(False, "vcrypto-host completes requests in submission order per data queue "
+                            "(global FIFO). Off: completions are matched by id and token, so a TLS "
+                            "record never waits behind an RSA signature (records keep their order "
+                            "by sequence number)")
+    host_poll: HostPollConfig = opt(HostPollConfig(), "vcrypto-host's two-layer polling: its side")
+    backend_poll: BackendPollConfig = opt(BackendPollConfig(), "the engine-backend's side of the polling")
     pool: object = opt(None, "vcrypto-host's `pool:` section, passed verbatim and validated by "
                              "vcrypto.host.pool (resources, groups, policy, failover, size_routing, retry...); "
-                             "null: one in-process openssl resource")
+                             "null: the default pool (libsodium and OpenSSL in turn by capability, one "
+                             "`workers` process as failover secondary)")
 
     def check(self) -> list[tuple[str, str]]:
         if not 0 <= self.batch_deadline_us <= 100_000:

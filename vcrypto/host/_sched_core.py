@@ -28,6 +28,10 @@ Policies (DESIGN.md §7, §8a):
   primary that is at its limit is not hammered job by job. Then jobs return
   to the primary. Capacity overflow and health fail-over both spill; a
   resource outside both groups is used only when neither group can do the op.
+  Within a group, ``balance`` chooses: ``least_loaded`` (as ``capability``)
+  or ``round_robin`` (capable members in turn, as the ``round_robin``
+  policy), which spreads a group of different implementations evenly even
+  when none of them is ever busy (the default pool does this).
 
 Size routing (optional, before the policy): a job with ``src_len <=
 max_bytes`` goes to the named group when that group has a healthy capable
@@ -112,6 +116,9 @@ class FailoverSpec:
     primary: str
     secondary: str
     spill_hysteresis_jobs: int = 8
+    balance: str = "least_loaded"   # within a group: least_loaded | round_robin
+
+    BALANCES = ("least_loaded", "round_robin")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -216,6 +223,9 @@ class SchedulerCore:
             for role, g in (("primary", failover.primary), ("secondary", failover.secondary)):
                 if g not in self.groups:
                     raise ConfigError(f"failover {role} names unknown group {g!r}")
+            if failover.balance not in FailoverSpec.BALANCES:
+                raise ConfigError(f"failover balance {failover.balance!r}: expected one of "
+                                  f"{', '.join(FailoverSpec.BALANCES)}")
         if size_routing is not None and size_routing.group not in self.groups:
             raise ConfigError(f"size_routing names unknown group {size_routing.group!r}")
         if unhealthy_after_faults < 1:
@@ -226,6 +236,12 @@ class SchedulerCore:
         self.unhealthy_after_faults = unhealthy_after_faults
         self._simple = policy is PolicyKind.CAPABILITY and size_routing is None
         self._capable: dict[Capability, list[_Entry]] = {}   # cap -> capable entries
+        # failover: capable entries -> (primary, secondary) members, for the
+        # first attempts (whose candidates are the cached capable list)
+        self._fo_split: dict[int, tuple[list[_Entry], list[_Entry], list[_Entry]]] = {}
+        self._fo_pick = (self._next_in_turn
+                         if failover is not None and failover.balance == "round_robin"
+                         else self._least_loaded)
         self._rr_cursor = 0
         self._spill_remaining = 0
         self._inflight_by_op: dict[Op, int] = {op: 0 for op in Op}
@@ -316,33 +332,58 @@ class SchedulerCore:
         return Wait("unhealthy")
 
     def _round_robin(self, entries: list[_Entry]) -> Decision:
+        return self._next_in_turn(entries) or self._why_wait(entries)
+
+    def _next_in_turn(self, entries: list[_Entry]) -> Run | None:
+        """The first healthy, free entry at or after the round-robin cursor
+        (in pool order), advancing the cursor past it; None if none is.
+        On the data path for every job of a round-robin group: one pass over
+        ``entries``, no temporaries."""
         n = len(self._order)
-        eligible = {id(e) for e in entries if e.healthy and e.free}
-        for step in range(n):
-            e = self._order[(self._rr_cursor + step) % n]
-            if id(e) in eligible:
-                self._rr_cursor = (e.index + 1) % n
-                return e.run
-        return self._why_wait(entries)
+        cursor = self._rr_cursor
+        best = None
+        best_distance = n
+        healthy = Health.HEALTHY
+        for e in entries:
+            if e.health is healthy and e.stats.inflight < e.spec.max_inflight:
+                distance = (e.index - cursor) % n
+                if distance < best_distance:
+                    best, best_distance = e, distance
+        if best is None:
+            return None
+        self._rr_cursor = (best.index + 1) % n
+        return best.run
 
     def _failover(self, entries: list[_Entry]) -> Decision:
         assert self.failover is not None
-        primary = [e for e in entries if self.failover.primary in e.groups]
-        secondary = [e for e in entries if self.failover.secondary in e.groups
-                     and self.failover.primary not in e.groups]
+        split = self._fo_split.get(id(entries))
+        if split is not None and split[2] is entries and not self._spill_remaining:
+            # The common case: a first attempt, no spill under way.
+            run = self._fo_pick(split[0])
+            if run is not None:
+                return run
+        if split is None or split[2] is not entries:
+            primary = [e for e in entries if self.failover.primary in e.groups]
+            secondary = [e for e in entries if self.failover.secondary in e.groups
+                         and self.failover.primary not in e.groups]
+            if any(entries is c for c in self._capable.values()):
+                self._fo_split[id(entries)] = (primary, secondary, entries)
+        else:
+            primary, secondary = split[0], split[1]
+        pick = self._fo_pick
         if not primary and not secondary:
             # Neither group can do this op: any capable resource of the pool.
             return self._least_loaded(entries) or self._why_wait(entries)
         if self._spill_remaining > 0:
-            run = self._least_loaded(secondary)
+            run = pick(secondary)
             if run is not None:
                 self._spill_remaining -= 1
                 return Run(run.resource, spill=True)
             self._spill_remaining = 0   # the secondary is full: hysteresis ends
-        run = self._least_loaded(primary)
+        run = pick(primary)
         if run is not None:
             return run
-        run = self._least_loaded(secondary)
+        run = pick(secondary)
         if run is not None:
             # This job spills; the next ones follow it without re-checking
             # the primary (hysteresis).

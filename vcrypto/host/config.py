@@ -5,7 +5,11 @@ path of the offending entry (``ConfigError("poll.spin_us: expected a
 number, got 'fast'")``). Defaults live here, once, with their units::
 
     keys_dir: null           # directory of PEM/DER private keys for key_ref (keyless)
-    fifo: true               # used ring in submission order per data queue
+    fifo: false              # true: used ring in submission order per data queue
+                             # (global FIFO). Off: the driver and the engine match
+                             # completions by descriptor id / token, and a record
+                             # must not wait behind an RSA signature (README
+                             # "FIFO only where the protocol needs it").
     bad_input_status: key_rejected  # status for input the crypto rejects (an ECDH peer
                              # key off the curve, a session key of the wrong
                              # type): err | badmsg | key_rejected. An AEAD tag
@@ -69,7 +73,7 @@ BAD_INPUT_STATUSES = {"err": vc.VIRTIO_CRYPTO_ERR, "badmsg": vc.VIRTIO_CRYPTO_BA
 @dataclasses.dataclass(frozen=True)
 class HostConfig:
     keys_dir: Path | None = None
-    fifo: bool = True
+    fifo: bool = False
     bad_input_status: str = "key_rejected"
     pool: dict = dataclasses.field(default_factory=dict)
     poll: PollConfig = PollConfig()
@@ -122,7 +126,7 @@ def parse_config(raw: Any, *, base_dir: Path | None = None) -> HostConfig:
             keys_dir = base_dir / keys_dir
         if not keys_dir.is_dir():
             raise ConfigError(f"keys_dir: {keys_dir} is not a directory")
-    fifo = _check("fifo", raw.get("fifo", True), bool, "true or false")
+    fifo = _check("fifo", raw.get("fifo", False), bool, "true or false")
     bad_input = _check("bad_input_status", raw.get("bad_input_status", "key_rejected"), str,
                        f"one of {', '.join(BAD_INPUT_STATUSES)}")
     if bad_input not in BAD_INPUT_STATUSES:

@@ -3,19 +3,38 @@
 The YAML the host loads hands this module a plain dict; every key is
 checked (unknown keys rejected, wrong types named) and every error names its
 config path, e.g. ``pool.resources[2].kind: unknown kind 'gpu' (one of
-openssl, workers, simulated)``. ``build_scheduler(None)`` gives the default
-pool: one in-process ``openssl`` resource.
+openssl, sodium, workers, simulated)``. ``build_scheduler(None)`` gives the
+default pool ``DEFAULT_POOL_CONFIG``: two implementations in the primary
+group taken in turn (``sodium`` = libsodium, ``openssl`` = OpenSSL through
+`cryptography`), capability routing between them (libsodium has no P-256,
+ECDSA, RSA or AES-128-GCM: those go to ``openssl`` only), and one
+``workers`` process as the failover secondary when the primary is full or
+failing::
+
+    resources:
+      - {name: sodium, kind: sodium}
+      - {name: openssl, kind: openssl}
+      - {name: spare, kind: workers, processes: 1}
+    groups:
+      - {name: main, resources: [sodium, openssl]}
+      - {name: spare, resources: [spare]}
+    policy: failover
+    failover: {primary: main, secondary: spare, balance: round_robin}
 
 Shape (defaults in brackets)::
 
     pool:
       resources:                       # required, at least one
         - name: soft                   # required, unique
-          kind: openssl                # openssl | workers | simulated
-          capabilities: ["*"]          # ["*"] | ["op:*", "op:alg", ...]  [*]
-          max_inflight: 64             # [openssl 64, workers 2 x processes, simulated 8]
-          # openssl only:
+          kind: openssl                # openssl | sodium | workers | simulated
+          capabilities: ["*"]          # ["*"] | ["op:*", "op:alg", ...]  [*]; a wildcard
+                                       # means what the kind can do (sodium: x25519,
+                                       # ed25519, chacha20-poly1305, aes-256-gcm
+                                       # with AES-NI); naming more is an error
+          max_inflight: 64             # [openssl/sodium 64, workers 2 x processes, simulated 8]
+          # openssl and sodium:
           thread_threshold_bytes: 262144   # AEAD at least this big runs on a thread
+          # openssl only:
           threads: 4                       # [max_inflight]
         - name: procs
           kind: workers
@@ -39,6 +58,7 @@ Shape (defaults in brackets)::
         primary: hw
         secondary: sw
         spill_hysteresis_jobs: 8       # [8] jobs that follow a spill to the secondary
+        balance: least_loaded          # [least_loaded] | round_robin: choice within a group
       size_routing:                    # [none] jobs with src <= max_bytes go to group
         max_bytes: 2048
         group: sw
@@ -59,6 +79,8 @@ from vcrypto.host.resources import RESOURCE_KINDS, FaultModel, Resource
 from vcrypto.host.resources.openssl import DEFAULT_MAX_INFLIGHT as OPENSSL_MAX_INFLIGHT
 from vcrypto.host.resources.openssl import OpensslResource
 from vcrypto.host.resources.simulated import SimulatedResource
+from vcrypto.host.resources.sodium import DEFAULT_MAX_INFLIGHT as SODIUM_MAX_INFLIGHT
+from vcrypto.host.resources.sodium import SodiumResource
 from vcrypto.host.resources.workers import WorkersResource
 from vcrypto.host.scheduler import RetryPolicy, Scheduler
 from vcrypto.ops import Op, parse_capabilities
@@ -67,7 +89,17 @@ __all__ = ["PoolConfigError", "PoolConfig", "parse_pool_config", "build_schedule
            "DEFAULT_POOL_CONFIG"]
 
 DEFAULT_POOL_CONFIG: dict[str, Any] = {
-    "resources": [{"name": "openssl", "kind": "openssl"}],
+    "resources": [
+        {"name": "sodium", "kind": "sodium"},
+        {"name": "openssl", "kind": "openssl"},
+        {"name": "spare", "kind": "workers", "processes": 1},
+    ],
+    "groups": [
+        {"name": "main", "resources": ["sodium", "openssl"]},
+        {"name": "spare", "resources": ["spare"]},
+    ],
+    "policy": "failover",
+    "failover": {"primary": "main", "secondary": "spare", "balance": "round_robin"},
 }
 
 
@@ -198,10 +230,22 @@ def _parse_resource(raw: object, path: str) -> ResourceConfig:
     caps_raw = s.raw("capabilities", ["*"])
     if not isinstance(caps_raw, list) or not all(isinstance(c, str) for c in caps_raw):
         raise PoolConfigError(s.at("capabilities"), "expected a list of strings")
-    try:
-        caps = parse_capabilities(caps_raw)
-    except ValueError as exc:
-        raise PoolConfigError(s.at("capabilities"), str(exc)) from None
+    supported = RESOURCE_KINDS[kind].supported
+    caps: set = set()
+    for entry in caps_raw:
+        try:
+            entry_caps = parse_capabilities([entry])
+        except ValueError as exc:
+            raise PoolConfigError(s.at("capabilities"), str(exc)) from None
+        if "*" in entry:
+            caps |= entry_caps & supported     # a wildcard: what this kind can do
+        elif not entry_caps <= supported:
+            raise PoolConfigError(s.at("capabilities"),
+                                  f"kind {kind} cannot do {entry} (it can do: "
+                                  f"{', '.join(sorted(f'{o.value}:{a.value}' for o, a in supported))})")
+        else:
+            caps |= entry_caps
+    caps = frozenset(caps)
     if not caps:
         raise PoolConfigError(s.at("capabilities"), "must not be empty")
     options: dict[str, Any] = {}
@@ -209,6 +253,9 @@ def _parse_resource(raw: object, path: str) -> ResourceConfig:
         max_inflight = s.int("max_inflight", OPENSSL_MAX_INFLIGHT, minimum=1)
         options["thread_threshold_bytes"] = s.int("thread_threshold_bytes", 256 * 1024)
         options["threads"] = s.int("threads", None, minimum=1)
+    elif kind == SodiumResource.kind:
+        max_inflight = s.int("max_inflight", SODIUM_MAX_INFLIGHT, minimum=1)
+        options["thread_threshold_bytes"] = s.int("thread_threshold_bytes", 256 * 1024)
     elif kind == WorkersResource.kind:
         processes = s.int("processes", 2, minimum=1)
         max_inflight = s.int("max_inflight", 2 * processes, minimum=1)
@@ -299,8 +346,12 @@ def parse_pool_config(raw: Mapping[str, Any] | None, *, config_path: str = "pool
     failover = None
     fs = s.section("failover")
     if fs is not None:
+        balance = fs.str("balance", "least_loaded")
+        if balance not in FailoverSpec.BALANCES:
+            raise PoolConfigError(fs.at("balance"), f"unknown balance {balance!r} "
+                                                    f"(one of {', '.join(FailoverSpec.BALANCES)})")
         failover = FailoverSpec(group_ref(fs, "primary"), group_ref(fs, "secondary"),
-                                fs.int("spill_hysteresis_jobs", 8))
+                                fs.int("spill_hysteresis_jobs", 8), balance)
         fs.done()
         if failover.primary == failover.secondary:
             raise PoolConfigError(fs.at("secondary"), "must differ from primary")

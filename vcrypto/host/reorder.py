@@ -23,6 +23,17 @@ a slow request, which is why it is per queue and optional). With
 ``fifo=False`` every completion is released at once: nothing ever waits
 behind a slow request, and the driver matches completions by descriptor id.
 
+Why FIFO is off by default (``fifo: false``): nothing downstream needs
+global order. The driver matches used-ring entries by descriptor id, the
+engine-backend by token and slot, the frontend by opdone; a TLS record's
+order is fixed by its sequence number, sealed into its nonce before it is
+submitted, and ``seal_many``/``open_many`` return a batch only when its
+whole opdone is done. So one global order per queue would only add
+head-of-line blocking: records of every connection held behind an RSA
+signature running on a ``workers`` process (measured with
+``bench/fifo_hol.py``; README gives the numbers). ``fifo: true`` stays for
+a guest driver that assumes in-order completion.
+
 The buffer is sans-IO: no trio, no clock; misuse (completing a sequence
 number never admitted, or twice) raises ``ReorderError``.
 """

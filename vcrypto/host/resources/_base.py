@@ -21,7 +21,7 @@ import abc
 import dataclasses
 import enum
 
-from vcrypto.ops import Alg, Capability, Op
+from vcrypto.ops import ALL_CAPABILITIES, Alg, Capability, Op
 
 
 class CryptoOpError(Exception):
@@ -75,6 +75,8 @@ class Resource(abc.ABC):
     scheduler never has more than that many ``execute`` calls outstanding."""
 
     kind: str = "abstract"
+    #: Every capability this kind can have; a config may narrow it, never widen it.
+    supported: frozenset[Capability] = ALL_CAPABILITIES
 
     def __init__(self, name: str, capabilities: frozenset[Capability], max_inflight: int):
         self.name = name
