@@ -14,7 +14,7 @@ import trio
 from tests.vcrypto._pool_fixtures import mixed_case, seal_case, sign_case
 from vcrypto.host.resources import OpensslResource, SimulatedResource, WorkersResource
 from vcrypto.host.resources.simulated import DeviceState, FaultModel
-from vcrypto.host.scheduler import JobFailed, RetryPolicy, Scheduler
+from vcrypto.host.scheduling._scheduler import JobFailed, RetryPolicy, Scheduler
 from vcrypto.ops import Alg
 
 

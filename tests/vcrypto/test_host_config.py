@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from host_refcheck import der_of, ecdh_peer
 from vcrypto.driver import Driver, Item, PayloadPool, SessionParams
-from vcrypto.host.config import ConfigError, parse_config
+from vcrypto.host.config import HostConfigError, parse_config
 from vcrypto.ops import Alg, Op
 from vcrypto.wire import virtio_crypto as vc
 
@@ -31,7 +31,7 @@ from vcrypto.wire import virtio_crypto as vc
     ([1, 2], "<root>: expected a mapping"),
 ])
 def test_config_errors_name_the_path(raw, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(HostConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_config(raw)
 
 

@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.vcrypto._pool_fixtures import seal_case
-from vcrypto.host._sched_core import PolicyKind
+from vcrypto.host.scheduling._core import PolicyKind
 from vcrypto.host.reorder import ReorderBuffer, ReorderError
 from vcrypto.host.resources import SimulatedResource
 from vcrypto.host.resources.simulated import FaultModel
-from vcrypto.host.scheduler import Scheduler
+from vcrypto.host.scheduling._scheduler import Scheduler
 
 # A request: which resource runs it, that resource's latency, and whether the
 # first attempt fails over (a retry elsewhere adds a second latency).

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.vcrypto._pool_fixtures import seal_case, sign_case
-from vcrypto.host._sched_core import PolicyKind
-from vcrypto.host.pool import PoolConfigError, build_scheduler, parse_pool_config
+from vcrypto.host.scheduling._core import PolicyKind
+from vcrypto.host.scheduling._pool import PoolConfigError, build_scheduler, parse_pool_config
 from vcrypto.host.resources import (OpensslResource, SimulatedResource, SodiumResource,
                                     WorkersResource)
 from vcrypto.ops import Alg, Op

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from tests.vcrypto._pool_fixtures import ecdh_case, open_case, seal_case, sign_case
-from vcrypto.host._sched_core import PolicyKind
-from vcrypto.host.pool import PoolConfigError, build_scheduler, parse_pool_config
+from vcrypto.host.scheduling._core import PolicyKind
+from vcrypto.host.scheduling._pool import PoolConfigError, build_scheduler, parse_pool_config
 from vcrypto.host.resources import CryptoJob, CryptoOpError, OpensslResource, SodiumResource
 from vcrypto.host.resources.sodium import (AES256GCM_AVAILABLE, SODIUM_CAPABILITIES,
                                            ed25519_seed_from_pkcs8)
@@ -161,7 +161,7 @@ async def test_default_pool_spills_to_the_workers_secondary_when_main_is_full():
     async with scheduler:
         core = scheduler.core
         # Fill both primary resources' slots as long-running jobs would.
-        from vcrypto.host._sched_core import Run
+        from vcrypto.host.scheduling._core import Run
         for name in ("sodium", "openssl"):
             for _ in range(scheduler.resources[name].max_inflight):
                 core.started(Run(name), Op.ECDH, retry=False)

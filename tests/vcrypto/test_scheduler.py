@@ -7,10 +7,10 @@ import pytest
 import trio
 
 from tests.vcrypto._pool_fixtures import mixed_case, open_case, seal_case, sign_case
-from vcrypto.host._sched_core import FailoverSpec, PolicyKind
+from vcrypto.host.scheduling._core import FailoverSpec, PolicyKind
 from vcrypto.host.resources import CryptoJob, CryptoOpError, SimulatedResource
 from vcrypto.host.resources.simulated import FaultModel
-from vcrypto.host.scheduler import NoCapableResource, RetryPolicy, Scheduler
+from vcrypto.host.scheduling._scheduler import NoCapableResource, RetryPolicy, Scheduler
 from vcrypto.ops import Alg, Op, parse_capabilities
 
 
@@ -134,7 +134,7 @@ async def test_bad_request_is_not_retried_and_does_not_mark_unhealthy(autojump_c
 
 
 async def test_size_routing_small_jobs_to_named_group(autojump_clock):
-    from vcrypto.host._sched_core import SizeRoutingSpec
+    from vcrypto.host.scheduling._core import SizeRoutingSpec
     small = SimulatedResource("small", max_inflight=4)
     big = SimulatedResource("big", max_inflight=4)
     scheduler = Scheduler([small, big], groups={"tiny": ["small"]},

@@ -5,8 +5,8 @@ import collections
 
 import pytest
 
-from vcrypto.host._sched_core import (
-    NO_CAPABLE, ConfigError, FailoverSpec, Outcome, PolicyKind, ResourceSpec, Run,
+from vcrypto.host.scheduling._core import (
+    NO_CAPABLE, SchedulerConfigError, FailoverSpec, Outcome, PolicyKind, ResourceSpec, Run,
     SchedulerCore, SizeRoutingSpec, Wait,
 )
 from vcrypto.ops import ALL_CAPABILITIES, Alg, Op, parse_capabilities
@@ -173,14 +173,14 @@ def test_inflight_by_op_and_totals():
     (dict(size_routing=SizeRoutingSpec(10, "g")), "unknown group 'g'"),
 ])
 def test_inconsistent_core_config_is_rejected(kwargs, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SchedulerConfigError, match=message):
         SchedulerCore([spec("a")], **kwargs)
 
 
 def test_duplicate_names_and_empty_pool_rejected():
-    with pytest.raises(ConfigError, match="used twice"):
+    with pytest.raises(SchedulerConfigError, match="used twice"):
         SchedulerCore([spec("a"), spec("a")])
-    with pytest.raises(ConfigError, match="no resources"):
+    with pytest.raises(SchedulerConfigError, match="no resources"):
         SchedulerCore([])
 
 
@@ -273,6 +273,6 @@ def test_failover_balance_within_the_primary_group(balance):
         core.started(Run("openssl"), Op.SIGN, retry=False)
     assert collections.Counter(run_one(core).resource for _ in range(4)) == {"sodium": 4}
     assert not any(core.stats().resources[n].spills for n in core.names)
-    with pytest.raises(ConfigError, match="balance 'random'"):
+    with pytest.raises(SchedulerConfigError, match="balance 'random'"):
         SchedulerCore([spec("a")], groups={"g": ["a"], "h": ["a"]}, policy=PolicyKind.FAILOVER,
                       failover=FailoverSpec("g", "h", balance="random"))

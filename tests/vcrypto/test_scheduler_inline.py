@@ -8,10 +8,10 @@ import pytest
 import trio
 
 from tests.vcrypto._pool_fixtures import open_case, seal_case, sign_case
-from vcrypto.host._sched_core import PolicyKind
+from vcrypto.host.scheduling._core import PolicyKind
 from vcrypto.host.resources import CryptoOpError, ResourceFault, SimulatedResource
 from vcrypto.host.resources.openssl import OpensslResource
-from vcrypto.host.scheduler import JobFailed, NoCapableResource, Pending, RetryPolicy, Scheduler
+from vcrypto.host.scheduling._scheduler import JobFailed, NoCapableResource, Pending, RetryPolicy, Scheduler
 from vcrypto.ops import Alg, Op, parse_capabilities
 
 

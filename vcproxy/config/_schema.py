@@ -279,7 +279,7 @@ class VcryptoConfig:
     host_poll: HostPollConfig = opt(HostPollConfig(), "vcrypto-host's two-layer polling: its side")
     backend_poll: BackendPollConfig = opt(BackendPollConfig(), "the engine-backend's side of the polling")
     pool: object = opt(None, "vcrypto-host's `pool:` section, passed verbatim and validated by "
-                             "vcrypto.host.pool (resources, groups, policy, failover, size_routing, retry...); "
+                             "vcrypto.host.scheduling (resources, groups, policy, failover, size_routing, retry...); "
                              "null: the default pool (libsodium and OpenSSL in turn by capability, one "
                              "`workers` process as failover secondary)")
 
@@ -290,10 +290,11 @@ class VcryptoConfig:
             return []
         if not isinstance(self.pool, Mapping):
             return [("pool", f"expected mapping, got {_type_name(self.pool)}")]
-        try:
-            from vcrypto.host.pool import parse_pool_config
-        except ImportError:  # a build without the host: the supervisor reports it at start
-            return []
+        # The supervisor runs vcrypto-host: its pool section is checked by the
+        # host's own schema (one schema, not a copy here), loaded only when a
+        # pool is configured (it imports the resources and their libraries).
+        from vcrypto.host.scheduling import parse_pool_config
+
         try:
             parse_pool_config(_plain(self.pool), config_path="vcrypto.pool")
         except ValueError as exc:

@@ -14,7 +14,7 @@ Layout (what lives where):
 - ``config``     typed YAML config with path-naming errors.
 - ``metrics``    prometheus collector read at scrape time.
 - ``scheduling`` the seam to the pool (``pool.build_scheduler``).
-- ``pool``, ``scheduler``, ``_sched_core``, ``reorder``, ``resources/``:
-                 the resource pool, scheduling policies, fault handling and the
-                 reorder buffer.
+- ``scheduling/`` (pool config, sans-IO decisions, the trio scheduler),
+  ``reorder``, ``resources/``: the resource pool, scheduling policies, fault
+  handling and the reorder buffer.
 """

@@ -1,7 +1,7 @@
 """The host's typed configuration, loaded from YAML.
 
 Every key is checked: unknown keys and wrong types are rejected with the
-path of the offending entry (``ConfigError("poll.spin_us: expected a
+path of the offending entry (``HostConfigError("poll.spin_us: expected a
 number, got 'fast'")``). Defaults live here, once, with their units::
 
     keys_dir: null           # directory of PEM/DER private keys for key_ref (keyless)
@@ -14,7 +14,7 @@ number, got 'fast'")``). Defaults live here, once, with their units::
                              # key off the curve, a session key of the wrong
                              # type): err | badmsg | key_rejected. An AEAD tag
                              # mismatch is always badmsg, a device failure err.
-    pool: {}                 # handed verbatim to vcrypto.host.pool.build_scheduler
+    pool: {}                 # handed verbatim to vcrypto.host.scheduling._pool.build_scheduler
     poll:
       mode: doorbell         # doorbell | adaptive
       spin_us: 50            # adaptive: busy-poll this long after work before parking
@@ -41,7 +41,7 @@ import yaml
 from vcrypto.wire import virtio_crypto as vc
 
 
-class ConfigError(Exception):
+class HostConfigError(Exception):
     """The configuration is invalid; the message names the path."""
 
 
@@ -82,9 +82,9 @@ class HostConfig:
 
 def _check(path: str, value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise ConfigError(f"{path}: expected {name}, got {value!r}")
+        raise HostConfigError(f"{path}: expected {name}, got {value!r}")
     if not isinstance(value, kind):
-        raise ConfigError(f"{path}: expected {name}, got {value!r}")
+        raise HostConfigError(f"{path}: expected {name}, got {value!r}")
     return value
 
 
@@ -96,14 +96,14 @@ def _section(path: str, raw: Any, cls: type) -> Any:
     out = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(f"{path}.{key}: unknown key (expected one of {', '.join(fields)})")
+            raise HostConfigError(f"{path}.{key}: unknown key (expected one of {', '.join(fields)})")
         default = getattr(cls(), key)
         if isinstance(default, bool):
             out[key] = _check(f"{path}.{key}", value, bool, "true or false")
         elif isinstance(default, int):
             out[key] = _check(f"{path}.{key}", value, int, "an integer")
             if value < 0:
-                raise ConfigError(f"{path}.{key}: must be >= 0, got {value}")
+                raise HostConfigError(f"{path}.{key}: must be >= 0, got {value}")
         elif isinstance(default, float):
             out[key] = float(_check(f"{path}.{key}", value, (int, float), "a number"))
         else:
@@ -118,25 +118,25 @@ def parse_config(raw: Any, *, base_dir: Path | None = None) -> HostConfig:
     allowed = {"keys_dir", "fifo", "bad_input_status", "pool", "poll", "limits"}
     for key in raw:
         if key not in allowed:
-            raise ConfigError(f"{key}: unknown key (expected one of {', '.join(sorted(allowed))})")
+            raise HostConfigError(f"{key}: unknown key (expected one of {', '.join(sorted(allowed))})")
     keys_dir = raw.get("keys_dir")
     if keys_dir is not None:
         keys_dir = Path(_check("keys_dir", keys_dir, str, "a directory path"))
         if base_dir is not None and not keys_dir.is_absolute():
             keys_dir = base_dir / keys_dir
         if not keys_dir.is_dir():
-            raise ConfigError(f"keys_dir: {keys_dir} is not a directory")
+            raise HostConfigError(f"keys_dir: {keys_dir} is not a directory")
     fifo = _check("fifo", raw.get("fifo", False), bool, "true or false")
     bad_input = _check("bad_input_status", raw.get("bad_input_status", "key_rejected"), str,
                        f"one of {', '.join(BAD_INPUT_STATUSES)}")
     if bad_input not in BAD_INPUT_STATUSES:
-        raise ConfigError(f"bad_input_status: expected one of {', '.join(BAD_INPUT_STATUSES)}, "
+        raise HostConfigError(f"bad_input_status: expected one of {', '.join(BAD_INPUT_STATUSES)}, "
                           f"got {bad_input!r}")
     pool = raw.get("pool") or {}
     _check("pool", pool, dict, "a mapping")
     poll = _section("poll", raw.get("poll"), PollConfig)
     if poll.mode not in ("doorbell", "adaptive"):
-        raise ConfigError(f"poll.mode: expected 'doorbell' or 'adaptive', got {poll.mode!r}")
+        raise HostConfigError(f"poll.mode: expected 'doorbell' or 'adaptive', got {poll.mode!r}")
     limits = _section("limits", raw.get("limits"), Limits)
     return HostConfig(keys_dir=keys_dir, fifo=fifo, bad_input_status=bad_input, pool=pool,
                       poll=poll, limits=limits)
@@ -149,5 +149,5 @@ def load_config(path: str | Path | None) -> HostConfig:
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot load: {exc}") from exc
+        raise HostConfigError(f"{path}: cannot load: {exc}") from exc
     return parse_config(raw, base_dir=path.parent)

@@ -22,7 +22,7 @@ import sys
 import trio
 
 from vcrypto._unixsock import bind_unix_listener
-from vcrypto.host.config import ConfigError, HostConfig, load_config
+from vcrypto.host.config import HostConfigError, HostConfig, load_config
 from vcrypto.host.device import VirtioCryptoDevice
 from vcrypto.host.keys import KeyStore, KeyStoreError
 from vcrypto.host.queue import DeviceStats
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+    except HostConfigError as exc:
         print(f"vcrypto-host: config error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -10,7 +10,7 @@
   second implementation (``SimulatedResource``, ``FaultModel``).
 
 All implement the ``Resource`` seam of ``_base``; ``RESOURCE_KINDS`` maps the
-config's ``kind`` to the class (``vcrypto.host.pool`` builds them).
+config's ``kind`` to the class (``vcrypto.host.scheduling._pool`` builds them).
 """
 from vcrypto.host.resources._base import CryptoJob, CryptoOpError, Resource, ResourceFault
 from vcrypto.host.resources.openssl import OpensslResource

@@ -18,7 +18,7 @@ aead_*:aes-256-gcm     ``crypto_aead_aes256gcm_*``, only where the CPU has
 =====================  =====================================================
 
 No P-256/P-384, no ECDSA, no RSA, no AES-128-GCM: a pool that routes those
-here by configuration is rejected at load (``vcrypto.host.pool``).
+here by configuration is rejected at load (``vcrypto.host.scheduling._pool``).
 
 The data contract is ``vcrypto.ops``'s, byte for byte the same as
 ``openssl``'s (tests cross-check the two: same inputs give the same outputs,

@@ -12,7 +12,7 @@ returns a ``Pending`` and the data path starts a task that awaits
 ``submit(job, pending)``, the general path below; one decision per attempt
 either way, and the same counters, health rules and retries.
 
-``Scheduler.submit(job)`` is what the general path awaits. It asks the sans-IO ``SchedulerCore`` (``_sched_core.py``) where the
+``Scheduler.submit(job)`` is what the general path awaits. It asks the sans-IO ``SchedulerCore`` (``_core``) where the
 job should run, and:
 
 - on ``Run``: calls ``resource.execute(job)`` inside ``trio.move_on_after
@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Sequence
 
 import trio
 
-from vcrypto.host._sched_core import (
+from ._core import (
     NO_CAPABLE, FailoverSpec, Outcome, PolicyKind, PoolStats, ResourceSpec,
     Run, SchedulerCore, SizeRoutingSpec, Wait,
 )
@@ -58,7 +57,7 @@ from vcrypto.host.resources._base import CryptoJob, CryptoOpError, Resource, Res
 
 __all__ = ["Scheduler", "RetryPolicy", "NoCapableResource", "JobFailed", "Pending"]
 
-log = logging.getLogger("vcrypto.host.scheduler")
+log = logging.getLogger("vcrypto.host.scheduling._scheduler")
 
 
 class _Waiter:

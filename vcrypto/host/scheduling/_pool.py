@@ -74,7 +74,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from vcrypto.host._sched_core import FailoverSpec, PolicyKind, SizeRoutingSpec
+from ._core import FailoverSpec, PolicyKind, SizeRoutingSpec
 from vcrypto.host.resources import RESOURCE_KINDS, FaultModel, Resource
 from vcrypto.host.resources.openssl import DEFAULT_MAX_INFLIGHT as OPENSSL_MAX_INFLIGHT
 from vcrypto.host.resources.openssl import OpensslResource
@@ -82,7 +82,7 @@ from vcrypto.host.resources.simulated import SimulatedResource
 from vcrypto.host.resources.sodium import DEFAULT_MAX_INFLIGHT as SODIUM_MAX_INFLIGHT
 from vcrypto.host.resources.sodium import SodiumResource
 from vcrypto.host.resources.workers import WorkersResource
-from vcrypto.host.scheduler import RetryPolicy, Scheduler
+from ._scheduler import RetryPolicy, Scheduler
 from vcrypto.ops import Op, parse_capabilities
 
 __all__ = ["PoolConfigError", "PoolConfig", "parse_pool_config", "build_scheduler",

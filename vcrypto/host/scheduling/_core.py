@@ -10,7 +10,7 @@ answer is a ``Run`` (go), a ``Wait`` (every capable resource is busy or
 unhealthy: block until something changes, never spin) or ``NO_CAPABLE`` (no
 resource in the pool can do this at all: the request is unsupported).
 
-The trio layer (``vcrypto.host.scheduler``) executes the decision, measures
+The trio layer (``vcrypto.host.scheduling._scheduler``) executes the decision, measures
 time and reports the outcome back through ``started`` / ``finished``; it owns
 every await. Nothing here touches trio, clocks or randomness, so every policy
 is tested by calling these methods directly.
@@ -60,7 +60,7 @@ from vcrypto.ops import Capability, Op
 __all__ = [
     "Health", "Outcome", "PolicyKind", "Run", "Wait", "NO_CAPABLE", "NoCapable",
     "ResourceSpec", "FailoverSpec", "SizeRoutingSpec", "ResourceStats",
-    "PoolStats", "SchedulerCore", "ConfigError",
+    "PoolStats", "SchedulerCore", "SchedulerConfigError",
 ]
 
 
@@ -189,7 +189,7 @@ class _Entry:
         return self.health is Health.HEALTHY
 
 
-class ConfigError(ValueError):
+class SchedulerConfigError(ValueError):
     """A scheduler built from inconsistent parts (unknown group, empty pool)."""
 
 
@@ -201,35 +201,35 @@ class SchedulerCore:
                  size_routing: SizeRoutingSpec | None = None,
                  unhealthy_after_faults: int = 2):
         if not resources:
-            raise ConfigError("the pool has no resources")
+            raise SchedulerConfigError("the pool has no resources")
         self._entries: dict[str, _Entry] = {}
         for i, spec in enumerate(resources):
             if spec.name in self._entries:
-                raise ConfigError(f"resource name {spec.name!r} is used twice")
+                raise SchedulerConfigError(f"resource name {spec.name!r} is used twice")
             if spec.max_inflight < 1:
-                raise ConfigError(f"resource {spec.name!r}: max_inflight must be >= 1")
+                raise SchedulerConfigError(f"resource {spec.name!r}: max_inflight must be >= 1")
             self._entries[spec.name] = _Entry(spec, i)
         self._order = list(self._entries.values())
         self.groups: dict[str, list[str]] = {}
         for gname, members in (groups or {}).items():
             for m in members:
                 if m not in self._entries:
-                    raise ConfigError(f"group {gname!r} names unknown resource {m!r}")
+                    raise SchedulerConfigError(f"group {gname!r} names unknown resource {m!r}")
                 self._entries[m].groups.add(gname)
             self.groups[gname] = list(members)
         if policy is PolicyKind.FAILOVER:
             if failover is None:
-                raise ConfigError("policy failover needs a failover section")
+                raise SchedulerConfigError("policy failover needs a failover section")
             for role, g in (("primary", failover.primary), ("secondary", failover.secondary)):
                 if g not in self.groups:
-                    raise ConfigError(f"failover {role} names unknown group {g!r}")
+                    raise SchedulerConfigError(f"failover {role} names unknown group {g!r}")
             if failover.balance not in FailoverSpec.BALANCES:
-                raise ConfigError(f"failover balance {failover.balance!r}: expected one of "
+                raise SchedulerConfigError(f"failover balance {failover.balance!r}: expected one of "
                                   f"{', '.join(FailoverSpec.BALANCES)}")
         if size_routing is not None and size_routing.group not in self.groups:
-            raise ConfigError(f"size_routing names unknown group {size_routing.group!r}")
+            raise SchedulerConfigError(f"size_routing names unknown group {size_routing.group!r}")
         if unhealthy_after_faults < 1:
-            raise ConfigError("unhealthy_after_faults must be >= 1")
+            raise SchedulerConfigError("unhealthy_after_faults must be >= 1")
         self.policy = policy
         self.failover = failover
         self.size_routing = size_routing
