@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR := .demo
 # System tools the tests and the demo drive as real peers.
-SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin
+SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin nghttp:nghttp2-client h2load:nghttp2-client
 
 .PHONY: run test venv sysdeps demo-cert check-config clean bench bench-quick benchdeps
 

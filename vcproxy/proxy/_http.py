@@ -96,6 +96,9 @@ class HttpRuntime:
     scheme: str  # "https" or "http": the X-Forwarded-Proto value
     router: Router
     pools: dict[str, UpstreamPool]
+    #: Set when a reload replaces this runtime: HTTP/2 connections send GOAWAY
+    #: so their clients reconnect to the new config.
+    retired: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass(eq=False)
@@ -323,27 +326,8 @@ class HttpProxyConnection:
 
     def _upstream_request(self, request: h11.Request, headers: list[tuple[bytes, bytes]],
                           upstream_server: object) -> h11.Request:
-        chunked = b"chunked" in _header(headers, b"transfer-encoding").lower()
-        out = [(n, v) for n, v in _strip_hop_by_hop(headers)
-               if n not in (b"x-forwarded-proto", b"x-forwarded-host", b"expect")]
-        xff = _header(headers, b"x-forwarded-for")
-        client = self.conn.client_host.encode()
-        out = [(n, v) for n, v in out if n != b"x-forwarded-for"]
-        out.append((b"x-forwarded-for", xff + b", " + client if xff else client))
-        out.append((b"x-forwarded-proto", self.rt.scheme.encode()))
-        host = _header(headers, b"host")
-        if host:
-            out.append((b"x-forwarded-host", host))
-        else:  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
-            out.append((b"host", _host_header(str(upstream_server))))
-        if chunked:
-            out.append((b"transfer-encoding", b"chunked"))
-        # _parsed=True: every name and value here came out of h11's parser (or is
-        # a constant, the client's IP address, or a value checked once by
-        # _host_header), so h11 need not run its regexes over them again (a
-        # third of its cost per request). h11 still checks framing and Host.
-        return h11.Request(method=request.method, target=request.target, headers=out,
-                           http_version=b"1.1", _parsed=True)
+        return upstream_request(request.method, request.target, headers, self.conn.client_host, self.rt.scheme,
+                                upstream_server)
 
     async def _exchange(self, request: h11.Request, headers: list[tuple[bytes, bytes]], pool: UpstreamPool,
                         upstream: UpstreamConn, record: dict[str, Any], started: float) -> bool:
@@ -511,6 +495,33 @@ class HttpProxyConnection:
         if not response_complete:
             record["aborted"] = True
         self.observer.request_done(record, seconds)
+
+
+def upstream_request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], client_host: str,
+                     scheme: str, upstream_server: object) -> h11.Request:
+    """The HTTP/1.1 request head sent upstream for a client's request (HTTP/1.x or
+    HTTP/2, whose ``:authority`` arrives here as ``host``): hop-by-hop fields
+    removed, X-Forwarded-* set."""
+    chunked = b"chunked" in _header(headers, b"transfer-encoding").lower()
+    out = [(n, v) for n, v in _strip_hop_by_hop(headers)
+           if n not in (b"x-forwarded-proto", b"x-forwarded-host", b"expect")]
+    xff = _header(headers, b"x-forwarded-for")
+    client = client_host.encode()
+    out = [(n, v) for n, v in out if n != b"x-forwarded-for"]
+    out.append((b"x-forwarded-for", xff + b", " + client if xff else client))
+    out.append((b"x-forwarded-proto", scheme.encode()))
+    host = _header(headers, b"host")
+    if host:
+        out.append((b"x-forwarded-host", host))
+    else:  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
+        out.append((b"host", _host_header(str(upstream_server))))
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    # _parsed=True: every name and value here came out of h11's (or h2's) parser
+    # (or is a constant, the client's IP address, or a value checked once by
+    # _host_header), so h11 need not run its regexes over them again (a
+    # third of its cost per request). h11 still checks framing and Host.
+    return h11.Request(method=method, target=target, headers=out, http_version=b"1.1", _parsed=True)
 
 
 def _fail_status(body_err: Exception | None, relay_err: Exception | None) -> int | None:

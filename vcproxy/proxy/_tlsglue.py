@@ -55,7 +55,7 @@ def build_server_config(listener: ListenerConfig, config: Config,
     tls = listener.tls
     kwargs = dict(
         certificates=[load_certificate(c) for c in tls.certificates],
-        alpn_protocols=tls.alpn,
+        alpn_protocols=listener.alpn(),
         cipher_suites=tls.cipher_suites,
         groups=tls.groups,
         tickets=TicketConfig(enabled=tls.tickets.enabled, lifetime_s=tls.tickets.lifetime_s, keys=ticket_keys),
