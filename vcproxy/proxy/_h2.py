@@ -68,6 +68,8 @@ from hyperframe.frame import GoAwayFrame
 
 from ._http import (
     DRAIN_FIRST_REQUEST_WAIT_S,
+    LINGER_UNREAD_BYTES,
+    LINGER_UNREAD_S,
     READ_CHUNK_BYTES,
     _REASONS,
     ConnState,
@@ -97,6 +99,13 @@ _CODES = h2.errors.ErrorCodes
 #: from the client's fields well-formed, since h11 does not re-check them.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
+
+
+def _code_name(code: int) -> str:
+    try:
+        return _CODES(code).name
+    except ValueError:
+        return str(code)
 
 
 class FloodMeter:
@@ -172,6 +181,7 @@ class H2ProxyConnection:
         self._read_scope: trio.CancelScope | None = None
         self._idle_since = time.monotonic()
         self._scope = trio.CancelScope()
+        self._linger = False  # a GOAWAY for a fault went out: drop what follows before closing
 
     # ---------------------------------------------------------------- client I/O
 
@@ -219,7 +229,26 @@ class H2ProxyConnection:
                     try:
                         await self._flush()
                     except _ConnectionGone:
-                        pass
+                        return
+        if self._linger:
+            await self._drop_unread()
+
+    async def _drop_unread(self) -> None:
+        """After a GOAWAY for a fault, read and drop what the client still sends
+        (bounded) before closing: closing with unread bytes makes the kernel
+        send a reset, which can destroy the GOAWAY before the client reads it
+        (RFC 9113 §6.8: the sender of a GOAWAY keeps reading; as _http does
+        after an early 413)."""
+        with trio.move_on_after(LINGER_UNREAD_S):
+            dropped = 0
+            while dropped < LINGER_UNREAD_BYTES:
+                try:
+                    data = await self.stream.receive_some(READ_CHUNK_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+                if not data:
+                    return
+                dropped += len(data)
 
     def _read_deadline(self) -> float:
         if self.streams:
@@ -250,8 +279,14 @@ class H2ProxyConnection:
                 return
             try:
                 events = self.h2.receive_data(data)
-            except h2.exceptions.ProtocolError:
-                return  # h2 queued the GOAWAY with its code; serve() flushes it
+            except h2.exceptions.ProtocolError as exc:
+                # h2 queued the GOAWAY with its code; serve() flushes it.
+                log = _log.error_log.warning if isinstance(exc, h2.exceptions.DenialOfServiceError) \
+                    else _log.error_log.debug
+                log("http2_goaway", listener=self.rt.listener, client=self.conn.client_host,
+                    code=_code_name(exc.error_code), reason=str(exc))
+                self._linger = True
+                return
             for event in events:
                 if not self._dispatch(event):
                     return
@@ -317,6 +352,7 @@ class H2ProxyConnection:
         _log.error_log.warning("http2_goaway", listener=self.rt.listener, client=self.conn.client_host,
                                code="ENHANCE_YOUR_CALM", reason=why)
         self.h2.close_connection(_CODES.ENHANCE_YOUR_CALM, additional_data=why.encode())
+        self._linger = True
         return False
 
     def _start_stream(self, event: h2.events.RequestReceived) -> bool:
