@@ -619,7 +619,15 @@ class H2ProxyConnection:
                 await self._flush()  # about to wait on the upstream: the client gets what we have
                 await _receive_upstream(upstream, timeout_s, name)
             elif isinstance(nxt, h11.Data):
-                await self._send_data(st, nxt.data)
+                data = nxt.data
+                nxt = _upstream_event_nowait(upstream, name)
+                if isinstance(nxt, h11.EndOfMessage) and not nxt.headers:
+                    await self._send_data(st, data, end_stream=True)  # END_STREAM on the last DATA frame
+                    st.finished = True
+                    await self._finish_stream(st)
+                    return
+                await self._send_data(st, data)
+                continue
             elif isinstance(nxt, h11.EndOfMessage):
                 trailers = _strip_hop_by_hop(list(nxt.headers))
                 if trailers:
@@ -641,9 +649,12 @@ class H2ProxyConnection:
             self._reset(st, _CODES.NO_ERROR)
         await self._flush()
 
-    async def _send_data(self, st: _Stream, data: bytes) -> None:
-        """``data`` as DATA frames within the client's windows (RFC 9113 §6.9)."""
+    async def _send_data(self, st: _Stream, data: bytes, end_stream: bool = False) -> None:
+        """``data`` as DATA frames within the client's windows (RFC 9113 §6.9);
+        ``end_stream`` sets END_STREAM on the last one."""
         view = memoryview(data)
+        if not view and end_stream:
+            self.h2.end_stream(st.id)
         while view:
             window = min(self._window(st), self.h2.max_outbound_frame_size)
             if window <= 0:
@@ -658,7 +669,7 @@ class H2ProxyConnection:
                     raise _ClientGone(f"stream {st.id}: no flow-control window within {timeout_s}s")
                 continue
             n = min(window, len(view))
-            self.h2.send_data(st.id, bytes(view[:n]))
+            self.h2.send_data(st.id, bytes(view[:n]), end_stream=end_stream and n == len(view))
             view = view[n:]
             self._unflushed_bytes += n
             if self._unflushed_bytes >= READ_CHUNK_BYTES:
@@ -689,8 +700,7 @@ class H2ProxyConnection:
                                          (b"content-type", b"text/plain; charset=utf-8"),
                                          (b"content-length", str(len(body)).encode())])
             try:
-                await self._send_data(st, body)
-                self.h2.end_stream(st.id)
+                await self._send_data(st, body, end_stream=True)
                 st.finished = True
                 await self._finish_stream(st)
             except _ClientGone:
