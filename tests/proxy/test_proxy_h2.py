@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import h2.config
@@ -44,11 +45,62 @@ def _config(upstream, cert, provider: str) -> dict:
                               "max_control_frames_per_window": MAX_CONTROL_FRAMES})
 
 
+class TrailerUpstream:
+    """An HTTP/1.1 origin on a thread that answers each request with a chunked
+    body and a trailer, and keeps the raw bytes of the requests it read."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(TIMEOUT_S)
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                request = head + b"\r\n\r\n"
+                if b"transfer-encoding: chunked" in head.lower():
+                    while not data.endswith(b"\r\n\r\n") or b"0\r\n" not in data:  # a chunked body, to its end
+                        data += conn.recv(65536)
+                    request, data = request + data, b""
+                self.requests.append(request)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
+                             b"5\r\nhello\r\n0\r\nx-checksum: abc123\r\n\r\n")
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def trailer_upstream():
+    up = TrailerUpstream()
+    yield up
+    up.stop()
+
+
 @pytest.fixture(scope="module", params=["inline", "vcrypto"])
-def proxy(request, tmp_path_factory, certs, upstream):
+def proxy(request, tmp_path_factory, certs, upstream, trailer_upstream):
     """With ``vcrypto`` every handshake and record of the h2 connections goes through the daemons."""
-    with running_proxy(tmp_path_factory.mktemp(f"h2-{request.param}"),
-                       _config(upstream, certs["a"], request.param)) as p:
+    config = _config(upstream, certs["a"], request.param)
+    config["upstreams"]["trailers"] = {"servers": [trailer_upstream.address]}
+    config["routes"].append({"path_prefix": "/trailers", "upstream": "trailers"})
+    with running_proxy(tmp_path_factory.mktemp(f"h2-{request.param}"), config) as p:
         p.provider = request.param
         yield p
 
@@ -233,6 +285,29 @@ def test_python_client_streams_and_authority_routing(proxy, ctx):
         sid = c.request([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
                          (b":path", b"/a b")])
         assert c.response(sid)[0] == 400
+    finally:
+        c.close()
+
+
+def test_trailers_both_ways(proxy, ctx, trailer_upstream):
+    c = Client(proxy.port, ctx)
+    try:
+        sid = c.h2.get_next_available_stream_id()
+        c.h2.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                                (b":path", b"/trailers"), (b"te", b"trailers")])
+        c.h2.send_data(sid, b"body")
+        c.h2.send_headers(sid, [(b"x-req-trailer", b"1")], end_stream=True)
+        c.flush()
+        trailers = None
+        deadline = time.monotonic() + TIMEOUT_S
+        while trailers is None and time.monotonic() < deadline and not c.closed:
+            for event in c.events():
+                if isinstance(event, h2.events.TrailersReceived) and event.stream_id == sid:
+                    trailers = dict(event.headers)
+        assert trailers == {b"x-checksum": b"abc123"}  # the upstream's chunked trailer, as HTTP/2 trailers
+        sent = trailer_upstream.requests[-1]
+        assert b"transfer-encoding: chunked" in sent.lower()
+        assert sent.endswith(b"4\r\nbody\r\n0\r\nx-req-trailer: 1\r\n\r\n")  # ours, on the last chunk
     finally:
         c.close()
 

@@ -137,6 +137,9 @@ class _Stream:
     headers: list[tuple[bytes, bytes]]
     body: deque[tuple[bytes, int]] = field(default_factory=deque)  # (data, flow-controlled length)
     body_ended: bool = False
+    #: END_STREAM came on the request head: no body at all. (Not ``body_ended``:
+    #: the whole body may have arrived before the stream task first runs.)
+    bodyless: bool = False
     body_closed: bool = False  # we stopped reading the body: acknowledge and drop what comes
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
     readable: trio.Event = field(default_factory=trio.Event)
@@ -361,7 +364,7 @@ class H2ProxyConnection:
             # RFC 9113 §6.8: after our GOAWAY, later streams are not processed.
             self.h2.reset_stream(sid, _CODES.REFUSED_STREAM)
             return True
-        st = _Stream(sid, list(event.headers), body_ended=event.stream_ended)
+        st = _Stream(sid, list(event.headers), body_ended=event.stream_ended, bodyless=event.stream_ended)
         self.streams[sid] = st
         self.conn.requests += 1
         self._first_stream.set()
@@ -484,7 +487,7 @@ class H2ProxyConnection:
     async def _exchange(self, st: _Stream, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                         pool: UpstreamPool, upstream: UpstreamConn, record: dict[str, Any], started: float) -> bool:
         """Proxy the stream over ``upstream``; returns whether it went back to the pool."""
-        has_body = not st.body_ended
+        has_body = not st.bodyless
         chunked = has_body and not _header(headers, b"content-length")
         if chunked:  # HTTP/2 bodies have no length of their own (RFC 9113 §8.1)
             headers = headers + [(b"transfer-encoding", b"chunked")]
