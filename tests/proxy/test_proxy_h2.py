@@ -29,6 +29,7 @@ import pytest
 from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
+from vcproxy.proxy._h2 import FloodMeter
 from vcproxy.proxy.demo_upstream import expected_sha256
 from proxy_testkit import base_config, running_proxy
 
@@ -108,6 +109,14 @@ def proxy(request, tmp_path_factory, certs, upstream, trailer_upstream):
 def curl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["curl", "-sS", "--http2", "--max-time", "60", *args], input=input,
                           capture_output=True, timeout=90)
+
+
+def test_flood_meter_counts_a_sliding_window():
+    meter = FloodMeter(limit=3, window_s=10.0)
+    assert [meter.hit(t) for t in (0.0, 1.0, 2.0)] == [False, False, False]
+    assert meter.hit(3.0)  # a 4th within 10 s
+    assert not meter.hit(12.5)  # 0.0, 1.0 and 2.0 have left the window: 3.0, 12.5
+    assert [meter.hit(13.0) for _ in range(3)] == [False, False, True]  # 3.0 left too: 12.5 + three
 
 
 # ----------------------------------------------------------------- a Python h2 client

@@ -85,6 +85,7 @@ from ._http import (
     _send_upstream,
     _strip_hop_by_hop,
     _upstream_event_nowait,
+    pump_and_relay,
     upstream_request,
 )
 from vcproxy import _log
@@ -509,7 +510,10 @@ class H2ProxyConnection:
             except (UpstreamError, h11.RemoteProtocolError, _ClientGone) as exc:
                 state["relay"] = exc
         else:
-            await self._exchange_with_body(st, upstream, pool, method, chunked, state)
+            _, whole = await pump_and_relay(lambda: self._pump_body(st, upstream, pool, chunked),
+                                            lambda: self._relay(st, upstream, pool, method), state)
+            if not whole:
+                st.body_closed = True  # what the client still sends is acknowledged and dropped
         body_err, relay_err = state["body"], state["relay"]
         for e in (relay_err, body_err):
             if isinstance(e, UpstreamError):
@@ -536,34 +540,6 @@ class H2ProxyConnection:
             return False
         await self._respond_error(st, fail, _REASONS[fail], record, started)
         return False
-
-    async def _exchange_with_body(self, st: _Stream, upstream: UpstreamConn, pool: UpstreamPool, method: bytes,
-                                  chunked: bool, state: dict[str, Exception | None]) -> None:
-        body_done = trio.Event()
-
-        async def pump_body(cancel: trio.CancelScope) -> None:
-            try:
-                await self._pump_body(st, upstream, pool, chunked)
-            except (_ClientGone, _BodyTooLarge) as exc:
-                state["body"] = exc
-                cancel.cancel()
-            except UpstreamError as exc:
-                state["body"] = exc  # the upstream stopped reading: it may still answer
-            finally:
-                body_done.set()
-
-        with trio.CancelScope() as exchange_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump_body, exchange_scope)
-                try:
-                    await self._relay(st, upstream, pool, method)
-                except (UpstreamError, h11.RemoteProtocolError, _ClientGone) as exc:
-                    state["relay"] = exc
-                    nursery.cancel_scope.cancel()
-                if not body_done.is_set():
-                    nursery.cancel_scope.cancel()  # answered before the body ended
-        if not body_done.is_set() or state["body"] is not None:
-            st.body_closed = True
 
     async def _pump_body(self, st: _Stream, upstream: UpstreamConn, pool: UpstreamPool, chunked: bool) -> None:
         name, timeout_s = pool.name, pool.config.read_timeout_s
