@@ -146,7 +146,7 @@ class _Stream:
     readable: trio.Event = field(default_factory=trio.Event)
     writable: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    reset_by_client: bool = False
+    was_reset: bool = False  # RST_STREAM received, or h2 reset it itself
     logged: bool = False
     status: int | None = None  # the response head we sent
     finished: bool = False  # we sent END_STREAM (or RST_STREAM)
@@ -322,11 +322,13 @@ class H2ProxyConnection:
                 st.body_ended = True
                 st.readable.set()
         elif isinstance(event, E.StreamReset):
+            # The client's RST_STREAM, or h2's own for a stream-level fault
+            # (a body longer than its content-length, say): the stream is over.
             st = self.streams.get(event.stream_id)
-            if st is not None and event.remote_reset:
-                st.reset_by_client = True
+            if st is not None:
+                st.was_reset = True
                 st.scope.cancel()
-                if not st.finished and self._resets.hit(now):
+                if event.remote_reset and not st.finished and self._resets.hit(now):
                     return self._calm("rapid reset")
         elif isinstance(event, E.WindowUpdated):
             if event.stream_id == 0:
@@ -425,16 +427,18 @@ class H2ProxyConnection:
         try:
             with st.scope:
                 await self._proxy(st, record, started)
-        except _ConnectionGone:
-            record.setdefault("error", "client connection lost")
+        except* (_ConnectionGone, h2.exceptions.ProtocolError) as group:
+            # The connection died under the stream, or h2 closed the stream
+            # between two of our calls (except*: nurseries wrap what they raise).
+            record.setdefault("error", f"{type(group.exceptions[0]).__name__}: {group.exceptions[0]}")
         finally:
             self._stream_done(st)
             if not st.logged:  # reset by the client, or the connection ended under it
                 record["status"] = st.status or 499
                 if st.status is not None:
                     record["aborted"] = True
-                if st.reset_by_client:
-                    record.setdefault("error", "reset by the client")
+                if st.was_reset:
+                    record.setdefault("error", "stream reset")
                 self._log(st, record, started)
 
     async def _proxy(self, st: _Stream, record: dict[str, Any], started: float) -> None:
@@ -463,9 +467,12 @@ class H2ProxyConnection:
                 or not all(_TOKEN.fullmatch(n) for n, _ in headers)):
             return await self._respond_error(st, 400, "malformed request", record, started)
         length = _header(headers, b"content-length")
-        if length and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
-            status = 413 if length.isdigit() else 400
-            return await self._respond_error(st, status, _REASONS[status], record, started)
+        if length and not length.isdigit() or st.bodyless and length not in (b"", b"0"):
+            # RFC 9113 §8.1.1: a content-length that the DATA frames (none
+            # here) do not add up to makes the request malformed.
+            return await self._respond_error(st, 400, "content-length does not match the body", record, started)
+        if length and int(length) > self.limits.max_body_bytes:
+            return await self._respond_error(st, 413, _REASONS[413], record, started)
         route = self.rt.router.match(host, target.decode("latin-1").split("?", 1)[0])
         if route is None:
             return await self._respond_error(st, 404, "no route", record, started)
@@ -661,7 +668,7 @@ class H2ProxyConnection:
             raise _ClientGone(f"stream {st.id} closed") from exc
 
     def _reset(self, st: _Stream, code: int) -> None:
-        if st.reset_by_client:
+        if st.was_reset:
             return
         try:
             self.h2.reset_stream(st.id, code)
