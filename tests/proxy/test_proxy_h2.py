@@ -481,10 +481,25 @@ def _goaway_then_answer(proxy, signum: int) -> str:
     return out
 
 
-def test_reload_and_drain_send_goaway_and_let_streams_finish(tmp_path, certs, upstream, ctx):
+def test_idle_reload_and_drain_send_goaway_and_let_streams_finish(tmp_path, certs, upstream, ctx):
     config = _config(upstream, certs["a"], "inline")
     config["workers"] = 1
+    config["limits"] = {"idle_timeout_s": 1.0}
     with running_proxy(tmp_path, config) as proxy:
+        # idle: GOAWAY(NO_ERROR) 1 s after the last stream ended, PINGs or not
+        c = Client(proxy.port, ctx)
+        assert c.response(c.request())[0] == 200
+        ended = time.monotonic()
+        goaway = None
+        while goaway is None and time.monotonic() - ended < 10:
+            c.h2.ping(b"12345678")
+            c.flush()
+            time.sleep(0.2)  # 5 PINGs/s: far below the control-frame limit
+            with contextlib.suppress(TimeoutError):
+                goaway = next((e for e in c.events(0.2) if isinstance(e, h2.events.ConnectionTerminated)), None)
+        assert goaway is not None and goaway.error_code == ErrorCodes.NO_ERROR
+        assert 0.9 < time.monotonic() - ended < 5
+        c.close()
         _goaway_then_answer(proxy, signal.SIGHUP)
         serves(proxy, ctx)  # a new connection gets the new generation
         _goaway_then_answer(proxy, signal.SIGTERM)
