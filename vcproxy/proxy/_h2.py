@@ -161,8 +161,12 @@ class H2ProxyConnection:
         self.limits = runtime.config.limits
         self.settings = s = runtime.config.http2
         self.observer = observer
+        # Outbound fields are not re-validated: they are h11's parse of the
+        # upstream's head (lowercase tokens, no CR/LF/NUL) minus the hop-by-hop
+        # ones HTTP/2 forbids (RFC 9113 §8.2.2), or our own constants.
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True))
+            client_side=False, header_encoding=None, validate_inbound_headers=True,
+            validate_outbound_headers=False, normalize_outbound_headers=False))
         codes = h2.settings.SettingCodes
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             codes.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams,
