@@ -517,12 +517,12 @@ class H2ProxyConnection:
         if not has_body:
             try:
                 await _send_upstream(upstream, h11.EndOfMessage(), pool.name, timeout_s)
-                await self._relay(st, upstream, pool, method)
+                await self._relay(st, upstream, pool)
             except (UpstreamError, h11.RemoteProtocolError, _ClientGone) as exc:
                 state["relay"] = exc
         else:
             _, whole = await pump_and_relay(lambda: self._pump_body(st, upstream, pool, chunked),
-                                            lambda: self._relay(st, upstream, pool, method), state)
+                                            lambda: self._relay(st, upstream, pool), state)
             if not whole:
                 st.body_closed = True  # what the client still sends is acknowledged and dropped
         body_err, relay_err = state["body"], state["relay"]
@@ -580,7 +580,7 @@ class H2ProxyConnection:
             await _send_upstream(upstream, h11.EndOfMessage(headers=_strip_hop_by_hop(trailers)), name, timeout_s)
             return
 
-    async def _relay(self, st: _Stream, upstream: UpstreamConn, pool: UpstreamPool, method: bytes) -> None:
+    async def _relay(self, st: _Stream, upstream: UpstreamConn, pool: UpstreamPool) -> None:
         name, timeout_s = pool.name, pool.config.read_timeout_s
         while True:
             event = await _next_upstream_event(upstream, timeout_s, name)

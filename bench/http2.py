@@ -1,7 +1,7 @@
 """HTTP/2 beside HTTP/1.1: keep-alive small requests/s and CPU per request,
 inline vs vcrypto, in one run.
 
-    .venv/bin/python bench/h2.py [--repeats 1] [--seconds 5] [--conns 16] [--streams 10]
+    .venv/bin/python bench/http2.py [--repeats 1] [--seconds 5] [--conns 16] [--streams 10]
 
 Both configurations (``bench/_configs``: ``inline`` and ``openssl``, the
 vcrypto one) stay up against the same ``bench/_upstream.py``; each repeat runs,
