@@ -81,8 +81,12 @@ class Handshakes:
 _BYTES = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
 
 
-def h2load(port: int, conns: int, seconds: float, path: str = "/", warmup_s: float = 0.5) -> dict:
-    argv = ["h2load", "--h1", "-c", str(conns), "-D", str(max(1, round(seconds))),
+def h2load(port: int, conns: int, seconds: float, path: str = "/", warmup_s: float = 0.5,
+           http2: bool = False, streams: int = 1) -> dict:
+    """h2load for a duration: HTTP/1.1 keep-alive (``--h1``) unless ``http2``;
+    ``streams`` requests in flight per connection (``-m``: HTTP/2 streams)."""
+    argv = ["h2load", *(() if http2 else ("--h1",)), "-m", str(streams), "-c", str(conns),
+            "-D", str(max(1, round(seconds))),
             "--warm-up-time", f"{int(warmup_s * 1000)}ms", f"https://127.0.0.1:{port}{path}"]
     (out,) = _finish([_spawn(argv)], seconds + warmup_s + SLACK_S)
     m = re.search(r"finished in ([\d.]+)(ms|s), ([\d.]+) req/s", out)

@@ -35,7 +35,7 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tls_handshake_seconds": ("histogram", ("listener",), "TLS handshake latency, successful handshakes"),
     "bytes_received_total": ("counter", ("listener",), "bytes received from clients (on the wire; added every 64 KiB of a connection and at its close)"),
     "bytes_sent_total": ("counter", ("listener",), "bytes sent to clients (on the wire; added every 64 KiB of a connection and at its close)"),
-    "http_requests_total": ("counter", ("listener", "status"), "HTTP requests by response status"),
+    "http_requests_total": ("counter", ("listener", "status", "http_version"), "HTTP requests (HTTP/2: streams) by response status and HTTP version (1.0, 1.1, 2)"),
     "http_request_seconds": ("histogram", ("listener",), "HTTP request latency, head received to response end"),
     "tcp_sessions_total": ("counter", ("listener", "result"), "tcp-mode sessions by result"),
     "upstream_errors_total": ("counter", ("upstream", "kind"), "upstream failures: connect, timeout, protocol, closed"),

@@ -136,6 +136,31 @@ def test_config_tree_is_frozen():
         config.upstreams["x"] = config.upstreams["demo"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("mode, alpn, path, words", [
+    ("http", ["h2", "spdy/3"], "listeners[0].tls.alpn[1]", "cannot serve 'spdy/3'"),
+    ("tcp", ["h2"], "listeners[0].tls.alpn[0]", "mode tcp cannot serve 'h2'"),
+    ("http", ["http/1.1", "http/1.1"], "listeners[0].tls.alpn", "twice"),
+])
+def test_check_config_rejects_alpn_the_listener_cannot_serve(mode, alpn, path, words):
+    data = _with("listeners[0].tls.alpn", alpn)
+    data["listeners"][0].update(mode=mode, upstream="demo")
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(data))
+    assert any(p == path and words in m for p, m in info.value.problems), info.value.problems
+
+
+def test_alpn_defaults_by_mode_and_http2_limits():
+    config = parse_config(yaml.safe_dump(VALID))
+    assert config.listeners[0].alpn() == ("h2", "http/1.1")
+    assert config.http2.max_concurrent_streams == 100
+    tcp = _with("listeners[0].mode", "tcp")
+    tcp["listeners"][0]["upstream"] = "demo"
+    assert parse_config(yaml.safe_dump(tcp)).listeners[0].alpn() == ("http/1.1",)
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(_with("http2.max_frame_size_bytes", 1000)))
+    assert info.value.problems[0][0] == "http2.max_frame_size_bytes"
+
+
 def test_check_config_loads_certificates(tmp_path, certs):
     data = _with("listeners[0].tls", {"certificates": [{"cert": str(certs["a"][0]), "key": str(certs["b"][1])}]})
     f = tmp_path / "mismatch.yaml"

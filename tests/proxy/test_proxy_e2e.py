@@ -64,7 +64,7 @@ def test_curl_gets_the_demo_upstream_through_tls(proxy, certs):
     assert result.returncode == 0, result.stderr
     body, _, info = result.stdout.decode().rpartition("\n")
     assert body == "hello from the vcproxy demo upstream\n"
-    assert info == "1.1 0"  # HTTP/1.1 over ALPN, certificate verified for SNI "localhost"
+    assert info == "2 0"  # HTTP/2 over ALPN (the default offer), certificate verified for SNI "localhost"
     # several requests on one curl connection (keep-alive) and the X-Forwarded headers
     result = curl("-k", f"https://127.0.0.1:{proxy.port}/headers", f"https://127.0.0.1:{proxy.port}/",
                   "-w", "%{num_connects}\n")
@@ -92,7 +92,7 @@ def test_python_client_keepalive_and_new_connections(proxy, ctx):
 
 def test_alpn_http11_with_python_ssl(proxy, certs):
     c = client_context(certs["a"][0])
-    c.set_alpn_protocols(["h2", "http/1.1"])
+    c.set_alpn_protocols(["http/1.1"])  # a client that offers h2 gets it (tests/proxy/test_proxy_h2.py)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
         with c.wrap_socket(raw, server_hostname="localhost") as tls:
             assert tls.selected_alpn_protocol() == "http/1.1"

@@ -20,6 +20,7 @@ from ._schema import (
     CryptoConfig,
     DemoUpstreamConfig,
     HealthCheckConfig,
+    Http2Config,
     LimitsConfig,
     ListenerConfig,
     LoggingConfig,
@@ -34,7 +35,7 @@ from ._schema import (
 
 __all__ = [
     "CertificateConfig", "Config", "ConfigError", "CryptoConfig", "DemoUpstreamConfig",
-    "HealthCheckConfig", "LimitsConfig", "ListenerConfig", "LoggingConfig", "MetricsConfig",
+    "HealthCheckConfig", "Http2Config", "LimitsConfig", "ListenerConfig", "LoggingConfig", "MetricsConfig",
     "RouteConfig", "ServerAddress", "TicketsConfig", "TLSConfig", "UpstreamConfig",
     "VcryptoConfig", "load_config", "parse_config", "reference",
 ]

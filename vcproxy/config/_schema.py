@@ -103,7 +103,9 @@ class TicketsConfig:
 class TLSConfig:
     enabled: bool = opt(True, "terminate TLS on this listener (false: plain TCP, for tests and local use)")
     certificates: tuple[CertificateConfig, ...] = opt((), "certificates; the first is the default when SNI matches none")
-    alpn: tuple[str, ...] = opt(("http/1.1",), "ALPN protocols offered, in preference order")
+    alpn: tuple[str, ...] | None = opt(
+        None, "ALPN protocols offered, in preference order: h2 and/or http/1.1 on an http listener, "
+              "http/1.1 on a tcp one (default: [h2, http/1.1] on http listeners, [http/1.1] on tcp listeners)")
     versions: tuple[Literal["1.3", "1.2"], ...] = opt(("1.2", "1.3"), "TLS versions served (SSL 3.0 and TLS 1.0/1.1 are never negotiated, RFC 8996)")
     min_version: Literal["1.2", "1.3"] | None = opt(None, "lowest TLS version served (drops lower ones from `versions`)")
     require_extended_master_secret: bool = opt(True, "TLS 1.2: refuse clients without extended_master_secret (RFC 7627) with handshake_failure")
@@ -124,7 +126,7 @@ class ListenerConfig:
     port: int = req("TCP port; 0 picks a free one (logged at start)")
     name: str | None = opt(None, "name used in logs and metrics labels (default: listener<index>)")
     address: str = opt("127.0.0.1", "IP address to bind")
-    mode: Literal["http", "tcp"] = opt("http", "http: HTTP/1.1 reverse proxy; tcp: pump bytes to `upstream` after TLS")
+    mode: Literal["http", "tcp"] = opt("http", "http: HTTP/1.1 and HTTP/2 reverse proxy; tcp: pump bytes to `upstream` after TLS")
     upstream: str | None = opt(None, "tcp mode: the upstream that receives the decrypted byte stream")
     tls: TLSConfig = opt(TLSConfig(), "TLS termination")
 
@@ -132,7 +134,35 @@ class ListenerConfig:
         out = _check_port(self.port) + _check_address(self.address)
         if self.mode == "tcp" and self.upstream is None:
             out.append(("upstream", "required when mode is tcp"))
+        out += _check_alpn(self.mode, self.tls.alpn)
         return out
+
+    def alpn(self) -> tuple[str, ...]:
+        """The ALPN protocols this listener offers (``tls.alpn`` or the mode's default)."""
+        if self.tls.alpn is not None:
+            return self.tls.alpn
+        return ALPN_SERVED[self.mode]
+
+
+#: What each listener mode can serve after ALPN, preference order (also the
+#: default offer). A tcp listener pumps bytes to an upstream whose protocol
+#: vcproxy does not speak for it: offering h2 there would let clients pick
+#: HTTP/2 without anything that terminates it.
+ALPN_SERVED: Mapping[str, tuple[str, ...]] = MappingProxyType({"http": ("h2", "http/1.1"), "tcp": ("http/1.1",)})
+
+
+def _check_alpn(mode: str, alpn: tuple[str, ...] | None) -> list[tuple[str, str]]:
+    if alpn is None:
+        return []
+    served = ALPN_SERVED[mode]
+    out = []
+    for i, proto in enumerate(alpn):
+        if proto not in served:
+            out.append((f"tls.alpn[{i}]", f"a listener in mode {mode} cannot serve {proto!r} "
+                                          f"(it serves: {', '.join(served)})"))
+    if len(set(alpn)) != len(alpn):
+        out.append(("tls.alpn", "lists a protocol twice"))
+    return out
 
 
 @dataclass(frozen=True)
@@ -327,6 +357,38 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class Http2Config:
+    """HTTP/2 to clients (``vcproxy/proxy/_h2.py``); idle, header, body and send
+    timeouts are ``limits``' as for HTTP/1.1."""
+
+    max_concurrent_streams: int = opt(100, "streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused")
+    max_header_list_size_bytes: int = opt(
+        16 * KIB, "decoded request headers per stream (SETTINGS_MAX_HEADER_LIST_SIZE, RFC 9113 6.5.2 sizing); "
+                  "larger ends the connection with ENHANCE_YOUR_CALM (an HPACK bomb stops there)")
+    initial_window_size_bytes: int = opt(
+        64 * KIB, "flow-control window per request body stream (SETTINGS_INITIAL_WINDOW_SIZE): what a client may "
+                  "send ahead of the upstream; the connection window is this x max_concurrent_streams")
+    max_frame_size_bytes: int = opt(16 * KIB, "largest frame accepted (SETTINGS_MAX_FRAME_SIZE), 16384..16777215")
+    max_resets_per_window: int = opt(
+        200, "client RST_STREAMs of unfinished streams tolerated per reset_window_s; more is a rapid-reset "
+             "attack (CVE-2023-44487): GOAWAY(ENHANCE_YOUR_CALM) and close")
+    max_control_frames_per_window: int = opt(
+        1000, "PING and SETTINGS frames tolerated per reset_window_s (each needs an answer); more: "
+              "GOAWAY(ENHANCE_YOUR_CALM) and close")
+    reset_window_s: float = opt(10 * SECONDS, "the window of the two flood limits above")
+
+    def check(self) -> list[tuple[str, str]]:
+        out = _check_positive(self, "max_concurrent_streams", "max_header_list_size_bytes",
+                              "max_resets_per_window", "max_control_frames_per_window", "reset_window_s")
+        # RFC 9113 6.5.2: initial window <= 2^31-1; max frame size 2^14..2^24-1.
+        if not 1 <= self.initial_window_size_bytes <= 2**31 - 1:
+            out.append(("initial_window_size_bytes", f"must be 1..2147483647, got {self.initial_window_size_bytes}"))
+        if not 16384 <= self.max_frame_size_bytes <= 2**24 - 1:
+            out.append(("max_frame_size_bytes", f"must be 16384..16777215, got {self.max_frame_size_bytes}"))
+        return out
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = opt(True, "serve Prometheus metrics")
     address: str = opt("127.0.0.1", "metrics bind address")
@@ -363,6 +425,7 @@ class Config:
     crypto: CryptoConfig = opt(CryptoConfig(), "where TLS crypto runs")
     vcrypto: VcryptoConfig = opt(VcryptoConfig(), "the vcrypto daemons (used when crypto.provider is vcrypto)")
     limits: LimitsConfig = opt(LimitsConfig(), "limits and timeouts")
+    http2: Http2Config = opt(Http2Config(), "HTTP/2 to clients (selected by ALPN h2 on TLS http listeners)")
     metrics: MetricsConfig = opt(MetricsConfig(), "Prometheus endpoint (served by the supervisor, all workers aggregated)")
     logging: LoggingConfig = opt(LoggingConfig(), "logs")
     demo_upstream: DemoUpstreamConfig = opt(DemoUpstreamConfig(), "built-in demo upstream")

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -96,6 +97,9 @@ class HttpRuntime:
     scheme: str  # "https" or "http": the X-Forwarded-Proto value
     router: Router
     pools: dict[str, UpstreamPool]
+    #: Set when a reload replaces this runtime: HTTP/2 connections send GOAWAY
+    #: so their clients reconnect to the new config.
+    retired: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass(eq=False)
@@ -323,27 +327,8 @@ class HttpProxyConnection:
 
     def _upstream_request(self, request: h11.Request, headers: list[tuple[bytes, bytes]],
                           upstream_server: object) -> h11.Request:
-        chunked = b"chunked" in _header(headers, b"transfer-encoding").lower()
-        out = [(n, v) for n, v in _strip_hop_by_hop(headers)
-               if n not in (b"x-forwarded-proto", b"x-forwarded-host", b"expect")]
-        xff = _header(headers, b"x-forwarded-for")
-        client = self.conn.client_host.encode()
-        out = [(n, v) for n, v in out if n != b"x-forwarded-for"]
-        out.append((b"x-forwarded-for", xff + b", " + client if xff else client))
-        out.append((b"x-forwarded-proto", self.rt.scheme.encode()))
-        host = _header(headers, b"host")
-        if host:
-            out.append((b"x-forwarded-host", host))
-        else:  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
-            out.append((b"host", _host_header(str(upstream_server))))
-        if chunked:
-            out.append((b"transfer-encoding", b"chunked"))
-        # _parsed=True: every name and value here came out of h11's parser (or is
-        # a constant, the client's IP address, or a value checked once by
-        # _host_header), so h11 need not run its regexes over them again (a
-        # third of its cost per request). h11 still checks framing and Host.
-        return h11.Request(method=request.method, target=request.target, headers=out,
-                           http_version=b"1.1", _parsed=True)
+        return upstream_request(request.method, request.target, headers, self.conn.client_host, self.rt.scheme,
+                                upstream_server)
 
     async def _exchange(self, request: h11.Request, headers: list[tuple[bytes, bytes]], pool: UpstreamPool,
                         upstream: UpstreamConn, record: dict[str, Any], started: float) -> bool:
@@ -398,31 +383,9 @@ class HttpProxyConnection:
                                   state: dict[str, Exception | None]) -> int:
         """Body pump and response relay as two tasks (see the module docstring);
         their failures land in ``state`` for ``_exchange`` to judge."""
-        body_done = trio.Event()
-
-        async def pump_body(cancel: trio.CancelScope) -> None:
-            try:
-                await self._pump_request_body(upstream, pool)
-            except (_ClientGone, _BodyTooLarge, h11.RemoteProtocolError) as exc:
-                state["body"] = exc
-                cancel.cancel()  # nothing sensible can reach the upstream any more
-            except UpstreamError as exc:
-                # The upstream stopped reading: it may still have a response for us.
-                state["body"] = exc
-            finally:
-                body_done.set()
-
-        status = 0
-        with trio.CancelScope() as exchange_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump_body, exchange_scope)
-                try:
-                    status = await self._relay_response(upstream, pool.config.read_timeout_s, pool.name)
-                except (UpstreamError, h11.RemoteProtocolError, _ClientGone) as exc:
-                    state["relay"] = exc
-                    nursery.cancel_scope.cancel()
-                if not body_done.is_set():
-                    nursery.cancel_scope.cancel()  # answered before the body ended
+        status, _ = await pump_and_relay(
+            lambda: self._pump_request_body(upstream, pool),
+            lambda: self._relay_response(upstream, pool.config.read_timeout_s, pool.name), state)
         return status
 
     async def _pump_request_body(self, upstream: UpstreamConn, pool: UpstreamPool) -> None:
@@ -511,6 +474,73 @@ class HttpProxyConnection:
         if not response_complete:
             record["aborted"] = True
         self.observer.request_done(record, seconds)
+
+
+def upstream_request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], client_host: str,
+                     scheme: str, upstream_server: object) -> h11.Request:
+    """The HTTP/1.1 request head sent upstream for a client's request (HTTP/1.x or
+    HTTP/2, whose ``:authority`` arrives here as ``host``): hop-by-hop fields
+    removed, X-Forwarded-* set."""
+    chunked = b"chunked" in _header(headers, b"transfer-encoding").lower()
+    out = [(n, v) for n, v in _strip_hop_by_hop(headers)
+           if n not in (b"x-forwarded-proto", b"x-forwarded-host", b"expect")]
+    xff = _header(headers, b"x-forwarded-for")
+    client = client_host.encode()
+    out = [(n, v) for n, v in out if n != b"x-forwarded-for"]
+    out.append((b"x-forwarded-for", xff + b", " + client if xff else client))
+    out.append((b"x-forwarded-proto", scheme.encode()))
+    host = _header(headers, b"host")
+    if host:
+        out.append((b"x-forwarded-host", host))
+    else:  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
+        out.append((b"host", _host_header(str(upstream_server))))
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    # _parsed=True: every name and value here came out of h11's (or h2's) parser
+    # (or is a constant, the client's IP address, or a value checked once by
+    # _host_header), so h11 need not run its regexes over them again (a
+    # third of its cost per request). h11 still checks framing and Host.
+    return h11.Request(method=method, target=target, headers=out, http_version=b"1.1", _parsed=True)
+
+
+async def pump_and_relay(pump: Callable[[], Awaitable[None]], relay: Callable[[], Awaitable[int | None]],
+                         state: dict[str, Exception | None]) -> tuple[int | None, bool]:
+    """Run a request body ``pump`` beside the response ``relay`` (HTTP/1.1 and
+    HTTP/2 alike); returns (the relay's status or 0, whether the body was
+    forwarded whole). Failures land in ``state["body"]`` / ``state["relay"]``.
+
+    A client fault while pumping (gone, body too large, malformed) ends both:
+    nothing sensible can reach the upstream any more. An upstream that stops
+    reading ends only the pump: it may still have a response for us. A
+    response that ends before the body (an early 413) ends the pump."""
+    body_done = trio.Event()
+    body_whole = False
+
+    async def pump_body(cancel: trio.CancelScope) -> None:
+        nonlocal body_whole
+        try:
+            await pump()
+            body_whole = True
+        except (_ClientGone, _BodyTooLarge, h11.RemoteProtocolError) as exc:
+            state["body"] = exc
+            cancel.cancel()
+        except UpstreamError as exc:
+            state["body"] = exc
+        finally:
+            body_done.set()
+
+    status = 0
+    with trio.CancelScope() as exchange_scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump_body, exchange_scope)
+            try:
+                status = await relay()
+            except (UpstreamError, h11.RemoteProtocolError, _ClientGone) as exc:
+                state["relay"] = exc
+                nursery.cancel_scope.cancel()
+            if not body_done.is_set():
+                nursery.cancel_scope.cancel()  # answered before the body ended
+    return status, body_whole
 
 
 def _fail_status(body_err: Exception | None, relay_err: Exception | None) -> int | None:

@@ -8,7 +8,8 @@ Per connection, in this order:
    after it, TLS faults read as a broken transport (``TLSErrorsAsBroken``),
    so the cores below never import the TLS stack. ``tls.enabled: false``
    skips this step;
-3. the listener mode's core (``HttpProxyConnection`` or ``serve_tcp``), which
+3. the listener mode's core (``HttpProxyConnection``, or ``H2ProxyConnection``
+   when ALPN chose ``h2``, or ``serve_tcp``), which
    only ever sees a ``trio.abc.Stream``.
 
 ``limits.max_connections`` is a semaphore taken *before* ``accept()``: past
@@ -31,6 +32,7 @@ from vcproxy import _log
 from vcproxy.config import Config
 from vcproxy.metrics import metrics
 from vcproxy.tls import CryptoProvider, HandshakeTimeout, ServerConfig, TLSError, TLSStream
+from ._h2 import H2ProxyConnection
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, Observer, _close
 from ._tcp import serve_tcp
 from ._upstream import UpstreamPool
@@ -232,7 +234,9 @@ class ConnectionServer:
                 stream = await self._handshake(stream, rt, lm)
                 if stream is None:
                     return
-            if rt.mode == "http":
+            if rt.mode == "http" and isinstance(stream, TLSErrorsAsBroken) and stream.tls.alpn_protocol == "h2":
+                await H2ProxyConnection(stream, conn, rt.http, self.observer).serve()
+            elif rt.mode == "http":
                 await HttpProxyConnection(stream, conn, rt.http, self.observer).serve()
             else:
                 await serve_tcp(stream, conn, rt.tcp_pool, rt.config.limits.idle_timeout_s, rt.name, self.observer)

@@ -55,7 +55,7 @@ def build_server_config(listener: ListenerConfig, config: Config,
     tls = listener.tls
     return ServerConfig(
         certificates=[load_certificate(c) for c in tls.certificates],
-        alpn_protocols=tls.alpn,
+        alpn_protocols=listener.alpn(),
         cipher_suites=tls.cipher_suites,
         versions=tls.versions,
         min_version=tls.min_version,

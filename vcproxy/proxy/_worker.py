@@ -56,7 +56,7 @@ class WorkerObserver:
 
     def request_done(self, record: dict[str, Any], seconds: float) -> None:
         listener = record.get("listener", "")
-        self._requests(listener, str(record.get("status", 0))).inc()
+        self._requests(listener, str(record.get("status", 0)), record.get("http_version", "")).inc()
         self._request_seconds(listener).observe(seconds)
         if _log.access_log.enabled():
             _log.access_log.write(record | {"ts": round(time.time(), 6)})
@@ -188,8 +188,11 @@ class Worker:
             m.config_reloads_total.labels("error").inc()
             _log.error_log.error("reload_failed", worker=self.index, error=str(exc))
             return
-        old = self.pools
+        old, old_runtimes = self.pools, self.runtimes
         self.config, self.runtimes, self.pools = config, runtimes, pools
+        for rt in old_runtimes:
+            if rt.http is not None:
+                rt.http.retired.set()
         for name, pool in old.items():
             if pools.get(name) is not pool:
                 self.service.start_soon(pool.aclose)
