@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import socket
 
-from vcproxy.proxy import _http, _tcp
+from vcproxy.proxy import _http, _splice
 from vcproxy.proxy.demo_upstream import expected_sha256
 from proxy_testkit import base_config, client_context, free_port, scrape, total
 
@@ -30,7 +30,7 @@ def _download(port: int, ctx) -> bytes:
 def test_body_pump_reads_hold_a_full_record_batch():
     # 16 full TLS records (16 KiB of plaintext each) per read: one opdone.
     assert _http.READ_CHUNK_BYTES >= 16 * 16384
-    assert _tcp.PUMP_CHUNK_BYTES >= 16 * 16384
+    assert _splice.PUMP_CHUNK_BYTES >= 16 * 16384
 
 
 def test_bulk_download_reaches_the_host_in_batches_over_four(start_proxy, certs, upstream):

@@ -3,7 +3,8 @@
 - ``_worker``: one worker process (config generations, provider, signals: drain, reload)
 - ``_listener``: SO_REUSEPORT sockets, accept loop, one connection's life (byte counting, TLS seam)
 - ``_http``: HTTP/1.1 reverse proxying on h11 over any ``trio.abc.Stream``
-- ``_tcp``: byte pumping after TLS
+- ``_tcp``: tcp mode (byte pumping after TLS)
+- ``_splice``: the bidirectional byte pump (tcp mode, HTTP/1.1 upgrades)
 - ``_upstream``: upstream pools (round-robin, retries, keep-alive, health checks)
 - ``_router``: host + path-prefix routing (pure)
 - ``_tlsglue``: config -> ``ServerConfig``, counting/fallback crypto providers

@@ -37,6 +37,15 @@ Hop-by-hop headers (RFC 9110 §7.6.1: Connection and the fields it names,
 Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) are removed in
 both directions; h11 re-frames each side itself. X-Forwarded-For (appended),
 -Proto and -Host are set on the way up.
+
+Upgrades (RFC 9110 §7.8): a request with ``Connection: upgrade`` and
+``Upgrade: websocket`` keeps those two fields on the way up (no other
+protocol is offered upstream: ``h2c`` or anything we cannot check stays
+stripped). If the upstream answers ``101 Switching Protocols``, the 101 is
+relayed and both connections stop being HTTP: ``_splice`` pumps bytes both
+ways (what either h11 side had already buffered goes first) until one side
+closes or ``limits.idle_timeout_s`` passes with no byte. Any other answer is
+an ordinary response and the connection stays HTTP/1.1.
 """
 from __future__ import annotations
 
@@ -51,6 +60,7 @@ import trio
 
 from vcproxy.config import Config
 from ._router import Router, normalise_host
+from ._splice import splice
 from ._upstream import UpstreamClosed, UpstreamConn, UpstreamError, UpstreamPool, UpstreamTimeout
 
 READ_CHUNK_BYTES = 256 * 1024
@@ -69,6 +79,9 @@ _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
     b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
+#: Upgrade protocols passed through to the upstream (RFC 6455 WebSocket); any
+#: other ``Upgrade`` offer is stripped like every hop-by-hop field.
+_UPGRADES_FORWARDED = frozenset({b"websocket"})
 
 
 class Observer(Protocol):
@@ -116,6 +129,23 @@ class _ClientGone(Exception):
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def _comma_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> set[bytes]:
+    return {t.strip().lower() for n, v in headers if n == name for t in v.split(b",")}
+
+
+def _upgrade_offer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The ``Upgrade`` value to forward, if the request asks for one we pass through.
+
+    RFC 9110 §7.8: "A sender of Upgrade MUST also send an "Upgrade" connection
+    option in the Connection header field"; without it the field is ignored."""
+    if b"upgrade" not in _comma_tokens(headers, b"connection"):
+        return None
+    offered = _comma_tokens(headers, b"upgrade")
+    if len(offered) != 1 or not offered <= _UPGRADES_FORWARDED:
+        return None
+    return _header(headers, b"upgrade")
 
 
 def _strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -338,6 +368,9 @@ class HttpProxyConnection:
             out.append((b"host", _host_header(str(upstream_server))))
         if chunked:
             out.append((b"transfer-encoding", b"chunked"))
+        upgrade = _upgrade_offer(headers)
+        if upgrade is not None:
+            out += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
         # _parsed=True: every name and value here came out of h11's parser (or is
         # a constant, the client's IP address, or a value checked once by
         # _host_header), so h11 need not run its regexes over them again (a
@@ -370,6 +403,9 @@ class HttpProxyConnection:
                 state["relay"] = exc
         else:
             status = await self._exchange_with_body(upstream, pool, state)
+        if status == 101 and state["relay"] is None and state["body"] is None:
+            await self._tunnel(upstream, record, started)
+            return False
         body_err, relay_err = state["body"], state["relay"]
         err = relay_err or body_err
         seconds = time.monotonic() - started
@@ -447,7 +483,11 @@ class HttpProxyConnection:
         while True:
             event = await _next_upstream_event(upstream, read_timeout_s, name)
             if isinstance(event, h11.InformationalResponse):
-                continue  # 100 Continue is ours to send; 101 cannot happen (Upgrade stripped)
+                if event.status_code == 101:
+                    # h11 accepts a 101 only for an Upgrade we forwarded (else:
+                    # RemoteProtocolError, a 502); both sides are now switched.
+                    return await self._relay_switch(event, name)
+                continue  # 100 Continue is ours to send
             if isinstance(event, h11.Response):
                 break
             raise UpstreamClosed(name, "closed before a response")
@@ -481,6 +521,36 @@ class HttpProxyConnection:
             with contextlib.suppress(_ClientGone):
                 await self._flush_client()
             raise
+
+    async def _relay_switch(self, event: h11.InformationalResponse, name: str) -> int:
+        """Relay the upstream's 101; from here on the client connection is a byte stream."""
+        headers = _strip_hop_by_hop(list(event.headers))
+        headers += [(b"connection", b"upgrade"), (b"upgrade", _header(list(event.headers), b"upgrade"))]
+        self._sent_status = 101
+        try:
+            self._queue_client(h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason))
+        except h11.LocalProtocolError as exc:  # the client's side of the switch is not pending
+            raise UpstreamError(name, f"cannot relay 101: {exc}") from exc
+        await self._flush_client()
+        return 101
+
+    async def _tunnel(self, upstream: UpstreamConn, record: dict[str, Any], started: float) -> None:
+        """After a relayed 101: bytes both ways until a side closes or the session idles."""
+        try:
+            client_early, upstream_early = self.h11.trailing_data[0], upstream.h11.trailing_data[0]
+            if client_early:
+                await upstream.stream.send_all(client_early)
+            if upstream_early:
+                await self.stream.send_all(upstream_early)
+            result, totals = await splice(self.stream, upstream.stream, self.limits.idle_timeout_s)
+            record.update(tunnel=result, client_to_upstream=totals["a_to_b"] + len(client_early),
+                          upstream_to_client=totals["b_to_a"] + len(upstream_early))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            record.update(tunnel="broken", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            await _close(upstream.stream)
+        record["status"] = 101
+        self._log(record, time.monotonic() - started)
 
     # ---------------------------------------------------------------- responses
 
