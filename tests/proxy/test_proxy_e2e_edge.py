@@ -14,13 +14,15 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong, RejectConnection,
                             RejectData, Request, TextMessage)
 
-from proxy_testkit import base_config, running_proxy
+from proxy_testkit import base_config, closed_port, running_proxy
 
 
 @pytest.fixture(scope="module", params=["inline", "vcrypto"])
 def proxy(request, tmp_path_factory, certs, upstream):
     config = base_config(upstream.address, certs["a"], crypto={"provider": request.param},
                          limits={"idle_timeout_s": 2.0})
+    config["upstreams"]["dead"] = {"servers": [f"127.0.0.1:{closed_port()}"], "retries": 0}
+    config["routes"].append({"host": "elsewhere.example", "upstream": "dead"})
     with running_proxy(tmp_path_factory.mktemp(f"edge-{request.param}"), config) as p:
         yield p
 
@@ -161,3 +163,53 @@ def test_other_upgrades_are_not_offered_upstream(proxy, ctx):
             rest += sock.recv(65536)
         names = {n for n, _ in json.loads(rest)["headers"]}
         assert not names & {"upgrade", "connection", "http2-settings"}
+
+
+# ------------------------------------------------------------------ strict request lines
+
+def exchange(proxy, ctx, request: bytes) -> bytes:
+    """Send ``request`` raw over TLS; everything the proxy sends until it closes."""
+    with tls_connect(proxy.port, ctx) as sock:
+        sock.sendall(request)
+        return read_to_close(sock)
+
+
+def test_http_versions_other_than_1x_get_505(proxy, ctx):
+    reply = exchange(proxy, ctx, b"GET / HTTP/3.7\r\nHost: localhost\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 505 ")
+    for version in (b"1.0", b"1.1"):
+        reply = exchange(proxy, ctx, b"GET /health HTTP/" + version + b"\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"ok\n")
+
+
+def test_http2_preface_on_http1_gets_400_and_close(proxy, ctx):
+    reply = exchange(proxy, ctx, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    head, _, _ = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    assert reply.count(b"\r\n\r\n") == 1  # one answer, then the close (read_to_close returned)
+
+
+def test_connect_gets_405_with_allow(proxy, ctx):
+    reply = exchange(proxy, ctx, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    head = reply.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 405 ") and b"\r\nallow: get, " in head
+
+
+def test_asterisk_target_only_for_options(proxy, ctx):
+    assert exchange(proxy, ctx, b"GET * HTTP/1.1\r\nHost: localhost\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+
+
+def test_absolute_form_is_routed_by_its_authority(proxy, ctx):
+    """The target's authority routes the request (its Host header is ignored:
+    elsewhere.example would go to the dead upstream) and the upstream gets
+    origin-form with that authority as Host."""
+    reply = exchange(proxy, ctx, b"GET http://localhost:1234/headers?x=1 HTTP/1.1\r\nHost: elsewhere.example\r\n"
+                                 b"Connection: close\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    seen = json.loads(body)
+    assert seen["target"] == "/headers?x=1"
+    assert dict(seen["headers"])["host"] == "localhost:1234"
+    for bad in (b"ftp://localhost/x", b"http:///x", b"http://user@localhost/x"):
+        reply = exchange(proxy, ctx, b"GET " + bad + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 400 "), bad

@@ -28,7 +28,8 @@ them with the TLS close_notify in one segment.
 
 What the client gets when something fails, decided in one place
 (``_fail_status``) and only while no response byte has been sent:
-400 malformed request (h11's verdict), 431 head too large, 413 body too large,
+400 malformed request (h11's verdict), 400/405/505 a request line that
+``_requestline`` refuses, 431 head too large, 413 body too large,
 404 no route, 502 upstream connect failure or broken upstream response,
 504 upstream read or write timeout. After the response head has gone out, a failure
 can only be signalled by closing the connection.
@@ -59,6 +60,7 @@ import h11
 import trio
 
 from vcproxy.config import Config
+from ._requestline import RequestLineError, check_request_line
 from ._router import Router, normalise_host
 from ._splice import splice
 from ._upstream import UpstreamClosed, UpstreamConn, UpstreamError, UpstreamPool, UpstreamTimeout
@@ -327,6 +329,18 @@ class HttpProxyConnection:
             "client": self.conn.client_host, "listener": self.rt.listener, "method": request.method.decode(),
             "target": target, "host": host, "http_version": request.http_version.decode(),
         }
+        try:
+            line = check_request_line(request.method, request.target, request.http_version, _header(headers, b"host"))
+            if line.absolute:
+                # routed by the target's authority, forwarded in origin-form with it as Host
+                headers = [(n, v) for n, v in headers if n != b"host"] + [(b"host", line.authority)]
+                request = h11.Request(method=request.method, target=line.target, headers=headers,
+                                      http_version=request.http_version)
+                host = record["host"] = normalise_host(line.authority.decode("latin-1"))
+        except RequestLineError as exc:
+            return await self._send_error(exc.status, exc.message, record, started, exc.headers)
+        except h11.LocalProtocolError as exc:  # an authority that is no valid Host value
+            return await self._send_error(400, f"bad absolute-form target: {exc}", record, started)
         # h11 enforces max_incomplete_event_size only while a head is incomplete;
         # a whole oversized head that arrived in one read is caught here.
         head_bytes = len(request.target) + 16 + sum(len(n) + len(v) + 4 for n, v in headers)
@@ -335,7 +349,7 @@ class HttpProxyConnection:
         length = _header(headers, b"content-length")
         if length and int(length) > self.limits.max_body_bytes:
             return await self._send_error(413, "request body too large", record, started)
-        route = self.rt.router.match(host, target.split("?", 1)[0])
+        route = self.rt.router.match(host, line.path)
         if route is None:
             return await self._send_error(404, "no route", record, started)
         pool = self.rt.pools[route.upstream]
@@ -554,7 +568,8 @@ class HttpProxyConnection:
 
     # ---------------------------------------------------------------- responses
 
-    async def _send_error(self, status: int, message: str, record: dict[str, Any] | None, started: float) -> bool:
+    async def _send_error(self, status: int, message: str, record: dict[str, Any] | None, started: float,
+                          extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> bool:
         """A short response generated here; the connection closes after it."""
         if record is None:
             record = {"client": self.conn.client_host, "listener": self.rt.listener}
@@ -565,7 +580,7 @@ class HttpProxyConnection:
                 self._queue_client(h11.Response(status_code=status, headers=[
                     (b"content-type", b"text/plain; charset=utf-8"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
+                    (b"connection", b"close"), *extra_headers,
                 ]))
                 self._queue_client(h11.Data(data=body))
                 self._queue_client(h11.EndOfMessage())
@@ -595,9 +610,10 @@ def _fail_status(body_err: Exception | None, relay_err: Exception | None) -> int
     return 502
 
 
-_REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
-            503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+            505: "HTTP Version Not Supported"}
 
 
 @functools.lru_cache(maxsize=64)
