@@ -32,6 +32,9 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "connections_active": ("gauge", ("listener",), "client connections open now (all workers)"),
     "tls_handshakes_total": ("counter", ("listener", "result", "version", "cipher_suite", "resumed"),
                              "TLS handshakes by result (ok, error, timeout), version, suite, resumption"),
+    "proxy_protocol_total": ("counter", ("listener", "result"),
+                             "PROXY protocol headers on listeners that require one, by result: ok, untrusted "
+                             "(peer not in trusted_proxies, closed unread), invalid, timeout"),
     "tls_handshake_seconds": ("histogram", ("listener",), "TLS handshake latency, successful handshakes"),
     "bytes_received_total": ("counter", ("listener",), "bytes received from clients (on the wire; added every 64 KiB of a connection and at its close)"),
     "bytes_sent_total": ("counter", ("listener",), "bytes sent to clients (on the wire; added every 64 KiB of a connection and at its close)"),

@@ -23,6 +23,7 @@ from ._schema import (
     ListenerConfig,
     LoggingConfig,
     MetricsConfig,
+    Network,
     RouteConfig,
     ServerAddress,
     TicketsConfig,
@@ -34,7 +35,7 @@ from ._schema import (
 __all__ = [
     "CertificateConfig", "Config", "ConfigError", "CryptoConfig", "DemoUpstreamConfig",
     "HealthCheckConfig", "LimitsConfig", "ListenerConfig", "LoggingConfig", "MetricsConfig",
-    "RouteConfig", "ServerAddress", "TicketsConfig", "TLSConfig", "UpstreamConfig",
+    "Network", "RouteConfig", "ServerAddress", "TicketsConfig", "TLSConfig", "UpstreamConfig",
     "VcryptoConfig", "check_files", "load_config", "parse_config", "reference",
 ]
 
@@ -190,4 +191,6 @@ def _type_text(tp: typing.Any) -> str:
         return "any"
     if isinstance(tp, type) and issubclass(tp, ServerAddress):
         return "host:port"
+    if tp is Network:
+        return "CIDR"
     return getattr(tp, "__name__", str(tp))

@@ -52,6 +52,26 @@ class BindAddress(ServerAddress):
     min_port = 0
 
 
+@dataclass(frozen=True)
+class Network:
+    """An IP network in CIDR notation: ``10.0.0.0/8``, ``2001:db8::/32``; a bare
+    address is a one-address network."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+    @classmethod
+    def from_yaml(cls, value: object, path: str) -> "Network":
+        if not isinstance(value, str):
+            raise _Invalid(f"expected a CIDR string like '10.0.0.0/8', got {_type_name(value)}")
+        try:
+            return cls(ipaddress.ip_network(value.strip(), strict=True))
+        except ValueError as exc:  # "192.0.2.1/24 has host bits set", "... does not appear to be ..."
+            raise _Invalid(f"expected a CIDR like '10.0.0.0/8': {exc}") from exc
+
+    def __str__(self) -> str:
+        return str(self.network)
+
+
 def _check_port(port: int, name: str = "port", allow_zero: bool = True) -> list[tuple[str, str]]:
     low = 0 if allow_zero else 1
     if not low <= port <= 65535:
@@ -118,11 +138,22 @@ class ListenerConfig:
     mode: Literal["http", "tcp"] = opt("http", "http: HTTP/1.1 reverse proxy; tcp: pump bytes to `upstream` after TLS")
     upstream: str | None = opt(None, "tcp mode: the upstream that receives the decrypted byte stream")
     tls: TLSConfig = opt(TLSConfig(), "TLS termination")
+    proxy_protocol: bool = opt(
+        False, "require a PROXY protocol v1 or v2 header (HAProxy's) before TLS on every connection, from a "
+               "peer in `trusted_proxies` only (others are closed unanswered); the client address it names is "
+               "the one the access log and X-Forwarded-For show")
+    trusted_proxies: tuple[Network, ...] = opt(
+        (), "CIDRs of the load balancers / proxies in front of this listener: PROXY headers are accepted only "
+            "from them, and a request from them keeps its X-Forwarded-For / Forwarded (we append); from anyone "
+            "else those headers are replaced")
 
     def check(self) -> list[tuple[str, str]]:
         out = _check_port(self.port) + _check_address(self.address)
         if self.mode == "tcp" and self.upstream is None:
             out.append(("upstream", "required when mode is tcp"))
+        if self.proxy_protocol and not self.trusted_proxies:
+            out.append(("trusted_proxies", "required when proxy_protocol is true: the PROXY header is "
+                                           "accepted only from these networks"))
         return out
 
 
@@ -160,6 +191,10 @@ class UpstreamConfig:
     max_idle_connections: int = opt(32, "idle keep-alive connections kept per server")
     idle_timeout_s: float = opt(30 * SECONDS, "idle keep-alive connections older than this are closed")
     health_check: HealthCheckConfig = opt(HealthCheckConfig(), "active health checking")
+    send_proxy_protocol: Literal["v1", "v2"] | None = opt(
+        None, "open every connection to these servers with a PROXY protocol header naming the client (v1 "
+              "text, v2 binary; health probes send LOCAL / UNKNOWN); such connections carry one client's "
+              "requests and are not kept for keep-alive reuse")
 
     def check(self) -> list[tuple[str, str]]:
         out = _check_positive(self, "connect_timeout_s", "read_timeout_s", "idle_timeout_s")

@@ -123,6 +123,13 @@ class ConnState:
     idle_scope: trio.CancelScope | None = None
     requests: int = 0
     tls: dict[str, Any] = field(default_factory=dict)
+    #: the address the client connected to (what a PROXY header we send names
+    #: as destination); ``client_host``/``client_port`` and this come from the
+    #: PROXY header the listener received, when it requires one
+    local_host: str = ""
+    local_port: int = 0
+    #: the peer that sent the PROXY header (a load balancer), else None
+    proxied_by: str | None = None
 
 
 class _ClientGone(Exception):
@@ -355,7 +362,8 @@ class HttpProxyConnection:
         pool = self.rt.pools[route.upstream]
         record["upstream"] = route.upstream
         try:
-            upstream = await pool.acquire()
+            upstream = await pool.acquire((self.conn.client_host, self.conn.client_port),
+                                          (self.conn.local_host, self.conn.local_port))
         except UpstreamError as exc:
             self.observer.upstream_error(pool.name, exc.kind)
             record["error"] = str(exc)

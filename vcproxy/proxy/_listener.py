@@ -3,6 +3,11 @@
 Per connection, in this order:
 
 1. count bytes on the raw socket (``CountingStream``: TLS records included);
+1a. ``listeners[].proxy_protocol``: a peer outside ``trusted_proxies`` is
+   closed unread; from a trusted one, the PROXY header
+   (``_proxy_header``) must arrive within ``limits.handshake_timeout_s``
+   and its client address replaces the peer's in ``ConnState``; the bytes
+   after it are handed back to the stream (``CountingStream.unread``);
 2. the TLS seam: ``TLSStream`` over that stream, handshake under
    ``limits.handshake_timeout_s``, metrics by result/version/suite/resumed;
    after it, TLS faults read as a broken transport (``TLSErrorsAsBroken``),
@@ -28,14 +33,17 @@ from typing import Any
 import trio
 
 from vcproxy import _log
-from vcproxy.config import Config
+from vcproxy.config import Config, ListenerConfig
 from vcproxy.metrics import metrics
 from vcproxy.tls import CryptoProvider, HandshakeTimeout, ServerConfig, TLSError, TLSStream
+from ._forwarding import is_trusted
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, Observer, _close
+from ._proxy_header import ProxyProtocolError, parse_proxy_header
 from ._tcp import serve_tcp
 from ._upstream import UpstreamPool
 
 LISTEN_BACKLOG = 1024
+PROXY_HEADER_READ_BYTES = 4096
 
 
 class CountingStream(trio.abc.Stream):
@@ -55,6 +63,11 @@ class CountingStream(trio.abc.Stream):
         self._out = counter_out
         self._in_pending = 0
         self._out_pending = 0
+        self._unread = b""
+
+    def unread(self, data: bytes) -> None:
+        """Give back bytes read past a PROXY header: the next receive returns them first."""
+        self._unread = bytes(data)
 
     async def send_all(self, data) -> None:
         await self.inner.send_all(data)
@@ -68,6 +81,9 @@ class CountingStream(trio.abc.Stream):
         await self.inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes=None) -> bytes:
+        if self._unread:
+            data, self._unread = self._unread, b""
+            return data
         data = await self.inner.receive_some(max_bytes)
         pending = self._in_pending + len(data)
         if pending >= self.COUNT_STEP_BYTES:
@@ -167,6 +183,8 @@ class _ListenerMetrics:
         self.bytes_received = m.bytes_received_total.labels(name)
         self.bytes_sent = m.bytes_sent_total.labels(name)
         self.handshake_seconds = m.tls_handshake_seconds.labels(name)
+        self.proxy_protocol = {r: m.proxy_protocol_total.labels(name, r)
+                               for r in ("ok", "untrusted", "invalid", "timeout")}
         self._handshakes: dict[tuple[str, str, str, str], Any] = {}
 
     def handshake_done(self, result: str, version: str = "", suite: str = "", resumed: str = "") -> None:
@@ -225,9 +243,14 @@ class ConnectionServer:
         active = lm.connections_active
         active.inc()
         conn = ConnState(addr[0], addr[1], self.draining)
+        conn.local_host, conn.local_port = sock.getsockname()[:2]
         self.conns.add(conn)
-        stream: trio.abc.Stream = CountingStream(trio.SocketStream(sock), lm.bytes_received, lm.bytes_sent)
+        counting = CountingStream(trio.SocketStream(sock), lm.bytes_received, lm.bytes_sent)
+        stream: trio.abc.Stream = counting
         try:
+            lis = rt.config.listeners[index]
+            if lis.proxy_protocol and not await self._proxy_header(counting, conn, lis, rt, lm):
+                return
             if rt.tls is not None:
                 stream = await self._handshake(stream, rt, lm)
                 if stream is None:
@@ -245,6 +268,41 @@ class ConnectionServer:
             self.conns.discard(conn)
             active.dec()
             self.limit.release()
+
+    async def _proxy_header(self, stream: CountingStream, conn: ConnState, lis: ListenerConfig,
+                            rt: ListenerRuntime, lm: _ListenerMetrics) -> bool:
+        """Read the PROXY header; True: ``conn`` now names the original client.
+
+        The spec: "the receiver MUST be configured to only receive the protocol
+        ... and MUST not try to guess whether the protocol header is present";
+        a peer that is not a trusted proxy could claim any client address."""
+        peer = conn.client_host
+        if not is_trusted(peer, lis.trusted_proxies):
+            lm.proxy_protocol["untrusted"].inc()
+            _log.error_log.debug("proxy_protocol_refused", listener=rt.name, peer=peer, reason="untrusted")
+            return False
+        buf = b""
+        try:
+            with trio.fail_after(rt.config.limits.handshake_timeout_s):
+                while (parsed := parse_proxy_header(buf)) is None:
+                    data = await stream.receive_some(PROXY_HEADER_READ_BYTES)
+                    if not data:
+                        raise ProxyProtocolError("closed before a whole header")
+                    buf += data
+        except (ProxyProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            result = "timeout" if isinstance(exc, trio.TooSlowError) else "invalid"
+            lm.proxy_protocol[result].inc()
+            _log.error_log.debug("proxy_protocol_refused", listener=rt.name, peer=peer, reason=result,
+                                 error=f"{type(exc).__name__}: {exc}")
+            return False
+        header, used = parsed
+        stream.unread(buf[used:])
+        lm.proxy_protocol["ok"].inc()
+        conn.proxied_by = peer
+        if header.source is not None and header.destination is not None:
+            conn.client_host, conn.client_port = header.source
+            conn.local_host, conn.local_port = header.destination
+        return True
 
     async def _handshake(self, raw: trio.abc.Stream, rt: ListenerRuntime,
                          lm: _ListenerMetrics) -> trio.abc.Stream | None:

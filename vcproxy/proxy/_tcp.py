@@ -22,7 +22,7 @@ async def serve_tcp(stream: trio.abc.Stream, conn: ConnState, pool: UpstreamPool
     started = time.monotonic()
     record: dict[str, Any] = {"client": conn.client_host, "listener": listener, "mode": "tcp", "upstream": pool.name}
     try:
-        upstream = await pool.connect()
+        upstream = await pool.connect(None, (conn.client_host, conn.client_port), (conn.local_host, conn.local_port))
     except UpstreamError as exc:
         observer.upstream_error(pool.name, exc.kind)
         record.update(result="upstream_error", error=str(exc), duration_s=round(time.monotonic() - started, 6))
