@@ -1,5 +1,6 @@
 """End to end at the HTTP edge, over TLS, both crypto providers: WebSocket
-upgrades passed through to the demo upstream's echo, strict request lines.
+upgrades passed through to the demo upstream's echo, strict request lines,
+forwarding headers from a trusted peer.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def proxy(request, tmp_path_factory, certs, upstream):
                          limits={"idle_timeout_s": 2.0})
     config["upstreams"]["dead"] = {"servers": [f"127.0.0.1:{closed_port()}"], "retries": 0}
     config["routes"].append({"host": "elsewhere.example", "upstream": "dead"})
+    config["listeners"][0].update(trusted_proxies=["127.0.0.1/32"], forwarded=True, via="edge-test")
     with running_proxy(tmp_path_factory.mktemp(f"edge-{request.param}"), config) as p:
         yield p
 
@@ -213,3 +215,23 @@ def test_absolute_form_is_routed_by_its_authority(proxy, ctx):
     for bad in (b"ftp://localhost/x", b"http:///x", b"http://user@localhost/x"):
         reply = exchange(proxy, ctx, b"GET " + bad + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 400 "), bad
+
+
+# ------------------------------------------------------------------ forwarding headers
+
+def test_a_trusted_peer_keeps_its_forwarding_chain(proxy, ctx):
+    """127.0.0.1 is in this listener's trusted_proxies: its X-Forwarded-* and
+    Forwarded are kept and our hop appended; Via names us both ways.
+    (The untrusted case, a replaced chain, is in test_proxy_e2e_proxy_protocol.)"""
+    reply = exchange(proxy, ctx, b"GET /headers HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 198.51.100.7\r\n"
+                                 b"X-Forwarded-Proto: http\r\nForwarded: for=198.51.100.7;proto=http\r\n"
+                                 b"Via: 1.1 cdn\r\nConnection: close\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"\r\nvia: 1.1 edge-test\r\n" in head.lower() + b"\r\n"
+    seen = {}
+    for name, value in json.loads(body)["headers"]:
+        seen.setdefault(name, []).append(value)
+    assert seen["x-forwarded-for"] == ["198.51.100.7, 127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["http"]  # the trusted hop's word
+    assert seen["forwarded"] == ['for=198.51.100.7;proto=http, for=127.0.0.1;proto=https;host=localhost']
+    assert seen["via"] == ["1.1 cdn, 1.1 edge-test"]

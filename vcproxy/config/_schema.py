@@ -8,6 +8,7 @@ mutates one that open connections still read.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, Mapping
@@ -146,11 +147,16 @@ class ListenerConfig:
         (), "CIDRs of the load balancers / proxies in front of this listener: PROXY headers are accepted only "
             "from them, and a request from them keeps its X-Forwarded-For / Forwarded (we append); from anyone "
             "else those headers are replaced")
+    forwarded: bool = opt(False, "also send RFC 7239 `Forwarded: for=...;proto=...;host=...` upstream")
+    via: str | None = opt(None, "a pseudonym (token) for this proxy: `Via: 1.1 <via>` is appended on requests "
+                                "and responses; null: no Via")
 
     def check(self) -> list[tuple[str, str]]:
         out = _check_port(self.port) + _check_address(self.address)
         if self.mode == "tcp" and self.upstream is None:
             out.append(("upstream", "required when mode is tcp"))
+        if self.via is not None and not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", self.via):
+            out.append(("via", f"must be a token (RFC 9110 received-by pseudonym), got {self.via!r}"))
         if self.proxy_protocol and not self.trusted_proxies:
             out.append(("trusted_proxies", "required when proxy_protocol is true: the PROXY header is "
                                            "accepted only from these networks"))

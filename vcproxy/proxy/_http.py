@@ -36,8 +36,9 @@ can only be signalled by closing the connection.
 
 Hop-by-hop headers (RFC 9110 §7.6.1: Connection and the fields it names,
 Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) are removed in
-both directions; h11 re-frames each side itself. X-Forwarded-For (appended),
--Proto and -Host are set on the way up.
+both directions; h11 re-frames each side itself. X-Forwarded-For, -Proto,
+-Host (and optionally Forwarded and Via) are set on the way up by
+``_forwarding``: appended to from a trusted proxy, replaced from anyone else.
 
 Upgrades (RFC 9110 §7.8): a request with ``Connection: upgrade`` and
 ``Upgrade: websocket`` keeps those two fields on the way up (no other
@@ -60,6 +61,7 @@ import h11
 import trio
 
 from vcproxy.config import Config
+from ._forwarding import FORWARDING_FIELDS, Forwarding
 from ._requestline import RequestLineError, check_request_line
 from ._router import Router, normalise_host
 from ._splice import splice
@@ -111,6 +113,8 @@ class HttpRuntime:
     scheme: str  # "https" or "http": the X-Forwarded-Proto value
     router: Router
     pools: dict[str, UpstreamPool]
+    #: trusted hops, X-Forwarded-*, Forwarded, Via (``listeners[].trusted_proxies``, ``forwarded``, ``via``)
+    forwarding: Forwarding = Forwarding()
 
 
 @dataclass(eq=False)
@@ -376,17 +380,11 @@ class HttpProxyConnection:
     def _upstream_request(self, request: h11.Request, headers: list[tuple[bytes, bytes]],
                           upstream_server: object) -> h11.Request:
         chunked = b"chunked" in _header(headers, b"transfer-encoding").lower()
+        fwd = self.rt.forwarding
         out = [(n, v) for n, v in _strip_hop_by_hop(headers)
-               if n not in (b"x-forwarded-proto", b"x-forwarded-host", b"expect")]
-        xff = _header(headers, b"x-forwarded-for")
-        client = self.conn.client_host.encode()
-        out = [(n, v) for n, v in out if n != b"x-forwarded-for"]
-        out.append((b"x-forwarded-for", xff + b", " + client if xff else client))
-        out.append((b"x-forwarded-proto", self.rt.scheme.encode()))
-        host = _header(headers, b"host")
-        if host:
-            out.append((b"x-forwarded-host", host))
-        else:  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
+               if n not in FORWARDING_FIELDS and n != b"expect" and (n != b"via" or fwd.via is None)]
+        out += fwd.request_headers(headers, self.conn.client_host)
+        if not _header(headers, b"host"):  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
             out.append((b"host", _host_header(str(upstream_server))))
         if chunked:
             out.append((b"transfer-encoding", b"chunked"))
@@ -514,6 +512,8 @@ class HttpProxyConnection:
                 break
             raise UpstreamClosed(name, "closed before a response")
         headers = _strip_hop_by_hop(list(event.headers))
+        if self.rt.forwarding.via is not None:
+            headers = [h for h in headers if h[0] != b"via"] + [(b"via", self.rt.forwarding.via_value(headers))]
         if self.conn.draining.is_set():
             headers.append((b"connection", b"close"))
         self._sent_status = event.status_code

@@ -26,6 +26,7 @@ import trio
 from vcproxy import _log
 from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.metrics import metrics
+from ._forwarding import Forwarding
 from ._http import HttpRuntime
 from ._listener import ConnectionServer, ListenerRuntime, open_listener
 from ._router import Router
@@ -99,7 +100,8 @@ class Worker:
             name = config.listener_name(i)
             tls = build_server_config(lis, config, ticket_keys) if lis.tls.enabled else None
             scheme = "https" if tls is not None else "http"
-            http = HttpRuntime(config, name, scheme, router, pools) if lis.mode == "http" else None
+            forwarding = Forwarding(scheme, lis.trusted_proxies, lis.forwarded, lis.via)
+            http = HttpRuntime(config, name, scheme, router, pools, forwarding) if lis.mode == "http" else None
             tcp_pool = pools[lis.upstream] if lis.mode == "tcp" and lis.upstream else None
             runtimes.append(ListenerRuntime(name, lis.mode, tls, http, tcp_pool, config))
         return runtimes, pools
