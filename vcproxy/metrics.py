@@ -30,6 +30,9 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "connections_total": ("counter", ("listener",), "client connections accepted"),
     "connections_active": ("gauge", ("listener",), "client connections open now (all workers)"),
+    "connections_shed_total": ("counter", ("listener", "phase"),
+                               "connections closed to make room for new clients when limits.max_connections "
+                               "were all taken, by phase: handshake (not done yet), idle (keep-alive)"),
     "tls_handshakes_total": ("counter", ("listener", "result", "version", "cipher_suite", "resumed"),
                              "TLS handshakes by result (ok, error, timeout), version, suite, resumption"),
     "proxy_protocol_total": ("counter", ("listener", "result"),

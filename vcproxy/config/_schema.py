@@ -290,10 +290,17 @@ class VcryptoConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    max_connections: int = opt(1024, "open client connections per worker; more wait in the kernel backlog")
+    max_connections: int = opt(
+        16384, "open client connections per worker (the worker raises its open-files limit to fit, up to the "
+               "hard limit); when all are taken, connections still in their handshake and then idle "
+               "keep-alive ones are shed, oldest first, for new clients; else new clients wait in the kernel "
+               "backlog")
     max_header_bytes: int = opt(16 * KIB, "request line + headers; larger gets 431")
     max_body_bytes: int = opt(1024 * MIB, "request body; larger gets 413")
-    handshake_timeout_s: float = opt(10 * SECONDS, "TLS handshake must finish within this")
+    handshake_timeout_s: float = opt(10 * SECONDS, "TLS handshake (and PROXY header) must finish within this")
+    handshake_timeout_under_pressure_s: float = opt(
+        2 * SECONDS, "the same deadline while more than 75% of max_connections are taken (also applied to "
+                     "handshakes already running when that starts)")
     header_timeout_s: float = opt(30 * SECONDS, "a started request's headers must arrive within this")
     idle_timeout_s: float = opt(60 * SECONDS, "keep-alive connection with no request in flight is closed after this")
     body_timeout_s: float = opt(60 * SECONDS, "max wait between two reads of a request body or a tcp stream")
@@ -303,6 +310,7 @@ class LimitsConfig:
     def check(self) -> list[tuple[str, str]]:
         return _check_positive(
             self, "max_connections", "max_header_bytes", "max_body_bytes", "handshake_timeout_s",
+            "handshake_timeout_under_pressure_s",
             "header_timeout_s", "idle_timeout_s", "body_timeout_s", "send_timeout_s", "drain_timeout_s",
         )
 

@@ -16,13 +16,17 @@ Per connection, in this order:
 3. the listener mode's core (``HttpProxyConnection`` or ``serve_tcp``), which
    only ever sees a ``trio.abc.Stream``.
 
-``limits.max_connections`` is a semaphore taken *before* ``accept()``: past
-the limit, connections wait in the kernel backlog instead of being accepted
-and starved. Each connection reads the ``ListenerRuntime`` current when it
+``limits.max_connections`` slots (``_slots.ConnectionSlots``) are taken
+*before* ``accept()``: past the limit, connections wait in the kernel backlog
+instead of being accepted and starved, unless connections that never finished
+their handshake, or idle keep-alive ones, can be shed to make room (see
+``_slots``). Steps 1a and 2 are the connection's *opening* phase, under one
+deadline (the handshake timeout; tighter under pressure). Each connection reads the ``ListenerRuntime`` current when it
 was accepted: a reload swaps runtimes for new connections only.
 """
 from __future__ import annotations
 
+import errno
 import socket as stdsocket
 import time
 import traceback
@@ -39,10 +43,14 @@ from vcproxy.tls import CryptoProvider, HandshakeTimeout, ServerConfig, TLSError
 from ._forwarding import is_trusted
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, Observer, _close
 from ._proxy_header import ProxyProtocolError, parse_proxy_header
+from ._slots import ConnectionSlots
 from ._tcp import serve_tcp
 from ._upstream import UpstreamPool
 
-LISTEN_BACKLOG = 1024
+LISTEN_BACKLOG = 4096
+#: accept() failures that mean "not now" (the client stays in the backlog)
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_RETRY_S = 0.1
 PROXY_HEADER_READ_BYTES = 4096
 
 
@@ -203,9 +211,9 @@ class ConnectionServer:
         self.runtimes = runtimes
         self.provider = provider
         self.observer = observer
-        self.limit = trio.Semaphore(max_connections)
+        self.slots = ConnectionSlots(max_connections)
         self.draining = draining
-        self.conns: set[ConnState] = set()
+        self.conns = self.slots.conns  # every open connection (the worker's drain reads it)
         self.accept_scope = trio.CancelScope()
         self._metrics: dict[str, _ListenerMetrics] = {}
 
@@ -223,12 +231,27 @@ class ConnectionServer:
         self.accept_scope.cancel()
 
     async def _accept_loop(self, index: int, sock) -> None:
+        slots = self.slots
         while True:
-            await self.limit.acquire()
+            if slots.semaphore.value == 0:
+                # All slots taken: wait for a client in the backlog, then make room if we can.
+                await trio.lowlevel.wait_readable(sock)
+                slots.shed_for_newcomer()
+            await slots.semaphore.acquire()
             try:
                 client, addr = await sock.accept()
+            except OSError as exc:
+                slots.semaphore.release()
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                # Out of file descriptors or memory: the client stays in the
+                # backlog; shed what we can and try again shortly.
+                _log.error_log.warning("accept_failed", error=str(exc), open_connections=slots.taken)
+                slots.shed_for_newcomer(force=True)
+                await trio.sleep(ACCEPT_RETRY_S)
+                continue
             except BaseException:
-                self.limit.release()
+                slots.semaphore.release()
                 raise
             self.conn_nursery.start_soon(self._connection, index, client, addr)
 
@@ -244,17 +267,24 @@ class ConnectionServer:
         active.inc()
         conn = ConnState(addr[0], addr[1], self.draining)
         conn.local_host, conn.local_port = sock.getsockname()[:2]
-        self.conns.add(conn)
+        slots = self.slots
+        slots.admit(conn, rt.name)
         counting = CountingStream(trio.SocketStream(sock), lm.bytes_received, lm.bytes_sent)
-        stream: trio.abc.Stream = counting
+        stream: trio.abc.Stream | None = counting
         try:
             lis = rt.config.listeners[index]
-            if lis.proxy_protocol and not await self._proxy_header(counting, conn, lis, rt, lm):
-                return
-            if rt.tls is not None:
-                stream = await self._handshake(stream, rt, lm)
-                if stream is None:
+            with slots.opening_scope(conn, rt.config.limits) as opening:
+                if lis.proxy_protocol and not await self._proxy_header(counting, conn, lis, rt, lm):
                     return
+                if rt.tls is not None:
+                    stream = await self._handshake(counting, rt, lm)
+                    if stream is None:
+                        return
+            slots.opened(conn)
+            if opening.cancelled_caught:  # shed, or the opening deadline passed
+                if conn not in slots.shed and rt.tls is not None:
+                    lm.handshake_done("timeout")
+                return
             if rt.mode == "http":
                 await HttpProxyConnection(stream, conn, rt.http, self.observer).serve()
             else:
@@ -263,11 +293,9 @@ class ConnectionServer:
             _log.error_log.error("connection_failed", listener=rt.name, client=addr[0],
                                  error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         finally:
-            if stream is not None:
-                await _close(stream)
-            self.conns.discard(conn)
+            await _close(stream if stream is not None else counting)
+            slots.release(conn)
             active.dec()
-            self.limit.release()
 
     async def _proxy_header(self, stream: CountingStream, conn: ConnState, lis: ListenerConfig,
                             rt: ListenerRuntime, lm: _ListenerMetrics) -> bool:
