@@ -21,8 +21,9 @@ Per connection, in this order:
 instead of being accepted and starved, unless connections that never finished
 their handshake, or idle keep-alive ones, can be shed to make room (see
 ``_slots``). Steps 1a and 2 are the connection's *opening* phase, under one
-deadline (the handshake timeout; tighter under pressure). Each connection reads the ``ListenerRuntime`` current when it
-was accepted: a reload swaps runtimes for new connections only.
+deadline (the handshake timeout; tighter under pressure). Each connection
+reads the ``ListenerRuntime`` current when it was accepted: a reload swaps
+runtimes for new connections only.
 """
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ async def _handle(conn: _Conn, request: h11.Request) -> None:
         if key is None or upgrade.lower() != b"websocket":
             await conn.respond(426, b"WebSocket upgrade required\n")
             return
-        await conn.send(h11.InformationalResponse(status_code=101, headers=[
+        await conn.send(h11.InformationalResponse(status_code=101, reason=b"Switching Protocols", headers=[
             (b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", ws_accept(key))]))
         await _ws_echo(conn.stream, conn.h11.trailing_data[0])
         raise _Switched()
