@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "proxy"))
 
 from proxy_testkit import (REPO, Flood, client_context, free_port, make_cert, raise_nofile,  # noqa: E402
-                           running_proxy, scrape, total, worker_pids)
+                           running_proxy, scrape, timed_request, total, worker_pids)
 
 
 def rss_bytes(pid: int) -> int:
@@ -44,15 +44,6 @@ def rss_bytes(pid: int) -> int:
 
 def workers_rss(proxy) -> int:
     return sum(rss_bytes(pid) for pid in worker_pids(proxy))
-
-
-def probe(port: int, ctx) -> float:
-    started = time.monotonic()
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=60)
-    conn.request("GET", "/health")
-    assert conn.getresponse().read() == b"ok\n"
-    conn.close()
-    return time.monotonic() - started
 
 
 def wait_active(proxy, want: int, timeout_s: float) -> float:
@@ -91,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                  "idle_connections": args.idle}
     # one fresh proxy per phase: RSS growth is not blurred by memory an earlier phase freed
     with running_proxy(tmp / "idle", config) as proxy:
-        probe(proxy.port, ctx)
+        timed_request(proxy.port, ctx)
         base = workers_rss(proxy)
         idle = []
         for _ in range(args.idle):
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         for conn in idle:
             conn.close()
     with running_proxy(tmp / "flood", config) as proxy:
-        out["probe_before_s"] = round(probe(proxy.port, ctx), 4)
+        out["probe_before_s"] = round(timed_request(proxy.port, ctx), 4)
         base = workers_rss(proxy)
         started = time.monotonic()
         flood = Flood(proxy.port, args.clients)
@@ -113,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         out["flood_rss_growth_bytes"] = workers_rss(proxy) - base
         out["rss_per_handshaking_connection_bytes"] = round(out["flood_rss_growth_bytes"] / args.clients)
         time.sleep(args.hold_s)  # past handshake_timeout_s: the flood has been renewing itself
-        waits = [probe(proxy.port, ctx) for _ in range(args.probes)]
+        waits = [timed_request(proxy.port, ctx) for _ in range(args.probes)]
         out["probe_s"] = {"max": round(max(waits), 4), "median": round(statistics.median(waits), 4)}
         out["flood_reconnects"] = flood.replaced
         out["active_after_hold"] = wait_active(proxy, 0, 1)

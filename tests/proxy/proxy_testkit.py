@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import ipaddress
 import json
 import re
@@ -314,3 +315,13 @@ class Flood:
         for key in list(self.selector.get_map().values()):
             key.fileobj.close()
         self.selector.close()
+
+
+def timed_request(port: int, ctx: ssl.SSLContext) -> float:
+    """Wall time of a new TLS connection + GET /health (asserted ok)."""
+    started = time.monotonic()
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+    conn.request("GET", "/health")
+    assert conn.getresponse().read() == b"ok\n"
+    conn.close()
+    return time.monotonic() - started

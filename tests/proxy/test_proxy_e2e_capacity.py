@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy_testkit import Flood, Proxy, base_config, raise_nofile, running_proxy, scrape, total, worker_pids
+from proxy_testkit import (Flood, Proxy, base_config, raise_nofile, running_proxy, scrape, timed_request, total,
+                           worker_pids)
 
 SLOTS = 50
 
@@ -35,15 +36,6 @@ def wait_for(condition, timeout_s: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
-
-
-def timed_request(port: int, ctx: ssl.SSLContext) -> float:
-    started = time.monotonic()
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
-    conn.request("GET", "/health")
-    assert conn.getresponse().read() == b"ok\n"
-    conn.close()
-    return time.monotonic() - started
 
 
 def active(proxy) -> float:
