@@ -87,7 +87,7 @@ FLOOD_CLIENTS = 10_000
 def test_ten_thousand_half_hellos_with_the_default_limits(tmp_path, certs, upstream, ctx):
     """`make run`'s shape (2 workers, vcrypto, default limits): 10,000 clients
     holding half-sent ClientHellos fit in the default slots, and a new client
-    is served within 1 s. The proxy starts with a low open-files soft limit
+    is served within 1 s; the shed count is exported (0: nothing was shed). The proxy starts with a low open-files soft limit
     (1024): its workers raise their own to fit ``limits.max_connections``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert hard >= FLOOD_CLIENTS + 1024, f"RLIMIT_NOFILE hard limit {hard} is too low for this test"
@@ -109,6 +109,10 @@ def test_ten_thousand_half_hellos_with_the_default_limits(tmp_path, certs, upstr
             wait_for(lambda: active(proxy) >= FLOOD_CLIENTS, timeout_s=60)
             waits = [timed_request(proxy.port, ctx) for _ in range(5)]
             assert max(waits) < 1.0, waits
+            # they fit in the default slots: nothing to shed, and the count says so
+            samples = scrape(proxy.metrics_url)
+            assert samples[("vcproxy_connections_shed_total",
+                            frozenset({("listener", "listener0"), ("phase", "handshake")}))] == 0
         finally:
             flood.stop()
     finally:

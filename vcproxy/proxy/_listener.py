@@ -194,6 +194,8 @@ class _ListenerMetrics:
         self.handshake_seconds = m.tls_handshake_seconds.labels(name)
         self.proxy_protocol = {r: m.proxy_protocol_total.labels(name, r)
                                for r in ("ok", "untrusted", "invalid", "timeout")}
+        for phase in ("handshake", "idle"):  # exported from the start, 0 until a shed (_slots counts them)
+            m.connections_shed_total.labels(name, phase)
         self._handshakes: dict[tuple[str, str, str, str], Any] = {}
 
     def handshake_done(self, result: str, version: str = "", suite: str = "", resumed: str = "") -> None:
