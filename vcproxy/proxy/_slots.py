@@ -18,7 +18,8 @@ So each connection is, for this module, in one of three phases:
 When every slot is taken and a client is waiting in the backlog (the
 listening socket is readable), ``shed_for_newcomer`` cancels up to
 ``SHED_BATCH`` connections: opening ones first, oldest first, then idle ones,
-oldest first. Busy connections are never shed; with nothing to shed the
+oldest first; not again until those have given their slots back (so a burst
+of newcomers does not shed more than it takes). Busy connections are never shed; with nothing to shed the
 newcomer waits as before. A shed opening connection is closed without a
 word (its handshake never finished); a shed idle one ends as an idle
 timeout would.
@@ -112,8 +113,8 @@ class ConnectionSlots:
         """Every slot is taken and a client waits: cancel up to ``SHED_BATCH``
         opening, then idle connections, oldest first. Returns how many.
         ``force``: shed although slots are free (accept ran out of file descriptors)."""
-        if self.semaphore.value > 0 and not force:
-            return 0
+        if not force and (self.semaphore.value > 0 or self.shed):
+            return 0  # a slot is free, or the last victims are still closing: their slots are coming
         victims: list[tuple[ConnState, str]] = []
         for conn in self.opening:
             if conn not in self.shed:
