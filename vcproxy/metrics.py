@@ -30,8 +30,14 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "connections_total": ("counter", ("listener",), "client connections accepted"),
     "connections_active": ("gauge", ("listener",), "client connections open now (all workers)"),
+    "connections_shed_total": ("counter", ("listener", "phase"),
+                               "connections closed to make room for new clients when limits.max_connections "
+                               "were all taken, by phase: handshake (not done yet), idle (keep-alive)"),
     "tls_handshakes_total": ("counter", ("listener", "result", "version", "cipher_suite", "resumed"),
                              "TLS handshakes by result (ok, error, timeout), version (1.2, 1.3), suite, resumption"),
+    "proxy_protocol_total": ("counter", ("listener", "result"),
+                             "PROXY protocol headers on listeners that require one, by result: ok, untrusted "
+                             "(peer not in trusted_proxies, closed unread), invalid, timeout"),
     "tls_handshake_seconds": ("histogram", ("listener",), "TLS handshake latency, successful handshakes"),
     "bytes_received_total": ("counter", ("listener",), "bytes received from clients (on the wire; added every 64 KiB of a connection and at its close)"),
     "bytes_sent_total": ("counter", ("listener",), "bytes sent to clients (on the wire; added every 64 KiB of a connection and at its close)"),

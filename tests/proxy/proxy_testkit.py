@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import ipaddress
 import json
 import re
+import resource
+import selectors
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -262,3 +266,62 @@ def peak_rss_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmHWM for {pid}")
+
+
+#: The first 5 bytes of a TLS record carrying a ClientHello (type 22, version,
+#: length): a client that sends this and stops holds a slot in its handshake.
+HELLO_START = b"\x16\x03\x01\x02\x00"
+
+
+def raise_nofile(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+
+
+class Flood:
+    """``count`` connections holding half-sent ClientHellos, kept up by a thread:
+    one the proxy closes (shed, or its handshake deadline) is replaced at once,
+    as an attacker would. Bounded: ``count`` sockets, until ``stop()``."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.selector = selectors.DefaultSelector()
+        self.replaced = 0
+        self._stop = threading.Event()
+        for _ in range(count):
+            self._open()
+        self.thread = threading.Thread(target=self._keep_up, daemon=True)
+        self.thread.start()
+
+    def _open(self) -> None:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        s.sendall(HELLO_START)  # the kernel queues it even before accept
+        s.setblocking(False)
+        self.selector.register(s, selectors.EVENT_READ)
+
+    def _keep_up(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self.selector.select(timeout=0.05):
+                self.selector.unregister(key.fileobj)
+                key.fileobj.close()  # the proxy closed it (EOF or reset)
+                if not self._stop.is_set():
+                    self._open()
+                    self.replaced += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+        self.selector.close()
+
+
+def timed_request(port: int, ctx: ssl.SSLContext) -> float:
+    """Wall time of a new TLS connection + GET /health (asserted ok)."""
+    started = time.monotonic()
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+    conn.request("GET", "/health")
+    assert conn.getresponse().read() == b"ok\n"
+    conn.close()
+    return time.monotonic() - started

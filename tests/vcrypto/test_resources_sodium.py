@@ -81,6 +81,12 @@ def test_x25519_each_sides_result_checks_on_the_other():
     peer_pk = nacl.bindings.crypto_scalarmult_base(peer_sk)
     result = OPENSSL.execute_inline(CryptoJob(Op.ECDH, Alg.X25519, b"", b"", peer_pk))
     assert nacl.bindings.crypto_scalarmult(peer_sk, result[:32]) == result[32:]
+    # The keyed form (TLS 1.2: own scalar || peer key): the same bytes from both,
+    # against the base point (keygen) and against a peer's key (derive).
+    scalar = os.urandom(32)
+    for peer in ((9).to_bytes(32, "little"), peer_pk):
+        keyed = CryptoJob(Op.ECDH, Alg.X25519, b"", b"", scalar + peer)
+        assert SODIUM.execute_inline(keyed) == OPENSSL.execute_inline(keyed)
     # A small-order point (all-zero secret) is the request's fault on both.
     for res in (SODIUM, OPENSSL):
         with pytest.raises(CryptoOpError) as err:

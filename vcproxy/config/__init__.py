@@ -25,6 +25,7 @@ from ._schema import (
     ListenerConfig,
     LoggingConfig,
     MetricsConfig,
+    Network,
     RouteConfig,
     ServerAddress,
     TicketsConfig,
@@ -36,7 +37,7 @@ from ._schema import (
 __all__ = [
     "CertificateConfig", "Config", "ConfigError", "CryptoConfig", "DemoUpstreamConfig",
     "HealthCheckConfig", "Http2Config", "LimitsConfig", "ListenerConfig", "LoggingConfig", "MetricsConfig",
-    "RouteConfig", "ServerAddress", "TicketsConfig", "TLSConfig", "UpstreamConfig",
+    "Network", "RouteConfig", "ServerAddress", "TicketsConfig", "TLSConfig", "UpstreamConfig",
     "VcryptoConfig", "load_config", "parse_config", "reference",
 ]
 
@@ -167,4 +168,6 @@ def _type_text(tp: typing.Any) -> str:
         return "any"
     if isinstance(tp, type) and issubclass(tp, ServerAddress):
         return "host:port"
+    if tp is Network:
+        return "CIDR"
     return getattr(tp, "__name__", str(tp))

@@ -8,6 +8,7 @@ mutates one that open connections still read.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, Mapping
@@ -50,6 +51,26 @@ class BindAddress(ServerAddress):
     """``host:port`` to listen on; port 0 picks a free one."""
 
     min_port = 0
+
+
+@dataclass(frozen=True)
+class Network:
+    """An IP network in CIDR notation: ``10.0.0.0/8``, ``2001:db8::/32``; a bare
+    address is a one-address network."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+    @classmethod
+    def from_yaml(cls, value: object, path: str) -> "Network":
+        if not isinstance(value, str):
+            raise _Invalid(f"expected a CIDR string like '10.0.0.0/8', got {_type_name(value)}")
+        try:
+            return cls(ipaddress.ip_network(value.strip(), strict=True))
+        except ValueError as exc:  # "192.0.2.1/24 has host bits set", "... does not appear to be ..."
+            raise _Invalid(f"expected a CIDR like '10.0.0.0/8': {exc}") from exc
+
+    def __str__(self) -> str:
+        return str(self.network)
 
 
 def _check_port(port: int, name: str = "port", allow_zero: bool = True) -> list[tuple[str, str]]:
@@ -129,12 +150,28 @@ class ListenerConfig:
     mode: Literal["http", "tcp"] = opt("http", "http: HTTP/1.1 and HTTP/2 reverse proxy; tcp: pump bytes to `upstream` after TLS")
     upstream: str | None = opt(None, "tcp mode: the upstream that receives the decrypted byte stream")
     tls: TLSConfig = opt(TLSConfig(), "TLS termination")
+    proxy_protocol: bool = opt(
+        False, "require a PROXY protocol v1 or v2 header (HAProxy's) before TLS on every connection, from a "
+               "peer in `trusted_proxies` only (others are closed unanswered); the client address it names is "
+               "the one the access log and X-Forwarded-For show")
+    trusted_proxies: tuple[Network, ...] = opt(
+        (), "CIDRs of the load balancers / proxies in front of this listener: PROXY headers are accepted only "
+            "from them, and a request from them keeps its X-Forwarded-For / Forwarded (we append); from anyone "
+            "else those headers are replaced")
+    forwarded: bool = opt(False, "also send RFC 7239 `Forwarded: for=...;proto=...;host=...` upstream")
+    via: str | None = opt(None, "a pseudonym (token) for this proxy: `Via: 1.1 <via>` is appended on requests "
+                                "and responses; null: no Via")
 
     def check(self) -> list[tuple[str, str]]:
         out = _check_port(self.port) + _check_address(self.address)
         if self.mode == "tcp" and self.upstream is None:
             out.append(("upstream", "required when mode is tcp"))
         out += _check_alpn(self.mode, self.tls.alpn)
+        if self.via is not None and not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", self.via):
+            out.append(("via", f"must be a token (RFC 9110 received-by pseudonym), got {self.via!r}"))
+        if self.proxy_protocol and not self.trusted_proxies:
+            out.append(("trusted_proxies", "required when proxy_protocol is true: the PROXY header is "
+                                           "accepted only from these networks"))
         return out
 
     def alpn(self) -> tuple[str, ...]:
@@ -199,6 +236,10 @@ class UpstreamConfig:
     max_idle_connections: int = opt(32, "idle keep-alive connections kept per server")
     idle_timeout_s: float = opt(30 * SECONDS, "idle keep-alive connections older than this are closed")
     health_check: HealthCheckConfig = opt(HealthCheckConfig(), "active health checking")
+    send_proxy_protocol: Literal["v1", "v2"] | None = opt(
+        None, "open every connection to these servers with a PROXY protocol header naming the client (v1 "
+              "text, v2 binary; health probes send LOCAL / UNKNOWN); such connections carry one client's "
+              "requests and are not kept for keep-alive reuse")
 
     def check(self) -> list[tuple[str, str]]:
         out = _check_positive(self, "connect_timeout_s", "read_timeout_s", "idle_timeout_s")
@@ -339,10 +380,17 @@ class VcryptoConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    max_connections: int = opt(1024, "open client connections per worker; more wait in the kernel backlog")
+    max_connections: int = opt(
+        16384, "open client connections per worker (the worker raises its open-files limit to fit, up to the "
+               "hard limit); when all are taken, connections still in their handshake and then idle "
+               "keep-alive ones are shed, oldest first, for new clients; else new clients wait in the kernel "
+               "backlog")
     max_header_bytes: int = opt(16 * KIB, "request line + headers; larger gets 431")
     max_body_bytes: int = opt(1024 * MIB, "request body; larger gets 413")
-    handshake_timeout_s: float = opt(10 * SECONDS, "TLS handshake must finish within this")
+    handshake_timeout_s: float = opt(10 * SECONDS, "TLS handshake (and PROXY header) must finish within this")
+    handshake_timeout_under_pressure_s: float = opt(
+        2 * SECONDS, "the same deadline while more than 75% of max_connections are taken (also applied to "
+                     "handshakes already running when that starts)")
     header_timeout_s: float = opt(30 * SECONDS, "a started request's headers must arrive within this")
     idle_timeout_s: float = opt(60 * SECONDS, "keep-alive connection with no request in flight is closed after this")
     body_timeout_s: float = opt(60 * SECONDS, "max wait between two reads of a request body or a tcp stream")
@@ -352,6 +400,7 @@ class LimitsConfig:
     def check(self) -> list[tuple[str, str]]:
         return _check_positive(
             self, "max_connections", "max_header_bytes", "max_body_bytes", "handshake_timeout_s",
+            "handshake_timeout_under_pressure_s",
             "header_timeout_s", "idle_timeout_s", "body_timeout_s", "send_timeout_s", "drain_timeout_s",
         )
 

@@ -483,7 +483,9 @@ class H2ProxyConnection:
         pool = self.rt.pools[route.upstream]
         record["upstream"] = route.upstream
         try:
-            upstream = await pool.acquire()
+            # (the addresses: a send_proxy_protocol upstream's header names this client)
+            upstream = await pool.acquire((self.conn.client_host, self.conn.client_port),
+                                          (self.conn.local_host, self.conn.local_port))
         except UpstreamError as exc:
             self.observer.upstream_error(pool.name, exc.kind)
             record["error"] = str(exc)
@@ -503,7 +505,8 @@ class H2ProxyConnection:
         chunked = has_body and not _header(headers, b"content-length")
         if chunked:  # HTTP/2 bodies have no length of their own (RFC 9113 §8.1)
             headers = headers + [(b"transfer-encoding", b"chunked")]
-        head = upstream_request(method, target, headers, self.conn.client_host, self.rt.scheme, upstream.server)
+        head = upstream_request(method, target, headers, self.conn.client_host, self.rt.forwarding,
+                                upstream.server)
         timeout_s = pool.config.read_timeout_s
         try:
             await _send_upstream(upstream, head, pool.name, timeout_s)

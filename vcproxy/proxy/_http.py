@@ -28,15 +28,26 @@ them with the TLS close_notify in one segment.
 
 What the client gets when something fails, decided in one place
 (``_fail_status``) and only while no response byte has been sent:
-400 malformed request (h11's verdict), 431 head too large, 413 body too large,
+400 malformed request (h11's verdict), 400/405/505 a request line that
+``_requestline`` refuses, 431 head too large, 413 body too large,
 404 no route, 502 upstream connect failure or broken upstream response,
 504 upstream read or write timeout. After the response head has gone out, a failure
 can only be signalled by closing the connection.
 
 Hop-by-hop headers (RFC 9110 §7.6.1: Connection and the fields it names,
 Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) are removed in
-both directions; h11 re-frames each side itself. X-Forwarded-For (appended),
--Proto and -Host are set on the way up.
+both directions; h11 re-frames each side itself. X-Forwarded-For, -Proto,
+-Host (and optionally Forwarded and Via) are set on the way up by
+``_forwarding``: appended to from a trusted proxy, replaced from anyone else.
+
+Upgrades (RFC 9110 §7.8): a request with ``Connection: upgrade`` and
+``Upgrade: websocket`` keeps those two fields on the way up (no other
+protocol is offered upstream: ``h2c`` or anything we cannot check stays
+stripped). If the upstream answers ``101 Switching Protocols``, the 101 is
+relayed and both connections stop being HTTP: ``_splice`` pumps bytes both
+ways (what either h11 side had already buffered goes first) until one side
+closes or ``limits.idle_timeout_s`` passes with no byte. Any other answer is
+an ordinary response and the connection stays HTTP/1.1.
 """
 from __future__ import annotations
 
@@ -51,7 +62,10 @@ import h11
 import trio
 
 from vcproxy.config import Config
+from ._forwarding import FORWARDING_FIELDS, Forwarding
+from ._requestline import RequestLineError, check_request_line
 from ._router import Router, normalise_host
+from ._splice import splice
 from ._upstream import UpstreamClosed, UpstreamConn, UpstreamError, UpstreamPool, UpstreamTimeout
 
 READ_CHUNK_BYTES = 256 * 1024
@@ -70,6 +84,9 @@ _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
     b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
+#: Upgrade protocols passed through to the upstream (RFC 6455 WebSocket); any
+#: other ``Upgrade`` offer is stripped like every hop-by-hop field.
+_UPGRADES_FORWARDED = frozenset({b"websocket"})
 
 
 class Observer(Protocol):
@@ -97,6 +114,8 @@ class HttpRuntime:
     scheme: str  # "https" or "http": the X-Forwarded-Proto value
     router: Router
     pools: dict[str, UpstreamPool]
+    #: trusted hops, X-Forwarded-*, Forwarded, Via (``listeners[].trusted_proxies``, ``forwarded``, ``via``)
+    forwarding: Forwarding = Forwarding()
     #: Set when a reload replaces this runtime: HTTP/2 connections send GOAWAY
     #: so their clients reconnect to the new config.
     retired: trio.Event = field(default_factory=trio.Event)
@@ -112,6 +131,13 @@ class ConnState:
     idle_scope: trio.CancelScope | None = None
     requests: int = 0
     tls: dict[str, Any] = field(default_factory=dict)
+    #: the address the client connected to (what a PROXY header we send names
+    #: as destination); ``client_host``/``client_port`` and this come from the
+    #: PROXY header the listener received, when it requires one
+    local_host: str = ""
+    local_port: int = 0
+    #: the peer that sent the PROXY header (a load balancer), else None
+    proxied_by: str | None = None
 
 
 class _ClientGone(Exception):
@@ -120,6 +146,23 @@ class _ClientGone(Exception):
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def _comma_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> set[bytes]:
+    return {t.strip().lower() for n, v in headers if n == name for t in v.split(b",")}
+
+
+def _upgrade_offer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The ``Upgrade`` value to forward, if the request asks for one we pass through.
+
+    RFC 9110 §7.8: "A sender of Upgrade MUST also send an "Upgrade" connection
+    option in the Connection header field"; without it the field is ignored."""
+    if b"upgrade" not in _comma_tokens(headers, b"connection"):
+        return None
+    offered = _comma_tokens(headers, b"upgrade")
+    if len(offered) != 1 or not offered <= _UPGRADES_FORWARDED:
+        return None
+    return _header(headers, b"upgrade")
 
 
 def _strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -301,6 +344,18 @@ class HttpProxyConnection:
             "client": self.conn.client_host, "listener": self.rt.listener, "method": request.method.decode(),
             "target": target, "host": host, "http_version": request.http_version.decode(),
         }
+        try:
+            line = check_request_line(request.method, request.target, request.http_version, _header(headers, b"host"))
+            if line.absolute:
+                # routed by the target's authority, forwarded in origin-form with it as Host
+                headers = [(n, v) for n, v in headers if n != b"host"] + [(b"host", line.authority)]
+                request = h11.Request(method=request.method, target=line.target, headers=headers,
+                                      http_version=request.http_version)
+                host = record["host"] = normalise_host(line.authority.decode("latin-1"))
+        except RequestLineError as exc:
+            return await self._send_error(exc.status, exc.message, record, started, exc.headers)
+        except h11.LocalProtocolError as exc:  # an authority that is no valid Host value
+            return await self._send_error(400, f"bad absolute-form target: {exc}", record, started)
         # h11 enforces max_incomplete_event_size only while a head is incomplete;
         # a whole oversized head that arrived in one read is caught here.
         head_bytes = len(request.target) + 16 + sum(len(n) + len(v) + 4 for n, v in headers)
@@ -309,13 +364,14 @@ class HttpProxyConnection:
         length = _header(headers, b"content-length")
         if length and int(length) > self.limits.max_body_bytes:
             return await self._send_error(413, "request body too large", record, started)
-        route = self.rt.router.match(host, target.split("?", 1)[0])
+        route = self.rt.router.match(host, line.path)
         if route is None:
             return await self._send_error(404, "no route", record, started)
         pool = self.rt.pools[route.upstream]
         record["upstream"] = route.upstream
         try:
-            upstream = await pool.acquire()
+            upstream = await pool.acquire((self.conn.client_host, self.conn.client_port),
+                                          (self.conn.local_host, self.conn.local_port))
         except UpstreamError as exc:
             self.observer.upstream_error(pool.name, exc.kind)
             record["error"] = str(exc)
@@ -327,8 +383,8 @@ class HttpProxyConnection:
 
     def _upstream_request(self, request: h11.Request, headers: list[tuple[bytes, bytes]],
                           upstream_server: object) -> h11.Request:
-        return upstream_request(request.method, request.target, headers, self.conn.client_host, self.rt.scheme,
-                                upstream_server)
+        return upstream_request(request.method, request.target, headers, self.conn.client_host,
+                                self.rt.forwarding, upstream_server, upgrade=_upgrade_offer(headers))
 
     async def _exchange(self, request: h11.Request, headers: list[tuple[bytes, bytes]], pool: UpstreamPool,
                         upstream: UpstreamConn, record: dict[str, Any], started: float) -> bool:
@@ -355,6 +411,9 @@ class HttpProxyConnection:
                 state["relay"] = exc
         else:
             status = await self._exchange_with_body(upstream, pool, state)
+        if status == 101 and state["relay"] is None and state["body"] is None:
+            await self._tunnel(upstream, record, started)
+            return False
         body_err, relay_err = state["body"], state["relay"]
         err = relay_err or body_err
         seconds = time.monotonic() - started
@@ -410,11 +469,17 @@ class HttpProxyConnection:
         while True:
             event = await _next_upstream_event(upstream, read_timeout_s, name)
             if isinstance(event, h11.InformationalResponse):
-                continue  # 100 Continue is ours to send; 101 cannot happen (Upgrade stripped)
+                if event.status_code == 101:
+                    # h11 accepts a 101 only for an Upgrade we forwarded (else:
+                    # RemoteProtocolError, a 502); both sides are now switched.
+                    return await self._relay_switch(event, name)
+                continue  # 100 Continue is ours to send
             if isinstance(event, h11.Response):
                 break
             raise UpstreamClosed(name, "closed before a response")
         headers = _strip_hop_by_hop(list(event.headers))
+        if self.rt.forwarding.via is not None:
+            headers = [h for h in headers if h[0] != b"via"] + [(b"via", self.rt.forwarding.via_value(headers))]
         if self.conn.draining.is_set():
             headers.append((b"connection", b"close"))
         self._sent_status = event.status_code
@@ -445,9 +510,40 @@ class HttpProxyConnection:
                 await self._flush_client()
             raise
 
+    async def _relay_switch(self, event: h11.InformationalResponse, name: str) -> int:
+        """Relay the upstream's 101; from here on the client connection is a byte stream."""
+        headers = _strip_hop_by_hop(list(event.headers))
+        headers += [(b"connection", b"upgrade"), (b"upgrade", _header(list(event.headers), b"upgrade"))]
+        self._sent_status = 101
+        try:
+            self._queue_client(h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason))
+        except h11.LocalProtocolError as exc:  # the client's side of the switch is not pending
+            raise UpstreamError(name, f"cannot relay 101: {exc}") from exc
+        await self._flush_client()
+        return 101
+
+    async def _tunnel(self, upstream: UpstreamConn, record: dict[str, Any], started: float) -> None:
+        """After a relayed 101: bytes both ways until a side closes or the session idles."""
+        try:
+            client_early, upstream_early = self.h11.trailing_data[0], upstream.h11.trailing_data[0]
+            if client_early:
+                await upstream.stream.send_all(client_early)
+            if upstream_early:
+                await self.stream.send_all(upstream_early)
+            result, totals = await splice(self.stream, upstream.stream, self.limits.idle_timeout_s)
+            record.update(tunnel=result, client_to_upstream=totals["a_to_b"] + len(client_early),
+                          upstream_to_client=totals["b_to_a"] + len(upstream_early))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            record.update(tunnel="broken", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            await _close(upstream.stream)
+        record["status"] = 101
+        self._log(record, time.monotonic() - started)
+
     # ---------------------------------------------------------------- responses
 
-    async def _send_error(self, status: int, message: str, record: dict[str, Any] | None, started: float) -> bool:
+    async def _send_error(self, status: int, message: str, record: dict[str, Any] | None, started: float,
+                          extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> bool:
         """A short response generated here; the connection closes after it."""
         if record is None:
             record = {"client": self.conn.client_host, "listener": self.rt.listener}
@@ -458,7 +554,7 @@ class HttpProxyConnection:
                 self._queue_client(h11.Response(status_code=status, headers=[
                     (b"content-type", b"text/plain; charset=utf-8"),
                     (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
+                    (b"connection", b"close"), *extra_headers,
                 ]))
                 self._queue_client(h11.Data(data=body))
                 self._queue_client(h11.EndOfMessage())
@@ -477,25 +573,22 @@ class HttpProxyConnection:
 
 
 def upstream_request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], client_host: str,
-                     scheme: str, upstream_server: object) -> h11.Request:
+                     forwarding: Forwarding, upstream_server: object, *,
+                     upgrade: bytes | None = None) -> h11.Request:
     """The HTTP/1.1 request head sent upstream for a client's request (HTTP/1.x or
     HTTP/2, whose ``:authority`` arrives here as ``host``): hop-by-hop fields
-    removed, X-Forwarded-* set."""
+    removed, the forwarding fields as the listener's trust rules say
+    (``forwarding``), an accepted ``upgrade`` offer (HTTP/1.1 WebSocket) kept."""
     chunked = b"chunked" in _header(headers, b"transfer-encoding").lower()
     out = [(n, v) for n, v in _strip_hop_by_hop(headers)
-           if n not in (b"x-forwarded-proto", b"x-forwarded-host", b"expect")]
-    xff = _header(headers, b"x-forwarded-for")
-    client = client_host.encode()
-    out = [(n, v) for n, v in out if n != b"x-forwarded-for"]
-    out.append((b"x-forwarded-for", xff + b", " + client if xff else client))
-    out.append((b"x-forwarded-proto", scheme.encode()))
-    host = _header(headers, b"host")
-    if host:
-        out.append((b"x-forwarded-host", host))
-    else:  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
+           if n not in FORWARDING_FIELDS and n != b"expect" and (n != b"via" or forwarding.via is None)]
+    out += forwarding.request_headers(headers, client_host)
+    if not _header(headers, b"host"):  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
         out.append((b"host", _host_header(str(upstream_server))))
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
+    if upgrade is not None:
+        out += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
     # _parsed=True: every name and value here came out of h11's (or h2's) parser
     # (or is a constant, the client's IP address, or a value checked once by
     # _host_header), so h11 need not run its regexes over them again (a
@@ -555,9 +648,10 @@ def _fail_status(body_err: Exception | None, relay_err: Exception | None) -> int
     return 502
 
 
-_REASONS = {400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 502: "Bad Gateway",
-            503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+            505: "HTTP Version Not Supported"}
 
 
 @functools.lru_cache(maxsize=64)

@@ -3,6 +3,11 @@
 Per connection, in this order:
 
 1. count bytes on the raw socket (``CountingStream``: TLS records included);
+1a. ``listeners[].proxy_protocol``: a peer outside ``trusted_proxies`` is
+   closed unread; from a trusted one, the PROXY header
+   (``_proxy_header``) must arrive within ``limits.handshake_timeout_s``
+   and its client address replaces the peer's in ``ConnState``; the bytes
+   after it are handed back to the stream (``CountingStream.unread``);
 2. the TLS seam: ``TLSStream`` over that stream, handshake under
    ``limits.handshake_timeout_s``, metrics by result/version/suite/resumed;
    after it, TLS faults read as a broken transport (``TLSErrorsAsBroken``),
@@ -12,13 +17,18 @@ Per connection, in this order:
    when ALPN chose ``h2``, or ``serve_tcp``), which
    only ever sees a ``trio.abc.Stream``.
 
-``limits.max_connections`` is a semaphore taken *before* ``accept()``: past
-the limit, connections wait in the kernel backlog instead of being accepted
-and starved. Each connection reads the ``ListenerRuntime`` current when it
-was accepted: a reload swaps runtimes for new connections only.
+``limits.max_connections`` slots (``_slots.ConnectionSlots``) are taken
+*before* ``accept()``: past the limit, connections wait in the kernel backlog
+instead of being accepted and starved, unless connections that never finished
+their handshake, or idle keep-alive ones, can be shed to make room (see
+``_slots``). Steps 1a and 2 are the connection's *opening* phase, under one
+deadline (the handshake timeout; tighter under pressure). Each connection
+reads the ``ListenerRuntime`` current when it was accepted: a reload swaps
+runtimes for new connections only.
 """
 from __future__ import annotations
 
+import errno
 import socket as stdsocket
 import time
 import traceback
@@ -29,15 +39,22 @@ from typing import Any
 import trio
 
 from vcproxy import _log
-from vcproxy.config import Config
+from vcproxy.config import Config, ListenerConfig
 from vcproxy.metrics import metrics
 from vcproxy.tls import CryptoProvider, HandshakeTimeout, ServerConfig, TLSError, TLSStream
+from ._forwarding import is_trusted
 from ._h2 import H2ProxyConnection
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, Observer, _close
+from ._proxy_header import ProxyProtocolError, parse_proxy_header
+from ._slots import ConnectionSlots
 from ._tcp import serve_tcp
 from ._upstream import UpstreamPool
 
-LISTEN_BACKLOG = 1024
+LISTEN_BACKLOG = 4096
+#: accept() failures that mean "not now" (the client stays in the backlog)
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_RETRY_S = 0.1
+PROXY_HEADER_READ_BYTES = 4096
 
 
 class CountingStream(trio.abc.Stream):
@@ -57,6 +74,11 @@ class CountingStream(trio.abc.Stream):
         self._out = counter_out
         self._in_pending = 0
         self._out_pending = 0
+        self._unread = b""
+
+    def unread(self, data: bytes) -> None:
+        """Give back bytes read past a PROXY header: the next receive returns them first."""
+        self._unread = bytes(data)
 
     async def send_all(self, data) -> None:
         await self.inner.send_all(data)
@@ -70,6 +92,9 @@ class CountingStream(trio.abc.Stream):
         await self.inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes=None) -> bytes:
+        if self._unread:
+            data, self._unread = self._unread, b""
+            return data
         data = await self.inner.receive_some(max_bytes)
         pending = self._in_pending + len(data)
         if pending >= self.COUNT_STEP_BYTES:
@@ -169,6 +194,10 @@ class _ListenerMetrics:
         self.bytes_received = m.bytes_received_total.labels(name)
         self.bytes_sent = m.bytes_sent_total.labels(name)
         self.handshake_seconds = m.tls_handshake_seconds.labels(name)
+        self.proxy_protocol = {r: m.proxy_protocol_total.labels(name, r)
+                               for r in ("ok", "untrusted", "invalid", "timeout")}
+        for phase in ("handshake", "idle"):  # exported from the start, 0 until a shed (_slots counts them)
+            m.connections_shed_total.labels(name, phase)
         self._handshakes: dict[tuple[str, str, str, str], Any] = {}
 
     def handshake_done(self, result: str, version: str = "", suite: str = "", resumed: str = "") -> None:
@@ -187,9 +216,9 @@ class ConnectionServer:
         self.runtimes = runtimes
         self.provider = provider
         self.observer = observer
-        self.limit = trio.Semaphore(max_connections)
+        self.slots = ConnectionSlots(max_connections)
         self.draining = draining
-        self.conns: set[ConnState] = set()
+        self.conns = self.slots.conns  # every open connection (the worker's drain reads it)
         self.accept_scope = trio.CancelScope()
         self._metrics: dict[str, _ListenerMetrics] = {}
 
@@ -207,12 +236,27 @@ class ConnectionServer:
         self.accept_scope.cancel()
 
     async def _accept_loop(self, index: int, sock) -> None:
+        slots = self.slots
         while True:
-            await self.limit.acquire()
+            if slots.semaphore.value == 0:
+                # All slots taken: wait for a client in the backlog, then make room if we can.
+                await trio.lowlevel.wait_readable(sock)
+                slots.shed_for_newcomer()
+            await slots.semaphore.acquire()
             try:
                 client, addr = await sock.accept()
+            except OSError as exc:
+                slots.semaphore.release()
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                # Out of file descriptors or memory: the client stays in the
+                # backlog; shed what we can and try again shortly.
+                _log.error_log.warning("accept_failed", error=str(exc), open_connections=slots.taken)
+                slots.shed_for_newcomer(force=True)
+                await trio.sleep(ACCEPT_RETRY_S)
+                continue
             except BaseException:
-                self.limit.release()
+                slots.semaphore.release()
                 raise
             self.conn_nursery.start_soon(self._connection, index, client, addr)
 
@@ -227,13 +271,25 @@ class ConnectionServer:
         active = lm.connections_active
         active.inc()
         conn = ConnState(addr[0], addr[1], self.draining)
-        self.conns.add(conn)
-        stream: trio.abc.Stream = CountingStream(trio.SocketStream(sock), lm.bytes_received, lm.bytes_sent)
+        conn.local_host, conn.local_port = sock.getsockname()[:2]
+        slots = self.slots
+        slots.admit(conn, rt.name)
+        counting = CountingStream(trio.SocketStream(sock), lm.bytes_received, lm.bytes_sent)
+        stream: trio.abc.Stream | None = counting
         try:
-            if rt.tls is not None:
-                stream = await self._handshake(stream, rt, lm)
-                if stream is None:
+            lis = rt.config.listeners[index]
+            with slots.opening_scope(conn, rt.config.limits) as opening:
+                if lis.proxy_protocol and not await self._proxy_header(counting, conn, lis, rt, lm):
                     return
+                if rt.tls is not None:
+                    stream = await self._handshake(counting, rt, lm)
+                    if stream is None:
+                        return
+            slots.opened(conn)
+            if opening.cancelled_caught:  # shed, or the opening deadline passed
+                if conn not in slots.shed and rt.tls is not None:
+                    lm.handshake_done("timeout")
+                return
             if rt.mode == "http" and isinstance(stream, TLSErrorsAsBroken) and stream.tls.alpn_protocol == "h2":
                 await H2ProxyConnection(stream, conn, rt.http, self.observer).serve()
             elif rt.mode == "http":
@@ -244,11 +300,44 @@ class ConnectionServer:
             _log.error_log.error("connection_failed", listener=rt.name, client=addr[0],
                                  error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         finally:
-            if stream is not None:
-                await _close(stream)
-            self.conns.discard(conn)
+            await _close(stream if stream is not None else counting)
+            slots.release(conn)
             active.dec()
-            self.limit.release()
+
+    async def _proxy_header(self, stream: CountingStream, conn: ConnState, lis: ListenerConfig,
+                            rt: ListenerRuntime, lm: _ListenerMetrics) -> bool:
+        """Read the PROXY header; True: ``conn`` now names the original client.
+
+        The spec: "the receiver MUST be configured to only receive the protocol
+        ... and MUST not try to guess whether the protocol header is present";
+        a peer that is not a trusted proxy could claim any client address."""
+        peer = conn.client_host
+        if not is_trusted(peer, lis.trusted_proxies):
+            lm.proxy_protocol["untrusted"].inc()
+            _log.error_log.debug("proxy_protocol_refused", listener=rt.name, peer=peer, reason="untrusted")
+            return False
+        buf = b""
+        try:
+            with trio.fail_after(rt.config.limits.handshake_timeout_s):
+                while (parsed := parse_proxy_header(buf)) is None:
+                    data = await stream.receive_some(PROXY_HEADER_READ_BYTES)
+                    if not data:
+                        raise ProxyProtocolError("closed before a whole header")
+                    buf += data
+        except (ProxyProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            result = "timeout" if isinstance(exc, trio.TooSlowError) else "invalid"
+            lm.proxy_protocol[result].inc()
+            _log.error_log.debug("proxy_protocol_refused", listener=rt.name, peer=peer, reason=result,
+                                 error=f"{type(exc).__name__}: {exc}")
+            return False
+        header, used = parsed
+        stream.unread(buf[used:])
+        lm.proxy_protocol["ok"].inc()
+        conn.proxied_by = peer
+        if header.source is not None and header.destination is not None:
+            conn.client_host, conn.client_port = header.source
+            conn.local_host, conn.local_port = header.destination
+        return True
 
     async def _handshake(self, raw: trio.abc.Stream, rt: ListenerRuntime,
                          lm: _ListenerMetrics) -> trio.abc.Stream | None:

@@ -8,6 +8,11 @@ connect fails. ``release(conn)`` puts a connection whose exchange ended
 cleanly back. A pool swapped out by a reload keeps serving the requests that
 hold its connections and is closed when they are done.
 
+``send_proxy_protocol: v1|v2``: each new connection starts with a PROXY
+header naming the client it is for (``_proxy_header.encode``), written
+within the connect timeout; such a connection speaks for that one client, so
+it is never put back for reuse by another.
+
 Staleness: a server may close an idle keep-alive connection at any time. Before
 reuse we poll the socket (no wait): readable means EOF or stray bytes, and
 either way the connection is not reusable. That closes the common race
@@ -25,6 +30,7 @@ import h11
 import trio
 
 from vcproxy.config import ServerAddress, UpstreamConfig
+from ._proxy_header import Address, encode, encode_local
 
 
 class UpstreamError(Exception):
@@ -87,8 +93,12 @@ class UpstreamPool:
         ring = self._servers[start:] + self._servers[:start]
         return [s for s in ring if s.healthy] + [s for s in ring if not s.healthy]
 
-    async def acquire(self) -> UpstreamConn:
+    async def acquire(self, client: Address | None = None, local: Address | None = None) -> UpstreamConn:
+        """A connection for a request of ``client`` (who connected to ``local``),
+        the addresses a PROXY header names when the upstream wants one."""
         order = self._order()
+        if self.config.send_proxy_protocol:
+            return await self.connect(order, client, local)
         now = time.monotonic()
         for state in order:
             while state.idle:
@@ -100,7 +110,8 @@ class UpstreamPool:
                 return conn
         return await self.connect(order)
 
-    async def connect(self, order: list[_ServerState] | None = None) -> UpstreamConn:
+    async def connect(self, order: list[_ServerState] | None = None, client: Address | None = None,
+                      local: Address | None = None) -> UpstreamConn:
         """A new connection to the next server, trying ``retries`` more on failure."""
         if order is None:
             order = self._order()
@@ -110,7 +121,9 @@ class UpstreamPool:
             try:
                 with trio.fail_after(self.config.connect_timeout_s):
                     stream = await trio.open_tcp_stream(state.address.host, state.address.port)
-            except (OSError, trio.TooSlowError) as exc:
+                    if self.config.send_proxy_protocol:
+                        await self._send_proxy_header(stream, client, local)
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 last = exc
                 self._mark(state, ok=False)
                 continue
@@ -119,8 +132,23 @@ class UpstreamPool:
         reason = "timed out" if isinstance(last, trio.TooSlowError) else (getattr(last, "strerror", None) or str(last))
         raise UpstreamConnectError(self.name, f"connect to {', '.join(str(s.address) for s in attempts)} failed: {reason}")
 
+    async def _send_proxy_header(self, stream: trio.SocketStream, client: Address | None,
+                                 local: Address | None) -> None:
+        version = self.config.send_proxy_protocol
+        try:
+            if not (client and client[0] and local and local[0]):
+                header = encode_local(version)  # no client: a connection of our own (a probe)
+            else:
+                header = encode(version, client, local)
+            await stream.send_all(header)
+        except BaseException:
+            await _close_quietly(stream)
+            raise
+
     def release(self, conn: UpstreamConn) -> bool:
         """Keep ``conn`` for reuse if its exchange ended cleanly; returns whether kept."""
+        if self.config.send_proxy_protocol:
+            return False  # its PROXY header named one client
         if self._closed or conn.h11.our_state is not h11.DONE or conn.h11.their_state is not h11.DONE:
             return False
         try:
@@ -166,6 +194,8 @@ class UpstreamPool:
             except OSError:
                 return False
             try:
+                if self.config.send_proxy_protocol:
+                    await stream.send_all(encode_local(self.config.send_proxy_protocol))
                 if hc.path is None:
                     return True
                 conn = h11.Connection(h11.CLIENT)

@@ -17,6 +17,7 @@ they started with.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 from typing import Any
@@ -26,6 +27,7 @@ import trio
 from vcproxy import _log
 from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.metrics import metrics
+from ._forwarding import Forwarding
 from ._http import HttpRuntime
 from ._listener import ConnectionServer, ListenerRuntime, open_listener
 from ._router import Router
@@ -99,7 +101,8 @@ class Worker:
             name = config.listener_name(i)
             tls = build_server_config(lis, config, ticket_keys) if lis.tls.enabled else None
             scheme = "https" if tls is not None else "http"
-            http = HttpRuntime(config, name, scheme, router, pools) if lis.mode == "http" else None
+            forwarding = Forwarding(scheme, lis.trusted_proxies, lis.forwarded, lis.via)
+            http = HttpRuntime(config, name, scheme, router, pools, forwarding) if lis.mode == "http" else None
             tcp_pool = pools[lis.upstream] if lis.mode == "tcp" and lis.upstream else None
             runtimes.append(ListenerRuntime(name, lis.mode, tls, http, tcp_pool, config))
         return runtimes, pools
@@ -124,7 +127,7 @@ class Worker:
             return 2
         self.config = config
         self.server = ConnectionServer(lambda: self.runtimes, self.provider, WorkerObserver(),
-                                       config.limits.max_connections, self.draining)
+                                       _fit_open_files(config.limits.max_connections, self.index), self.draining)
         sockets = [await open_listener(lis.address, self.ports.get(i, lis.port))
                    for i, lis in enumerate(config.listeners)]
         async with trio.open_nursery() as conn_nursery:
@@ -201,6 +204,34 @@ class Worker:
                 self.service.start_soon(pool.run_health_checks)
         m.config_reloads_total.labels("ok").inc()
         _log.error_log.info("reloaded", worker=self.index)
+
+
+#: File descriptors a worker keeps besides its client connections: upstream
+#: connections of requests in flight and idle pools, listening sockets, the
+#: metrics files, the engine's memfds and eventfds.
+FD_RESERVE = 1024
+
+
+def _fit_open_files(max_connections: int, worker: int) -> int:
+    """Raise RLIMIT_NOFILE so ``max_connections`` clients fit (each in-flight
+    request also holds an upstream socket: 2 per connection, plus a reserve),
+    up to the hard limit; returns the connection slots that fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * max_connections + FD_RESERVE
+    limit = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if limit > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            soft = limit
+        except (ValueError, OSError) as exc:
+            _log.error_log.warning("nofile_limit", worker=worker, error=str(exc))
+    # Slots past the limit would only meet EMFILE at accept: cap them, and say so.
+    fit = max(1, min(max_connections, soft - min(FD_RESERVE, soft // 4)))
+    if fit < max_connections:
+        _log.error_log.warning("max_connections_capped", worker=worker, max_connections=max_connections,
+                               slots=fit, open_files_limit=soft,
+                               hint="raise the hard RLIMIT_NOFILE (ulimit -Hn, LimitNOFILE=) to serve more")
+    return fit
 
 
 def _frontend_of(provider: Any) -> Any:

@@ -14,6 +14,9 @@
 ``POST /echo``         streams the body back, chunked
 ``GET /slow?s=S``      waits S seconds before answering
 ``GET /health``        200 ``ok``
+``GET /ws``            a WebSocket (RFC 6455) echo: each text or binary
+                       message comes back as it was sent; ping gets pong,
+                       close is answered with close
 =====================  ====================================================
 
 Keep-alive is supported. It is a demo: no limits beyond h11's own.
@@ -21,6 +24,7 @@ Keep-alive is supported. It is a demo: no limits beyond h11's own.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import random
@@ -47,6 +51,77 @@ def expected_sha256(n: int, seed: int = 0) -> str:
     for piece in expected_pieces(n, seed):
         h.update(piece)
     return h.hexdigest()
+
+
+#: RFC 6455 §1.3: the GUID appended to Sec-WebSocket-Key before hashing.
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WS_MAX_MESSAGE_BYTES = 1 << 20
+
+
+def ws_accept(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for ``key`` (RFC 6455 §4.2.2 item 5.4)."""
+    return base64.b64encode(hashlib.sha1(key.strip() + WS_GUID).digest())
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked (server -> client) frame (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 1 << 16:
+        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+async def _ws_echo(stream: trio.SocketStream, buffered: bytes) -> None:
+    """Echo messages until the client closes (fragmented messages reassembled)."""
+    buf = bytearray(buffered)
+    message = bytearray()
+    message_opcode = 0
+
+    async def need(n: int) -> None:
+        while len(buf) < n:
+            data = await stream.receive_some(PIECE_BYTES)
+            if not data:
+                raise trio.BrokenResourceError("client closed mid-frame")
+            buf.extend(data)
+
+    while True:
+        await need(2)
+        fin, opcode, masked, length = buf[0] & 0x80, buf[0] & 0x0F, buf[1] & 0x80, buf[1] & 0x7F
+        offset = 2
+        if length == 126:
+            await need(4)
+            length, offset = int.from_bytes(buf[2:4], "big"), 4
+        elif length == 127:
+            await need(10)
+            length, offset = int.from_bytes(buf[2:10], "big"), 10
+        if not masked or length > WS_MAX_MESSAGE_BYTES:  # §5.1: a client MUST mask
+            await stream.send_all(_ws_frame(0x8, (1002).to_bytes(2, "big")))
+            return
+        await need(offset + 4 + length)
+        mask = buf[offset:offset + 4]
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(buf[offset + 4:offset + 4 + length]))
+        del buf[:offset + 4 + length]
+        if opcode == 0x8:
+            await stream.send_all(_ws_frame(0x8, payload[:2]))
+            return
+        if opcode == 0x9:
+            await stream.send_all(_ws_frame(0xA, payload))
+            continue
+        if opcode == 0xA:
+            continue
+        if opcode in (0x1, 0x2):
+            message_opcode = opcode
+        message += payload
+        if len(message) > WS_MAX_MESSAGE_BYTES:
+            await stream.send_all(_ws_frame(0x8, (1009).to_bytes(2, "big")))
+            return
+        if fin:
+            await stream.send_all(_ws_frame(message_opcode, bytes(message)))
+            message.clear()
 
 
 class _Conn:
@@ -84,6 +159,10 @@ async def _body_pieces(conn: _Conn):
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
 
 
+class _Switched(Exception):
+    """The connection left HTTP (a WebSocket session ended): close it."""
+
+
 async def _handle(conn: _Conn, request: h11.Request) -> None:
     url = urlsplit(request.target.decode("latin-1"))
     query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -104,6 +183,16 @@ async def _handle(conn: _Conn, request: h11.Request) -> None:
         return
     async for _ in _body_pieces(conn):
         pass  # a GET may carry a body; drain it so keep-alive continues
+    if url.path == "/ws":
+        key = next((v for n, v in request.headers if n == b"sec-websocket-key"), None)
+        upgrade = next((v for n, v in request.headers if n == b"upgrade"), b"")
+        if key is None or upgrade.lower() != b"websocket":
+            await conn.respond(426, b"WebSocket upgrade required\n")
+            return
+        await conn.send(h11.InformationalResponse(status_code=101, reason=b"Switching Protocols", headers=[
+            (b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", ws_accept(key))]))
+        await _ws_echo(conn.stream, conn.h11.trailing_data[0])
+        raise _Switched()
     if url.path == "/":
         await conn.respond(200, b"hello from the vcproxy demo upstream\n")
     elif url.path == "/health":
@@ -139,7 +228,7 @@ async def serve_connection(stream: trio.SocketStream) -> None:
             if conn.h11.our_state is not h11.DONE or conn.h11.their_state is not h11.DONE:
                 return
             conn.h11.start_next_cycle()
-    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError, ValueError):
+    except (_Switched, h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError, ValueError):
         return
     finally:
         with trio.CancelScope(shield=True):

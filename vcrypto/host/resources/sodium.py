@@ -173,14 +173,20 @@ def _aead(job: CryptoJob) -> bytes:
         raise CryptoOpError(CryptoOpError.Kind.BAD_MESSAGE, "AEAD tag mismatch") from None
 
 
-def _x25519(peer: bytes) -> bytes:
-    if len(peer) != 32:
-        raise CryptoOpError(_BAD, f"X25519 peer key must be 32 bytes, got {len(peer)}")
-    own = sodium.randombytes(32)
+def _x25519(src: bytes) -> bytes:
+    """``src`` = the peer's key (keygen + derive), or own scalar || peer key
+    (the keyed form TLS 1.2 uses, ``vcrypto.ops``); own public key || secret."""
+    if len(src) == 64:
+        own, peer = bytes(src[:32]), bytes(src[32:])
+    elif len(src) == 32:
+        own, peer = sodium.randombytes(32), bytes(src)
+    else:
+        raise CryptoOpError(_BAD, f"X25519 peer key must be 32 bytes (or scalar || key: 64), "
+                                  f"got {len(src)}")
     try:
         # libsodium refuses an all-zero shared secret (a small-order peer
         # point), as RFC 7748 §6.1 allows and RFC 8446 §7.4.2 requires.
-        shared = sodium.crypto_scalarmult(own, bytes(peer))
+        shared = sodium.crypto_scalarmult(own, peer)
     except nacl.exceptions.RuntimeError:
         raise CryptoOpError(_BAD, "X25519 exchange failed: all-zero shared secret") from None
     return sodium.crypto_scalarmult_base(own) + shared
