@@ -117,3 +117,23 @@ def test_ten_thousand_half_hellos_with_the_default_limits(tmp_path, certs, upstr
             flood.stop()
     finally:
         proxy.stop()
+
+
+def test_idle_http2_connections_are_shed_too(crowded, ctx):
+    """An HTTP/2 connection with no stream open is idle like a keep-alive
+    one: when every slot holds one, they are shed for a new client."""
+    from test_proxy_h2 import Client
+
+    before = shed(crowded, "idle")
+    wait_for(lambda: active(crowded) == 0)
+    idle = []
+    try:
+        for _ in range(SLOTS):  # every slot: an h2 connection after one stream
+            c = Client(crowded.port, ctx)
+            assert c.response(c.request())[0] == 200
+            idle.append(c)
+        assert timed_request(crowded.port, ctx) < 1.0  # limits.idle_timeout_s is 60 s
+        assert shed(crowded, "idle") > before
+    finally:
+        for c in idle:
+            c.close()

@@ -273,11 +273,15 @@ class H2ProxyConnection:
             try:
                 with trio.CancelScope(deadline=self._read_deadline()) as scope:
                     self._read_scope = scope
+                    # With no stream open the connection is idle: the slot
+                    # shedder (and a drain) may end it by cancelling this read.
+                    self.conn.idle_scope = None if self.streams else scope
                     data = await self.stream.receive_some(READ_CHUNK_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             finally:
                 self._read_scope = None
+                self.conn.idle_scope = None
             if scope.cancelled_caught:
                 if self.streams or self._goaway_last_id is not None:
                     continue  # woken: re-check
