@@ -51,6 +51,38 @@ async def test_garbage_slot_gets_bad_request_and_backend_keeps_serving(local_bac
     await fe.aclose()
 
 
+async def test_a_frontend_cannot_use_another_frontends_session(local_backend):
+    """Session ids are small integers: a request naming a session this
+    frontend never opened or acquired (another worker's traffic key) is
+    INVALID and never runs; nor does a forged cache hit acquire one."""
+    owner, thief = Frontend(local_backend.socket_path), Frontend(local_backend.socket_path)
+    assert await owner.start() and await thief.start()
+    key = os.urandom(16)
+    h = await owner.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, key))
+    [(st, _)] = await owner.run(h, [(b"warm", b"n" * 12, b"")])
+    assert st is SlotStatus.OK
+    att = thief._att
+    region = att.region
+    slot, j = att.free_slots.pop(), att.free_opdones.pop()
+    region.opdones.reset(j, 1)
+    region.write_request(slot, Op.AEAD_SEAL, Alg.AES_128_GCM, j, h.sid, b"secret", 22, b"n" * 12)
+    ev = trio.Event()
+    att.waiting[j] = ev
+    region.ring.push_many([slot])
+    att.has_work.set()
+    os.eventfd_write(att.doorbell, 1)
+    with trio.fail_after(10):
+        await ev.wait()
+    assert region.result(slot)[0] is SlotStatus.INVALID
+    # an acquire naming the sid with other metadata (the MD5 is readable by all) is refused
+    reply = await thief.control_request(att, {"t": "acquire", "sid": h.sid,
+                                               "meta": SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM,
+                                                                   bytes(16)).canonical().hex()})
+    assert reply["ok"] is False
+    await owner.aclose()
+    await thief.aclose()
+
+
 async def test_idle_backend_sleeps_instead_of_spinning(local_backend):
     fe = Frontend(local_backend.socket_path)
     await fe.start()

@@ -25,7 +25,7 @@ def test_refcount_lifecycle_and_cache():
     fe_b: dict[int, int] = {}
     table.ref(fe_a, s)
     assert shared.lookup(canonical) == s.sid
-    assert table.acquire(s.sid, meta.digest().hex()) is s   # another frontend's hit
+    assert table.acquire(s.sid, meta.canonical()) is s   # another frontend's hit
     table.ref(fe_b, s)
     table.ref(None, s)                                       # a request in flight
     assert (s.refs, fe_a, fe_b) == (3, {s.sid: 1}, {s.sid: 1})
@@ -40,7 +40,7 @@ def test_acquire_rejects_stale_or_mismatched():
     m1, m2 = SessionMeta(Op.ECDH, Alg.X25519), SessionMeta(Op.ECDH, Alg.SECP256R1)
     s = table.new(m1, m1.canonical())
     table.add(s)
-    assert table.acquire(s.sid, m2.digest().hex()) is None   # sid reused for other metadata
-    assert table.acquire(s.sid + 1, m1.digest().hex()) is None
+    assert table.acquire(s.sid, m2.canonical()) is None   # sid reused for other metadata
+    assert table.acquire(s.sid + 1, m1.canonical()) is None
     s2 = table.new(m2, m2.canonical())
     assert s2.sid != s.sid

@@ -157,7 +157,7 @@ class ControlPlane:
             meta = SessionMeta.from_canonical(bytes.fromhex(msg["meta"]))
             self._send(fe, backend.open_session(fe.refs, meta) | {"t": "reply", "id": rid})
         elif t == "acquire":
-            sess = sessions.acquire(int(msg["sid"]), str(msg["md5"]))
+            sess = sessions.acquire(int(msg["sid"]), bytes.fromhex(msg["meta"]))
             if sess is not None:
                 sessions.ref(fe.refs, sess)
                 self._send(fe, {"t": "reply", "id": rid, "ok": True, "sid": sess.sid})

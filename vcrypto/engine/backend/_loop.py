@@ -493,7 +493,11 @@ class Backend:
             self._finish_bad(fe, i, exc.opdone, SlotStatus.BAD_REQUEST)
             return
         sess = self.sessions.get(req.session_id)
-        if sess is None or sess.meta.op is not req.op or sess.meta.alg is not req.alg:
+        # Only a session this frontend holds a reference on (opened or
+        # acquired): session ids are small integers, and another worker's
+        # session may hold a connection's traffic key or a keyless signing key.
+        if (sess is None or sess.meta.op is not req.op or sess.meta.alg is not req.alg
+                or not fe.refs.get(sess.sid)):
             self.stats.bad_requests += 1
             self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
             return

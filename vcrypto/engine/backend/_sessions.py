@@ -53,11 +53,13 @@ class BackendSessionTable:
             self._stats.cache_hits += 1
         return sess
 
-    def acquire(self, sid: int, md5_hex: str) -> Session | None:
+    def acquire(self, sid: int, canonical: bytes) -> Session | None:
         """A frontend's shared-cache hit, confirmed: the sid is live and is
-        still the session for that metadata (not destroyed and reused)."""
+        still the session for exactly that metadata (not destroyed and reused).
+        Confirmed against the metadata itself, not its MD5: the digests sit in
+        memory every worker reads, so knowing one proves nothing."""
         sess = self._by_sid.get(sid)
-        if sess is None or sess.md5.hex() != md5_hex:
+        if sess is None or sess.canonical != canonical:
             return None
         self._stats.cache_hits += 1
         return sess

@@ -167,7 +167,7 @@ class SessionHandles:
                    if h.sha256 is not None else None)
             reply = None
             if sid is not None:
-                reply = await request(att, {"t": "acquire", "sid": sid, "md5": h.md5.hex()})
+                reply = await request(att, {"t": "acquire", "sid": sid, "meta": h.canonical.hex()})
                 if reply.get("ok"):
                     self._stats.shared_hits += 1
                 else:
