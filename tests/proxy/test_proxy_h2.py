@@ -303,6 +303,11 @@ def test_python_client_streams_and_authority_routing(proxy, ctx):
         sid = c.request([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
                          (b":path", b"/a b")])
         assert c.response(sid)[0] == 400
+        # RFC 9113 8.3.1: no absolute-form, '*' only for OPTIONS, no path without '/'
+        for method, path in ((b"GET", b"http://internal.test/admin"), (b"GET", b"*"), (b"GET", b"noslash")):
+            sid = c.request([(b":method", method), (b":scheme", b"https"), (b":authority", b"localhost"),
+                             (b":path", path)])
+            assert c.response(sid)[0] == 400, path
         # a content-length with no body (END_STREAM on the head) is malformed
         sid = c.request([(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
                          (b":path", b"/upload"), (b"content-length", b"10")])

@@ -474,6 +474,12 @@ class H2ProxyConnection:
         if (not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target)
                 or not all(_TOKEN.fullmatch(n) for n, _ in headers)):
             return await self._respond_error(st, 400, "malformed request", record, started)
+        # RFC 9113 §8.3.1: an http(s) :path is origin-form, or "*" for OPTIONS;
+        # the authority is :authority's (absolute-form has no place here: an
+        # upstream would route by it and ignore Host, RFC 9112 §3.2.2).
+        if not (target.startswith(b"/") or (target == b"*" and method == b"OPTIONS")):
+            return await self._respond_error(st, 400, ":path must be '/...' (or '*' for OPTIONS)",
+                                             record, started)
         length = _header(headers, b"content-length")
         if length and not length.isdigit() or st.bodyless and length not in (b"", b"0"):
             # RFC 9113 §8.1.1: a content-length that the DATA frames (none
