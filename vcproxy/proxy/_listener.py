@@ -346,8 +346,15 @@ class ConnectionServer:
         result = "ok"
         try:
             # limits.handshake_timeout_s is the ServerConfig's: do_handshake
-            # enforces it itself (HandshakeTimeout), no second scope needed.
+            # enforces it itself (HandshakeTimeout); the connection's opening
+            # scope (shedding, the deadline under pressure) may end it first.
             await tls.do_handshake()
+        except trio.Cancelled:
+            # cut off from outside: the stream still releases its AEAD
+            # sessions (vcrypto sessions at the host) and its transport
+            with trio.CancelScope(shield=True):
+                await tls.aclose()
+            raise
         except TLSError as exc:
             result = "timeout" if isinstance(exc, HandshakeTimeout) else "error"
             _log.error_log.debug("handshake_failed", listener=rt.name, error=f"{type(exc).__name__}: {exc}")
