@@ -392,3 +392,30 @@ def test_protection12_open_any_payload(payload, seq):
     except BadRecordMac:
         return
     raise AssertionError("a random payload opened")
+
+
+async def test_renegotiation_warning_while_another_task_sends(config12):
+    """The receiving task sends the no_renegotiation warning itself; a
+    send_all that starts while that warning is still being written waits for
+    it (records never interleave) instead of failing with BusyResourceError."""
+    a, b = trio.testing.lockstep_stream_pair()   # a write waits for the peer's read
+    server = TLSStream(a, config12, InlineProvider())
+    client = MiniClient12(b)
+    got = []
+
+    async def receive():
+        got.append(await server.receive_some())   # the renegotiation hello: warns, then waits
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            await client.handshake()
+            nursery.start_soon(receive)
+            await client.send(22, client_hello12())
+            await trio.testing.wait_all_tasks_blocked()   # the warning's write is blocked on us
+            nursery.start_soon(server.send_all, b"meanwhile")
+            await trio.testing.wait_all_tasks_blocked()
+            assert await client.record() == (21, bytes((1, A.no_renegotiation)))
+            assert await client.record() == (23, b"meanwhile")
+            await client.send(23, b"after")
+    assert got == [b"after"]

@@ -127,6 +127,7 @@ class TLSStream(trio.abc.Stream):
         # (concurrency guards, not lifecycle: trio streams refuse a second
         # concurrent sender or receiver)
         self._sending = False
+        self._warning_sent: trio.Event | None = None  # set while _send_warning sends
         self._receiving = False
         self.info: HandshakeInfo | None = None
         self.server_name: str | None = None
@@ -181,8 +182,11 @@ class TLSStream(trio.abc.Stream):
         if self._state is _State.HANDSHAKING:
             await self.do_handshake()
         self._check_usable()
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this TLSStream")
+        while self._sending:
+            if self._warning_sent is None:
+                raise trio.BusyResourceError("another task is already sending on this TLSStream")
+            await self._warning_sent.wait()  # the receiving task's warning: ours goes next
+            self._check_usable()
         self._sending = True
         if self._pending_app:  # write() queued some: one buffer, one record stream
             self._pending_app += data
@@ -360,11 +364,15 @@ class TLSStream(trio.abc.Stream):
         if self._sending or self._records.write is None:
             return
         self._sending = True
+        # a send_all arriving meanwhile waits for this instead of failing busy
+        self._warning_sent = done = trio.Event()
         try:
             await self._seal_records(ALERT, b"")  # (seals the owed alerts only)
             await self._flush()
         finally:
             self._sending = False
+            self._warning_sent = None
+            done.set()
 
     async def _install_keys(self, cmd: InstallKeys | InstallRecordKeys) -> None:
         if cmd.direction == "write" and self._hs_out:
