@@ -519,6 +519,13 @@ def test_idle_reload_and_drain_send_goaway_and_let_streams_finish(tmp_path, cert
         assert goaway is not None and goaway.error_code == ErrorCodes.NO_ERROR
         assert 0.9 < time.monotonic() - ended < 5
         c.close()
+        # a client that sends nothing at all after its stream: idle all the same
+        c = Client(proxy.port, ctx)
+        assert c.response(c.request(), ack=False)[0] == 200
+        ended = time.monotonic()
+        goaway = c.until_goaway(10)
+        assert goaway.error_code == ErrorCodes.NO_ERROR and time.monotonic() - ended < 5
+        c.close()
         _goaway_then_answer(proxy, signal.SIGHUP)
         serves(proxy, ctx)  # a new connection gets the new generation
         _goaway_then_answer(proxy, signal.SIGTERM)

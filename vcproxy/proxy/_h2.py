@@ -188,6 +188,7 @@ class H2ProxyConnection:
         self._first_stream = trio.Event()
         self._read_scope: trio.CancelScope | None = None
         self._idle_since = time.monotonic()
+        self._woken = False
         self._scope = trio.CancelScope()
         self._linger = False  # a GOAWAY for a fault went out: drop what follows before closing
 
@@ -212,7 +213,11 @@ class H2ProxyConnection:
                 raise _ConnectionGone(f"client took no bytes within {timeout_s}s")
 
     def _wake_reader(self) -> None:
+        """Make the reader re-check its deadline and the connection's state
+        (the last stream ended, a GOAWAY is out): told apart from an idle
+        timeout or a shed, which end the connection."""
         if self._read_scope is not None:
+            self._woken = True
             self._read_scope.cancel()
 
     # ---------------------------------------------------------------- connection
@@ -283,9 +288,10 @@ class H2ProxyConnection:
                 self._read_scope = None
                 self.conn.idle_scope = None
             if scope.cancelled_caught:
-                if self.streams or self._goaway_last_id is not None:
+                if self._woken or self.streams or self._goaway_last_id is not None:
+                    self._woken = False
                     continue  # woken: re-check
-                self.h2.close_connection(_CODES.NO_ERROR)  # idle
+                self.h2.close_connection(_CODES.NO_ERROR)  # idle, or shed for a new client
                 return
             if not data:
                 return
@@ -395,8 +401,7 @@ class H2ProxyConnection:
         st.body_closed = True
         if not self.streams:
             self._idle_since = time.monotonic()
-            if self._goaway_last_id is not None:
-                self._wake_reader()
+            self._wake_reader()  # its read now has the idle deadline (and is the idle scope)
 
     # ---------------------------------------------------------------- drain / reload
 

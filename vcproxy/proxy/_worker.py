@@ -225,8 +225,9 @@ def _fit_open_files(max_connections: int, worker: int) -> int:
             soft = limit
         except (ValueError, OSError) as exc:
             _log.error_log.warning("nofile_limit", worker=worker, error=str(exc))
-    # Slots past the limit would only meet EMFILE at accept: cap them, and say so.
-    fit = max(1, min(max_connections, soft - min(FD_RESERVE, soft // 4)))
+    # Slots past the limit would only meet EMFILE at accept or at an upstream
+    # connect (a 502): cap them at the same budget, 2 descriptors each, and say so.
+    fit = max(1, min(max_connections, (soft - min(FD_RESERVE, soft // 4)) // 2))
     if fit < max_connections:
         _log.error_log.warning("max_connections_capped", worker=worker, max_connections=max_connections,
                                slots=fit, open_files_limit=soft,

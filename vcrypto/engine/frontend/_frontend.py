@@ -252,9 +252,10 @@ class Frontend:
             if msgs[0].get("t") != "attached" or len(fds) != 3:
                 raise control.ControlProtocolError(f"bad attach reply {msgs[0]!r} with {len(fds)} fds")
             region_fd, shared_fd, doorbell = fds
-            fds = [doorbell]
+            fds = [shared_fd, doorbell]   # (from_fd owns and closes its fd, even on failure)
             maps = [Region.from_fd("frontend", region_fd)]
             try:
+                fds = [doorbell]
                 maps.append(Region.from_fd("engine-shared", shared_fd, writable=False))
                 att = Attachment(self._gen + 1, sock, raw, efd, *maps, doorbell, decoder)
             except BaseException:
