@@ -240,3 +240,22 @@ def test_a_trusted_peer_keeps_its_forwarding_chain(proxy, ctx):
     assert seen["x-forwarded-proto"] == ["http"]  # the trusted hop's word
     assert seen["forwarded"] == ['for=198.51.100.7;proto=http, for=127.0.0.1;proto=https;host=localhost']
     assert seen["via"] == ["1.1 cdn, 1.1 edge-test"]
+
+
+def test_http2_responses_carry_via_too(proxy, ctx):
+    from test_proxy_h2 import Client
+
+    c = Client(proxy.port, ctx)
+    try:
+        sid = c.request()
+        assert c.response(sid)[0] == 200
+        # (the response head's fields are not kept by the client helper: read them again)
+        sid = c.request()
+        headers = None
+        while headers is None:
+            for event in c.events():
+                if getattr(event, "stream_id", None) == sid and hasattr(event, "headers"):
+                    headers = dict(event.headers)
+        assert headers[b"via"] == b"1.1 edge-test"
+    finally:
+        c.close()

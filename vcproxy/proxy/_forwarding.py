@@ -103,6 +103,13 @@ class Forwarding:
             out.append((b"via", self.via_value(headers)))
         return out
 
+    def response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """A response's fields with our ``Via`` hop appended (when ``via`` is set),
+        for HTTP/1.1 and HTTP/2 responses alike."""
+        if self.via is None:
+            return headers
+        return [h for h in headers if h[0] != b"via"] + [(b"via", self.via_value(headers))]
+
     def via_value(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         """RFC 9110 §7.6.3: each intermediary appends ``received-protocol received-by``."""
         earlier = _joined(headers, b"via")

@@ -608,7 +608,7 @@ class H2ProxyConnection:
                 break
             raise UpstreamError(name, "closed before a response")
         out = [(b":status", str(event.status_code).encode())]
-        out += _strip_hop_by_hop(list(event.headers))
+        out += self.rt.forwarding.response_headers(_strip_hop_by_hop(list(event.headers)))
         nxt = _upstream_event_nowait(upstream, name)
         bodyless = isinstance(nxt, h11.EndOfMessage) and not nxt.headers
         try:

@@ -478,8 +478,7 @@ class HttpProxyConnection:
                 break
             raise UpstreamClosed(name, "closed before a response")
         headers = _strip_hop_by_hop(list(event.headers))
-        if self.rt.forwarding.via is not None:
-            headers = [h for h in headers if h[0] != b"via"] + [(b"via", self.rt.forwarding.via_value(headers))]
+        headers = self.rt.forwarding.response_headers(headers)
         if self.conn.draining.is_set():
             headers.append((b"connection", b"close"))
         self._sent_status = event.status_code
