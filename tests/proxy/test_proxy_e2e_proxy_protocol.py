@@ -202,3 +202,19 @@ def test_untrusted_peer_and_missing_or_broken_headers_are_refused(proxy, ctx):
     delta = {r: total(after, "vcproxy_proxy_protocol_total", result=r)
              - total(before, "vcproxy_proxy_protocol_total", result=r) for r in ("untrusted", "invalid")}
     assert delta == {"untrusted": 1, "invalid": 2}
+
+
+def test_a_peer_that_sends_no_header_times_out_as_proxy_protocol(tmp_path, certs, upstream):
+    """A trusted peer that connects and sends nothing: closed after the
+    handshake deadline and counted as a PROXY-protocol timeout, not as a TLS
+    handshake that never started."""
+    config = base_config(upstream.address, certs["a"], limits={"handshake_timeout_s": 1})
+    config["listeners"][0].update(proxy_protocol=True, trusted_proxies=["127.0.0.0/8"])
+    with running_proxy(tmp_path, config) as p:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as sock:
+            assert sock.recv(1) == b""   # closed, unanswered
+        deadline = time.monotonic() + 10
+        while total(scrape(p.metrics_url), "vcproxy_proxy_protocol_total", result="timeout") < 1:
+            assert time.monotonic() < deadline, "no PROXY-protocol timeout counted"
+            time.sleep(0.1)
+        assert total(scrape(p.metrics_url), "vcproxy_tls_handshakes_total", result="timeout") == 0

@@ -278,16 +278,22 @@ class ConnectionServer:
         stream: trio.abc.Stream | None = counting
         try:
             lis = rt.config.listeners[index]
+            step = "proxy_header"
             with slots.opening_scope(conn, rt.config.limits) as opening:
                 if lis.proxy_protocol and not await self._proxy_header(counting, conn, lis, rt, lm):
                     return
+                step = "handshake"
                 if rt.tls is not None:
                     stream = await self._handshake(counting, rt, lm)
                     if stream is None:
                         return
             slots.opened(conn)
             if opening.cancelled_caught:  # shed, or the opening deadline passed
-                if conn not in slots.shed and rt.tls is not None:
+                if conn in slots.shed:
+                    pass  # counted as shed
+                elif step == "proxy_header":
+                    lm.proxy_protocol["timeout"].inc()  # (the same deadline: it fired first)
+                elif rt.tls is not None:
                     lm.handshake_done("timeout")
                 return
             if rt.mode == "http" and isinstance(stream, TLSErrorsAsBroken) and stream.tls.alpn_protocol == "h2":
