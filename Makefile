@@ -8,9 +8,11 @@ DEMO_DIR := .demo
 # System tools the tests and the demo drive as real peers. The QEMU guest
 # test (tests/vcrypto/test_qemu_guest.py) needs QEMU, a static busybox, gcc,
 # cpio and depmod; "dpkg:PKG" means "package PKG installed" (no command tells
-# busybox-static from busybox). nghttp/h2load drive the HTTP/2 tests.
+# busybox-static from busybox). nghttp/h2load drive the HTTP/2 tests; headless
+# chromium is the client that offers the post-quantum hybrid X25519MLKEM768.
 SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin nghttp:nghttp2-client h2load:nghttp2-client \
-  qemu-system-x86_64:qemu-system-x86 dpkg:busybox-static gcc:gcc cpio:cpio depmod:kmod
+  qemu-system-x86_64:qemu-system-x86 dpkg:busybox-static gcc:gcc cpio:cpio depmod:kmod \
+  chromium:chromium
 
 .PHONY: run test venv sysdeps demo-cert check-config clean bench bench-quick benchdeps bench-mechanisms
 

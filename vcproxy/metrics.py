@@ -33,8 +33,9 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "connections_shed_total": ("counter", ("listener", "phase"),
                                "connections closed to make room for new clients when limits.max_connections "
                                "were all taken, by phase: handshake (not done yet), idle (keep-alive)"),
-    "tls_handshakes_total": ("counter", ("listener", "result", "version", "cipher_suite", "resumed"),
-                             "TLS handshakes by result (ok, error, timeout), version (1.2, 1.3), suite, resumption"),
+    "tls_handshakes_total": ("counter", ("listener", "result", "version", "cipher_suite", "resumed", "group"),
+                             "TLS handshakes by result (ok, error, timeout), version (1.2, 1.3), suite, resumption, "
+                             "key exchange group (X25519MLKEM768, x25519, ...)"),
     "proxy_protocol_total": ("counter", ("listener", "result"),
                              "PROXY protocol headers on listeners that require one, by result: ok, untrusted "
                              "(peer not in trusted_proxies, closed unread), invalid, timeout"),

@@ -42,13 +42,16 @@ from vcproxy.tls import (SCHEMES_BY_KEY_TYPE, AeadSession, BadRecordMac, CryptoP
                          load_private_key_pem)
 from vcrypto.engine import (EngineSession, EngineUnavailable, Frontend, InlineOpError, InlineSession,
                             SessionMeta, SlotStatus, ecdh_split)
-from vcrypto.ops import ECDH_PUBLIC_BYTES, Alg, Op
+from vcrypto.ops import HYBRID_KX_ALGS, KX_PEER_BYTES, Alg, Op
 
 _SIGN_SCHEMES = tuple(sorted(a.value for a in (
     Alg.ECDSA_SECP256R1_SHA256, Alg.ECDSA_SECP384R1_SHA384, Alg.RSA_PSS_RSAE_SHA256,
     Alg.RSA_PSS_RSAE_SHA384, Alg.RSA_PSS_RSAE_SHA512, Alg.ED25519,
     Alg.RSA_PKCS1_SHA256, Alg.RSA_PKCS1_SHA384, Alg.RSA_PKCS1_SHA512)))
-_GROUP_POINT_BYTES = {alg.value: n for alg, n in ECDH_PUBLIC_BYTES.items()}
+#: The peer share each group sends (a hybrid's: its whole client share).
+_GROUP_PEER_BYTES = {alg.value: n for alg, n in KX_PEER_BYTES.items()}
+_HYBRIDS = frozenset(a.value for a in HYBRID_KX_ALGS)
+_EC_POINT_GROUPS = frozenset({Alg.SECP256R1.value, Alg.SECP384R1.value})
 
 
 def _check(status: SlotStatus, what: str) -> None:
@@ -152,11 +155,15 @@ class VcryptoProvider(CryptoProvider):
 
     async def key_exchange(self, group: str, peer_public: bytes, *,
                            private_key: bytes | None = None) -> tuple[bytes, bytes]:
-        size = _GROUP_POINT_BYTES.get(group)
+        size = _GROUP_PEER_BYTES.get(group)
         if size is None:
             raise CryptoProviderError(f"unsupported group {group!r}")
-        # RFC 8446 §4.2.8.2: X25519 keys are 32 bytes; EC shares uncompressed points.
-        if len(peer_public) != size or (group != "x25519" and peer_public[0] != 4):
+        if group in _HYBRIDS and private_key is not None:
+            raise CryptoProviderError(f"{group}: a hybrid has no keyed form (TLS 1.3 only)")
+        # RFC 8446 §4.2.8.2: X25519 keys are 32 bytes; EC shares uncompressed
+        # points. draft-ietf-tls-ecdhe-mlkem: a hybrid share of any other than
+        # its exact length is illegal_parameter (its key and point: the host's).
+        if len(peer_public) != size or (group in _EC_POINT_GROUPS and peer_public[0] != 4):
             raise IllegalParameter(f"{group} key share of {len(peer_public)} bytes is malformed")
         alg = Alg(group)
         fe = self.frontend

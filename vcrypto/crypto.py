@@ -14,6 +14,10 @@ AEAD_OPEN      plaintext; tag mismatch (or input shorter than the tag) ->
                ``CryptoError(BAD_MESSAGE)``
 ECDH           own ephemeral public key || shared secret.  X25519: 32 || 32.
                P-256: 65 (SEC1 uncompressed) || 32. P-384: 97 || 48.
+               Hybrids (draft-ietf-tls-ecdhe-mlkem): src the client share,
+               result the server share || the 64-byte secret, ML-KEM part
+               first for X25519MLKEM768, P-256 part first for
+               SecP256r1MLKEM768 (FIPS 203 Encaps + ECDH in one op).
 SIGN           signature over ``src`` (the message, not a digest).
                ECDSA: DER. RSA-PSS: MGF1 with the same hash, salt length =
                hash length (RFC 8446 §4.2.3). RSA PKCS#1 v1.5. Ed25519: 64 B.
@@ -54,13 +58,13 @@ import threading
 
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import constant_time, hashes, hmac, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from vcrypto.ops import (
     AEAD_IV_BYTES, AEAD_KEY_BYTES, AEAD_TAG_BYTES, CHAIN_PARTS, CIPHER_BLOCK_BYTES,
-    CIPHER_KEY_BYTES, ECDH_PUBLIC_BYTES, MAC_DIGEST_BYTES, MAC_MAX_KEY_BYTES, SYM_OPS, Alg, Op,
+    CIPHER_KEY_BYTES, ECDH_PUBLIC_BYTES, HYBRID_KX_ALGS, KX_PEER_BYTES, MAC_DIGEST_BYTES, MAC_MAX_KEY_BYTES, SYM_OPS, Alg, Op,
     is_valid,
 )
 
@@ -207,6 +211,8 @@ _ECDH_SCALAR_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 32, Alg.SECP384R1: 48}
 
 
 def _ecdh(alg: Alg, peer_bytes: bytes) -> bytes:
+    if alg in HYBRID_KX_ALGS:
+        return _hybrid(alg, peer_bytes)
     if len(peer_bytes) == _ECDH_SCALAR_BYTES[alg] + ECDH_PUBLIC_BYTES[alg]:
         return _ecdh_keyed(alg, peer_bytes[:_ECDH_SCALAR_BYTES[alg]],
                            peer_bytes[_ECDH_SCALAR_BYTES[alg]:])
@@ -235,6 +241,35 @@ def _ecdh(alg: Alg, peer_bytes: bytes) -> bytes:
     pub = own.public_key().public_bytes(serialization.Encoding.X962,
                                         serialization.PublicFormat.UncompressedPoint)
     return pub + shared
+
+
+#: hybrid -> (its ECDH alg, whether the ECDH part comes first in every field)
+_HYBRID_PARTS = {Alg.X25519MLKEM768: (Alg.X25519, False), Alg.SECP256R1MLKEM768: (Alg.SECP256R1, True)}
+_MLKEM768_EK_BYTES = 1184
+
+
+def _hybrid(alg: Alg, client_share: bytes) -> bytes:
+    """draft-ietf-tls-ecdhe-mlkem, server side: ML-KEM-768 Encaps against the
+    client's encapsulation key and ECDH against its ECDH share; the draft's
+    exact length, and FIPS 203's check of the key (§7.2), else INVALID_INPUT."""
+    if len(client_share) != KX_PEER_BYTES[alg]:
+        raise CryptoError(_BAD, f"{alg.value} client share must be {KX_PEER_BYTES[alg]} bytes, "
+                          f"got {len(client_share)}")
+    ecdh_alg, ecdh_first = _HYBRID_PARTS[alg]
+    n = ECDH_PUBLIC_BYTES[ecdh_alg]
+    if ecdh_first:
+        ecdh_share, ek = client_share[:n], client_share[n:]
+    else:
+        ek, ecdh_share = client_share[:_MLKEM768_EK_BYTES], client_share[_MLKEM768_EK_BYTES:]
+    try:
+        kem_secret, ciphertext = mlkem.MLKEM768PublicKey.from_public_bytes(ek).encapsulate()
+    except ValueError as exc:
+        raise CryptoError(_BAD, f"ML-KEM-768 encapsulation key rejected: {exc}") from exc
+    out = _ecdh(ecdh_alg, ecdh_share)
+    own, ecdh_secret = out[:n], out[n:]
+    if ecdh_first:
+        return own + ciphertext + ecdh_secret + kem_secret
+    return ciphertext + own + kem_secret + ecdh_secret
 
 
 def _ecdh_keyed(alg: Alg, scalar: bytes, peer_bytes: bytes) -> bytes:

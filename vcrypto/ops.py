@@ -19,6 +19,12 @@ ECDH           peer public key (wire encoding:    own public key || shared secre
                own private scalar || peer key     (TLS 1.2: the requester keeps its
                (X25519 32, P-256 32, P-384 48 B)  ephemeral scalar between keygen,
                                                   against the base point, and derive)
+               hybrid (draft-ietf-tls-ecdhe-      ML-KEM-768 ciphertext and own
+               mlkem): the client's share, ML-    ECDH key || ML-KEM secret and
+               KEM-768 encapsulation key and      ECDH secret, each pair in the
+               ECDH share (X25519MLKEM768: ML-    same order as src (Encaps + ECDH
+               KEM first; SecP256r1MLKEM768:      in one op; no keyed form: the
+               P-256 first)                       hybrids are TLS 1.3 only)
 SIGN           message to sign (not a digest)     signature (DER for ECDSA)
 CIPHER_*       AES-CBC input, a multiple of 16 B  output of the same length (no
                (iv 16 B separate)                 padding: the caller pads)
@@ -66,6 +72,9 @@ class Alg(enum.Enum):
     X25519 = "x25519"
     SECP256R1 = "secp256r1"
     SECP384R1 = "secp384r1"
+    # post-quantum hybrids (draft-ietf-tls-ecdhe-mlkem), named as in TLS
+    X25519MLKEM768 = "X25519MLKEM768"
+    SECP256R1MLKEM768 = "SecP256r1MLKEM768"
     # signature schemes (names follow TLS 1.3 SignatureScheme where one exists)
     ECDSA_SECP256R1_SHA256 = "ecdsa_secp256r1_sha256"
     ECDSA_SECP384R1_SHA384 = "ecdsa_secp384r1_sha384"
@@ -90,7 +99,8 @@ class Alg(enum.Enum):
 
 
 AEAD_ALGS = frozenset({Alg.AES_128_GCM, Alg.AES_256_GCM, Alg.CHACHA20_POLY1305})
-ECDH_ALGS = frozenset({Alg.X25519, Alg.SECP256R1, Alg.SECP384R1})
+HYBRID_KX_ALGS = frozenset({Alg.X25519MLKEM768, Alg.SECP256R1MLKEM768})
+ECDH_ALGS = frozenset({Alg.X25519, Alg.SECP256R1, Alg.SECP384R1}) | HYBRID_KX_ALGS
 CIPHER_ALGS = frozenset({Alg.AES_128_CBC, Alg.AES_192_CBC, Alg.AES_256_CBC})
 MAC_ALGS = frozenset({Alg.HMAC_SHA1, Alg.HMAC_SHA256})
 #: chain alg -> (its cipher alg, its MAC alg)
@@ -172,8 +182,16 @@ def parse_capabilities(spec: list[str]) -> frozenset[Capability]:
 #: Output bytes each op writes at most (the data contract above): drivers and
 #: frontends size ``dst`` with it, the host checks ``dst`` against it.
 #: ECDH public keys on the wire (X25519 raw, P-256/384 SEC1 uncompressed) and secrets.
-ECDH_PUBLIC_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 65, Alg.SECP384R1: 97}
-ECDH_SECRET_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 32, Alg.SECP384R1: 48}
+#: Hybrids: "own public key" is the server share (ML-KEM-768 ciphertext 1088 B
+#: and the ECDH key), the secret both 32-byte secrets.
+ECDH_PUBLIC_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 65, Alg.SECP384R1: 97,
+                     Alg.X25519MLKEM768: 1088 + 32, Alg.SECP256R1MLKEM768: 65 + 1088}
+ECDH_SECRET_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 32, Alg.SECP384R1: 48,
+                     Alg.X25519MLKEM768: 64, Alg.SECP256R1MLKEM768: 64}
+#: The peer share ``src`` holds (keyless form): the classical groups' public
+#: keys, the hybrids' client shares (encapsulation key 1184 B and ECDH key).
+KX_PEER_BYTES = {**{a: ECDH_PUBLIC_BYTES[a] for a in ECDH_ALGS - HYBRID_KX_ALGS},
+                 Alg.X25519MLKEM768: 1184 + 32, Alg.SECP256R1MLKEM768: 65 + 1184}
 ECDH_DST_BYTES = {a: ECDH_PUBLIC_BYTES[a] + ECDH_SECRET_BYTES[a] for a in ECDH_PUBLIC_BYTES}
 SIGN_DST_BYTES = {Alg.ED25519: 64, Alg.ECDSA_SECP256R1_SHA256: 72,
                   Alg.ECDSA_SECP384R1_SHA384: 104}

@@ -185,6 +185,30 @@ def test_check_config_loads_certificates(tmp_path, certs):
     assert cli.main(["check-config", str(f)]) == 0
 
 
+def test_check_config_checks_groups(tmp_path, certs):
+    cert = {"cert": str(certs["a"][0]), "key": str(certs["a"][1])}
+    f = tmp_path / "groups.yaml"
+    for groups, versions, words in [
+        (["X25519MLKEM768", "x25519"], None, None),
+        (["SecP256r1MLKEM768", "X25519MLKEM768"], ["1.3"], None),
+        (["x25519mlkem768"], None, "unknown 'x25519mlkem768'"),          # names are IANA's, exactly
+        (["X25519MLKEM768"], ["1.2", "1.3"], "no TLS 1.2 group"),        # hybrids are TLS 1.3 only
+    ]:
+        tls = {"certificates": [cert], "groups": groups}
+        if versions:
+            tls["versions"] = versions
+        f.write_text(yaml.safe_dump(_with("listeners[0].tls", tls)))
+        if words is None:
+            check_files(load_config(str(f)))
+            assert cli.main(["check-config", str(f)]) == 0
+            continue
+        assert cli.main(["check-config", str(f)]) == 1
+        with pytest.raises(ConfigError) as info:
+            check_files(load_config(str(f)))
+        path, message = info.value.problems[0]
+        assert path == "listeners[0].tls" and "groups" in message and words in message, message
+
+
 def test_check_config_checks_tls_parameters(tmp_path, certs):
     cert = {"cert": str(certs["a"][0]), "key": str(certs["a"][1])}
     data = _with("listeners[0].tls", {"certificates": [cert], "cipher_suites": ["TLS_RC4_WITH_HOPE"]})

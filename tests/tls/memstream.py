@@ -33,10 +33,10 @@ class RecordingStream(trio.abc.HalfCloseableStream):
         await self.inner.aclose()
 
 
-def pair(config, provider=None):
+def pair(config, provider=None, group="x25519"):
     a, b = trio.testing.memory_stream_pair()
     rec = RecordingStream(a)
-    return TLSStream(rec, config, provider or InlineProvider()), rec, MiniClient(b)
+    return TLSStream(rec, config, provider or InlineProvider()), rec, MiniClient(b, group)
 
 
 async def handshake(server, client, **kw):

@@ -10,7 +10,7 @@ import hashlib
 import os
 
 import trio
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -32,6 +32,47 @@ class Keys:
         n = (self.iv ^ self.seq).to_bytes(12, "big")
         self.seq += 1
         return n
+
+
+class ClientShare:
+    """The client's half of one key exchange group, written from the
+    specifications independently of the server code (``vcproxy.tls._provider``)
+    so a test catches an ordering mistake there: X25519, or a hybrid of
+    draft-ietf-tls-ecdhe-mlkem (X25519MLKEM768: ML-KEM part first in the
+    shares and the secret; SecP256r1MLKEM768: the P-256 part first).
+    ``mlkem_seed`` (64 bytes, FIPS 203 d || z) makes the ML-KEM key fixed."""
+
+    IDS = {"x25519": 0x001D, "X25519MLKEM768": 0x11EC, "SecP256r1MLKEM768": 0x11EB}
+
+    def __init__(self, group: str = "x25519", *, mlkem_seed: bytes | None = None):
+        self.group, self.group_id = group, self.IDS[group]
+        self.x25519 = self.p256 = self.kem = None
+        if group == "SecP256r1MLKEM768":
+            self.p256 = ec.generate_private_key(ec.SECP256R1())
+            ecdh = self.p256.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        else:
+            self.x25519 = x25519.X25519PrivateKey.generate()
+            ecdh = self.x25519.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        if group == "x25519":
+            self.share = ecdh
+            return
+        self.kem = (mlkem.MLKEM768PrivateKey.generate() if mlkem_seed is None
+                    else mlkem.MLKEM768PrivateKey.from_seed_bytes(mlkem_seed))
+        ek = self.kem.public_key().public_bytes_raw()
+        self.share = ecdh + ek if self.p256 is not None else ek + ecdh
+
+    def shared(self, server_share: bytes) -> bytes:
+        if self.kem is None:
+            return self.x25519.exchange(x25519.X25519PublicKey.from_public_bytes(server_share))
+        if self.p256 is not None:  # 65-byte point || 1088-byte ciphertext
+            assert len(server_share) == 65 + 1088, len(server_share)
+            point, ct = server_share[:65], server_share[65:]
+            peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+            return self.p256.exchange(ec.ECDH(), peer) + self.kem.decapsulate(ct)
+        assert len(server_share) == 1088 + 32, len(server_share)
+        ct, point = server_share[:1088], server_share[1088:]
+        return (self.kem.decapsulate(ct)
+                + self.x25519.exchange(x25519.X25519PublicKey.from_public_bytes(point)))
 
 
 def ext(t: int, data: bytes) -> bytes:
@@ -65,11 +106,12 @@ def client_hello(*, sni="localhost", share: bytes | None = None, groups=(0x001D,
 
 
 class MiniClient:
-    def __init__(self, stream: trio.abc.Stream):
+    def __init__(self, stream: trio.abc.Stream, group: str = "x25519"):
         self.stream = stream
         self.splitter = RecordSplitter()
-        self.key = x25519.X25519PrivateKey.generate()
-        self.share = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.kx = ClientShare(group)
+        self.key = self.kx.x25519
+        self.share = self.kx.share
         self.transcript = hashlib.sha256()
         self.read: Keys | None = None
         self.write: Keys | None = None
@@ -128,7 +170,8 @@ class MiniClient:
         under its handshake keys, ``self.finished`` holding the Finished it
         would send. ``finished_padding`` zero bytes pad the Finished record.
         """
-        ch = ch or client_hello(share=self.share)
+        ch = ch or client_hello(share=self.share, groups=(self.kx.group_id,),
+                                share_group=self.kx.group_id)
         self.transcript.update(ch)
         for i in range(0, len(ch), fragment):
             await self.send_plain(22, ch[i:i + fragment])
@@ -147,7 +190,8 @@ class MiniClient:
             t, d = exts.u16(), exts.vec(2, "ext")
             if t == c.EXT_KEY_SHARE:
                 server_share = d[4:]
-        shared = self.key.exchange(x25519.X25519PublicKey.from_public_bytes(server_share))
+        self.server_share = server_share
+        shared = self.kx.shared(server_share)
         hs = EarlySecret(SUITE).into_handshake(shared)
         client_hs, server_hs = hs.traffic_secrets(self.transcript.digest())
         self.read, self.write = Keys(server_hs), Keys(client_hs)

@@ -76,7 +76,8 @@ async def test_failing_resource_never_crashes_the_device(start_host):
         stats = await drv.stats()
         assert stats["device"]["resource_faults"] == 4
         caps = await drv.capabilities()        # the pool's capabilities, not the vocabulary's
-        assert caps["capabilities"] == ["ecdh:secp256r1", "ecdh:secp384r1", "ecdh:x25519"]
+        assert caps["capabilities"] == ["ecdh:SecP256r1MLKEM768", "ecdh:X25519MLKEM768",
+                                        "ecdh:secp256r1", "ecdh:secp384r1", "ecdh:x25519"]
     assert host.alive()
 
 

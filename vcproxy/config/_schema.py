@@ -131,7 +131,7 @@ class TLSConfig:
     min_version: Literal["1.2", "1.3"] | None = opt(None, "lowest TLS version served (drops lower ones from `versions`)")
     require_extended_master_secret: bool = opt(True, "TLS 1.2: refuse clients without extended_master_secret (RFC 7627) with handshake_failure")
     cipher_suites: tuple[str, ...] | None = opt(None, "cipher suites by IANA name, TLS 1.3 and 1.2 together, in preference order (default: the TLS stack's: every AEAD suite)")
-    groups: tuple[str, ...] | None = opt(None, "key exchange groups, e.g. x25519, secp256r1 (default: the TLS stack's)")
+    groups: tuple[str, ...] | None = opt(None, "key exchange groups in preference order: X25519MLKEM768, SecP256r1MLKEM768 (post-quantum hybrids, TLS 1.3 only), x25519, secp256r1, secp384r1 (default: all of them, in that order)")
     tickets: TicketsConfig = opt(TicketsConfig(), "session tickets")
 
     def check(self) -> list[tuple[str, str]]:

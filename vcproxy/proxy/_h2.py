@@ -436,7 +436,7 @@ class H2ProxyConnection:
     async def _serve_stream(self, st: _Stream) -> None:
         started = time.monotonic()
         record: dict[str, Any] = {"client": self.conn.client_host, "listener": self.rt.listener,
-                                  "http_version": "2", "stream": st.id}
+                                  "http_version": "2", "stream": st.id, **self.conn.tls}
         try:
             with st.scope:
                 await self._proxy(st, record, started)

@@ -343,6 +343,7 @@ class HttpProxyConnection:
         record: dict[str, Any] = {
             "client": self.conn.client_host, "listener": self.rt.listener, "method": request.method.decode(),
             "target": target, "host": host, "http_version": request.http_version.decode(),
+            **self.conn.tls,
         }
         try:
             line = check_request_line(request.method, request.target, request.http_version, _header(headers, b"host"))

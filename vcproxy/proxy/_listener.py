@@ -198,10 +198,11 @@ class _ListenerMetrics:
                                for r in ("ok", "untrusted", "invalid", "timeout")}
         for phase in ("handshake", "idle"):  # exported from the start, 0 until a shed (_slots counts them)
             m.connections_shed_total.labels(name, phase)
-        self._handshakes: dict[tuple[str, str, str, str], Any] = {}
+        self._handshakes: dict[tuple[str, str, str, str, str], Any] = {}
 
-    def handshake_done(self, result: str, version: str = "", suite: str = "", resumed: str = "") -> None:
-        key = (result, version, suite, resumed)
+    def handshake_done(self, result: str, version: str = "", suite: str = "", resumed: str = "",
+                       group: str = "") -> None:
+        key = (result, version, suite, resumed, group)
         child = self._handshakes.get(key)
         if child is None:
             child = self._handshakes[key] = metrics().tls_handshakes_total.labels(self.name, *key)
@@ -284,7 +285,7 @@ class ConnectionServer:
                     return
                 step = "handshake"
                 if rt.tls is not None:
-                    stream = await self._handshake(counting, rt, lm)
+                    stream = await self._handshake(counting, rt, lm, conn)
                     if stream is None:
                         return
             slots.opened(conn)
@@ -346,7 +347,7 @@ class ConnectionServer:
         return True
 
     async def _handshake(self, raw: trio.abc.Stream, rt: ListenerRuntime,
-                         lm: _ListenerMetrics) -> trio.abc.Stream | None:
+                         lm: _ListenerMetrics, conn: ConnState) -> trio.abc.Stream | None:
         tls = TLSStream(raw, rt.tls, self.provider)
         started = time.monotonic()
         result = "ok"
@@ -373,6 +374,10 @@ class ConnectionServer:
             return None
         lm.handshake_seconds.observe(time.monotonic() - started)
         # version label in the config's words: "1.2" / "1.3" (TLSStream.version says "TLSv1.2")
+        # group: the key exchange's (e.g. X25519MLKEM768; "" for a TLS 1.3
+        # resumption without (EC)DHE) -- metrics label and access log field
+        group = tls.named_group or ""
         lm.handshake_done("ok", (tls.version or "").removeprefix("TLSv"), tls.cipher_suite or "",
-                          "true" if tls.resumed else "false")
+                          "true" if tls.resumed else "false", group)
+        conn.tls["tls_group"] = group
         return TLSErrorsAsBroken(tls)

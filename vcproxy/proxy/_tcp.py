@@ -20,7 +20,8 @@ from ._upstream import UpstreamError, UpstreamPool
 async def serve_tcp(stream: trio.abc.Stream, conn: ConnState, pool: UpstreamPool, idle_timeout_s: float,
                     listener: str, observer: Any) -> None:
     started = time.monotonic()
-    record: dict[str, Any] = {"client": conn.client_host, "listener": listener, "mode": "tcp", "upstream": pool.name}
+    record: dict[str, Any] = {"client": conn.client_host, "listener": listener, "mode": "tcp", "upstream": pool.name,
+                              **conn.tls}
     try:
         upstream = await pool.connect(None, (conn.client_host, conn.client_port), (conn.local_host, conn.local_port))
     except UpstreamError as exc:

@@ -58,7 +58,9 @@ TLS13 = 0x0304
 TLS12 = 0x0303
 PSK_DHE_KE = 1
 
-GROUP_IDS = {"x25519": 0x001D, "secp256r1": 0x0017, "secp384r1": 0x0018}
+GROUP_IDS = {"x25519": 0x001D, "secp256r1": 0x0017, "secp384r1": 0x0018,
+             # draft-ietf-tls-ecdhe-mlkem (IANA TLS Supported Groups)
+             "X25519MLKEM768": 0x11EC, "SecP256r1MLKEM768": 0x11EB}
 GROUP_NAMES = {v: k for k, v in GROUP_IDS.items()}
 SCHEME_IDS = {
     "ecdsa_secp256r1_sha256": 0x0403, "ecdsa_secp384r1_sha384": 0x0503,

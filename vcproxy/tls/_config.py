@@ -38,7 +38,11 @@ CIPHER_SUITES_TLS12 = (
     "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
     "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256")
 CIPHER_SUITES = CIPHER_SUITES_TLS13 + CIPHER_SUITES_TLS12
-GROUPS = ("x25519", "secp256r1", "secp384r1")
+#: Key exchange groups, our preference order: the post-quantum hybrids of
+#: draft-ietf-tls-ecdhe-mlkem first (TLS 1.3 only), then classical ECDHE.
+GROUPS_HYBRID = ("X25519MLKEM768", "SecP256r1MLKEM768")
+GROUPS_ECDHE = ("x25519", "secp256r1", "secp384r1")
+GROUPS = GROUPS_HYBRID + GROUPS_ECDHE
 #: rsa_pkcs1_* sign TLS 1.2 ServerKeyExchange only: RFC 8446 §4.2.3 forbids
 #: them in a TLS 1.3 CertificateVerify.
 SIGNATURE_SCHEMES = ("ecdsa_secp256r1_sha256", "ecdsa_secp384r1_sha384", "ed25519",
@@ -294,6 +298,10 @@ class ServerConfig:
             if version in versions and not any(n in names for n in self.cipher_suites):
                 raise ValueError(f"cipher_suites: no TLS {version} suite, but versions "
                                  f"includes {version} (one of: {', '.join(names)})")
+        if "1.2" in versions and not any(g in GROUPS_ECDHE for g in self.groups):
+            # draft-ietf-tls-ecdhe-mlkem: the hybrids are TLS 1.3 NamedGroups only.
+            raise ValueError(f"groups: no TLS 1.2 group (the hybrids are TLS 1.3 only), but "
+                             f"versions includes 1.2 (one of: {', '.join(GROUPS_ECDHE)})")
         alpn = tuple(self.alpn_protocols)
         for p in alpn:
             if not 0 < len(p.encode()) < 256:

@@ -10,7 +10,7 @@ import dataclasses
 
 from ._codec import GROUP_IDS, GROUP_NAMES, SCHEME_IDS, TLS12, TLS13, ClientHello
 from ._codec12 import Hello12Extensions
-from ._config import CertificateEntry, ServerConfig
+from ._config import GROUPS_ECDHE, CertificateEntry, ServerConfig
 from ._errors import (
     AlertDescription, HandshakeFailure, IllegalParameter, ProtocolVersionError, TLSPeerError,
 )
@@ -97,10 +97,14 @@ def choose_suite_and_certificate(config: ServerConfig, ch: ClientHello) -> Choic
 
 
 def choose_group12(config: ServerConfig, ch: ClientHello) -> str:
+    # draft-ietf-tls-ecdhe-mlkem: the hybrids are TLS 1.3 only, never a TLS 1.2
+    # curve, even when a client lists them (ServerConfig keeps one ECDHE group
+    # whenever 1.2 is served).
+    groups = [name for name in config.groups if name in GROUPS_ECDHE]
     if ch.groups is None:
         # RFC 8422 §4: without supported_groups the server may pick any curve.
-        return "secp256r1" if "secp256r1" in config.groups else config.groups[0]
-    for name in config.groups:
+        return "secp256r1" if "secp256r1" in groups else groups[0]
+    for name in groups:
         if GROUP_IDS[name] in ch.groups:
             return name
     raise HandshakeFailure("no ECDHE group in common: client offers "

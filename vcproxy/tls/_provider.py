@@ -14,9 +14,18 @@ The seam, and why each shape is what it is:
     Keygen and derive in ONE operation, exactly as vcrypto's ``Op.ECDH``: a
     remote provider then never holds per-connection ephemeral state. Groups:
     ``"x25519"`` (raw 32-byte keys), ``"secp256r1"`` / ``"secp384r1"``
-    (SEC1 uncompressed points). A peer key that is not a valid point raises
+    (SEC1 uncompressed points), and the TLS 1.3 hybrids of
+    draft-ietf-tls-ecdhe-mlkem, ``"X25519MLKEM768"`` / ``"SecP256r1MLKEM768"``
+    (``HYBRIDS``). A peer key that is not a valid point raises
     ``IllegalParameter`` (the peer's fault); a provider failure raises
     ``CryptoProviderError``.
+
+    A hybrid is a KEM, and a KEM fits the same shape: ``peer_public`` is the
+    client's share (an ML-KEM-768 encapsulation key and an ECDH share, in the
+    draft's order), ``own_public`` the server's (the ML-KEM ciphertext and our
+    ECDH share, same order) and ``shared`` both secrets concatenated in that
+    order again (64 bytes, fed to the key schedule as is). ``hybrid_split`` /
+    ``hybrid_join`` are the one place the order is written down.
 
 ``CryptoProvider.key_exchange(group, peer_public, private_key=scalar)``
     The keyed form, for TLS 1.2, where our share leaves (in ServerKeyExchange)
@@ -70,7 +79,7 @@ from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -85,7 +94,59 @@ SCHEMES_BY_KEY_TYPE: dict[str, tuple[str, ...]] = {
             "rsa_pkcs1_sha256", "rsa_pkcs1_sha384", "rsa_pkcs1_sha512"),  # (PKCS#1: TLS 1.2 only)
 }
 
-GROUPS = ("x25519", "secp256r1", "secp384r1")
+GROUPS = ("X25519MLKEM768", "SecP256r1MLKEM768", "x25519", "secp256r1", "secp384r1")
+
+#: draft-ietf-tls-ecdhe-mlkem: hybrid -> (its ECDH group, whether the ECDH
+#: part comes first). X25519MLKEM768 puts ML-KEM first (client: encapsulation
+#: key || X25519 share; server: ciphertext || X25519 share; secret: ML-KEM
+#: secret || X25519 secret); SecP256r1MLKEM768 puts the P-256 part first in
+#: all three. OpenSSL 3.5, BoringSSL and Go order them the same way.
+HYBRIDS = {"X25519MLKEM768": ("x25519", False), "SecP256r1MLKEM768": ("secp256r1", True)}
+#: FIPS 203 ML-KEM-768 sizes: encapsulation key, ciphertext, shared secret.
+MLKEM768_EK_BYTES, MLKEM768_CT_BYTES, MLKEM768_SS_BYTES = 1184, 1088, 32
+#: ECDH share bytes of each hybrid's classical part (X25519 raw, P-256 uncompressed).
+_ECDH_SHARE_BYTES = {"x25519": 32, "secp256r1": 65}
+#: The draft's exact share lengths (client, server): 1216/1120 and 1249/1153.
+HYBRID_SHARE_BYTES = {
+    name: (MLKEM768_EK_BYTES + _ECDH_SHARE_BYTES[ecdh], MLKEM768_CT_BYTES + _ECDH_SHARE_BYTES[ecdh])
+    for name, (ecdh, _) in HYBRIDS.items()}
+
+
+def hybrid_split(group: str, client_share: bytes) -> tuple[bytes, bytes]:
+    """A hybrid client share as (ML-KEM encapsulation key, ECDH share).
+
+    draft-ietf-tls-ecdhe-mlkem: a share of any other length aborts the
+    handshake with illegal_parameter.
+    """
+    ecdh, ecdh_first = HYBRIDS[group]
+    want = HYBRID_SHARE_BYTES[group][0]
+    if len(client_share) != want:
+        raise IllegalParameter(f"{group} key share of {len(client_share)} bytes, expected {want}")
+    n = _ECDH_SHARE_BYTES[ecdh]
+    if ecdh_first:
+        return client_share[n:], client_share[:n]
+    return client_share[:MLKEM768_EK_BYTES], client_share[MLKEM768_EK_BYTES:]
+
+
+def hybrid_join(group: str, mlkem_part: bytes, ecdh_part: bytes) -> bytes:
+    """The ML-KEM and ECDH halves (of the server share or of the shared
+    secret) concatenated in ``group``'s order."""
+    return ecdh_part + mlkem_part if HYBRIDS[group][1] else mlkem_part + ecdh_part
+
+
+def mlkem768_encapsulate(encapsulation_key: bytes) -> tuple[bytes, bytes]:
+    """FIPS 203 ML-KEM-768 Encaps: (ciphertext, shared secret).
+
+    A key failing FIPS 203's input check (§7.2: a coefficient not reduced mod
+    q) raises ``IllegalParameter`` (draft-ietf-tls-ecdhe-mlkem §4: the server
+    MUST check it and abort with illegal_parameter).
+    """
+    try:
+        ek = mlkem.MLKEM768PublicKey.from_public_bytes(encapsulation_key)
+    except ValueError as exc:
+        raise IllegalParameter(f"ML-KEM-768 encapsulation key rejected: {exc}") from exc
+    shared, ciphertext = ek.encapsulate()
+    return ciphertext, shared
 AEAD_ALGS = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305")
 
 #: Private scalar bytes per group (X25519: RFC 7748 §5; P-256/384: the order's size).
@@ -294,6 +355,8 @@ def _load_scalar(private_key: bytes, load, keygen: bool):
 
 def _inline_key_exchange(group: str, peer_public: bytes,
                          private_key: bytes | None = None) -> tuple[bytes, bytes]:
+    if group in HYBRIDS:
+        return _inline_hybrid(group, peer_public, private_key)
     if private_key is not None and len(private_key) != SCALAR_BYTES.get(group):
         raise CryptoProviderError(f"{group}: private scalar of {len(private_key)} bytes")
     if group == "x25519":
@@ -335,6 +398,16 @@ def _inline_key_exchange(group: str, peer_public: bytes,
             return own, own[1:1 + (size - 1) // 2]
     shared = priv.exchange(ec.ECDH(), peer)
     return priv.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint), shared
+
+
+def _inline_hybrid(group: str, client_share: bytes,
+                   private_key: bytes | None) -> tuple[bytes, bytes]:
+    if private_key is not None:  # (the keyed form is TLS 1.2's; hybrids are TLS 1.3 only)
+        raise CryptoProviderError(f"{group}: a hybrid has no keyed form")
+    ek, ecdh_share = hybrid_split(group, client_share)
+    ciphertext, kem_secret = mlkem768_encapsulate(ek)
+    own, ecdh_secret = _inline_key_exchange(HYBRIDS[group][0], ecdh_share)
+    return hybrid_join(group, ciphertext, own), hybrid_join(group, kem_secret, ecdh_secret)
 
 
 def _sign_args(scheme: str) -> tuple:

@@ -25,7 +25,8 @@ QEMU use; 72 bytes then the key)::
                  (P-256 = 3, P-384 = 4),
               32 rsa.hash_algo (SHA256 = 6, SHA384 = 7, SHA512 = 8) | ecdsa.padding (0)
       vendor KX (ECDH keygen+derive; service 0x80)
-              16 curve (P-256 = 3, P-384 = 4, vendor X25519 = 0x8001), 20 padding
+              16 curve (P-256 = 3, P-384 = 4, vendor X25519 = 0x8001,
+              vendor X25519MLKEM768 = 0x8002, SecP256r1MLKEM768 = 0x8003), 20 padding
       CIPHER  (virtio_crypto_sym_create_session_flf, opcode CIPHER_CREATE_SESSION
               = 0x002): 16..48 union, 64 op_type (CIPHER = 1, ALGORITHM_CHAINING = 2)
               op_type CIPHER: 16 algo (AES_CBC = 3), 20 key_len, 24 op (1/2)
@@ -85,7 +86,14 @@ assigned ones, 0x80 for a service and 0x8000+ for algorithms/types):
 * service ``VCRYPTO_SERVICE_KX`` = 0x80: ECDH keygen+derive in one op. src =
   the peer's public key (X25519 raw 32 B; P-256/384 SEC1 uncompressed), or
   own private scalar (32/32/48 B) || peer key (keyed form, TLS 1.2),
-  dst = own ephemeral public key || shared secret.
+  dst = own ephemeral public key || shared secret. Curves
+  ``VCRYPTO_KX_X25519MLKEM768`` = 0x8002 and ``VCRYPTO_KX_SECP256R1MLKEM768``
+  = 0x8003 are the post-quantum hybrids of draft-ietf-tls-ecdhe-mlkem, a KEM
+  in the same one-op shape: src = the client share (ML-KEM-768 encapsulation
+  key and ECDH key, 1216 / 1249 B), dst = ML-KEM ciphertext and own ECDH key
+  (1120 / 1153 B) || the ML-KEM and ECDH secrets (64 B), each pair in the
+  group's order (ML-KEM first for X25519MLKEM768, P-256 first for the other);
+  no keyed form.
 * AKCIPHER algo ``VCRYPTO_AKCIPHER_ED25519`` = 0x8001 (src = the message).
 * RSA padding ``VCRYPTO_RSA_PSS_PADDING`` = 0x8001: RSASSA-PSS, MGF1 with the
   session hash, salt length = hash length (RFC 8446 §4.2.3).
@@ -163,6 +171,8 @@ RSA_SHA256, RSA_SHA384, RSA_SHA512 = 6, 7, 8
 CURVE_NIST_P256 = 3
 CURVE_NIST_P384 = 4
 VCRYPTO_CURVE_X25519 = 0x8001
+VCRYPTO_KX_X25519MLKEM768 = 0x8002
+VCRYPTO_KX_SECP256R1MLKEM768 = 0x8003
 
 CIPHER_AES_CBC = 3
 HASH_SHA1, HASH_SHA_256 = 2, 4          # VIRTIO_CRYPTO_HASH_*
@@ -212,7 +222,9 @@ _RSA_SIGN = {
 _RSA_SIGN_REV = {v: k for k, v in _RSA_SIGN.items()}
 _ECDSA_SIGN = {Alg.ECDSA_SECP256R1_SHA256: CURVE_NIST_P256, Alg.ECDSA_SECP384R1_SHA384: CURVE_NIST_P384}
 _ECDSA_SIGN_REV = {v: k for k, v in _ECDSA_SIGN.items()}
-_KX = {Alg.X25519: VCRYPTO_CURVE_X25519, Alg.SECP256R1: CURVE_NIST_P256, Alg.SECP384R1: CURVE_NIST_P384}
+_KX = {Alg.X25519: VCRYPTO_CURVE_X25519, Alg.SECP256R1: CURVE_NIST_P256, Alg.SECP384R1: CURVE_NIST_P384,
+       Alg.X25519MLKEM768: VCRYPTO_KX_X25519MLKEM768,
+       Alg.SECP256R1MLKEM768: VCRYPTO_KX_SECP256R1MLKEM768}
 _KX_REV = {v: k for k, v in _KX.items()}
 
 _MAC_ALGO = {Alg.HMAC_SHA1: MAC_HMAC_SHA1, Alg.HMAC_SHA256: MAC_HMAC_SHA_256}
