@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import shutil
 import subprocess
 
 import pytest
@@ -68,7 +67,6 @@ def _openssl_prf(digest: str, secret: bytes, seed: bytes, length: int) -> bytes:
     return bytes.fromhex(out.strip().replace(":", ""))
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI is installed by make")
 @pytest.mark.parametrize("suite_name", ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
                                         "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
                                         "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"])
