@@ -85,6 +85,7 @@ from ._http import (
     _send_upstream,
     _strip_hop_by_hop,
     _upstream_event_nowait,
+    acquire_upstream,
     pump_and_relay,
     upstream_request,
 )
@@ -495,17 +496,9 @@ class H2ProxyConnection:
         route = self.rt.router.match(host, target.decode("latin-1").split("?", 1)[0])
         if route is None:
             return await self._respond_error(st, 404, "no route", record, started)
-        pool = self.rt.pools[route.upstream]
-        record["upstream"] = route.upstream
-        try:
-            # (the addresses: a send_proxy_protocol upstream's header names this client)
-            upstream = await pool.acquire((self.conn.client_host, self.conn.client_port),
-                                          (self.conn.local_host, self.conn.local_port))
-        except UpstreamError as exc:
-            self.observer.upstream_error(pool.name, exc.kind)
-            record["error"] = str(exc)
+        pool, upstream = await acquire_upstream(self.rt, self.conn, self.observer, route.upstream, record)
+        if upstream is None:
             return await self._respond_error(st, 502, "upstream unavailable", record, started)
-        record["upstream_addr"] = str(upstream.server)
         released = False
         try:
             released = await self._exchange(st, method, target, headers, pool, upstream, record, started)

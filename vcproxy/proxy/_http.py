@@ -368,16 +368,9 @@ class HttpProxyConnection:
         route = self.rt.router.match(host, line.path)
         if route is None:
             return await self._send_error(404, "no route", record, started)
-        pool = self.rt.pools[route.upstream]
-        record["upstream"] = route.upstream
-        try:
-            upstream = await pool.acquire((self.conn.client_host, self.conn.client_port),
-                                          (self.conn.local_host, self.conn.local_port))
-        except UpstreamError as exc:
-            self.observer.upstream_error(pool.name, exc.kind)
-            record["error"] = str(exc)
+        pool, upstream = await acquire_upstream(self.rt, self.conn, self.observer, route.upstream, record)
+        if upstream is None:
             return await self._send_error(502, "upstream unavailable", record, started)
-        record["upstream_addr"] = str(upstream.server)
         return await self._exchange(request, headers, pool, upstream, record, started)
 
     # ---------------------------------------------------------------- one exchange
@@ -570,6 +563,24 @@ class HttpProxyConnection:
         if not response_complete:
             record["aborted"] = True
         self.observer.request_done(record, seconds)
+
+
+async def acquire_upstream(rt: HttpRuntime, conn: ConnState, observer: Observer, name: str,
+                           record: dict[str, Any]) -> tuple[UpstreamPool, UpstreamConn | None]:
+    """A connection from upstream pool ``name`` for one request (HTTP/1.1 and
+    HTTP/2 alike), noted in the access ``record``; None (counted, noted) if
+    the pool has none to give. The client's addresses go along: a
+    ``send_proxy_protocol`` upstream's header names this client."""
+    pool = rt.pools[name]
+    record["upstream"] = name
+    try:
+        upstream = await pool.acquire((conn.client_host, conn.client_port), (conn.local_host, conn.local_port))
+    except UpstreamError as exc:
+        observer.upstream_error(pool.name, exc.kind)
+        record["error"] = str(exc)
+        return pool, None
+    record["upstream_addr"] = str(upstream.server)
+    return pool, upstream
 
 
 def upstream_request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], client_host: str,
