@@ -5,8 +5,9 @@ Theory of operation
 ``Frontend`` is trio-native and bound to one trio run. At first use it
 attaches to the engine-backend over a unix socket, sending its eventfd and
 receiving three fds: its *frontend region* (trans ring, request slots,
-opdone records, data chunks; ``_layout``), the backend's *shared region*
-(sleep flag, device state, session cache) and the backend's doorbell.
+opdone records, data chunks; ``vcrypto.engine.contract``), the backend's
+*shared region* (sleep flag, device state, session cache; mapped read-only)
+and the backend's doorbell.
 
 Many tasks submit at once. ``Frontend.run(session, items)`` is the fiber of
 the notes: it takes up to 16 free slots and one opdone record per chunk of
