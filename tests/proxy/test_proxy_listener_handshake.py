@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from tests.tls.certs import make_cert
 from tests.tls.helpers import CountingProvider, server_config
 from tests.tls.miniclient import client_hello
+from vcproxy.proxy._http import ConnState
 from vcproxy.proxy._listener import ConnectionServer, _ListenerMetrics
 from vcproxy.tls._record import HANDSHAKE, record_header
 
@@ -29,7 +30,7 @@ async def test_cut_off_handshake_releases_its_aead_sessions():
     with trio.move_on_after(1) as scope:   # the client never sends its Finished
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drain, client)
-            await server._handshake(raw, rt, _ListenerMetrics("t"))
+            await server._handshake(raw, rt, _ListenerMetrics("t"), ConnState("127.0.0.1", 1, trio.Event()))
     assert scope.cancelled_caught
     assert provider.counts["aead_sessions"] >= 2     # handshake keys were installed
     provider.check_sessions_closed_once()
