@@ -142,12 +142,15 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     chain, key_pem = make_cert(ec.generate_private_key(ec.SECP256R1()))
+    # The product's settings: records under 2048 B sealed in-process (the default
+    # crypto.small_record_threshold_bytes), sessions lingering 1 s between uses.
     config = ServerConfig([CertificateEntry.from_pem(chain, key_pem)], alpn_protocols=["http/1.1"],
-                          versions=["1.3"], groups=["X25519MLKEM768", "x25519"])
+                          versions=["1.3"], groups=["X25519MLKEM768", "x25519"],
+                          small_record_threshold_bytes=2048)
     tmp = Path(tempfile.mkdtemp(prefix="pq-bench-"))
     stack = engine_daemons.EngineStack(tmp).start()
     try:
-        vprov = VcryptoProvider(stack.backend.socket_path, linger_s=0)
+        vprov = VcryptoProvider(stack.backend.socket_path, linger_s=1.0)
         providers = {"inline": (InlineProvider(), []),
                      "vcrypto": (vprov, [stack.backend.pid, stack.host.pid])}
         cases = [(pn, g) for pn in providers for g in ("x25519", "X25519MLKEM768")]
