@@ -154,11 +154,13 @@ def test_metrics_count_handshakes_bytes_requests_and_crypto_ops(start_proxy, cer
         assert conn.getresponse().status == 200
         conn.close()
     requests = connections * (per_connection + 1)
-    deadline = time.monotonic() + 10
-    while True:  # the last request is counted just after its response went out
+    deadline = time.monotonic() + 30
+    while True:  # the last request is counted just after its response went out, bytes at close
         m = scrape(proxy.metrics_url)
         if total(m, "vcproxy_http_requests_total", listener="web", status="200") >= requests \
-                and total(m, "vcproxy_connections_active") == 0 or time.monotonic() > deadline:
+                and total(m, "vcproxy_connections_active") == 0 \
+                and total(m, "vcproxy_bytes_sent_total", listener="web") > connections * per_connection * body_size \
+                or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert total(m, "vcproxy_http_requests_total", listener="web", status="200") == requests

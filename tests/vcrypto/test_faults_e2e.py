@@ -39,8 +39,11 @@ POOL = {
 def children_of(pid: int) -> set[int]:
     kids: set[int] = set()
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            kids |= {int(p) for p in f.read().split()}
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids |= {int(p) for p in f.read().split()}
+        except FileNotFoundError:  # that thread ended after the listing (it had no children left)
+            continue
     return kids
 
 
