@@ -16,13 +16,12 @@ from ._metrics import BackendStats
 
 
 class Session:
-    __slots__ = ("sid", "meta", "canonical", "md5", "refs", "device_sid", "epoch", "cached")
+    __slots__ = ("sid", "meta", "canonical", "refs", "device_sid", "epoch", "cached")
 
     def __init__(self, sid: int, meta: SessionMeta, canonical: bytes):
         self.sid = sid
         self.meta = meta
         self.canonical = canonical
-        self.md5 = meta.digest()
         self.refs = 0
         self.device_sid: int | None = None
         self.epoch = -1          # device attach the device_sid belongs to

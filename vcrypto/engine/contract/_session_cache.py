@@ -98,9 +98,6 @@ class SessionMeta:
             raise LayoutError(f"session metadata: {exc!r}") from exc
         return cls(op, alg, bytes(key), ref)
 
-    def digest(self) -> bytes:
-        return hashlib.md5(self.canonical(), usedforsecurity=False).digest()
-
     @property
     def shareable(self) -> bool:
         """Whether other connections (and workers) can reuse this session:

@@ -50,9 +50,13 @@ class EngineSession:
     def __init__(self, meta: SessionMeta):
         self.meta = meta
         self.canonical = meta.canonical()
-        self.md5 = meta.digest()
-        # only shareable sessions are in the shared cache (see SessionMeta.shareable)
-        self.sha256 = hashlib.sha256(self.canonical).digest() if meta.shareable else None
+        # Only shareable sessions are in the shared cache (SessionMeta.shareable):
+        # a connection's traffic key needs no digests (never looked up).
+        if meta.shareable:
+            self.md5 = hashlib.md5(self.canonical, usedforsecurity=False).digest()
+            self.sha256 = hashlib.sha256(self.canonical).digest()
+        else:
+            self.md5 = self.sha256 = None
         self.local_refs = 0
         self.idle_since = 0.0
         self.sid = 0
