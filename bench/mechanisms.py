@@ -87,7 +87,7 @@ def _measure(r: _configs.Running, fn, units_key: str) -> dict:
     out["host_ops"] = host_req
     out["host_notif_per_op"] = ((host.get("vcrypto_host_kicks_total", 0) + host.get("vcrypto_host_calls_total", 0))
                                 / host_req if host_req else None)
-    out["backend_notif_per_op"] = ((backend.get("vcrypto_engine_kicks_doorbell_wakes_total", 0)
+    out["backend_notif_per_op"] = ((backend.get("vcrypto_engine_doorbell_wakes_total", 0)
                                     + backend.get("vcrypto_engine_calls_total", 0)) / be_req if be_req else None)
     out["backend_poll_passes"] = backend.get("vcrypto_engine_poll_passes_total", 0)
     out["host_batch_mean"] = (host.get("vcrypto_host_batch_size_sum", 0)

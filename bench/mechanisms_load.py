@@ -167,13 +167,13 @@ def main(argv=None) -> int:
         notes = {
             "frontend doorbells": d(proxy_url, "vcproxy_crypto_engine_doorbells_total"),
             "backend calls to frontends": d(backend_url, "vcrypto_engine_calls_total"),
-            "backend kicks to the host": d(backend_url, "vcrypto_engine_host_kicks"),
-            "host calls to the backend": d(backend_url, "vcrypto_engine_host_calls"),
+            "backend kicks to the host": d(backend_url, "vcrypto_engine_host_kicks_total"),
+            "host calls to the backend": d(backend_url, "vcrypto_engine_host_calls_total"),
         }
         hits = d(backend_url, "vcrypto_engine_cache_hits_total")
         misses = d(backend_url, "vcrypto_engine_cache_misses_total")
-        res_after = by_label(after[host_url], "vcrypto_host_pool_resource_completed", "kind")
-        res_before = by_label(before[host_url], "vcrypto_host_pool_resource_completed", "kind")
+        res_after = by_label(after[host_url], "vcrypto_host_pool_resource_completed_total", "kind")
+        res_before = by_label(before[host_url], "vcrypto_host_pool_resource_completed_total", "kind")
         fallbacks = d(proxy_url, "vcproxy_crypto_fallbacks_total")
         # idle: the daemons' CPU with no traffic
         time.sleep(2)

@@ -28,7 +28,7 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 #: name -> (type, labels, help). The single list of what vcproxy exports.
 METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "connections_total": ("counter", ("listener",), "client connections accepted"),
+    "connections_total": ("counter", ("listener",), "client TCP connections accepted, by listener name"),
     "connections_active": ("gauge", ("listener",), "client connections open now (all workers)"),
     "connections_shed_total": ("counter", ("listener", "phase"),
                                "connections closed to make room for new clients when limits.max_connections "
@@ -44,8 +44,8 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "bytes_sent_total": ("counter", ("listener",), "bytes sent to clients (on the wire; added every 64 KiB of a connection and at its close)"),
     "http_requests_total": ("counter", ("listener", "status", "http_version"), "HTTP requests (HTTP/2: streams) by response status and HTTP version (1.0, 1.1, 2)"),
     "http_request_seconds": ("histogram", ("listener",), "HTTP request latency, head received to response end"),
-    "tcp_sessions_total": ("counter", ("listener", "result"), "tcp-mode sessions by result"),
-    "upstream_errors_total": ("counter", ("upstream", "kind"), "upstream failures: connect, timeout, protocol, closed"),
+    "tcp_sessions_total": ("counter", ("listener", "result"), "tcp-mode sessions (mode: tcp listeners) that ended, by result"),
+    "upstream_errors_total": ("counter", ("upstream", "kind"), "upstream request failures by upstream name and kind: connect, timeout, protocol, closed"),
     "crypto_ops_total": ("counter", ("op", "provider"),
                          "crypto operations (ecdh, sign, aead_seal, aead_open) by the provider they were handed "
                          "to; records under the small-record threshold are sealed in-process: provider=inline"),
@@ -61,14 +61,45 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
                                    "times a worker's engine frontend gave up on a hung engine-backend (a "
                                    "request or control reply outstanding past twice "
                                    "crypto.stall_timeout_s): its requests were redone in-process; a hung "
-                                   "host is counted by the backend (vcrypto_engine_host_stalls)"),
+                                   "host is counted by the backend (vcrypto_engine_host_stalls_total)"),
     "crypto_engine_doorbells_total": ("counter", (),
                                       "doorbells the workers' engine frontends rang to wake a sleeping "
                                       "engine-backend"),
+    "crypto_engine_attached": ("gauge", (),
+                               "workers whose engine frontend is attached to the engine-backend with the host "
+                               "device up (their crypto is offloaded); the others compute in-process"),
+    "worker_reload_failures_total": ("counter", (),
+                                     "reloads the supervisor accepted that a worker failed to apply (it kept its "
+                                     "previous config; the reload_failed event says why)"),
+    # the supervisor's own (SUPERVISOR_METRICS), read live at scrape time
     "worker_restarts_total": ("counter", (), "worker processes restarted after they died (supervisor)"),
-    "daemon_restarts_total": ("counter", ("daemon",), "vcrypto daemons / demo upstream restarted after they died"),
-    "config_reloads_total": ("counter", ("result",), "SIGHUP reloads by result (ok, error)"),
+    "daemon_restarts_total": ("counter", ("daemon",),
+                              "vcrypto daemons / demo upstream restarted after they died, by daemon name"),
+    "config_reloads_total": ("counter", ("result",),
+                             "SIGHUP config reloads, counted once by the supervisor, by result: ok (sent to the "
+                             "workers) or rejected (the file, a certificate or a change that needs a restart was "
+                             "refused; nothing changed)"),
+    "config_last_reload_successful": ("gauge", (),
+                                      "1 if the last config load (start-up or SIGHUP) was accepted, 0 if the last "
+                                      "SIGHUP was rejected"),
+    "config_last_reload_success_timestamp_seconds": ("gauge", (),
+                                                     "Unix time of the last accepted config load (start-up or "
+                                                     "SIGHUP)"),
+    "certificate_not_after_timestamp_seconds": ("gauge", ("listener", "name"),
+                                                "Unix time at which the leaf certificate serving an SNI name "
+                                                "expires, per listener (name: the certificate's names[] or SANs; "
+                                                "refreshed on every accepted reload)"),
+    "build_info": ("gauge", ("version", "python", "openssl"),
+                   "always 1; the labels name the vcproxy version, the Python version and the OpenSSL that "
+                   "cryptography links"),
 }
+
+
+#: Exported by the supervisor itself (``vcproxy.metrics_endpoint``), not by
+#: the workers' multiprocess files: they describe the supervisor's state.
+SUPERVISOR_METRICS = frozenset({
+    "worker_restarts_total", "daemon_restarts_total", "config_reloads_total", "config_last_reload_successful",
+    "config_last_reload_success_timestamp_seconds", "certificate_not_after_timestamp_seconds", "build_info"})
 
 
 class Metrics:
@@ -87,7 +118,7 @@ class Metrics:
             return Histogram(full, doc, labels, buckets=LATENCY_BUCKETS_S)
 
         for name in METRICS_HELP:
-            if name not in ("worker_restarts_total", "daemon_restarts_total"):  # the supervisor's
+            if name not in SUPERVISOR_METRICS:
                 setattr(self, name, make(name))
 
 

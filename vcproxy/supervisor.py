@@ -12,11 +12,14 @@ It owns everything that must outlive a worker:
   ``vcrypto.manage``; the demo upstream when ``demo_upstream.enabled``;
 - the N workers (``python -m vcproxy worker``), each reporting readiness on a
   pipe; a worker that dies is restarted (backoff 0.2 s doubling to 5 s);
-- the metrics endpoint, merging every worker's multiprocess files.
+- the metrics endpoint (``vcproxy.metrics_endpoint``): ``metrics.path``
+  merging every worker's multiprocess files with the supervisor's own
+  metrics, ``/healthz`` and ``/readyz``.
 
 Signals: SIGTERM/SIGINT -> workers drain, then the daemons stop; SIGHUP ->
-the config is validated here first (a broken file never reaches a worker),
-then each worker reloads.
+the config is validated here first (a broken file, certificate, or a change
+that needs a restart never reaches a worker), counted once in
+``vcproxy_config_reloads_total{result}``, then each worker reloads.
 
 Readiness is logged as one error-log event ``ready`` carrying the resolved
 listener and metrics addresses (tests and scripts read it from there).
@@ -39,8 +42,9 @@ import yaml
 
 from vcproxy import _log
 from vcproxy.config import Config, ConfigError, load_config
-from vcproxy.proxy import check_files
+from vcproxy.proxy import certificate_not_after, check_files, reload_problems
 from vcproxy.metrics import ENV_DIR, mark_process_dead, multiprocess_registry
+from vcproxy.metrics_endpoint import MetricsEndpoint, SupervisorCollector, SupervisorState
 
 READY_TIMEOUT_S = 60.0
 DAEMON_SOCKET_TIMEOUT_S = 20.0
@@ -57,26 +61,8 @@ class _Child:
     process: "ChildProcess | None" = None
     restarts: int = 0
     started_s: float = 0.0
+    ready: bool = False        # a worker: reported ready since its last start
     extra: dict = field(default_factory=dict)
-
-
-class _RestartCollector:
-    """The supervisor's own counters (restarts), read live at scrape time."""
-
-    def __init__(self, supervisor: "Supervisor") -> None:
-        self.supervisor = supervisor
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily
-
-        fam = CounterMetricFamily("vcproxy_worker_restarts", "worker processes restarted after they died")
-        fam.add_metric([], sum(w.restarts for w in self.supervisor.workers))
-        yield fam
-        daemons = CounterMetricFamily("vcproxy_daemon_restarts", "vcrypto daemons / demo upstream restarted "
-                                      "after they died", labels=["daemon"])
-        for d in self.supervisor.daemons:
-            daemons.add_metric([d.name], d.restarts)
-        yield daemons
 
 
 @dataclass(frozen=True)
@@ -121,6 +107,11 @@ class Supervisor:
         self.daemons: list[_Child] = []
         self.reservations: list[stdsocket.socket] = []
         self.ports: dict[int, int] = {}
+        self.started = False       # every worker reported ready once (the `ready` event)
+        self.state = SupervisorState(
+            worker_restarts=lambda: sum(w.restarts for w in self.workers),
+            daemon_restarts=lambda: {d.name: d.restarts for d in self.daemons})
+        self.state.set_certificates(certificate_not_after(config))
 
     # ------------------------------------------------------------ start-up
 
@@ -186,6 +177,7 @@ class Supervisor:
             with trio.move_on_after(READY_TIMEOUT_S):
                 ready = await stream.receive_some(1)
                 if ready == b"R":
+                    child.ready = True
                     return
             raise SupervisorError(f"{child.name} did not become ready (exit status {child.process.poll()})")
         finally:
@@ -233,14 +225,32 @@ class Supervisor:
         mc = self.config.metrics
         if not mc.enabled:
             return None
-        from prometheus_client import start_http_server
-
         registry = multiprocess_registry()
-        registry.register(_RestartCollector(self))
-        server, _thread = start_http_server(mc.port, addr=mc.address, registry=registry)
-        self._metrics_server = server
+        registry.register(SupervisorCollector(self.state))
+        self._metrics_server = MetricsEndpoint(mc.address, mc.port, mc.path, registry, self.readiness)
         host = f"[{mc.address}]" if ":" in mc.address else mc.address
-        return f"http://{host}:{server.server_port}{mc.path}"
+        return f"http://{host}:{self._metrics_server.port}{mc.path}"
+
+    def readiness(self) -> tuple[bool, str]:
+        """``/readyz``: (ready, why not). Called from the endpoint's thread."""
+        if self.stopping:
+            return False, "draining"
+        if not self.started:
+            return False, "starting"
+        running = [w for w in self.workers if w.ready and w.process is not None and w.process.returncode is None]
+        if not running:
+            return False, "no worker running"
+        crypto = self.config.crypto
+        keyless = any(c.key_ref is not None for lis in self.config.listeners if lis.tls.enabled
+                      for c in lis.tls.certificates)
+        if crypto.provider == "vcrypto" and (crypto.fallback == "none" or keyless):
+            # No in-process fallback: every serving worker needs its engine.
+            attached = _engine_attached_workers()
+            if attached < len(running):
+                return False, (f"vcrypto attached in {attached} of {len(running)} workers and "
+                               + ("keyless certificates" if keyless else "crypto.fallback: none")
+                               + " allow no in-process crypto")
+        return True, "ready"
 
     async def run(self) -> int:
         self.runtime_dir = self.config.vcrypto.runtime_dir or tempfile.mkdtemp(prefix="vcproxy-")
@@ -277,6 +287,7 @@ class Supervisor:
                 _log.error_log.error("start_failed", error=str(exc))
                 await self._stop_all()
                 return 1
+            self.started = True
             listeners = {self.config.listener_name(i): f"{lis.address}:{self.ports[i]}"
                          for i, lis in enumerate(self.config.listeners)}
             _log.error_log.info("ready", listeners=listeners, metrics=metrics_url,
@@ -306,6 +317,7 @@ class Supervisor:
         backoff_s = 0.2
         while True:
             status = await child.process.wait()
+            child.ready = False
             if self.stopping:
                 return
             mark_process_dead(child.process.pid, self.metrics_dir)
@@ -343,15 +355,26 @@ class Supervisor:
             _log.error_log.info("daemon_restarted", daemon=child.name, pid=child.process.pid)
 
     def _reload(self) -> None:
+        """One SIGHUP: validate here, count once (ok or rejected), then let
+        each worker build its new runtime."""
         try:
             config = load_config(self.config_path, self.overrides)
             check_files(config)
+            problems = reload_problems(self.config, config)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
+            self.state.reloads["rejected"] += 1
+            self.state.last_reload_ok = False
             _log.error_log.error("reload_rejected", problems=exc.problems)
             return
         if config.workers != len(self.workers):
             _log.error_log.warning("reload_partial", problem="workers changed: restart to apply")
         self.config = config
+        self.state.reloads["ok"] += 1
+        self.state.last_reload_ok = True
+        self.state.last_reload_success_s = time.time()
+        self.state.set_certificates(certificate_not_after(config))
         self._write_ticket_keys(rotate=True)
         for child in self.workers:
             if child.process is not None and child.process.returncode is None:
@@ -441,6 +464,15 @@ class ChildProcess:
         if self._pidfd >= 0 and self._waiting is None:
             fd, self._pidfd = self._pidfd, -1
             os.close(fd)
+
+
+def _engine_attached_workers() -> int:
+    """Workers whose engine frontend is attached (their livesum gauge
+    ``vcproxy_crypto_engine_attached``, from the multiprocess files)."""
+    for fam in multiprocess_registry().collect():
+        if fam.name == "vcproxy_crypto_engine_attached":
+            return int(sum(s.value for s in fam.samples))
+    return 0
 
 
 def _unlink_stale(path: str) -> None:

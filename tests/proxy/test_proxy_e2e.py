@@ -220,9 +220,9 @@ def test_provider_did_the_crypto(proxy, ctx):
         # implementations completed requests of this module's traffic.
         host = scrape(f"http://{proxy.config['vcrypto']['host_metrics']}/metrics")
         done = {dict(labels)["kind"]: v for (name, labels), v in host.items()
-                if name == "vcrypto_host_pool_resource_completed"}
+                if name == "vcrypto_host_pool_resource_completed_total"}
         assert done.get("sodium", 0) > 0 and done.get("openssl", 0) > 0, done
-        assert sum(v for (name, _), v in host.items() if name == "vcrypto_host_pool_resource_spills") == 0
+        assert sum(v for (name, _), v in host.items() if name == "vcrypto_host_pool_resource_spills_total") == 0
 
 
 def test_worker_crash_is_restarted(proxy, ctx):

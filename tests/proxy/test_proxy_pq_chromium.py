@@ -65,5 +65,5 @@ def test_chromium_negotiates_x25519mlkem768_through_vcrypto(start_proxy, certs, 
     host = scrape(f"http://{host_metrics}/metrics")
     assert total(host, "vcrypto_host_completions_total", op="ecdh", alg="X25519MLKEM768", status="ok") >= hybrid
     done = {dict(labels)["kind"]: v for (name, labels), v in host.items()
-            if name == "vcrypto_host_pool_resource_errors"}
+            if name == "vcrypto_host_pool_resource_errors_total"}
     assert done and sum(done.values()) == 0, done

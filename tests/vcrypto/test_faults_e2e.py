@@ -59,8 +59,13 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
     return out
 
 
+#: per-resource fields exported as gauges (the rest are counters, named ..._total)
+GAUGE_FIELDS = ("healthy", "inflight", "max_inflight")
+
+
 def res(metrics, field: str, resource: str) -> float:
-    return metrics[(f"vcrypto_host_pool_resource_{field}", resource)]
+    suffix = "" if field in GAUGE_FIELDS else "_total"
+    return metrics[(f"vcrypto_host_pool_resource_{field}{suffix}", resource)]
 
 
 async def test_faults_through_a_real_host(start_host):
@@ -125,8 +130,8 @@ async def test_faults_through_a_real_host(start_host):
         assert res(m, "errors", "flaky") >= 1 and res(m, "healthy", "flaky") == 0
         assert res(m, "timeouts", "stuck") >= 1 and res(m, "healthy", "stuck") == 0
         assert res(m, "completed", "flaky") == 0 and res(m, "completed", "stuck") == 0
-        assert m[("vcrypto_host_pool_failed", "")] == 0
-        assert m[("vcrypto_host_pool_retries", "")] >= 3
+        assert m[("vcrypto_host_pool_failed_total", "")] == 0
+        assert m[("vcrypto_host_pool_retries_total", "")] >= 3
         # The killed worker was replaced; the probe re-admitted the resource.
         with trio.fail_after(10):
             while res(await metrics(), "healthy", "procs") != 1:

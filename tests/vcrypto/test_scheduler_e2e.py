@@ -33,7 +33,7 @@ POOL = {
 def resource_gauges(port: int) -> dict[tuple[str, str], float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {(m.group(1), m.group(2)): float(m.group(3)) for m in re.finditer(
-        r'^vcrypto_host_pool_resource_(\w+)\{[^}]*resource="([^"]+)"[^}]*\} (\S+)$', text, re.M)}
+        r'^vcrypto_host_pool_resource_(\w+?)(?:_total)?\{[^}]*resource="([^"]+)"[^}]*\} (\S+)$', text, re.M)}
 
 
 async def test_failover_spills_and_returns_through_the_host(start_host):

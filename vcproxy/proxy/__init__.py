@@ -15,7 +15,9 @@
 """
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, NullObserver
 from ._router import Router
-from ._tlsglue import check_files
+from ._tlsglue import certificate_not_after, check_files
 from ._upstream import UpstreamPool
+from ._worker import reload_problems
 
-__all__ = ["ConnState", "HttpProxyConnection", "HttpRuntime", "NullObserver", "Router", "UpstreamPool", "check_files"]
+__all__ = ["ConnState", "HttpProxyConnection", "HttpRuntime", "NullObserver", "Router", "UpstreamPool", "certificate_not_after", "check_files",
+           "reload_problems"]

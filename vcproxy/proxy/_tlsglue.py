@@ -302,3 +302,26 @@ async def make_provider(config: Config, count: CountOp, on_fallback: CountFallba
 def _has_keyless(config: Config) -> bool:
     return any(c.key_ref is not None for lis in config.listeners if lis.tls.enabled
                for c in lis.tls.certificates)
+
+
+def certificate_not_after(config: Config) -> list[tuple[str, str, float]]:
+    """(listener name, SNI name, leaf not-after as Unix time) for every name a
+    TLS listener serves: what ``vcproxy_certificate_not_after_timestamp_seconds``
+    exports. A certificate with no name (no SANs, no names[]) is listed with
+    name "". Files that do not load are skipped (``check_files`` reports them)."""
+    from cryptography import x509
+
+    out = []
+    for i, lis in enumerate(config.listeners):
+        if not lis.tls.enabled:
+            continue
+        listener = config.listener_name(i)
+        for cert in lis.tls.certificates:
+            try:
+                entry = load_certificate(cert)
+            except (OSError, ValueError):
+                continue
+            not_after = x509.load_der_x509_certificate(entry.chain_der[0]).not_valid_after_utc.timestamp()
+            for name in entry.names or ("",):
+                out.append((listener, name, not_after))
+    return out

@@ -183,12 +183,14 @@ class Worker:
         m = metrics()
         try:
             config = load_config(self.config_path, self.overrides)
-            problems = _incompatible(self.config, config)
+            problems = reload_problems(self.config, config)
             if problems:
                 raise ConfigError(problems)
             runtimes, pools = self._build(config, self.pools)
         except (ConfigError, OSError, ValueError) as exc:
-            m.config_reloads_total.labels("error").inc()
+            # The supervisor counts the reload itself (config_reloads_total); a
+            # worker failing one the supervisor accepted is a divergence.
+            m.worker_reload_failures_total.inc()
             _log.error_log.error("reload_failed", worker=self.index, error=str(exc))
             return
         old, old_runtimes = self.pools, self.runtimes
@@ -202,7 +204,6 @@ class Worker:
         for name, pool in pools.items():
             if old.get(name) is not pool:
                 self.service.start_soon(pool.run_health_checks)
-        m.config_reloads_total.labels("ok").inc()
         _log.error_log.info("reloaded", worker=self.index)
 
 
@@ -254,7 +255,9 @@ def _keyless_failed(key_ref: str, exc: Exception) -> None:
 
 async def _export_frontend_fallbacks(frontend: Any, interval_s: float = 1.0) -> None:
     """Requests the engine frontend ran in-process (engine away) -> crypto_fallbacks_total,
-    its stalls (hung engine-backend) and doorbells -> crypto_engine_{stalls,doorbells}_total.
+    its stalls (hung engine-backend) and doorbells -> crypto_engine_{stalls,doorbells}_total,
+    whether it is attached with the host device up -> crypto_engine_attached (what the
+    supervisor's /readyz reads when crypto.fallback is none).
 
     The frontend keeps plain counters in this process; multiprocess metrics
     need them copied into a Counter, so we add the delta once a second.
@@ -269,11 +272,16 @@ async def _export_frontend_fallbacks(frontend: Any, interval_s: float = 1.0) -> 
             if now > seen[name]:
                 counter.inc(now - seen[name])
                 seen[name] = now
+        frontend.reattach_soon()   # an idle worker notices the engine is back (readiness)
+        att = frontend.attachment
+        m.crypto_engine_attached.set(1 if frontend.attached and att is not None and att.shared.device_up else 0)
         await trio.sleep(interval_s)
 
 
-def _incompatible(old: Config, new: Config) -> list[tuple[str, str]]:
-    """What a reload cannot change without a restart (sockets, provider, workers)."""
+def reload_problems(old: Config, new: Config) -> list[tuple[str, str]]:
+    """What a reload cannot change without a restart (sockets, provider); the
+    supervisor rejects such a reload before any worker sees it, and each
+    worker checks again (it reads the file itself)."""
     out = []
     if len(old.listeners) != len(new.listeners):
         out.append(("listeners", "the number of listeners changed: restart to apply"))

@@ -15,6 +15,7 @@ is what an application needs::
 
     fe = Frontend(backend_socket, linger_s=1.0, reconnect_interval_s=0.5)
     await fe.start() -> bool                       # attached? (else in-process fallback)
+    fe.reattach_soon()                             # idle and detached: try again in the background
     h = await fe.open_session(SessionMeta(op, alg, key=b"", key_ref=""))
     results = await fe.run(h, [(src, iv, aad), ...])   # [(SlotStatus, bytes)], in order
     await fe.close_session(h, linger=True)

@@ -307,6 +307,10 @@ class Backend:
         self.shared.set_device(False)
         dev, self.device = self.device, None
         if dev is not None:
+            # The device's own counters go with it: keep its share so the
+            # exported host_kicks/host_calls totals never go backwards.
+            self.stats.closed_host_kicks += getattr(dev, "kicks", 0)
+            self.stats.closed_host_calls += getattr(dev, "calls", 0)
             for fd in (dev.call_fd, dev.watch_fd):
                 if fd is not None:
                     try:
@@ -677,8 +681,11 @@ class Backend:
 
 
     def snapshot(self) -> dict:
+        looked_up = self.stats.cache_hits + self.stats.cache_misses
         return {
             **self.gauges(),
+            # for the control-socket view only: Prometheus gets hits and misses
+            "cache_hit_ratio": self.stats.cache_hits / looked_up if looked_up else 0.0,
             **self.stats.as_dict(),
             "sessions": self.sessions.refcounts(),
             "cache_entries": self.shared.cache.live_entries(),
@@ -691,17 +698,16 @@ class Backend:
 
     def gauges(self) -> dict[str, float]:
         """Live values for the metrics endpoint (read at scrape time, from the
-        exporter thread: plain reads of ints the loop owns)."""
+        exporter thread: plain reads of ints the loop owns). The host_* counts
+        are the current device's plus every closed device's."""
         st = self.stats
-        looked_up = st.cache_hits + st.cache_misses
         dev = self.device
         return {
             "sessions": len(self.sessions),
             "frontends": len(self.control.frontends),
             "device_up": 1 if dev is not None else 0,
-            "cache_hit_ratio": st.cache_hits / looked_up if looked_up else 0.0,
-            "host_kicks": getattr(dev, "kicks", 0),
-            "host_calls": getattr(dev, "calls", 0),
+            "host_kicks": st.closed_host_kicks + getattr(dev, "kicks", 0),
+            "host_calls": st.closed_host_calls + getattr(dev, "calls", 0),
         }
 
     def _device_stats(self) -> dict | None:

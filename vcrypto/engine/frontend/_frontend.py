@@ -208,6 +208,16 @@ class Frontend:
             trio.lowlevel.spawn_system_task(self._try_attach)
         return None
 
+    def reattach_soon(self) -> None:
+        """Detached (backend away) and idle: start an attach attempt in the
+        background once the retry interval has passed, as a request on its
+        way in would. For an application with no traffic that still wants to
+        know the engine is back (the proxy's readiness)."""
+        if (self._token is trio.lowlevel.current_trio_token() and self._first_attach.is_set()
+                and not self.attached and self._state is _State.IDLE and time.monotonic() >= self._retry_at):
+            self._state = _State.ATTACHING
+            trio.lowlevel.spawn_system_task(self._try_attach)
+
     async def _try_attach(self) -> None:
         if self._state is not _State.CLOSED:  # (start() may still attach a closed one)
             self._state = _State.ATTACHING
