@@ -15,7 +15,11 @@ imported in a worker, so this module imports it lazily and the supervisor
 puts the variable in the workers' environment.
 
 Metric names (all prefixed ``vcproxy_``) are listed in ``METRICS_HELP``,
-which is also the documentation the README prints.
+which is also the documentation the README prints. Those in
+``SUPERVISOR_METRICS`` describe the supervisor's own state (reloads,
+certificates, restarts, build) and are computed at scrape time by
+``vcproxy.metrics_endpoint.SupervisorCollector``, never by a worker: a
+SIGHUP is one event, however many workers apply it.
 """
 from __future__ import annotations
 

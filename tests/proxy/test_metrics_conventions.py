@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -173,7 +174,6 @@ def expositions(tmp_path_factory, certs, upstream):
                 conn.request("GET", path)
                 conn.getresponse().read()
             conn.close()
-        import signal
         proxy.signal(signal.SIGHUP)
         proxy.wait_event("reloaded", count=2)
         deadline = time.monotonic() + 30

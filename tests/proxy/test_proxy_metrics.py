@@ -51,7 +51,6 @@ def test_one_sighup_counts_once_and_rejections_count(start_proxy, certs, upstrea
     config["listeners"][0]["tls"]["certificates"] = [
         {"cert": str(certs["b"][0]), "key": str(certs["b"][1]), "names": ["b.example"]}]
     proxy.write_config(config)
-    time.sleep(0.01)
     proxy.signal(signal.SIGHUP)
     proxy.wait_event("reloaded", count=2)
     m = scrape(proxy.metrics_url)
