@@ -345,10 +345,11 @@ class Supervisor:
     def _reload(self) -> None:
         try:
             config = load_config(self.config_path, self.overrides)
-            check_files(config)
+            warnings = check_files(config)
         except ConfigError as exc:
             _log.error_log.error("reload_rejected", problems=exc.problems)
             return
+        _log_warnings(warnings)
         if config.workers != len(self.workers):
             _log.error_log.warning("reload_partial", problem="workers changed: restart to apply")
         self.config = config
@@ -443,6 +444,13 @@ class ChildProcess:
             os.close(fd)
 
 
+def _log_warnings(warnings: list[tuple[str, str]]) -> None:
+    """check-config's warnings (a certificate about to expire, a route no
+    request reaches), one ``config_warning`` event each."""
+    for path, message in warnings:
+        _log.error_log.warning("config_warning", path=path, problem=message)
+
+
 def _unlink_stale(path: str) -> None:
     try:
         os.unlink(path)
@@ -464,12 +472,15 @@ async def _terminate(processes: list[ChildProcess], deadline_s: float) -> None:
 
 
 def run(config_path: str, overrides: list[str]) -> int:
+    # The same validation as check-config: what it refuses, run refuses.
     try:
         config = load_config(config_path, overrides)
-        check_files(config)
+        warnings = check_files(config)
     except ConfigError as exc:
-        for path, message in exc.problems:
-            print(f"vcproxy: {config_path}: {path + ': ' if path else ''}{message}", file=sys.stderr)
+        for kind, problems in (("warning: ", exc.warnings), ("", exc.problems)):
+            for path, message in problems:
+                print(f"vcproxy: {config_path}: {kind}{path + ': ' if path else ''}{message}", file=sys.stderr)
         return 2
     _log.configure(config.logging.access_log, config.logging.error_log, config.logging.level)
+    _log_warnings(warnings)
     return trio.run(Supervisor(config_path, overrides, config).run)

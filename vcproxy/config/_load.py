@@ -30,10 +30,12 @@ from typing import Any, Literal
 
 
 class ConfigError(Exception):
-    """The config is invalid; ``problems`` lists ``(path, message)`` pairs."""
+    """The config is invalid; ``problems`` lists ``(path, message)`` pairs;
+    ``warnings`` (same shape) what was found besides, for a report of both."""
 
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, problems: list[tuple[str, str]], warnings: list[tuple[str, str]] = ()) -> None:
         self.problems = list(problems)
+        self.warnings = list(warnings)
         super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in self.problems))
 
 

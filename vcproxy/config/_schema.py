@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, Mapping
 
+from ._binds import Bind, port_collisions
 from ._load import _Invalid, _type_name, opt, req
 
 SECONDS = 1.0
@@ -114,10 +115,13 @@ class CertificateConfig:
 @dataclass(frozen=True)
 class TicketsConfig:
     enabled: bool = opt(True, "issue session tickets (TLS 1.3 PSK and TLS 1.2 RFC 5077 resumption)")
-    lifetime_s: int = opt(7200, "ticket lifetime announced to clients, seconds")
+    lifetime_s: int = opt(7200, "ticket lifetime announced to clients, seconds (at most 604800: 7 days)")
 
     def check(self) -> list[tuple[str, str]]:
-        return _check_positive(self, "lifetime_s")
+        # RFC 8446 §4.6.1: "Servers MUST NOT use any value greater than 604800 seconds (7 days)."
+        if not 1 <= self.lifetime_s <= 604800:
+            return [("lifetime_s", f"must be 1..604800 (7 days, RFC 8446 4.6.1), got {self.lifetime_s}")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -492,15 +496,11 @@ class Config:
         if not self.listeners:
             out.append(("listeners", "at least one listener is required"))
         names: set[str] = set()
-        binds: set[tuple[str, int]] = set()
         for i, lis in enumerate(self.listeners):
             name = self.listener_name(i)
             if name in names:
                 out.append((f"listeners[{i}].name", f"duplicate listener name {name!r}"))
             names.add(name)
-            if lis.port and (lis.address, lis.port) in binds:
-                out.append((f"listeners[{i}].port", f"{lis.address}:{lis.port} is used by another listener"))
-            binds.add((lis.address, lis.port))
             if lis.upstream is not None and lis.upstream not in self.upstreams:
                 out.append((f"listeners[{i}].upstream", f"unknown upstream {lis.upstream!r}"))
         for i, lis in enumerate(self.listeners):
@@ -512,6 +512,7 @@ class Config:
                     out.append((where, "keyless signing needs crypto.provider: vcrypto (the host holds the key)"))
                 elif self.vcrypto.manage and self.vcrypto.keys_dir is None:
                     out.append((where, "needs vcrypto.keys_dir: the directory vcrypto-host loads keys from"))
+        out += port_collisions(self.binds())
         if any(lis.mode == "http" for lis in self.listeners) and not self.routes:
             out.append(("routes", "an http listener needs at least one route"))
         for i, route in enumerate(self.routes):
@@ -522,3 +523,21 @@ class Config:
 
     def listener_name(self, index: int) -> str:
         return self.listeners[index].name or f"listener{index}"
+
+    def binds(self) -> list[Bind]:
+        """Every TCP address this config makes a process on this machine bind:
+        the listeners, the metrics endpoint, the daemons the supervisor starts
+        (their metrics) and the demo upstream, each with its config path."""
+        out = [Bind(f"listeners[{i}].port", lis.address, lis.port, reuseport=True)
+               for i, lis in enumerate(self.listeners)]
+        if self.metrics.enabled:
+            out.append(Bind("metrics.port", self.metrics.address, self.metrics.port))
+        if self.crypto.provider == "vcrypto" and self.vcrypto.manage:
+            for key in ("host_metrics", "backend_metrics"):
+                addr = getattr(self.vcrypto, key)
+                if addr is not None:
+                    out.append(Bind(f"vcrypto.{key}", addr.host, addr.port))
+        if self.demo_upstream.enabled:
+            out.append(Bind("demo_upstream.port", self.demo_upstream.address, self.demo_upstream.port))
+        return out
+
