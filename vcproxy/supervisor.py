@@ -41,6 +41,7 @@ from vcproxy import _log
 from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.proxy import check_files
 from vcproxy.metrics import ENV_DIR, mark_process_dead, multiprocess_registry
+from vcrypto.metrics_endpoint import EXIT_METRICS_UNAVAILABLE
 
 READY_TIMEOUT_S = 60.0
 DAEMON_SOCKET_TIMEOUT_S = 20.0
@@ -212,9 +213,10 @@ class Supervisor:
         with open(host_config, "w", encoding="utf-8") as f:
             yaml.safe_dump(plan.host_config, f)
         host_argv, backend_argv = plan.host_argv, plan.backend_argv
-        for name, argv, sock in (("vcrypto-host", host_argv, host_socket),
-                                 ("vcrypto-engine-backend", backend_argv, self.backend_socket)):
-            child = _Child(name, argv, extra={"socket": sock})
+        for name, argv, sock, key in (("vcrypto-host", host_argv, host_socket, "host_metrics"),
+                                      ("vcrypto-engine-backend", backend_argv, self.backend_socket,
+                                       "backend_metrics")):
+            child = _Child(name, argv, extra={"socket": sock, "metrics": (f"vcrypto.{key}", getattr(vc, key))})
             _unlink_stale(sock)
             await self._start_child(child)
             self.daemons.append(child)
@@ -224,6 +226,8 @@ class Supervisor:
         with trio.move_on_after(DAEMON_SOCKET_TIMEOUT_S):
             while not os.path.exists(path):
                 if child.process.poll() is not None:
+                    if child.process.returncode == EXIT_METRICS_UNAVAILABLE:
+                        raise SupervisorError(_metrics_unavailable(child))
                     raise SupervisorError(f"{child.name} exited with status {child.process.returncode} at start")
                 await trio.sleep(0.05)
             return
@@ -323,9 +327,21 @@ class Supervisor:
             _log.error_log.info("worker_restarted", worker=child.name, pid=child.process.pid)
 
     async def _watch_daemon(self, child: _Child) -> None:
+        """Restart a daemon that died, except one that cannot start at all.
+
+        A daemon whose metrics address is taken (``EXIT_METRICS_UNAVAILABLE``)
+        would fail the same way every time: it is left down with one error
+        event, and the workers go on as ``crypto.fallback`` says for an
+        engine that is away (per_op / startup: in-process crypto; none: TLS
+        handshakes fail). At start-up the same status fails the start.
+        """
         while True:
             status = await child.process.wait()
             if self.stopping:
+                return
+            if status == EXIT_METRICS_UNAVAILABLE:
+                _log.error_log.error("daemon_not_restarted", daemon=child.name, pid=child.process.pid,
+                                     status=status, error=_metrics_unavailable(child))
                 return
             _log.error_log.error("daemon_died", daemon=child.name, pid=child.process.pid, status=status)
             await trio.sleep(0.5)
@@ -338,7 +354,8 @@ class Supervisor:
                 try:
                     await self._wait_socket(child, sock)
                 except SupervisorError as exc:
-                    _log.error_log.error("daemon_restart_failed", daemon=child.name, error=str(exc))
+                    if child.process.returncode != EXIT_METRICS_UNAVAILABLE:  # that one is logged once, above
+                        _log.error_log.error("daemon_restart_failed", daemon=child.name, error=str(exc))
                     continue
             _log.error_log.info("daemon_restarted", daemon=child.name, pid=child.process.pid)
 
@@ -442,6 +459,14 @@ class ChildProcess:
         if self._pidfd >= 0 and self._waiting is None:
             fd, self._pidfd = self._pidfd, -1
             os.close(fd)
+
+
+def _metrics_unavailable(child: _Child) -> str:
+    """One line for a daemon that exited with EXIT_METRICS_UNAVAILABLE: the
+    address and the key that asked for it (the daemon's own line says why)."""
+    key, address = child.extra.get("metrics", ("its --metrics", None))
+    return (f"{child.name} cannot serve its metrics on {address} ({key}): the address is in use or not "
+            f"this machine's (free the port or change {key}); restarting cannot fix that")
 
 
 def _log_warnings(warnings: list[tuple[str, str]]) -> None:
