@@ -280,3 +280,33 @@ def test_run_refuses_what_check_config_refuses(tmp_path):
     assert result.returncode == 2
     assert "demo_upstream.port: 127.0.0.1:9100 collides with metrics.port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_keyless_key_refs_are_checked_against_the_keys_vcrypto_host_will_hold(tmp_path, capsys):
+    import shutil
+
+    site = _cert(tmp_path, "site", days_left=90)
+    other = _cert(tmp_path, "other", days_left=90)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    shutil.copy(site[1], keys / "site.pem")
+    shutil.copy(other[1], keys / "other.pem")
+    config = _tls_config(*site, crypto={"provider": "vcrypto"}, vcrypto={"keys_dir": "keys"})
+    config["listeners"][0]["tls"]["certificates"] = [
+        {"cert": site[0], "key_ref": "site"},       # 0 fine
+        {"cert": site[0], "key_ref": "other"},      # 1 held, but another certificate's key
+        {"cert": site[0], "key_ref": "sitee"},      # 2 a typo: the host holds no such key
+    ]
+    status, lines = _check(tmp_path, config, capsys)
+    assert status == 1, lines
+    assert not _lines(lines, "listeners[0].tls.certificates[0].key_ref"), lines
+    assert "does not match the certificate" in _lines(lines, "listeners[0].tls.certificates[1].key_ref")[0]
+    (typo,) = _lines(lines, "listeners[0].tls.certificates[2].key_ref")
+    assert "no key 'sitee'" in typo and "it holds: other, site" in typo
+    (keys / "junk.pem").write_text("not a key\n")
+    config["listeners"][0]["tls"]["certificates"] = config["listeners"][0]["tls"]["certificates"][:1]
+    status, lines = _check(tmp_path, config, capsys)
+    assert status == 1 and "junk.pem: not an unencrypted private key" in _lines(lines, "vcrypto.keys_dir")[0]
+    (keys / "junk.pem").unlink()
+    status, lines = _check(tmp_path, config, capsys)
+    assert status == 0, lines

@@ -3,7 +3,8 @@
 The schema (``vcproxy.config``) checks types, ranges and cross-references
 without reading any file. ``check_files`` then loads every certificate and
 key and builds each listener's TLS settings, so what the TLS stack refuses
-(unknown suites, a key that is not the certificate's...) is refused here,
+(unknown suites, a key that is not the certificate's, a keyless ``key_ref``
+vcrypto-host does not hold...) is refused here,
 before a worker starts. Errors raise ``ConfigError``, every one of them,
 each at the config path of the value at fault (``...certificates[0].key``
 for a bad key file, ``...tls.groups`` for a bad group). Warnings are
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from vcproxy.config import Config, ConfigError
 from vcproxy.tls import CertificateEntry, CertificateLoadError, ServerConfigError
+from vcrypto.host.keys import KeyStore, KeyStoreError
 
 from ._router import _host_score, never_matching
 from ._tlsglue import build_server_config, load_certificate
@@ -49,6 +53,7 @@ def check_files(config: Config, now: datetime.datetime | None = None) -> list[Pr
     problems: list[Problem] = []
     warnings: list[Problem] = []
     served: dict[int, list[tuple[CertificateEntry, x509.Certificate]]] = {}
+    leaves: dict[str, x509.Certificate] = {}  # certificate path -> its leaf, for the keyless check
     for i, lis in enumerate(config.listeners):
         if not lis.tls.enabled:
             continue
@@ -63,6 +68,7 @@ def check_files(config: Config, now: datetime.datetime | None = None) -> list[Pr
             chain = [x509.load_der_x509_certificate(der) for der in entry.chain_der]
             warnings += _expiry_warnings(f"{where}.cert", cert.cert, chain, now)
             entries.append((entry, chain[0]))
+            leaves[where] = chain[0]
         try:
             build_server_config(lis, config, certificates=[e for e, _ in entries])
         except ServerConfigError as exc:
@@ -75,10 +81,44 @@ def check_files(config: Config, now: datetime.datetime | None = None) -> list[Pr
                 problems.append((path[1:] if path.startswith("/") else f"listeners[{i}].{path}", message))
         if len(entries) == len(lis.tls.certificates):
             served[i] = entries
+    problems += _keyless_problems(config, leaves)
     warnings += _route_warnings(config, served)
     if problems:
         raise ConfigError(problems, warnings)
     return warnings
+
+
+def _keyless_problems(config: Config, leaves: dict[str, x509.Certificate]) -> list[Problem]:
+    """A ``key_ref`` must name a key vcrypto-host will load, and that key must
+    be the certificate's: else every handshake on it fails at signing time.
+    Checked only when this supervisor runs the host (``vcrypto.manage``): a
+    host run on its own reads ``keys_dir`` as another user, and the schema
+    already asks for keys_dir when it is managed."""
+    vc = config.vcrypto
+    refs = [(f"listeners[{i}].tls.certificates[{j}]", cert.key_ref)
+            for i, lis in enumerate(config.listeners) if lis.tls.enabled
+            for j, cert in enumerate(lis.tls.certificates) if cert.key_ref is not None]
+    if not refs or config.crypto.provider != "vcrypto" or not vc.manage or vc.keys_dir is None:
+        return []
+    try:
+        store = KeyStore.load_dir(Path(vc.keys_dir))  # the host's own loader: what it will hold
+    except OSError as exc:
+        return [("vcrypto.keys_dir", f"{vc.keys_dir}: cannot read: {exc.strerror}")]
+    except KeyStoreError as exc:
+        return [("vcrypto.keys_dir", str(exc))]
+    out = []
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for where, ref in refs:
+        der = store.get(ref)
+        if der is None:
+            out.append((f"{where}.key_ref", f"no key {ref!r} in {vc.keys_dir} ({ref}.pem or {ref}.der; "
+                                            f"it holds: {', '.join(store.names()) or 'none'})"))
+            continue
+        leaf = leaves.get(where)
+        public = serialization.load_der_private_key(der, password=None).public_key()
+        if leaf is not None and public.public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+            out.append((f"{where}.key_ref", f"the key {ref!r} in {vc.keys_dir} does not match the certificate"))
+    return out
 
 
 def _expiry_warnings(path: str, file: str, chain: list[x509.Certificate],
