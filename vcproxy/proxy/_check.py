@@ -141,8 +141,9 @@ def _route_warnings(config: Config, served: dict[int, list[tuple[CertificateEntr
     http = [i for i, lis in enumerate(config.listeners) if lis.mode == "http"]
     if config.routes and not http:
         return [("routes", "no listener is in http mode: routes are never used")]
-    out = [(f"routes[{i}].host", why) for i, why in never_matching(config.routes)]
-    flagged = {i for i, _ in never_matching(config.routes)}
+    never = never_matching(config.routes)
+    out = [(f"routes[{i}].host", why) for i, why in never]
+    flagged = {i for i, _ in never}
     # A client that verifies the certificate sends a Host the certificate
     # covers; when every http listener is TLS, a route host that none of
     # their certificates covers is reached only by clients that skip
