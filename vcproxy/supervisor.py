@@ -48,7 +48,18 @@ DAEMON_SOCKET_TIMEOUT_S = 20.0
 
 
 class SupervisorError(Exception):
-    """Start-up cannot proceed (a daemon missing or dead, a port taken...)."""
+    """Start-up cannot proceed (a daemon missing or dead, a port taken...);
+    ``exit_status``: what ``vcproxy run`` exits with."""
+
+    exit_status = 1
+
+
+class DaemonCannotStart(SupervisorError):
+    """A daemon exited with EXIT_METRICS_UNAVAILABLE: no restart fixes it, and
+    ``vcproxy run`` exits with that same status (so a unit's
+    ``RestartPreventExitStatus=78`` stops its restarts too)."""
+
+    exit_status = EXIT_METRICS_UNAVAILABLE
 
 
 @dataclass(eq=False)
@@ -227,7 +238,7 @@ class Supervisor:
             while not os.path.exists(path):
                 if child.process.poll() is not None:
                     if child.process.returncode == EXIT_METRICS_UNAVAILABLE:
-                        raise SupervisorError(_metrics_unavailable(child))
+                        raise DaemonCannotStart(_metrics_unavailable(child))
                     raise SupervisorError(f"{child.name} exited with status {child.process.returncode} at start")
                 await trio.sleep(0.05)
             return
@@ -280,7 +291,7 @@ class Supervisor:
             except (SupervisorError, OSError) as exc:
                 _log.error_log.error("start_failed", error=str(exc))
                 await self._stop_all()
-                return 1
+                return exc.exit_status if isinstance(exc, SupervisorError) else 1
             listeners = {self.config.listener_name(i): f"{lis.address}:{self.ports[i]}"
                          for i, lis in enumerate(self.config.listeners)}
             _log.error_log.info("ready", listeners=listeners, metrics=metrics_url,

@@ -48,7 +48,7 @@ def test_a_taken_daemon_metrics_port_fails_the_start_in_one_line(tmp_path, upstr
         finally:
             proxy.stop()
     events = proxy.events()
-    assert status == 1, f"vcproxy still running (restart loop?): {[e['event'] for e in events]}"
+    assert status == EXIT_METRICS_UNAVAILABLE, f"vcproxy still running (restart loop?): {[e['event'] for e in events]}"
     out = _output(proxy)
     assert "Traceback" not in out, out
     mine = [line for line in out.splitlines() if line.startswith(f"{name}:")]
