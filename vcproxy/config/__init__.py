@@ -4,9 +4,9 @@
 ``_schema.py`` for every key and default) and raises ``ConfigError`` naming
 the path of every problem. Relative file paths in the file (and in ``--set``
 overrides) resolve from the config file's directory, not the working
-directory: ``load_config`` hands the loader that directory. Loading the certificates and building each
-listener's TLS settings is the proxy's (``vcproxy.proxy.check_files``): this
-package only reads and validates.
+directory: ``load_config`` hands the loader that directory. Loading the
+certificates and building each listener's TLS settings is the proxy's
+(``vcproxy.proxy.check_files``): this package only reads and validates.
 """
 from __future__ import annotations
 

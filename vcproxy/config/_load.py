@@ -171,7 +171,6 @@ class Loader:
                 self.problem(join(path, sub) if sub else path, message)
         return obj
 
-
     def _resolve_path(self, f: dataclasses.Field, value: Any) -> Any:
         """A relative file path of a ``path=True`` field, made absolute from ``base_dir``."""
         if (not f.metadata.get("path") or self.base_dir is None or not isinstance(value, str)

@@ -101,7 +101,8 @@ def _check_address(address: str) -> list[tuple[str, str]]:
 @dataclass(frozen=True)
 class CertificateConfig:
     cert: str = req("PEM file with the certificate chain, leaf first", path=True)
-    key: str | None = opt(None, "PEM file with the private key (unencrypted); exactly one of key / key_ref", path=True)
+    key: str | None = opt(None, "PEM file with the private key (unencrypted); exactly one of key / key_ref",
+                          path=True)
     key_ref: str | None = opt(None, "keyless: the name of a private key vcrypto-host holds (NAME.pem or NAME.der "
                                     "in vcrypto.keys_dir); the workers never read the key. Needs crypto.provider: vcrypto")
     names: tuple[str, ...] | None = opt(None, "SNI names served by this certificate (default: the certificate's SANs)")
@@ -337,16 +338,20 @@ class BackendPollConfig:
 @dataclass(frozen=True)
 class VcryptoConfig:
     manage: bool = opt(True, "the supervisor starts vcrypto-host and vcrypto-engine-backend when provider is vcrypto")
-    runtime_dir: str | None = opt(None, "directory for sockets and shared memory (default: a fresh temp dir)", path=True)
-    host_socket: str | None = opt(None, "vcrypto-host vhost-user socket (default: <runtime_dir>/host.sock)", path=True)
-    backend_socket: str | None = opt(None, "engine-backend socket the workers' frontends attach to (default: <runtime_dir>/backend.sock)", path=True)
+    runtime_dir: str | None = opt(None, "directory for sockets and shared memory (default: a fresh temp dir)",
+                                  path=True)
+    host_socket: str | None = opt(None, "vcrypto-host vhost-user socket (default: <runtime_dir>/host.sock)",
+                                  path=True)
+    backend_socket: str | None = opt(None, "engine-backend socket the workers' frontends attach to "
+                                           "(default: <runtime_dir>/backend.sock)", path=True)
     host_metrics: BindAddress | None = opt(None, "vcrypto-host metrics 'host:port' (default: none)")
     backend_metrics: BindAddress | None = opt(None, "engine-backend metrics 'host:port' (default: none)")
     batch_deadline_us: float = opt(0.0, "engine-backend: longest a partial device batch is held for more "
                                         "requests (held only while the arrival rate says the next one comes "
                                         "before it); 0: every drain pass sends what it found")
     keys_dir: str | None = opt(None, "directory of private keys vcrypto-host loads for keyless certificates "
-                                     "(certificates[].key_ref: NAME -> NAME.pem / NAME.der); only the host reads it", path=True)
+                                     "(certificates[].key_ref: NAME -> NAME.pem / NAME.der); only the host reads it",
+                               path=True)
     fifo: bool = opt(False, "vcrypto-host completes requests in submission order per data queue "
                             "(global FIFO). Off: completions are matched by id and token, so a TLS "
                             "record never waits behind an RSA signature (records keep their order "
@@ -540,4 +545,3 @@ class Config:
         if self.demo_upstream.enabled:
             out.append(Bind("demo_upstream.port", self.demo_upstream.address, self.demo_upstream.port))
         return out
-

@@ -8,8 +8,8 @@ one scheduler / resource pool. Ready when the socket accepts (and, with
 ``--metrics``, after logging ``metrics listening on HOST:PORT`` with the bound
 port; port 0 picks a free one). The metrics address is bound first: if it
 cannot be, the daemon prints one line and exits with status 78
-(``vcrypto.metrics_endpoint``: not restartable). SIGTERM/SIGINT: stop accepting, close every
-device, release the pool, exit 0.
+(``vcrypto.metrics_endpoint``: not restartable). SIGTERM/SIGINT: stop
+accepting, close every device, release the pool, exit 0.
 """
 from __future__ import annotations
 
