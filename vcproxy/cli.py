@@ -45,19 +45,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_config(path: str, overrides: list[str]) -> int:
+    """Like ``nginx -t``: every error and warning with its config path on
+    stderr; exit 1 on any error, 0 otherwise (warnings alone do not fail)."""
     from vcproxy.config import ConfigError, load_config
     from vcproxy.proxy import check_files
 
     try:
         config = load_config(path, overrides)
-        check_files(config)
+        warnings = check_files(config)
     except ConfigError as exc:
-        for where, message in exc.problems:
-            print(f"vcproxy: {path}: {where + ': ' if where else ''}{message}", file=sys.stderr)
+        _print_problems(path, exc.warnings, "warning: ")
+        _print_problems(path, exc.problems)
         print(f"vcproxy: configuration file {path} test failed", file=sys.stderr)
         return 1
+    _print_problems(path, warnings, "warning: ")
     print(f"vcproxy: configuration file {path} test is successful", file=sys.stderr)
     return 0
+
+
+def _print_problems(path: str, problems: list[tuple[str, str]], kind: str = "") -> None:
+    for where, message in problems:
+        print(f"vcproxy: {path}: {kind}{where + ': ' if where else ''}{message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,13 +45,25 @@ from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.proxy import certificate_not_after, check_files, reload_problems
 from vcproxy.metrics import ENV_DIR, mark_process_dead, multiprocess_registry
 from vcproxy.metrics_endpoint import MetricsEndpoint, SupervisorCollector, SupervisorState
+from vcrypto.metrics_endpoint import EXIT_METRICS_UNAVAILABLE
 
 READY_TIMEOUT_S = 60.0
 DAEMON_SOCKET_TIMEOUT_S = 20.0
 
 
 class SupervisorError(Exception):
-    """Start-up cannot proceed (a daemon missing or dead, a port taken...)."""
+    """Start-up cannot proceed (a daemon missing or dead, a port taken...);
+    ``exit_status``: what ``vcproxy run`` exits with."""
+
+    exit_status = 1
+
+
+class DaemonCannotStart(SupervisorError):
+    """A daemon exited with EXIT_METRICS_UNAVAILABLE: no restart fixes it, and
+    ``vcproxy run`` exits with that same status (so a unit's
+    ``RestartPreventExitStatus=78`` stops its restarts too)."""
+
+    exit_status = EXIT_METRICS_UNAVAILABLE
 
 
 @dataclass(eq=False)
@@ -204,9 +216,10 @@ class Supervisor:
         with open(host_config, "w", encoding="utf-8") as f:
             yaml.safe_dump(plan.host_config, f)
         host_argv, backend_argv = plan.host_argv, plan.backend_argv
-        for name, argv, sock in (("vcrypto-host", host_argv, host_socket),
-                                 ("vcrypto-engine-backend", backend_argv, self.backend_socket)):
-            child = _Child(name, argv, extra={"socket": sock})
+        for name, argv, sock, key in (("vcrypto-host", host_argv, host_socket, "host_metrics"),
+                                      ("vcrypto-engine-backend", backend_argv, self.backend_socket,
+                                       "backend_metrics")):
+            child = _Child(name, argv, extra={"socket": sock, "metrics": (f"vcrypto.{key}", getattr(vc, key))})
             _unlink_stale(sock)
             await self._start_child(child)
             self.daemons.append(child)
@@ -216,6 +229,8 @@ class Supervisor:
         with trio.move_on_after(DAEMON_SOCKET_TIMEOUT_S):
             while not os.path.exists(path):
                 if child.process.poll() is not None:
+                    if child.process.returncode == EXIT_METRICS_UNAVAILABLE:
+                        raise DaemonCannotStart(_metrics_unavailable(child))
                     raise SupervisorError(f"{child.name} exited with status {child.process.returncode} at start")
                 await trio.sleep(0.05)
             return
@@ -286,7 +301,7 @@ class Supervisor:
             except (SupervisorError, OSError) as exc:
                 _log.error_log.error("start_failed", error=str(exc))
                 await self._stop_all()
-                return 1
+                return exc.exit_status if isinstance(exc, SupervisorError) else 1
             self.started = True
             listeners = {self.config.listener_name(i): f"{lis.address}:{self.ports[i]}"
                          for i, lis in enumerate(self.config.listeners)}
@@ -335,9 +350,21 @@ class Supervisor:
             _log.error_log.info("worker_restarted", worker=child.name, pid=child.process.pid)
 
     async def _watch_daemon(self, child: _Child) -> None:
+        """Restart a daemon that died, except one that cannot start at all.
+
+        A daemon whose metrics address is taken (``EXIT_METRICS_UNAVAILABLE``)
+        would fail the same way every time: it is left down with one error
+        event, and the workers go on as ``crypto.fallback`` says for an
+        engine that is away (per_op / startup: in-process crypto; none: TLS
+        handshakes fail). At start-up the same status fails the start.
+        """
         while True:
             status = await child.process.wait()
             if self.stopping:
+                return
+            if status == EXIT_METRICS_UNAVAILABLE:
+                _log.error_log.error("daemon_not_restarted", daemon=child.name, pid=child.process.pid,
+                                     status=status, error=_metrics_unavailable(child))
                 return
             _log.error_log.error("daemon_died", daemon=child.name, pid=child.process.pid, status=status)
             await trio.sleep(0.5)
@@ -350,7 +377,8 @@ class Supervisor:
                 try:
                     await self._wait_socket(child, sock)
                 except SupervisorError as exc:
-                    _log.error_log.error("daemon_restart_failed", daemon=child.name, error=str(exc))
+                    if child.process.returncode != EXIT_METRICS_UNAVAILABLE:  # that one is logged once, above
+                        _log.error_log.error("daemon_restart_failed", daemon=child.name, error=str(exc))
                     continue
             _log.error_log.info("daemon_restarted", daemon=child.name, pid=child.process.pid)
 
@@ -359,7 +387,7 @@ class Supervisor:
         each worker build its new runtime."""
         try:
             config = load_config(self.config_path, self.overrides)
-            check_files(config)
+            warnings = check_files(config)
             problems = reload_problems(self.config, config)
             if problems:
                 raise ConfigError(problems)
@@ -368,6 +396,7 @@ class Supervisor:
             self.state.last_reload_ok = False
             _log.error_log.error("reload_rejected", problems=exc.problems)
             return
+        _log_warnings(warnings)
         if config.workers != len(self.workers):
             _log.error_log.warning("reload_partial", problem="workers changed: restart to apply")
         self.config = config
@@ -475,6 +504,21 @@ def _engine_attached_workers() -> int:
     return 0
 
 
+def _metrics_unavailable(child: _Child) -> str:
+    """One line for a daemon that exited with EXIT_METRICS_UNAVAILABLE: the
+    address and the key that asked for it (the daemon's own line says why)."""
+    key, address = child.extra.get("metrics", ("its --metrics", None))
+    return (f"{child.name} cannot serve its metrics on {address} ({key}): the address is in use or not "
+            f"this machine's (free the port or change {key}); restarting cannot fix that")
+
+
+def _log_warnings(warnings: list[tuple[str, str]]) -> None:
+    """check-config's warnings (a certificate about to expire, a route no
+    request reaches), one ``config_warning`` event each."""
+    for path, message in warnings:
+        _log.error_log.warning("config_warning", path=path, problem=message)
+
+
 def _unlink_stale(path: str) -> None:
     try:
         os.unlink(path)
@@ -496,12 +540,15 @@ async def _terminate(processes: list[ChildProcess], deadline_s: float) -> None:
 
 
 def run(config_path: str, overrides: list[str]) -> int:
+    # The same validation as check-config: what it refuses, run refuses.
     try:
         config = load_config(config_path, overrides)
-        check_files(config)
+        warnings = check_files(config)
     except ConfigError as exc:
-        for path, message in exc.problems:
-            print(f"vcproxy: {config_path}: {path + ': ' if path else ''}{message}", file=sys.stderr)
+        for kind, problems in (("warning: ", exc.warnings), ("", exc.problems)):
+            for path, message in problems:
+                print(f"vcproxy: {config_path}: {kind}{path + ': ' if path else ''}{message}", file=sys.stderr)
         return 2
     _log.configure(config.logging.access_log, config.logging.error_log, config.logging.level)
+    _log_warnings(warnings)
     return trio.run(Supervisor(config_path, overrides, config).run)

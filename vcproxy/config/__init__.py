@@ -2,13 +2,16 @@
 
 ``load_config(path)`` reads YAML into the frozen ``Config`` tree (see
 ``_schema.py`` for every key and default) and raises ``ConfigError`` naming
-the path of every problem. Loading the certificates and building each
-listener's TLS settings is the proxy's (``vcproxy.proxy.check_files``): this
-package only reads and validates.
+the path of every problem. Relative file paths in the file (and in ``--set``
+overrides) resolve from the config file's directory, not the working
+directory: ``load_config`` hands the loader that directory. Loading the
+certificates and building each listener's TLS settings is the proxy's
+(``vcproxy.proxy.check_files``): this package only reads and validates.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 
 import yaml
@@ -42,7 +45,10 @@ __all__ = [
 ]
 
 
-def parse_config(text: str, source: str = "<config>", overrides: typing.Sequence[str] = ()) -> Config:
+def parse_config(text: str, source: str = "<config>", overrides: typing.Sequence[str] = (),
+                 base_dir: str | None = None) -> Config:
+    """The config in ``text``; relative paths resolve from ``base_dir`` (None:
+    left relative, i.e. to the working directory, for configs not read from a file)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -53,7 +59,7 @@ def parse_config(text: str, source: str = "<config>", overrides: typing.Sequence
         data = {}
     for item in overrides:
         data = apply_override(data, item)
-    config, problems = load_tree(Config, data)
+    config, problems = load_tree(Config, data, base_dir)
     if problems:
         raise ConfigError(problems)
     return config
@@ -105,7 +111,7 @@ def load_config(path: str, overrides: typing.Sequence[str] = ()) -> Config:
             text = f.read()
     except OSError as exc:
         raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from exc
-    return parse_config(text, path, overrides)
+    return parse_config(text, path, overrides, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
 def reference() -> str:
@@ -124,7 +130,8 @@ def reference() -> str:
                 default = "" if inner else f"`{_show(f.default_factory())}`"
             else:
                 default = "required"
-            rows.append(f"| `{key}` | {_type_text(tp)} | {default} | {f.metadata.get('doc', '')} |")
+            type_text = _type_text(tp).replace("str", "path") if f.metadata.get("path") else _type_text(tp)
+            rows.append(f"| `{key}` | {type_text} | {default} | {f.metadata.get('doc', '')} |")
             if inner is not None:
                 sep = "[]." if typing.get_origin(tp) is tuple else (".<name>." if typing.get_origin(tp) else ".")
                 walk(inner, key + sep)

@@ -11,21 +11,31 @@ Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal``,
 ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, nested dataclasses,
 ``object`` (free-form YAML passed through, validated by its consumer), and
 classes with a ``from_yaml(value, path) -> instance`` classmethod.
+
+File paths: a ``str`` field declared with ``path=True`` (``opt``/``req``) is
+a file or directory name. A relative one is resolved against the directory
+of the config file (``base_dir``), never the working directory, so
+``cd /tmp && vcproxy check-config /etc/vcproxy/vcproxy.yaml`` reads the same
+files as the service does; the tree holds the absolute, normalised path.
+``path_keywords`` are words that are not paths (a log's ``stdout``).
 """
 from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import os
 import types
 import typing
 from typing import Any, Literal
 
 
 class ConfigError(Exception):
-    """The config is invalid; ``problems`` lists ``(path, message)`` pairs."""
+    """The config is invalid; ``problems`` lists ``(path, message)`` pairs;
+    ``warnings`` (same shape) what was found besides, for a report of both."""
 
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, problems: list[tuple[str, str]], warnings: list[tuple[str, str]] = ()) -> None:
         self.problems = list(problems)
+        self.warnings = list(warnings)
         super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in self.problems))
 
 
@@ -51,8 +61,9 @@ def join(path: str, key: str) -> str:
 
 
 class Loader:
-    def __init__(self) -> None:
+    def __init__(self, base_dir: str | None = None) -> None:
         self.problems: list[tuple[str, str]] = []
+        self.base_dir = base_dir
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append((path, message))
@@ -144,7 +155,7 @@ class Loader:
                 if converted is _MISSING:
                     failed = True
                 else:
-                    kwargs[name] = converted
+                    kwargs[name] = self._resolve_path(f, converted)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 self.problem(join(path, name), "required key is missing")
                 failed = True
@@ -160,6 +171,13 @@ class Loader:
                 self.problem(join(path, sub) if sub else path, message)
         return obj
 
+    def _resolve_path(self, f: dataclasses.Field, value: Any) -> Any:
+        """A relative file path of a ``path=True`` field, made absolute from ``base_dir``."""
+        if (not f.metadata.get("path") or self.base_dir is None or not isinstance(value, str)
+                or not value or value in f.metadata.get("path_keywords", ())):
+            return value
+        return os.path.normpath(os.path.join(self.base_dir, value))
+
 
 class _Skip(_Invalid):
     """A nested value already recorded its problem; the parent just gives up."""
@@ -168,8 +186,10 @@ class _Skip(_Invalid):
         super().__init__("")
 
 
-def load_tree(cls: Any, data: Any) -> tuple[Any, list[tuple[str, str]]]:
-    loader = Loader()
+def load_tree(cls: Any, data: Any, base_dir: str | None = None) -> tuple[Any, list[tuple[str, str]]]:
+    """``data`` as a ``cls`` tree and its problems; relative paths resolve from
+    ``base_dir`` (None: left as written, i.e. relative to the working directory)."""
+    loader = Loader(base_dir)
     try:
         obj = loader._convert(cls, data, "")
     except _Skip:
@@ -180,17 +200,25 @@ def load_tree(cls: Any, data: Any) -> tuple[Any, list[tuple[str, str]]]:
     return obj, [p for p in loader.problems if p[1]]
 
 
-def opt(default: Any, doc: str) -> Any:
-    """A field with a default and its one line of documentation."""
+def _meta(doc: str, path: bool, path_keywords: tuple[str, ...]) -> dict:
+    meta: dict = {"doc": doc}
+    if path:
+        meta.update(path=True, path_keywords=path_keywords)
+    return meta
+
+
+def opt(default: Any, doc: str, *, path: bool = False, path_keywords: tuple[str, ...] = ()) -> Any:
+    """A field with a default and its one line of documentation (``path``: a
+    file path, resolved from the config file's directory)."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or a factory for mutable defaults")
     if getattr(type(default), "__hash__", None) is None or (
         dataclasses.is_dataclass(default) and not isinstance(default, type)
     ):
-        return dataclasses.field(default_factory=lambda: default, metadata={"doc": doc})
-    return dataclasses.field(default=default, metadata={"doc": doc})
+        return dataclasses.field(default_factory=lambda: default, metadata=_meta(doc, path, path_keywords))
+    return dataclasses.field(default=default, metadata=_meta(doc, path, path_keywords))
 
 
-def req(doc: str) -> Any:
+def req(doc: str, *, path: bool = False) -> Any:
     """A required field and its documentation."""
-    return dataclasses.field(metadata={"doc": doc})
+    return dataclasses.field(metadata=_meta(doc, path, ()))

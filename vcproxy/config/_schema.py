@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, Mapping
 
+from ._binds import Bind, port_collisions
 from ._load import _Invalid, _type_name, opt, req
 
 SECONDS = 1.0
@@ -99,8 +100,9 @@ def _check_address(address: str) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class CertificateConfig:
-    cert: str = req("PEM file with the certificate chain, leaf first")
-    key: str | None = opt(None, "PEM file with the private key (unencrypted); exactly one of key / key_ref")
+    cert: str = req("PEM file with the certificate chain, leaf first", path=True)
+    key: str | None = opt(None, "PEM file with the private key (unencrypted); exactly one of key / key_ref",
+                          path=True)
     key_ref: str | None = opt(None, "keyless: the name of a private key vcrypto-host holds (NAME.pem or NAME.der "
                                     "in vcrypto.keys_dir); the workers never read the key. Needs crypto.provider: vcrypto")
     names: tuple[str, ...] | None = opt(None, "SNI names served by this certificate (default: the certificate's SANs)")
@@ -114,10 +116,13 @@ class CertificateConfig:
 @dataclass(frozen=True)
 class TicketsConfig:
     enabled: bool = opt(True, "issue session tickets (TLS 1.3 PSK and TLS 1.2 RFC 5077 resumption)")
-    lifetime_s: int = opt(7200, "ticket lifetime announced to clients, seconds")
+    lifetime_s: int = opt(7200, "ticket lifetime announced to clients, seconds (at most 604800: 7 days)")
 
     def check(self) -> list[tuple[str, str]]:
-        return _check_positive(self, "lifetime_s")
+        # RFC 8446 §4.6.1: "Servers MUST NOT use any value greater than 604800 seconds (7 days)."
+        if not 1 <= self.lifetime_s <= 604800:
+            return [("lifetime_s", f"must be 1..604800 (7 days, RFC 8446 4.6.1), got {self.lifetime_s}")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -333,16 +338,20 @@ class BackendPollConfig:
 @dataclass(frozen=True)
 class VcryptoConfig:
     manage: bool = opt(True, "the supervisor starts vcrypto-host and vcrypto-engine-backend when provider is vcrypto")
-    runtime_dir: str | None = opt(None, "directory for sockets and shared memory (default: a fresh temp dir)")
-    host_socket: str | None = opt(None, "vcrypto-host vhost-user socket (default: <runtime_dir>/host.sock)")
-    backend_socket: str | None = opt(None, "engine-backend socket the workers' frontends attach to (default: <runtime_dir>/backend.sock)")
+    runtime_dir: str | None = opt(None, "directory for sockets and shared memory (default: a fresh temp dir)",
+                                  path=True)
+    host_socket: str | None = opt(None, "vcrypto-host vhost-user socket (default: <runtime_dir>/host.sock)",
+                                  path=True)
+    backend_socket: str | None = opt(None, "engine-backend socket the workers' frontends attach to "
+                                           "(default: <runtime_dir>/backend.sock)", path=True)
     host_metrics: BindAddress | None = opt(None, "vcrypto-host metrics 'host:port' (default: none)")
     backend_metrics: BindAddress | None = opt(None, "engine-backend metrics 'host:port' (default: none)")
     batch_deadline_us: float = opt(0.0, "engine-backend: longest a partial device batch is held for more "
                                         "requests (held only while the arrival rate says the next one comes "
                                         "before it); 0: every drain pass sends what it found")
     keys_dir: str | None = opt(None, "directory of private keys vcrypto-host loads for keyless certificates "
-                                     "(certificates[].key_ref: NAME -> NAME.pem / NAME.der); only the host reads it")
+                                     "(certificates[].key_ref: NAME -> NAME.pem / NAME.der); only the host reads it",
+                               path=True)
     fifo: bool = opt(False, "vcrypto-host completes requests in submission order per data queue "
                             "(global FIFO). Off: completions are matched by id and token, so a TLS "
                             "record never waits behind an RSA signature (records keep their order "
@@ -448,11 +457,17 @@ class MetricsConfig:
         return _check_port(self.port) + _check_address(self.address)
 
 
+#: Log targets that are streams, not file names (``vcproxy._log.JsonLog``).
+LOG_STREAMS = ("stdout", "stderr")
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = opt("info", "error-log level")
-    access_log: str | None = opt("stdout", "JSON access log: stdout, stderr, a file path, or null for none")
-    error_log: str = opt("stderr", "JSON structured error/event log: stdout, stderr or a file path")
+    access_log: str | None = opt("stdout", "JSON access log: stdout, stderr, a file path, or null for none",
+                                 path=True, path_keywords=LOG_STREAMS)
+    error_log: str = opt("stderr", "JSON structured error/event log: stdout, stderr or a file path",
+                         path=True, path_keywords=LOG_STREAMS)
 
 
 @dataclass(frozen=True)
@@ -486,15 +501,11 @@ class Config:
         if not self.listeners:
             out.append(("listeners", "at least one listener is required"))
         names: set[str] = set()
-        binds: set[tuple[str, int]] = set()
         for i, lis in enumerate(self.listeners):
             name = self.listener_name(i)
             if name in names:
                 out.append((f"listeners[{i}].name", f"duplicate listener name {name!r}"))
             names.add(name)
-            if lis.port and (lis.address, lis.port) in binds:
-                out.append((f"listeners[{i}].port", f"{lis.address}:{lis.port} is used by another listener"))
-            binds.add((lis.address, lis.port))
             if lis.upstream is not None and lis.upstream not in self.upstreams:
                 out.append((f"listeners[{i}].upstream", f"unknown upstream {lis.upstream!r}"))
         for i, lis in enumerate(self.listeners):
@@ -506,6 +517,7 @@ class Config:
                     out.append((where, "keyless signing needs crypto.provider: vcrypto (the host holds the key)"))
                 elif self.vcrypto.manage and self.vcrypto.keys_dir is None:
                     out.append((where, "needs vcrypto.keys_dir: the directory vcrypto-host loads keys from"))
+        out += port_collisions(self.binds())
         if any(lis.mode == "http" for lis in self.listeners) and not self.routes:
             out.append(("routes", "an http listener needs at least one route"))
         for i, route in enumerate(self.routes):
@@ -516,3 +528,20 @@ class Config:
 
     def listener_name(self, index: int) -> str:
         return self.listeners[index].name or f"listener{index}"
+
+    def binds(self) -> list[Bind]:
+        """Every TCP address this config makes a process on this machine bind:
+        the listeners, the metrics endpoint, the daemons the supervisor starts
+        (their metrics) and the demo upstream, each with its config path."""
+        out = [Bind(f"listeners[{i}].port", lis.address, lis.port, reuseport=True)
+               for i, lis in enumerate(self.listeners)]
+        if self.metrics.enabled:
+            out.append(Bind("metrics.port", self.metrics.address, self.metrics.port))
+        if self.crypto.provider == "vcrypto" and self.vcrypto.manage:
+            for key in ("host_metrics", "backend_metrics"):
+                addr = getattr(self.vcrypto, key)
+                if addr is not None:
+                    out.append(Bind(f"vcrypto.{key}", addr.host, addr.port))
+        if self.demo_upstream.enabled:
+            out.append(Bind("demo_upstream.port", self.demo_upstream.address, self.demo_upstream.port))
+        return out

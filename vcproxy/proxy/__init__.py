@@ -11,11 +11,13 @@
 - ``_proxy_header``: the PROXY protocol v1/v2 codec (sans-IO)
 - ``_forwarding``: trusted hops and the forwarding headers (pure)
 - ``_tlsglue``: config -> ``ServerConfig``, counting/fallback crypto providers
+- ``_check``: ``check_files``, what check-config adds to the schema (files, TLS, warnings)
 - ``demo_upstream``: the built-in origin server for the demo and tests
 """
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, NullObserver
 from ._router import Router
-from ._tlsglue import certificate_not_after, check_files
+from ._check import check_files
+from ._tlsglue import certificate_not_after
 from ._upstream import UpstreamPool
 from ._worker import reload_problems
 

@@ -54,3 +54,41 @@ def _prefix_matches(prefix: str, path: str) -> bool:
     if not path.startswith(prefix):
         return False
     return prefix.endswith("/") or path[len(prefix)] in "/?"
+
+
+def never_matching(routes: Sequence[RouteConfig]) -> list[tuple[int, str]]:
+    """Routes ``Router.match`` can never choose, by index, with the reason.
+
+    Two real cases follow from the rules above. A host pattern that no
+    normalised Host can equal (``normalise_host`` strips the port, the
+    brackets of an IPv6 literal and a trailing dot, and ``*`` is a wildcard
+    only as ``*`` or a leading ``*.`` label). And a route with the same host
+    pattern and path prefix as an earlier one: ties keep the first. (An
+    earlier catch-all shadows nothing: the most specific host wins whatever
+    the order.)
+    """
+    out = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, route in enumerate(routes):
+        problem = _unmatchable_host(route.host)
+        if problem is not None:
+            out.append((i, problem))
+            continue
+        host = "*" if route.host is None else route.host.lower()
+        earlier = seen.setdefault((host, route.path_prefix), i)
+        if earlier != i:
+            out.append((i, f"same host and path_prefix as routes[{earlier}], which always wins the tie"))
+    return out
+
+
+def _unmatchable_host(pattern: str | None) -> str | None:
+    if pattern is None or pattern == "*":
+        return None
+    why = None
+    if pattern.count(":") == 1 or pattern.startswith("[") or pattern.endswith("."):
+        why = f"the Host header is matched without port, brackets or trailing dot ({normalise_host(pattern)!r})"
+    elif any(c in pattern for c in "/ \t@"):
+        why = "a host name has no '/', '@' or blanks (a URL or an address with a user is not a host)"
+    elif "*" in pattern[2:] or ("*" in pattern and not pattern.startswith("*.")):
+        why = "'*' is a wildcard only as '*' or a leading '*.' label"
+    return None if why is None else f"host {pattern!r} can never match: {why}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from vcproxy.config import CertificateConfig, Config, ConfigError, ListenerConfig
+from vcproxy.config import CertificateConfig, Config, ListenerConfig
 from vcproxy.tls import (
     AeadSession,
     CertificateEntry,
@@ -46,15 +46,19 @@ def read_ticket_keys(path: str | None) -> tuple[bytes, ...]:
 
 
 def build_server_config(listener: ListenerConfig, config: Config,
-                        ticket_keys: tuple[bytes, ...] = ()) -> ServerConfig:
-    """ServerConfig for one listener; raises ValueError/OSError naming the problem.
+                        ticket_keys: tuple[bytes, ...] = (),
+                        certificates: list[CertificateEntry] | None = None) -> ServerConfig:
+    """ServerConfig for one listener; raises ``CertificateLoadError`` or
+    ``ServerConfigError`` (ValueErrors) naming the problems. ``certificates``:
+    the listener's, already loaded (check-config loads them one by one).
 
     ``ticket_keys`` are shared by all workers (the supervisor makes them), so a
     ticket issued by one worker resumes on any other behind SO_REUSEPORT.
     """
     tls = listener.tls
     return ServerConfig(
-        certificates=[load_certificate(c) for c in tls.certificates],
+        certificates=(certificates if certificates is not None
+                      else [load_certificate(c) for c in tls.certificates]),
         alpn_protocols=listener.alpn(),
         cipher_suites=tls.cipher_suites,
         versions=tls.versions,
@@ -66,30 +70,6 @@ def build_server_config(listener: ListenerConfig, config: Config,
         small_record_threshold_bytes=config.crypto.small_record_threshold_bytes,
         pipeline_depth=config.crypto.pipeline_depth,
     )
-
-
-def check_files(config: Config) -> None:
-    """Load every certificate/key pair and build each listener's TLS config
-    (suites, groups, ALPN checked by the TLS stack): what ``check-config`` and
-    a reload add on top of the schema. Raises ConfigError naming the bad ones."""
-    problems = []
-    for i, lis in enumerate(config.listeners):
-        if not lis.tls.enabled:
-            continue
-        certs_ok = True
-        for j, cert in enumerate(lis.tls.certificates):
-            try:
-                load_certificate(cert)
-            except (OSError, ValueError) as exc:
-                certs_ok = False
-                problems.append((f"listeners[{i}].tls.certificates[{j}]", str(exc)))
-        if certs_ok:
-            try:
-                build_server_config(lis, config)
-            except ValueError as exc:  # ServerConfig names the field: "cipher_suites: unknown ..."
-                problems.append((f"listeners[{i}].tls", str(exc)))
-    if problems:
-        raise ConfigError(problems)
 
 
 # --------------------------------------------------------------------------

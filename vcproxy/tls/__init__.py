@@ -2,7 +2,9 @@
 
 Public surface (everything else is private):
 
-- ``ServerConfig``, ``CertificateEntry``, ``TicketConfig``: what to serve.
+- ``ServerConfig``, ``CertificateEntry``, ``TicketConfig``: what to serve
+  (``ServerConfigError`` lists every bad field, ``CertificateLoadError``
+  says whether the chain or the key file is at fault).
 - ``TLSStream(transport_stream, config, provider)``: a ``trio.abc.Stream``
   used like ``trio.SSLStream`` (``do_handshake``, ``send_all``,
   ``receive_some``, ``aclose``), exposing ``server_name``, ``alpn_protocol``,
@@ -27,7 +29,7 @@ executes commands through the provider). TLS 1.2 (RFC 5246): ``_codec12``,
 ``_keyschedule12`` (PRF, extended master secret), ``_negotiate12`` (version
 choice for every ClientHello), ``_handshake12``, ``_record12``.
 """
-from ._config import CertificateEntry, ServerConfig, TicketConfig
+from ._config import CertificateEntry, CertificateLoadError, ServerConfig, ServerConfigError, TicketConfig
 from ._errors import (
     AlertDescription,
     BadRecordMac,
@@ -57,8 +59,8 @@ from ._stream import TLSStream
 
 __all__ = [
     "SCHEMES_BY_KEY_TYPE", "AeadItem", "AeadSession", "AlertDescription", "BadRecordMac",
-    "CertificateEntry", "CryptoProvider", "CryptoProviderError", "DecodeError",
-    "HandshakeInfo", "HandshakeTimeout", "IllegalParameter", "InlineProvider", "ServerConfig",
+    "CertificateEntry", "CertificateLoadError", "CryptoProvider", "CryptoProviderError", "DecodeError",
+    "HandshakeInfo", "HandshakeTimeout", "IllegalParameter", "InlineProvider", "ServerConfig", "ServerConfigError",
     "SigningKey", "TLSAlertReceived", "TLSError", "TLSLocalError", "TLSPeerError", "TLSStream",
     "TLSUsageError", "TicketConfig", "inline_sign", "key_type_of", "load_private_key_pem",
 ]

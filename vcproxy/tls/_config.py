@@ -1,7 +1,7 @@
 """Server configuration: certificates with SNI selection, algorithms, limits.
 
-``ServerConfig`` is frozen and validated at construction (a bad name raises
-``ValueError`` naming the field). ``None`` for ``cipher_suites``, ``groups``
+``ServerConfig`` is frozen and validated at construction: ``ServerConfigError``
+(a ``ValueError``) lists every bad field with its problem. ``None`` for ``cipher_suites``, ``groups``
 or ``signature_schemes`` means "all supported, in our preference order".
 
 SNI selection (``ServerConfig.select_certificates``): entries whose names
@@ -65,6 +65,25 @@ def _pem_blocks(pem: bytes, kind: bytes) -> list[bytes]:
     return out
 
 
+class CertificateLoadError(ValueError):
+    """A certificate entry cannot be built; ``part`` names the file at fault:
+    ``"cert"`` (the chain: unreadable, no PEM block, unsupported key type) or
+    ``"key"`` (the private key: unreadable, not a key, not the leaf's)."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+class ServerConfigError(ValueError):
+    """Every problem of one ``ServerConfig``, not only the first: ``problems``
+    is a list of ``(field, message)``; ``str()`` joins them."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: {m}" for f, m in problems))
+        self.problems = list(problems)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class CertificateEntry:
     """One certificate chain (leaf first) with its private key and SNI names."""
@@ -110,17 +129,23 @@ class CertificateEntry:
 
         blocks = _pem_blocks(chain_pem, b"CERTIFICATE")
         if not blocks:
-            raise ValueError("certificate chain: no PEM CERTIFICATE block found")
-        certs = [x509.load_pem_x509_certificate(b) for b in blocks]
-        leaf_pub = certs[0].public_key()
-        key_type = key_type_of(leaf_pub)
+            raise CertificateLoadError("cert", "certificate chain: no PEM CERTIFICATE block found")
+        try:
+            certs = [x509.load_pem_x509_certificate(b) for b in blocks]
+            leaf_pub = certs[0].public_key()
+            key_type = key_type_of(leaf_pub)
+        except ValueError as exc:
+            raise CertificateLoadError("cert", f"certificate chain: {exc}") from exc
         if key_pem:
-            priv = load_private_key_pem(key_pem)
+            try:
+                priv = load_private_key_pem(key_pem)
+            except ValueError as exc:
+                raise CertificateLoadError("key", str(exc)) from exc
             spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
             if priv.public_key().public_bytes(*spki) != leaf_pub.public_bytes(*spki):
-                raise ValueError("private key does not match the leaf certificate")
+                raise CertificateLoadError("key", "private key does not match the leaf certificate")
         elif key_ref is None:
-            raise ValueError("no private key: give key_pem or key_ref (keyless)")
+            raise CertificateLoadError("key", "no private key: give key_pem or key_ref (keyless)")
         if names is None:
             names = _names_of(certs[0])
         names = tuple(n.lower().rstrip(".") for n in names)
@@ -131,16 +156,22 @@ class CertificateEntry:
     def from_pem_files(cls, cert_chain_path: str | os.PathLike, key_path: str | os.PathLike | None,
                        names: Sequence[str] | None = None, *, key_ref: str | None = None
                        ) -> CertificateEntry:
-        with open(cert_chain_path, "rb") as f:
-            chain_pem = f.read()
-        key_pem = b""
-        if key_path is not None:
-            with open(key_path, "rb") as f:
-                key_pem = f.read()
+        """Errors are ``CertificateLoadError`` naming the file at fault first."""
+        paths = {"cert": cert_chain_path, "key": key_path}
+        pems = {"cert": b"", "key": b""}
+        for part, path in paths.items():
+            if path is None:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    pems[part] = f.read()
+            except OSError as exc:
+                raise CertificateLoadError(part, f"{path}: cannot read: {exc.strerror}") from exc
         try:
-            return cls.from_pem(chain_pem, key_pem, names, key_ref=key_ref)
-        except ValueError as exc:
-            raise ValueError(f"{cert_chain_path}: {exc}") from exc
+            return cls.from_pem(pems["cert"], pems["key"], names, key_ref=key_ref)
+        except CertificateLoadError as exc:
+            path = paths[exc.part]
+            raise CertificateLoadError(exc.part, f"{path}: {exc}" if path is not None else str(exc)) from exc
 
     def matches(self, server_name: str) -> int:
         """2 = exact match, 1 = wildcard match, 0 = no match."""
@@ -263,13 +294,16 @@ class ServerConfig:
     ticket_keyring: TicketKeyring = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        # Every problem is collected (check-config reports them all); a check
+        # that depends on an earlier, invalid field runs on its valid part.
         set_ = object.__setattr__
+        problems: list[tuple[str, str]] = []
         certs = tuple(self.certificates)
         if not certs:
-            raise ValueError("certificates: at least one certificate is required")
+            problems.append(("certificates", "at least one certificate is required"))
         for i, c in enumerate(certs):
             if not isinstance(c, CertificateEntry):
-                raise ValueError(f"certificates[{i}]: expected CertificateEntry, got {type(c).__name__}")
+                problems.append((f"certificates[{i}]", f"expected CertificateEntry, got {type(c).__name__}"))
         set_(self, "certificates", certs)
         for field, allowed in (("cipher_suites", CIPHER_SUITES), ("groups", GROUPS),
                                ("signature_schemes", SIGNATURE_SCHEMES)):
@@ -277,48 +311,52 @@ class ServerConfig:
             value = allowed if value is None else tuple(value)
             for v in value:
                 if v not in allowed:
-                    raise ValueError(f"{field}: unknown {v!r} (supported: {', '.join(allowed)})")
+                    problems.append((field, f"unknown {v!r} (supported: {', '.join(allowed)})"))
             if not value:
-                raise ValueError(f"{field}: must not be empty")
+                problems.append((field, "must not be empty"))
             set_(self, field, value)
         versions = VERSIONS if self.versions is None else tuple(self.versions)
         for v in versions:
             if v not in VERSIONS:
-                raise ValueError(f"versions: unsupported {v!r} (supported: {', '.join(VERSIONS)};"
-                                 " SSL 3.0, TLS 1.0 and 1.1 are not negotiable, RFC 8996)")
+                problems.append(("versions", f"unsupported {v!r} (supported: {', '.join(VERSIONS)};"
+                                             " SSL 3.0, TLS 1.0 and 1.1 are not negotiable, RFC 8996)"))
+        versions = tuple(v for v in versions if v in VERSIONS)
         if self.min_version is not None:
             if self.min_version not in VERSIONS:
-                raise ValueError(f"min_version: unsupported {self.min_version!r} "
-                                 f"(supported: {', '.join(VERSIONS)})")
-            versions = tuple(v for v in versions if v >= self.min_version)
+                problems.append(("min_version", f"unsupported {self.min_version!r} "
+                                                f"(supported: {', '.join(VERSIONS)})"))
+            else:
+                versions = tuple(v for v in versions if v >= self.min_version)
         if not versions:
-            raise ValueError("versions: no protocol version left to serve")
+            problems.append(("versions", "no protocol version left to serve"))
         set_(self, "versions", versions)
         for version, names in (("1.3", CIPHER_SUITES_TLS13), ("1.2", CIPHER_SUITES_TLS12)):
             if version in versions and not any(n in names for n in self.cipher_suites):
-                raise ValueError(f"cipher_suites: no TLS {version} suite, but versions "
-                                 f"includes {version} (one of: {', '.join(names)})")
+                problems.append(("cipher_suites", f"no TLS {version} suite, but versions "
+                                                  f"includes {version} (one of: {', '.join(names)})"))
         if "1.2" in versions and not any(g in GROUPS_ECDHE for g in self.groups):
             # draft-ietf-tls-ecdhe-mlkem: the hybrids are TLS 1.3 NamedGroups only.
-            raise ValueError(f"groups: no TLS 1.2 group (the hybrids are TLS 1.3 only), but "
-                             f"versions includes 1.2 (one of: {', '.join(GROUPS_ECDHE)})")
+            problems.append(("groups", f"no TLS 1.2 group (the hybrids are TLS 1.3 only), but "
+                                       f"versions includes 1.2 (one of: {', '.join(GROUPS_ECDHE)})"))
         alpn = tuple(self.alpn_protocols)
         for p in alpn:
             if not 0 < len(p.encode()) < 256:
-                raise ValueError(f"alpn_protocols: {p!r} must be 1..255 bytes")
+                problems.append(("alpn_protocols", f"{p!r} must be 1..255 bytes"))
         set_(self, "alpn_protocols", alpn)
         if self.handshake_timeout_s <= 0:
-            raise ValueError("handshake_timeout_s: must be > 0")
+            problems.append(("handshake_timeout_s", "must be > 0"))
         if not 1024 <= self.max_handshake_message_bytes <= 1 << 24:
-            raise ValueError("max_handshake_message_bytes: must be in 1024..16777216")
+            problems.append(("max_handshake_message_bytes", "must be in 1024..16777216"))
         if self.key_update_after_records < 0:
-            raise ValueError("key_update_after_records: must be >= 0")
+            problems.append(("key_update_after_records", "must be >= 0"))
         # RFC 8446 §5.1: content is at most 2^14 bytes, so 2^14 + 1 keeps every
         # record in-process (only the handshake's ECDH and signature offloaded)
         if not 0 <= self.small_record_threshold_bytes <= 16385:
-            raise ValueError("small_record_threshold_bytes: must be in 0..16385")
+            problems.append(("small_record_threshold_bytes", "must be in 0..16385"))
         if not 1 <= self.pipeline_depth <= 16:
-            raise ValueError("pipeline_depth: must be in 1..16")
+            problems.append(("pipeline_depth", "must be in 1..16"))
+        if problems:
+            raise ServerConfigError(problems)
         set_(self, "ticket_keyring", TicketKeyring(self.tickets.keys, self.tickets.rotate_after_s))
 
     def select_certificates(self, server_name: str | None) -> list[CertificateEntry]:

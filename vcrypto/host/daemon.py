@@ -6,8 +6,10 @@ Listens on a unix socket; every accepted connection is one virtual crypto
 device (one attached driver: an engine-backend, or QEMU). All devices share
 one scheduler / resource pool. Ready when the socket accepts (and, with
 ``--metrics``, after logging ``metrics listening on HOST:PORT`` with the bound
-port; port 0 picks a free one). SIGTERM/SIGINT: stop accepting, close every
-device, release the pool, exit 0.
+port; port 0 picks a free one). The metrics address is bound first: if it
+cannot be, the daemon prints one line and exits with status 78
+(``vcrypto.metrics_endpoint``: not restartable). SIGTERM/SIGINT: stop
+accepting, close every device, release the pool, exit 0.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from vcrypto.host.device import VirtioCryptoDevice
 from vcrypto.host.keys import KeyStore, KeyStoreError
 from vcrypto.host.queue import DeviceStats
 from vcrypto.host.scheduling import open_scheduler
+from vcrypto.metrics_endpoint import EXIT_METRICS_UNAVAILABLE, MetricsEndpointError, start_metrics_endpoint
 
 log = logging.getLogger("vcrypto.host")
 
@@ -85,27 +88,26 @@ class Host:
                 pass
 
 
-def _start_metrics(host: Host, spec: str) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server
+def _start_metrics(spec: str):
+    """The metrics endpoint, bound before anything else (``vcrypto.metrics_endpoint``);
+    the host's collector is registered once the host exists."""
+    from prometheus_client import CollectorRegistry
 
-    from vcrypto.host.metrics import HostCollector
-
-    addr, _, port = spec.rpartition(":")
-    addr = addr.strip("[]") or "127.0.0.1"
     registry = CollectorRegistry()
-    registry.register(HostCollector(host))
-    server, _thread = start_http_server(int(port), addr=addr, registry=registry)
-    bound = server.server_address[1]
+    addr, bound = start_metrics_endpoint(spec, registry)
     log.info("metrics listening on %s:%d", addr, bound)
     print(f"metrics listening on {addr}:{bound}", file=sys.stderr, flush=True)
+    return registry
 
 
-async def run(config: HostConfig, socket_path: str, metrics: str | None) -> None:
+async def run(config: HostConfig, socket_path: str, metrics_registry=None) -> None:
     keys = KeyStore.load_dir(config.keys_dir)
     async with open_scheduler(config.pool) as scheduler:
         host = Host(config, scheduler, keys)
-        if metrics:
-            _start_metrics(host, metrics)
+        if metrics_registry is not None:
+            from vcrypto.host.metrics import HostCollector
+
+            metrics_registry.register(HostCollector(host))
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve, socket_path)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -130,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     except HostConfigError as exc:
         print(f"vcrypto-host: config error: {exc}", file=sys.stderr)
         return 2
+    registry = None
+    if args.metrics:
+        try:
+            registry = _start_metrics(args.metrics)
+        except MetricsEndpointError as exc:  # a restart cannot fix it: say so once, no traceback
+            print(f"vcrypto-host: {exc}", file=sys.stderr, flush=True)
+            return EXIT_METRICS_UNAVAILABLE
     try:
         # fail fast, before resources start, if another host serves the path
         bind_unix_listener(args.socket).close()
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vcrypto-host: cannot listen on {args.socket}: {exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(run, config, args.socket, args.metrics)
+        trio.run(run, config, args.socket, registry)
     except KeyStoreError as exc:
         print(f"vcrypto-host: keys: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from vcrypto.driver import check_queue_size
+from vcrypto.metrics_endpoint import EXIT_METRICS_UNAVAILABLE, MetricsEndpointError, start_metrics_endpoint
 
 from ..contract import Geometry
 from ._device import CryptoDevice, LocalDevice
@@ -62,6 +63,19 @@ def main(argv: list[str] | None = None) -> int:
                                           slot_count=args.slots))
     if args.poll_budget_us is not None:
         cfg.poll_budget_us = args.poll_budget_us
+    registry = None
+    if args.metrics:
+        # Bound before the frontends' socket exists (vcrypto.metrics_endpoint):
+        # a port in use is one line and a status the supervisor does not restart on.
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry()
+        try:
+            mhost, mport = start_metrics_endpoint(args.metrics, registry)
+        except MetricsEndpointError as exc:
+            print(f"vcrypto-engine-backend: {exc}", file=sys.stderr, flush=True)
+            return EXIT_METRICS_UNAVAILABLE
+        print(f"metrics on {mhost}:{mport}", file=sys.stderr, flush=True)
     if args.no_host:
         factory: Callable[[], CryptoDevice] = LocalDevice
     else:
@@ -78,15 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"vcrypto-engine-backend: cannot listen on {args.socket}: {exc}", file=sys.stderr)
         return 2
-    if args.metrics:
-        from prometheus_client import CollectorRegistry, start_http_server
-
+    if registry is not None:
         from ._metrics import BackendCollector
-        mhost, _, mport = args.metrics.rpartition(":")
-        reg = CollectorRegistry()
-        reg.register(BackendCollector(backend.stats, backend.gauges))
-        httpd, _thread = start_http_server(int(mport), addr=mhost or "127.0.0.1", registry=reg)
-        print(f"metrics on {mhost or '127.0.0.1'}:{httpd.server_port}", file=sys.stderr, flush=True)
+
+        registry.register(BackendCollector(backend.stats, backend.gauges))
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: backend.stop())
