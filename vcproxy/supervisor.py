@@ -19,7 +19,10 @@ the config is validated here first (a broken file never reaches a worker),
 then each worker reloads.
 
 Readiness is logged as one error-log event ``ready`` carrying the resolved
-listener and metrics addresses (tests and scripts read it from there).
+listener and metrics addresses (tests and scripts read it from there); under
+systemd ``Type=notify`` the supervisor also sends ``READY=1`` then (every
+worker listening) and ``STOPPING=1`` when it starts to stop. Its children
+never see ``$NOTIFY_SOCKET``: only the unit's main process may notify.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from vcproxy import _log
 from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.proxy import check_files
 from vcproxy.metrics import ENV_DIR, mark_process_dead, multiprocess_registry
+from vcrypto import sdnotify
 
 READY_TIMEOUT_S = 60.0
 DAEMON_SOCKET_TIMEOUT_S = 20.0
@@ -93,7 +97,10 @@ class DaemonPlan:
 
 def daemon_plan(cfg: Config, host_socket: str, backend_socket: str, host_config_path: str) -> DaemonPlan:
     vc = cfg.vcrypto
-    host_config: dict = {"fifo": vc.fifo, "poll": vc.host_poll.host_yaml()}
+    host_config: dict = {"fifo": vc.fifo, "poll": vc.host_poll.host_yaml(),
+                         "socket_mode": str(vc.socket_mode)}
+    if vc.socket_group is not None:
+        host_config["socket_group"] = vc.socket_group
     if vc.pool is not None:
         host_config["pool"] = vc.pool_yaml()
     if vc.keys_dir is not None:  # keyless: only the host reads the keys
@@ -102,10 +109,12 @@ def daemon_plan(cfg: Config, host_socket: str, backend_socket: str, host_config_
     if vc.host_metrics:
         host_argv += ["--metrics", str(vc.host_metrics)]
     backend_argv = [sys.executable, "-m", "vcrypto.engine.backend", "--host-socket", host_socket,
-                    "--socket", backend_socket,
+                    "--socket", backend_socket, "--socket-mode", str(vc.socket_mode),
                     "--stall-timeout-s", str(cfg.crypto.stall_timeout_s),
                     "--poll-budget-us", str(vc.backend_poll.budget_us),
                     "--batch-deadline-us", str(vc.batch_deadline_us)]
+    if vc.socket_group is not None:
+        backend_argv += ["--socket-group", vc.socket_group]
     if vc.backend_metrics:
         backend_argv += ["--metrics", str(vc.backend_metrics)]
     return DaemonPlan(host_config, host_argv, backend_argv)
@@ -141,6 +150,7 @@ class Supervisor:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env[ENV_DIR] = self.metrics_dir
+        env.pop(sdnotify.ENV, None)  # systemd accepts READY=1 from the main process only
         return env
 
     async def _start_child(self, child: _Child, pass_fds: tuple[int, ...] = ()) -> None:
@@ -283,6 +293,7 @@ class Supervisor:
                                 workers=[w.process.pid for w in self.workers],
                                 provider=self.config.crypto.provider,
                                 daemons={d.name: d.process.pid for d in self.daemons})
+            _notify("READY=1", f"STATUS=serving {', '.join(listeners.values())}")
             async with trio.open_nursery() as nursery:
                 for child in self.workers:
                     nursery.start_soon(self._watch_worker, child)
@@ -294,6 +305,7 @@ class Supervisor:
                         continue
                     self.stopping = True
                     _log.error_log.info("stopping", signal=signal.Signals(signum).name)
+                    _notify("STOPPING=1")
                     await self._stop_all()
                     nursery.cancel_scope.cancel()
                     break
@@ -441,6 +453,12 @@ class ChildProcess:
         if self._pidfd >= 0 and self._waiting is None:
             fd, self._pidfd = self._pidfd, -1
             os.close(fd)
+
+
+def _notify(*assignments: str) -> None:
+    """sd_notify (a no-op outside systemd); a failed send is logged, never fatal."""
+    sdnotify.notify_or_warn(*assignments,
+                            warn=lambda message: _log.error_log.warning("sd_notify_failed", error=message))
 
 
 def _unlink_stale(path: str) -> None:
