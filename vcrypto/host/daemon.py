@@ -113,8 +113,9 @@ async def run(config: HostConfig, socket_path: str, metrics: str | None) -> None
             _start_metrics(host, metrics)
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve, socket_path)
-            sdnotify.notify_or_warn("READY=1", f"STATUS=serving on {socket_path}", warn=log.warning)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                # READY only once a SIGTERM (systemctl stop) right after it is caught
+                sdnotify.notify_or_warn("READY=1", f"STATUS=serving on {socket_path}", warn=log.warning)
                 async for signum in signals:
                     log.info("signal %d: shutting down", signum)
                     sdnotify.notify_or_warn("STOPPING=1", warn=log.warning)

@@ -168,12 +168,13 @@ class Backend:
         self._last_arrival = 0.0
         self._gap_s: float | None = None
         self._unavailable_logged = False
-        self._running = False
+        # stop() before run() (a SIGTERM right after READY=1) must still stop it
+        self._stop_requested = False
 
     # -- lifecycle ---------------------------------------------------------------
 
     def stop(self) -> None:
-        self._running = False
+        self._stop_requested = True
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -195,9 +196,8 @@ class Backend:
             pass
 
     def run(self) -> None:
-        self._running = True
         self._connect_device()
-        while self._running:
+        while not self._stop_requested:
             if self._exposed:
                 self._retire_exposed()
             if self.device is None and time.monotonic() >= self._next_retry:
