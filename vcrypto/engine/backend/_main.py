@@ -33,10 +33,10 @@ def _parse(argv):
                                        "$NOTIFY_SOCKET once --socket listens, STOPPING=1 on "
                                        "SIGTERM/SIGINT.")
     p.add_argument("--socket", required=True, help="unix socket frontends attach to")
-    p.add_argument("--socket-mode", default=f"{DEFAULT_SOCKET_MODE:04o}",
+    p.add_argument("--socket-mode", metavar="MODE", default=f"{DEFAULT_SOCKET_MODE:04o}",
                    help="octal mode of the --socket file, set before it listens: the proxy "
                         "workers' user needs write permission to attach (default: %(default)s)")
-    p.add_argument("--socket-group",
+    p.add_argument("--socket-group", metavar="GROUP",
                    help="group (name or gid) of the --socket file; the daemon's user must be a "
                         "member (default: the daemon's group)")
     host = p.add_mutually_exclusive_group(required=True)
