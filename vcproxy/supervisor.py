@@ -216,6 +216,7 @@ class Supervisor:
         host_socket = vc.host_socket or os.path.join(self.runtime_dir, "host.sock")
         self.backend_socket = vc.backend_socket or os.path.join(self.runtime_dir, "backend.sock")
         if not vc.manage:
+            _check_external_socket(self.backend_socket)
             return
         host_config = os.path.join(self.runtime_dir, "vcrypto-host.yaml")
         plan = daemon_plan(cfg, host_socket, self.backend_socket, host_config)
@@ -453,6 +454,23 @@ class ChildProcess:
         if self._pidfd >= 0 and self._waiting is None:
             fd, self._pidfd = self._pidfd, -1
             os.close(fd)
+
+
+def _check_external_socket(path: str) -> None:
+    """With daemons the supervisor does not manage (another user's, another
+    unit's), say at start-up when the workers could not attach: they would
+    serve, but with every operation done in-process. ``connect(2)`` needs
+    write permission on the socket file (``os.access`` checks it for our real
+    uid and groups, without connecting)."""
+    if not os.path.exists(path):
+        _log.error_log.warning("vcrypto_socket_missing", socket=path,
+                               hint="the engine-backend is not running (yet): workers compute in-process "
+                                    "until it is")
+    elif not os.access(path, os.W_OK):
+        _log.error_log.warning("vcrypto_socket_denied", socket=path, uid=os.getuid(), groups=os.getgroups(),
+                               hint="this user may not connect (write permission): set the daemons' "
+                                    "socket_mode / socket_group, or add this user to the socket's group; "
+                                    "workers compute in-process meanwhile")
 
 
 def _notify(*assignments: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.proxy.proxy_testkit import base_config, certs, running_proxy, upstream  # noqa: F401 (fixtures)
 from vcproxy.config import ConfigError, parse_config
 from vcproxy.supervisor import daemon_plan
 from vcrypto import SocketAccess, SocketAccessError, parse_socket_mode, resolve_socket_group
@@ -150,3 +151,13 @@ def test_proxy_config_errors_name_the_path(snippet, path, message):
     with pytest.raises(ConfigError) as info:
         parse_config(BASE + snippet + "\n")
     assert any(p == path and message in m for p, m in info.value.problems), info.value.problems
+
+
+def test_supervisor_names_a_missing_external_socket(tmp_path, certs, upstream):
+    """vcrypto.manage: false and no engine-backend there (yet): the proxy
+    serves (fallback) and says so at start, naming the socket."""
+    config = base_config(upstream.address, certs["a"], crypto={"provider": "vcrypto"},
+                         vcrypto={"manage": False, "backend_socket": str(tmp_path / "absent.sock")})
+    with running_proxy(tmp_path, config) as proxy:
+        missing = [e for e in proxy.events() if e.get("event") == "vcrypto_socket_missing"]
+        assert [e["socket"] for e in missing] == [str(tmp_path / "absent.sock")]

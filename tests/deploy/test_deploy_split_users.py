@@ -123,7 +123,7 @@ def _events(path: Path) -> list[dict]:
     return out
 
 
-def _start_daemons(split: Split) -> tuple[Path, Path]:
+def _start_daemons(split: Split, backend_mode: str = "0660") -> tuple[Path, Path]:
     host_sock, backend_sock = split.run / "host.sock", split.run / "backend.sock"
     host_yaml = split.etc / "host.yaml"   # the host's own config (deploy/systemd: /etc/vcrypto/host.yaml)
     host_yaml.write_text(yaml.safe_dump({"socket_mode": "0660", "socket_group": SHARED}))
@@ -132,20 +132,17 @@ def _start_daemons(split: Split) -> tuple[Path, Path]:
     split.wait_socket(host, "host", host_sock)
     backend = split.spawn(split.crypto, "backend", [
         "-m", "vcrypto.engine.backend", "--host-socket", str(host_sock), "--socket", str(backend_sock),
-        "--socket-group", SHARED])
+        "--socket-mode", backend_mode, "--socket-group", SHARED])
     split.wait_socket(backend, "backend", backend_sock)
     return host_sock, backend_sock
 
 
-def test_split_users_offload_with_no_fallback(split):
+def _proxy_handshakes(split: Split, host_sock: Path, backend_sock: Path, handshakes: int):
+    """The proxy as the proxy user, attached to the crypto user's daemons;
+    ``handshakes`` real TLS connections through it. Returns (proxy metrics
+    after its workers exported their counters, its error-log events)."""
     upstream = DemoUpstream(split.logs)
     try:
-        host_sock, backend_sock = _start_daemons(split)
-        for path in (host_sock, backend_sock):
-            st = os.lstat(path)
-            assert stat.S_ISSOCK(st.st_mode)
-            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (split.crypto.uid, split.shared_gid, 0o660), path
-
         cert, key = make_cert(split.etc, "server")
         own(key, split.proxy.uid, split.proxy.gid, 0o600)
         cert.chmod(0o644)
@@ -178,7 +175,7 @@ def test_split_users_offload_with_no_fallback(split):
         port = int(next(iter(ready["listeners"].values())).rsplit(":", 1)[1])
 
         ctx = ssl.create_default_context(cafile=str(cert))
-        for _ in range(4):   # four full handshakes (ECDHE + signature each) and a request
+        for _ in range(handshakes):   # full handshakes (ECDHE + signature each) and a request
             with socket.create_connection(("127.0.0.1", port), timeout=20) as raw, \
                     ctx.wrap_socket(raw, server_hostname="localhost") as tls:
                 tls.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -186,24 +183,45 @@ def test_split_users_offload_with_no_fallback(split):
                 while chunk := tls.recv(65536):
                     reply += chunk
             assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"ok\n"), reply[:200]
-
-        # Ground truth first: the engine-backend (the crypto user's) served an
-        # attached frontend and completed the handshakes' ECDH and signatures.
-        stats = backend_stats(str(backend_sock))
-        assert stats["frontends_attached"] >= 1, stats
-        assert stats["completed"] >= 8, stats
         # The workers copy their frontend's fallback count into the metrics once
         # a second (vcproxy.proxy._worker): let two of those passes happen.
         time.sleep(2.5)
-        m = scrape(ready["metrics"])
-        fallbacks = total(m, "vcproxy_crypto_fallbacks_total")
-        assert fallbacks == 0, (f"the proxy user fell back to in-process crypto ({fallbacks}):\n"
-                                + split.log("proxy")[-2000:])
-        assert total(m, "vcproxy_crypto_ops_total", op="ecdh", provider="vcrypto") >= 4
-        assert total(m, "vcproxy_crypto_ops_total", op="sign", provider="vcrypto") >= 4
-        assert total(m, "vcproxy_crypto_ops_total", op="sign", provider="inline") == 0
+        return scrape(ready["metrics"]), _events(error_log)
     finally:
         upstream.stop()
+
+
+def test_split_users_offload_with_no_fallback(split):
+    host_sock, backend_sock = _start_daemons(split)
+    for path in (host_sock, backend_sock):
+        st = os.lstat(path)
+        assert stat.S_ISSOCK(st.st_mode)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (split.crypto.uid, split.shared_gid, 0o660), path
+    m, events = _proxy_handshakes(split, host_sock, backend_sock, handshakes=4)
+    # Ground truth: the engine-backend (the crypto user's) served an attached
+    # frontend and completed the handshakes' ECDH and signatures.
+    stats = backend_stats(str(backend_sock))
+    assert stats["frontends_attached"] >= 1, stats
+    assert stats["completed"] >= 8, stats
+    fallbacks = total(m, "vcproxy_crypto_fallbacks_total")
+    assert fallbacks == 0, (f"the proxy user fell back to in-process crypto ({fallbacks}):\n"
+                            + split.log("proxy")[-2000:])
+    assert total(m, "vcproxy_crypto_ops_total", op="ecdh", provider="vcrypto") >= 4
+    assert total(m, "vcproxy_crypto_ops_total", op="sign", provider="vcrypto") >= 4
+    assert total(m, "vcproxy_crypto_ops_total", op="sign", provider="inline") == 0
+    assert not [e for e in events if e.get("event", "").startswith("vcrypto_socket_")]
+
+
+def test_a_socket_the_proxy_user_may_not_use_is_named_at_start(split):
+    """The control: backend.sock 0600 (only the crypto user) is the failure of
+    #14 again: the supervisor says so at start-up (naming the socket), and the
+    workers' crypto falls back in-process, which the metrics show."""
+    host_sock, backend_sock = _start_daemons(split, backend_mode="0600")
+    m, events = _proxy_handshakes(split, host_sock, backend_sock, handshakes=1)
+    denied = [e for e in events if e.get("event") == "vcrypto_socket_denied"]
+    assert len(denied) == 1 and denied[0]["socket"] == str(backend_sock), events
+    assert total(m, "vcproxy_crypto_fallbacks_total") > 0
+    assert backend_stats(str(backend_sock))["frontends_attached"] == 0
 
 
 def test_socket_group_the_user_is_not_in_is_a_clear_error(split):
