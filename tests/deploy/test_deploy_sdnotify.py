@@ -14,7 +14,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -107,7 +108,6 @@ def split():
         yield setup
     finally:
         setup.stop()
-        import shutil
         shutil.rmtree(top, ignore_errors=True)
 
 
