@@ -10,9 +10,11 @@ DEMO_DIR := .demo
 # cpio and depmod; "dpkg:PKG" means "package PKG installed" (no command tells
 # busybox-static from busybox). nghttp/h2load drive the HTTP/2 tests; headless
 # chromium is the client that offers the post-quantum hybrid X25519MLKEM768.
+# systemd-analyze rates the hardening of deploy/systemd's units; useradd
+# (passwd) creates the two users of the split-deployment test.
 SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin nghttp:nghttp2-client h2load:nghttp2-client \
   qemu-system-x86_64:qemu-system-x86 dpkg:busybox-static gcc:gcc cpio:cpio depmod:kmod \
-  chromium:chromium
+  chromium:chromium systemd-analyze:systemd useradd:passwd
 
 .PHONY: run test venv sysdeps demo-cert check-config clean bench bench-quick benchdeps bench-mechanisms
 

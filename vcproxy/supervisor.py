@@ -22,7 +22,10 @@ that needs a restart never reaches a worker), counted once in
 ``vcproxy_config_reloads_total{result}``, then each worker reloads.
 
 Readiness is logged as one error-log event ``ready`` carrying the resolved
-listener and metrics addresses (tests and scripts read it from there).
+listener and metrics addresses (tests and scripts read it from there); under
+systemd ``Type=notify`` the supervisor also sends ``READY=1`` then (every
+worker listening) and ``STOPPING=1`` when it starts to stop. Its children
+never see ``$NOTIFY_SOCKET``: only the unit's main process may notify.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from vcproxy.proxy import certificate_not_after, check_files, reload_problems
 from vcproxy.metrics import ENV_DIR, mark_process_dead, multiprocess_registry
 from vcproxy.metrics_endpoint import MetricsEndpoint, SupervisorCollector, SupervisorState
 from vcrypto.metrics_endpoint import EXIT_METRICS_UNAVAILABLE
+from vcrypto import sdnotify
 
 READY_TIMEOUT_S = 60.0
 DAEMON_SOCKET_TIMEOUT_S = 20.0
@@ -91,7 +95,10 @@ class DaemonPlan:
 
 def daemon_plan(cfg: Config, host_socket: str, backend_socket: str, host_config_path: str) -> DaemonPlan:
     vc = cfg.vcrypto
-    host_config: dict = {"fifo": vc.fifo, "poll": vc.host_poll.host_yaml()}
+    host_config: dict = {"fifo": vc.fifo, "poll": vc.host_poll.host_yaml(),
+                         "socket_mode": str(vc.socket_mode)}
+    if vc.socket_group is not None:
+        host_config["socket_group"] = vc.socket_group
     if vc.pool is not None:
         host_config["pool"] = vc.pool_yaml()
     if vc.keys_dir is not None:  # keyless: only the host reads the keys
@@ -100,10 +107,12 @@ def daemon_plan(cfg: Config, host_socket: str, backend_socket: str, host_config_
     if vc.host_metrics:
         host_argv += ["--metrics", str(vc.host_metrics)]
     backend_argv = [sys.executable, "-m", "vcrypto.engine.backend", "--host-socket", host_socket,
-                    "--socket", backend_socket,
+                    "--socket", backend_socket, "--socket-mode", str(vc.socket_mode),
                     "--stall-timeout-s", str(cfg.crypto.stall_timeout_s),
                     "--poll-budget-us", str(vc.backend_poll.budget_us),
                     "--batch-deadline-us", str(vc.batch_deadline_us)]
+    if vc.socket_group is not None:
+        backend_argv += ["--socket-group", vc.socket_group]
     if vc.backend_metrics:
         backend_argv += ["--metrics", str(vc.backend_metrics)]
     return DaemonPlan(host_config, host_argv, backend_argv)
@@ -144,6 +153,7 @@ class Supervisor:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env[ENV_DIR] = self.metrics_dir
+        env.pop(sdnotify.ENV, None)  # systemd accepts READY=1 from the main process only
         return env
 
     async def _start_child(self, child: _Child, pass_fds: tuple[int, ...] = ()) -> None:
@@ -210,6 +220,7 @@ class Supervisor:
         host_socket = vc.host_socket or os.path.join(self.runtime_dir, "host.sock")
         self.backend_socket = vc.backend_socket or os.path.join(self.runtime_dir, "backend.sock")
         if not vc.manage:
+            _check_external_socket(self.backend_socket)
             return
         host_config = os.path.join(self.runtime_dir, "vcrypto-host.yaml")
         plan = daemon_plan(cfg, host_socket, self.backend_socket, host_config)
@@ -309,6 +320,7 @@ class Supervisor:
                                 workers=[w.process.pid for w in self.workers],
                                 provider=self.config.crypto.provider,
                                 daemons={d.name: d.process.pid for d in self.daemons})
+            _notify("READY=1", f"STATUS=serving {', '.join(listeners.values())}")
             async with trio.open_nursery() as nursery:
                 for child in self.workers:
                     nursery.start_soon(self._watch_worker, child)
@@ -320,6 +332,7 @@ class Supervisor:
                         continue
                     self.stopping = True
                     _log.error_log.info("stopping", signal=signal.Signals(signum).name)
+                    _notify("STOPPING=1")
                     await self._stop_all()
                     nursery.cancel_scope.cancel()
                     break
@@ -517,6 +530,29 @@ def _log_warnings(warnings: list[tuple[str, str]]) -> None:
     request reaches), one ``config_warning`` event each."""
     for path, message in warnings:
         _log.error_log.warning("config_warning", path=path, problem=message)
+
+
+def _check_external_socket(path: str) -> None:
+    """With daemons the supervisor does not manage (another user's, another
+    unit's), say at start-up when the workers could not attach: they would
+    serve, but with every operation done in-process. ``connect(2)`` needs
+    write permission on the socket file (``os.access`` checks it for our real
+    uid and groups, without connecting)."""
+    if not os.path.exists(path):
+        _log.error_log.warning("vcrypto_socket_missing", socket=path,
+                               hint="the engine-backend is not running (yet): workers compute in-process "
+                                    "until it is")
+    elif not os.access(path, os.W_OK):
+        _log.error_log.warning("vcrypto_socket_denied", socket=path, uid=os.getuid(), groups=os.getgroups(),
+                               hint="this user may not connect (write permission): set the daemons' "
+                                    "socket_mode / socket_group, or add this user to the socket's group; "
+                                    "workers compute in-process meanwhile")
+
+
+def _notify(*assignments: str) -> None:
+    """sd_notify (a no-op outside systemd); a failed send is logged, never fatal."""
+    sdnotify.notify_or_warn(*assignments,
+                            warn=lambda message: _log.error_log.warning("sd_notify_failed", error=message))
 
 
 def _unlink_stale(path: str) -> None:

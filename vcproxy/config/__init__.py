@@ -31,6 +31,7 @@ from ._schema import (
     Network,
     RouteConfig,
     ServerAddress,
+    SocketMode,
     TicketsConfig,
     TLSConfig,
     UpstreamConfig,
@@ -177,4 +178,6 @@ def _type_text(tp: typing.Any) -> str:
         return "host:port"
     if tp is Network:
         return "CIDR"
+    if tp is SocketMode:
+        return "octal mode"
     return getattr(tp, "__name__", str(tp))

@@ -14,6 +14,8 @@ from types import MappingProxyType
 from typing import Literal, Mapping
 
 from ._binds import Bind, port_collisions
+from vcrypto import DEFAULT_SOCKET_MODE, SocketAccessError, parse_socket_mode, resolve_socket_group
+
 from ._load import _Invalid, _type_name, opt, req
 
 SECONDS = 1.0
@@ -300,6 +302,25 @@ def _plain(value: object) -> object:
 
 
 @dataclass(frozen=True)
+class SocketMode:
+    """Permission bits of a unix socket file, in octal: ``"0660"`` (an unquoted
+    ``0660`` is read by YAML as that octal number, and accepted too). The
+    rules are vcrypto's (``vcrypto.parse_socket_mode``), not a copy."""
+
+    bits: int
+
+    @classmethod
+    def from_yaml(cls, value: object, path: str) -> "SocketMode":
+        try:
+            return cls(parse_socket_mode(value))
+        except SocketAccessError as exc:
+            raise _Invalid(exc.message) from exc
+
+    def __str__(self) -> str:
+        return f"{self.bits:04o}"
+
+
+@dataclass(frozen=True)
 class HostPollConfig:
     mode: Literal["doorbell", "adaptive"] = opt(
         "adaptive", "vcrypto-host data-queue loop: adaptive busy-polls after a big drained batch "
@@ -344,6 +365,14 @@ class VcryptoConfig:
                                   path=True)
     backend_socket: str | None = opt(None, "engine-backend socket the workers' frontends attach to "
                                            "(default: <runtime_dir>/backend.sock)", path=True)
+    socket_mode: SocketMode = opt(SocketMode(DEFAULT_SOCKET_MODE),
+                                  "mode (octal) of the daemons' unix sockets (host and engine-backend), "
+                                  "set before they listen: the workers' user needs write permission on "
+                                  "backend_socket. Passed to the daemons the supervisor starts; with "
+                                  "manage: false set the daemons' own (host.yaml socket_mode, "
+                                  "vcrypto-engine-backend --socket-mode)")
+    socket_group: str | None = opt(None, "group (name or gid) of the daemons' unix sockets; the daemons' "
+                                         "user must be a member. null: the daemons' own group")
     host_metrics: BindAddress | None = opt(None, "vcrypto-host metrics 'host:port' (default: none)")
     backend_metrics: BindAddress | None = opt(None, "engine-backend metrics 'host:port' (default: none)")
     batch_deadline_us: float = opt(0.0, "engine-backend: longest a partial device batch is held for more "
@@ -366,6 +395,11 @@ class VcryptoConfig:
     def check(self) -> list[tuple[str, str]]:
         if not 0 <= self.batch_deadline_us <= 100_000:
             return [("batch_deadline_us", f"must be 0..100000 (us), got {self.batch_deadline_us}")]
+        if self.socket_group is not None:
+            try:
+                resolve_socket_group(self.socket_group)
+            except SocketAccessError as exc:
+                return [("socket_group", exc.message)]
         if self.pool is None:
             return []
         if not isinstance(self.pool, Mapping):

@@ -5,6 +5,9 @@ path of the offending entry (``HostConfigError("poll.spin_us: expected a
 number, got 'fast'")``). Defaults live here, once, with their units::
 
     keys_dir: null           # directory of PEM/DER private keys for key_ref (keyless)
+    socket_mode: "0660"      # the vhost-user socket file's mode (octal): who may connect
+    socket_group: null       # its group (name or gid; the daemon's user must belong to it);
+                             # null: the daemon's group. See vcrypto._unixsock (race-free).
     fifo: false              # true: used ring in submission order per data queue
                              # (global FIFO). Off: the driver and the engine match
                              # completions by descriptor id / token, and a record
@@ -38,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from vcrypto._unixsock import SocketAccess, SocketAccessError
 from vcrypto.wire import virtio_crypto as vc
 
 
@@ -78,6 +82,7 @@ class HostConfig:
     pool: dict = dataclasses.field(default_factory=dict)
     poll: PollConfig = PollConfig()
     limits: Limits = Limits()
+    socket: SocketAccess = SocketAccess()   # from socket_mode / socket_group
 
 
 def _check(path: str, value: Any, kind: type | tuple[type, ...], name: str) -> Any:
@@ -115,7 +120,8 @@ def parse_config(raw: Any, *, base_dir: Path | None = None) -> HostConfig:
     if raw is None:
         raw = {}
     _check("<root>", raw, dict, "a mapping")
-    allowed = {"keys_dir", "fifo", "bad_input_status", "pool", "poll", "limits"}
+    allowed = {"keys_dir", "fifo", "bad_input_status", "pool", "poll", "limits", "socket_mode",
+               "socket_group"}
     for key in raw:
         if key not in allowed:
             raise HostConfigError(f"{key}: unknown key (expected one of {', '.join(sorted(allowed))})")
@@ -138,8 +144,12 @@ def parse_config(raw: Any, *, base_dir: Path | None = None) -> HostConfig:
     if poll.mode not in ("doorbell", "adaptive"):
         raise HostConfigError(f"poll.mode: expected 'doorbell' or 'adaptive', got {poll.mode!r}")
     limits = _section("limits", raw.get("limits"), Limits)
+    try:
+        socket_access = SocketAccess.parse(raw.get("socket_mode"), raw.get("socket_group"))
+    except SocketAccessError as exc:
+        raise HostConfigError(f"{exc.field}: {exc.message}") from exc
     return HostConfig(keys_dir=keys_dir, fifo=fifo, bad_input_status=bad_input, pool=pool,
-                      poll=poll, limits=limits)
+                      poll=poll, limits=limits, socket=socket_access)
 
 
 def load_config(path: str | Path | None) -> HostConfig:

@@ -4,12 +4,15 @@
 
 Listens on a unix socket; every accepted connection is one virtual crypto
 device (one attached driver: an engine-backend, or QEMU). All devices share
-one scheduler / resource pool. Ready when the socket accepts (and, with
-``--metrics``, after logging ``metrics listening on HOST:PORT`` with the bound
-port; port 0 picks a free one). The metrics address is bound first: if it
-cannot be, the daemon prints one line and exits with status 78
-(``vcrypto.metrics_endpoint``: not restartable). SIGTERM/SIGINT: stop
-accepting, close every device, release the pool, exit 0.
+one scheduler / resource pool. The socket file gets the config's
+``socket_mode`` / ``socket_group`` (default 0660, the daemon's group) before
+it listens. Ready when the socket accepts (and, with ``--metrics``, after
+logging ``metrics listening on HOST:PORT`` with the bound port; port 0 picks
+a free one); under systemd ``Type=notify`` it then sends ``READY=1``
+(``vcrypto.sdnotify``). The metrics address is bound first: if it cannot be,
+the daemon prints one line and exits with status 78
+(``vcrypto.metrics_endpoint``: not restartable). SIGTERM/SIGINT:
+``STOPPING=1``, stop accepting, close every device, release the pool, exit 0.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import sys
 
 import trio
 
-from vcrypto._unixsock import bind_unix_listener
+from vcrypto import sdnotify
+from vcrypto._unixsock import SocketAccessError, bind_unix_listener
 from vcrypto.host.config import HostConfigError, HostConfig, load_config
 from vcrypto.host.device import VirtioCryptoDevice
 from vcrypto.host.keys import KeyStore, KeyStoreError
@@ -65,8 +69,9 @@ class Host:
 
     async def serve(self, socket_path: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         # a stale socket left by a killed host is replaced; a live host's is never stolen
-        listener = trio.socket.from_stdlib_socket(bind_unix_listener(socket_path))
-        log.info("listening on %s", socket_path)
+        access = self.config.socket
+        listener = trio.socket.from_stdlib_socket(bind_unix_listener(socket_path, access=access))
+        log.info("listening on %s (%s)", socket_path, access.describe())
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
@@ -111,15 +116,21 @@ async def run(config: HostConfig, socket_path: str, metrics_registry=None) -> No
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve, socket_path)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                # READY only once a SIGTERM (systemctl stop) right after it is caught
+                sdnotify.notify_or_warn("READY=1", f"STATUS=serving on {socket_path}", warn=log.warning)
                 async for signum in signals:
                     log.info("signal %d: shutting down", signum)
+                    sdnotify.notify_or_warn("STOPPING=1", warn=log.warning)
                     nursery.cancel_scope.cancel()
                     break
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="vcrypto-host", description="vhost-user backend serving virtual crypto devices")
+        prog="vcrypto-host", description="vhost-user backend serving virtual crypto devices",
+        epilog="Who may connect: the config's socket_mode (octal, default 0660) and socket_group "
+               "(default: the daemon's group) are set on the socket before it listens. Under "
+               "systemd Type=notify, READY=1 is sent to $NOTIFY_SOCKET once the socket listens.")
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--metrics", help="HOST:PORT for the prometheus endpoint (port 0 = any)")
@@ -130,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except HostConfigError as exc:
-        print(f"vcrypto-host: config error: {exc}", file=sys.stderr)
+        where = f"{args.config}: " if args.config and not str(exc).startswith(args.config) else ""
+        print(f"vcrypto-host: config error: {where}{exc}", file=sys.stderr)
         return 2
     registry = None
     if args.metrics:
@@ -141,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_METRICS_UNAVAILABLE
     try:
         # fail fast, before resources start, if another host serves the path
-        bind_unix_listener(args.socket).close()
+        # or the socket cannot be given its mode and group
+        bind_unix_listener(args.socket, access=config.socket).close()
+    except SocketAccessError as exc:
+        where = f"{args.config}: " if args.config else ""
+        print(f"vcrypto-host: config error: {where}{exc.field}: {exc.message}", file=sys.stderr)
+        return 2
     except OSError as exc:   # SocketInUse, or a path we may not use
         print(f"vcrypto-host: cannot listen on {args.socket}: {exc}", file=sys.stderr)
         return 2

@@ -88,7 +88,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from vcrypto._unixsock import bind_unix_listener
+from vcrypto._unixsock import SocketAccess, bind_unix_listener
 from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 
@@ -105,6 +105,7 @@ from ._sessions import BackendSessionTable, Session
 class BackendConfig:
     socket_path: str
     host_socket: str | None = None
+    socket_access: SocketAccess = SocketAccess()   # mode/group of socket_path (who may attach)
     geometry: Geometry = Geometry()
     cache: CacheGeometry = CacheGeometry()
     batch_max: int = 32
@@ -138,7 +139,7 @@ class Backend:
         self.shared = BackendRegion(self._shm.buf, cfg.cache, create=True)
         self._doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         # a stale socket left by a killed backend is replaced; a live one is an error
-        listener = bind_unix_listener(cfg.socket_path)
+        listener = bind_unix_listener(cfg.socket_path, access=cfg.socket_access)
         listener.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -167,12 +168,13 @@ class Backend:
         self._last_arrival = 0.0
         self._gap_s: float | None = None
         self._unavailable_logged = False
-        self._running = False
+        # stop() before run() (a SIGTERM right after READY=1) must still stop it
+        self._stop_requested = False
 
     # -- lifecycle ---------------------------------------------------------------
 
     def stop(self) -> None:
-        self._running = False
+        self._stop_requested = True
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -194,9 +196,8 @@ class Backend:
             pass
 
     def run(self) -> None:
-        self._running = True
         self._connect_device()
-        while self._running:
+        while not self._stop_requested:
             if self._exposed:
                 self._retire_exposed()
             if self.device is None and time.monotonic() >= self._next_retry:

@@ -14,6 +14,8 @@ import signal
 import sys
 from collections.abc import Callable
 
+from vcrypto import sdnotify
+from vcrypto._unixsock import DEFAULT_SOCKET_MODE, SocketAccess, SocketAccessError
 from vcrypto.driver import check_queue_size
 from vcrypto.metrics_endpoint import EXIT_METRICS_UNAVAILABLE, MetricsEndpointError, start_metrics_endpoint
 
@@ -27,8 +29,17 @@ from ._loop import Backend, BackendConfig
 def _parse(argv):
     p = argparse.ArgumentParser(prog="vcrypto-engine-backend",
                                 description="vcrypto engine backend: serves frontends, "
-                                            "drives one vcrypto-host device")
+                                            "drives one vcrypto-host device",
+                                epilog="Under systemd Type=notify, READY=1 is sent to "
+                                       "$NOTIFY_SOCKET once --socket listens, STOPPING=1 on "
+                                       "SIGTERM/SIGINT.")
     p.add_argument("--socket", required=True, help="unix socket frontends attach to")
+    p.add_argument("--socket-mode", metavar="MODE", default=f"{DEFAULT_SOCKET_MODE:04o}",
+                   help="octal mode of the --socket file, set before it listens: the proxy "
+                        "workers' user needs write permission to attach (default: %(default)s)")
+    p.add_argument("--socket-group", metavar="GROUP",
+                   help="group (name or gid) of the --socket file; the daemon's user must be a "
+                        "member (default: the daemon's group)")
     host = p.add_mutually_exclusive_group(required=True)
     host.add_argument("--host-socket", help="vcrypto-host unix socket")
     host.add_argument("--no-host", action="store_true",
@@ -56,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.stall_timeout_s > 0:
         print("vcrypto-engine-backend: --stall-timeout-s must be > 0", file=sys.stderr)
         return 2
-    cfg = BackendConfig(socket_path=args.socket, host_socket=args.host_socket,
+    try:
+        access = SocketAccess.parse(args.socket_mode, args.socket_group)
+    except SocketAccessError as exc:
+        print(f"vcrypto-engine-backend: --{exc.field.replace('_', '-')}: {exc.message}", file=sys.stderr)
+        return 2
+    cfg = BackendConfig(socket_path=args.socket, host_socket=args.host_socket, socket_access=access,
                         batch_max=args.batch_max, batch_deadline_us=args.batch_deadline_us,
                         stall_timeout_s=args.stall_timeout_s,
                         geometry=Geometry(ring_capacity=max(256, 1 << (args.slots - 1).bit_length()),
@@ -89,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                               attach_timeout_s=min(5.0, args.stall_timeout_s) if hung else None)
     try:
         backend = Backend(cfg, factory)
+    except SocketAccessError as exc:
+        print(f"vcrypto-engine-backend: --{exc.field.replace('_', '-')}: {exc.message}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"vcrypto-engine-backend: cannot listen on {args.socket}: {exc}", file=sys.stderr)
         return 2
@@ -100,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: backend.stop())
     print(f"vcrypto-engine-backend ready on {args.socket}", flush=True)
+    sdnotify.notify_or_warn("READY=1", f"STATUS=serving frontends on {args.socket}")
     try:
         backend.run()
+        sdnotify.notify_or_warn("STOPPING=1")
     finally:
         backend.close()
     return 0
