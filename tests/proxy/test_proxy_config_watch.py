@@ -14,11 +14,13 @@ import ssl
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from vcproxy.config import ConfigError, parse_config
 from vcproxy._config_watch import ConfigWatch, file_identities
 from proxy_testkit import base_config, client_context, closed_port, running_proxy
 
@@ -134,3 +136,10 @@ def test_certificate_rewritten_in_place_is_served_after_the_next_poll(tmp_path, 
             assert time.monotonic() < deadline, proxy.events()[-5:]
             time.sleep(0.1)
         assert _events(proxy, "config_changed")
+
+
+def test_watch_interval_is_checked_with_its_path():
+    text = "listeners: [{port: 1, tls: {enabled: false}}]\nreload: {watch_config: true, watch_interval_s: 0}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert ("reload.watch_interval_s", "must be 0.1..3600 (s), got 0.0") in [tuple(p) for p in info.value.problems]
