@@ -124,6 +124,10 @@ class Supervisor:
         self.daemons: list[_Child] = []
         self.reservations: list[stdsocket.socket] = []
         self.ports: dict[int, int] = {}
+        # taken right after the config was read, not once everything runs: a
+        # change during start-up (daemons, workers) is seen by the first poll
+        self._watched = watched_paths(config_path, config)
+        self._config_watch = ConfigWatch(file_identities(self._watched))
 
     # ------------------------------------------------------------ start-up
 
@@ -349,8 +353,7 @@ class Supervisor:
 
     async def _watch_config(self, interval_s: float) -> None:
         """Poll the files a reload reads; a change reloads as SIGHUP does."""
-        paths = watched_paths(self.config_path, self.config)
-        watch = ConfigWatch(file_identities(paths))
+        paths, watch = self._watched, self._config_watch
         while True:
             await trio.sleep(interval_s)
             current = file_identities(paths)
