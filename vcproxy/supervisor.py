@@ -19,7 +19,10 @@ It owns everything that must outlive a worker:
 Signals: SIGTERM/SIGINT -> workers drain, then the daemons stop; SIGHUP ->
 the config is validated here first (a broken file, certificate, or a change
 that needs a restart never reaches a worker), counted once in
-``vcproxy_config_reloads_total{result}``, then each worker reloads.
+``vcproxy_config_reloads_total{result}``, then each worker reloads. With
+``reload.watch_config`` a change of the config file or of a certificate/key
+file it names takes the same path as SIGHUP (``vcproxy._config_watch``: a
+Kubernetes ConfigMap update needs no signal).
 
 Readiness is logged as one error-log event ``ready`` carrying the resolved
 listener and metrics addresses (tests and scripts read it from there); under
@@ -44,6 +47,7 @@ import trio
 import yaml
 
 from vcproxy import _log
+from vcproxy._config_watch import ConfigWatch, file_identities, watched_paths
 from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.proxy import certificate_not_after, check_files, reload_problems
 from vcproxy.metrics import ENV_DIR, mark_process_dead, multiprocess_registry
@@ -133,6 +137,10 @@ class Supervisor:
             worker_restarts=lambda: sum(w.restarts for w in self.workers),
             daemon_restarts=lambda: {d.name: d.restarts for d in self.daemons})
         self.state.set_certificates(certificate_not_after(config))
+        # taken right after the config was read, not once everything runs: a
+        # change during start-up (daemons, workers) is seen by the first poll
+        self._watched = watched_paths(config_path, config)
+        self._config_watch = ConfigWatch(file_identities(self._watched))
 
     # ------------------------------------------------------------ start-up
 
@@ -326,6 +334,8 @@ class Supervisor:
                     nursery.start_soon(self._watch_worker, child)
                 for child in self.daemons:
                     nursery.start_soon(self._watch_daemon, child)
+                if self.config.reload.watch_config:
+                    nursery.start_soon(self._watch_config, self.config.reload.watch_interval_s)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         self._reload()
@@ -394,6 +404,23 @@ class Supervisor:
                         _log.error_log.error("daemon_restart_failed", daemon=child.name, error=str(exc))
                     continue
             _log.error_log.info("daemon_restarted", daemon=child.name, pid=child.process.pid)
+
+    async def _watch_config(self, interval_s: float) -> None:
+        """Poll the files a reload reads; a change reloads as SIGHUP does."""
+        paths, watch = self._watched, self._config_watch
+        while True:
+            await trio.sleep(interval_s)
+            current = file_identities(paths)
+            changed = watch.observe(current)
+            if not changed or self.stopping:
+                continue
+            _log.error_log.info("config_changed", files=changed)
+            self._reload()
+            # The reloaded config may name other certificate files. The ones
+            # seen before the reload keep the identity observed then, so a
+            # write that landed while the reload read them is caught next poll.
+            paths = watched_paths(self.config_path, self.config)
+            watch.rebase({**file_identities(paths), **{p: current[p] for p in paths if p in current}})
 
     def _reload(self) -> None:
         """One SIGHUP: validate here, count once (ok or rejected), then let

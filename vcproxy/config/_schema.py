@@ -505,6 +505,21 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class ReloadConfig:
+    watch_config: bool = opt(
+        False, "the supervisor checks the config file and the certificate and key files it names every "
+               "watch_interval_s and reloads (what SIGHUP does) when one changed: a Kubernetes ConfigMap or "
+               "Secret mounted as a directory (no subPath) is updated by swapping its `..data` symlink, which "
+               "changes the file the path resolves to. A change to this section applies at restart")
+    watch_interval_s: float = opt(2 * SECONDS, "how often the watched files are checked, 0.1..3600 s")
+
+    def check(self) -> list[tuple[str, str]]:
+        if not 0.1 <= self.watch_interval_s <= 3600:
+            return [("watch_interval_s", f"must be 0.1..3600 (s), got {self.watch_interval_s}")]
+        return []
+
+
+@dataclass(frozen=True)
 class DemoUpstreamConfig:
     enabled: bool = opt(False, "the supervisor also runs the built-in demo HTTP server")
     address: str = opt("127.0.0.1", "demo server bind address")
@@ -526,6 +541,7 @@ class Config:
     http2: Http2Config = opt(Http2Config(), "HTTP/2 to clients (selected by ALPN h2 on TLS http listeners)")
     metrics: MetricsConfig = opt(MetricsConfig(), "Prometheus endpoint (served by the supervisor, all workers aggregated)")
     logging: LoggingConfig = opt(LoggingConfig(), "logs")
+    reload: ReloadConfig = opt(ReloadConfig(), "configuration reload without a signal")
     demo_upstream: DemoUpstreamConfig = opt(DemoUpstreamConfig(), "built-in demo upstream")
 
     def check(self) -> list[tuple[str, str]]:
