@@ -222,7 +222,7 @@ def test_split_daemonset_runs_the_daemons_as_the_supervisor_would():
     host_socket = flag(host, "--socket")
     plan = daemon_plan(config, host_socket, config.vcrypto.backend_socket, flag(host, "--config"))
     assert flag(backend, "--socket") == config.vcrypto.backend_socket
-    for name in ("--host-socket", "--stall-timeout-s", "--poll-budget-us", "--batch-deadline-us"):
+    for name in ("--host-socket", "--socket-mode", "--stall-timeout-s", "--poll-budget-us", "--batch-deadline-us"):
         assert flag(backend, name) == plan.backend_argv[plan.backend_argv.index(name) + 1], name
     host_config_path = Path(flag(host, "--config"))
     volumes = {v["name"]: v for v in ds["volumes"]}
@@ -240,7 +240,9 @@ def test_split_daemonset_runs_the_daemons_as_the_supervisor_would():
 def test_image_is_the_package_version_built_by_the_dockerfile():
     """The manifests run the image deploy/Dockerfile builds, tagged with the
     package version, as the Dockerfile's numeric user; the base is pinned."""
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    import vcproxy  # pyproject.toml's version is dynamic: vcproxy.__version__
+
+    version = vcproxy.__version__
     images = {c["image"] for _, _, spec in pod_specs() for c in all_containers(spec)}
     assert images == {f"vcproxy:{version}"}
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
