@@ -12,14 +12,14 @@ Signals: SIGTERM/SIGINT drain (stop accepting, close idle keep-alive
 connections, let in-flight requests finish, cancel what is left at
 ``limits.drain_timeout_s``); SIGHUP reloads the config file and
 certificates: new connections get the new runtime, open ones keep the one
-they started with.
+they started with. SIGUSR1 reopens the log files (logrotate; the supervisor
+forwards it).
 """
 from __future__ import annotations
 
 import os
 import resource
 import signal
-import time
 from typing import Any
 
 import trio
@@ -61,11 +61,11 @@ class WorkerObserver:
         self._requests(listener, str(record.get("status", 0)), record.get("http_version", "")).inc()
         self._request_seconds(listener).observe(seconds)
         if _log.access_log.enabled():
-            _log.access_log.write(record | {"ts": round(time.time(), 6)})
+            _log.access_log.write(record | {"ts": _log.iso_ts()})
 
     def tcp_done(self, record: dict[str, Any]) -> None:
         self.m.tcp_sessions_total.labels(record["listener"], record["result"]).inc()
-        _log.access_log.write(record | {"ts": round(time.time(), 6)})
+        _log.access_log.write(record | {"ts": _log.iso_ts()})
 
     def upstream_error(self, upstream: str, kind: str) -> None:
         self.m.upstream_errors_total.labels(upstream, kind).inc()
@@ -152,10 +152,12 @@ class Worker:
     # ------------------------------------------------------------ signals
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._reload()
+                elif signum == signal.SIGUSR1:
+                    _log.reopen_logs(worker=self.index)
                 elif not self.draining.is_set():
                     self.service.start_soon(self._drain)
 

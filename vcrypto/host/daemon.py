@@ -1,13 +1,14 @@
 """``vcrypto-host``: the host daemon (``python -m vcrypto.host``).
 
-    vcrypto-host --socket PATH [--config FILE] [--metrics HOST:PORT] [--log-level LEVEL]
+    vcrypto-host --socket PATH [--config FILE] [--metrics HOST:PORT] [--log TARGET] [--log-level LEVEL]
 
 Listens on a unix socket; every accepted connection is one virtual crypto
 device (one attached driver: an engine-backend, or QEMU). All devices share
 one scheduler / resource pool. Ready when the socket accepts (and, with
-``--metrics``, after logging ``metrics listening on HOST:PORT`` with the bound
-port; port 0 picks a free one). SIGTERM/SIGINT: stop accepting, close every
-device, release the pool, exit 0.
+``--metrics``, after logging the ``metrics_listening`` event with the bound
+``port``; port 0 picks a free one). SIGTERM/SIGINT: stop accepting, close
+every device, release the pool, exit 0. Logs are ``vcrypto._log`` JSON lines
+on ``--log`` (stderr, stdout or a file); SIGUSR1 reopens a log file.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import sys
 
 import trio
 
+from vcrypto._log import JsonLog, configure_daemon, event, reopen_logged
 from vcrypto._unixsock import bind_unix_listener
 from vcrypto.host.config import HostConfigError, HostConfig, load_config
 from vcrypto.host.device import VirtioCryptoDevice
@@ -45,25 +47,25 @@ class Host:
     async def serve_connection(self, sock) -> None:
         with sock:
             if len(self.devices) >= self.config.limits.max_devices:
-                log.warning("refusing a device: %d attached (max_devices)", len(self.devices))
+                event(log, "warning", "device_refused", reason="max_devices", attached=len(self.devices))
                 return
             device = VirtioCryptoDevice(next(self._ids), self.config, self.scheduler, self.keys)
             self.devices[device.id] = device
-            log.info("device %d attached", device.id)
+            event(log, "info", "device_attached", device=device.id)
             try:
                 await device.serve(sock)
             except Exception:
                 # Whatever went wrong belongs to this device alone.
-                log.exception("device %d failed", device.id)
+                event(log, "error", "device_failed", exc_info=True, device=device.id)
             finally:
                 del self.devices[device.id]
                 self.closed_stats.add(device.stats)
-                log.info("device %d detached", device.id)
+                event(log, "info", "device_detached", device=device.id)
 
     async def serve(self, socket_path: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         # a stale socket left by a killed host is replaced; a live host's is never stolen
         listener = trio.socket.from_stdlib_socket(bind_unix_listener(socket_path))
-        log.info("listening on %s", socket_path)
+        event(log, "info", "listening", socket=socket_path)
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
@@ -72,7 +74,7 @@ class Host:
                         conn, _ = await listener.accept()
                     except OSError as exc:
                         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                            log.warning("accept: %s; backing off", exc)
+                            event(log, "warning", "accept_failed", error=str(exc), backoff_s=0.1)
                             await trio.sleep(0.1)
                             continue
                         raise
@@ -96,11 +98,10 @@ def _start_metrics(host: Host, spec: str) -> None:
     registry.register(HostCollector(host))
     server, _thread = start_http_server(int(port), addr=addr, registry=registry)
     bound = server.server_address[1]
-    log.info("metrics listening on %s:%d", addr, bound)
-    print(f"metrics listening on {addr}:{bound}", file=sys.stderr, flush=True)
+    event(log, "info", "metrics_listening", address=addr, port=bound)
 
 
-async def run(config: HostConfig, socket_path: str, metrics: str | None) -> None:
+async def run(config: HostConfig, socket_path: str, metrics: str | None, out: JsonLog) -> None:
     keys = KeyStore.load_dir(config.keys_dir)
     async with open_scheduler(config.pool) as scheduler:
         host = Host(config, scheduler, keys)
@@ -108,9 +109,12 @@ async def run(config: HostConfig, socket_path: str, metrics: str | None) -> None
             _start_metrics(host, metrics)
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve, socket_path)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
                 async for signum in signals:
-                    log.info("signal %d: shutting down", signum)
+                    if signum == signal.SIGUSR1:
+                        reopen_logged([out])
+                        continue
+                    event(log, "info", "stopping", signal=signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
 
@@ -121,29 +125,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--metrics", help="HOST:PORT for the prometheus endpoint (port 0 = any)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log", default="stderr", help="JSON log: stderr, stdout or a file path")
+    parser.add_argument("--log-level", default="info", type=str.lower,
+                        choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        out = configure_daemon(args.log, args.log_level)
+    except OSError as exc:
+        print(f"vcrypto-host: --log {args.log}: {exc}", file=sys.stderr)
+        return 2
+
+    def start_failed(message: str) -> int:
+        out.error("start_failed", error=message)
+        return 2
+
     try:
         config = load_config(args.config)
     except HostConfigError as exc:
-        print(f"vcrypto-host: config error: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-host: config error: {exc}")
     try:
         # fail fast, before resources start, if another host serves the path
         bind_unix_listener(args.socket).close()
     except OSError as exc:   # SocketInUse, or a path we may not use
-        print(f"vcrypto-host: cannot listen on {args.socket}: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-host: cannot listen on {args.socket}: {exc}")
     try:
-        trio.run(run, config, args.socket, args.metrics)
+        trio.run(run, config, args.socket, args.metrics, out)
     except KeyStoreError as exc:
-        print(f"vcrypto-host: keys: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-host: keys: {exc}")
     except ValueError as exc:   # the pool's config errors (PoolConfigError) name their path
-        print(f"vcrypto-host: config error: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-host: config error: {exc}")
     except KeyboardInterrupt:
         pass
     return 0

@@ -5,6 +5,11 @@ tenant on a unix socket and drives one ``vcrypto-host`` device through
 ``vcrypto.driver`` (or, with ``--no-host``, computes in its own process).
 How the loop works is in ``_loop`` (theory of operation); the shared-memory
 layouts are in ``vcrypto.engine.contract``.
+
+Logs are ``vcrypto._log`` JSON lines on ``--log`` (stderr, stdout or a file):
+``listening`` once frontends may attach, ``metrics_listening`` with the bound
+port. SIGUSR1 reopens a log file (logrotate); SIGUSR2 dumps every thread's
+stack (``faulthandler``) to stderr.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from vcrypto._log import configure_daemon, reopen_logged
 from vcrypto.driver import check_queue_size
 
 from ..contract import Geometry
@@ -42,19 +48,30 @@ def _parse(argv):
     p.add_argument("--stall-timeout-s", type=float, default=BackendConfig.stall_timeout_s,
                    help="a request outstanding at the host longer than this means the host is "
                         "hung: it is failed like a dead one (reconnect with backoff)")
+    p.add_argument("--log", default="stderr", help="JSON log: stderr, stdout or a file path")
+    p.add_argument("--log-level", default="info", type=str.lower,
+                   choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
+        out = configure_daemon(args.log, args.log_level)
+    except OSError as exc:
+        print(f"vcrypto-engine-backend: --log {args.log}: {exc}", file=sys.stderr)
+        return 2
+
+    def start_failed(message: str) -> int:
+        out.error("start_failed", error=message)
+        return 2
+
+    try:
         check_queue_size(args.queue_size)
     except ValueError as exc:
-        print(f"vcrypto-engine-backend: --queue-size: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-engine-backend: --queue-size: {exc}")
     if not args.stall_timeout_s > 0:
-        print("vcrypto-engine-backend: --stall-timeout-s must be > 0", file=sys.stderr)
-        return 2
+        return start_failed("vcrypto-engine-backend: --stall-timeout-s must be > 0")
     cfg = BackendConfig(socket_path=args.socket, host_socket=args.host_socket,
                         batch_max=args.batch_max, batch_deadline_us=args.batch_deadline_us,
                         stall_timeout_s=args.stall_timeout_s,
@@ -76,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend = Backend(cfg, factory)
     except OSError as exc:
-        print(f"vcrypto-engine-backend: cannot listen on {args.socket}: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-engine-backend: cannot listen on {args.socket}: {exc}")
     if args.metrics:
         from prometheus_client import CollectorRegistry, start_http_server
 
@@ -86,14 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         reg = CollectorRegistry()
         reg.register(BackendCollector(backend.stats, backend.gauges))
         httpd, _thread = start_http_server(int(mport), addr=mhost or "127.0.0.1", registry=reg)
-        print(f"metrics on {mhost or '127.0.0.1'}:{httpd.server_port}", file=sys.stderr, flush=True)
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
+        out.info("metrics_listening", address=mhost or "127.0.0.1", port=httpd.server_port)
+    faulthandler.register(signal.SIGUSR2)  # `kill -USR2 PID` dumps every thread's stack
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: backend.stop())
-    print(f"vcrypto-engine-backend ready on {args.socket}", flush=True)
+    # JsonLog.reopen is safe in a signal handler (dup2 onto the same fd)
+    signal.signal(signal.SIGUSR1, lambda *_: reopen_logged([out]))
+    out.info("listening", socket=args.socket)
     try:
         backend.run()
     finally:
         backend.close()
     return 0
+
 
