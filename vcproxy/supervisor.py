@@ -372,10 +372,9 @@ class Supervisor:
         log file (workers; the vcrypto daemons; not the demo upstream, which
         logs to stdout and would die of the signal)."""
         _log.reopen_logs(supervisor=True)
-        for child in self.workers + self.daemons:
-            if child.name in ("vcrypto-host", "vcrypto-engine-backend") or child in self.workers:
-                if child.process is not None and child.process.returncode is None:
-                    child.process.send_signal(signal.SIGUSR1)
+        for child in self.workers + [d for d in self.daemons if d.name != "demo-upstream"]:
+            if child.process is not None and child.process.returncode is None:
+                child.process.send_signal(signal.SIGUSR1)
 
     async def _stop_all(self) -> None:
         self.stopping = True
