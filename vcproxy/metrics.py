@@ -50,6 +50,17 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "http_request_seconds": ("histogram", ("listener",), "HTTP request latency, head received to response end"),
     "tcp_sessions_total": ("counter", ("listener", "result"), "tcp-mode sessions (mode: tcp listeners) that ended, by result"),
     "upstream_errors_total": ("counter", ("upstream", "kind"), "upstream request failures by upstream name and kind: connect, timeout, protocol, closed"),
+    "upstream_up": ("gauge", ("upstream", "server"),
+                    "1 if every live worker holds the upstream server healthy, 0 if at least one has marked it "
+                    "unhealthy (health_check.unhealthy_after failed probes or connects) and routes around it "
+                    "(each worker runs its own checks; the minimum over workers)"),
+    "upstream_health_transitions_total": ("counter", ("upstream", "server", "to"),
+                                          "upstream server health changes (to: up or down), counted by each worker "
+                                          "that saw the change (each runs its own checks: one outage with N "
+                                          "workers counts up to N)"),
+    "upstream_response_seconds": ("histogram", ("upstream",),
+                                  "upstream response time: request head sent to response head received "
+                                  "(HTTP/1.1 and HTTP/2 requests that got a response)"),
     "crypto_ops_total": ("counter", ("op", "provider"),
                          "crypto operations (ecdh, sign, aead_seal, aead_open) by the provider they were handed "
                          "to; records under the small-record threshold are sealed in-process: provider=inline"),
@@ -105,6 +116,13 @@ SUPERVISOR_METRICS = frozenset({
     "worker_restarts_total", "daemon_restarts_total", "config_reloads_total", "config_last_reload_successful",
     "config_last_reload_success_timestamp_seconds", "certificate_not_after_timestamp_seconds", "build_info"})
 
+#: How the supervisor merges a gauge over the workers' files (prometheus_client
+#: multiprocess_mode; dead workers' files are dropped by the ``live`` modes).
+#: Default ``livesum`` (connections open now). ``upstream_up`` is ``livemin``:
+#: every worker probes on its own, so 0 means some live worker routes around
+#: the server; a sum would read 2 for "up" with two workers.
+GAUGE_MODES = {"upstream_up": "livemin"}
+
 
 class Metrics:
     """The metric objects of one worker process (create after the env is set)."""
@@ -118,7 +136,7 @@ class Metrics:
             if kind == "counter":
                 return Counter(full, doc, labels)
             if kind == "gauge":
-                return Gauge(full, doc, labels, multiprocess_mode="livesum")
+                return Gauge(full, doc, labels, multiprocess_mode=GAUGE_MODES.get(name, "livesum"))
             return Histogram(full, doc, labels, buckets=LATENCY_BUCKETS_S)
 
         for name in METRICS_HELP:

@@ -22,7 +22,9 @@ that needs a restart never reaches a worker), counted once in
 ``vcproxy_config_reloads_total{result}``, then each worker reloads. With
 ``reload.watch_config`` a change of the config file or of a certificate/key
 file it names takes the same path as SIGHUP (``vcproxy._config_watch``: a
-Kubernetes ConfigMap update needs no signal).
+Kubernetes ConfigMap update needs no signal). SIGUSR1 -> the log files are
+reopened here, in every worker and in the vcrypto daemons (which write to the
+same error log file: the supervisor passes it as their ``--log``).
 
 Readiness is logged as one error-log event ``ready`` carrying the resolved
 listener and metrics addresses (tests and scripts read it from there); under
@@ -108,13 +110,17 @@ def daemon_plan(cfg: Config, host_socket: str, backend_socket: str, host_config_
     if vc.keys_dir is not None:  # keyless: only the host reads the keys
         host_config["keys_dir"] = os.path.abspath(vc.keys_dir)
     host_argv = [sys.executable, "-m", "vcrypto.host", "--socket", host_socket, "--config", host_config_path]
+    # the daemons write the supervisor's error log, in the same format (and
+    # reopen it on the SIGUSR1 the supervisor forwards)
+    logs = ["--log", cfg.logging.error_log, "--log-level", cfg.logging.level]
+    host_argv += logs
     if vc.host_metrics:
         host_argv += ["--metrics", str(vc.host_metrics)]
     backend_argv = [sys.executable, "-m", "vcrypto.engine.backend", "--host-socket", host_socket,
                     "--socket", backend_socket, "--socket-mode", str(vc.socket_mode),
                     "--stall-timeout-s", str(cfg.crypto.stall_timeout_s),
                     "--poll-budget-us", str(vc.backend_poll.budget_us),
-                    "--batch-deadline-us", str(vc.batch_deadline_us)]
+                    "--batch-deadline-us", str(vc.batch_deadline_us), *logs]
     if vc.socket_group is not None:
         backend_argv += ["--socket-group", vc.socket_group]
     if vc.backend_metrics:
@@ -308,7 +314,7 @@ class Supervisor:
                 shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     async def _run(self) -> int:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
             try:
                 self._reserve_ports()
                 metrics_url = self._start_metrics()
@@ -339,6 +345,9 @@ class Supervisor:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         self._reload()
+                        continue
+                    if signum == signal.SIGUSR1:
+                        self._reopen_logs()
                         continue
                     self.stopping = True
                     _log.error_log.info("stopping", signal=signal.Signals(signum).name)
@@ -449,6 +458,15 @@ class Supervisor:
             if child.process is not None and child.process.returncode is None:
                 child.process.send_signal(signal.SIGHUP)
         _log.error_log.info("reload_sent", workers=len(self.workers))
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate): reopen here, then in every child that writes a
+        log file (workers; the vcrypto daemons; not the demo upstream, which
+        logs to stdout and would die of the signal)."""
+        _log.reopen_logs(supervisor=True)
+        for child in self.workers + [d for d in self.daemons if d.name != "demo-upstream"]:
+            if child.process is not None and child.process.returncode is None:
+                child.process.send_signal(signal.SIGUSR1)
 
     async def _stop_all(self) -> None:
         self.stopping = True

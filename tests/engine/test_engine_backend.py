@@ -113,7 +113,7 @@ async def test_metrics_endpoint(tmp_path):
         h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(16)))
         await fe.run(h, [(b"x", b"n" * 12, b"")] * 5)
         with trio.fail_after(10):
-            while not (m := re.search(rb"metrics on [^:]+:(\d+)", d.log_path.read_bytes())):
+            while not (m := re.search(rb'"event":"metrics_listening".*"port":(\d+)', d.log_path.read_bytes())):
                 await trio.sleep(0.05)
         port = int(m.group(1))
         body = await trio.to_thread.run_sync(

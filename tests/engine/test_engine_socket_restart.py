@@ -1,5 +1,6 @@
 """The backend's socket across restarts: a killed backend's stale socket file
 does not stop the next one from starting; a live backend's is never stolen."""
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ def test_restart_after_sigkill_replaces_the_stale_socket(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         line = proc.stdout.readline().decode()
-        assert "ready on" in line, line
+        assert json.loads(line)["event"] == "listening", line
         assert engine_daemons.backend_stats(first.socket_path) is not None
     finally:
         proc.terminate()

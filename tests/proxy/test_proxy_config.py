@@ -306,9 +306,12 @@ def test_supervisor_hands_the_vcrypto_section_to_both_daemons():
     assert host.fifo is True and host.pool == {"resources": [{"name": "s", "kind": "sodium"}]}
     assert (host.poll.mode, host.poll.spin_us, host.poll.batch_threshold, host.poll.coalesce_us) == (
         "doorbell", 75.0, 3, 10.0)
-    assert plan.host_argv[-4:] == ["--socket", "/h.sock", "--config", "/h.yaml"]
+    assert plan.host_argv[3:7] == ["--socket", "/h.sock", "--config", "/h.yaml"]
     backend = parse_backend_argv(plan.backend_argv[3:])
     assert (backend.poll_budget_us, backend.stall_timeout_s, backend.host_socket) == (125.0, 4.0, "/h.sock")
+    # both daemons write the supervisor's error log (one format, one file, reopened on SIGUSR1)
+    assert (backend.log, backend.log_level) == ("stderr", "info")
+    assert plan.host_argv[7:11] == ["--log", "stderr", "--log-level", "info"]
     # The defaults: what was measured best on this machine (README "Polling").
     default = daemon_plan(parse_config(yaml.safe_dump(VALID)), "/h", "/b", "/c")
     host = parse_host_config(default.host_config)

@@ -48,3 +48,22 @@ def test_defaults_send_no_forwarded_or_via_and_drop_untrusted_forwarded():
 def test_forwarded_nodes():
     assert forwarded_node("192.0.2.60") == b"192.0.2.60"
     assert forwarded_node("2001:db8:cafe::17") == b'"[2001:db8:cafe::17]"'  # RFC 7239 §6 example
+
+
+@pytest.mark.parametrize("value, kept", [
+    (b"lb-4f2a", True), (b"a" * 128, True), (b"a" * 129, False), (b"", False), (b"a b", False),
+    (b"a,b", False), (b'a"b', False), (b"a\\b", False), ("é".encode(), False),
+])
+def test_a_request_id_is_kept_only_from_a_trusted_hop_and_only_if_well_formed(value, kept):
+    f = Forwarding("https", NETS)
+    headers = [(b"host", b"h"), (b"x-request-id", value)]
+    assert f.trusted_request_id(headers, "10.0.0.1") == (value.decode("latin-1") if kept else None)
+    assert f.trusted_request_id(headers, "203.0.113.5") is None  # anyone else's is replaced
+    assert Forwarding("https").trusted_request_id(headers, "10.0.0.1") is None
+
+
+def test_request_id_echo_replaces_the_upstreams():
+    upstream = [(b"content-type", b"text/plain"), (b"x-request-id", b"theirs")]
+    assert Forwarding().response_headers(upstream, "ours") is upstream  # echo off: untouched
+    echoed = Forwarding(echo_request_id=True).response_headers(upstream, "ours")
+    assert echoed == [(b"content-type", b"text/plain"), (b"x-request-id", b"ours")]

@@ -54,7 +54,7 @@ def _wait_ready(host: HostProcess, metrics: bool, timeout_s: float = 15.0) -> No
         except OSError:
             pass
         if ready and metrics:
-            m = re.search(r"metrics listening on [^:]+:(\d+)", host.log())
+            m = re.search(r'"event":"metrics_listening".*"port":(\d+)', host.log())
             ready = m is not None
             if m:
                 host.metrics_port = int(m.group(1))

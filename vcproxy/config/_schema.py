@@ -163,11 +163,13 @@ class ListenerConfig:
                "the one the access log and X-Forwarded-For show")
     trusted_proxies: tuple[Network, ...] = opt(
         (), "CIDRs of the load balancers / proxies in front of this listener: PROXY headers are accepted only "
-            "from them, and a request from them keeps its X-Forwarded-For / Forwarded (we append); from anyone "
-            "else those headers are replaced")
+            "from them, and a request from them keeps its X-Forwarded-For / Forwarded (we append) and its "
+            "X-Request-Id; from anyone else those headers are replaced (a new request id is made)")
     forwarded: bool = opt(False, "also send RFC 7239 `Forwarded: for=...;proto=...;host=...` upstream")
     via: str | None = opt(None, "a pseudonym (token) for this proxy: `Via: 1.1 <via>` is appended on requests "
                                 "and responses; null: no Via")
+    echo_request_id: bool = opt(False, "also send the request's X-Request-Id (the one sent upstream and "
+                                       "logged) back on its response")
 
     def check(self) -> list[tuple[str, str]]:
         out = _check_port(self.port) + _check_address(self.address)

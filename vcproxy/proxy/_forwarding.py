@@ -4,7 +4,10 @@
 front of a listener. Their word about the client is taken: a PROXY protocol
 header is accepted only from them, and the forwarding headers they set are
 kept (we append our hop). Anyone else's forwarding headers are replaced: a
-client could otherwise claim any address.
+client could otherwise claim any address. The same rule holds for the
+request id (``X-Request-Id``): a trusted hop's is kept, anyone else's is
+replaced by one of ours (``_http.request_id``), so the id an upstream and
+the access log see was set by us or by a proxy we trust.
 """
 from __future__ import annotations
 
@@ -38,7 +41,13 @@ def is_trusted(host: str, networks: Sequence[Network]) -> bool:
 # ---------------------------------------------------------------- forwarding headers
 
 #: Request fields this module owns on the way up (the rest pass as they came).
-FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+                               b"x-request-id"})
+
+#: A request id we keep from a trusted hop: 1-128 visible ASCII characters
+#: with no space, comma or quote (it is logged and sent on as one field value).
+_REQUEST_ID_CHARS = frozenset(range(0x21, 0x7F)) - frozenset(b'",\\')
+REQUEST_ID_MAX_BYTES = 128
 
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -70,6 +79,21 @@ class Forwarding:
     trusted_proxies: tuple[Network, ...] = ()
     forwarded: bool = False
     via: str | None = None
+    #: ``listeners[].echo_request_id``: responses carry the request's X-Request-Id
+    echo_request_id: bool = False
+
+    def trusted_request_id(self, headers: list[tuple[bytes, bytes]], client_host: str) -> str | None:
+        """The X-Request-Id a trusted peer sent (if well-formed), else None: the
+        caller makes one (anyone else's is replaced, like X-Forwarded-For)."""
+        if not self.trusted_proxies:
+            return None
+        for name, value in headers:
+            if name == b"x-request-id":
+                if (is_trusted(client_host, self.trusted_proxies) and 0 < len(value) <= REQUEST_ID_MAX_BYTES
+                        and all(c in _REQUEST_ID_CHARS for c in value)):
+                    return value.decode("ascii")
+                return None
+        return None
 
     def request_headers(self, headers: list[tuple[bytes, bytes]], client_host: str) -> list[tuple[bytes, bytes]]:
         """The forwarding fields for the upstream request of ``client_host``
@@ -103,12 +127,18 @@ class Forwarding:
             out.append((b"via", self.via_value(headers)))
         return out
 
-    def response_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """A response's fields with our ``Via`` hop appended (when ``via`` is set),
-        for HTTP/1.1 and HTTP/2 responses alike."""
-        if self.via is None:
+    def response_headers(self, headers: list[tuple[bytes, bytes]],
+                         request_id: str | None = None) -> list[tuple[bytes, bytes]]:
+        """A response's fields with our ``Via`` hop appended (when ``via`` is set)
+        and the request id (when ``echo_request_id``: ours replaces the
+        upstream's), for HTTP/1.1 and HTTP/2 responses alike."""
+        if self.via is None and not self.echo_request_id:
             return headers
-        return [h for h in headers if h[0] != b"via"] + [(b"via", self.via_value(headers))]
+        if self.via is not None:
+            headers = [h for h in headers if h[0] != b"via"] + [(b"via", self.via_value(headers))]
+        if self.echo_request_id and request_id is not None:
+            headers = [h for h in headers if h[0] != b"x-request-id"] + [(b"x-request-id", request_id.encode())]
+        return headers
 
     def via_value(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         """RFC 9110 §7.6.3: each intermediary appends ``received-protocol received-by``."""

@@ -87,6 +87,7 @@ from ._http import (
     _upstream_event_nowait,
     acquire_upstream,
     pump_and_relay,
+    request_id,
     upstream_request,
 )
 from vcproxy import _log
@@ -151,6 +152,10 @@ class _Stream:
     logged: bool = False
     status: int | None = None  # the response head we sent
     finished: bool = False  # we sent END_STREAM (or RST_STREAM)
+    request_id: str | None = None
+    upstream_head_at: float = 0.0  # when the response head arrived from upstream
+    bytes_in: int = 0  # DATA payload bytes received / sent (the access record's bytes_in/out)
+    bytes_out: int = 0
 
 
 class H2ProxyConnection:
@@ -326,6 +331,7 @@ class H2ProxyConnection:
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             else:
                 st.body.append((event.data, event.flow_controlled_length))
+                st.bytes_in += len(event.data)
                 st.readable.set()
         elif isinstance(event, E.TrailersReceived):
             st = self.streams.get(event.stream_id)
@@ -474,7 +480,9 @@ class H2ProxyConnection:
         if authority is not None:  # RFC 9113 §8.3.1: :authority in place of Host
             headers = [(n, v) for n, v in headers if n != b"host"] + [(b"host", authority)]
         host = normalise_host(_header(headers, b"host").decode("latin-1"))
-        record.update(method=method.decode("latin-1"), target=target.decode("latin-1"), host=host)
+        st.request_id = request_id(self.rt.forwarding, headers, self.conn.client_host)
+        record.update(method=method.decode("latin-1"), target=target.decode("latin-1"), host=host,
+                      request_id=st.request_id, user_agent=_header(headers, b"user-agent").decode("latin-1"))
         if method == b"CONNECT":
             return await self._respond_error(st, 405, "CONNECT is not supported", record, started)
         if (not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target)
@@ -514,7 +522,7 @@ class H2ProxyConnection:
         if chunked:  # HTTP/2 bodies have no length of their own (RFC 9113 §8.1)
             headers = headers + [(b"transfer-encoding", b"chunked")]
         head = upstream_request(method, target, headers, self.conn.client_host, self.rt.forwarding,
-                                upstream.server)
+                                upstream.server, request_id=st.request_id)
         timeout_s = pool.config.read_timeout_s
         try:
             await _send_upstream(upstream, head, pool.name, timeout_s)
@@ -524,6 +532,7 @@ class H2ProxyConnection:
             status = 504 if isinstance(exc, UpstreamTimeout) else 502
             await self._respond_error(st, status, _REASONS[status], record, started)
             return False
+        sent_at = time.monotonic()
         state: dict[str, Exception | None] = {"body": None, "relay": None}
         if not has_body:
             try:
@@ -536,6 +545,8 @@ class H2ProxyConnection:
                                             lambda: self._relay(st, upstream, pool), state)
             if not whole:
                 st.body_closed = True  # what the client still sends is acknowledged and dropped
+        if st.upstream_head_at:
+            record["upstream_response_s"] = round(st.upstream_head_at - sent_at, 6)
         body_err, relay_err = state["body"], state["relay"]
         for e in (relay_err, body_err):
             if isinstance(e, UpstreamError):
@@ -600,8 +611,9 @@ class H2ProxyConnection:
             if isinstance(event, h11.Response):
                 break
             raise UpstreamError(name, "closed before a response")
+        st.upstream_head_at = time.monotonic()
         out = [(b":status", str(event.status_code).encode())]
-        out += self.rt.forwarding.response_headers(_strip_hop_by_hop(list(event.headers)))
+        out += self.rt.forwarding.response_headers(_strip_hop_by_hop(list(event.headers)), st.request_id)
         nxt = _upstream_event_nowait(upstream, name)
         bodyless = isinstance(nxt, h11.EndOfMessage) and not nxt.headers
         try:
@@ -671,6 +683,7 @@ class H2ProxyConnection:
                 continue
             n = min(window, len(view))
             self.h2.send_data(st.id, bytes(view[:n]), end_stream=end_stream and n == len(view))
+            st.bytes_out += n
             view = view[n:]
             self._unflushed_bytes += n
             if self._unflushed_bytes >= READ_CHUNK_BYTES:
@@ -697,9 +710,11 @@ class H2ProxyConnection:
         body = f"{status} {_REASONS.get(status, 'Error')}: {message}\n".encode()
         if st.status is None:
             st.status = status
-            self.h2.send_headers(st.id, [(b":status", str(status).encode()),
-                                         (b"content-type", b"text/plain; charset=utf-8"),
-                                         (b"content-length", str(len(body)).encode())])
+            head = [(b":status", str(status).encode()), (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode())]
+            if self.rt.forwarding.echo_request_id and st.request_id is not None:
+                head.append((b"x-request-id", st.request_id.encode()))
+            self.h2.send_headers(st.id, head)
             try:
                 await self._send_data(st, body, end_stream=True)
                 st.finished = True
@@ -712,5 +727,6 @@ class H2ProxyConnection:
         st.logged = True
         seconds = time.monotonic() - started
         record["duration_s"] = round(seconds, 6)
+        record["bytes_in"], record["bytes_out"] = st.bytes_in, st.bytes_out
         record.setdefault("status", 0)
         self.observer.request_done(record, seconds)

@@ -40,6 +40,14 @@ both directions; h11 re-frames each side itself. X-Forwarded-For, -Proto,
 -Host (and optionally Forwarded and Via) are set on the way up by
 ``_forwarding``: appended to from a trusted proxy, replaced from anyone else.
 
+Access record (one per request, HTTP/1.1 and HTTP/2 alike): ``request_id``
+(``X-Request-Id``, a trusted hop's or one of ours: ``request_id``, sent
+upstream), ``user_agent``, ``bytes_in``/``bytes_out`` (HTTP/1.1: the request
+and response as exchanged on the connection, head and body, before TLS;
+HTTP/2: DATA payloads), ``upstream_connect_s`` (0 for a reused
+connection, ``upstream_reused``) and ``upstream_response_s`` (request head
+sent to response head received), plus the connection's TLS fields.
+
 Upgrades (RFC 9110 §7.8): a request with ``Connection: upgrade`` and
 ``Upgrade: websocket`` keeps those two fields on the way up (no other
 protocol is offered upstream: ``h2c`` or anything we cannot check stays
@@ -53,6 +61,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -87,6 +97,16 @@ _HOP_BY_HOP = frozenset({
 #: Upgrade protocols passed through to the upstream (RFC 6455 WebSocket); any
 #: other ``Upgrade`` offer is stripped like every hop-by-hop field.
 _UPGRADES_FORWARDED = frozenset({b"websocket"})
+
+# Request ids: a random per-process prefix and a counter (unique without a
+# uuid4 per request: 12 + 10 hex digits, cheap to make and to grep).
+_REQUEST_ID_PREFIX = os.urandom(6).hex()
+_request_ids = itertools.count(1)
+
+
+def request_id(forwarding: Forwarding, headers: list[tuple[bytes, bytes]], client_host: str) -> str:
+    """The request's id: a trusted hop's ``X-Request-Id`` (``Forwarding``), else a new one."""
+    return forwarding.trusted_request_id(headers, client_host) or f"{_REQUEST_ID_PREFIX}{next(_request_ids):010x}"
 
 
 class Observer(Protocol):
@@ -188,6 +208,10 @@ class HttpProxyConnection:
         self._sent_status: int | None = None
         # Response bytes queued for the client, not sent yet (see the module docstring).
         self._client_out = bytearray()
+        # Bytes read from / queued for the client since the last access record.
+        self._bytes_in = self._bytes_out = 0
+        self._request_id: str | None = None
+        self._upstream_head_at = 0.0  # when the current response head arrived from upstream
 
     # ---------------------------------------------------------------- client I/O
 
@@ -201,6 +225,7 @@ class HttpProxyConnection:
             raise _ClientGone(f"client read failed: {exc}") from exc
         if scope.cancelled_caught:
             raise _ClientGone("client read timed out")
+        self._bytes_in += len(data)
         self.h11.receive_data(data)
 
     async def _next_client_event(self, timeout_s: float) -> Any:
@@ -215,6 +240,7 @@ class HttpProxyConnection:
         data = self.h11.send(event)
         if data:
             self._client_out += data
+            self._bytes_out += len(data)
 
     async def _flush_client(self) -> None:
         if not self._client_out:
@@ -277,6 +303,7 @@ class HttpProxyConnection:
                 self.conn.idle_scope = None
             if scope.cancelled_caught:
                 return None
+            self._bytes_in += len(data)
             self.h11.receive_data(data)
         try:
             event = await self._next_client_event(self.limits.header_timeout_s)
@@ -340,9 +367,11 @@ class HttpProxyConnection:
         headers = list(request.headers)
         host = normalise_host(_header(headers, b"host").decode("latin-1"))
         target = request.target.decode("latin-1")
+        self._request_id = rid = request_id(self.rt.forwarding, headers, self.conn.client_host)
         record: dict[str, Any] = {
             "client": self.conn.client_host, "listener": self.rt.listener, "method": request.method.decode(),
             "target": target, "host": host, "http_version": request.http_version.decode(),
+            "request_id": rid, "user_agent": _header(headers, b"user-agent").decode("latin-1"),
             **self.conn.tls,
         }
         try:
@@ -378,7 +407,8 @@ class HttpProxyConnection:
     def _upstream_request(self, request: h11.Request, headers: list[tuple[bytes, bytes]],
                           upstream_server: object) -> h11.Request:
         return upstream_request(request.method, request.target, headers, self.conn.client_host,
-                                self.rt.forwarding, upstream_server, upgrade=_upgrade_offer(headers))
+                                self.rt.forwarding, upstream_server, upgrade=_upgrade_offer(headers),
+                                request_id=self._request_id)
 
     async def _exchange(self, request: h11.Request, headers: list[tuple[bytes, bytes]], pool: UpstreamPool,
                         upstream: UpstreamConn, record: dict[str, Any], started: float) -> bool:
@@ -393,6 +423,7 @@ class HttpProxyConnection:
             if isinstance(exc, UpstreamTimeout):
                 return await self._send_error(504, _REASONS[504], record, started)
             return await self._send_error(502, "upstream failed", record, started)
+        sent_at, self._upstream_head_at = time.monotonic(), 0.0
         status = 0
         length = _header(headers, b"content-length")
         if not _header(headers, b"transfer-encoding") and length in (b"", b"0"):
@@ -405,6 +436,8 @@ class HttpProxyConnection:
                 state["relay"] = exc
         else:
             status = await self._exchange_with_body(upstream, pool, state)
+        if self._upstream_head_at:
+            record["upstream_response_s"] = round(self._upstream_head_at - sent_at, 6)
         if status == 101 and state["relay"] is None and state["body"] is None:
             await self._tunnel(upstream, record, started)
             return False
@@ -466,13 +499,15 @@ class HttpProxyConnection:
                 if event.status_code == 101:
                     # h11 accepts a 101 only for an Upgrade we forwarded (else:
                     # RemoteProtocolError, a 502); both sides are now switched.
+                    self._upstream_head_at = time.monotonic()
                     return await self._relay_switch(event, name)
                 continue  # 100 Continue is ours to send
             if isinstance(event, h11.Response):
                 break
             raise UpstreamClosed(name, "closed before a response")
+        self._upstream_head_at = time.monotonic()
         headers = _strip_hop_by_hop(list(event.headers))
-        headers = self.rt.forwarding.response_headers(headers)
+        headers = self.rt.forwarding.response_headers(headers, self._request_id)
         if self.conn.draining.is_set():
             headers.append((b"connection", b"close"))
         self._sent_status = event.status_code
@@ -540,6 +575,8 @@ class HttpProxyConnection:
         """A short response generated here; the connection closes after it."""
         if record is None:
             record = {"client": self.conn.client_host, "listener": self.rt.listener}
+        elif self.rt.forwarding.echo_request_id and self._request_id is not None:
+            extra_headers += ((b"x-request-id", self._request_id.encode()),)
         record["status"] = status
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self._sent_status is None:
             body = f"{status} {_REASONS.get(status, 'Error')}: {message}\n".encode()
@@ -559,6 +596,8 @@ class HttpProxyConnection:
 
     def _log(self, record: dict[str, Any], seconds: float, response_complete: bool = True) -> None:
         record["duration_s"] = round(seconds, 6)
+        record["bytes_in"], record["bytes_out"] = self._bytes_in, self._bytes_out
+        self._bytes_in = self._bytes_out = 0
         record.setdefault("status", 0)
         if not response_complete:
             record["aborted"] = True
@@ -580,20 +619,25 @@ async def acquire_upstream(rt: HttpRuntime, conn: ConnState, observer: Observer,
         record["error"] = str(exc)
         return pool, None
     record["upstream_addr"] = str(upstream.server)
+    record["upstream_reused"] = upstream.reused
+    record["upstream_connect_s"] = 0.0 if upstream.reused else round(upstream.connect_s, 6)
     return pool, upstream
 
 
 def upstream_request(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], client_host: str,
                      forwarding: Forwarding, upstream_server: object, *,
-                     upgrade: bytes | None = None) -> h11.Request:
+                     upgrade: bytes | None = None, request_id: str | None = None) -> h11.Request:
     """The HTTP/1.1 request head sent upstream for a client's request (HTTP/1.x or
     HTTP/2, whose ``:authority`` arrives here as ``host``): hop-by-hop fields
     removed, the forwarding fields as the listener's trust rules say
-    (``forwarding``), an accepted ``upgrade`` offer (HTTP/1.1 WebSocket) kept."""
+    (``forwarding``), the request's id as ``X-Request-Id``, an accepted
+    ``upgrade`` offer (HTTP/1.1 WebSocket) kept."""
     chunked = b"chunked" in _header(headers, b"transfer-encoding").lower()
     out = [(n, v) for n, v in _strip_hop_by_hop(headers)
            if n not in FORWARDING_FIELDS and n != b"expect" and (n != b"via" or forwarding.via is None)]
     out += forwarding.request_headers(headers, client_host)
+    if request_id is not None:
+        out.append((b"x-request-id", request_id.encode()))
     if not _header(headers, b"host"):  # an HTTP/1.0 client may omit Host; HTTP/1.1 upstream requests need one
         out.append((b"host", _host_header(str(upstream_server))))
     if chunked:

@@ -41,7 +41,7 @@ import trio
 from vcproxy import _log
 from vcproxy.config import Config, ListenerConfig
 from vcproxy.metrics import metrics
-from vcproxy.tls import CryptoProvider, HandshakeTimeout, ServerConfig, TLSError, TLSStream
+from vcproxy.tls import CryptoProvider, HandshakeTimeout, ServerConfig, TLSAlertReceived, TLSError, TLSStream
 from ._forwarding import is_trusted
 from ._h2 import H2ProxyConnection
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, Observer, _close
@@ -364,10 +364,17 @@ class ConnectionServer:
             raise
         except TLSError as exc:
             result = "timeout" if isinstance(exc, HandshakeTimeout) else "error"
-            _log.error_log.debug("handshake_failed", listener=rt.name, error=f"{type(exc).__name__}: {exc}")
+            # info, with the client and the alert: what an operator needs to
+            # tell a misconfigured client from a scanner
+            _log.error_log.info("handshake_failed", listener=rt.name, client=conn.client_host,
+                                client_port=conn.client_port, alert=exc.alert.name,
+                                alert_from="client" if isinstance(exc, TLSAlertReceived) else "proxy",
+                                error=f"{type(exc).__name__}: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             result = "error"
-            _log.error_log.debug("handshake_failed", listener=rt.name, error=f"{type(exc).__name__}: {exc}")
+            _log.error_log.info("handshake_failed", listener=rt.name, client=conn.client_host,
+                                client_port=conn.client_port, alert=None,
+                                error=f"{type(exc).__name__}: {exc}")
         if result != "ok":
             lm.handshake_done(result)
             await _close(raw)
@@ -379,5 +386,6 @@ class ConnectionServer:
         group = tls.named_group or ""
         lm.handshake_done("ok", (tls.version or "").removeprefix("TLSv"), tls.cipher_suite or "",
                           "true" if tls.resumed else "false", group)
-        conn.tls["tls_group"] = group
+        conn.tls.update(tls_version=tls.version or "", tls_cipher=tls.cipher_suite or "",
+                        tls_sni=tls.server_name or "", tls_resumed=bool(tls.resumed), tls_group=group)
         return TLSErrorsAsBroken(tls)

@@ -13,6 +13,12 @@ header naming the client it is for (``_proxy_header.encode``), written
 within the connect timeout; such a connection speaks for that one client, so
 it is never put back for reuse by another.
 
+Health: a server is marked unhealthy after ``health_check.unhealthy_after``
+consecutive failures (probes, and connects made for requests) and healthy
+again after ``healthy_after`` successes. Each transition is reported to the
+pool's ``on_health(upstream, server, up, reason)`` (the worker logs it and
+counts it); every worker runs its own checks, so each reports what it saw.
+
 Staleness: a server may close an idle keep-alive connection at any time. Before
 reuse we poll the socket (no wait): readable means EOF or stray bytes, and
 either way the connection is not reusable. That closes the common race
@@ -24,6 +30,7 @@ import itertools
 import select
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h11
@@ -62,6 +69,8 @@ class UpstreamConn:
     h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
     idle_since_s: float = 0.0
     reused: bool = False
+    #: how long the TCP connect (and PROXY header) took; the access log's upstream_connect_s
+    connect_s: float = 0.0
 
 
 @dataclass(eq=False)
@@ -79,10 +88,15 @@ def _socket_is_stale(stream: trio.SocketStream) -> bool:
     return bool(poller.poll(0))
 
 
+#: ``on_health(upstream, server, up, reason)``: a server changed state
+HealthObserver = Callable[[str, str, bool, str], None]
+
+
 class UpstreamPool:
-    def __init__(self, name: str, config: UpstreamConfig) -> None:
+    def __init__(self, name: str, config: UpstreamConfig, on_health: HealthObserver | None = None) -> None:
         self.name = name
         self.config = config
+        self._on_health = on_health
         self._servers = [_ServerState(a) for a in config.servers]
         self._rr = itertools.cycle(range(len(self._servers)))
         self._closed = False
@@ -118,6 +132,7 @@ class UpstreamPool:
         attempts = order[: 1 + self.config.retries]
         last: Exception | None = None
         for state in attempts:
+            started = time.monotonic()
             try:
                 with trio.fail_after(self.config.connect_timeout_s):
                     stream = await trio.open_tcp_stream(state.address.host, state.address.port)
@@ -125,11 +140,11 @@ class UpstreamPool:
                         await self._send_proxy_header(stream, client, local)
             except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 last = exc
-                self._mark(state, ok=False)
+                self._mark(state, ok=False, reason=f"connect failed: {_reason(exc)}")
                 continue
-            self._mark(state, ok=True)
-            return UpstreamConn(state.address, stream)
-        reason = "timed out" if isinstance(last, trio.TooSlowError) else (getattr(last, "strerror", None) or str(last))
+            self._mark(state, ok=True, reason="connect succeeded")
+            return UpstreamConn(state.address, stream, connect_s=time.monotonic() - started)
+        reason = _reason(last)
         raise UpstreamConnectError(self.name, f"connect to {', '.join(str(s.address) for s in attempts)} failed: {reason}")
 
     async def _send_proxy_header(self, stream: trio.SocketStream, client: Address | None,
@@ -162,8 +177,9 @@ class UpstreamPool:
         state.idle.append(conn)
         return True
 
-    def _mark(self, state: _ServerState, ok: bool) -> None:
+    def _mark(self, state: _ServerState, ok: bool, reason: str) -> None:
         hc = self.config.health_check
+        was = state.healthy
         if ok:
             state.failures, state.successes = 0, state.successes + 1
             if not state.healthy and state.successes >= hc.healthy_after:
@@ -172,6 +188,12 @@ class UpstreamPool:
             state.successes, state.failures = 0, state.failures + 1
             if state.failures >= hc.unhealthy_after:
                 state.healthy = False
+        if state.healthy is not was and self._on_health is not None:
+            self._on_health(self.name, str(state.address), state.healthy, reason)
+
+    def servers(self) -> list[tuple[str, bool]]:
+        """Every server (``host:port``) with whether it is healthy now."""
+        return [(str(s.address), s.healthy) for s in self._servers]
 
     def healthy_servers(self) -> list[ServerAddress]:
         return [s.address for s in self._servers if s.healthy]
@@ -183,21 +205,23 @@ class UpstreamPool:
             return
         while not self._closed:
             for state in self._servers:
-                self._mark(state, ok=await self._probe(state.address))
+                failed = await self._probe(state.address)
+                self._mark(state, ok=failed is None, reason=f"probe failed: {failed}" if failed else "probe succeeded")
             await trio.sleep(hc.interval_s)
 
-    async def _probe(self, address: ServerAddress) -> bool:
+    async def _probe(self, address: ServerAddress) -> str | None:
+        """One health probe: None if healthy, else why not."""
         hc = self.config.health_check
         with trio.move_on_after(hc.timeout_s):
             try:
                 stream = await trio.open_tcp_stream(address.host, address.port)
-            except OSError:
-                return False
+            except OSError as exc:
+                return f"connect: {_reason(exc)}"
             try:
                 if self.config.send_proxy_protocol:
                     await stream.send_all(encode_local(self.config.send_proxy_protocol))
                 if hc.path is None:
-                    return True
+                    return None
                 conn = h11.Connection(h11.CLIENT)
                 host = str(address).encode()
                 await stream.send_all(conn.send(h11.Request(
@@ -208,22 +232,28 @@ class UpstreamPool:
                         data = await stream.receive_some(65536)
                         conn.receive_data(data)
                         if not data:
-                            return False
+                            return "closed before a response"
                     elif isinstance(event, h11.Response):
-                        return 200 <= event.status_code < 400
+                        return None if 200 <= event.status_code < 400 else f"GET {hc.path}: {event.status_code}"
                     elif isinstance(event, h11.ConnectionClosed):
-                        return False
-            except (OSError, trio.BrokenResourceError, h11.ProtocolError):
-                return False
+                        return "closed before a response"
+            except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+                return f"{type(exc).__name__}: {exc}"
             finally:
                 await _close_quietly(stream)
-        return False
+        return f"timed out after {hc.timeout_s}s"
 
     async def aclose(self) -> None:
         self._closed = True
         for state in self._servers:
             while state.idle:
                 await _close_quietly(state.idle.pop().stream)
+
+
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 async def _close_quietly(stream: trio.abc.AsyncResource) -> None:

@@ -12,14 +12,14 @@ Signals: SIGTERM/SIGINT drain (stop accepting, close idle keep-alive
 connections, let in-flight requests finish, cancel what is left at
 ``limits.drain_timeout_s``); SIGHUP reloads the config file and
 certificates: new connections get the new runtime, open ones keep the one
-they started with.
+they started with. SIGUSR1 reopens the log files (logrotate; the supervisor
+forwards it).
 """
 from __future__ import annotations
 
 import os
 import resource
 import signal
-import time
 from typing import Any
 
 import trio
@@ -55,20 +55,36 @@ class WorkerObserver:
         self.m = metrics()
         self._requests = _Children(self.m.http_requests_total)
         self._request_seconds = _Children(self.m.http_request_seconds)
+        self._upstream_seconds = _Children(self.m.upstream_response_seconds)
 
     def request_done(self, record: dict[str, Any], seconds: float) -> None:
         listener = record.get("listener", "")
         self._requests(listener, str(record.get("status", 0)), record.get("http_version", "")).inc()
         self._request_seconds(listener).observe(seconds)
+        upstream_s = record.get("upstream_response_s")
+        if upstream_s is not None:
+            self._upstream_seconds(record["upstream"]).observe(upstream_s)
         if _log.access_log.enabled():
-            _log.access_log.write(record | {"ts": round(time.time(), 6)})
+            _log.access_log.write(record | {"ts": _log.iso_ts()})
 
     def tcp_done(self, record: dict[str, Any]) -> None:
         self.m.tcp_sessions_total.labels(record["listener"], record["result"]).inc()
-        _log.access_log.write(record | {"ts": round(time.time(), 6)})
+        _log.access_log.write(record | {"ts": _log.iso_ts()})
 
     def upstream_error(self, upstream: str, kind: str) -> None:
         self.m.upstream_errors_total.labels(upstream, kind).inc()
+
+    def upstream_health(self, upstream: str, server: str, up: bool, reason: str) -> None:
+        """A pool's server changed state (``UpstreamPool``'s ``on_health``)."""
+        self.m.upstream_health_transitions_total.labels(upstream, server, "up" if up else "down").inc()
+        self.m.upstream_up.labels(upstream, server).set(1 if up else 0)
+        _log.error_log.event("info" if up else "warning", "upstream_up" if up else "upstream_down",
+                             upstream=upstream, server=server, reason=reason)
+
+    def upstream_pool(self, pool: UpstreamPool) -> None:
+        """A new pool: its servers' state as it starts (healthy)."""
+        for server, healthy in pool.servers():
+            self.m.upstream_up.labels(pool.name, server).set(1 if healthy else 0)
 
 
 class Worker:
@@ -93,7 +109,11 @@ class Worker:
         pools = {}
         for name, up in config.upstreams.items():
             old = old_pools.get(name)
-            pools[name] = old if old is not None and old.config == up else UpstreamPool(name, up)
+            if old is not None and old.config == up:
+                pools[name] = old
+            else:
+                pools[name] = UpstreamPool(name, up, self.observer.upstream_health)
+                self.observer.upstream_pool(pools[name])
         router = Router(config.routes)
         ticket_keys = read_ticket_keys(self.ticket_keys_file)
         runtimes = []
@@ -101,7 +121,7 @@ class Worker:
             name = config.listener_name(i)
             tls = build_server_config(lis, config, ticket_keys) if lis.tls.enabled else None
             scheme = "https" if tls is not None else "http"
-            forwarding = Forwarding(scheme, lis.trusted_proxies, lis.forwarded, lis.via)
+            forwarding = Forwarding(scheme, lis.trusted_proxies, lis.forwarded, lis.via, lis.echo_request_id)
             http = HttpRuntime(config, name, scheme, router, pools, forwarding) if lis.mode == "http" else None
             tcp_pool = pools[lis.upstream] if lis.mode == "tcp" and lis.upstream else None
             runtimes.append(ListenerRuntime(name, lis.mode, tls, http, tcp_pool, config))
@@ -115,6 +135,7 @@ class Worker:
             return 2
         _log.configure(config.logging.access_log, config.logging.error_log, config.logging.level)
         m = metrics()
+        self.observer = WorkerObserver()
         try:
             ops = _Children(m.crypto_ops_total)
             self.provider = await make_provider(
@@ -126,7 +147,7 @@ class Worker:
             _log.error_log.error("worker_start_failed", worker=self.index, error=str(exc))
             return 2
         self.config = config
-        self.server = ConnectionServer(lambda: self.runtimes, self.provider, WorkerObserver(),
+        self.server = ConnectionServer(lambda: self.runtimes, self.provider, self.observer,
                                        _fit_open_files(config.limits.max_connections, self.index), self.draining)
         sockets = [await open_listener(lis.address, self.ports.get(i, lis.port))
                    for i, lis in enumerate(config.listeners)]
@@ -152,10 +173,12 @@ class Worker:
     # ------------------------------------------------------------ signals
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._reload()
+                elif signum == signal.SIGUSR1:
+                    _log.reopen_logs(worker=self.index)
                 elif not self.draining.is_set():
                     self.service.start_soon(self._drain)
 

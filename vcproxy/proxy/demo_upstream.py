@@ -34,6 +34,8 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
+from vcproxy._log import JsonLog
+
 PIECE_BYTES = 64 * 1024
 
 
@@ -251,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(serve, args.address, args.port)
-                print(json.dumps({"event": "demo_upstream_ready", "address": args.address, "port": port}),
-                      flush=True)
+                # the ready line (tests read the port from it) in the shared log format
+                JsonLog("stdout").info("demo_upstream_ready", address=args.address, port=port)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break

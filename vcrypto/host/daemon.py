@@ -1,18 +1,20 @@
 """``vcrypto-host``: the host daemon (``python -m vcrypto.host``).
 
-    vcrypto-host --socket PATH [--config FILE] [--metrics HOST:PORT] [--log-level LEVEL]
+    vcrypto-host --socket PATH [--config FILE] [--metrics HOST:PORT] [--log TARGET] [--log-level LEVEL]
 
 Listens on a unix socket; every accepted connection is one virtual crypto
 device (one attached driver: an engine-backend, or QEMU). All devices share
 one scheduler / resource pool. The socket file gets the config's
 ``socket_mode`` / ``socket_group`` (default 0660, the daemon's group) before
 it listens. Ready when the socket accepts (and, with ``--metrics``, after
-logging ``metrics listening on HOST:PORT`` with the bound port; port 0 picks
+logging the ``metrics_listening`` event with the bound ``port``; port 0 picks
 a free one); under systemd ``Type=notify`` it then sends ``READY=1``
 (``vcrypto.sdnotify``). The metrics address is bound first: if it cannot be,
-the daemon prints one line and exits with status 78
+the daemon logs one ``start_failed`` line and exits with status 78
 (``vcrypto.metrics_endpoint``: not restartable). SIGTERM/SIGINT:
 ``STOPPING=1``, stop accepting, close every device, release the pool, exit 0.
+Logs are ``vcrypto._log`` JSON lines on ``--log`` (stderr, stdout or a file);
+SIGUSR1 reopens a log file.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import sys
 import trio
 
 from vcrypto import sdnotify
+from vcrypto._log import JsonLog, configure_daemon, event, reopen_logged
 from vcrypto._unixsock import SocketAccessError, bind_unix_listener
 from vcrypto.host.config import HostConfigError, HostConfig, load_config
 from vcrypto.host.device import VirtioCryptoDevice
@@ -52,26 +55,26 @@ class Host:
     async def serve_connection(self, sock) -> None:
         with sock:
             if len(self.devices) >= self.config.limits.max_devices:
-                log.warning("refusing a device: %d attached (max_devices)", len(self.devices))
+                event(log, "warning", "device_refused", reason="max_devices", attached=len(self.devices))
                 return
             device = VirtioCryptoDevice(next(self._ids), self.config, self.scheduler, self.keys)
             self.devices[device.id] = device
-            log.info("device %d attached", device.id)
+            event(log, "info", "device_attached", device=device.id)
             try:
                 await device.serve(sock)
             except Exception:
                 # Whatever went wrong belongs to this device alone.
-                log.exception("device %d failed", device.id)
+                event(log, "error", "device_failed", exc_info=True, device=device.id)
             finally:
                 del self.devices[device.id]
                 self.closed_stats.add(device.stats)
-                log.info("device %d detached", device.id)
+                event(log, "info", "device_detached", device=device.id)
 
     async def serve(self, socket_path: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         # a stale socket left by a killed host is replaced; a live host's is never stolen
         access = self.config.socket
         listener = trio.socket.from_stdlib_socket(bind_unix_listener(socket_path, access=access))
-        log.info("listening on %s (%s)", socket_path, access.describe())
+        event(log, "info", "listening", socket=socket_path, access=access.describe())
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
@@ -80,7 +83,7 @@ class Host:
                         conn, _ = await listener.accept()
                     except OSError as exc:
                         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                            log.warning("accept: %s; backing off", exc)
+                            event(log, "warning", "accept_failed", error=str(exc), backoff_s=0.1)
                             await trio.sleep(0.1)
                             continue
                         raise
@@ -100,12 +103,11 @@ def _start_metrics(spec: str):
 
     registry = CollectorRegistry()
     addr, bound = start_metrics_endpoint(spec, registry)
-    log.info("metrics listening on %s:%d", addr, bound)
-    print(f"metrics listening on {addr}:{bound}", file=sys.stderr, flush=True)
+    event(log, "info", "metrics_listening", address=addr, port=bound)
     return registry
 
 
-async def run(config: HostConfig, socket_path: str, metrics_registry=None) -> None:
+async def run(config: HostConfig, socket_path: str, metrics_registry, out: JsonLog) -> None:
     keys = KeyStore.load_dir(config.keys_dir)
     async with open_scheduler(config.pool) as scheduler:
         host = Host(config, scheduler, keys)
@@ -115,11 +117,14 @@ async def run(config: HostConfig, socket_path: str, metrics_registry=None) -> No
             metrics_registry.register(HostCollector(host))
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve, socket_path)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
                 # READY only once a SIGTERM (systemctl stop) right after it is caught
                 sdnotify.notify_or_warn("READY=1", f"STATUS=serving on {socket_path}", warn=log.warning)
                 async for signum in signals:
-                    log.info("signal %d: shutting down", signum)
+                    if signum == signal.SIGUSR1:
+                        reopen_logged([out])
+                        continue
+                    event(log, "info", "stopping", signal=signal.Signals(signum).name)
                     sdnotify.notify_or_warn("STOPPING=1", warn=log.warning)
                     nursery.cancel_scope.cancel()
                     break
@@ -134,22 +139,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--metrics", help="HOST:PORT for the prometheus endpoint (port 0 = any)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log", default="stderr", help="JSON log: stderr, stdout or a file path")
+    parser.add_argument("--log-level", default="info", type=str.lower,
+                        choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        out = configure_daemon(args.log, args.log_level)
+    except OSError as exc:
+        print(f"vcrypto-host: --log {args.log}: {exc}", file=sys.stderr)
+        return 2
+
+    def start_failed(message: str) -> int:
+        out.error("start_failed", error=message)
+        return 2
+
     try:
         config = load_config(args.config)
     except HostConfigError as exc:
         where = f"{args.config}: " if args.config and not str(exc).startswith(args.config) else ""
-        print(f"vcrypto-host: config error: {where}{exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-host: config error: {where}{exc}")
     registry = None
     if args.metrics:
         try:
             registry = _start_metrics(args.metrics)
         except MetricsEndpointError as exc:  # a restart cannot fix it: say so once, no traceback
-            print(f"vcrypto-host: {exc}", file=sys.stderr, flush=True)
+            out.error("start_failed", error=f"vcrypto-host: {exc}")
             return EXIT_METRICS_UNAVAILABLE
     try:
         # fail fast, before resources start, if another host serves the path
@@ -157,19 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         bind_unix_listener(args.socket, access=config.socket).close()
     except SocketAccessError as exc:
         where = f"{args.config}: " if args.config else ""
-        print(f"vcrypto-host: config error: {where}{exc.field}: {exc.message}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-host: config error: {where}{exc.field}: {exc.message}")
     except OSError as exc:   # SocketInUse, or a path we may not use
-        print(f"vcrypto-host: cannot listen on {args.socket}: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-host: cannot listen on {args.socket}: {exc}")
     try:
-        trio.run(run, config, args.socket, registry)
+        trio.run(run, config, args.socket, registry, out)
     except KeyStoreError as exc:
-        print(f"vcrypto-host: keys: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-host: keys: {exc}")
     except ValueError as exc:   # the pool's config errors (PoolConfigError) name their path
-        print(f"vcrypto-host: config error: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-host: config error: {exc}")
     except KeyboardInterrupt:
         pass
     return 0

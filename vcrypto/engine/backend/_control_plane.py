@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import os
 import selectors
+import logging
 import socket
-import sys
 from typing import Protocol
 
+from vcrypto._log import event
 from vcrypto.shm.region import Region, RegionError
 
 from ..contract import FrontendRegion, Geometry, LayoutError, SessionMeta, control
 from ._metrics import BackendStats
 from ._sessions import Session, BackendSessionTable
+
+log = logging.getLogger("vcrypto.engine.backend")
 
 
 class FrontendConn:
@@ -108,7 +111,7 @@ class ControlPlane:
         if not data:
             for fd in fds:
                 os.close(fd)
-            print(f"engine-backend: frontend {fe.fid} (pid {fe.pid}) closed", file=sys.stderr)
+            event(log, "info", "frontend_closed", frontend=fe.fid, frontend_pid=fe.pid)
             self.drop(fe)
             return
         try:
@@ -120,8 +123,8 @@ class ControlPlane:
                 fds = []
         except (control.ControlProtocolError, LayoutError, KeyError, ValueError, TypeError,
                 RegionError, OSError) as exc:
-            print(f"engine-backend: frontend {fe.fid}: bad control message: {exc!r}",
-                  file=sys.stderr)
+            event(log, "warning", "frontend_dropped", frontend=fe.fid, frontend_pid=fe.pid,
+                  reason=f"bad control message: {exc!r}")
             self.drop(fe)
         finally:
             for fd in fds:
@@ -138,7 +141,8 @@ class ControlPlane:
                 data = data[1:]
             fe.sock.sendall(data)
         except OSError as exc:
-            print(f"engine-backend: frontend {fe.fid}: send failed: {exc!r}", file=sys.stderr)
+            event(log, "warning", "frontend_dropped", frontend=fe.fid, frontend_pid=fe.pid,
+                  reason=f"send failed: {exc!r}")
             self.drop(fe)
         finally:
             if fe.alive:

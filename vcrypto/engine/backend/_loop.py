@@ -84,10 +84,11 @@ import dataclasses
 import os
 import selectors
 import socket
-import sys
+import logging
 import time
 from collections.abc import Callable
 
+from vcrypto._log import event
 from vcrypto._unixsock import SocketAccess, bind_unix_listener
 from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
@@ -99,6 +100,8 @@ from ._device import (CryptoDevice, CryptoDeviceError, CryptoDeviceStalled, Devi
                       SessionRejected)
 from ._metrics import BackendStats
 from ._sessions import BackendSessionTable, Session
+
+log = logging.getLogger("vcrypto.engine.backend")
 
 
 @dataclasses.dataclass
@@ -283,12 +286,11 @@ class Backend:
             self._next_retry = now + max(self.cfg.host_retry_s, 2 * (now - t0))
             if not self._unavailable_logged:  # once per outage, not per retry
                 self._unavailable_logged = True
-                print(f"engine-backend: device unavailable (retrying every "
-                      f"{self.cfg.host_retry_s}s): {exc}", file=sys.stderr, flush=True)
+                event(log, "warning", "device_unavailable", retry_every_s=self.cfg.host_retry_s, error=str(exc))
             return
         self._unavailable_logged = False
         self.host_hung = False
-        print("engine-backend: device attached", file=sys.stderr, flush=True)
+        event(log, "info", "device_attached")
         self.device = dev
         self._epoch += 1
         self.stats.device_attaches += 1
@@ -299,7 +301,7 @@ class Backend:
         self.shared.set_device(True)
 
     def _device_failed(self, exc: BaseException) -> None:
-        print(f"engine-backend: device lost: {exc}", file=sys.stderr, flush=True)
+        event(log, "error", "device_lost", error=str(exc))
         self.stats.device_down_events += 1
         self.host_hung = isinstance(exc, CryptoDeviceStalled)
         if self.host_hung:
@@ -321,7 +323,7 @@ class Backend:
             try:
                 dev.close()
             except Exception as close_exc:  # noqa: BLE001 - best effort on a dead device
-                print(f"engine-backend: closing device: {close_exc!r}", file=sys.stderr)
+                event(log, "warning", "device_close_failed", error=repr(close_exc))
         self.sessions.forget_device()
         # Every request taken from a ring is in _tokens (batched or at the
         # device): all of them go back to their frontends for in-process redo.
@@ -366,8 +368,8 @@ class Backend:
         exposed, self._exposed = self._exposed, set()
         for fe in exposed:
             if fe.alive:
-                print(f"engine-backend: frontend {fe.fid} (pid {fe.pid}) dropped: the lost device "
-                      f"may still write its region", file=sys.stderr, flush=True)
+                event(log, "warning", "frontend_dropped", frontend=fe.fid, frontend_pid=fe.pid,
+                      reason="the lost device may still write its region")
                 self.control.drop(fe)
 
     def _device_sid(self, sess: Session) -> int:
@@ -481,7 +483,7 @@ class Backend:
         try:
             idxs = fe.region.ring.pop_many(self.cfg.ring_quota)
         except LayoutError as exc:  # corrupt ring counters: that frontend is broken
-            print(f"engine-backend: frontend {fe.fid}: {exc}", file=sys.stderr)
+            event(log, "warning", "frontend_dropped", frontend=fe.fid, frontend_pid=fe.pid, reason=str(exc))
             self.control.drop(fe)
             return 0
         for i in idxs:

@@ -5,6 +5,11 @@ tenant on a unix socket and drives one ``vcrypto-host`` device through
 ``vcrypto.driver`` (or, with ``--no-host``, computes in its own process).
 How the loop works is in ``_loop`` (theory of operation); the shared-memory
 layouts are in ``vcrypto.engine.contract``.
+
+Logs are ``vcrypto._log`` JSON lines on ``--log`` (stderr, stdout or a file):
+``listening`` once frontends may attach, ``metrics_listening`` with the bound
+port. SIGUSR1 reopens a log file (logrotate); SIGUSR2 dumps every thread's
+stack (``faulthandler``) to stderr.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import sys
 from collections.abc import Callable
 
 from vcrypto import sdnotify
+from vcrypto._log import configure_daemon, reopen_logged
 from vcrypto._unixsock import DEFAULT_SOCKET_MODE, SocketAccess, SocketAccessError
 from vcrypto.driver import check_queue_size
 from vcrypto.metrics_endpoint import EXIT_METRICS_UNAVAILABLE, MetricsEndpointError, start_metrics_endpoint
@@ -54,24 +60,34 @@ def _parse(argv):
     p.add_argument("--stall-timeout-s", type=float, default=BackendConfig.stall_timeout_s,
                    help="a request outstanding at the host longer than this means the host is "
                         "hung: it is failed like a dead one (reconnect with backoff)")
+    p.add_argument("--log", default="stderr", help="JSON log: stderr, stdout or a file path")
+    p.add_argument("--log-level", default="info", type=str.lower,
+                   choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
+        out = configure_daemon(args.log, args.log_level)
+    except OSError as exc:
+        print(f"vcrypto-engine-backend: --log {args.log}: {exc}", file=sys.stderr)
+        return 2
+
+    def start_failed(message: str) -> int:
+        out.error("start_failed", error=message)
+        return 2
+
+    try:
         check_queue_size(args.queue_size)
     except ValueError as exc:
-        print(f"vcrypto-engine-backend: --queue-size: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-engine-backend: --queue-size: {exc}")
     if not args.stall_timeout_s > 0:
-        print("vcrypto-engine-backend: --stall-timeout-s must be > 0", file=sys.stderr)
-        return 2
+        return start_failed("vcrypto-engine-backend: --stall-timeout-s must be > 0")
     try:
         access = SocketAccess.parse(args.socket_mode, args.socket_group)
     except SocketAccessError as exc:
-        print(f"vcrypto-engine-backend: --{exc.field.replace('_', '-')}: {exc.message}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-engine-backend: --{exc.field.replace('_', '-')}: {exc.message}")
     cfg = BackendConfig(socket_path=args.socket, host_socket=args.host_socket, socket_access=access,
                         batch_max=args.batch_max, batch_deadline_us=args.batch_deadline_us,
                         stall_timeout_s=args.stall_timeout_s,
@@ -89,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             mhost, mport = start_metrics_endpoint(args.metrics, registry)
         except MetricsEndpointError as exc:
-            print(f"vcrypto-engine-backend: {exc}", file=sys.stderr, flush=True)
+            out.error("start_failed", error=f"vcrypto-engine-backend: {exc}")
             return EXIT_METRICS_UNAVAILABLE
-        print(f"metrics on {mhost}:{mport}", file=sys.stderr, flush=True)
+        out.info("metrics_listening", address=mhost, port=mport)
     if args.no_host:
         factory: Callable[[], CryptoDevice] = LocalDevice
     else:
@@ -106,19 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend = Backend(cfg, factory)
     except SocketAccessError as exc:
-        print(f"vcrypto-engine-backend: --{exc.field.replace('_', '-')}: {exc.message}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-engine-backend: --{exc.field.replace('_', '-')}: {exc.message}")
     except OSError as exc:
-        print(f"vcrypto-engine-backend: cannot listen on {args.socket}: {exc}", file=sys.stderr)
-        return 2
+        return start_failed(f"vcrypto-engine-backend: cannot listen on {args.socket}: {exc}")
     if registry is not None:
         from ._metrics import BackendCollector
 
         registry.register(BackendCollector(backend.stats, backend.gauges))
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
+    faulthandler.register(signal.SIGUSR2)  # `kill -USR2 PID` dumps every thread's stack
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: backend.stop())
-    print(f"vcrypto-engine-backend ready on {args.socket}", flush=True)
+    # JsonLog.reopen is safe in a signal handler (dup2 onto the same fd)
+    signal.signal(signal.SIGUSR1, lambda *_: reopen_logged([out]))
+    out.info("listening", socket=args.socket)
     sdnotify.notify_or_warn("READY=1", f"STATUS=serving frontends on {args.socket}")
     try:
         backend.run()
@@ -126,4 +142,5 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         backend.close()
     return 0
+
 

@@ -53,6 +53,7 @@ from ._core import (
     NO_CAPABLE, FailoverSpec, Outcome, PolicyKind, PoolStats, ResourceSpec,
     Run, SchedulerCore, SizeRoutingSpec, Wait,
 )
+from vcrypto._log import event
 from vcrypto.host.resources._base import CryptoJob, CryptoOpError, Resource, ResourceFault
 
 __all__ = ["Scheduler", "RetryPolicy", "NoCapableResource", "JobFailed", "Pending"]
@@ -207,7 +208,7 @@ class Scheduler:
         except ResourceFault as exc:
             fault = f"{name}: {exc}"
         except Exception as exc:
-            log.exception("resource %s raised an unexpected error", name)
+            event(log, "error", "resource_crashed", exc_info=True, resource=name)
             fault = f"{name}: unexpected {exc!r}"
         else:
             core.finished(name, job.op, Outcome.OK, exec_s=time.perf_counter() - t0)
@@ -216,7 +217,7 @@ class Scheduler:
             return result
         if core.finished(name, job.op, Outcome.FAULT, exec_s=time.perf_counter() - t0,
                          will_retry=will_retry):
-            log.warning("resource marked unhealthy after %s: %s", Outcome.FAULT.value, fault)
+            event(log, "warning", "resource_unhealthy", resource=name, outcome=Outcome.FAULT.value, fault=fault)
         self._notify()
         if not will_retry:
             core.job_failed()
@@ -269,14 +270,14 @@ class Scheduler:
             except Exception as exc:
                 # A bug in a resource is that resource's fault: isolate it
                 # (retry elsewhere, mark it unhealthy), never fail the host.
-                log.exception("resource %s raised an unexpected error", run.resource)
+                event(log, "error", "resource_crashed", exc_info=True, resource=run.resource)
                 outcome = Outcome.FAULT
                 last_fault = f"{run.resource}: unexpected {exc!r}"
             finally:
                 if core.finished(run.resource, job.op, outcome,
                                  exec_s=trio.current_time() - t0, will_retry=will_retry):
-                    log.warning("resource marked unhealthy after %s: %s", outcome.value,
-                                last_fault)
+                    event(log, "warning", "resource_unhealthy", resource=run.resource, outcome=outcome.value,
+                          fault=last_fault)
                 self._notify()
             tried.append(run.resource)
         core.job_failed()
@@ -390,13 +391,13 @@ class Scheduler:
                 except Exception:
                     # A bug in one resource's probe must not stop the probing
                     # of the others (or take the pool down): it stays out.
-                    log.exception("probe of resource %s crashed", name)
+                    event(log, "error", "resource_probe_crashed", exc_info=True, resource=name)
                     ok = False
         finally:
             self._probing.discard(name)
         if ok and not self.core.is_healthy(name):
             self.core.readmit(name)
-            log.info("resource %s re-admitted by probe", name)
+            event(log, "info", "resource_readmitted", resource=name, by="probe")
             self._notify()
         return ok
 
