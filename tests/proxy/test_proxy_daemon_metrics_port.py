@@ -36,6 +36,12 @@ def _output(proxy: Proxy) -> str:
     return (proxy.tmp / "stdout.log").read_text()
 
 
+def _daemon_failures(proxy: Proxy, name: str) -> list[str]:
+    """The daemon's own start_failed lines (it logs JSON to the supervisor's error log)."""
+    return [str(e["error"]) for e in proxy.events()
+            if e.get("event") == "start_failed" and str(e.get("error", "")).startswith(f"{name}:")]
+
+
 @pytest.mark.parametrize("name, key", DAEMONS)
 def test_a_taken_daemon_metrics_port_fails_the_start_in_one_line(tmp_path, upstream, certs, name, key):
     with _occupied() as busy:
@@ -51,9 +57,10 @@ def test_a_taken_daemon_metrics_port_fails_the_start_in_one_line(tmp_path, upstr
     assert status == EXIT_METRICS_UNAVAILABLE, f"vcproxy still running (restart loop?): {[e['event'] for e in events]}"
     out = _output(proxy)
     assert "Traceback" not in out, out
-    mine = [line for line in out.splitlines() if line.startswith(f"{name}:")]
+    mine = _daemon_failures(proxy, name)
     assert len(mine) == 1 and f"127.0.0.1:{port}" in mine[0] and "Address already in use" in mine[0], out
-    (failed,) = [e for e in events if e["event"] == "start_failed"]
+    (failed,) = [e for e in events if e["event"] == "start_failed"
+                 and not str(e.get("error", "")).startswith(f"{name}:")]  # the supervisor's, not the daemon's
     assert f"127.0.0.1:{port} (vcrypto.{key})" in failed["error"], failed
     assert not [e for e in events if e["event"] in ("ready", "daemon_died", "daemon_restarted")], events
 
@@ -93,4 +100,4 @@ def test_a_daemon_whose_metrics_port_is_taken_meanwhile_is_not_restarted(tmp_pat
             conn.close()
     out = _output(proxy)
     assert "Traceback" not in out, out
-    assert len([line for line in out.splitlines() if line.startswith("vcrypto-engine-backend:")]) == 1, out
+    assert len(_daemon_failures(proxy, "vcrypto-engine-backend")) == 1, out

@@ -1,9 +1,10 @@
 """Each vcrypto daemon run on its own (as systemd runs it) with ``--metrics``
-on a port another process holds: one stderr line naming the address, exit
+on a port another process holds: one JSON start_failed line naming the address, exit
 status 78 (not restartable), no traceback, and no unix socket left behind
 for a supervisor to mistake for readiness."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -27,7 +28,9 @@ def test_a_daemon_with_its_metrics_port_taken_exits_78_in_one_line(tmp_path, pro
         result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == EXIT_METRICS_UNAVAILABLE == 78, result.stderr
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith(f"{prog}:")]
-    assert lines == [f"{prog}: --metrics 127.0.0.1:{port}: cannot bind 127.0.0.1:{port}: Address already in use"], \
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # one JSON log format
+    assert [(r["level"], r["event"], r["error"]) for r in records] == [
+        ("error", "start_failed",
+         f"{prog}: --metrics 127.0.0.1:{port}: cannot bind 127.0.0.1:{port}: Address already in use")], \
         result.stderr
     assert not (tmp_path / "d.sock").exists()
