@@ -11,6 +11,8 @@ load after warm-up:
   from ``vcrypto_engine_family_batch_fill``;
 - notifications per request: frontend doorbells + backend calls to frontends
   + backend kicks to the host + host calls to the backend, per request;
+- sessions created and closed at the host during the load (per-connection
+  traffic keys cost two each in session mode, none stateless);
 - shared session-cache hits / lookups (reusable sessions only);
 - requests completed per host resource (which implementations ran);
 - fallbacks to in-process crypto;
@@ -170,6 +172,9 @@ def main(argv=None) -> int:
             "backend kicks to the host": d(backend_url, "vcrypto_engine_host_kicks"),
             "host calls to the backend": d(backend_url, "vcrypto_engine_host_calls"),
         }
+        # sessions the backend created and closed at the host (each a blocking
+        # control round trip both ways): per-connection traffic keys, if any
+        sessions_closed = d(backend_url, "vcrypto_engine_sessions_destroyed_total")
         hits = d(backend_url, "vcrypto_engine_cache_hits_total")
         misses = d(backend_url, "vcrypto_engine_cache_misses_total")
         res_after = by_label(after[host_url], "vcrypto_host_pool_resource_completed", "kind")
@@ -199,6 +204,8 @@ def main(argv=None) -> int:
         print(f"| mean batch fill, {f} ops | {n / b if b else 0:.2f} ({n:.0f} requests / {b:.0f} batches) |")
     print(f"| notifications per request | {sum(notes.values()) / requests if requests else 0:.3f} "
           f"({', '.join(f'{k} {v:.0f}' for k, v in notes.items())}) |")
+    print(f"| engine sessions created and closed at the host | {sessions_closed:.0f} "
+          f"({sessions_closed / ok if ok else 0:.2f} per connection) |")
     print(f"| shared-cache hits / lookups | {hits / (hits + misses) if hits + misses else 0:.3f} "
           f"({hits:.0f} / {hits + misses:.0f}) |")
     done_by = {r: res_after.get(r, 0) - res_before.get(r, 0) for r in res_after}

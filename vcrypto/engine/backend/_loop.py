@@ -38,6 +38,13 @@ The store->load handshakes (frontend: push, fence, read ``backend_sleeping``;
 backend: set ``backend_sleeping``, fence, re-check rings) use
 ``vcrypto.shm.ring.full_fence`` so no wake-up is lost.
 
+Stateless AEAD: a slot with a ``key_len`` carries a connection's traffic
+key (the frontend's own region); it names no session, takes no reference and
+goes to the device as a virtio-crypto stateless request, when the device
+negotiated it (``stateless_aead`` in the shared region tells frontends;
+``--aead-sessions`` turns it off). So a connection costs no control message
+and no session create/close round trip on this loop.
+
 Sessions: the backend owns the session table. ``open`` creates (or finds) a
 session by canonical metadata, inserts it in the shared cache, refcount +1
 for the frontend; ``acquire`` (+1) follows a frontend's cache hit;
@@ -92,8 +99,11 @@ from vcrypto._unixsock import bind_unix_listener
 from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 
+from vcrypto.ops import AEAD_KEY_BYTES
+
 from ..contract import (BackendRegion, BadSlotError, CacheGeometry, Geometry, LayoutError,
                         SessionMeta, SlotStatus)
+from ..contract._session_cache import AEAD_OPS
 from ._control_plane import ControlPlane, FrontendConn
 from ._device import (CryptoDevice, CryptoDeviceError, CryptoDeviceStalled, DeviceRequest,
                       SessionRejected)
@@ -122,6 +132,9 @@ class BackendConfig:
     stall_timeout_s: float = 3.0
     backstop_s: float = 0.05
     control_send_timeout_s: float = 1.0
+    # Traffic keys travel in their slots as stateless AEAD requests when the
+    # device takes them; False: as host sessions (the path for hosts without it).
+    stateless_aead: bool = True
 
 
 class Backend:
@@ -167,6 +180,7 @@ class Backend:
         self._last_arrival = 0.0
         self._gap_s: float | None = None
         self._unavailable_logged = False
+        self._stateless = False     # this device attach takes stateless AEAD requests
         self._running = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -295,7 +309,8 @@ class Backend:
             self._sel.register(dev.call_fd, selectors.EVENT_READ, ("call", None))
         if dev.watch_fd is not None:
             self._sel.register(dev.watch_fd, selectors.EVENT_READ, ("devwatch", None))
-        self.shared.set_device(True)
+        self._stateless = self.cfg.stateless_aead and dev.stateless_aead
+        self.shared.set_device(True, stateless_aead=self._stateless)
 
     def _device_failed(self, exc: BaseException) -> None:
         print(f"engine-backend: device lost: {exc}", file=sys.stderr, flush=True)
@@ -492,18 +507,28 @@ class Backend:
             self.stats.bad_requests += 1
             self._finish_bad(fe, i, exc.opdone, SlotStatus.BAD_REQUEST)
             return
-        sess = self.sessions.get(req.session_id)
-        # Only a session this frontend holds a reference on (opened or
-        # acquired): session ids are small integers, and another worker's
-        # session may hold a connection's traffic key or a keyless signing key.
-        if (sess is None or sess.meta.op is not req.op or sess.meta.alg is not req.alg
-                or not fe.refs.get(sess.sid)):
-            self.stats.bad_requests += 1
-            self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
-            return
+        if req.key_len:
+            # Stateless AEAD: the traffic key is in the slot (this frontend's
+            # own region); no session, no refcount, no control message.
+            if req.op not in AEAD_OPS or AEAD_KEY_BYTES[req.alg] != req.key_len:
+                self.stats.bad_requests += 1
+                self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
+                return
+            sess = None
+            self.stats.stateless_requests += 1
+        else:
+            sess = self.sessions.get(req.session_id)
+            # Only a session this frontend holds a reference on (opened or
+            # acquired): session ids are small integers, and another worker's
+            # session may hold a connection's traffic key or a keyless signing key.
+            if (sess is None or sess.meta.op is not req.op or sess.meta.alg is not req.alg
+                    or not fe.refs.get(sess.sid)):
+                self.stats.bad_requests += 1
+                self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
+                return
+            self.sessions.ref(None, sess)
         token = self._next_token
         self._next_token += 1
-        self.sessions.ref(None, sess)
         fe.inflight += 1
         self.stats.inflight_by_op[req.op] += 1
         self._tokens[token] = (fe, req, sess, now_ns, -1)
@@ -512,14 +537,20 @@ class Backend:
             self.stats.device_errors += 1
             self._complete([(token, SlotStatus.DEVICE_LOST, 0)])
             return
-        try:
-            dsid = self._device_sid(sess)
-        except SessionRejected:
-            self._complete([(token, SlotStatus.INVALID, 0)])
-            return
-        except CryptoDeviceError as exc:
-            self._device_failed(exc)
-            return
+        if sess is None:
+            if not self._stateless:   # (frontends read it in the shared region)
+                self._complete([(token, SlotStatus.NOT_SUPPORTED, 0)])
+                return
+            dsid = 0
+        else:
+            try:
+                dsid = self._device_sid(sess)
+            except SessionRejected:
+                self._complete([(token, SlotStatus.INVALID, 0)])
+                return
+            except CryptoDeviceError as exc:
+                self._device_failed(exc)
+                return
         self._tokens[token] = (fe, req, sess, now_ns, dsid)
         if not self._batch:
             self._batch_deadline = time.monotonic() + self.cfg.batch_deadline_us / 1e6
@@ -594,7 +625,8 @@ class Backend:
                     self._to_wake.add(fe)
             elif fe.inflight == 0:
                 self.control.free_region(fe)
-            self.unref(sess)
+            if sess is not None:
+                self.unref(sess)
 
     def _session_lost(self, token: int) -> SlotStatus | None:
         """The device no longer knows the session a request went with (host
@@ -606,7 +638,7 @@ class Backend:
         if entry is None:
             return SlotStatus.DEVICE_ERROR
         fe, req, sess, t_ns, dsid = entry
-        if token in self._redone or not fe.alive or self.device is None:
+        if sess is None or token in self._redone or not fe.alive or self.device is None:
             self.stats.device_errors += 1
             return SlotStatus.DEVICE_ERROR
         if sess.device_sid == dsid and sess.epoch == self._epoch:

@@ -27,6 +27,7 @@ class BackendStats:
     requests: int = 0
     completed: int = 0
     bad_requests: int = 0
+    stateless_requests: int = 0     # AEAD requests that carried their key (no session)
     device_errors: int = 0          # requests failed back to frontends (fallback)
     sessions_lost: int = 0          # device sessions recreated after the device lost them
     session_lost_redos: int = 0     # requests redone on a recreated session

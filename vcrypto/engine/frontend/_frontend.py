@@ -27,8 +27,13 @@ the opdones tasks wait on, and blocks only if none completed (the backend
 writes the eventfd only when that flag is set). A completed opdone wakes
 exactly the task that owns it.
 
-Sessions: a local handle table (canonical metadata -> handle, local
-refcount) first; on a miss the shared session cache (MD5 -> sid, confirmed
+Sessions: a connection's AEAD traffic key (not ``shareable``) needs none
+while the backend's device takes stateless AEAD (``stateless_aead`` in the
+shared region): the key is written into each request's slot (this worker's
+own region) and travels to the host with the request (virtio-crypto
+stateless mode), so a connection costs no control message and no shared
+cache entry. Every other session: a local handle table (canonical metadata
+-> handle, local refcount) first; on a miss the shared session cache (MD5 -> sid, confirmed
 byte for byte) and an ``acquire`` to the backend; else ``open`` (the backend
 creates the session at the host). The backend reference is dropped after
 the last local user has been gone ``linger_s`` (so back-to-back connections
@@ -474,17 +479,23 @@ class Frontend:
         in-process when the engine cannot take them (counted).
         """
         att = await self._current()
+        key = b""
         if att is not None and att.shared.device_up and h.rejected_gen != att.gen:
-            try:
-                await self.sessions.sid(att, h)
-            except Detached:
-                att = None
-            except EngineUnavailable:
-                # The device refused the session (a capability it lacks, a
-                # key it rejects): this session runs in-process (per-op
-                # fallback) until the next attach, without asking again.
-                h.rejected_gen = att.gen
-                att = None
+            if not h.meta.shareable and att.shared.stateless_aead:
+                # A traffic key travels in its slots (stateless AEAD): no
+                # session, no control round trip, nothing in the shared cache.
+                key = h.meta.key
+            else:
+                try:
+                    await self.sessions.sid(att, h)
+                except Detached:
+                    att = None
+                except EngineUnavailable:
+                    # The device refused the session (a capability it lacks, a
+                    # key it rejects): this session runs in-process (per-op
+                    # fallback) until the next attach, without asking again.
+                    h.rejected_gen = att.gen
+                    att = None
         else:
             att = None
         if att is None or not att.alive:
@@ -538,7 +549,7 @@ class Frontend:
                     for k in group:
                         results[k] = self._inline(h, items[k])
                     continue
-                pending.append(self._submit(att, h, items, group))
+                pending.append(self._submit(att, h, items, group, key))
             while pending:
                 await collect_oldest()
         finally:
@@ -554,19 +565,21 @@ class Frontend:
             att.maybe_unmap()
         return results  # type: ignore[return-value]
 
-    def _submit(self, att: Attachment, h: EngineSession, items, group):
+    def _submit(self, att: Attachment, h: EngineSession, items, group, key: bytes = b""):
         """Write one group (<= 16 requests, one opdone) and publish it. No
-        await inside: the ring has a single producer."""
+        await inside: the ring has a single producer. ``key``: stateless
+        AEAD, the key goes into each slot and no session id."""
         region = att.region
         j = att.free_opdones.pop()
         slots = [att.free_slots.pop() for _ in group]
         now_ns = time.monotonic_ns()
-        meta, sid = h.meta, h.sid
+        meta, sid = h.meta, (0 if key else h.sid)
         region.opdones.reset(j, len(group))
         for k, slot in zip(group, slots):
             src, iv, aad = items[k]
             region.write_request(slot, meta.op, meta.alg, j, sid, src,
-                                 max_dst_bytes(meta.op, meta.alg, len(src)), iv, aad, now_ns)
+                                 max_dst_bytes(meta.op, meta.alg, len(src)), iv, aad, now_ns,
+                                 key)
         ev = trio.Event()
         att.waiting[j] = ev
         att.sent_at[j] = now_ns
