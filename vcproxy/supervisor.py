@@ -105,6 +105,7 @@ def daemon_plan(cfg: Config, host_socket: str, backend_socket: str, host_config_
                     "--socket", backend_socket,
                     "--stall-timeout-s", str(cfg.crypto.stall_timeout_s),
                     "--poll-budget-us", str(vc.backend_poll.budget_us),
+                    "--inflight-hold-us", str(vc.backend_poll.inflight_hold_us),
                     "--batch-deadline-us", str(vc.batch_deadline_us)]
     if vc.backend_metrics:
         backend_argv += ["--metrics", str(vc.backend_metrics)]

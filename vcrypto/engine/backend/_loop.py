@@ -26,7 +26,14 @@ One single-threaded poll loop does all the work:
 3. drain completions, write slot status, bump opdone counters, refcount -1;
    a frontend whose opdone completed gets one eventfd write per pass, and
    only if its ``frontend_waiting`` flag says its waiter is blocked;
-4. when a pass finds nothing: poll again only while requests are in flight
+4. when a pass finds nothing while requests are in flight at the device,
+   sleep on the device's completion call for at most ``inflight_hold_us``
+   *without* setting ``backend_sleeping``: frontends submitting meanwhile
+   ring no doorbell, and what they pushed is taken at that wake, together
+   (at saturation the device is never idle, so arrivals meet in batches
+   and doorbells vanish; idle or a lone request: nothing is in flight and
+   the doorbell path below wakes the loop at once);
+5. when a pass finds nothing: poll again only while requests are in flight
    above ``poll_inflight_threshold`` and within ``poll_budget_us`` of the last
    work (0 on machines with <= 2 cores: notes/ipc-costs.md measured
    busy-polling as catastrophic there); otherwise set ``backend_sleeping``,
@@ -119,6 +126,11 @@ class BackendConfig:
     cache: CacheGeometry = CacheGeometry()
     batch_max: int = 32
     batch_deadline_us: float = 0.0   # max hold of a partial batch (adaptive below it)
+    # While requests are in flight at the device, sleep this long at most
+    # without advertising ``backend_sleeping``: arrivals meanwhile ring no
+    # doorbell and are taken at the next completion wake (or this bound),
+    # together. 0: always advertise (a doorbell per arrival while asleep).
+    inflight_hold_us: float = 500.0
     poll_budget_us: float = 0.0 if (os.cpu_count() or 1) <= 2 else 50.0
     poll_inflight_threshold: int = 8
     ring_quota: int = 32
@@ -237,6 +249,15 @@ class Backend:
             elif self._should_poll(now):
                 self.stats.poll_passes += 1
                 self._handle(self._sel.select(0))
+                continue
+            elif self._tokens and self.device is not None and self.cfg.inflight_hold_us > 0:
+                # Completions are coming and will wake us (the device's call):
+                # new arrivals wait for that wake, bounded, without a doorbell
+                # each -- at saturation they meet in one batch. With nothing in
+                # flight (idle, a lone request) we advertise and a doorbell
+                # wakes us at once: an idle proxy never waits for this.
+                self.stats.inflight_holds += 1
+                self._sleep(self.cfg.inflight_hold_us / 1e6, advertise=False)
                 continue
             self._sleep(timeout)
 

@@ -36,6 +36,10 @@ def _parse(argv):
     p.add_argument("--batch-max", type=int, default=32)
     p.add_argument("--batch-deadline-us", type=float, default=0.0)
     p.add_argument("--poll-budget-us", type=float, default=None)
+    p.add_argument("--inflight-hold-us", type=float, default=BackendConfig.inflight_hold_us,
+                   help="with requests in flight at the host, wait up to this long for its "
+                        "completion call without advertising sleep (arrivals ring no doorbell, "
+                        "they join the next batch); 0: always advertise")
     p.add_argument("--slots", type=int, default=256, help="request slots per frontend")
     p.add_argument("--queue-size", type=int, default=256,
                    help="entries of the data virtqueue to the host (requests in flight there)")
@@ -63,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         batch_max=args.batch_max, batch_deadline_us=args.batch_deadline_us,
                         stall_timeout_s=args.stall_timeout_s,
                         stateless_aead=not args.aead_sessions,
+                        inflight_hold_us=args.inflight_hold_us,
                         geometry=Geometry(ring_capacity=max(256, 1 << (args.slots - 1).bit_length()),
                                           slot_count=args.slots))
     if args.poll_budget_us is not None:

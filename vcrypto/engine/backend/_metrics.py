@@ -38,6 +38,7 @@ class BackendStats:
     calls: int = 0                  # frontend eventfd writes
     poll_passes: int = 0            # passes spent polling instead of sleeping
     sleeps: int = 0
+    inflight_holds: int = 0         # sleeps on the device call with requests in flight, unadvertised
     batches: int = 0
     device_full: int = 0            # batches the device queue could not take whole
     batch_fill: list = dataclasses.field(default_factory=lambda: [0] * len(BATCH_BUCKETS))
