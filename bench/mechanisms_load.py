@@ -19,7 +19,8 @@ load after warm-up:
 - CPU seconds during the load per process role (the load generator itself,
   the proxy workers, each daemon), so "saturation" can be told from a
   client-bound run;
-- the daemons' CPU at idle afterwards (percent of one core over 10 s).
+- the daemons' and each proxy worker's CPU at idle afterwards (percent of
+  one core over 10 s).
 
     .venv/bin/python bench/mechanisms_load.py [--clients 16] [--requests 800] [--seconds 60]
       [--body-bytes 524288] [--set KEY=VALUE ...]
@@ -204,13 +205,15 @@ def main(argv=None) -> int:
         # idle: the daemons' CPU with no traffic
         time.sleep(2)
         daemons = {pid: role(pid) for pid in descendants(proc.pid)}
-        daemons = {pid: r for pid, r in daemons.items() if "worker" not in r and "upstream" not in r
-                   and pid != proc.pid}
+        daemons = {pid: r for pid, r in daemons.items() if "upstream" not in r and pid != proc.pid}
         c0 = {pid: cpu_seconds(pid) for pid in daemons}
         time.sleep(args.idle_seconds)
         c1 = {pid: cpu_seconds(pid) for pid in daemons}
-        idle = {daemons[pid]: 100 * ((c1[pid] or 0) - (c0[pid] or 0)) / args.idle_seconds
-                for pid in daemons if c0[pid] is not None}
+        idle: dict[str, float] = {}
+        for pid in daemons:
+            if c0[pid] is not None:   # per process (the two workers each)
+                name = f"{daemons[pid]} {pid}" if "worker" in daemons[pid] else daemons[pid]
+                idle[name] = 100 * ((c1[pid] or 0) - (c0[pid] or 0)) / args.idle_seconds
     finally:
         proc.terminate()
         try:
