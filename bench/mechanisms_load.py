@@ -11,10 +11,16 @@ load after warm-up:
   from ``vcrypto_engine_family_batch_fill``;
 - notifications per request: frontend doorbells + backend calls to frontends
   + backend kicks to the host + host calls to the backend, per request;
+- sessions created and closed at the host during the load (per-connection
+  traffic keys cost two each in session mode, none stateless);
 - shared session-cache hits / lookups (reusable sessions only);
 - requests completed per host resource (which implementations ran);
 - fallbacks to in-process crypto;
-- the daemons' CPU at idle afterwards (percent of one core over 10 s).
+- CPU seconds during the load per process role (the load generator itself,
+  the proxy workers, each daemon), so "saturation" can be told from a
+  client-bound run;
+- the daemons' and each proxy worker's CPU at idle afterwards (percent of
+  one core over 10 s).
 
     .venv/bin/python bench/mechanisms_load.py [--clients 16] [--requests 800] [--seconds 60]
       [--body-bytes 524288] [--set KEY=VALUE ...]
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import os
 import re
 import socket
 import ssl
@@ -75,6 +82,12 @@ def by_label(samples, name: str, label: str) -> dict[str, float]:
 def fetch(port: int, ctx: ssl.SSLContext, body_bytes: int) -> int:
     """One full handshake (a fresh context session: no resumption) and a download."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        # As curl and browsers do. Without it the request record, written
+        # while the client Finished is not yet acknowledged, waits for the
+        # server's delayed ACK (Nagle): 40 ms per connection, and a load
+        # generator that never loads anything (measured: 52 ms per request
+        # with 7 ms of CPU, 1 client; 16 clients kept 2 cores 50% busy).
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(f"GET /bytes?n={body_bytes} HTTP/1.1\r\nHost: localhost\r\n"
                         "Connection: close\r\n\r\n".encode())
@@ -154,8 +167,19 @@ def main(argv=None) -> int:
                 time.sleep(0.2)
         load(port, ctx, args.clients, 2 * args.clients, 30, args.body_bytes)  # warm-up
         before = {u: scrape(u) for u in (host_url, backend_url, proxy_url)}
+        procs = {pid: role(pid) for pid in descendants(proc.pid)}
+        cpu0 = {pid: cpu_seconds(pid) for pid in procs}
+        me0 = os.times()
         ok, failed, wall = load(port, ctx, args.clients, args.requests, args.seconds, args.body_bytes)
+        me1 = os.times()
+        cpu1 = {pid: cpu_seconds(pid) for pid in procs}
         after = {u: scrape(u) for u in (host_url, backend_url, proxy_url)}
+        load_cpu: dict[str, float] = {"load generator (this process)":
+                                      me1.user + me1.system - me0.user - me0.system}
+        for pid, r in procs.items():
+            if cpu0[pid] is not None and cpu1[pid] is not None:
+                name = "proxy workers" if "worker" in r else r
+                load_cpu[name] = load_cpu.get(name, 0.0) + cpu1[pid] - cpu0[pid]
 
         def d(url, name, **labels):
             return total(after[url], name, **labels) - total(before[url], name, **labels)
@@ -170,6 +194,9 @@ def main(argv=None) -> int:
             "backend kicks to the host": d(backend_url, "vcrypto_engine_host_kicks_total"),
             "host calls to the backend": d(backend_url, "vcrypto_engine_host_calls_total"),
         }
+        # sessions the backend created and closed at the host (each a blocking
+        # control round trip both ways): per-connection traffic keys, if any
+        sessions_closed = d(backend_url, "vcrypto_engine_sessions_destroyed_total")
         hits = d(backend_url, "vcrypto_engine_cache_hits_total")
         misses = d(backend_url, "vcrypto_engine_cache_misses_total")
         res_after = by_label(after[host_url], "vcrypto_host_pool_resource_completed_total", "kind")
@@ -178,13 +205,15 @@ def main(argv=None) -> int:
         # idle: the daemons' CPU with no traffic
         time.sleep(2)
         daemons = {pid: role(pid) for pid in descendants(proc.pid)}
-        daemons = {pid: r for pid, r in daemons.items() if "worker" not in r and "upstream" not in r
-                   and pid != proc.pid}
+        daemons = {pid: r for pid, r in daemons.items() if "upstream" not in r and pid != proc.pid}
         c0 = {pid: cpu_seconds(pid) for pid in daemons}
         time.sleep(args.idle_seconds)
         c1 = {pid: cpu_seconds(pid) for pid in daemons}
-        idle = {daemons[pid]: 100 * ((c1[pid] or 0) - (c0[pid] or 0)) / args.idle_seconds
-                for pid in daemons if c0[pid] is not None}
+        idle: dict[str, float] = {}
+        for pid in daemons:
+            if c0[pid] is not None:   # per process (the two workers each)
+                name = f"{daemons[pid]} {pid}" if "worker" in daemons[pid] else daemons[pid]
+                idle[name] = 100 * ((c1[pid] or 0) - (c0[pid] or 0)) / args.idle_seconds
     finally:
         proc.terminate()
         try:
@@ -199,11 +228,16 @@ def main(argv=None) -> int:
         print(f"| mean batch fill, {f} ops | {n / b if b else 0:.2f} ({n:.0f} requests / {b:.0f} batches) |")
     print(f"| notifications per request | {sum(notes.values()) / requests if requests else 0:.3f} "
           f"({', '.join(f'{k} {v:.0f}' for k, v in notes.items())}) |")
+    print(f"| engine sessions created and closed at the host | {sessions_closed:.0f} "
+          f"({sessions_closed / ok if ok else 0:.2f} per connection) |")
     print(f"| shared-cache hits / lookups | {hits / (hits + misses) if hits + misses else 0:.3f} "
           f"({hits:.0f} / {hits + misses:.0f}) |")
     done_by = {r: res_after.get(r, 0) - res_before.get(r, 0) for r in res_after}
     print(f"| requests completed per resource kind | {', '.join(f'{r} {v:.0f}' for r, v in sorted(done_by.items()))} |")
     print(f"| fallbacks to in-process | {fallbacks:.0f} |")
+    for r, sec in sorted(load_cpu.items()):
+        print(f"| CPU during the load, {r} | {sec:.2f} s ({100 * sec / wall:.0f}% of a core; "
+              f"{1e3 * sec / ok if ok else 0:.2f} ms per connection) |")
     for r, pct in sorted(idle.items()):
         print(f"| idle CPU, {r} | {pct:.2f}% of a core |")
     return 0 if failed == 0 else 1

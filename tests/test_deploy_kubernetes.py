@@ -221,7 +221,8 @@ def test_split_daemonset_runs_the_daemons_as_the_supervisor_would():
     host_socket = flag(host, "--socket")
     plan = daemon_plan(config, host_socket, config.vcrypto.backend_socket, flag(host, "--config"))
     assert flag(backend, "--socket") == config.vcrypto.backend_socket
-    for name in ("--host-socket", "--socket-mode", "--stall-timeout-s", "--poll-budget-us", "--batch-deadline-us"):
+    for name in ("--host-socket", "--socket-mode", "--stall-timeout-s", "--poll-budget-us", "--inflight-hold-us",
+                 "--batch-deadline-us"):
         assert flag(backend, name) == plan.backend_argv[plan.backend_argv.index(name) + 1], name
     host_config_path = Path(flag(host, "--config"))
     volumes = {v["name"]: v for v in ds["volumes"]}

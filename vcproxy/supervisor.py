@@ -120,6 +120,7 @@ def daemon_plan(cfg: Config, host_socket: str, backend_socket: str, host_config_
                     "--socket", backend_socket, "--socket-mode", str(vc.socket_mode),
                     "--stall-timeout-s", str(cfg.crypto.stall_timeout_s),
                     "--poll-budget-us", str(vc.backend_poll.budget_us),
+                    "--inflight-hold-us", str(vc.backend_poll.inflight_hold_us),
                     "--batch-deadline-us", str(vc.batch_deadline_us), *logs]
     if vc.socket_group is not None:
         backend_argv += ["--socket-group", vc.socket_group]

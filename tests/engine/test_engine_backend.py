@@ -7,6 +7,8 @@ import re
 import urllib.request
 
 import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import engine_daemons
@@ -327,9 +329,12 @@ async def test_release_never_overtakes_a_request_already_on_the_ring(host_and_ba
     _host, backend = host_and_backend
     fe = Frontend(backend.socket_path, linger_s=0)
     await fe.start()
-    key = os.urandom(16)
-    h = await fe.open_session(SessionMeta(Op.AEAD_SEAL, Alg.AES_128_GCM, key))
-    await fe.run(h, [(b"warm", b"n" * 12, b"")])  # the backend holds the session now
+    # a signing session (traffic keys have none), Ed25519: the answer is checkable
+    key = ed25519.Ed25519PrivateKey.generate()
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    h = await fe.open_session(SessionMeta(Op.SIGN, Alg.ED25519, der))
+    await fe.run(h, [(b"warm", b"", b"")])  # the backend holds the session now
     att = fe._att
     region = att.region
     with trio.fail_after(10):  # idle: only a doorbell or a control message wakes it
@@ -338,8 +343,7 @@ async def test_release_never_overtakes_a_request_already_on_the_ring(host_and_ba
     before = (await fe.backend_stats())["device_stats"]["device"]["requests"]
     slot, j = att.free_slots.pop(), att.free_opdones.pop()
     region.opdones.reset(j, 1)
-    region.write_request(slot, Op.AEAD_SEAL, Alg.AES_128_GCM, j, h.sid, b"last record", 27,
-                         b"m" * 12)
+    region.write_request(slot, Op.SIGN, Alg.ED25519, j, h.sid, b"last record", 64)
     ev = trio.Event()
     att.waiting[j] = ev
     region.ring.push_many([slot])  # no doorbell: the backend is not told
@@ -347,7 +351,7 @@ async def test_release_never_overtakes_a_request_already_on_the_ring(host_and_ba
     await fe.close_session(h, linger=False)  # the release message wakes it
     with trio.fail_after(10):
         await ev.wait()
-    assert region.result(slot) == (SlotStatus.OK, AESGCM(key).encrypt(b"m" * 12, b"last record", None))
+    assert region.result(slot) == (SlotStatus.OK, key.sign(b"last record"))
     stats = await fe.backend_stats()
     assert stats["device_stats"]["device"]["requests"] == before + 1
     assert stats["bad_requests"] == 0

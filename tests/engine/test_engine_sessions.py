@@ -9,7 +9,10 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import engine_daemons
 import tls_support
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from vcproxy.tls import BadRecordMac
 from vcrypto.engine import SessionMeta, SlotStatus
 from vcrypto.engine.frontend import Frontend
 from vcrypto.ops import Alg, Op
@@ -81,24 +84,78 @@ async def test_second_connection_reuses_signing_session_and_all_refs_drop(host_a
     await provider.aclose()
 
 
-async def test_aead_session_close_cut_off_still_releases_every_host_session(host_and_backend):
+async def test_aead_session_close_cut_off_still_releases_every_host_session(tmp_path):
     """A stream bounds its close: an AEAD session whose aclose is cancelled
-    half-way must still give all its host sessions back (the reaper does)."""
+    half-way must still give all its host sessions back (the reaper does).
+    Session mode for traffic keys (``--aead-sessions``: a host without
+    stateless AEAD); by default they have no host session at all (below)."""
+    h = engine_daemons.host(tmp_path).start()
+    backend = engine_daemons.backend(tmp_path, host_socket=h.socket_path,
+                                     extra=["--aead-sessions"])
+    try:
+        backend.start()
+        provider = VcryptoProvider(backend.socket_path, linger_s=0.1)
+        aead = provider.aead("aes-128-gcm", bytes(16))
+        nonce = bytes(12)
+        [ct] = await aead.seal_many([(nonce, b"", b"x" * 4096)])   # opens the seal session
+        [pt] = await aead.open_many([(nonce, b"", ct)])            # and the open session
+        assert pt == b"x" * 4096
+        fe = provider.frontend
+        st = await fe.backend_stats()
+        assert st["device_stats"]["device"]["sessions"] == 2 and st["stateless_requests"] == 0
+        with trio.CancelScope() as scope:
+            scope.cancel()                      # the close is cut off at its first await
+            await aead.aclose()
+        st = await _wait_sessions_gone(fe)
+        assert st["cache_entries"] == 0
+        await provider.aclose()
+    finally:
+        backend.stop()
+        h.stop()
+
+
+async def test_traffic_keys_travel_stateless_with_no_session_and_no_control_message(
+        host_and_backend):
+    """A connection's AEAD traffic keys cost no session (virtio-crypto
+    stateless mode): the key is in each request's slot of this worker's own
+    region, the host gets it with the request. No control message, no
+    backend or host session, no shared-cache entry; the records are computed
+    at the host and are right both ways."""
     _h, backend = host_and_backend
     provider = VcryptoProvider(backend.socket_path, linger_s=0.1)
-    aead = provider.aead("aes-128-gcm", bytes(16))
-    nonce = bytes(12)
-    [ct] = await aead.seal_many([(nonce, b"", b"x" * 4096)])   # opens the seal session
-    [pt] = await aead.open_many([(nonce, b"", ct)])            # and the open session
-    assert pt == b"x" * 4096
     fe = provider.frontend
+    assert await fe.start()
+    sent = []
+    control_request, control_send = fe.control_request, fe.control_send
+
+    async def counting_request(att, msg):
+        sent.append(msg["t"])
+        return await control_request(att, msg)
+
+    async def counting_send(att, msg):
+        sent.append(msg["t"])
+        await control_send(att, msg)
+
+    fe.control_request, fe.control_send = counting_request, counting_send
+    key = os.urandom(32)
+    aead = provider.aead("chacha20-poly1305", key)
+    nonce = os.urandom(12)
+    records = [os.urandom(4096 + i) for i in range(20)]   # two opdone groups
+    cts = await aead.seal_many([(nonce, b"hdr", r) for r in records])
+    assert cts == [ChaCha20Poly1305(key).encrypt(nonce, r, b"hdr") for r in records]
+    assert await aead.open_many([(nonce, b"hdr", c) for c in cts]) == records
+    with pytest.raises(BadRecordMac):
+        await aead.open_many([(nonce, b"other aad", cts[0])])
+    await aead.aclose()
+    assert sent == [] and fe.stats.backend_opens == 0     # no open, acquire or release
+    assert fe.stats.fallback_requests == 0 and fe.stats.redone_requests == 0
+    fe.control_request, fe.control_send = control_request, control_send
     st = await fe.backend_stats()
-    assert st["device_stats"]["device"]["sessions"] == 2
-    with trio.CancelScope() as scope:
-        scope.cancel()                      # the close is cut off at its first await
-        await aead.aclose()
-    st = await _wait_sessions_gone(fe)
-    assert st["cache_entries"] == 0
+    assert st["stateless_requests"] == 41 and st["sessions"] == {}
+    assert st["cache_entries"] == 0 and st["device_stats"]["device"]["sessions"] == 0
+    by_op = st["device_stats"]["device"]["by_op"]
+    assert sum(v for k, v in by_op.items() if k.startswith("aead_")) == 41   # at the host
+    assert key not in bytes(fe.attachment.shared.mv)
     await provider.aclose()
 
 
@@ -116,7 +173,9 @@ async def test_shared_region_is_read_only_to_frontends_and_holds_no_keys(local_b
         [(st, _)] = await fe.run(h, [item])
         assert st is SlotStatus.OK
     stats = await fe.backend_stats()
-    assert len(stats["sessions"]) == 2 and stats["cache_entries"] == 1   # the AEAD key is not cached
+    # the signing session only: the AEAD key travels stateless (no session, not cached)
+    assert len(stats["sessions"]) == 1 and stats["cache_entries"] == 1
+    assert stats["stateless_requests"] == 1
     att = fe.attachment
     shm = att.shared.mv
     assert shm.readonly

@@ -44,7 +44,8 @@ async def _one(q, chain, region, status_off) -> tuple[int, int]:
 @pytest.fixture
 async def devices(start_host):
     host = start_host()
-    victim = await Driver.attach(host.socket_path, indirect=False)
+    # a legacy driver (no stateless mode): its hand-made headers carry flag 0
+    victim = await Driver.attach(host.socket_path, indirect=False, stateless=False)
     bystander = await Driver.attach(host.socket_path)
     vpool = await PayloadPool.create(bystander)
     vsid = await bystander.create_session(SessionParams(Op.ECDH, Alg.X25519))

@@ -354,8 +354,15 @@ class BackendPollConfig:
               ">= 8 requests are in flight at the host or the last pass drained >= 8) before "
               "sleeping on the doorbells; 0: always sleep")
 
+    inflight_hold_us: float = opt(
+        500.0, "engine-backend loop: while requests are in flight at the host, wait up to this long "
+               "for its completion call without advertising sleep, so frontends ring no doorbell "
+               "and their requests join the next batch; nothing in flight (idle, a lone request): "
+               "a doorbell wakes it at once. 0: always advertise")
+
     def check(self) -> list[tuple[str, str]]:
-        return [("budget_us", f"must be >= 0, got {self.budget_us}")] if self.budget_us < 0 else []
+        return [(name, f"must be >= 0, got {getattr(self, name)}")
+                for name in ("budget_us", "inflight_hold_us") if getattr(self, name) < 0]
 
 
 @dataclass(frozen=True)

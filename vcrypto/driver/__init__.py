@@ -11,7 +11,7 @@ API
 Control path (async, trio; serialised on the socket)::
 
     drv = await Driver.attach(socket_path, queues=1, queue_size=256,
-                              event_idx=True, indirect=True,
+                              event_idx=True, indirect=True, stateless=True,
                               control_timeout_s=CONTROL_TIMEOUT_S)   # 10 s
     sid = await drv.create_session(SessionParams(Op.AEAD_SEAL, Alg.AES_128_GCM, key=k))
     sid = await drv.create_session(SessionParams(Op.SIGN, Alg.ED25519, key_ref="site"))
@@ -44,6 +44,11 @@ asked for a kick)::
     drv.queues[q].disarm_calls()
     drv.control_fileno                         # watch the vhost-user socket for EOF
     drv.queues[q].free_slots / in_flight / kicks / calls
+
+Stateless AEAD (virtio 1.2 VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE, negotiated
+when the device offers it and ``stateless``; ``drv.queues[q].stateless_aead``):
+a ``DataOp(0, Op.AEAD_SEAL, ..., key=h.buf(koff, 16), alg=Alg.AES_128_GCM)``
+carries its key, and needs no session (no control round trip at all).
 
 ``enqueue_burst`` accepts as many ops as there are free slots and returns
 that count. Buffers are (registered region, offset, length): the host reads

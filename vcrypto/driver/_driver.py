@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import trio
 
-from vcrypto.ops import SYM_OPS, Op
+from vcrypto.ops import SYM_OPS, Alg, Op
 from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 from vcrypto.shm.virtqueue import (
@@ -29,7 +29,7 @@ PF = vu.ProtocolFeature
 SLOT_BYTES = 256
 SLOT_STATUS = 72
 SLOT_TABLE = 128
-MAX_CHAIN = 6                  # header, iv, aad, src, dst, status
+MAX_CHAIN = 7                  # header, key (stateless AEAD), iv, aad, src, dst, status
 
 
 def check_queue_size(n: int) -> None:
@@ -46,7 +46,10 @@ GPA_STRIDE = 1 << 36           # each registered region gets its own 64 GiB wind
 _AEAD_HDR = struct.Struct("<IIQIIIIIIII")
 #: header + sym/MAC flf (10 u32) + op_type + padding: all 72 bytes
 _SYM_HDR = struct.Struct("<IIQII10III")
+#: header + the stateless AEAD flf (8 u32) + zero padding: all 72 bytes
+_AEAD_STATELESS_HDR = struct.Struct("<IIQII8I16x")
 _DESC = struct.Struct("<QIHH")
+_AEAD_OPS = (Op.AEAD_SEAL, Op.AEAD_OPEN)
 
 
 #: How long one control message may wait for the device (the socket to take
@@ -115,7 +118,9 @@ class Buf:
 class DataOp:
     """One request for ``enqueue_burst``. ``dst`` must hold
     ``max_dst_bytes(op, alg, src.length)``; ``token`` comes back in the
-    ``Completion``."""
+    ``Completion``. A stateless AEAD request (the device offered
+    VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE: ``Queue.stateless_aead``) has
+    ``session_id`` 0, its ``key`` and its ``alg``."""
 
     session_id: int
     op: Op
@@ -124,6 +129,8 @@ class DataOp:
     iv: Buf | None = None
     aad: Buf | None = None
     token: object = None
+    key: Buf | None = None
+    alg: Alg | None = None
 
 
 @dataclasses.dataclass(slots=True)   # one per request: frozen init is ~8x slower
@@ -133,7 +140,7 @@ class Completion:
     dst_len: int         # result bytes written at the start of dst
 
 
-def _pack_sym(slots, base: int, dop: DataOp, iv_len: int, aad_len: int) -> None:
+def _pack_sym(slots, base: int, dop: DataOp, iv_len: int, aad_len: int, flag: int) -> None:
     """The 72-byte header of a cipher / chain / MAC request. The MAC length is
     what dst and src differ by (chain), or dst itself (MAC): a DataOp's dst is
     exactly ``max_dst_bytes`` for these ops."""
@@ -152,15 +159,19 @@ def _pack_sym(slots, base: int, dop: DataOp, iv_len: int, aad_len: int) -> None:
             text, hash_len = dst_len, src_len - dst_len
         flf = (iv_len, src_len, text, 0, text, 0, text, aad_len, hash_len, 0)
         op_type = vc.SYM_OP_CHAIN
-    _SYM_HDR.pack_into(slots, base, code, 0, dop.session_id, 0, 0, *flf, op_type, 0)
+    _SYM_HDR.pack_into(slots, base, code, 0, dop.session_id, flag, 0, *flf, op_type, 0)
 
 
 class Queue:
     """Driver side of one data virtqueue."""
 
     def __init__(self, index: int, vq: SplitVirtqueue, slots: memoryview, slots_gpa: int,
-                 indirect: bool):
+                 indirect: bool, stateless_aead: bool = False):
         self.index = index
+        # Negotiated stateless AEAD: session-mode requests then say so in
+        # header.flag (virtio 1.2 §5.9.7.1); without the feature flag stays 0.
+        self.stateless_aead = stateless_aead
+        self._flag = vc.VIRTIO_CRYPTO_FLAG_SESSION_MODE if stateless_aead else 0
         self.vq = vq
         self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.call_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -188,6 +199,11 @@ class Queue:
 
     def enqueue_burst(self, ops: Sequence[DataOp]) -> int:
         vq = self.vq
+        for dop in ops:
+            if dop.key is not None and not (self.stateless_aead and dop.op in _AEAD_OPS):
+                raise DriverError(f"stateless {dop.op.value} request: the device offers stateless "
+                                  f"AEAD only" if self.stateless_aead else "stateless request: "
+                                  "the device did not offer VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE")
         n = 0
         for dop in ops:
             if not self._free:
@@ -233,17 +249,26 @@ class Queue:
         iv_len = iv.length if iv is not None else 0
         aad_len = aad.length if aad is not None else 0
         slots = self._slots
-        if dop.op is Op.AEAD_SEAL or dop.op is Op.AEAD_OPEN:
-            _AEAD_HDR.pack_into(slots, base, vc.DATA_OPCODE[dop.op], 0, dop.session_id, 0, 0,
+        key = dop.key
+        flag = self._flag
+        if key is not None:   # (checked by enqueue_burst: stateless AEAD, negotiated)
+            _AEAD_STATELESS_HDR.pack_into(
+                slots, base, vc.DATA_OPCODE[dop.op], 0, 0, 0, 0, vc.aead_algo(dop.alg),
+                key.length, vc.OP_ENCRYPT if dop.op is Op.AEAD_SEAL else vc.OP_DECRYPT,
+                iv_len, vc.AEAD_TAG_BYTES, aad_len, src.length, dst.length)
+        elif dop.op is Op.AEAD_SEAL or dop.op is Op.AEAD_OPEN:
+            _AEAD_HDR.pack_into(slots, base, vc.DATA_OPCODE[dop.op], 0, dop.session_id, flag, 0,
                                 iv_len, aad_len, src.length, dst.length, vc.AEAD_TAG_BYTES, 0)
         elif dop.op in SYM_OPS:
-            _pack_sym(slots, base, dop, iv_len, aad_len)
+            _pack_sym(slots, base, dop, iv_len, aad_len, flag)
         else:
             # akcipher / KX flf: src_len, dst_len; the rest of the 48-byte union is zero
-            _AEAD_HDR.pack_into(slots, base, vc.DATA_OPCODE[dop.op], 0, dop.session_id, 0, 0,
+            _AEAD_HDR.pack_into(slots, base, vc.DATA_OPCODE[dop.op], 0, dop.session_id, flag, 0,
                                 src.length, dst.length, 0, 0, 0, 0)
         slots[base + SLOT_STATUS] = 0xFF
         chain = [(slot_gpa, vc.DATA_REQ_BYTES, 0)]
+        if key is not None:
+            chain.append((key.region.gpa + key.offset, key.length, 0))
         if iv_len:
             chain.append((iv.region.gpa + iv.offset, iv_len, 0))
         if aad_len:
@@ -370,7 +395,7 @@ class Driver:
 
     @classmethod
     async def attach(cls, socket_path: str, *, queues: int = 1, queue_size: int = 256,
-                     event_idx: bool = True, indirect: bool = True,
+                     event_idx: bool = True, indirect: bool = True, stateless: bool = True,
                      control_timeout_s: float = CONTROL_TIMEOUT_S) -> Driver:
         """Connect and negotiate. Each message waits at most ``control_timeout_s``
         (``DriverTimeout`` naming it); the driver keeps the bound for its
@@ -381,7 +406,7 @@ class Driver:
             await _bounded(f"attach to {socket_path}: connect", control_timeout_s,
                            sock.connect(socket_path))
             return await cls._negotiate(sock, queues, queue_size, event_idx, indirect,
-                                        control_timeout_s)
+                                        stateless, control_timeout_s)
         except (OSError, transport.ConnectionClosed, vu.VhostUserError) as exc:
             sock.close()
             raise DriverError(f"attach to {socket_path}: {exc!r}") from exc
@@ -390,7 +415,7 @@ class Driver:
             raise
 
     @classmethod
-    async def _negotiate(cls, sock, nqueues, queue_size, event_idx, indirect,
+    async def _negotiate(cls, sock, nqueues, queue_size, event_idx, indirect, stateless,
                          timeout_s: float) -> Driver:
         async def call(req, payload=b"", fds=(), need_reply=False):
             flags = vu.VHOST_USER_VERSION | (vu.FLAG_NEED_REPLY if need_reply else 0)
@@ -427,6 +452,8 @@ class Driver:
             want |= 1 << vu.VIRTIO_F_EVENT_IDX
         if indirect:
             want |= 1 << vu.VIRTIO_F_INDIRECT_DESC
+        if stateless:
+            want |= vc.STATELESS_AEAD_FEATURES
         features = want & offered
         await call(R.SET_FEATURES, vu.u64(features))
 
@@ -451,7 +478,7 @@ class Driver:
                                     region.buf[lay.used:base + lay.total], event_idx=use_event)
                 slots_off = base + lay.total
                 queue = Queue(q, vq, region.buf[slots_off:slots_off + slots_bytes],
-                              gpa + slots_off, use_indirect)
+                              gpa + slots_off, use_indirect, vc.stateless_aead(features))
                 queues.append(queue)
                 await call(R.SET_VRING_NUM, vu.vring_state(q, queue_size))
                 await call(R.SET_VRING_BASE, vu.vring_state(q, 0))

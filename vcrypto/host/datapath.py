@@ -260,9 +260,11 @@ class Request:
 
 
 def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: SessionTable,
-                  seq: int, max_request_bytes: int) -> Request:
+                  seq: int, max_request_bytes: int, stateless_aead: bool = False) -> Request:
     """Validate one request. Raises ``ChainError`` (no status), or returns a
-    ``Request`` whose ``error_status`` is set when it already failed."""
+    ``Request`` whose ``error_status`` is set when it already failed.
+    ``stateless_aead``: the driver negotiated VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE,
+    so a request whose ``header.flag`` lacks SESSION_MODE carries its key."""
     try:
         chain = walk_chain(vq, head, mem)
     except _BadBuffer as bb:
@@ -271,8 +273,11 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
     try:
         if chain.readable.total < vc.DATA_REQ_BYTES:
             raise RequestError(vc.VIRTIO_CRYPTO_ERR, "readable part shorter than the header")
-        (opcode, _algo, session_id, _flag, _pad, f0, f1, f2, f3, f4, _r) = \
-            _HDR_FLF.unpack(chain.readable.read(0, _HDR_FLF.size))
+        hdr = chain.readable.read(0, vc.DATA_REQ_BYTES)
+        (opcode, _algo, session_id, flag, _pad, f0, f1, f2, f3, f4, _r) = \
+            _HDR_FLF.unpack_from(hdr)
+        if stateless_aead and not flag & vc.VIRTIO_CRYPTO_FLAG_SESSION_MODE:
+            return _parse_stateless(chain, hdr, opcode, status_offset, seq, max_request_bytes)
         op_type = hash_len = c_off = c_len = h_off = h_len = 0
         if opcode in _AEAD_CODES:
             iv_len, aad_len, src_len, dst_len, tag_len = f0, f1, f2, f3, f4
@@ -280,7 +285,6 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
             iv_len, aad_len, src_len, dst_len, tag_len = 0, 0, f0, f1, 0
         elif opcode in _SYM_CODES:
             tag_len = 0
-            hdr = chain.readable.read(0, vc.DATA_REQ_BYTES)
             (op_type,) = _U32.unpack_from(hdr, vc.SYM_OP_TYPE_OFFSET)
             if op_type == vc.SYM_OP_CIPHER:
                 iv_len, src_len, dst_len, aad_len = f0, f1, f2, 0
@@ -346,6 +350,60 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
     except RequestError as exc:
         return _failed(chain, exc.status, str(exc))
     chain.readable.release()
+    return Request(chain, session, job, dst_len, status_offset)
+
+
+_STATELESS_OP = {vc.AEAD_ENCRYPT: (Op.AEAD_SEAL, vc.OP_ENCRYPT),
+                 vc.AEAD_DECRYPT: (Op.AEAD_OPEN, vc.OP_DECRYPT)}
+
+
+def _parse_stateless(chain: Chain, hdr: bytes, opcode: int, status_offset: int, seq: int,
+                     max_request_bytes: int) -> Request:
+    """A stateless AEAD request (the layout in ``vcrypto.wire.virtio_crypto``):
+    the key is the first ``key_len`` readable bytes after the header, then iv,
+    aad, src. Checked like a session's key at create (algo and key length),
+    then like a session-mode AEAD request. Only AEAD has a stateless form here
+    (the only feature offered): any other opcode is NOTSUPP."""
+    try:
+        kind = _STATELESS_OP.get(opcode)
+        if kind is None:
+            raise RequestError(vc.VIRTIO_CRYPTO_NOTSUPP,
+                               f"stateless request with opcode {opcode:#x}: only AEAD")
+        op, direction = kind
+        (algo, key_len, sess_op, iv_len, tag_len, aad_len, src_len, dst_len) = \
+            vc.AEAD_STATELESS_FLF.unpack_from(hdr, 24)
+        if sess_op != direction:
+            raise RequestError(vc.VIRTIO_CRYPTO_ERR,
+                               f"stateless sess_para.op {sess_op} with opcode {opcode:#x}")
+        try:
+            alg = vc.aead_alg(algo, key_len)
+        except vc.WireError as exc:
+            raise RequestError(exc.status, f"stateless AEAD: {exc.detail}") from None
+        if iv_len != AEAD_IV_BYTES or tag_len != AEAD_TAG_BYTES:
+            raise RequestError(vc.VIRTIO_CRYPTO_ERR, f"iv_len {iv_len}/tag_len {tag_len}, need 12/16")
+        inputs = key_len + iv_len + aad_len + src_len
+        if inputs > max_request_bytes or dst_len > max_request_bytes:
+            raise RequestError(vc.VIRTIO_CRYPTO_ERR, f"request over {max_request_bytes} bytes")
+        if vc.DATA_REQ_BYTES + inputs > chain.readable.total:
+            raise RequestError(vc.VIRTIO_CRYPTO_ERR,
+                               f"header lengths need {inputs} input bytes, chain has "
+                               f"{chain.readable.total - vc.DATA_REQ_BYTES}")
+        need = max_dst_bytes(op, alg, src_len)
+        if dst_len < need or dst_len > status_offset:
+            raise RequestError(vc.VIRTIO_CRYPTO_ERR,
+                               f"dst_len {dst_len}: need {need}..{status_offset} writable bytes")
+        r = chain.readable
+        off = vc.DATA_REQ_BYTES
+        key = r.read(off, key_len)
+        off += key_len
+        iv = r.read(off, iv_len)
+        aad = r.read(off + iv_len, aad_len)
+        src = r.view(off + iv_len + aad_len, src_len)   # zero copy, as in session mode
+    except RequestError as exc:
+        return _failed(chain, exc.status, str(exc))
+    chain.readable.release()
+    session = Session(0, op, alg, key, stateless=True)
+    job = CryptoJob(op=op, alg=alg, key=key, key_id=b"", src=src, iv=iv, aad=aad, seq=seq)
     return Request(chain, session, job, dst_len, status_offset)
 
 

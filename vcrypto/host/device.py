@@ -50,7 +50,10 @@ R = vu.Request
 PF = vu.ProtocolFeature
 
 DEVICE_FEATURES = ((1 << vu.VIRTIO_F_VERSION_1) | (1 << vu.VIRTIO_F_INDIRECT_DESC)
-                   | (1 << vu.VIRTIO_F_EVENT_IDX) | (1 << vu.VHOST_USER_F_PROTOCOL_FEATURES))
+                   | (1 << vu.VIRTIO_F_EVENT_IDX) | (1 << vu.VHOST_USER_F_PROTOCOL_FEATURES)
+                   # stateless AEAD (virtio 1.2 §5.9.3): a connection's traffic key
+                   # travels with its records, no session create/close round trips
+                   | vc.STATELESS_AEAD_FEATURES)
 PROTOCOL_FEATURES = ((1 << PF.MQ) | (1 << PF.REPLY_ACK) | (1 << PF.CRYPTO_SESSION)
                      | (1 << PF.CONFIGURE_MEM_SLOTS) | (1 << PF.VCRYPTO_EXT))
 
@@ -361,7 +364,8 @@ class VirtioCryptoDevice:
             sessions=self.sessions, scheduler=self.scheduler, stats=self.stats,
             fifo=self.config.fifo, poll=self.config.poll,
             max_request_bytes=self.config.limits.max_request_bytes,
-            bad_input_status=self.config.bad_input_status)
+            bad_input_status=self.config.bad_input_status,
+            stateless_aead=vc.stateless_aead(self.features))
         ring.cancel = trio.CancelScope()
         ring.done = trio.Event()
         ring.state = VringState.RUNNING

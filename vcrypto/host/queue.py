@@ -160,7 +160,7 @@ class DataQueue:
     def __init__(self, index: int, vq: SplitVirtqueue, *, kick_fd: int | None,
                  call_fd: int | None, mem: GuestMemory, sessions: SessionTable, scheduler,
                  stats: DeviceStats, fifo: bool, poll, max_request_bytes: int,
-                 bad_input_status: str = "key_rejected"):
+                 bad_input_status: str = "key_rejected", stateless_aead: bool = False):
         self.index = index
         self.vq = vq
         self.kick_fd = kick_fd
@@ -172,6 +172,8 @@ class DataQueue:
         self.reorder: ReorderBuffer[tuple[int, int]] = ReorderBuffer(fifo)
         self.poll = poll
         self.max_request_bytes = max_request_bytes
+        # negotiated VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE: header.flag tells the modes apart
+        self.stateless_aead = stateless_aead
         self._op_error_status = dict(_OP_ERROR_STATUS)
         self._op_error_status[CryptoOpError.Kind.INVALID_INPUT] = \
             BAD_INPUT_STATUSES[bad_input_status]
@@ -300,7 +302,7 @@ class DataQueue:
             drained += 1
             try:
                 req = parse_request(vq, head, self.mem, self.sessions, seq,
-                                    self.max_request_bytes)
+                                    self.max_request_bytes, self.stateless_aead)
             except ChainError as exc:
                 log.info("queue %d: broken chain at head %d: %s", self.index, head, exc)
                 stats.chain_errors += 1

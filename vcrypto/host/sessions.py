@@ -40,17 +40,21 @@ class SessionError(Exception):
 
 
 class Session:
-    __slots__ = ("id", "op", "alg", "key", "key_id", "refs", "opcode", "labels")
+    __slots__ = ("id", "op", "alg", "key", "key_id", "refs", "opcode", "labels", "stateless")
 
-    def __init__(self, sid: int, op: Op, alg: Alg, key: bytes):
+    def __init__(self, sid: int, op: Op, alg: Alg, key: bytes, *, stateless: bool = False):
         self.id = sid
         self.op = op
         self.alg = alg
         self.key = key
-        self.key_id = key_id_of(key) if key else b""
+        # a stateless AEAD key needs no id (the AEAD cipher cache is keyed by the key)
+        self.key_id = key_id_of(key) if key and not stateless else b""
         self.refs = 1
         self.opcode = vc.DATA_OPCODE[op]
         self.labels = (op.value, alg.value)   # metrics labels, computed once, not per request
+        # A stateless request's own session (virtio stateless mode: the key came
+        # with the request): id 0, in no table, gone with its request.
+        self.stateless = stateless
 
     def __repr__(self) -> str:
         return f"Session(id={self.id}, {self.op.value}/{self.alg.value}, refs={self.refs})"
@@ -136,6 +140,8 @@ class SessionTable:
         return session
 
     def release(self, session: Session) -> None:
+        if session.stateless:
+            return      # never in the table: nothing to count or drop
         session.refs -= 1
         if session.refs == 0:
             session.key = b""     # drop the key material with the last reference

@@ -74,6 +74,29 @@ ciphertext || the HMAC to check (src_data_len = len_to_cipher +
 hash_result_len), dst gets the plaintext and there is no hash_result buffer.
 QEMU 7.2's Linux guests send plain cipher requests only.
 
+Stateless AEAD data request (feature ``VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE``,
+bit 4, which requires ``VIRTIO_CRYPTO_F_REVISION_1``, bit 0; virtio 1.2
+§5.9.7.7): the key travels with the request, no session exists. Once the
+feature is negotiated ``header.flag`` tells the modes apart: bit 0
+``VIRTIO_CRYPTO_FLAG_SESSION_MODE`` set = session mode (every request above),
+clear = stateless; without the feature the flag is ignored and every
+request is session mode (what QEMU 7.2 and Linux 6.1 guests negotiate)::
+
+    0       4     header.opcode     AEAD_ENCRYPT / AEAD_DECRYPT
+    4       4     header.algo       0
+    8       8     header.session_id 0 (no session)
+    16      4     header.flag       0 (stateless)
+    20      4     header.padding    0
+    24      32    op_flf (virtio_crypto_aead_data_flf_stateless): 24 sess_para.algo
+                  (GCM = 1, CHACHA20_POLY1305 = 3), 28 sess_para.key_len, 32 sess_para.op
+                  (ENCRYPT = 1 with AEAD_ENCRYPT, DECRYPT = 2 with AEAD_DECRYPT),
+                  36 iv_len, 40 tag_len, 44 aad_len, 48 src_data_len, 52 dst_data_len
+    56      16    zero padding to the 72-byte header
+
+and the readable stream after the header starts with the key (key_len
+bytes, the spec's ``key[key_len]`` before the IV), then iv, aad, src as in
+session mode.
+
 Buffers after the header, in this order (virtio 1.2 §5.9.7.2): device-readable
 iv, aad, src; device-writable dst, then the 1-byte ``virtio_crypto_inhdr``
 status. A zero-length field has no buffer. The device treats the readable
@@ -141,6 +164,20 @@ AEAD_DECRYPT = opcode(SERVICE_AEAD, 0x01)
 AKCIPHER_SIGN = opcode(SERVICE_AKCIPHER, 0x02)
 KX_DERIVE = opcode(VCRYPTO_SERVICE_KX, 0x00)
 
+# -- feature bits (virtio 1.2 §5.9.3) and the data header's mode flag ---------
+
+VIRTIO_CRYPTO_F_REVISION_1 = 0
+VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE = 4
+#: what a device offering stateless AEAD offers and a driver wanting it asks for
+STATELESS_AEAD_FEATURES = (1 << VIRTIO_CRYPTO_F_REVISION_1) | (1 << VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE)
+VIRTIO_CRYPTO_FLAG_SESSION_MODE = 1
+
+
+def stateless_aead(features: int) -> bool:
+    """Whether negotiated ``features`` include stateless AEAD (and revision 1)."""
+    return features & STATELESS_AEAD_FEATURES == STATELESS_AEAD_FEATURES
+
+
 # -- status (virtio_crypto_inhdr.status, session_input.status) ---------------
 
 VIRTIO_CRYPTO_OK = 0
@@ -190,6 +227,9 @@ _CTRL_HDR = struct.Struct("<IIII")
 _DATA_HDR = struct.Struct("<IIQII")
 _AEAD_FLF = struct.Struct("<IIIIII")
 _AK_FLF = struct.Struct("<IIIII")
+#: virtio_crypto_aead_data_flf_stateless: algo, key_len, op, iv_len, tag_len,
+#: aad_len, src_data_len, dst_data_len (from header offset 24)
+AEAD_STATELESS_FLF = struct.Struct("<8I")
 _U32X2 = struct.Struct("<II")
 _U32X4 = struct.Struct("<IIII")
 #: chain session flf: order, hash_mode, cipher (algo, key_len, op, pad),
@@ -245,6 +285,25 @@ DESTROY_OPCODE = {Op.AEAD_SEAL: AEAD_DESTROY_SESSION, Op.AEAD_OPEN: AEAD_DESTROY
                   Op.CIPHER_ENCRYPT: CIPHER_DESTROY_SESSION,
                   Op.CIPHER_DECRYPT: CIPHER_DESTROY_SESSION, Op.MAC: MAC_DESTROY_SESSION,
                   Op.CHAIN_SEAL: CIPHER_DESTROY_SESSION, Op.CHAIN_OPEN: CIPHER_DESTROY_SESSION}
+
+
+def aead_algo(alg: Alg) -> int:
+    """The virtio AEAD algo of an AEAD ``Alg`` (the key length tells AES-128 from -256)."""
+    return AEAD_CHACHA20_POLY1305 if alg is Alg.CHACHA20_POLY1305 else AEAD_GCM
+
+
+def aead_alg(algo: int, key_len: int) -> Alg:
+    """The ``Alg`` of a virtio AEAD algo with a key of ``key_len`` bytes;
+    ``WireError`` (NOTSUPP / KEY_REJECTED) otherwise."""
+    if algo == AEAD_GCM:
+        alg = {16: Alg.AES_128_GCM, 32: Alg.AES_256_GCM}.get(key_len)
+    elif algo == AEAD_CHACHA20_POLY1305:
+        alg = Alg.CHACHA20_POLY1305 if key_len == 32 else None
+    else:
+        raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"AEAD algo {algo}")
+    if alg is None or AEAD_KEY_BYTES[alg] != key_len:
+        raise WireError(VIRTIO_CRYPTO_KEY_REJECTED, f"AEAD algo {algo} with a {key_len}-byte key")
+    return alg
 
 
 def _mac_alg(mac_algo: int, hash_result_len: int) -> Alg:
@@ -318,7 +377,7 @@ class SessionParams:
 def encode_session_create(p: SessionParams) -> bytes:
     """``virtio_crypto_op_ctrl_req`` (72 bytes) followed by the key vlf."""
     if p.op in (Op.AEAD_SEAL, Op.AEAD_OPEN):
-        algo = AEAD_CHACHA20_POLY1305 if p.alg is Alg.CHACHA20_POLY1305 else AEAD_GCM
+        algo = aead_algo(p.alg)
         hdr = _CTRL_HDR.pack(AEAD_CREATE_SESSION, algo, 0, 0)
         flf = _AEAD_FLF.pack(algo, len(p.key), AEAD_TAG_BYTES, 0,
                              OP_ENCRYPT if p.op is Op.AEAD_SEAL else OP_DECRYPT, 0)
@@ -385,14 +444,7 @@ def decode_session_create(data: bytes | memoryview) -> SessionParams:
             raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"tag_len {tag_len}: only {AEAD_TAG_BYTES}")
         if direction not in (OP_ENCRYPT, OP_DECRYPT):
             raise WireError(VIRTIO_CRYPTO_ERR, f"AEAD op {direction}: expected 1 (encrypt) or 2")
-        if algo == AEAD_GCM:
-            alg = {16: Alg.AES_128_GCM, 32: Alg.AES_256_GCM}.get(key_len)
-        elif algo == AEAD_CHACHA20_POLY1305:
-            alg = Alg.CHACHA20_POLY1305 if key_len == 32 else None
-        else:
-            raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"AEAD algo {algo}")
-        if alg is None or AEAD_KEY_BYTES[alg] != key_len:
-            raise WireError(VIRTIO_CRYPTO_KEY_REJECTED, f"AEAD algo {algo} with a {key_len}-byte key")
+        alg = aead_alg(algo, key_len)
         return SessionParams(Op.AEAD_SEAL if direction == OP_ENCRYPT else Op.AEAD_OPEN, alg, vlf)
     if code == AKCIPHER_CREATE_SESSION:
         algo, keytype, keylen, para0, para1 = _AK_FLF.unpack_from(data, 16)
@@ -463,6 +515,7 @@ class DataRequest:
     src_len: int = 0
     dst_len: int = 0
     tag_len: int = 0
+    flag: int = 0        # VIRTIO_CRYPTO_FLAG_SESSION_MODE once stateless mode is negotiated
 
 
 def encode_data_request(req: DataRequest, out: memoryview | bytearray | None = None) -> bytes | None:
@@ -470,7 +523,7 @@ def encode_data_request(req: DataRequest, out: memoryview | bytearray | None = N
     buf = bytearray(DATA_REQ_BYTES) if out is None else out
     if out is not None:
         buf[:DATA_REQ_BYTES] = bytes(DATA_REQ_BYTES)
-    _DATA_HDR.pack_into(buf, 0, req.opcode, req.algo, req.session_id, 0, 0)
+    _DATA_HDR.pack_into(buf, 0, req.opcode, req.algo, req.session_id, req.flag, 0)
     if req.opcode in (AEAD_ENCRYPT, AEAD_DECRYPT):
         _AEAD_FLF.pack_into(buf, 24, req.iv_len, req.aad_len, req.src_len, req.dst_len,
                             req.tag_len, 0)
@@ -482,13 +535,14 @@ def encode_data_request(req: DataRequest, out: memoryview | bytearray | None = N
 def decode_data_request(data: bytes | memoryview) -> DataRequest:
     if len(data) < DATA_REQ_BYTES:
         raise WireError(VIRTIO_CRYPTO_ERR, f"data request header of {len(data)} bytes < {DATA_REQ_BYTES}")
-    code, algo, session_id, _flag, _pad = _DATA_HDR.unpack_from(data, 0)
+    code, algo, session_id, flag, _pad = _DATA_HDR.unpack_from(data, 0)
     if code in (AEAD_ENCRYPT, AEAD_DECRYPT):
         iv_len, aad_len, src_len, dst_len, tag_len, _r = _AEAD_FLF.unpack_from(data, 24)
-        return DataRequest(code, algo, session_id, iv_len, aad_len, src_len, dst_len, tag_len)
+        return DataRequest(code, algo, session_id, iv_len, aad_len, src_len, dst_len, tag_len,
+                           flag)
     if code in (AKCIPHER_SIGN, KX_DERIVE):
         src_len, dst_len = _U32X2.unpack_from(data, 24)
-        return DataRequest(code, algo, session_id, src_len=src_len, dst_len=dst_len)
+        return DataRequest(code, algo, session_id, src_len=src_len, dst_len=dst_len, flag=flag)
     raise WireError(VIRTIO_CRYPTO_NOTSUPP, f"data opcode {code:#x}")
 
 

@@ -51,6 +51,9 @@ Completion = tuple[int, SlotStatus, int]
 
 
 class CryptoDevice(abc.ABC):
+    #: takes stateless AEAD requests (``DeviceRequest.req.key_len`` > 0: the key
+    #: in the slot, ``device_sid`` 0) -- virtio's VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE
+    stateless_aead: bool = False
     #: fd that becomes readable when completions may be waiting (or None)
     call_fd: int | None = None
     #: fd that becomes readable when the device connection breaks (or None)
@@ -106,6 +109,8 @@ class CryptoDevice(abc.ABC):
 class LocalDevice(CryptoDevice):
     """Requests run in the backend process (no host). See the module doc."""
 
+    stateless_aead = True
+
     def __init__(self) -> None:
         self._sessions: dict[int, InlineSession] = {}
         self._next_sid = 1
@@ -134,7 +139,15 @@ class LocalDevice(CryptoDevice):
     def submit(self, batch: list[DeviceRequest]) -> int:
         for dr in batch:
             r, mv = dr.req, dr.region.mv
-            sess = self._sessions.get(dr.device_sid)
+            if r.key_len:   # stateless: the key is in the slot
+                try:
+                    sess = InlineSession(SessionMeta(
+                        r.op, r.alg, bytes(mv[r.key_offset:r.key_offset + r.key_len])))
+                except InlineOpError as exc:
+                    self._done.append((dr.token, exc.status, 0))
+                    continue
+            else:
+                sess = self._sessions.get(dr.device_sid)
             if sess is None:
                 self._done.append((dr.token, SlotStatus.SESSION_LOST, 0))
                 continue

@@ -104,6 +104,7 @@ class HostDevice(CryptoDevice):
             raise
         self._timeout = self._drv.control_timeout_s = control_timeout_s
         self._q = self._drv.queues[0]
+        self.stateless_aead = self._q.stateless_aead
         self.call_fd = self._q.call_fd
         self._watch = socket.fromfd(self._drv._sock.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
         self._watch.setblocking(False)
@@ -167,11 +168,14 @@ class HostDevice(CryptoDevice):
                 raise CryptoDeviceError(f"region {dr.region_id} is not registered")
             r = dr.req
             dst_len = min(r.dst_cap, max_dst_bytes(r.op, r.alg, r.src_len))
+            # stateless (key_len > 0): the descriptor points at the slot's key field
             ops.append(DataOp(dr.device_sid, r.op, src=h.buf(r.src_offset, r.src_len),
                               dst=h.buf(r.dst_offset, dst_len),
                               iv=h.buf(r.iv_offset, r.iv_len) if r.iv_len else None,
                               aad=h.buf(r.aad_offset, r.aad_len) if r.aad_len else None,
-                              token=dr.token))
+                              token=dr.token,
+                              key=h.buf(r.key_offset, r.key_len) if r.key_len else None,
+                              alg=r.alg))
         try:
             n = self._q.enqueue_burst(ops)
         except (DriverError, OSError) as exc:

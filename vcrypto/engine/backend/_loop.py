@@ -26,7 +26,14 @@ One single-threaded poll loop does all the work:
 3. drain completions, write slot status, bump opdone counters, refcount -1;
    a frontend whose opdone completed gets one eventfd write per pass, and
    only if its ``frontend_waiting`` flag says its waiter is blocked;
-4. when a pass finds nothing: poll again only while requests are in flight
+4. when a pass finds nothing while requests are in flight at the device,
+   sleep on the device's completion call for at most ``inflight_hold_us``
+   *without* setting ``backend_sleeping``: frontends submitting meanwhile
+   ring no doorbell, and what they pushed is taken at that wake, together
+   (at saturation the device is never idle, so arrivals meet in batches
+   and doorbells vanish; idle or a lone request: nothing is in flight and
+   the doorbell path below wakes the loop at once);
+5. when a pass finds nothing: poll again only while requests are in flight
    above ``poll_inflight_threshold`` and within ``poll_budget_us`` of the last
    work (0 on machines with <= 2 cores: notes/ipc-costs.md measured
    busy-polling as catastrophic there); otherwise set ``backend_sleeping``,
@@ -37,6 +44,13 @@ One single-threaded poll loop does all the work:
 The store->load handshakes (frontend: push, fence, read ``backend_sleeping``;
 backend: set ``backend_sleeping``, fence, re-check rings) use
 ``vcrypto.shm.ring.full_fence`` so no wake-up is lost.
+
+Stateless AEAD: a slot with a ``key_len`` carries a connection's traffic
+key (the frontend's own region); it names no session, takes no reference and
+goes to the device as a virtio-crypto stateless request, when the device
+negotiated it (``stateless_aead`` in the shared region tells frontends;
+``--aead-sessions`` turns it off). So a connection costs no control message
+and no session create/close round trip on this loop.
 
 Sessions: the backend owns the session table. ``open`` creates (or finds) a
 session by canonical metadata, inserts it in the shared cache, refcount +1
@@ -93,8 +107,11 @@ from vcrypto._unixsock import SocketAccess, bind_unix_listener
 from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 
+from vcrypto.ops import AEAD_KEY_BYTES
+
 from ..contract import (BackendRegion, BadSlotError, CacheGeometry, Geometry, LayoutError,
                         SessionMeta, SlotStatus)
+from ..contract._session_cache import AEAD_OPS
 from ._control_plane import ControlPlane, FrontendConn
 from ._device import (CryptoDevice, CryptoDeviceError, CryptoDeviceStalled, DeviceRequest,
                       SessionRejected)
@@ -113,6 +130,11 @@ class BackendConfig:
     cache: CacheGeometry = CacheGeometry()
     batch_max: int = 32
     batch_deadline_us: float = 0.0   # max hold of a partial batch (adaptive below it)
+    # While requests are in flight at the device, sleep this long at most
+    # without advertising ``backend_sleeping``: arrivals meanwhile ring no
+    # doorbell and are taken at the next completion wake (or this bound),
+    # together. 0: always advertise (a doorbell per arrival while asleep).
+    inflight_hold_us: float = 500.0
     poll_budget_us: float = 0.0 if (os.cpu_count() or 1) <= 2 else 50.0
     poll_inflight_threshold: int = 8
     ring_quota: int = 32
@@ -126,6 +148,9 @@ class BackendConfig:
     stall_timeout_s: float = 3.0
     backstop_s: float = 0.05
     control_send_timeout_s: float = 1.0
+    # Traffic keys travel in their slots as stateless AEAD requests when the
+    # device takes them; False: as host sessions (the path for hosts without it).
+    stateless_aead: bool = True
 
 
 class Backend:
@@ -173,6 +198,7 @@ class Backend:
         self._unavailable_logged = False
         # stop() before run() (a SIGTERM right after READY=1) must still stop it
         self._stop_requested = False
+        self._stateless = False     # this device attach takes stateless AEAD requests
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -227,6 +253,15 @@ class Backend:
             elif self._should_poll(now):
                 self.stats.poll_passes += 1
                 self._handle(self._sel.select(0))
+                continue
+            elif self._tokens and self.device is not None and self.cfg.inflight_hold_us > 0:
+                # Completions are coming and will wake us (the device's call):
+                # new arrivals wait for that wake, bounded, without a doorbell
+                # each -- at saturation they meet in one batch. With nothing in
+                # flight (idle, a lone request) we advertise and a doorbell
+                # wakes us at once: an idle proxy never waits for this.
+                self.stats.inflight_holds += 1
+                self._sleep(self.cfg.inflight_hold_us / 1e6, advertise=False)
                 continue
             self._sleep(timeout)
 
@@ -298,7 +333,8 @@ class Backend:
             self._sel.register(dev.call_fd, selectors.EVENT_READ, ("call", None))
         if dev.watch_fd is not None:
             self._sel.register(dev.watch_fd, selectors.EVENT_READ, ("devwatch", None))
-        self.shared.set_device(True)
+        self._stateless = self.cfg.stateless_aead and dev.stateless_aead
+        self.shared.set_device(True, stateless_aead=self._stateless)
 
     def _device_failed(self, exc: BaseException) -> None:
         event(log, "error", "device_lost", error=str(exc))
@@ -499,18 +535,28 @@ class Backend:
             self.stats.bad_requests += 1
             self._finish_bad(fe, i, exc.opdone, SlotStatus.BAD_REQUEST)
             return
-        sess = self.sessions.get(req.session_id)
-        # Only a session this frontend holds a reference on (opened or
-        # acquired): session ids are small integers, and another worker's
-        # session may hold a connection's traffic key or a keyless signing key.
-        if (sess is None or sess.meta.op is not req.op or sess.meta.alg is not req.alg
-                or not fe.refs.get(sess.sid)):
-            self.stats.bad_requests += 1
-            self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
-            return
+        if req.key_len:
+            # Stateless AEAD: the traffic key is in the slot (this frontend's
+            # own region); no session, no refcount, no control message.
+            if req.op not in AEAD_OPS or AEAD_KEY_BYTES[req.alg] != req.key_len:
+                self.stats.bad_requests += 1
+                self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
+                return
+            sess = None
+            self.stats.stateless_requests += 1
+        else:
+            sess = self.sessions.get(req.session_id)
+            # Only a session this frontend holds a reference on (opened or
+            # acquired): session ids are small integers, and another worker's
+            # session may hold a connection's traffic key or a keyless signing key.
+            if (sess is None or sess.meta.op is not req.op or sess.meta.alg is not req.alg
+                    or not fe.refs.get(sess.sid)):
+                self.stats.bad_requests += 1
+                self._finish_bad(fe, i, req.opdone, SlotStatus.INVALID)
+                return
+            self.sessions.ref(None, sess)
         token = self._next_token
         self._next_token += 1
-        self.sessions.ref(None, sess)
         fe.inflight += 1
         self.stats.inflight_by_op[req.op] += 1
         self._tokens[token] = (fe, req, sess, now_ns, -1)
@@ -519,14 +565,20 @@ class Backend:
             self.stats.device_errors += 1
             self._complete([(token, SlotStatus.DEVICE_LOST, 0)])
             return
-        try:
-            dsid = self._device_sid(sess)
-        except SessionRejected:
-            self._complete([(token, SlotStatus.INVALID, 0)])
-            return
-        except CryptoDeviceError as exc:
-            self._device_failed(exc)
-            return
+        if sess is None:
+            if not self._stateless:   # (frontends read it in the shared region)
+                self._complete([(token, SlotStatus.NOT_SUPPORTED, 0)])
+                return
+            dsid = 0
+        else:
+            try:
+                dsid = self._device_sid(sess)
+            except SessionRejected:
+                self._complete([(token, SlotStatus.INVALID, 0)])
+                return
+            except CryptoDeviceError as exc:
+                self._device_failed(exc)
+                return
         self._tokens[token] = (fe, req, sess, now_ns, dsid)
         if not self._batch:
             self._batch_deadline = time.monotonic() + self.cfg.batch_deadline_us / 1e6
@@ -601,7 +653,8 @@ class Backend:
                     self._to_wake.add(fe)
             elif fe.inflight == 0:
                 self.control.free_region(fe)
-            self.unref(sess)
+            if sess is not None:
+                self.unref(sess)
 
     def _session_lost(self, token: int) -> SlotStatus | None:
         """The device no longer knows the session a request went with (host
@@ -613,7 +666,7 @@ class Backend:
         if entry is None:
             return SlotStatus.DEVICE_ERROR
         fe, req, sess, t_ns, dsid = entry
-        if token in self._redone or not fe.alive or self.device is None:
+        if sess is None or token in self._redone or not fe.alive or self.device is None:
             self.stats.device_errors += 1
             return SlotStatus.DEVICE_ERROR
         if sess.device_sid == dsid and sess.epoch == self._epoch:

@@ -54,9 +54,17 @@ def _parse(argv):
     p.add_argument("--batch-max", type=int, default=32)
     p.add_argument("--batch-deadline-us", type=float, default=0.0)
     p.add_argument("--poll-budget-us", type=float, default=None)
+    p.add_argument("--inflight-hold-us", type=float, default=BackendConfig.inflight_hold_us,
+                   help="with requests in flight at the host, wait up to this long for its "
+                        "completion call without advertising sleep (arrivals ring no doorbell, "
+                        "they join the next batch); 0: always advertise")
     p.add_argument("--slots", type=int, default=256, help="request slots per frontend")
     p.add_argument("--queue-size", type=int, default=256,
                    help="entries of the data virtqueue to the host (requests in flight there)")
+    p.add_argument("--aead-sessions", action="store_true",
+                   help="send traffic keys as host sessions (session create/close per "
+                        "connection direction) instead of stateless AEAD requests: what a host "
+                        "without VIRTIO_CRYPTO_F_AEAD_STATELESS_MODE gets; for comparison")
     p.add_argument("--stall-timeout-s", type=float, default=BackendConfig.stall_timeout_s,
                    help="a request outstanding at the host longer than this means the host is "
                         "hung: it is failed like a dead one (reconnect with backoff)")
@@ -91,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BackendConfig(socket_path=args.socket, host_socket=args.host_socket, socket_access=access,
                         batch_max=args.batch_max, batch_deadline_us=args.batch_deadline_us,
                         stall_timeout_s=args.stall_timeout_s,
+                        stateless_aead=not args.aead_sessions,
+                        inflight_hold_us=args.inflight_hold_us,
                         geometry=Geometry(ring_capacity=max(256, 1 << (args.slots - 1).bit_length()),
                                           slot_count=args.slots))
     if args.poll_budget_us is not None:

@@ -38,6 +38,7 @@ class BackendStats:
     requests: int = 0
     completed: int = 0
     bad_requests: int = 0
+    stateless_requests: int = 0     # AEAD requests that carried their key (no session)
     device_errors: int = 0          # requests failed back to frontends (fallback)
     sessions_lost: int = 0          # device sessions recreated after the device lost them
     session_lost_redos: int = 0     # requests redone on a recreated session
@@ -50,6 +51,7 @@ class BackendStats:
     calls: int = 0                  # frontend eventfd writes
     poll_passes: int = 0            # passes spent polling instead of sleeping
     sleeps: int = 0
+    inflight_holds: int = 0         # sleeps on the device call with requests in flight, unadvertised
     batches: int = 0
     device_full: int = 0            # batches the device queue could not take whole
     batch_fill: list = dataclasses.field(default_factory=lambda: [0] * len(BATCH_BUCKETS))

@@ -62,9 +62,19 @@ cache-line aligned, IV storage inside)::
     44     4    iv_len       frontend    0..32
     48     8    submit_ns    frontend    CLOCK_MONOTONIC at submission (metrics)
     56     4    generation   frontend    bumped per use; completions carry it
-    60     4    -            -           reserved
+    60     1    key_len      frontend    0: session mode (session_id names the
+                                         session); 16 or 32: stateless AEAD, the
+                                         traffic key is ``key`` (session_id 0)
+    61     3    -            -           reserved
     64     32   iv           frontend    the IV / nonce
-    96     32   -            -           reserved (host scratch)
+    96     32   key          frontend    stateless AEAD: the key (key_len bytes)
+
+Stateless slots are how a connection's AEAD traffic keys reach the host
+with no session at all (DESIGN §5: no shared-cache entry, no control round
+trip): the key lives only in this region, which the worker shares with the
+engine-backend and the host and with no other worker; the backend passes it
+on as a virtio-crypto stateless AEAD request (``vcrypto.wire.virtio_crypto``),
+the descriptor pointing at this field.
 
 Opdone record j at ``opdone_offset + 64*j`` (one cache line each)::
 
@@ -102,11 +112,13 @@ PIPELINE_DEPTH = 16  # requests per opdone, as in the notes
 # byte offsets of slot fields (u32 index = offset // 4, u64 index = offset // 8)
 S_STATUS, S_OPALG, S_SID, S_SRC_OFF, S_SRC_LEN = 0, 4, 8, 16, 20
 S_DST_OFF, S_DST_CAP, S_AAD_OFF, S_AAD_LEN, S_DST_LEN, S_IV_LEN = 24, 28, 32, 36, 40, 44
-S_SUBMIT_NS, S_GEN, S_IV = 48, 56, 64
+S_SUBMIT_NS, S_GEN, S_KEY_LEN, S_IV, S_KEY = 48, 56, 60, 64, 96
+MAX_KEY_BYTES = 32
+STATELESS_KEY_LENS = (16, 32)
 H_WAITING = 64
 
-#: Slot bytes 0..59 in one struct (see the layout table above).
-_SLOT_FIELDS = struct.Struct("<IBBHQIIIIIIIIQI")
+#: Slot bytes 0..60 in one struct (see the layout table above).
+_SLOT_FIELDS = struct.Struct("<IBBHQIIIIIIIIQIB")
 
 OP_CODE = {Op.AEAD_SEAL: 1, Op.AEAD_OPEN: 2, Op.ECDH: 3, Op.SIGN: 4}
 CODE_OP = {v: k for k, v in OP_CODE.items()}
@@ -259,10 +271,13 @@ class FrontendRegion:
 
     def write_request(self, i: int, op: Op, alg: Alg, opdone: int, session_id: int,
                       src: bytes, dst_cap: int, iv: bytes = b"", aad: bytes = b"",
-                      submit_ns: int = 0) -> None:
-        """Fill slot ``i`` and its data chunk. Raises ``LayoutError`` if it does not fit."""
+                      submit_ns: int = 0, key: bytes = b"") -> None:
+        """Fill slot ``i`` and its data chunk. Raises ``LayoutError`` if it does
+        not fit. ``key``: a stateless AEAD request (``session_id`` 0)."""
         if len(iv) > MAX_IV_BYTES:
             raise LayoutError(f"iv of {len(iv)} bytes (max {MAX_IV_BYTES})")
+        if key and len(key) not in STATELESS_KEY_LENS:
+            raise LayoutError(f"stateless key of {len(key)} bytes")
         chunk = self._data + self._chunk * i
         aad_off = chunk
         src_off = chunk + _a64(len(aad))
@@ -276,13 +291,15 @@ class FrontendRegion:
         mv[src_off:src_off + len(src)] = src
         if iv:
             mv[base + S_IV:base + S_IV + len(iv)] = iv
+        if key:
+            mv[base + S_KEY:base + S_KEY + len(key)] = key
         gen = self._gens[i] = (self._gens[i] + 1) & 0xFFFFFFFF
-        # One C-level pack of bytes 0..59 (status PENDING first): the slot is
+        # One C-level pack of bytes 0..60 (status PENDING first): the slot is
         # published by the ring push that follows, so no field order matters
         # inside it, only that all of it precedes the tail store (TSO).
         _SLOT_FIELDS.pack_into(mv, base, SlotStatus.PENDING, OP_CODE[op], ALG_CODE[alg], opdone,
                                session_id, src_off, len(src), dst_off, dst_cap, aad_off,
-                               len(aad), 0, len(iv), submit_ns, gen)
+                               len(aad), 0, len(iv), submit_ns, gen, len(key))
 
     def result(self, i: int) -> tuple[SlotStatus, bytes]:
         """Status and output of a completed slot (copied out of the region)."""
@@ -308,7 +325,7 @@ class FrontendRegion:
             raise BadSlotError(f"slot index {i} out of range 0..{self.geometry.slot_count - 1}")
         base = self._slots + SLOT_BYTES * i
         (_status, op_code, alg_code, opdone, session_id, src_off, src_len, dst_off, dst_cap,
-         aad_off, aad_len, _dst_len, iv_len, submit_ns, generation) = \
+         aad_off, aad_len, _dst_len, iv_len, submit_ns, generation, key_len) = \
             _SLOT_FIELDS.unpack_from(self.mv, base)
         if opdone >= self.geometry.opdone_count:
             raise BadSlotError(f"slot {i}: opdone {opdone} out of range")
@@ -324,8 +341,11 @@ class FrontendRegion:
                 raise BadSlotError(f"slot {i}: {name} [{off}, +{n}) outside its chunk", opdone)
         if iv_len > MAX_IV_BYTES:
             raise BadSlotError(f"slot {i}: iv_len {iv_len}", opdone)
+        if key_len and (key_len not in STATELESS_KEY_LENS or session_id):
+            raise BadSlotError(f"slot {i}: key_len {key_len} with session {session_id}", opdone)
         return SlotRequest(i, op, alg, opdone, session_id, src_off, src_len, dst_off, dst_cap,
-                           aad_off, aad_len, base + S_IV, iv_len, submit_ns, generation)
+                           aad_off, aad_len, base + S_IV, iv_len, submit_ns, generation,
+                           base + S_KEY, key_len)
 
     def complete(self, i: int, status: SlotStatus, dst_len: int = 0) -> None:
         w = self.slot_offset(i) // 4
@@ -407,3 +427,5 @@ class SlotRequest:
     iv_len: int
     submit_ns: int
     generation: int
+    key_offset: int = 0
+    key_len: int = 0     # > 0: stateless AEAD, the key at key_offset

@@ -23,7 +23,10 @@ entries, and it holds no key material (entries carry digests only)::
     128    4    device_up        1 while the host device is attached; 0 = frontends
                                  compute in-process (fallback)
     132    4    device_epoch     bumped at every (re)attach to the host
-    136    56   -                reserved
+    136    4    stateless_aead   1 while the device takes stateless AEAD requests
+                                 (the key in the slot, no session): frontends
+                                 then open no session for a traffic key
+    140    52   -                reserved
 
 Session cache entry k at ``cache_offset + entry_bytes*k`` (open addressing,
 linear probing from ``md5[0:4] mod cache_entries``)::
@@ -57,7 +60,7 @@ from vcrypto.ops import Alg, Op
 from ._region import ALG_CODE, CODE_ALG, CODE_OP, OP_CODE, VERSION, LayoutError
 
 BACKEND_MAGIC = 0x45424356
-B_SLEEPING, B_DEVICE_UP, B_EPOCH = 64, 128, 132
+B_SLEEPING, B_DEVICE_UP, B_EPOCH, B_STATELESS = 64, 128, 132, 136
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,9 +179,14 @@ class BackendRegion:
     def device_epoch(self) -> int:
         return self.u32[B_EPOCH // 4]
 
-    def set_device(self, up: bool) -> None:
+    @property
+    def stateless_aead(self) -> int:
+        return self.u32[B_STATELESS // 4]
+
+    def set_device(self, up: bool, stateless_aead: bool = False) -> None:
         if up:
             self.u32[B_EPOCH // 4] += 1
+        self.u32[B_STATELESS // 4] = 1 if up and stateless_aead else 0
         self.u32[B_DEVICE_UP // 4] = 1 if up else 0
 
     def release(self) -> None:

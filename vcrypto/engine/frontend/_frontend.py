@@ -24,11 +24,20 @@ Results are read in place by slot address.
 One system task, the *waiter*, watches the process's single eventfd with
 ``trio.lowlevel.wait_readable``: it sets ``frontend_waiting``, fences, scans
 the opdones tasks wait on, and blocks only if none completed (the backend
-writes the eventfd only when that flag is set). A completed opdone wakes
-exactly the task that owns it.
+writes the eventfd only when that flag is set). While the trio loop is
+busy (other tasks runnable, or other tasks ran for more than ``BUSY_GAP_NS``
+since the waiter's last tick: the loop will not sleep anyway) it instead
+scans once per tick with the flag clear, so a busy process costs the
+backend no eventfd write per completion (``busy_poll``). A completed opdone
+wakes exactly the task that owns it.
 
-Sessions: a local handle table (canonical metadata -> handle, local
-refcount) first; on a miss the shared session cache (MD5 -> sid, confirmed
+Sessions: a connection's AEAD traffic key (not ``shareable``) needs none
+while the backend's device takes stateless AEAD (``stateless_aead`` in the
+shared region): the key is written into each request's slot (this worker's
+own region) and travels to the host with the request (virtio-crypto
+stateless mode), so a connection costs no control message and no shared
+cache entry. Every other session: a local handle table (canonical metadata
+-> handle, local refcount) first; on a miss the shared session cache (MD5 -> sid, confirmed
 byte for byte) and an ``acquire`` to the backend; else ``open`` (the backend
 creates the session at the host). The backend reference is dropped after
 the last local user has been gone ``linger_s`` (so back-to-back connections
@@ -85,6 +94,9 @@ Item = tuple[bytes, bytes, bytes]
 Result = tuple[SlotStatus, bytes]
 
 
+#: The waiter's tick took this long: other tasks ran meanwhile (a busy loop).
+BUSY_GAP_NS = 50_000
+
 #: Frontend deadline: twice the backend's host deadline (3 s), so a hung
 #: host is failed by the backend (which keeps serving) before any frontend
 #: gives up on the backend itself.
@@ -105,10 +117,13 @@ class Frontend:
     def __init__(self, socket_path: str, *, reconnect_interval_s: float = 0.5,
                  linger_s: float = 1.0, attach_timeout_s: float = 2.0,
                  backstop_s: float = 0.05, control_timeout_s: float = 5.0,
-                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S):
+                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S, busy_poll: bool = True):
         if not stall_timeout_s > 0:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
         self.stall_timeout_s = stall_timeout_s
+        # The waiter polls the opdones instead of arming the eventfd while
+        # other tasks of this trio loop are runnable (see ``_waiter``).
+        self.busy_poll = busy_poll
         self.socket_path = socket_path
         self.reconnect_interval_s = reconnect_interval_s
         self.attach_timeout_s = attach_timeout_s
@@ -366,6 +381,7 @@ class Frontend:
 
     async def _waiter(self, att: Attachment) -> None:
         region = att.region
+        polled_ns = quiet = 0
         try:
             while att.alive:
                 if not att.waiting and not att.orphans:
@@ -374,6 +390,27 @@ class Frontend:
                     continue
                 if att.sent_at and self._stalled(att):
                     return
+                if self.busy_poll:
+                    busy = (time.perf_counter_ns() - polled_ns > BUSY_GAP_NS
+                            or trio.lowlevel.current_statistics().tasks_runnable)
+                    quiet = 0 if busy else quiet + 1
+                    if quiet < 2:
+                        # The loop is busy: other tasks are runnable, or ran
+                        # for a while since our last tick. It will not block in
+                        # epoll anyway, so scan the opdones once per tick (a
+                        # few loads) and leave ``frontend_waiting`` clear: the
+                        # backend writes no eventfd while this process is busy.
+                        # Two quiet ticks in a row (trio may run a busy task
+                        # just after us in one batch and just before us in the
+                        # next: one tick can look quiet) and we arm and block
+                        # below: idle costs nothing, a lone request waits at
+                        # most two extra ticks.
+                        self.stats.waiter_polls += 1
+                        self._scan(att)
+                        polled_ns = time.perf_counter_ns()   # the tick's gap counts from here
+                        await trio.lowlevel.checkpoint()
+                        continue
+                    quiet = 0
                 region.frontend_waiting = 1
                 full_fence()  # our flag store before the opdone loads
                 if self._scan(att):
@@ -484,17 +521,23 @@ class Frontend:
         in-process when the engine cannot take them (counted).
         """
         att = await self._current()
+        key = b""
         if att is not None and att.shared.device_up and h.rejected_gen != att.gen:
-            try:
-                await self.sessions.sid(att, h)
-            except Detached:
-                att = None
-            except EngineUnavailable:
-                # The device refused the session (a capability it lacks, a
-                # key it rejects): this session runs in-process (per-op
-                # fallback) until the next attach, without asking again.
-                h.rejected_gen = att.gen
-                att = None
+            if not h.meta.shareable and att.shared.stateless_aead:
+                # A traffic key travels in its slots (stateless AEAD): no
+                # session, no control round trip, nothing in the shared cache.
+                key = h.meta.key
+            else:
+                try:
+                    await self.sessions.sid(att, h)
+                except Detached:
+                    att = None
+                except EngineUnavailable:
+                    # The device refused the session (a capability it lacks, a
+                    # key it rejects): this session runs in-process (per-op
+                    # fallback) until the next attach, without asking again.
+                    h.rejected_gen = att.gen
+                    att = None
         else:
             att = None
         if att is None or not att.alive:
@@ -548,7 +591,7 @@ class Frontend:
                     for k in group:
                         results[k] = self._inline(h, items[k])
                     continue
-                pending.append(self._submit(att, h, items, group))
+                pending.append(self._submit(att, h, items, group, key))
             while pending:
                 await collect_oldest()
         finally:
@@ -564,19 +607,21 @@ class Frontend:
             att.maybe_unmap()
         return results  # type: ignore[return-value]
 
-    def _submit(self, att: Attachment, h: EngineSession, items, group):
+    def _submit(self, att: Attachment, h: EngineSession, items, group, key: bytes = b""):
         """Write one group (<= 16 requests, one opdone) and publish it. No
-        await inside: the ring has a single producer."""
+        await inside: the ring has a single producer. ``key``: stateless
+        AEAD, the key goes into each slot and no session id."""
         region = att.region
         j = att.free_opdones.pop()
         slots = [att.free_slots.pop() for _ in group]
         now_ns = time.monotonic_ns()
-        meta, sid = h.meta, h.sid
+        meta, sid = h.meta, (0 if key else h.sid)
         region.opdones.reset(j, len(group))
         for k, slot in zip(group, slots):
             src, iv, aad = items[k]
             region.write_request(slot, meta.op, meta.alg, j, sid, src,
-                                 max_dst_bytes(meta.op, meta.alg, len(src)), iv, aad, now_ns)
+                                 max_dst_bytes(meta.op, meta.alg, len(src)), iv, aad, now_ns,
+                                 key)
         ev = trio.Event()
         att.waiting[j] = ev
         att.sent_at[j] = now_ns

@@ -10,6 +10,7 @@ class FrontendStats:
     opdones: int = 0             # opdone records used (<= 16 requests each)
     opdone_waits: int = 0        # times a task suspended on its opdone
     waiter_wakes: int = 0        # eventfd wake-ups of the waiter
+    waiter_polls: int = 0        # opdone scans made instead of arming (the loop was busy)
     doorbells: int = 0           # doorbell writes (backend was asleep)
     fallback_requests: int = 0   # computed in-process: engine away (detached, device down)
     stalls: int = 0              # detached: a request outstanding past stall_timeout_s
