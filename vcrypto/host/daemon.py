@@ -1,12 +1,15 @@
 """``vcrypto-host``: the host daemon (``python -m vcrypto.host``).
 
-    vcrypto-host --socket PATH [--config FILE] [--metrics HOST:PORT] [--log-level LEVEL]
+    vcrypto-host --socket PATH [--config FILE] [--metrics HOST:PORT]
+                 [--admin-socket PATH|none] [--log-level LEVEL]
 
 Listens on a unix socket; every accepted connection is one virtual crypto
 device (one attached driver: an engine-backend, or QEMU). All devices share
 one scheduler / resource pool. Ready when the socket accepts (and, with
 ``--metrics``, after logging ``metrics listening on HOST:PORT`` with the bound
-port; port 0 picks a free one). SIGTERM/SIGINT: stop accepting, close every
+port; port 0 picks a free one). The admin socket (``vcrypto status``,
+protocol in ``vcrypto.admin``) defaults to ``host.admin.sock`` next to the
+socket (``--admin-socket none``: no admin socket). SIGTERM/SIGINT: stop accepting, close every
 device, release the pool, exit 0.
 """
 from __future__ import annotations
@@ -17,16 +20,21 @@ import itertools
 import logging
 import os
 import signal
+import socket
+import struct
 import sys
+import time
 
 import trio
 
+from vcrypto import admin
 from vcrypto._unixsock import bind_unix_listener
 from vcrypto.host.config import HostConfigError, HostConfig, load_config
 from vcrypto.host.device import VirtioCryptoDevice
 from vcrypto.host.keys import KeyStore, KeyStoreError
 from vcrypto.host.queue import DeviceStats
 from vcrypto.host.scheduling import open_scheduler
+from vcrypto.host.status import host_status
 
 log = logging.getLogger("vcrypto.host")
 
@@ -41,6 +49,13 @@ class Host:
         self.devices: dict[int, VirtioCryptoDevice] = {}
         self.closed_stats = DeviceStats()
         self._ids = itertools.count(1)
+        self.socket_path = ""
+        self.started_s = time.monotonic()
+
+    async def admin_request(self, request: admin.AdminRequest) -> dict:
+        """The admin socket's handler: the status document, built on this
+        (the data path's) thread between two of its passes."""
+        return host_status(self)
 
     async def serve_connection(self, sock) -> None:
         with sock:
@@ -48,6 +63,7 @@ class Host:
                 log.warning("refusing a device: %d attached (max_devices)", len(self.devices))
                 return
             device = VirtioCryptoDevice(next(self._ids), self.config, self.scheduler, self.keys)
+            device.peer_pid = _peer_pid(sock)
             self.devices[device.id] = device
             log.info("device %d attached", device.id)
             try:
@@ -63,6 +79,7 @@ class Host:
     async def serve(self, socket_path: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         # a stale socket left by a killed host is replaced; a live host's is never stolen
         listener = trio.socket.from_stdlib_socket(bind_unix_listener(socket_path))
+        self.socket_path = socket_path
         log.info("listening on %s", socket_path)
         try:
             async with trio.open_nursery() as nursery:
@@ -85,6 +102,15 @@ class Host:
                 pass
 
 
+def _peer_pid(sock) -> int:
+    """The connected driver's pid (0 if the kernel does not say)."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    return struct.unpack("3i", creds)[0]
+
+
 def _start_metrics(host: Host, spec: str) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
 
@@ -100,7 +126,8 @@ def _start_metrics(host: Host, spec: str) -> None:
     print(f"metrics listening on {addr}:{bound}", file=sys.stderr, flush=True)
 
 
-async def run(config: HostConfig, socket_path: str, metrics: str | None) -> None:
+async def run(config: HostConfig, socket_path: str, metrics: str | None,
+              admin_socket: str | None = None) -> None:
     keys = KeyStore.load_dir(config.keys_dir)
     async with open_scheduler(config.pool) as scheduler:
         host = Host(config, scheduler, keys)
@@ -108,6 +135,8 @@ async def run(config: HostConfig, socket_path: str, metrics: str | None) -> None
             _start_metrics(host, metrics)
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve, socket_path)
+            if admin_socket:
+                await nursery.start(admin.serve_admin, admin_socket, host.admin_request)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("signal %d: shutting down", signum)
@@ -121,8 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--metrics", help="HOST:PORT for the prometheus endpoint (port 0 = any)")
+    parser.add_argument("--admin-socket",
+                        help="unix socket of the admin endpoint (vcrypto status; default: "
+                             "host.admin.sock next to --socket; 'none': no admin socket)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    admin_socket = admin.admin_socket_path(args.socket) if args.admin_socket is None \
+        else None if args.admin_socket == "none" else args.admin_socket
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -136,8 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:   # SocketInUse, or a path we may not use
         print(f"vcrypto-host: cannot listen on {args.socket}: {exc}", file=sys.stderr)
         return 2
+    if admin_socket:
+        try:
+            bind_unix_listener(admin_socket).close()
+        except OSError as exc:
+            print(f"vcrypto-host: cannot listen on --admin-socket {admin_socket}: {exc}",
+                  file=sys.stderr)
+            return 2
     try:
-        trio.run(run, config, args.socket, args.metrics)
+        trio.run(run, config, args.socket, args.metrics, admin_socket)
     except KeyStoreError as exc:
         print(f"vcrypto-host: keys: {exc}", file=sys.stderr)
         return 2

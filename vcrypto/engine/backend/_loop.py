@@ -80,6 +80,7 @@ frontend -- is the backend's ``ControlPlane`` (``_control_plane``).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import selectors
@@ -99,6 +100,7 @@ from ._device import (CryptoDevice, CryptoDeviceError, CryptoDeviceStalled, Devi
                       SessionRejected)
 from ._metrics import BackendStats
 from ._sessions import BackendSessionTable, Session
+from ._status import backend_status
 
 
 @dataclasses.dataclass
@@ -168,6 +170,12 @@ class Backend:
         self._gap_s: float | None = None
         self._unavailable_logged = False
         self._running = False
+        self.started_s = time.monotonic()
+        # Status requests from the admin thread (``_admin``): a callback each,
+        # answered on this thread at the top of the next pass (deque: append
+        # and popleft are safe across threads).
+        self._status_asks: collections.deque[Callable[[dict | None, BaseException | None], None]] = \
+            collections.deque()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -197,6 +205,8 @@ class Backend:
         self._running = True
         self._connect_device()
         while self._running:
+            if self._status_asks:
+                self._answer_status()
             if self._exposed:
                 self._retire_exposed()
             if self.device is None and time.monotonic() >= self._next_retry:
@@ -675,6 +685,40 @@ class Backend:
                 except BlockingIOError:
                     pass
 
+
+    # -- admin status (``_status``, ``_admin``) ----------------------------------------
+
+    def ask_status(self, deliver: Callable[[dict | None, BaseException | None], None]) -> None:
+        """From another thread: have the loop build the status document and
+        call ``deliver(doc, error)`` on the loop's thread (within one pass)."""
+        self._status_asks.append(deliver)
+        try:
+            self._wake_w.send(b"s")
+        except OSError:   # the wake socket is full: the loop is awake anyway
+            pass
+
+    def _answer_status(self) -> None:
+        try:
+            doc, error = backend_status(self), None
+        except Exception as exc:  # noqa: BLE001 - a status bug must not stop the data plane
+            doc, error = None, exc
+        while self._status_asks:
+            self._status_asks.popleft()(doc, error)
+
+    @property
+    def inflight_count(self) -> int:
+        """Requests taken from the trans rings and not yet completed."""
+        return len(self._tokens)
+
+    @property
+    def pending_batch(self) -> int:
+        """Requests held in the batch, not yet submitted to the device."""
+        return len(self._batch)
+
+    @property
+    def device_full(self) -> bool:
+        """The device's queue could not take the last batch whole (back-pressure)."""
+        return self._device_full
 
     def snapshot(self) -> dict:
         return {

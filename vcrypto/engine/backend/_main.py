@@ -14,9 +14,11 @@ import signal
 import sys
 from collections.abc import Callable
 
+from vcrypto import admin
 from vcrypto.driver import check_queue_size
 
 from ..contract import Geometry
+from ._admin import AdminThread
 from ._device import CryptoDevice, LocalDevice
 from ._loop import Backend, BackendConfig
 
@@ -33,6 +35,9 @@ def _parse(argv):
     host.add_argument("--no-host", action="store_true",
                       help="run requests in this process (start-up fallback mode)")
     p.add_argument("--metrics", help="HOST:PORT for the Prometheus endpoint (port 0 = any)")
+    p.add_argument("--admin-socket",
+                   help="unix socket of the admin endpoint (vcrypto status; default: "
+                        "backend.admin.sock next to --socket; 'none': no admin socket)")
     p.add_argument("--batch-max", type=int, default=32)
     p.add_argument("--batch-deadline-us", type=float, default=0.0)
     p.add_argument("--poll-budget-us", type=float, default=None)
@@ -87,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         reg.register(BackendCollector(backend.stats, backend.gauges))
         httpd, _thread = start_http_server(int(mport), addr=mhost or "127.0.0.1", registry=reg)
         print(f"metrics on {mhost or '127.0.0.1'}:{httpd.server_port}", file=sys.stderr, flush=True)
+    admin_path = admin.admin_socket_path(args.socket) if args.admin_socket is None \
+        else None if args.admin_socket == "none" else args.admin_socket
+    admin_thread = None
+    if admin_path:
+        admin_thread = AdminThread(backend, admin_path)
+        try:
+            admin_thread.start()
+        except OSError as exc:
+            print(f"vcrypto-engine-backend: cannot listen on --admin-socket {admin_path}: {exc}",
+                  file=sys.stderr)
+            backend.close()
+            return 2
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` dumps every thread's stack
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: backend.stop())
@@ -94,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend.run()
     finally:
+        if admin_thread is not None:
+            admin_thread.close()
         backend.close()
     return 0
 
