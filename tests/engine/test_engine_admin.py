@@ -10,7 +10,10 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -164,3 +167,22 @@ async def test_crypto_keeps_flowing_while_every_admin_slot_is_held(stack):
     completed = sum(r["completed"] for r in host["pool"]["resources"])
     assert completed >= 5
     assert host["devices"][0]["driver_pid"] == stack.backend.pid
+
+
+def test_vcrypto_status_names_a_hung_host_and_still_shows_the_backend(stack):
+    """The host stopped (SIGSTOP: its sockets accept, nothing answers):
+    ``vcrypto status`` gives up on it after --timeout-s, says so, shows the
+    backend, exits 2; once the host runs again both answer (exit 0)."""
+    cmd = [str(Path(sys.executable).with_name("vcrypto")), "status", "--timeout-s", "1",
+           "--host-admin", stack.admin["host"], "--backend-admin", stack.admin["backend"]]
+    stack.host.pause()
+    try:
+        hung = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    finally:
+        stack.host.resume()
+    assert hung.returncode == 2, hung
+    assert "vcrypto-host  UNREACHABLE" in hung.stdout and "no reply within 1.0s" in hung.stdout
+    assert "vcrypto-engine-backend  pid" in hung.stdout
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "vcrypto-host  pid" in ok.stdout

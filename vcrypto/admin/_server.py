@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -137,7 +136,7 @@ async def _serve_one(stream: trio.SocketStream, handler: Handler, cache: _Status
 async def _answer(req: AdminRequest, handler: Handler, cache: _StatusCache) -> bytes:
     if req.cmd == "ping":
         return encode_reply("ping")
-    now = time.monotonic()
+    now = trio.current_time()
     if req.cmd == "status" and cache.body is not None and now - cache.at < STATUS_MIN_INTERVAL_S:
         return encode_reply("status", cache.body)
     try:
@@ -153,5 +152,5 @@ async def _answer(req: AdminRequest, handler: Handler, cache: _StatusCache) -> b
         log.exception("admin %s failed", req.cmd)
         return encode_error("internal", f"{type(exc).__name__}: {exc}")
     if req.cmd == "status":
-        cache.at, cache.body = time.monotonic(), body
+        cache.at, cache.body = trio.current_time(), body
     return reply
