@@ -91,6 +91,9 @@ def test_replies_round_trip():
 def test_admin_socket_sits_next_to_the_daemon_socket():
     assert admin.admin_socket_path("/run/vcrypto/host.sock") == "/run/vcrypto/host.admin.sock"
     assert admin.admin_socket_path("/x/engine") == "/x/engine.admin.sock"
+    assert admin.resolve_admin_socket(None, "/r/backend.sock") == "/r/backend.admin.sock"
+    assert admin.resolve_admin_socket("none", "/r/backend.sock") is None
+    assert admin.resolve_admin_socket("/elsewhere/a.sock", "/r/backend.sock") == "/elsewhere/a.sock"
 
 
 def test_runtime_file_names_the_sockets_and_discovery_needs_a_live_pid(tmp_path):

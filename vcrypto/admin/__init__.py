@@ -14,7 +14,7 @@ The daemons build their documents themselves (``vcrypto.host.status``,
 """
 from ._client import (DAEMONS, RUNTIME_FILE, SYSTEM_RUNTIME_DIR, AdminUnreachable,
                       admin_socket_path, default_admin_paths, find_runtime_dirs, query,
-                      read_runtime_file, write_runtime_file)
+                      read_runtime_file, resolve_admin_socket, write_runtime_file)
 from ._cli import main
 from ._protocol import (COMMANDS, MAX_REQUEST_BYTES, PROTOCOL_VERSION, AdminProtocolError,
                         AdminRequest, RequestReader, decode_reply, encode_error, encode_reply,
@@ -27,5 +27,5 @@ __all__ = [
     "AdminProtocolError", "AdminRequest", "AdminUnreachable", "RequestReader",
     "admin_socket_path", "decode_reply", "default_admin_paths", "encode_error", "encode_reply",
     "encode_request", "find_runtime_dirs", "main", "parse_request", "query", "read_runtime_file",
-    "serve_admin", "write_runtime_file",
+    "resolve_admin_socket", "serve_admin", "write_runtime_file",
 ]

@@ -35,6 +35,14 @@ def admin_socket_path(socket_path: str) -> str:
     return os.path.join(head, f"{stem}.admin.sock")
 
 
+def resolve_admin_socket(flag: str | None, socket_path: str) -> str | None:
+    """A daemon's ``--admin-socket`` flag -> the path to serve (None: none):
+    unset = next to its socket (``admin_socket_path``), ``none`` = no admin socket."""
+    if flag is None:
+        return admin_socket_path(socket_path)
+    return None if flag == "none" else flag
+
+
 def default_admin_paths(runtime_dir: str) -> dict[str, str]:
     """Admin sockets of the two daemons in ``runtime_dir``: from its runtime
     file when there is one, else the default names (``host.admin.sock``,

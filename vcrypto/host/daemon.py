@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                              "host.admin.sock next to --socket; 'none': no admin socket)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    admin_socket = admin.admin_socket_path(args.socket) if args.admin_socket is None \
-        else None if args.admin_socket == "none" else args.admin_socket
+    admin_socket = admin.resolve_admin_socket(args.admin_socket, args.socket)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         reg.register(BackendCollector(backend.stats, backend.gauges))
         httpd, _thread = start_http_server(int(mport), addr=mhost or "127.0.0.1", registry=reg)
         print(f"metrics on {mhost or '127.0.0.1'}:{httpd.server_port}", file=sys.stderr, flush=True)
-    admin_path = admin.admin_socket_path(args.socket) if args.admin_socket is None \
-        else None if args.admin_socket == "none" else args.admin_socket
+    admin_path = admin.resolve_admin_socket(args.admin_socket, args.socket)
     admin_thread = None
     if admin_path:
         admin_thread = AdminThread(backend, admin_path)
