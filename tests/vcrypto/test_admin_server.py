@@ -5,6 +5,8 @@ most once per STATUS_MIN_INTERVAL_S, a handler that raises is answered
 answered ``unavailable`` after REPLY_TIMEOUT_S."""
 from __future__ import annotations
 
+import argparse
+import io
 import json
 
 import pytest
@@ -12,7 +14,7 @@ import trio
 import trio.testing
 
 from vcrypto import admin
-from vcrypto.admin import _server
+from vcrypto.admin import _cli, _server
 
 
 @pytest.fixture
@@ -76,3 +78,19 @@ async def test_a_handler_that_never_answers_is_reported_unavailable(tmp_path, cl
         await trio.testing.wait_all_tasks_blocked()
         clock.jump(_server.REPLY_TIMEOUT_S)
     assert result["reply"]["error"]["kind"] == "unavailable"
+
+
+async def test_cli_tabulates_what_it_can_and_never_prints_a_traceback(tmp_path, nursery):
+    """A daemon answering a document of another shape (another version):
+    ``vcrypto status`` says it cannot tabulate it and points at --json."""
+    async def handler(req):
+        return {"daemon": "vcrypto-host", "pid": 1}   # no pool, no devices
+
+    path = str(tmp_path / "d.admin.sock")
+    await nursery.start(admin.serve_admin, path, handler)
+    args = argparse.Namespace(json=False, runtime_dir=None, host_admin=path, backend_admin=None,
+                              timeout_s=5.0)
+    out, err = io.StringIO(), io.StringIO()
+    rc = await trio.to_thread.run_sync(lambda: _cli.status(args, out=out, err=err))
+    assert rc == 0
+    assert "cannot tabulate" in out.getvalue() and "--json" in out.getvalue()

@@ -94,7 +94,12 @@ def status(args, out=sys.stdout, err=sys.stderr) -> int:
         blocks = []
         for name, res in results.items():
             if res["ok"]:
-                blocks.append(RENDERERS[name](res["status"], res["admin_socket"]))
+                try:
+                    blocks.append(RENDERERS[name](res["status"], res["admin_socket"]))
+                except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                    # a daemon of another version: its document, not a traceback
+                    blocks.append([f"{name}  answered a status this vcrypto cannot tabulate "
+                                   f"({type(exc).__name__}: {exc}); see vcrypto status --json"])
             else:
                 blocks.append(render_unreachable(name, res["admin_socket"], res["error"]))
         out.write("\n\n".join("\n".join(b) for b in blocks) + "\n")
