@@ -193,3 +193,27 @@ def test_vcrypto_status_names_a_hung_host_and_still_shows_the_backend(stack):
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "vcrypto-host  pid" in ok.stdout
+
+
+@pytest.mark.parametrize("flag", ["custom", "none"])
+def test_admin_socket_path_is_configurable(tmp_path, flag):
+    custom = str(tmp_path / "elsewhere" / "b.sock")
+    os.makedirs(os.path.dirname(custom))
+    d = engine_daemons.backend(tmp_path, extra=["--admin-socket", custom if flag == "custom" else "none"])
+    d.start()
+    try:
+        default = admin.admin_socket_path(d.socket_path)
+        if flag == "custom":
+            deadline = time.monotonic() + 10
+            while not os.path.exists(custom):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            doc = admin.query(custom)
+            assert doc["device"]["kind"] == "local" and doc["pid"] == d.pid
+        else:
+            time.sleep(0.3)
+            assert not os.path.exists(custom)
+        assert not os.path.exists(default)
+    finally:
+        d.stop()
+    assert not os.path.exists(custom)    # removed at exit
