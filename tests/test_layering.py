@@ -30,6 +30,8 @@ FORBIDDEN = {
     "vcproxy": ["vcrypto.engine.contract", "vcrypto.engine.frontend", "vcrypto.engine.backend"],
     "vcrypto.wire": ["vcrypto.host", "vcrypto.engine", "vcrypto.driver"],
     "vcrypto.shm": ["vcrypto.host", "vcrypto.engine", "vcrypto.driver"],
+    # the admin endpoint serves any daemon's document; each daemon builds its own
+    "vcrypto.admin": ["vcrypto.host", "vcrypto.engine", "vcrypto.driver"],
 }
 
 

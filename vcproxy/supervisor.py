@@ -2,7 +2,9 @@
 
 It owns everything that must outlive a worker:
 
-- the runtime directory (metrics files, vcrypto sockets, generated daemon config);
+- the runtime directory (metrics files, vcrypto sockets, generated daemon
+  config, and ``vcrypto.json``: where the daemons' admin sockets are, which
+  ``vcrypto status`` reads);
 - port reservations: a listener with ``port: 0`` gets a port here, held by a
   bound, non-listening SO_REUSEPORT socket, so a restarted worker rebinds the
   same port and no other process can take it meanwhile (the kernel only
@@ -55,7 +57,7 @@ from vcproxy.proxy import certificate_not_after, check_files, reload_problems
 from vcproxy.metrics import ENV_DIR, mark_process_dead, multiprocess_registry
 from vcproxy.metrics_endpoint import MetricsEndpoint, SupervisorCollector, SupervisorState
 from vcrypto.metrics_endpoint import EXIT_METRICS_UNAVAILABLE
-from vcrypto import sdnotify
+from vcrypto import admin, sdnotify
 
 READY_TIMEOUT_S = 60.0
 DAEMON_SOCKET_TIMEOUT_S = 20.0
@@ -148,6 +150,7 @@ class Supervisor:
         # change during start-up (daemons, workers) is seen by the first poll
         self._watched = watched_paths(config_path, config)
         self._config_watch = ConfigWatch(file_identities(self._watched))
+        self.runtime_file: str | None = None   # vcrypto.json, when the daemons are in use
 
     # ------------------------------------------------------------ start-up
 
@@ -234,6 +237,12 @@ class Supervisor:
         vc = cfg.vcrypto
         host_socket = vc.host_socket or os.path.join(self.runtime_dir, "host.sock")
         self.backend_socket = vc.backend_socket or os.path.join(self.runtime_dir, "backend.sock")
+        # Where `vcrypto status` finds the daemons: their admin sockets sit
+        # next to their sockets (the daemons' default), managed or not.
+        self.runtime_file = admin.write_runtime_file(self.runtime_dir, {
+            name: {"socket": sock, "admin_socket": admin.admin_socket_path(sock)}
+            for name, sock in (("vcrypto-host", host_socket),
+                               ("vcrypto-engine-backend", self.backend_socket))})
         if not vc.manage:
             _check_external_socket(self.backend_socket)
             return
@@ -309,8 +318,9 @@ class Supervisor:
             if server is not None:
                 server.shutdown()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
-            if os.path.exists(self.ticket_keys_file):
-                os.unlink(self.ticket_keys_file)
+            for path in (self.ticket_keys_file, self.runtime_file):
+                if path and os.path.exists(path):
+                    os.unlink(path)
             if self.config.vcrypto.runtime_dir is None:
                 shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
@@ -334,6 +344,7 @@ class Supervisor:
             _log.error_log.info("ready", listeners=listeners, metrics=metrics_url,
                                 workers=[w.process.pid for w in self.workers],
                                 provider=self.config.crypto.provider,
+                                runtime_dir=self.runtime_dir,
                                 daemons={d.name: d.process.pid for d in self.daemons})
             _notify("READY=1", f"STATUS=serving {', '.join(listeners.values())}")
             async with trio.open_nursery() as nursery:

@@ -13,6 +13,8 @@ Layout (what lives where):
 - ``keys``       host-held private keys for keyless sessions (``key_ref``).
 - ``config``     typed YAML config with path-naming errors.
 - ``metrics``    prometheus collector read at scrape time.
+- ``status``     the admin status document (``vcrypto status``), built from
+                 the live objects; served by ``vcrypto.admin``.
 - ``scheduling`` the seam to the pool (``pool.build_scheduler``).
 - ``scheduling/`` (pool config, sans-IO decisions, the trio scheduler),
   ``reorder``, ``resources/``: the resource pool, scheduling policies, fault

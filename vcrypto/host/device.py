@@ -115,6 +115,7 @@ class VirtioCryptoDevice:
         self.vrings: dict[int, _Vring] = {}
         self._nursery: trio.Nursery | None = None
         self.started_at = time.monotonic()
+        self.peer_pid = 0        # the driver's process (SO_PEERCRED), for the admin status
 
     # -- connection ---------------------------------------------------------
 

@@ -51,6 +51,7 @@ sent, polls (passes that checked the ring), sleeps (parks), requests, batches.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import math
 import os
@@ -105,6 +106,17 @@ _STATUS_LABEL = vc.STATUS_NAMES
 #: Chained cipher+MAC requests run whole (the MAC covers the whole text).
 PIECE_BYTES = 16 * 1024
 _SPLIT_OPS = (Op.CIPHER_ENCRYPT, Op.CIPHER_DECRYPT)
+
+
+class PollState(enum.Enum):
+    """Where the queue's loop is (the admin status reports it): working
+    (a pass found requests or completions), spinning (adaptive polling after
+    work, no doorbell armed) or parked (kicks enabled, asleep until a kick,
+    a completion or a held call's deadline)."""
+
+    WORKING = "working"
+    SPINNING = "spinning"
+    PARKED = "parked"
 
 
 class QueueBroken(Exception):
@@ -188,6 +200,7 @@ class DataQueue:
         self.stopped = False
         self.draining = False
         self._cut_short = False   # the last drain pass left published requests in the ring
+        self.poll_state = PollState.WORKING
 
     # -- the loop ----------------------------------------------------------
 
@@ -224,10 +237,12 @@ class DataQueue:
                 if drained:
                     last_batch = drained
                 last_work = time.monotonic()
+                self.poll_state = PollState.WORKING
                 await trio.lowlevel.checkpoint()
                 continue
             if adaptive and last_batch >= self.poll.batch_threshold \
                     and time.monotonic() - last_work < spin_s:
+                self.poll_state = PollState.SPINNING
                 await trio.lowlevel.checkpoint()
                 continue
             # Park on the doorbell (or a completion, or a held call's deadline).
@@ -244,8 +259,10 @@ class DataQueue:
                 # SET_VRING_KICK with the no-fd flag: "the back-end must poll
                 # the ring" (vhost-user spec); at a bounded rate, not spinning.
                 deadline = min(deadline, time.monotonic() + self._nofd_s)
+            self.poll_state = PollState.PARKED
             with trio.move_on_at(deadline):
                 await self._wake.wait()
+            self.poll_state = PollState.WORKING
             vq.device_disable_kicks()
             self._maybe_call()
 

@@ -98,6 +98,14 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def by_kind(self) -> dict[str, int]:
+        """Live sessions per ``op/alg`` (the admin status)."""
+        counts: dict[str, int] = {}
+        for session in self._sessions.values():
+            kind = "/".join(session.labels)
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     def create(self, params: vc.SessionParams) -> Session:
         if not is_valid(params.op, params.alg):
             raise SessionError(vc.VIRTIO_CRYPTO_NOTSUPP, f"{params.alg.value} for {params.op.value}")

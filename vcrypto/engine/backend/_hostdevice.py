@@ -241,6 +241,11 @@ class HostDevice(CryptoDevice):
     def inflight(self) -> int:
         return self._q.in_flight
 
+    @property
+    def queue_capacity(self) -> int:
+        """Requests the data virtqueue to the host holds at once."""
+        return self._q.capacity
+
     def close(self) -> None:
         try:
             self._watch.close()

@@ -94,6 +94,7 @@ frontend -- is the backend's ``ControlPlane`` (``_control_plane``).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import selectors
@@ -117,6 +118,7 @@ from ._device import (CryptoDevice, CryptoDeviceError, CryptoDeviceStalled, Devi
                       SessionRejected)
 from ._metrics import BackendStats
 from ._sessions import BackendSessionTable, Session
+from ._status import backend_status
 
 log = logging.getLogger("vcrypto.engine.backend")
 
@@ -199,6 +201,12 @@ class Backend:
         # stop() before run() (a SIGTERM right after READY=1) must still stop it
         self._stop_requested = False
         self._stateless = False     # this device attach takes stateless AEAD requests
+        self.started_s = time.monotonic()
+        # Status requests from the admin thread (``_admin``): a callback each,
+        # answered on this thread at the top of the next pass (deque: append
+        # and popleft are safe across threads).
+        self._status_asks: collections.deque[Callable[[dict | None, BaseException | None], None]] = \
+            collections.deque()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -227,6 +235,8 @@ class Backend:
     def run(self) -> None:
         self._connect_device()
         while not self._stop_requested:
+            if self._status_asks:
+                self._answer_status()
             if self._exposed:
                 self._retire_exposed()
             if self.device is None and time.monotonic() >= self._next_retry:
@@ -735,6 +745,40 @@ class Backend:
                 except BlockingIOError:
                     pass
 
+
+    # -- admin status (``_status``, ``_admin``) ----------------------------------------
+
+    def ask_status(self, deliver: Callable[[dict | None, BaseException | None], None]) -> None:
+        """From another thread: have the loop build the status document and
+        call ``deliver(doc, error)`` on the loop's thread (within one pass)."""
+        self._status_asks.append(deliver)
+        try:
+            self._wake_w.send(b"s")
+        except OSError:   # the wake socket is full: the loop is awake anyway
+            pass
+
+    def _answer_status(self) -> None:
+        try:
+            doc, error = backend_status(self), None
+        except Exception as exc:  # noqa: BLE001 - a status bug must not stop the data plane
+            doc, error = None, exc
+        while self._status_asks:
+            self._status_asks.popleft()(doc, error)
+
+    @property
+    def inflight_count(self) -> int:
+        """Requests taken from the trans rings and not yet completed."""
+        return len(self._tokens)
+
+    @property
+    def pending_batch(self) -> int:
+        """Requests held in the batch, not yet submitted to the device."""
+        return len(self._batch)
+
+    @property
+    def device_full(self) -> bool:
+        """The device's queue could not take the last batch whole (back-pressure)."""
+        return self._device_full
 
     def snapshot(self) -> dict:
         looked_up = self.stats.cache_hits + self.stats.cache_misses

@@ -19,13 +19,14 @@ import signal
 import sys
 from collections.abc import Callable
 
-from vcrypto import sdnotify
+from vcrypto import admin, sdnotify
 from vcrypto._log import configure_daemon, reopen_logged
 from vcrypto._unixsock import DEFAULT_SOCKET_MODE, SocketAccess, SocketAccessError
 from vcrypto.driver import check_queue_size
 from vcrypto.metrics_endpoint import EXIT_METRICS_UNAVAILABLE, MetricsEndpointError, start_metrics_endpoint
 
 from ..contract import Geometry
+from ._admin import AdminThread
 from ._device import CryptoDevice, LocalDevice
 from ._loop import Backend, BackendConfig
 
@@ -51,6 +52,9 @@ def _parse(argv):
     host.add_argument("--no-host", action="store_true",
                       help="run requests in this process (start-up fallback mode)")
     p.add_argument("--metrics", help="HOST:PORT for the Prometheus endpoint (port 0 = any)")
+    p.add_argument("--admin-socket",
+                   help="unix socket of the admin endpoint (vcrypto status; default: "
+                        "backend.admin.sock next to --socket; 'none': no admin socket)")
     p.add_argument("--batch-max", type=int, default=32)
     p.add_argument("--batch-deadline-us", type=float, default=0.0)
     p.add_argument("--poll-budget-us", type=float, default=None)
@@ -139,6 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         from ._metrics import BackendCollector
 
         registry.register(BackendCollector(backend.stats, backend.gauges))
+    admin_path = admin.resolve_admin_socket(args.admin_socket, args.socket)
+    admin_thread = None
+    if admin_path:
+        admin_thread = AdminThread(backend, admin_path, access=access)
+        try:
+            admin_thread.start()
+        except OSError as exc:
+            backend.close()
+            return start_failed(f"vcrypto-engine-backend: cannot listen on --admin-socket {admin_path}: {exc}")
     faulthandler.register(signal.SIGUSR2)  # `kill -USR2 PID` dumps every thread's stack
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: backend.stop())
@@ -150,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         backend.run()
         sdnotify.notify_or_warn("STOPPING=1")
     finally:
+        if admin_thread is not None:
+            admin_thread.close()
         backend.close()
     return 0
 
