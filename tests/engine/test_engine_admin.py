@@ -35,6 +35,12 @@ def stack(tmp_path_factory):
     while not all(os.path.exists(p) for p in paths.values()):
         assert time.monotonic() < deadline, "admin sockets did not appear"
         time.sleep(0.02)
+    # the engine-backend attaches its device to the host asynchronously: under
+    # load that can come after the sockets appear (assert_healthy needs it)
+    while not (len(admin.query(paths["host"])["devices"]) == 1
+               and admin.query(paths["backend"])["device"]["up"] is True):
+        assert time.monotonic() < deadline, "the engine-backend's device did not attach"
+        time.sleep(0.05)
     s.admin = paths
     try:
         yield s

@@ -16,8 +16,13 @@ def test_restart_after_sigkill_replaces_the_stale_socket(tmp_path):
     proc = subprocess.Popen([sys.executable, *first.args], cwd=engine_daemons.REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        line = proc.stdout.readline().decode()
-        assert json.loads(line)["event"] == "listening", line
+        events = []
+        for _ in range(20):   # the first lines: admin_listening, metrics, ... then listening
+            line = proc.stdout.readline().decode()
+            events.append(json.loads(line)["event"])
+            if events[-1] == "listening":
+                break
+        assert events[-1] == "listening", events
         assert engine_daemons.backend_stats(first.socket_path) is not None
     finally:
         proc.terminate()

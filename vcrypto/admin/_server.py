@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from vcrypto._log import event
 from vcrypto._unixsock import SocketAccess, bind_unix_listener
 
 from ._protocol import (AdminProtocolError, AdminRequest, RequestReader, encode_error,
@@ -62,7 +63,7 @@ async def serve_admin(path: str, handler: Handler, *, max_clients: int = MAX_CLI
     access = access if access is not None else SocketAccess(mode=SOCKET_MODE)
     listener = trio.socket.from_stdlib_socket(bind_unix_listener(path, backlog=64, access=access))
     try:
-        log.info("admin socket on %s", path)
+        event(log, "info", "admin_listening", socket=path)
         active = [0]
         cache = _StatusCache()
         async with trio.open_nursery() as nursery:
@@ -73,7 +74,7 @@ async def serve_admin(path: str, handler: Handler, *, max_clients: int = MAX_CLI
                 except OSError as exc:
                     if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
                                      errno.ECONNABORTED):
-                        log.warning("admin accept: %s; backing off", exc)
+                        event(log, "warning", "admin_accept_failed", error=str(exc), backoff_s=0.1)
                         await trio.sleep(0.1)
                         continue
                     raise
@@ -152,7 +153,7 @@ async def _answer(req: AdminRequest, handler: Handler, cache: _StatusCache) -> b
     except AdminProtocolError:
         raise
     except Exception as exc:  # a bug building the document must not take the daemon down
-        log.exception("admin %s failed", req.cmd)
+        event(log, "error", "admin_handler_failed", exc_info=True, cmd=req.cmd)
         return encode_error("internal", f"{type(exc).__name__}: {exc}")
     if req.cmd == "status":
         cache.at, cache.body = trio.current_time(), body
