@@ -8,8 +8,9 @@ TLS 1.3 client on our own codec (the headline number) and Python's ``ssl``
 over ``MemoryBIO`` (a real, verifying client; its OpenSSL work between the
 server's steps makes the server's share slower through cold caches).
 Beside them, in the same run: the public-key crypto floor (X25519 keygen +
-exchange and one signature through ``cryptography``) and the sans-IO core
-alone (state machine plus that crypto, no trio adapter or records).
+exchange and one signature through ``cryptography``), the sans-IO core
+alone (state machine plus that crypto, no trio adapter or records) and the
+state machine without any crypto (fixed results replayed).
 
 The NewSessionTicket is sealed with the server's first write (in that
 write's provider batch), not inside ``do_handshake``: "first write" is the
@@ -316,6 +317,44 @@ def state_machine_only(config: ServerConfig, count: int) -> list[float]:
     return samples
 
 
+def state_machine_alone(config: ServerConfig, count: int) -> list[float]:
+    """The sans-IO handshake with no crypto at all (fixed randoms, key exchange
+    result and signature), ClientHello to the client's Finished, the traffic
+    keys of every InstallKeys expanded (as TLSStream does): the state machine,
+    key schedule and codec alone (vcproxy/tls/_handshake.py and friends), the
+    same hello each time, so differences of a few µs show."""
+    from vcproxy.tls._codec import finished
+    from vcproxy.tls._handshake import Epoch, HandshakeComplete, InstallKeys, ServerHandshake
+    from vcproxy.tls._keyschedule import finished_verify_data, traffic_key_iv
+
+    hello = bytes(ClientInTransport(client_context()).to_server)[5:]
+    own, shared, signature = b"\x09" * 32, b"\x0a" * 32, b"\x0b" * 71
+
+    def one(client_finished):
+        hs = ServerHandshake(config, random_bytes=lambda n: b"\x07" * n, now_s=time.time)
+        out = hs.receive_message(Epoch.INITIAL, hello)
+        out += hs.key_exchange_done(own, shared)
+        out += hs.signature_done(signature)
+        if client_finished is None:  # what the client sends for this fixed transcript
+            read = [c for c in out if type(c) is InstallKeys and c.direction == "read"][0]
+            return finished(finished_verify_data(read.suite, read.secret, hs.transcript_hash))
+        out += hs.receive_message(Epoch.HANDSHAKE, client_finished)
+        for cmd in out:
+            if type(cmd) is InstallKeys:
+                traffic_key_iv(cmd.suite, cmd.secret)
+        assert type(out[-1]) is HandshakeComplete
+        return None
+
+    fin = one(None)
+    samples = []
+    for _ in range(count):
+        t0 = cpu_ns()
+        for _ in range(10):  # (one is ~60 µs: ten per clock read)
+            one(fin)
+        samples.append((cpu_ns() - t0) / 10000)
+    return samples
+
+
 def crypto_floor(key, scheme: str, count: int) -> list[float]:
     """X25519 keygen + exchange + one signature, as one server handshake needs."""
     peer = x25519.X25519PrivateKey.generate().public_key()
@@ -364,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                  "tls12_openssl_client": trio.run(server_handshakes, config, per_round, False,
                                                   None, None, True),
                  "floor": crypto_floor(key, scheme, per_round),
-                 "core": state_machine_only(config, per_round)}
+                 "core": state_machine_only(config, per_round),
+                 "machine": state_machine_alone(config, per_round)}
             m["in_situ"] = in_situ
             m["first_write"] = first_write
             if args.client_process:
@@ -380,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             "crypto_floor_us_median": round(best["floor"], 1),
             "pk_crypto_in_handshake_us_median": round(best["in_situ"], 1),
             "sans_io_core_us_median": round(best["core"], 1),
+            "state_machine_us_median": round(best["machine"], 1),
             "first_write_with_ticket_us_median": round(best["first_write"], 1),
             "with_openssl_client_interleaved_us_median": round(best["openssl_client"], 1),
             "tls12_with_openssl_client_us_median": round(best["tls12_openssl_client"], 1),
@@ -397,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             ("crypto in situ", "pk_crypto_in_handshake_us_median"),
             ("above floor", "above_floor_us"),
             ("sans-IO core", "sans_io_core_us_median"),
+            ("state machine", "state_machine_us_median"),
             ("first write", "first_write_with_ticket_us_median"),
             ("w/ OpenSSL client", "with_openssl_client_interleaved_us_median"),
             ("TLS 1.2 w/ OpenSSL", "tls12_with_openssl_client_us_median")]
@@ -414,6 +456,8 @@ crypto in situ     the same two provider calls timed inside handshakes like "ser
                    (a separate pass, so the clock reads stay out of "server"): the
                    gap to the floor is what the rest of the handshake costs them
 sans-IO core       the state machine with the same crypto: no trio adapter, no records
+state machine      the sans-IO handshake without crypto (fixed key exchange result and
+                   signature; to the client Finished, traffic keys expanded)
 first write        the first send_all after the handshake (100 B + the session ticket,
                    sealed in one provider batch), timed in the "crypto in situ" pass
 w/ OpenSSL client  as "server", with Python's ssl client (verifying the signature)

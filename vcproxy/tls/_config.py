@@ -26,6 +26,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 
+from ._codec import SCHEME_IDS
 from ._provider import SCHEMES_BY_KEY_TYPE, CryptoProvider, SigningKey, key_type_of
 
 SECONDS = 1.0
@@ -194,6 +195,11 @@ class CertificateEntry:
         return key
 
 
+def _schemes13(preference: Sequence[str], entry: CertificateEntry) -> tuple[tuple[str, int], ...]:
+    return tuple((s, SCHEME_IDS[s]) for s in preference
+                 if s in entry.schemes and not s.startswith("rsa_pkcs1_"))
+
+
 def _names_of(cert) -> tuple[str, ...]:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
@@ -292,6 +298,7 @@ class ServerConfig:
     #: AEAD items per ``seal_many`` / ``open_many`` batch (vcrypto opdone: ≤ 16).
     pipeline_depth: int = 16
     ticket_keyring: TicketKeyring = dataclasses.field(init=False, repr=False, compare=False)
+    _schemes13: dict = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         # Every problem is collected (check-config reports them all); a check
@@ -358,14 +365,35 @@ class ServerConfig:
         if problems:
             raise ServerConfigError(problems)
         set_(self, "ticket_keyring", TicketKeyring(self.tickets.keys, self.tickets.rotate_after_s))
+        # by id(): the entries live in self.certificates as long as the config
+        set_(self, "_schemes13", {id(c): _schemes13(self.signature_schemes, c) for c in certs})
 
     def select_certificates(self, server_name: str | None) -> list[CertificateEntry]:
         """Candidates for ``server_name`` in preference order (default entry last resort)."""
+        return self.rank_certificates(server_name)[0]
+
+    def rank_certificates(self, server_name: str | None) -> tuple[list[CertificateEntry], bool]:
+        """(``select_certificates``, whether the first candidate's names match
+        the SNI): each entry's names are compared once, not once per question."""
         if server_name:
             name = server_name.lower().rstrip(".")
-            exact = [c for c in self.certificates if c.matches(name) == 2]
-            wild = [c for c in self.certificates if c.matches(name) == 1]
+            exact, wild = [], []
+            for c in self.certificates:
+                level = c.matches(name)
+                if level == 2:
+                    exact.append(c)
+                elif level == 1:
+                    wild.append(c)
             if exact or wild:
-                return exact + wild
-        return list(self.certificates)
+                return exact + wild, True
+        return list(self.certificates), False
+
+    def schemes13(self, entry: CertificateEntry) -> tuple[tuple[str, int], ...]:
+        """(scheme, code point) pairs ``entry`` may sign a TLS 1.3 CertificateVerify
+        with, in our preference order: built once per entry, not per handshake.
+        RFC 8446 §4.2.3: rsa_pkcs1_* never signs a CertificateVerify."""
+        table = self._schemes13.get(id(entry))
+        if table is None:  # (an entry that is not ours: computed, not cached)
+            table = _schemes13(self.signature_schemes, entry)
+        return table
 

@@ -31,10 +31,11 @@ class CipherSuite:
     aead_alg: str      # provider AEAD name
     hash_name: str     # hashlib name
     key_len: int
+    #: (a field, not a property: the key schedule reads it a dozen times a handshake)
+    hash_len: int = dataclasses.field(init=False, compare=False)
 
-    @property
-    def hash_len(self) -> int:
-        return 48 if self.hash_name == "sha384" else 32
+    def __post_init__(self):
+        object.__setattr__(self, "hash_len", 48 if self.hash_name == "sha384" else 32)
 
     def new_hash(self):
         # The constructor, not hashlib.new(name): no OpenSSL lookup by name.
@@ -162,9 +163,17 @@ def derive_secret(suite: CipherSuite, secret: bytes, label: bytes, transcript_ha
 def traffic_key_iv(suite: CipherSuite, secret: bytes) -> tuple[bytes, bytes]:
     """[sender]_write_key and _iv for a traffic secret (RFC 8446 §7.3)."""
     mac = _HmacKey(secret, suite.hash_name)  # one key, two expansions
-    hash_len = suite.hash_len
-    return (_expand_label(mac, hash_len, b"key", b"", suite.key_len),
-            _expand_label(mac, hash_len, b"iv", b"", IV_LEN))
+    # Both outputs fit one block and have an empty context: T(1) over a
+    # constant HkdfLabel each (``_expand_label``'s first case, inlined).
+    infos = _KEY_IV_INFO.get(suite.key_len)
+    if infos is None:
+        infos = _KEY_IV_INFO[suite.key_len] = (
+            _label_prefix(b"key", suite.key_len) + b"\x00\x01", _label_prefix(b"iv", IV_LEN) + b"\x00\x01")
+    return mac.digest(infos[0])[:suite.key_len], mac.digest(infos[1])[:IV_LEN]
+
+
+#: key_len -> (HkdfLabel || 0x01 for "key", the same for "iv")
+_KEY_IV_INFO: dict[int, tuple[bytes, bytes]] = {}
 
 
 def next_traffic_secret(suite: CipherSuite, secret: bytes) -> bytes:

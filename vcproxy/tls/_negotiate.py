@@ -8,7 +8,7 @@ import dataclasses
 import hmac
 
 from ._codec import (
-    GROUP_IDS, GROUP_NAMES, PSK_DHE_KE, SCHEME_IDS, TLS13, ClientHello,
+    GROUP_IDS, GROUP_NAMES, PSK_DHE_KE, TLS13, ClientHello,
 )
 from ._config import CertificateEntry, ServerConfig
 from ._errors import (
@@ -83,15 +83,12 @@ def choose_certificate(config: ServerConfig, ch: ClientHello) -> tuple[Certifica
     """(entry, signature scheme, whether SNI matched an entry's names)."""
     if ch.signature_algorithms is None:
         raise MissingExtension("ClientHello without signature_algorithms (and no PSK)")
-    offered = set(ch.signature_algorithms)
-    candidates = config.select_certificates(ch.server_name)
-    sni_matched = bool(ch.server_name) and candidates[0].matches(
-        ch.server_name.lower().rstrip(".")) > 0
+    offered = ch.signature_algorithms  # (a short tuple: `in` beats building a set)
+    candidates, sni_matched = config.rank_certificates(ch.server_name)
     for entry in candidates:
-        for scheme in config.signature_schemes:
-            # RFC 8446 §4.2.3: rsa_pkcs1_* never signs a CertificateVerify.
-            if scheme in entry.schemes and SCHEME_IDS[scheme] in offered \
-                    and not scheme.startswith("rsa_pkcs1_"):
+        # our preference order, rsa_pkcs1_* left out (RFC 8446 §4.2.3): a per-config table
+        for scheme, scheme_id in config.schemes13(entry):
+            if scheme_id in offered:
                 return entry, scheme, sni_matched
     raise HandshakeFailure("no certificate can sign with a scheme the client offers ("
                            + ", ".join("0x%04x" % s for s in ch.signature_algorithms) + ")")

@@ -73,9 +73,7 @@ def choose_suite_and_certificate(config: ServerConfig, ch: ClientHello) -> Choic
         raise HandshakeFailure("TLS 1.2 ClientHello without signature_algorithms (SHA-1 only)")
     offered_suites = set(ch.cipher_suites)
     offered_schemes = set(ch.signature_algorithms)
-    candidates = config.select_certificates(ch.server_name)
-    sni_matched = bool(ch.server_name) and candidates[0].matches(
-        ch.server_name.lower().rstrip(".")) > 0
+    candidates, sni_matched = config.rank_certificates(ch.server_name)
     for name in config.cipher_suites:
         suite = SUITES12.get(name)
         if suite is None or suite.id not in offered_suites:
