@@ -14,7 +14,7 @@ SYSTEM_TOOLS := openssl:openssl curl:curl gnutls-cli:gnutls-bin nghttp:nghttp2-c
   qemu-system-x86_64:qemu-system-x86 dpkg:busybox-static gcc:gcc cpio:cpio depmod:kmod \
   chromium:chromium
 
-.PHONY: run test venv sysdeps demo-cert check-config clean bench bench-quick benchdeps bench-mechanisms
+.PHONY: run test venv sysdeps demo-cert check-config clean bench bench-quick benchdeps bench-mechanisms bench-onecore
 
 venv: $(STAMP)
 
@@ -68,7 +68,7 @@ clean:
 # Benchmarks (bench/README.md): four configurations side by side, results in
 # bench/results/. Load generator: h2load (Debian nghttp2-client). matplotlib is
 # installed into the venv here only, for the PNG plots; it is not a project dependency.
-BENCH_TOOLS := h2load:nghttp2-client
+BENCH_TOOLS := h2load:nghttp2-client wrk:wrk nginx:nginx-light taskset:util-linux
 
 benchdeps:
 	$(call apt_install,$(BENCH_TOOLS))
@@ -80,6 +80,10 @@ bench: venv sysdeps benchdeps
 bench-quick: venv sysdeps benchdeps
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) bench/run.py --mode quick
+
+# CPU per request / MiB / handshake of each terminator's process tree pinned to one core (bench/onecore.py).
+bench-onecore: venv sysdeps benchdeps
+	$(PY) bench/onecore.py
 
 # vcrypto's mechanisms under make run's config and a bounded load (bench/mechanisms_load.py).
 bench-mechanisms: venv sysdeps demo-cert

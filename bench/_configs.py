@@ -71,24 +71,30 @@ class Running:
 
 
 def start(name: str, work: Path, certs: dict[str, tuple[Path, Path]], upstream: str, workers: int,
-          vcrypto_crypto: dict | None = None, vcrypto_extra: dict | None = None) -> Running:
+          vcrypto_crypto: dict | None = None, vcrypto_extra: dict | None = None,
+          tls_extra: dict | None = None, cpus: set[int] | None = None) -> Running:
     """``vcrypto_crypto``: extra ``crypto:`` keys for (b) and (c), e.g.
     ``{"small_record_threshold_bytes": 20000}`` to keep all AEAD in the workers;
-    ``vcrypto_extra``: extra ``vcrypto:`` keys (``fifo``, ``host_poll``...).
+    ``vcrypto_extra``: extra ``vcrypto:`` keys (``fifo``, ``host_poll``...);
+    ``tls_extra``: extra keys of every listener's ``tls:`` (``tickets``...);
+    ``cpus``: pin the configuration's whole process tree to these CPUs.
     A name outside ``NAMES`` runs vcproxy + vcrypto with the default pool."""
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     if name == "stdlib":
-        return _start_stdlib(d, certs, upstream, workers)
-    return _start_vcproxy(name, d, certs, upstream, workers, vcrypto_crypto or {}, vcrypto_extra or {})
+        tickets = (tls_extra or {}).get("tickets", {}).get("enabled", True)
+        return _start_stdlib(d, certs, upstream, workers, cpus, tickets)
+    return _start_vcproxy(name, d, certs, upstream, workers, vcrypto_crypto or {}, vcrypto_extra or {},
+                          tls_extra or {}, cpus)
 
 
 def _start_vcproxy(name: str, d: Path, certs, upstream: str, workers: int, vcrypto_crypto: dict,
-                   vcrypto_extra: dict | None = None) -> Running:
+                   vcrypto_extra: dict | None = None, tls_extra: dict | None = None,
+                   cpus: set[int] | None = None) -> Running:
     error_log = d / "error.log"
     config: dict = {
         "listeners": [{"name": kind, "address": "127.0.0.1", "port": 0,
-                       "tls": {"certificates": [{"cert": str(c), "key": str(k)}]}}
+                       "tls": {"certificates": [{"cert": str(c), "key": str(k)}], **(tls_extra or {})}}
                       for kind, (c, k) in certs.items()],
         "upstreams": {"up": {"servers": [upstream], "max_idle_connections": 64}},
         "routes": [{"path_prefix": "/", "upstream": "up"}],
@@ -109,7 +115,7 @@ def _start_vcproxy(name: str, d: Path, certs, upstream: str, workers: int, vcryp
     config["logging"]["level"] = "info"
     (d / "vcproxy.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     service = Service(f"vcproxy-{name}", [sys.executable, "-m", "vcproxy", "run", "--config",
-                                          str(d / "vcproxy.yaml")], d, ROOT)
+                                          str(d / "vcproxy.yaml")], d, ROOT, cpus=cpus)
 
     def ready():
         if not service.alive():
@@ -133,12 +139,13 @@ def _start_vcproxy(name: str, d: Path, certs, upstream: str, workers: int, vcryp
     return Running(name, service, ports, event.get("metrics"), daemon_metrics)
 
 
-def _start_stdlib(d: Path, certs, upstream: str, workers: int) -> Running:
+def _start_stdlib(d: Path, certs, upstream: str, workers: int, cpus: set[int] | None = None,
+                  tickets: bool = True) -> Running:
     argv = [sys.executable, str(ROOT / "bench" / "_stdlib_proxy.py"), "--upstream", upstream,
-            "--workers", str(workers)]
+            "--workers", str(workers), *(() if tickets else ("--no-tickets",))]
     for kind, (c, k) in certs.items():
         argv += ["--listen", f"{kind}={c},{k}"]
-    service = Service("stdlib-proxy", argv, d, ROOT, stdout_pipe=True)
+    service = Service("stdlib-proxy", argv, d, ROOT, stdout_pipe=True, cpus=cpus)
     line = service.proc.stdout.readline()
     if not line:
         service.stop()

@@ -22,12 +22,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Service:
     """One process we started; ``stop()`` ends it (and only it) by PID."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path, cwd: Path, stdout_pipe: bool = False):
+    def __init__(self, name: str, argv: list[str], log_dir: Path, cwd: Path, stdout_pipe: bool = False,
+                 cpus: set[int] | None = None, env: dict[str, str] | None = None):
+        """``cpus``: the CPUs the process may run on, set between fork and exec
+        (``os.sched_setaffinity``), so every process it starts inherits them."""
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.log = open(self.log_path, "w")
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE if stdout_pipe else self.log,
-                                     stderr=self.log, text=True)
+                                     stderr=self.log, text=True, preexec_fn=pin, env=env)
         self.pid = self.proc.pid
 
     def alive(self) -> bool:
@@ -67,6 +71,18 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     # after the comm field: state(0) ppid(1) ... utime(11) stime(12)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU of ``root``'s whole process tree so far: utime + stime of every live
+    process in it plus cutime + cstime (the children each has reaped, with
+    theirs). A process that exited but is not yet reaped is still listed."""
+    total = 0
+    for pid in descendants(root):
+        fields = _stat(pid)
+        if fields is not None:  # utime(11) stime(12) cutime(13) cstime(14)
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / CLK_TCK
 
 
 def descendants(root: int) -> list[int]:

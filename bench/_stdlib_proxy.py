@@ -154,11 +154,13 @@ async def serve(listeners: list[tuple[socket.socket, ssl.SSLContext]], upstream:
             nursery.start_soon(accept_loop, listener, ctx, pool)
 
 
-def make_context(cert: str, key: str) -> ssl.SSLContext:
+def make_context(cert: str, key: str, tickets: bool = True) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(cert, key)
     ctx.set_alpn_protocols(["http/1.1"])
+    if not tickets:  # TLS 1.3: OpenSSL sends 2 NewSessionTickets after each handshake by default
+        ctx.num_tickets = 0
     return ctx
 
 
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", action="append", required=True, metavar="NAME=CERT,KEY")
     parser.add_argument("--upstream", required=True, help="HOST:PORT")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-tickets", action="store_true", help="issue no session tickets")
     args = parser.parse_args(argv)
     host, _, port = args.upstream.rpartition(":")
     listeners, ports = [], {}
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
         listener.listen(1024)
-        listeners.append((listener, make_context(cert, key)))
+        listeners.append((listener, make_context(cert, key, tickets=not args.no_tickets)))
         ports[name] = listener.getsockname()[1]
     children = []
     for _ in range(args.workers):
