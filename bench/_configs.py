@@ -72,12 +72,14 @@ class Running:
 
 def start(name: str, work: Path, certs: dict[str, tuple[Path, Path]], upstream: str, workers: int,
           vcrypto_crypto: dict | None = None, vcrypto_extra: dict | None = None,
-          tls_extra: dict | None = None, cpus: set[int] | None = None) -> Running:
+          tls_extra: dict | None = None, cpus: set[int] | None = None, root: Path = ROOT) -> Running:
     """``vcrypto_crypto``: extra ``crypto:`` keys for (b) and (c), e.g.
     ``{"small_record_threshold_bytes": 20000}`` to keep all AEAD in the workers;
     ``vcrypto_extra``: extra ``vcrypto:`` keys (``fifo``, ``host_poll``...);
     ``tls_extra``: extra keys of every listener's ``tls:`` (``tickets``...);
-    ``cpus``: pin the configuration's whole process tree to these CPUs.
+    ``cpus``: pin the configuration's whole process tree to these CPUs;
+    ``root``: the source tree vcproxy runs from (its working directory, first
+    on ``sys.path`` of ``python -m``): another checkout, for an A/B in one run.
     A name outside ``NAMES`` runs vcproxy + vcrypto with the default pool."""
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
@@ -85,13 +87,14 @@ def start(name: str, work: Path, certs: dict[str, tuple[Path, Path]], upstream: 
         tickets = (tls_extra or {}).get("tickets", {}).get("enabled", True)
         return _start_stdlib(d, certs, upstream, workers, cpus, tickets)
     return _start_vcproxy(name, d, certs, upstream, workers, vcrypto_crypto or {}, vcrypto_extra or {},
-                          tls_extra or {}, cpus)
+                          tls_extra or {}, cpus, root)
 
 
 def _start_vcproxy(name: str, d: Path, certs, upstream: str, workers: int, vcrypto_crypto: dict,
                    vcrypto_extra: dict | None = None, tls_extra: dict | None = None,
-                   cpus: set[int] | None = None) -> Running:
+                   cpus: set[int] | None = None, root: Path = ROOT) -> Running:
     error_log = d / "error.log"
+    inline = name == "inline" or name.startswith("inline-")  # ("inline-ref": another checkout's inline)
     config: dict = {
         "listeners": [{"name": kind, "address": "127.0.0.1", "port": 0,
                        "tls": {"certificates": [{"cert": str(c), "key": str(k)}], **(tls_extra or {})}}
@@ -99,13 +102,13 @@ def _start_vcproxy(name: str, d: Path, certs, upstream: str, workers: int, vcryp
         "upstreams": {"up": {"servers": [upstream], "max_idle_connections": 64}},
         "routes": [{"path_prefix": "/", "upstream": "up"}],
         "workers": workers,
-        "crypto": {"provider": "inline" if name == "inline" else "vcrypto"},
+        "crypto": {"provider": "inline" if inline else "vcrypto"},
         "metrics": {"address": "127.0.0.1", "port": 0},
         "logging": {"level": "warning", "error_log": str(error_log), "access_log": None},
         "limits": {"max_connections": 4096},
     }
     daemon_metrics: dict[str, str] = {}
-    if name != "inline":
+    if not inline:
         host_m, backend_m = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         config["vcrypto"] = {"host_metrics": host_m, "backend_metrics": backend_m, "pool": pool_for(name),
                              **(vcrypto_extra or {})}
@@ -115,7 +118,7 @@ def _start_vcproxy(name: str, d: Path, certs, upstream: str, workers: int, vcryp
     config["logging"]["level"] = "info"
     (d / "vcproxy.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     service = Service(f"vcproxy-{name}", [sys.executable, "-m", "vcproxy", "run", "--config",
-                                          str(d / "vcproxy.yaml")], d, ROOT, cpus=cpus)
+                                          str(d / "vcproxy.yaml")], d, root, cpus=cpus)
 
     def ready():
         if not service.alive():

@@ -167,8 +167,14 @@ class Terminator:
         self.service.stop()
 
 
-def start_terminator(name: str, work: Path, certs: dict, upstream: str) -> Terminator:
+def start_terminator(name: str, work: Path, certs: dict, upstream: str, ref: Path | None = None) -> Terminator:
+    """``inline@ref`` / ``vcrypto@ref``: vcproxy run from the ``ref`` source tree."""
     no_tickets = {"tickets": {"enabled": False}}
+    root = ROOT
+    if name.endswith("@ref"):
+        if ref is None:
+            raise ValueError(f"{name} needs --ref DIR")
+        root = ref
     if name == "pump":
         d = work / name
         d.mkdir()
@@ -181,8 +187,11 @@ def start_terminator(name: str, work: Path, certs: dict, upstream: str) -> Termi
             service.stop()
             raise RuntimeError(f"byte pump did not start: {service.tail()}")
         return Terminator(name, service, {k: int(v) for k, v in info["ports"].items()})
-    cfg = {"vcrypto": "default-pool"}.get(name, name)  # a name outside NAMES: vcrypto, default pool
-    running = _configs.start(cfg, work, certs, upstream, 1, tls_extra=no_tickets, cpus=PROXY_CPU)
+    base = name.removesuffix("@ref")
+    cfg = {"vcrypto": "default-pool"}.get(base, base)  # a name outside NAMES: vcrypto, default pool
+    if root is not ROOT:
+        cfg += "-ref"  # its own directory ("inline-ref" stays inline, "default-pool-ref" vcrypto)
+    running = _configs.start(cfg, work, certs, upstream, 1, tls_extra=no_tickets, cpus=PROXY_CPU, root=root)
     return Terminator(name, running.service, running.ports, running.metrics)
 
 
@@ -310,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(TERMINATORS), help="terminators, comma-separated")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--json", type=Path, default=None, help="default: bench/results/<time>-onecore.json")
+    parser.add_argument("--ref", type=Path, default=None,
+                        help="another source tree (e.g. `git archive` of a commit): --only inline@ref runs "
+                             "vcproxy from it beside this tree's, an A/B in one run")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     workloads = [w for w in args.workloads.split(",") if w]
@@ -332,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, dict[str, list[dict]]] = {n: {w: [] for w in workloads} for n in names}
     try:
         for n in names:
-            terms[n] = start_terminator(n, work, certs, f"127.0.0.1:{up.port}")
+            terms[n] = start_terminator(n, work, certs, f"127.0.0.1:{up.port}", args.ref)
         for n in names:  # warm-up: a few handshakes and requests, outside any window
             run_wrk(terms[n].ports["ecdsa"], up.small, 2, 1, env)
         for rep in range(args.repeats):

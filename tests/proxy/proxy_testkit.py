@@ -239,6 +239,18 @@ def scrape(url: str) -> dict[tuple[str, frozenset], float]:
     return out
 
 
+def scrape_until(url: str, check, timeout_s: float = 10.0) -> dict[tuple[str, frozenset], float]:
+    """Scrape until ``check(samples)`` holds (or ``timeout_s`` passed); the last samples.
+    Per-request and per-record counts reach /metrics within the worker's
+    flush interval (vcproxy.proxy._counts), not at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = scrape(url)
+        if check(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
+
+
 def total(samples, name: str, **labels) -> float:
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))

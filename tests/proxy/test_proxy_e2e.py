@@ -20,7 +20,7 @@ import pytest
 
 from vcproxy.proxy.demo_upstream import expected_sha256
 from proxy_testkit import (base_config, client_context, closed_port, free_port, peak_rss_bytes, running_proxy,
-                           scrape, worker_pids)
+                           scrape, scrape_until, total, worker_pids)
 
 CURL_TIMEOUT_S = 120
 
@@ -209,10 +209,14 @@ def test_provider_did_the_crypto(proxy, ctx):
     assert get(conn, "/bytes?n=100000")[0] == 200
     conn.close()
     provider = proxy.config["crypto"]["provider"]
-    text = urllib.request.urlopen(proxy.metrics_url, timeout=10).read().decode()
-    for op in ("ecdh", "sign", "aead_seal", "aead_open"):
-        m = re.search(rf'vcproxy_crypto_ops_total{{op="{op}",provider="{provider}"}} (\S+)', text)
-        assert m and float(m.group(1)) > 0, op
+    ops = ("ecdh", "sign", "aead_seal", "aead_open")
+
+    def counted(m):
+        return {op: total(m, "vcproxy_crypto_ops_total", op=op, provider=provider) for op in ops}
+
+    done = counted(scrape_until(proxy.metrics_url, lambda m: all(counted(m).values())))
+    for op in ops:
+        assert done[op] > 0, op
     if provider == "vcrypto":
         # The default pool (no `vcrypto.pool` in this config): libsodium and
         # OpenSSL take turns in its primary group, by capability (the P-256

@@ -31,7 +31,7 @@ from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFra
 
 from vcproxy.proxy._h2 import FloodMeter
 from vcproxy.proxy.demo_upstream import expected_sha256
-from proxy_testkit import base_config, running_proxy, scrape, total
+from proxy_testkit import base_config, running_proxy, scrape, scrape_until, total
 
 TIMEOUT_S = 30
 MAX_RESETS = 50
@@ -243,10 +243,15 @@ def test_curl_http2_get_post_and_download(proxy, certs):
     assert r.returncode == 0, r.stderr
     assert hashlib.sha256(r.stdout).hexdigest() == expected_sha256(BIG, 3)
     # the download's records were sealed by the configured provider (with vcrypto: offloaded)
-    seals = total(scrape(proxy.metrics_url), "vcproxy_crypto_ops_total", op="aead_seal", provider=proxy.provider)
-    assert seals - seals_before >= BIG // 16384
-    h2_requests = total(scrape(proxy.metrics_url), "vcproxy_http_requests_total", http_version="2", status="200")
-    assert h2_requests >= 3
+    def seals(m):
+        return total(m, "vcproxy_crypto_ops_total", op="aead_seal", provider=proxy.provider)
+
+    def h2_requests(m):
+        return total(m, "vcproxy_http_requests_total", http_version="2", status="200")
+
+    m = scrape_until(proxy.metrics_url, lambda m: seals(m) - seals_before >= BIG // 16384 and h2_requests(m) >= 3)
+    assert seals(m) - seals_before >= BIG // 16384
+    assert h2_requests(m) >= 3
     # the access log and the metrics say HTTP/2
     lines = [e for e in proxy.access() if e.get("target") == f"/bytes?n={BIG}&seed=3"]
     assert lines and lines[-1]["http_version"] == "2" and lines[-1]["status"] == 200 and "stream" in lines[-1]

@@ -206,8 +206,11 @@ class HttpProxyConnection:
         # the current request (None: nothing yet, so a failure can still become
         # an error response).
         self._sent_status: int | None = None
-        # Response bytes queued for the client, not sent yet (see the module docstring).
-        self._client_out = bytearray()
+        # Response bytes queued for the client, not sent yet (see the module
+        # docstring): h11's buffers as they came, joined once at the flush (a
+        # lone body chunk, the bulk case, is sent as is: no copy at all).
+        self._client_out: list[bytes] = []
+        self._client_out_bytes = 0
         # Bytes read from / queued for the client since the last access record.
         self._bytes_in = self._bytes_out = 0
         self._request_id: str | None = None
@@ -239,14 +242,21 @@ class HttpProxyConnection:
         """h11's bytes for ``event``, queued until the next ``_flush_client``."""
         data = self.h11.send(event)
         if data:
-            self._client_out += data
+            self._client_out.append(data)
+            self._client_out_bytes += len(data)
             self._bytes_out += len(data)
+
+    def _take_client_out(self) -> bytes:
+        parts = self._client_out
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._client_out = []
+        self._client_out_bytes = 0
+        return data
 
     async def _flush_client(self) -> None:
         if not self._client_out:
             return
-        data = bytes(self._client_out)
-        self._client_out.clear()
+        data = self._take_client_out()
         # Bounded: a client that stops reading must not hold its connection,
         # its upstream connection and a worker's memory forever. The deadline
         # is per flush (one response head or one body chunk, <= 256 KiB).
@@ -267,9 +277,8 @@ class HttpProxyConnection:
         """Send what is queued; the connection's last response is corked into the close."""
         write = getattr(self.stream, "write", None)
         if (write is not None and self.h11.our_state is h11.MUST_CLOSE
-                and len(self._client_out) <= CORK_LAST_RESPONSE_MAX_BYTES):
-            data = bytes(self._client_out)
-            self._client_out.clear()
+                and self._client_out_bytes <= CORK_LAST_RESPONSE_MAX_BYTES):
+            data = self._take_client_out()
             try:
                 write(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -523,7 +532,7 @@ class HttpProxyConnection:
                     await _receive_upstream(upstream, read_timeout_s, name)
                 elif isinstance(event, h11.Data):
                     self._queue_client(h11.Data(data=event.data))
-                    if len(self._client_out) >= READ_CHUNK_BYTES:
+                    if self._client_out_bytes >= READ_CHUNK_BYTES:
                         await self._flush_client()
                 elif isinstance(event, h11.EndOfMessage):
                     self._queue_client(h11.EndOfMessage())

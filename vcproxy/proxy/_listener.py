@@ -47,6 +47,7 @@ from ._h2 import H2ProxyConnection
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, Observer, _close
 from ._proxy_header import ProxyProtocolError, parse_proxy_header
 from ._slots import ConnectionSlots
+from ._sockstream import SocketStream
 from ._tcp import serve_tcp
 from ._upstream import UpstreamPool
 
@@ -68,7 +69,7 @@ class CountingStream(trio.abc.Stream):
 
     COUNT_STEP_BYTES = 1 << 16
 
-    def __init__(self, inner: trio.SocketStream, counter_in: Any, counter_out: Any) -> None:
+    def __init__(self, inner: trio.abc.HalfCloseableStream, counter_in: Any, counter_out: Any) -> None:
         self.inner = inner
         self._in = counter_in
         self._out = counter_out
@@ -275,7 +276,7 @@ class ConnectionServer:
         conn.local_host, conn.local_port = sock.getsockname()[:2]
         slots = self.slots
         slots.admit(conn, rt.name)
-        counting = CountingStream(trio.SocketStream(sock), lm.bytes_received, lm.bytes_sent)
+        counting = CountingStream(SocketStream(sock), lm.bytes_received, lm.bytes_sent)
         stream: trio.abc.Stream | None = counting
         try:
             lis = rt.config.listeners[index]

@@ -27,6 +27,7 @@ import trio
 from vcproxy import _log
 from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.metrics import metrics
+from ._counts import PENDING
 from ._forwarding import Forwarding
 from ._http import HttpRuntime
 from ._listener import ConnectionServer, ListenerRuntime, open_listener
@@ -59,11 +60,12 @@ class WorkerObserver:
 
     def request_done(self, record: dict[str, Any], seconds: float) -> None:
         listener = record.get("listener", "")
-        self._requests(listener, str(record.get("status", 0)), record.get("http_version", "")).inc()
-        self._request_seconds(listener).observe(seconds)
+        # batched (_counts: on /metrics within FLUSH_INTERVAL_S); the count last
+        PENDING.observe(self._request_seconds(listener), seconds)
+        PENDING.inc_final(self._requests(listener, str(record.get("status", 0)), record.get("http_version", "")))
         upstream_s = record.get("upstream_response_s")
         if upstream_s is not None:
-            self._upstream_seconds(record["upstream"]).observe(upstream_s)
+            PENDING.observe(self._upstream_seconds(record["upstream"]), upstream_s)
         if _log.access_log.enabled():
             _log.access_log.write(record | {"ts": _log.iso_ts()})
 
@@ -138,8 +140,16 @@ class Worker:
         self.observer = WorkerObserver()
         try:
             ops = _Children(m.crypto_ops_total)
+
+            def count_op(op: str, prov: str) -> None:
+                # records' AEAD ops are batched (_counts); a handshake's ECDH and signature are not
+                if op.startswith("aead"):
+                    PENDING.inc(ops(op, prov))
+                else:
+                    ops(op, prov).inc()
+
             self.provider = await make_provider(
-                config, lambda op, prov: ops(op, prov).inc(),
+                config, count_op,
                 lambda op, reason: m.crypto_fallbacks_total.labels(op, reason).inc(),
                 self.backend_socket, _keyless_failed)
             self.runtimes, self.pools = self._build(config, {})
@@ -156,6 +166,7 @@ class Worker:
             async with trio.open_nursery() as service:
                 self.service = service
                 service.start_soon(self._signals)
+                service.start_soon(PENDING.run)
                 for pool in self.pools.values():
                     service.start_soon(pool.run_health_checks)
                 frontend = _frontend_of(self.provider)
@@ -167,6 +178,7 @@ class Worker:
                     os.close(self.ready_fd)
                 _log.error_log.info("worker_ready", worker=self.index,
                                     listeners=[s.getsockname()[:2] for s in sockets])
+        PENDING.flush()
         _log.error_log.info("worker_exit", worker=self.index)
         return 0
 
