@@ -65,9 +65,11 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
                          "crypto operations (ecdh, sign, aead_seal, aead_open) by the provider they were handed "
                          "to; records under the small-record threshold are sealed in-process: provider=inline"),
     "crypto_fallbacks_total": ("counter", ("op", "reason"),
-                               "vcrypto work done in-process instead: engine away (op=any, "
-                               "reason=engine_unavailable), a failed op redone inline (reason=error type), "
-                               "engine unreachable at start (op=startup)"),
+                               "vcrypto ops (already in crypto_ops_total as provider=vcrypto) computed "
+                               "in-process instead, counted as they run: engine away "
+                               "(reason=engine_unavailable), failed by the device (reason=engine_error), "
+                               "a failed op redone inline (reason=error type); engine unreachable at start "
+                               "(op=startup, once per worker)"),
     "crypto_keyless_failures_total": ("counter", ("key_ref",),
                                       "keyless signatures (certificates[].key_ref) that failed: only "
                                       "vcrypto-host holds the key, so the handshake failed (no in-process "

@@ -26,7 +26,8 @@ that needs a restart never reaches a worker), counted once in
 file it names takes the same path as SIGHUP (``vcproxy._config_watch``: a
 Kubernetes ConfigMap update needs no signal). SIGUSR1 -> the log files are
 reopened here, in every worker and in the vcrypto daemons (which write to the
-same error log file: the supervisor passes it as their ``--log``).
+same error log file: the supervisor passes it as their ``--log``); a child
+starts with SIGUSR1 ignored, so one that is still starting is not killed.
 
 Readiness is logged as one error-log event ``ready`` carrying the resolved
 listener and metrics addresses (tests and scripts read it from there); under
@@ -522,6 +523,10 @@ class ChildProcess:
         parent = os.getpid()
 
         def preexec() -> None:  # between fork and exec: no imports, no locks
+            # SIGUSR1 (log reopen, forwarded to every running child) kills by
+            # default: ignored (inherited across exec) until the child installs
+            # its handler, so a rotation during a (re)start does not kill it.
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             if _PRCTL is not None:
                 _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
                 if os.getppid() != parent:  # the supervisor died before prctl took effect

@@ -205,3 +205,31 @@ def test_unreachable_socket_is_reported_not_fatal(tmp_path):
     finally:
         del os.environ["NOTIFY_SOCKET"]
     assert len(warnings) == 1 and "gone.sock" in warnings[0]
+
+
+@pytest.mark.parametrize("daemon, extra", [("vcrypto.host", []), ("vcrypto.engine.backend", ["--no-host"])])
+def test_a_daemon_reports_a_failed_notification_as_one_json_event(tmp_path, daemon, extra):
+    """NOTIFY_SOCKET naming nothing (a unit restarted under a manager that went
+    away): the daemon keeps serving and says so in its own log, in the one log
+    format, as the supervisor does (``sd_notify_failed``)."""
+    import json
+    import time
+
+    sock, log = tmp_path / "d.sock", tmp_path / "d.log"
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "gone.sock"))
+    with open(tmp_path / "stderr.log", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", daemon, *extra, "--socket", str(sock), "--log", str(log)],
+                                cwd=REPO, env=env, stdout=err, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        events: list[dict] = []
+        while time.monotonic() < deadline and not any(e.get("event") == "sd_notify_failed" for e in events):
+            assert proc.poll() is None, (tmp_path / "stderr.log").read_text()
+            time.sleep(0.05)
+            events = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        failed = [e for e in events if e.get("event") == "sd_notify_failed"]
+        assert len(failed) == 1 and "gone.sock" in failed[0]["error"], (events, (tmp_path / "stderr.log").read_text())
+        assert _connects(sock)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0

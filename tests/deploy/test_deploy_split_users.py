@@ -183,9 +183,6 @@ def _proxy_handshakes(split: Split, host_sock: Path, backend_sock: Path, handsha
                 while chunk := tls.recv(65536):
                     reply += chunk
             assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"ok\n"), reply[:200]
-        # The workers copy their frontend's fallback count into the metrics once
-        # a second (vcproxy.proxy._worker): let two of those passes happen.
-        time.sleep(2.5)
         return scrape(ready["metrics"]), _events(error_log)
     finally:
         upstream.stop()

@@ -99,3 +99,32 @@ def test_units_agree_on_the_split_deployment():
     assert "m vcproxy vcrypto" in sysusers
     # no capability unless the port-443 drop-in asks for it
     assert proxy["CapabilityBoundingSet"] == [""] and proxy["AmbientCapabilities"] == [""]
+
+
+# the console scripts the units run -> how to run the same entry point here
+_ENTRY = {"vcrypto-host": ["-m", "vcrypto.host"], "vcrypto-engine-backend": ["-m", "vcrypto.engine.backend"],
+          "vcproxy": ["-m", "vcproxy"]}
+
+
+def test_units_do_not_restart_a_config_failure_and_pass_only_real_flags():
+    """Exit 78 (EX_CONFIG: a daemon's metrics address cannot be bound, or
+    ``vcproxy run`` refused to start because of one) means a restart cannot
+    help: every unit says RestartPreventExitStatus=78, or Restart=
+    restart-loops it. Every --flag a unit passes is one its program takes
+    (its --help lists it)."""
+    import sys
+
+    for name in SERVICES:
+        unit = _directives(UNITS / name)
+        prevent = " ".join(unit.get("RestartPreventExitStatus", [])).split()
+        assert "78" in prevent, f"{name}: Restart={unit['Restart']} without RestartPreventExitStatus=78"
+        for line in unit.get("ExecStart", []) + unit.get("ExecStartPre", []) + unit.get("ExecReload", []):
+            argv = line.split()
+            script = Path(argv[0]).name
+            if script not in _ENTRY:
+                continue   # /bin/kill
+            sub = [argv[1]] if script == "vcproxy" else []
+            helptext = subprocess.run([sys.executable, *_ENTRY[script], *sub, "--help"], cwd=REPO,
+                                      capture_output=True, text=True, timeout=60, check=True).stdout
+            for flag in (a.split("=", 1)[0] for a in argv[1:] if a.startswith("--")):
+                assert re.search(rf"(^|[\s,\[]){re.escape(flag)}\b", helptext), f"{name}: {script} has no {flag}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -271,3 +272,25 @@ def test_sigusr1_reopens_every_log_file(proxy, ctx):
     assert not [line for line in _lines(rotated_access) if "after=rotate" in line]
     assert not [line for line in _lines(rotated_error) if '"logs_reopened"' in line]
     assert proxy.proc.poll() is None
+
+
+def test_sigusr1_while_a_worker_restarts_does_not_kill_it(tmp_path, certs, upstream):
+    """A log rotation (SIGUSR1, forwarded to every running child) that lands
+    while a worker is still starting (before its signal receiver exists)
+    must not kill it: SIGUSR1's default action is to terminate. The
+    supervisor's children start with SIGUSR1 ignored until they handle it."""
+    config = base_config(upstream.address, certs["a"], workers=1)
+    with running_proxy(tmp_path, config) as proxy:
+        [worker] = proxy.workers
+        os.kill(worker, signal.SIGKILL)
+        proxy.wait_event("worker_died")
+        # rotate "logs" every 20 ms for the whole restart window (backoff,
+        # interpreter start, config load, listeners)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            proxy.signal(signal.SIGUSR1)
+            time.sleep(0.02)
+        proxy.wait_event("worker_restarted")
+        died = [e for e in proxy.events() if e.get("event") == "worker_died"]
+        assert [e["status"] for e in died] == [-signal.SIGKILL], died
+        assert proxy.proc.poll() is None

@@ -14,7 +14,7 @@ import urllib.request
 
 from cryptography import x509
 
-from proxy_testkit import base_config, client_context, free_port, running_proxy, scrape, total
+from proxy_testkit import base_config, client_context, free_port, running_proxy, scrape, timed_request, total
 from tests.engine import engine_daemons
 
 
@@ -145,3 +145,23 @@ def test_readyz_needs_vcrypto_when_no_fallback_is_allowed(tmp_path, certs, upstr
             assert wait_ready(200) == (200, "ready\n")
     finally:
         backend.stop()
+
+
+def test_engine_away_every_op_is_counted_as_a_fallback_at_once(tmp_path, certs, upstream):
+    """crypto.fallback: per_op with the engine-backend's socket missing: each
+    handshake's ECDH and signature is handed to the vcrypto provider
+    (crypto_ops_total{provider="vcrypto"}) and computed in-process by its
+    frontend, so each is in crypto_fallbacks_total under its own op the moment
+    it ran: a scrape right after the traffic shows no offload that did not
+    happen (the frontend's counts used to be copied once a second as op="any")."""
+    config = base_config(upstream.address, certs["a"], crypto={"provider": "vcrypto", "fallback": "per_op"},
+                         vcrypto={"manage": False, "backend_socket": str(tmp_path / "nothing.sock")})
+    with running_proxy(tmp_path, config) as proxy:
+        ctx = client_context(certs["a"][0])
+        for _ in range(3):
+            timed_request(proxy.port, ctx)
+        m = scrape(proxy.metrics_url)   # no wait: nothing may lag behind the ops
+        for op in ("ecdh", "sign"):
+            assert total(m, "vcproxy_crypto_ops_total", op=op, provider="vcrypto") == 3, op
+            assert total(m, "vcproxy_crypto_fallbacks_total", op=op, reason="engine_unavailable") == 3, op
+        assert total(m, "vcproxy_crypto_engine_attached") == 0

@@ -171,6 +171,7 @@ class Worker:
                     service.start_soon(pool.run_health_checks)
                 frontend = _frontend_of(self.provider)
                 if frontend is not None:
+                    frontend.on_inline = _count_inline
                     service.start_soon(_export_frontend_fallbacks, frontend)
                 service.start_soon(self.server.serve, sockets, conn_nursery)
                 if self.ready_fd is not None:
@@ -288,9 +289,16 @@ def _keyless_failed(key_ref: str, exc: Exception) -> None:
     _log.error_log.warning("keyless_sign_failed", key_ref=key_ref, error=str(exc))
 
 
+def _count_inline(op: Any, redone: bool) -> None:
+    """A request the engine frontend computed in-process -> crypto_fallbacks_total
+    under its op, counted as it runs (the op is already in crypto_ops_total as
+    handed to vcrypto): engine away (detached, device down, a session or an
+    input it cannot take) or, ``redone``, failed by the device."""
+    metrics().crypto_fallbacks_total.labels(op.value, "engine_error" if redone else "engine_unavailable").inc()
+
+
 async def _export_frontend_fallbacks(frontend: Any, interval_s: float = 1.0) -> None:
-    """Requests the engine frontend ran in-process (engine away) -> crypto_fallbacks_total,
-    its stalls (hung engine-backend) and doorbells -> crypto_engine_{stalls,doorbells}_total,
+    """The engine frontend's stalls (hung engine-backend) and doorbells -> crypto_engine_{stalls,doorbells}_total,
     whether it is attached with the host device up -> crypto_engine_attached (what the
     supervisor's /readyz reads when crypto.fallback is none).
 
@@ -298,8 +306,7 @@ async def _export_frontend_fallbacks(frontend: Any, interval_s: float = 1.0) -> 
     need them copied into a Counter, so we add the delta once a second.
     """
     m = metrics()
-    counters = {"fallback_requests": m.crypto_fallbacks_total.labels("any", "engine_unavailable"),
-                "stalls": m.crypto_engine_stalls_total, "doorbells": m.crypto_engine_doorbells_total}
+    counters = {"stalls": m.crypto_engine_stalls_total, "doorbells": m.crypto_engine_doorbells_total}
     seen = dict.fromkeys(counters, 0)
     while True:
         for name, counter in counters.items():

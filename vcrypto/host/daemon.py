@@ -149,15 +149,20 @@ async def run(config: HostConfig, socket_path: str, metrics_registry, out: JsonL
                                     admin_socket, host.admin_request)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
                 # READY only once a SIGTERM (systemctl stop) right after it is caught
-                sdnotify.notify_or_warn("READY=1", f"STATUS=serving on {socket_path}", warn=log.warning)
+                sdnotify.notify_or_warn("READY=1", f"STATUS=serving on {socket_path}", warn=_notify_failed)
                 async for signum in signals:
                     if signum == signal.SIGUSR1:
                         reopen_logged([out])
                         continue
                     event(log, "info", "stopping", signal=signal.Signals(signum).name)
-                    sdnotify.notify_or_warn("STOPPING=1", warn=log.warning)
+                    sdnotify.notify_or_warn("STOPPING=1", warn=_notify_failed)
                     nursery.cancel_scope.cancel()
                     break
+
+
+def _notify_failed(message: str) -> None:
+    """sd_notify failed (never fatal): one event, named as the supervisor's."""
+    event(log, "warning", "sd_notify_failed", error=message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     # JsonLog.reopen is safe in a signal handler (dup2 onto the same fd)
     signal.signal(signal.SIGUSR1, lambda *_: reopen_logged([out]))
     out.info("listening", socket=args.socket)
-    sdnotify.notify_or_warn("READY=1", f"STATUS=serving frontends on {args.socket}")
+    # a failed notification is never fatal: one event, named as the supervisor's
+    def notify_failed(message: str) -> None:
+        out.warning("sd_notify_failed", error=message)
+
+    sdnotify.notify_or_warn("READY=1", f"STATUS=serving frontends on {args.socket}", warn=notify_failed)
     try:
         backend.run()
-        sdnotify.notify_or_warn("STOPPING=1")
+        sdnotify.notify_or_warn("STOPPING=1", warn=notify_failed)
     finally:
         if admin_thread is not None:
             admin_thread.close()

@@ -75,14 +75,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
 from vcrypto.shm.region import Region
 from vcrypto.shm.ring import full_fence
 
-from vcrypto.ops import max_dst_bytes
+from vcrypto.ops import Op, max_dst_bytes
 
 from ..contract import PIPELINE_DEPTH, InlineOpError, SessionMeta, SlotStatus, control
 from ._attachment import Attachment, Detached
@@ -130,6 +130,11 @@ class Frontend:
         self.backstop_s = backstop_s
         self.control_timeout_s = control_timeout_s
         self.stats = FrontendStats()
+        #: Called as ``on_inline(op, redone)`` for each request computed
+        #: in-process (``redone``: the device failed or could not do it), at
+        #: the moment it runs: an application's metrics count it with the op
+        #: it counted as offered to the engine, not a second later.
+        self.on_inline: Callable[[Op, bool], None] | None = None
         self._att: Attachment | None = None
         self._gen = 0
         self._retry_at = 0.0
@@ -508,6 +513,8 @@ class Frontend:
             self.stats.redone_requests += 1
         else:
             self.stats.fallback_requests += 1
+        if self.on_inline is not None:
+            self.on_inline(h.meta.op, redo)
         src, iv, aad = item
         try:
             return SlotStatus.OK, h.inline().perform(src, iv, aad)
