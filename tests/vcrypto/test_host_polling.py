@@ -101,3 +101,29 @@ async def test_call_coalescing_wakes_a_sleeping_driver_once_per_batch(start_host
                 got += len(q.dequeue_burst())
         after = (await drv.stats())["device"]
     assert after["calls"] - before["calls"] <= 2, (before, after)
+
+
+async def test_lone_request_costs_one_pass_per_wake(start_host):
+    """A lone request on a parked queue: the kick wakes the loop, one pass
+    drains it, computes it inline, publishes it, and the loop parks again at
+    once (the arm's re-check of the ring stands in for an empty pass). So
+    ring passes per request are ~1; a loop that takes an empty pass after
+    every batch before parking (a trio scheduling round and an epoll more per
+    wake) makes ~2."""
+    host = start_host({"poll": {"mode": "doorbell"}})
+    n = 40
+    async with await Driver.attach(host.socket_path) as drv:
+        sid = await drv.create_session(SessionParams(Op.AEAD_SEAL, Alg.AES_128_GCM, key=bytes(16)))
+        pool = await PayloadPool.create(drv, slot_bytes=4096)
+        item = Item(sid, Op.AEAD_SEAL, Alg.AES_128_GCM, os.urandom(256), os.urandom(12))
+        before = (await drv.stats())["device"]
+        with trio.fail_after(30):
+            for _ in range(n):
+                (result,) = await pool.run([item], window=1)
+                assert result.ok
+                await trio.sleep(0.002)     # the host parks between requests
+        after = (await drv.stats())["device"]
+    delta = {k: after[k] - before[k] for k in ("kicks", "requests", "polls", "sleeps")}
+    assert delta["requests"] == n, delta
+    assert delta["kicks"] >= n * 0.9, delta          # it was parked: each request kicked it
+    assert delta["polls"] <= n * 1.25, delta
