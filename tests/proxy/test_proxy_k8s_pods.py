@@ -83,6 +83,19 @@ def _expose_interpreter() -> str:
         f"mount --bind /run/python-prefix {_quote(str(prefix))}"])
 
 
+def _keep_through_tmp() -> tuple[str, str]:
+    """Shell lines around the pod's tmpfs /tmp that keep this checkout (and
+    its venv) visible when it lives under /tmp, as a CI clone may: bound to
+    /run/keep first, bound back into the new /tmp after. In the image the
+    code is in /usr/local and /opt, outside the emptyDir."""
+    keep = [p for p in dict.fromkeys((REPO, Path(sys.prefix).resolve()))
+            if Path("/tmp") in p.parents]
+    keep = [p for p in keep if not any(q in p.parents for q in keep)]  # the venv inside the checkout
+    before = [f"mkdir -p /run/keep/{i} && mount --bind {_quote(str(p))} /run/keep/{i}" for i, p in enumerate(keep)]
+    after = [f"mkdir -p {_quote(str(p))} && mount --bind /run/keep/{i} {_quote(str(p))}" for i, p in enumerate(keep)]
+    return "\n".join(before), "\n".join(after)
+
+
 def _events(path: Path) -> list[dict]:
     out = []
     for line in path.read_text().splitlines() if path.exists() else []:
@@ -121,6 +134,7 @@ def _run_as_pods(tmp_path: Path, certs, files: dict[str, str], daemons: str, pro
     shutil.copy(certs["a"][1], cfg / "tls.key")
     for path in (cfg, out, *cfg.iterdir()):
         os.chown(path, UID, UID)
+    keep_before, keep_after = _keep_through_tmp()
     script = f"""set -e
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir /run/cfg /run/out /run/vcrypto /run/vcrypto-host
@@ -129,7 +143,9 @@ mount --bind {_quote(str(out))} /run/out
 mount -t tmpfs -o mode=0770,uid={UID},gid={UID} node-sockets /run/vcrypto
 mount -t tmpfs -o mode=0770,uid={UID},gid={UID} host-socket /run/vcrypto-host
 {_expose_interpreter()}
+{keep_before}
 mount -t tmpfs -o mode=1777 tmp /tmp
+{keep_after}
 mount -o remount,bind,ro /
 export PYTHONDONTWRITEBYTECODE=1 PATH={_quote(str(BIN))}:$PATH
 DAEMONS=
