@@ -12,10 +12,12 @@ exchange, signature and record batch becomes engine requests:
   shared session cache, so every connection (and every worker) with the same
   certificate key reuses one host session;
 - ``aead(alg, key)`` -> a ``VcryptoAead`` whose ``seal_many``/``open_many``
-  submit a batch (<= 16 per opdone: one suspension per batch). Its host
-  session is created on first use, so records sealed in-process (the sync
-  ``seal``/``open`` below the TLS small-record threshold) never cost a
-  session at the host.
+  submit a batch (<= 16 per opdone: one suspension per batch). The traffic
+  key travels in each request's slot (stateless AEAD: no host session, no
+  control round trip) unless the engine-backend runs with
+  ``--aead-sessions``; then its host session is created on first use, so
+  records sealed in-process (the sync ``seal``/``open`` below the TLS
+  small-record threshold) never cost a session at the host.
 
 What is offloaded is decided once per kind of decision: record size by the
 TLS record layer (``small_record_threshold_bytes``: below it the sync path,

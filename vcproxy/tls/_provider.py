@@ -51,8 +51,9 @@ The seam, and why each shape is what it is:
 
 ``CryptoProvider.aead(suite_alg, key) -> AeadSession``
     ``suite_alg``: ``"aes-128-gcm"``, ``"aes-256-gcm"``,
-    ``"chacha20-poly1305"``. One session per traffic key (a vcrypto session
-    id). ``seal_many`` / ``open_many`` take up to ``ServerConfig.pipeline_depth``
+    ``"chacha20-poly1305"``. One ``AeadSession`` object per traffic key
+    (for vcrypto a handle whose key travels in each request, stateless; a
+    host session only when the engine-backend runs ``--aead-sessions``). ``seal_many`` / ``open_many`` take up to ``ServerConfig.pipeline_depth``
     (≤ 16) ``(nonce, aad, data)`` items and complete them together: one await
     per batch (vcrypto's "opdone" pipeline mode). Results come back in order.
     A failed tag anywhere in ``open_many`` raises ``BadRecordMac`` for the

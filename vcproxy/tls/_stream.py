@@ -45,7 +45,9 @@ as trio's ``BrokenResourceError``. A transport EOF without close_notify reads
 as EOF unless ``strict_close_notify`` (like ``trio.SSLStream``'s
 ``https_compatible``: HTTP framing already detects truncation).
 
-AEAD sessions are provider resources (host sessions, for vcrypto): each one
+AEAD sessions are provider resources (for vcrypto a host session only with
+the engine-backend's ``--aead-sessions``; by default the key travels
+stateless in each request and closing is local): each one
 is closed exactly once by the stream: a superseded key (handshake → traffic,
 KeyUpdate) when it is replaced, the current read/write keys when the stream
 closes or breaks (``_release_keys``; shielded, bounded, never raising).

@@ -14,7 +14,9 @@ One single-threaded poll loop does all the work:
 1. drain every attached trans ring, round-robin, at most ``ring_quota``
    entries per ring per pass (fairness: a busy worker cannot starve the
    others); decode and validate each slot; resolve its session (lazily
-   (re)created at the device); refcount +1 per request;
+   (re)created at the device; a stateless AEAD slot, ``key_len`` > 0, has
+   none, and no refcount: its key goes to the host with the request);
+   refcount +1 per request on a session;
 2. batch into the device on "full or deadline": ``batch_max`` requests, or
    the deadline after the first one. The deadline adapts to the arrival
    rate: a partial batch is held only while an EWMA of the gap between
@@ -23,7 +25,8 @@ One single-threaded poll loop does all the work:
    once. While a batch is held the loop sleeps to its deadline without
    setting ``backend_sleeping`` (no doorbell per arrival). 0 (the default)
    flushes at the end of every drain pass;
-3. drain completions, write slot status, bump opdone counters, refcount -1;
+3. drain completions, write slot status, bump opdone counters, refcount -1
+   (session requests);
    a frontend whose opdone completed gets one eventfd write per pass, and
    only if its ``frontend_waiting`` flag says its waiter is blocked;
 4. when a pass finds nothing while requests are in flight at the device,

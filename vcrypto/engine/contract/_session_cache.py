@@ -67,7 +67,9 @@ B_SLEEPING, B_DEVICE_UP, B_EPOCH, B_STATELESS = 64, 128, 132, 136
 class SessionMeta:
     """What a session is: op + algorithm + key material or a host key name.
 
-    AEAD: the traffic key (a session per direction: SEAL or OPEN). SIGN: the
+    AEAD: the traffic key (a session per direction: SEAL or OPEN; the key
+    goes in the request slot instead, with no session, while the device takes
+    stateless AEAD: ``B_STATELESS``, off with ``--aead-sessions``). SIGN: the
     PKCS#8 DER private key, or empty with ``key_ref`` naming a key the host
     holds (keyless). ECDH: no key (keygen + derive per request).
     """
