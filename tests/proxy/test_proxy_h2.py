@@ -325,6 +325,24 @@ def test_python_client_streams_and_authority_routing(proxy, ctx):
     serves(proxy, ctx)
 
 
+def test_next_request_right_after_the_last_stream_ends_is_served(proxy, ctx):
+    """When a connection's last stream ends the reader is told to take the idle
+    deadline while it may already be opening the client's next records (with
+    vcrypto an await on the provider). That wake used to cancel the read, which
+    broke the TLS stream: the connection ended silently under the next request
+    (seen as "stream 13 did not end", about half the runs). Each round here is
+    one more chance at that moment."""
+    c = Client(proxy.port, ctx)
+    try:
+        for _ in range(60):
+            assert c.response(c.request()) == (200, b"hello from the vcproxy demo upstream\n")
+            sid = c.request([(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                             (b":path", b"/echo")], body=b"z" * 60_000)  # several records at once
+            assert c.response(sid) == (200, b"z" * 60_000)
+    finally:
+        c.close()
+
+
 def test_trailers_both_ways(proxy, ctx, trailer_upstream):
     c = Client(proxy.port, ctx)
     try:

@@ -417,3 +417,46 @@ async def test_renegotiation_warning_while_another_task_sends(config12):
             assert await client.record() == (23, b"meanwhile")
             await client.send(23, b"after")
     assert got == [b"after"]
+
+
+@pytest.mark.parametrize("op", ["send_all", "receive_some"])
+async def test_other_task_waits_while_the_handshake_still_writes_its_finished(config12, op):
+    """TLS 1.2: our CCS and Finished end the handshake. Another task's send_all,
+    or receive_some answering a renegotiation hello with the warning, while that
+    write has reached the client but not returned yet, waits for the handshake
+    instead of writing into the transport at the same time (it failed with
+    BusyResourceError, and the renegotiation test above did so ~half its runs)."""
+    a, b = trio.testing.memory_stream_pair()
+    release = trio.Event()
+
+    async def deliver_then_hold():  # a socket that took our bytes, then yields
+        data = a.send_stream.get_data_nowait()
+        b.receive_stream.put_data(data)
+        if b"\x14\x03\x03\x00\x01\x01" in data:  # the flight with our CCS
+            await release.wait()
+
+    a.send_stream.send_all_hook = deliver_then_hold
+    server = TLSStream(a, config12, InlineProvider())
+    client = MiniClient12(b)
+    got = []
+
+    async def receive():
+        got.append(await server.receive_some())
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            await client.handshake()   # it has read our Finished; the write is held
+            if op == "send_all":
+                nursery.start_soon(server.send_all, b"meanwhile")
+            else:
+                nursery.start_soon(receive)
+                await client.send(22, client_hello12())
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+            if op == "send_all":
+                assert await client.record() == (23, b"meanwhile")
+            else:
+                assert await client.record() == (21, bytes((1, A.no_renegotiation)))
+                await client.send(23, b"after")
+    assert got == ([] if op == "send_all" else [b"after"])

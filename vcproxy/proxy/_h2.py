@@ -219,12 +219,26 @@ class H2ProxyConnection:
                 raise _ConnectionGone(f"client took no bytes within {timeout_s}s")
 
     def _wake_reader(self) -> None:
-        """Make the reader re-check its deadline and the connection's state
-        (the last stream ended, a GOAWAY is out): told apart from an idle
-        timeout or a shed, which end the connection."""
-        if self._read_scope is not None:
+        """Tell the reader the last stream ended or our GOAWAY is out.
+
+        With no stream left its pending read takes the idle deadline and
+        becomes the connection's idle scope by moving the scope's deadline, not
+        by cancelling the read: a TLSStream read cancelled while it opens
+        records (a vcrypto provider round trip) breaks the TLS stream, which
+        silently ended the connection under the client's next request. Only a
+        drained connection (GOAWAY out, no stream left) has its read cancelled:
+        it ends anyway. A GOAWAY with streams still open needs no wake: the
+        last of them wakes the reader. (``_woken`` tells that cancel apart
+        from an idle timeout or a shed.)"""
+        scope = self._read_scope
+        if scope is None or self.streams:
+            return  # between reads the loop re-checks by itself; streams: no deadline
+        if self._goaway_last_id is not None:
             self._woken = True
-            self._read_scope.cancel()
+            scope.cancel()
+            return
+        scope.deadline = self._read_deadline()
+        self.conn.idle_scope = scope
 
     # ---------------------------------------------------------------- connection
 

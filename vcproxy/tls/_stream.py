@@ -36,14 +36,16 @@ After ``key_update_after_records`` records under one key, the server sends a
 KeyUpdate and switches its write key; a KeyUpdate the client requested is sent
 before our next application data (RFC 8446 §4.6.3), by the sending task.
 
-State: HANDSHAKING → OPEN (→ READ_CLOSED once the peer's close_notify or
-EOF arrived: we may still send) → CLOSED, or BROKEN after a failure. A TLS failure
-raises the ``TLSError`` (with its alert); a peer fault first sends our alert,
-then closes lingeringly (send EOF, drain briefly, close) so a TCP reset does
-not destroy the alert before the client reads it. Transport failures surface
-as trio's ``BrokenResourceError``. A transport EOF without close_notify reads
-as EOF unless ``strict_close_notify`` (like ``trio.SSLStream``'s
-``https_compatible``: HTTP framing already detects truncation).
+State: HANDSHAKING → OPEN (once our last handshake flight, TLS 1.2's CCS and
+Finished, has been handed to the transport) (→ READ_CLOSED once the peer's
+close_notify or EOF arrived: we may still send) → CLOSED, or BROKEN after a
+failure. A TLS failure raises the ``TLSError`` (with its alert); a peer fault
+first sends our alert, then closes lingeringly (send EOF, drain briefly,
+close) so a TCP reset does not destroy the alert before the client reads it.
+Transport failures surface as trio's ``BrokenResourceError``. A transport EOF
+without close_notify reads as EOF unless ``strict_close_notify`` (like
+``trio.SSLStream``'s ``https_compatible``: HTTP framing already detects
+truncation).
 
 AEAD sessions are provider resources (for vcrypto a host session only with
 the engine-backend's ``--aead-sessions``; by default the key travels
@@ -279,7 +281,7 @@ class TLSStream(trio.abc.Stream):
     # ---- handshake ----------------------------------------------------------
 
     async def _handshake(self) -> None:
-        while self._state is _State.HANDSHAKING:
+        while self._state is _State.HANDSHAKING and self.info is None:
             epoch, message = await self._next_handshake_message()
             if epoch is Epoch.INITIAL and self._hs.version != "1.2" \
                     and (self._hs_messages or self._reassembler.pending):
@@ -291,6 +293,13 @@ class TLSStream(trio.abc.Stream):
             # TLS 1.2: our CCS and Finished end the handshake; the client
             # waits for them before it sends data (no early flush, no deadlock).
             await self._flush()
+        if self._state is _State.HANDSHAKING:  # (not over a concurrent aclose)
+            # OPEN only now that our last flight is with the transport: until
+            # then this task is its sender: another task's send_all or
+            # receive_some (which may write a renegotiation warning) waits for
+            # the handshake, and aclose sends no close_notify, instead of
+            # writing into the transport concurrently (BusyResourceError).
+            self._state = _State.OPEN
         # TLS 1.3: the session tickets stay queued in _hs_out: _seal_records seals them
         # in the same provider batch as our first write (or close_notify), so
         # they cost no round trip of their own, leave in one segment with the
@@ -409,8 +418,7 @@ class TLSStream(trio.abc.Stream):
         self.server_name, self.alpn_protocol = info.server_name, info.alpn_protocol
         self.cipher_suite, self.version = info.cipher_suite, info.version
         self.resumed, self.named_group = info.resumed, info.named_group
-        self._skip_early_bytes = 0
-        self._state = _State.OPEN
+        self._skip_early_bytes = 0  # (the state turns OPEN at the end of _handshake)
 
     # ---- sending ------------------------------------------------------------
 
