@@ -1,5 +1,19 @@
 """The supervisor: what ``vcproxy run`` is.
 
+Theory of operation. ``Supervisor.run`` starts, in order: the metrics
+endpoint, the vcrypto daemons (``daemon_plan`` decides their argv and host
+config from the proxy config; each must show its socket before the next
+starts), the demo upstream, then the workers; it is ready (``ready`` event,
+sd_notify READY=1) once every worker reported listening. It then waits on
+signals and child exits: a dead child is restarted with backoff (a daemon
+that exited 78 is not: restarting cannot free its metrics port), SIGHUP and
+the config watch validate the new config here and forward it, SIGUSR1
+reopens logs everywhere, SIGTERM drains the workers before stopping the
+daemons. Children are ``ChildProcess`` objects (spawned with SIGUSR1 ignored
+until they install their own handler). The module stays one file (~650
+lines): start-up order, restart policy and shutdown order are one state the
+reader should see together.
+
 It owns everything that must outlive a worker:
 
 - the runtime directory (metrics files, vcrypto sockets, generated daemon

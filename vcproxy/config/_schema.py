@@ -4,6 +4,16 @@ This file is the one place defaults are documented; ``vcproxy config-reference``
 prints it as a table and ``config/example-full.yaml`` shows every key. All
 classes are frozen: a worker swaps a whole new tree on SIGHUP, it never
 mutates one that open connections still read.
+
+Theory of operation. Each section is one frozen dataclass whose fields are
+declared with ``opt(default, meaning)`` / ``req(meaning)`` (``_load``): the
+loader walks the YAML mapping against these fields (unknown keys and wrong
+types are errors naming their path), then every class's ``check()`` returns
+``(path, message)`` problems for what types cannot say (ranges, references
+between sections, port collisions via ``_binds``). Files are not read here:
+certificates and keys are checked by ``vcproxy.proxy.check_files``. The module
+stays one file (~600 lines) so that the whole config reference, which
+``vcproxy config-reference`` prints from it, reads top to bottom in one place.
 """
 from __future__ import annotations
 

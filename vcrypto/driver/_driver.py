@@ -1,4 +1,27 @@
-"""The user-space poll-mode driver: see the package docstring for the API."""
+"""The user-space poll-mode driver: see the package docstring for the API.
+
+Theory of operation. ``Driver.attach`` connects to a vhost-user back-end
+(vcrypto-host, or anything speaking the same protocol), negotiates features
+(EVENT_IDX, INDIRECT_DESC, and the virtio 1.2 stateless AEAD mode when both
+sides have it) and hands over one shared-memory region plus, per data queue,
+the split virtqueue's rings and its kick/call eventfds. After that the
+control socket carries only session create/close, region (un)registration
+and capability queries (``_request``: one message, optionally one reply).
+
+The data path is ``Queue``: ``enqueue_burst`` writes each ``DataOp`` as one
+descriptor chain (header, IV/AAD/src, dst, status) into free slots of the
+queue's slot area, publishes the avail index once per burst and kicks the
+device only if it asked for kicks (EVENT_IDX); ``dequeue_burst`` reads the
+used ring and returns ``Completion``s matched by token, never by order.
+``wait_used`` busy-polls for ``poll_s`` and then arms calls and sleeps on the
+call eventfd (re-checking the ring after arming, so no completion is missed).
+Every wait is bounded (``DriverTimeout`` names what and how long); a closed
+or broken back-end surfaces as ``DriverError``, never as a hang.
+
+The module stays one file (~620 lines) because ``Queue`` and ``Driver`` share
+the negotiated geometry and slot packing; the wire layouts live in
+``vcrypto.wire`` and the ring layouts in ``vcrypto.shm``.
+"""
 from __future__ import annotations
 
 import dataclasses
