@@ -82,6 +82,15 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
     "crypto_engine_doorbells_total": ("counter", (),
                                       "doorbells the workers' engine frontends rang to wake a sleeping "
                                       "engine-backend"),
+    "crypto_key_shares_total": ("counter", ("event",),
+                                "pre-generated ECDHE key shares of the workers' pools (crypto.key_share_pool), "
+                                "by event: generated (by an offloaded refill), used (a full handshake took one: "
+                                "its key exchange and signature went to the engine together), missed (none in "
+                                "stock: that handshake ran the one-op key exchange first), expired (discarded "
+                                "unused after crypto.key_share_lifetime_s)"),
+    "crypto_key_share_refill_failures_total": ("counter", (),
+                                               "key-share pool refills that failed (handshakes meanwhile run "
+                                               "the one-op key exchange; retried a second later)"),
     "crypto_engine_attached": ("gauge", (),
                                "workers whose engine frontend is attached to the engine-backend with the host "
                                "device up (their crypto is offloaded); the others compute in-process"),

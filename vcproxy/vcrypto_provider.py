@@ -6,7 +6,15 @@ TLS stack imports neither; vcrypto never imports vcproxy). Every key
 exchange, signature and record batch becomes engine requests:
 
 - ``key_exchange(group, peer)`` -> one ECDH request (keygen + derive in one
-  op) on the shared per-group session;
+  op) on the shared per-group session; with ``private_key`` the keyed form
+  (src = scalar || peer);
+- ``key_share(group)`` -> a share from this worker's ``KeySharePool``
+  (``vcproxy.tls``), which refills itself with keyed-form keygens against
+  the group's base point, ``size`` of them in one ``Frontend.run`` (one
+  opdone per 16: one device batch), in the background. A full handshake
+  that gets one submits its derive and its signature in one trio tick
+  (``concurrent_ops``): the frontend's kicker rings once and both travel
+  in one device batch;
 - ``sign(key, scheme, message)`` -> one SIGN request on the session for
   (scheme, key), found through the local handle table and the backend's
   shared session cache, so every connection (and every worker) with the same
@@ -39,9 +47,9 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import serialization
 
-from vcproxy.tls import (SCHEMES_BY_KEY_TYPE, AeadSession, BadRecordMac, CryptoProvider,
-                         CryptoProviderError, IllegalParameter, SigningKey, key_type_of,
-                         load_private_key_pem)
+from vcproxy.tls import (BASE_POINTS, SCHEMES_BY_KEY_TYPE, AeadSession, BadRecordMac, CryptoProvider,
+                         CryptoProviderError, IllegalParameter, KeyShare, KeySharePool, SigningKey,
+                         ecdhe_scalar, key_type_of, load_private_key_pem)
 from vcrypto.engine import (EngineSession, EngineUnavailable, Frontend, InlineOpError, InlineSession,
                             SessionMeta, SlotStatus, ecdh_split)
 from vcrypto.ops import HYBRID_KX_ALGS, KX_PEER_BYTES, Alg, Op
@@ -144,7 +152,8 @@ class VcryptoProvider(CryptoProvider):
     name = "vcrypto"
 
     def __init__(self, engine_socket: str, *, linger_s: float = 1.0, frontend: Frontend | None = None,
-                 stall_timeout_s: float | None = None):
+                 stall_timeout_s: float | None = None, key_share_pool: int = 32,
+                 key_share_lifetime_s: float = 30.0):
         # stall_timeout_s is the engine's deadline (crypto.stall_timeout_s,
         # the backend's for the host); the frontend gives up on the backend
         # itself after twice that (data requests and control replies alike),
@@ -154,6 +163,32 @@ class VcryptoProvider(CryptoProvider):
             kw = {"stall_timeout_s": 2 * stall_timeout_s,
                   "control_timeout_s": min(5.0, 2 * stall_timeout_s)}
         self.frontend = frontend or Frontend(engine_socket, linger_s=linger_s, **kw)
+        #: This worker's pre-generated key shares (``key_share_pool`` per
+        #: group; 0: off, every full handshake runs the one-op exchange first).
+        self.key_shares = KeySharePool(self._generate_key_shares, size=key_share_pool,
+                                       lifetime_s=key_share_lifetime_s)
+
+    def key_share(self, group: str) -> KeyShare | None:
+        if group not in BASE_POINTS:  # a hybrid: ML-KEM needs the client's key
+            return None
+        return self.key_shares.take(group)
+
+    async def _generate_key_shares(self, group: str, n: int) -> list[KeyShare]:
+        """``n`` key pairs: keyed-form ECDH of fresh scalars against the base
+        point, in one ``run`` (one opdone per 16, submitted together). A
+        request that failed is left out (the pool counts a refill that got
+        none)."""
+        alg = Alg(group)
+        base = BASE_POINTS[group]
+        scalars = [ecdhe_scalar(group, self.random_bytes) for _ in range(n)]
+        fe = self.frontend
+        h = await fe.open_session(SessionMeta(Op.ECDH, alg))
+        try:
+            results = await fe.run(h, [(s + base, b"", b"") for s in scalars])
+        finally:
+            await fe.close_session(h)
+        return [KeyShare(group, ecdh_split(alg, out)[0], scalar)
+                for scalar, (status, out) in zip(scalars, results) if status is SlotStatus.OK]
 
     async def key_exchange(self, group: str, peer_public: bytes, *,
                            private_key: bytes | None = None) -> tuple[bytes, bytes]:

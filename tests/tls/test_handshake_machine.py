@@ -175,3 +175,89 @@ def test_misuse_is_a_usage_error(x25519_only):
         hs.key_exchange_done(b"", b"")
     with pytest.raises(TLSUsageError):
         hs.initiate_key_update()
+
+
+# ---- pre-generated key shares (the provider's key_share) -------------------
+
+def _sharing_machine(config, shares):
+    """A machine whose provider hands out ``shares`` (group -> KeyShare) and records each ask."""
+    asked = []
+
+    def key_share(group):
+        asked.append(group)
+        return shares.get(group)
+
+    counter = iter(range(1, 1 << 30))
+    hs = ServerHandshake(config, random_bytes=lambda n: bytes([next(counter) % 256]) * n,
+                         now_s=lambda: 1000.0, key_share=key_share)
+    return hs, asked
+
+
+def _x25519_share():
+    from vcproxy.tls import InlineProvider
+    return InlineProvider().key_share("x25519")
+
+
+def test_full_handshake_with_a_key_share_sends_derive_and_signature_together(x25519_only):
+    from vcproxy.tls._handshake import KeyExchange
+    share = _x25519_share()
+    hs, asked = _sharing_machine(x25519_only, {"x25519": share})
+    cmds = hs.receive_message(Epoch.INITIAL, client_hello(share=bytes(32), session_id=b"s" * 32))
+    assert asked == ["x25519"]
+    # ServerHello (with our share), the compatibility CCS, then the one blocking step
+    assert [type(k).__name__ for k in cmds] == ["SendHandshake", "SendChangeCipherSpec", "DeriveAndSign"]
+    assert share.public in cmds[0].data
+    step = cmds[-1]
+    assert step.key_exchange == KeyExchange("x25519", bytes(32), share.scalar)
+    assert step.sign.message.endswith(hs.transcript_hash)  # through Certificate
+    with pytest.raises(TLSUsageError):                       # not what this state waits for
+        hs.key_exchange_done(share.public, bytes(32))
+    with pytest.raises(TLSError) as info:                    # a derive under another key
+        hs.derive_and_sign_done(bytes(32), bytes(32), b"sig")
+    assert info.value.alert == A.internal_error
+    cmds = hs.derive_and_sign_done(share.public, bytes(32), b"sig")
+    assert [(k.direction, k.epoch) for k in cmds if isinstance(k, InstallKeys)] == [
+        ("write", Epoch.HANDSHAKE), ("read", Epoch.HANDSHAKE), ("write", Epoch.APPLICATION)]
+    [flight] = [k for k in cmds if isinstance(k, SendHandshake)]
+    assert [m[0] for m in _messages(flight.data)] == [
+        c.ENCRYPTED_EXTENSIONS, c.CERTIFICATE, c.CERTIFICATE_VERIFY, c.FINISHED]
+
+
+def _messages(data: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(data):
+        n = int.from_bytes(data[pos + 1:pos + 4], "big")
+        out.append(data[pos:pos + 4 + n])
+        pos += 4 + n
+    return out
+
+
+def test_psk_resumption_does_not_take_a_key_share(x25519_only):
+    # nothing to sign on resumption: the one-op exchange is one round trip anyway
+    hs, asked = _sharing_machine(x25519_only, {"x25519": _x25519_share()})
+    [kx] = hs.receive_message(Epoch.INITIAL, _psk_hello(x25519_only))
+    assert asked == [] and kx.private_key is None
+
+
+def test_hello_retry_takes_the_key_share_for_the_retried_hello_only(x25519_only):
+    from vcproxy.tls._commands import DeriveAndSign
+    hs, asked = _sharing_machine(x25519_only, {"x25519": _x25519_share()})
+    hrr = hs.receive_message(Epoch.INITIAL, client_hello(
+        share=bytes(65), share_group=P256, groups=(P256, X25519)))[0].data
+    assert asked == []
+    cmds = hs.receive_message(Epoch.INITIAL, _hello2(_hrr_cookie(hrr)))
+    assert asked == ["x25519"] and isinstance(cmds[-1], DeriveAndSign)
+
+
+def test_no_key_share_in_stock_runs_the_one_op_exchange(x25519_only):
+    from vcproxy.tls._handshake import KeyExchange
+    hs, asked = _sharing_machine(x25519_only, {})
+    [kx] = hs.receive_message(Epoch.INITIAL, client_hello(share=bytes(32)))
+    assert asked == ["x25519"] and kx == KeyExchange("x25519", bytes(32))
+
+
+def test_a_key_share_of_another_group_is_a_usage_error(x25519_only):
+    from vcproxy.tls import InlineProvider
+    hs, _ = _sharing_machine(x25519_only, {"x25519": InlineProvider().key_share("secp256r1")})
+    with pytest.raises(TLSUsageError, match="secp256r1 share"):
+        hs.receive_message(Epoch.INITIAL, client_hello(share=bytes(32)))

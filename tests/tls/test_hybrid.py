@@ -178,7 +178,9 @@ async def test_client_without_the_hybrid_gets_x25519(config):
 def test_hello_retry_request_asks_for_the_hybrid(config):
     # No share of a group we serve (only GREASE): the server's first choice
     # among the listed groups is the hybrid -> HRR naming 0x11EC.
-    hs = ServerHandshake(config, random_bytes=lambda n: b"\x07" * n, now_s=lambda: 1000.0)
+    asked = []  # (hybrids never take a pre-generated share: ML-KEM needs the client's key)
+    hs = ServerHandshake(config, random_bytes=lambda n: b"\x07" * n, now_s=lambda: 1000.0,
+                         key_share=lambda group: asked.append(group))
     gid = X25519MLKEM768
     ch1 = client_hello(groups=(0x0A0A, P256, gid), key_shares=[(0x0A0A, b"\x00")])
     [hrr] = [cmd for cmd in hs.receive_message(Epoch.INITIAL, ch1) if isinstance(cmd, SendHandshake)]
@@ -189,7 +191,8 @@ def test_hello_retry_request_asks_for_the_hybrid(config):
     ch2 = client_hello(share=share, share_group=gid, groups=(P256, gid),
                        extra=c.extension(c.EXT_COOKIE, c.vec16(cookie)))
     [kx] = [cmd for cmd in hs.receive_message(Epoch.INITIAL, ch2) if isinstance(cmd, KeyExchange)]
-    assert kx.group == "X25519MLKEM768" and kx.peer_public == share
+    assert kx.group == "X25519MLKEM768" and kx.peer_public == share and kx.private_key is None
+    assert asked == []
 
 
 def test_tls12_never_picks_a_hybrid(test_certs):

@@ -117,3 +117,51 @@ def test_simple_1rtt_handshake_through_the_state_machine():
     cmds = hs.receive_message(Epoch.HANDSHAKE, client_fin)
     assert isinstance(cmds[-1], HandshakeComplete)
     assert cmds[-1].info.server_name == "server" and not cmds[-1].info.resumed
+
+
+def test_1rtt_handshake_with_a_pre_generated_key_share():
+    """The same handshake with the RFC's server key pair handed out as a
+    pre-generated share: the ServerHello is the RFC's byte for byte at once,
+    the derive (keyed form, the RFC's scalar) and the CertificateVerify
+    signature are asked for in ONE command, and the handshake traffic secrets
+    still come from Transcript-Hash(ClientHello, ServerHello) (§7.1), not from
+    the transcript through Certificate that the signature covers (§4.4.3)."""
+    from vcproxy.tls import KeyShare
+    from vcproxy.tls._commands import DeriveAndSign
+
+    _, cert_msg, cv_msg, _ = _split(v.SERVER_FLIGHT)
+    der = c.Reader(cert_msg, 4 + 1 + 3).vec(3, "cert")
+    entry = CertificateEntry((der,), b"", ("server",), "rsa", key_ref="rfc8448")
+    config = ServerConfig([entry], tickets=TicketConfig(enabled=False))
+    randoms = [v.SERVER_RANDOM]
+    asked = []
+
+    def key_share(group):
+        asked.append(group)
+        return KeyShare("x25519", v.SERVER_PUBLIC_X25519, v.SERVER_PRIVATE_X25519)
+
+    hs = ServerHandshake(config, random_bytes=lambda n: randoms.pop(0), now_s=lambda: 0.0,
+                         key_share=key_share)
+    cmds = hs.receive_message(Epoch.INITIAL, v.CLIENT_HELLO)
+    assert asked == ["x25519"]
+    assert cmds[0] == SendHandshake(Epoch.INITIAL, v.SERVER_HELLO)
+    step = cmds[-1]
+    assert isinstance(step, DeriveAndSign) and len(cmds) == 2  # (no CCS: empty session id)
+    client_share = c.parse_client_hello(v.CLIENT_HELLO).key_shares[0][1]
+    assert step.key_exchange == KeyExchange("x25519", client_share, v.SERVER_PRIVATE_X25519)
+    # the signed content: our EncryptedExtensions (not the trace's) + the RFC's Certificate
+    ee = hs.state.flight[:-len(cert_msg)]
+    assert hs.state.flight.endswith(cert_msg) and ee[0] == c.ENCRYPTED_EXTENSIONS
+    signed = hashlib.sha256(v.CLIENT_HELLO + v.SERVER_HELLO + ee + cert_msg).digest()
+    assert step.sign.message == b" " * 64 + b"TLS 1.3, server CertificateVerify\x00" + signed
+    assert step.sign.scheme == "rsa_pss_rsae_sha256"
+    signature = c.Reader(cv_msg, 6).vec(2, "signature")
+    cmds = hs.derive_and_sign_done(v.SERVER_PUBLIC_X25519, v.SHARED_SECRET, signature)
+    installs = {(k.direction, k.epoch): k.secret for k in cmds if isinstance(k, InstallKeys)}
+    assert installs[("write", Epoch.HANDSHAKE)] == v.SERVER_HS_TRAFFIC
+    assert installs[("read", Epoch.HANDSHAKE)] == v.CLIENT_HS_TRAFFIC
+    [flight] = [k for k in cmds if isinstance(k, SendHandshake)]
+    assert flight.epoch is Epoch.HANDSHAKE and flight.data.startswith(ee + cert_msg + cv_msg)
+    client_fin = c.finished(finished_verify_data(SUITE, v.CLIENT_HS_TRAFFIC, hs.transcript_hash))
+    cmds = hs.receive_message(Epoch.HANDSHAKE, client_fin)
+    assert isinstance(cmds[-1], HandshakeComplete)

@@ -264,12 +264,16 @@ async def test_handshake_bytes_left_at_the_finished_key_change_are_refused(test_
 
 
 
-async def test_provider_failure_is_local_error_with_internal_error_alert(config):
+@pytest.mark.parametrize("key_shares", [True, False], ids=["key-share", "one-op"])
+async def test_provider_failure_is_local_error_with_internal_error_alert(config, key_shares):
     from vcproxy.tls import CryptoProviderError, TLSLocalError
 
     class BrokenSigner(InlineProvider):
         async def sign(self, key, scheme, message):
             raise RuntimeError("signer offline")
+
+        def key_share(self, group):
+            return super().key_share(group) if key_shares else None
 
     server, rec, client = pair(config, BrokenSigner())
 
@@ -285,7 +289,12 @@ async def test_provider_failure_is_local_error_with_internal_error_alert(config)
     assert isinstance(info.value, TLSLocalError) and info.value.alert == A.internal_error
     assert "signer offline" in str(info.value)
     sent = b"".join(rec.sent)
-    assert sent[0] == 22 and sent[-(5 + 2 + 1 + 16):][0] == 23  # ServerHello, then the sealed alert
+    if key_shares:
+        # derive and signature were asked for together, before any key was
+        # installed: the queued ServerHello is dropped, the alert is plaintext
+        assert sent == b"\x15\x03\x03\x00\x02\x02" + bytes([A.internal_error])
+    else:  # the one-op exchange came first: ServerHello, then the sealed alert
+        assert sent[0] == 22 and sent[-(5 + 2 + 1 + 16):][0] == 23
 
 
 async def test_hello_retry_with_refused_early_data_over_the_stream(test_certs):
@@ -316,7 +325,8 @@ async def test_hello_retry_with_refused_early_data_over_the_stream(test_certs):
     assert await server.receive_some() == b"after retry"
 
 
-async def test_handshake_timeout_while_the_provider_stalls(test_certs, autojump_clock):
+@pytest.mark.parametrize("key_shares", [True, False], ids=["key-share", "one-op"])
+async def test_handshake_timeout_while_the_provider_stalls(test_certs, autojump_clock, key_shares):
     # A provider op cut off by the timeout leaves the stream broken (records in
     # flight are lost), yet the timeout must still close the transport and
     # release the sessions, as a timeout while reading does.
@@ -324,12 +334,20 @@ async def test_handshake_timeout_while_the_provider_stalls(test_certs, autojump_
         async def sign(self, key, scheme, message):
             await trio.sleep_forever()
 
+        def key_share(self, group):
+            return super().key_share(group) if key_shares else None
+
     provider = StalledSigner()
     config = server_config([test_certs["ecdsa-p256"]])
     server, _, client = pair(config, provider)
     await client.send_plain(22, client_hello(share=client.share))
     with pytest.raises(HandshakeTimeout):
         await server.do_handshake()
+    if key_shares:  # the derive went out with the signature: no key was installed yet
+        assert provider.counts["key_exchange"] == 1 and provider.sessions == []
+        with pytest.raises(EOFError):                 # nothing sent, the transport closed
+            await client.record()
+        return
     provider.check_sessions_closed_once()             # the handshake keys, without aclose
     with pytest.raises(EOFError):                     # ServerHello, then the transport closed
         while True:

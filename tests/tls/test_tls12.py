@@ -109,8 +109,10 @@ def config12(test_certs):
 class Run:
     """One server handshake driven by hand: the test plays the provider."""
 
-    def __init__(self, config, hello: bytes):
-        self.hs = ServerHandshake(config, random_bytes=deterministic_random(), now_s=lambda: NOW_S)
+    def __init__(self, config, hello: bytes, key_share=None):
+        kw = {} if key_share is None else {"key_share": key_share}
+        self.hs = ServerHandshake(config, random_bytes=deterministic_random(), now_s=lambda: NOW_S, **kw)
+        self.shared = key_share is not None
         self.client = Hello12(hello)
         self.signed: bytes | None = None
 
@@ -131,7 +133,10 @@ class Run:
     def full(self):
         """ClientHello .. client Finished; returns the server's last commands."""
         first = self.hs.receive_message(Epoch.INITIAL, self.client.hello)
-        assert type(first[-1]) is KeyExchange and first[-1].peer_public == BASE_POINTS["x25519"]
+        if self.shared:  # a pre-generated share: the ServerKeyExchange signature is asked for at once
+            assert [type(k) for k in first] == [Sign]
+        else:
+            assert type(first[-1]) is KeyExchange and first[-1].peer_public == BASE_POINTS["x25519"]
         [flight] = self.provide(first)
         assert type(flight) is SendHandshake and flight.epoch is Epoch.INITIAL
         self.flight = split_messages(flight.data)
@@ -143,6 +148,23 @@ class Run:
         assert read == InstallRecordKeys("read", Epoch.APPLICATION, self.client.suite,
                                          keys.client_key, keys.client_iv)
         return self.hs.receive_message(Epoch.APPLICATION, self.client.finished())
+
+
+def test_full_handshake_with_a_pre_generated_key_share(config12):
+    from vcproxy.tls import InlineProvider
+    shares = []
+
+    def key_share(group):
+        shares.append(InlineProvider().key_share(group))
+        return shares[-1]
+
+    run = Run(config12, client_hello12(), key_share=key_share)
+    cmds = run.full()
+    assert isinstance(cmds[-1], HandshakeComplete)
+    [share] = shares
+    _, _, ske, _ = run.flight
+    assert share.public in ske   # our ServerKeyExchange carries the pooled share
+    # the derive used that share's scalar (the client's keys matched: Finished verified)
 
 
 def test_full_handshake_commands(config12):

@@ -294,9 +294,20 @@ class CryptoConfig:
         "again once the daemon answers. The default is ~4x the worst outstanding time measured "
         "under a full-slot RSA-2048 burst on 2 loaded cores (bench/engine_latency_tail.py); "
         "raise it for resources slower than that per request")
+    key_share_pool: int = opt(
+        32, "vcrypto: ECDHE key shares (X25519, P-256, P-384) each worker pre-generates per group, "
+            "refilled in the background by offloaded keygens (one batch per half pool): a full "
+            "handshake that takes one sends its key exchange and its signature to the engine "
+            "together (one round trip instead of two); each share serves one handshake. 0: off; "
+            "hybrids (X25519MLKEM768) never use it")
+    key_share_lifetime_s: float = opt(
+        30 * SECONDS, "an unused pre-generated key share is discarded this long after it was made "
+                      "(forward secrecy: no ephemeral key outlives it waiting)")
 
     def check(self) -> list[tuple[str, str]]:
-        out = _check_positive(self, "stall_timeout_s")
+        out = _check_positive(self, "stall_timeout_s", "key_share_lifetime_s")
+        if not 0 <= self.key_share_pool <= 1024:
+            out.append(("key_share_pool", f"must be 0..1024, got {self.key_share_pool}"))
         if not 0 <= self.small_record_threshold_bytes <= 16385:
             out.append(("small_record_threshold_bytes",
                         f"must be 0..16385, got {self.small_record_threshold_bytes}"))

@@ -18,6 +18,7 @@ from vcproxy.tls import (
     CryptoProvider,
     CryptoProviderError,
     InlineProvider,
+    KeyShare,
     ServerConfig,
     SigningKey,
     TicketConfig,
@@ -134,6 +135,14 @@ class CountingProvider(CryptoProvider):
         self._count("ecdh", self.name)
         return out
 
+    def key_share(self, group: str) -> KeyShare | None:
+        # (the pool's refills are counted by the pool: crypto_key_shares_total)
+        return self.inner.key_share(group)
+
+    @property
+    def concurrent_ops(self) -> bool:
+        return self.inner.concurrent_ops
+
     def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
         return self.inner.load_signing_key(private_key_pem, key_ref=key_ref)
 
@@ -220,6 +229,15 @@ class FallbackProvider(CryptoProvider):
             return await self.backup.key_exchange(group, peer_public, private_key=private_key)
         return out
 
+    def key_share(self, group):
+        # The primary's pool: an empty one (its refills failing) means the
+        # one-op path above, which falls back per op.
+        return self.primary.key_share(group)
+
+    @property
+    def concurrent_ops(self) -> bool:
+        return self.primary.concurrent_ops
+
     def load_signing_key(self, private_key_pem, *, key_ref=None):
         # Both sides need the key: the backup keeps its own handle in ``handle``.
         # Keyless (no key here, the host holds it): there is no backup to load,
@@ -264,7 +282,9 @@ async def make_provider(config: Config, count: CountOp, on_fallback: CountFallba
         return CountingProvider(InlineProvider(), count)
     if backend_socket is None:
         raise ProviderUnavailable("crypto.provider: vcrypto: no engine-backend socket configured")
-    primary = VcryptoProvider(backend_socket, stall_timeout_s=crypto.stall_timeout_s)
+    primary = VcryptoProvider(backend_socket, stall_timeout_s=crypto.stall_timeout_s,
+                              key_share_pool=crypto.key_share_pool,
+                              key_share_lifetime_s=crypto.key_share_lifetime_s)
     if not await primary.frontend.start():
         if crypto.fallback == "none":
             raise ProviderUnavailable(f"crypto.provider: vcrypto: engine-backend at {backend_socket} unreachable")

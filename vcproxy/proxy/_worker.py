@@ -173,6 +173,9 @@ class Worker:
                 if frontend is not None:
                     frontend.on_inline = _count_inline
                     service.start_soon(_export_frontend_fallbacks, frontend)
+                key_shares = _key_shares_of(self.provider)
+                if key_shares is not None:
+                    service.start_soon(_export_key_shares, key_shares)
                 service.start_soon(self.server.serve, sockets, conn_nursery)
                 if self.ready_fd is not None:
                     os.write(self.ready_fd, b"R")
@@ -282,6 +285,36 @@ def _frontend_of(provider: Any) -> Any:
         if provider is None:
             return None
     return None
+
+
+def _key_shares_of(provider: Any) -> Any:
+    """The vcrypto provider's key-share pool under the provider wrappers, if any."""
+    for _ in range(4):
+        pool = getattr(provider, "key_shares", None)
+        if pool is not None:
+            return pool
+        provider = getattr(provider, "inner", None) or getattr(provider, "primary", None)
+        if provider is None:
+            return None
+    return None
+
+
+async def _export_key_shares(pool: Any, interval_s: float = 1.0) -> None:
+    """The key-share pool's counters -> crypto_key_shares_total{event} and
+    crypto_key_share_refill_failures_total (deltas once a second, as the
+    frontend's counters: multiprocess metrics need a Counter per process)."""
+    m = metrics()
+    events = ("generated", "used", "missed", "expired")
+    seen = dict.fromkeys((*events, "refill_failures"), 0)
+    while True:
+        for name in seen:
+            now = getattr(pool.stats, name)
+            if now > seen[name]:
+                counter = (m.crypto_key_share_refill_failures_total if name == "refill_failures"
+                           else m.crypto_key_shares_total.labels(name))
+                counter.inc(now - seen[name])
+                seen[name] = now
+        await trio.sleep(interval_s)
 
 
 def _keyless_failed(key_ref: str, exc: Exception) -> None:

@@ -14,7 +14,8 @@ Public surface (everything else is private):
   exchange, signatures and record AEAD run (see ``_provider``), with
   ``InlineProvider`` (``cryptography`` in-process) and helpers for other
   providers (``key_type_of``, ``SCHEMES_BY_KEY_TYPE``, ``load_private_key_pem``,
-  ``inline_sign``).
+  ``inline_sign``; for pre-generated ECDHE shares ``KeyShare``,
+  ``KeySharePool``, ``ecdhe_scalar``, ``BASE_POINTS``).
 - ``TLSStream.write(data)``: queue bytes without I/O so the next ``send_all``
   puts them in the same record (headers + body leave together), or
   ``aclose`` sends them in one segment with the close_notify.
@@ -23,7 +24,8 @@ Public surface (everything else is private):
 
 Layout: ``_codec`` (wire formats), ``_record`` (record framing and
 protection state), ``_keyschedule`` (RFC 8446 §7 stages), ``_handshake``
-(sans-IO server state machine emitting commands), ``_tickets``, ``_protect``
+(sans-IO server state machine emitting commands), ``_keyshares`` (the
+per-worker pool of pre-generated ECDHE shares), ``_tickets``, ``_protect``
 (the record protector the stream owns), ``_stream`` (the trio adapter that
 executes commands through the provider). TLS 1.2 (RFC 5246): ``_codec12``,
 ``_keyschedule12`` (PRF, extended master secret), ``_negotiate12`` (version
@@ -44,13 +46,17 @@ from ._errors import (
     TLSUsageError,
 )
 from ._handshake import HandshakeInfo
+from ._keyshares import KeySharePool
 from ._provider import (
+    BASE_POINTS,
     SCHEMES_BY_KEY_TYPE,
     AeadItem,
     AeadSession,
     CryptoProvider,
     InlineProvider,
+    KeyShare,
     SigningKey,
+    ecdhe_scalar,
     inline_sign,
     key_type_of,
     load_private_key_pem,
@@ -58,7 +64,7 @@ from ._provider import (
 from ._stream import TLSStream
 
 __all__ = [
-    "SCHEMES_BY_KEY_TYPE", "AeadItem", "AeadSession", "AlertDescription", "BadRecordMac",
+    "BASE_POINTS", "KeyShare", "KeySharePool", "ecdhe_scalar", "SCHEMES_BY_KEY_TYPE", "AeadItem", "AeadSession", "AlertDescription", "BadRecordMac",
     "CertificateEntry", "CertificateLoadError", "CryptoProvider", "CryptoProviderError", "DecodeError",
     "HandshakeInfo", "HandshakeTimeout", "IllegalParameter", "InlineProvider", "ServerConfig", "ServerConfigError",
     "SigningKey", "TLSAlertReceived", "TLSError", "TLSLocalError", "TLSPeerError", "TLSStream",

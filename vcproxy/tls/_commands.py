@@ -16,6 +16,7 @@ from . import _codec as c
 from ._config import CertificateEntry, ServerConfig
 from ._errors import TLSUsageError, UnexpectedMessage
 from ._keyschedule import CipherSuite
+from ._provider import KeyShare
 
 
 class Epoch(enum.IntEnum):
@@ -67,6 +68,20 @@ class Sign:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DeriveAndSign:
+    """BLOCKING: run both ops *together* (neither waits for the other's
+    result), then call ``derive_and_sign_done(own_public, shared, signature)``.
+
+    A TLS 1.3 full handshake with a pre-generated key share: the signature
+    covers the transcript through Certificate, which holds our public share
+    but not the secret, so both are known at ClientHello (one provider round
+    trip instead of two)."""
+
+    key_exchange: KeyExchange
+    sign: Sign
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class HandshakeInfo:
     server_name: str | None
     alpn_protocol: str | None
@@ -84,7 +99,7 @@ class HandshakeComplete:
 
 
 Command = (SendHandshake | SendChangeCipherSpec | InstallKeys | SkipEarlyData | KeyExchange
-           | Sign | HandshakeComplete)
+           | Sign | DeriveAndSign | HandshakeComplete)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +115,9 @@ class HandshakeContext(Protocol):
     config: ServerConfig
     random_bytes: Callable[[int], bytes]
     now_s: Callable[[], float]
+    #: A pre-generated ephemeral key pair for a group, used once, or None
+    #: (the provider's ``key_share``; sync, like ``random_bytes``).
+    key_share: Callable[[str], KeyShare | None]
     transcript: object
     version: str | None
 
@@ -125,6 +143,10 @@ class State:
 
     def on_signature(self, hs: HandshakeContext, signature: bytes) -> State:
         raise TLSUsageError(f"{type(self).__name__}: no signature was requested")
+
+    def on_derive_and_sign(self, hs: HandshakeContext, own_public: bytes, shared: bytes,
+                           signature: bytes) -> State:
+        raise TLSUsageError(f"{type(self).__name__}: no derive and signature were requested")
 
     def on_change_cipher_spec(self, hs: HandshakeContext) -> State:
         raise self._unexpected("ChangeCipherSpec")

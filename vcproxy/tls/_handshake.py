@@ -5,8 +5,9 @@ Theory of operation
 -------------------
 ``ServerHandshake`` does no I/O and no public-key crypto. It is fed whole
 handshake messages (``receive_message``) and the results of the crypto it
-asked for (``key_exchange_done``, ``signature_done``); each call returns a
-list of *commands* for the I/O adapter (``TLSStream``) to execute in order:
+asked for (``key_exchange_done``, ``signature_done``,
+``derive_and_sign_done``); each call returns a list of *commands* for the
+I/O adapter (``TLSStream``) to execute in order:
 
     SendHandshake(epoch, bytes)   queue handshake bytes under that epoch's keys
     SendChangeCipherSpec()        middlebox compatibility (RFC 8446 §D.4)
@@ -14,21 +15,38 @@ list of *commands* for the I/O adapter (``TLSStream``) to execute in order:
     SkipEarlyData(max_bytes, encrypted)   refuse 0-RTT by skipping it (§4.2.10)
     KeyExchange(group, peer_public)       BLOCKING: run it, call key_exchange_done
     Sign(certificate, scheme, message)    BLOCKING: run it, call signature_done
+    DeriveAndSign(key_exchange, sign)     BLOCKING: run both together, call
+                                          derive_and_sign_done
     HandshakeComplete(info)               the client's Finished verified
 
 (The commands, ``FinishedVerified`` and the ``State`` base are ``_commands``,
 shared with the TLS 1.2 machine.) A blocking command is always the last of
-its list. ``ExpectClientHello``
+its list.
+
+Key shares: a full handshake (no PSK, an ECDH group) first asks the
+provider for a pre-generated ephemeral key pair (``key_share``, sync, like
+``random_bytes``). With one, our ServerHello is known at once; RFC 8446
+§4.4.3: CertificateVerify signs Transcript-Hash(ClientHello .. Certificate),
+which holds our *public* share but not the shared secret. So the derive
+(keyed form: our scalar, the client's share) and the signature go out as one
+``DeriveAndSign``: one provider round trip instead of two. The handshake
+traffic secrets still use the transcript through ServerHello (§7.1), which
+is snapshot (``hello_hash``) before EncryptedExtensions and Certificate are
+hashed. Without a share (the provider has none in stock; hybrids always,
+since ML-KEM encapsulation needs the client's key; PSK handshakes, which
+sign nothing) the one-op ``KeyExchange`` returns our share with the secret,
+then the signature follows. ``ExpectClientHello``
 first chooses the version (``_negotiate12.choose_version``); a TLS 1.2
 connection goes on in ``_handshake12``'s states. The TLS 1.3 states, each
 named for what it waits for::
 
     ExpectClientHello ──(no usable key share)──▶ HelloRetryRequest sent ─┐
           │   ▲──────────────────────── ExpectClientHello(retry) ◀───────┘
-          ▼
-    ExpectKeyExchange ──(PSK)──────────────────────┐
-          ▼                                        ▼
-    ExpectSignature ──────────────────────▶ ExpectFinished
+          ├──(a pre-generated share)──▶ ExpectDeriveAndSign ──────┐
+          ▼                                                       │
+    ExpectKeyExchange ──(PSK)──────────────────────┐              │
+          ▼                                        ▼              ▼
+    ExpectSignature ──────────────────────▶ ExpectFinished ◀──────┘
                                                    ▼
                                             Connected(FinishedVerified)
                                                KeyUpdate both ways
@@ -54,11 +72,11 @@ from collections.abc import Callable
 from . import _codec as c
 from . import _handshake12
 from ._commands import (
-    Command, Epoch, FinishedVerified, HandshakeComplete, HandshakeInfo, InstallKeys,
+    Command, DeriveAndSign, Epoch, FinishedVerified, HandshakeComplete, HandshakeInfo, InstallKeys,
     KeyExchange, SendChangeCipherSpec, SendHandshake, Sign, SkipEarlyData, State,
 )
 from ._config import CertificateEntry, ServerConfig
-from ._errors import IllegalParameter, MissingExtension, TLSUsageError
+from ._errors import CryptoProviderError, IllegalParameter, MissingExtension, TLSUsageError
 from ._keyschedule import (
     CipherSuite, EarlySecret, HandshakeSecret, MasterSecret, check_finished,
     finished_verify_data, next_traffic_secret, resumption_psk,
@@ -68,6 +86,7 @@ from ._negotiate import (
     choose_certificate, choose_group, choose_suite,
 )
 from ._negotiate12 import choose_version
+from ._provider import HYBRIDS, KeyShare
 from ._tickets import TicketState, seal_ticket
 
 #: Bytes of refused 0-RTT data we skip before calling it an attack (§4.2.10).
@@ -77,14 +96,20 @@ OWN_RECORD_SIZE_LIMIT = (1 << 14) + 1
 _CV_PREFIX = b" " * 64 + b"TLS 1.3, server CertificateVerify\x00"
 
 
+def _no_key_share(group: str) -> None:
+    return None
+
+
 class ServerHandshake:
     """Drives one server connection's handshake; see the module docstring."""
 
     def __init__(self, config: ServerConfig, *, random_bytes: Callable[[int], bytes],
-                 now_s: Callable[[], float]):
+                 now_s: Callable[[], float],
+                 key_share: Callable[[str], KeyShare | None] = _no_key_share):
         self.config = config
         self.random_bytes = random_bytes
         self.now_s = now_s
+        self.key_share = key_share
         self.state: State = ExpectClientHello(None)
         self.transcript = None       # hashlib object once the suite is known
         self._out: list[Command] = []
@@ -121,6 +146,19 @@ class ServerHandshake:
         self._out = out = []
         self.state = self.state.on_signature(self, signature)
         return out
+
+    def derive_and_sign_done(self, own_public: bytes, shared_secret: bytes,
+                             signature: bytes) -> list[Command]:
+        self._out = out = []
+        self.state = self.state.on_derive_and_sign(self, own_public, shared_secret, signature)
+        return out
+
+    def take_key_share(self, group: str) -> KeyShare | None:
+        """A pre-generated share for ``group`` from the provider, checked."""
+        share = self.key_share(group)
+        if share is not None and share.group != group:
+            raise TLSUsageError(f"key_share({group!r}) returned a {share.group} share")
+        return share
 
     @property
     def key_update_owed(self) -> bool:
@@ -197,8 +235,8 @@ class ExpectClientHello(State):
             hs.transcript = suite.new_hash()
         else:
             _check_retried_hello(ch, suite, retry)
-        group, share = choose_group(hs.config, ch)
-        if share is None:
+        group, peer_share = choose_group(hs.config, ch)
+        if peer_share is None:
             if retry is not None:
                 raise IllegalParameter(f"retried ClientHello has no {group} key share")
             return _send_hello_retry(hs, ch, suite, group)
@@ -207,7 +245,7 @@ class ExpectClientHello(State):
         sni_matched = False
         if psk is None:
             certificate, scheme, sni_matched = choose_certificate(hs.config, ch)
-        neg = Negotiated(ch, suite, group, share, choose_alpn(hs.config, ch), ch.server_name,
+        neg = Negotiated(ch, suite, group, peer_share, choose_alpn(hs.config, ch), ch.server_name,
                          sni_matched, check_record_size_limit(ch), psk, certificate, scheme,
                          retry is not None)
         hs.transcript.update(message)
@@ -216,8 +254,20 @@ class ExpectClientHello(State):
             # Refuse 0-RTT: the client's early records are under keys we never
             # derive; skip what fails to open under handshake keys (§4.2.10).
             hs.emit(SkipEarlyData(MAX_SKIPPED_EARLY_DATA, encrypted=True))
-        hs.emit(KeyExchange(group, share))
-        return ExpectKeyExchange(neg)
+        # (PSK: no signature to send along, one round trip either way)
+        own = (hs.take_key_share(group)
+               if psk is None and group not in HYBRIDS else None)
+        if own is None:
+            hs.emit(KeyExchange(group, peer_share))
+            return ExpectKeyExchange(neg)
+        _send_server_hello(hs, neg, own.public)
+        hello_hash = hs.transcript_hash  # RFC 8446 §7.1: handshake secrets hash CH..SH
+        flight = c.encrypted_extensions(_encrypted_extensions(neg)) + neg.certificate.certificate_message
+        hs.transcript.update(flight)
+        # §4.4.3: the signature covers CH..Certificate (our public share, no secret)
+        hs.emit(DeriveAndSign(KeyExchange(group, peer_share, own.scalar),
+                              Sign(neg.certificate, neg.scheme, _CV_PREFIX + hs.transcript_hash)))
+        return ExpectDeriveAndSign(neg, own.public, hello_hash, flight)
 
 
 def _check_retried_hello(ch: c.ClientHello, suite: CipherSuite, retry: Retry) -> None:
@@ -263,19 +313,9 @@ class ExpectKeyExchange(State):
     def on_key_exchange(self, hs: ServerHandshake, own_public: bytes, shared: bytes) -> State:
         neg = self.neg
         suite = neg.suite
-        exts = c.ext_key_share_server(c.GROUP_IDS[neg.group], own_public)
-        if neg.psk is not None:
-            exts += c.extension(c.EXT_PRE_SHARED_KEY, neg.psk.index.to_bytes(2, "big"))
-        exts += c.EXT_SUPPORTED_VERSIONS_TLS13
-        sh = c.server_hello(hs.random_bytes(32), neg.ch.session_id, suite.id, exts)
-        hs.transcript.update(sh)
+        _send_server_hello(hs, neg, own_public)
         early = neg.psk.early if neg.psk is not None else EarlySecret(suite)
-        hs_secret = early.into_handshake(shared)
-        client_hs, server_hs = hs_secret.traffic_secrets(hs.transcript_hash)
-        hs.emit(SendHandshake(Epoch.INITIAL, sh))
-        hs.send_ccs_once(neg.ch)
-        hs.emit(InstallKeys("write", Epoch.HANDSHAKE, suite, server_hs))
-        hs.emit(InstallKeys("read", Epoch.HANDSHAKE, suite, client_hs))
+        hs_secret, client_hs, server_hs = _handshake_keys(hs, neg, early, shared, hs.transcript_hash)
         flight = c.encrypted_extensions(_encrypted_extensions(neg))
         if neg.psk is not None:
             hs.transcript.update(flight)
@@ -285,6 +325,52 @@ class ExpectKeyExchange(State):
         hs.emit(SendHandshake(Epoch.HANDSHAKE, flight))
         hs.emit(Sign(neg.certificate, neg.scheme, _CV_PREFIX + hs.transcript_hash))
         return ExpectSignature(neg, hs_secret, client_hs, server_hs)
+
+
+def _send_server_hello(hs: ServerHandshake, neg: Negotiated, own_public: bytes) -> None:
+    exts = c.ext_key_share_server(c.GROUP_IDS[neg.group], own_public)
+    if neg.psk is not None:
+        exts += c.extension(c.EXT_PRE_SHARED_KEY, neg.psk.index.to_bytes(2, "big"))
+    exts += c.EXT_SUPPORTED_VERSIONS_TLS13
+    sh = c.server_hello(hs.random_bytes(32), neg.ch.session_id, neg.suite.id, exts)
+    hs.transcript.update(sh)
+    hs.emit(SendHandshake(Epoch.INITIAL, sh))
+    hs.send_ccs_once(neg.ch)
+
+
+def _handshake_keys(hs: ServerHandshake, neg: Negotiated, early: EarlySecret, shared: bytes,
+                    hello_hash: bytes) -> tuple[HandshakeSecret, bytes, bytes]:
+    """Install the handshake traffic keys (from Transcript-Hash(CH..SH))."""
+    hs_secret = early.into_handshake(shared)
+    client_hs, server_hs = hs_secret.traffic_secrets(hello_hash)
+    hs.emit(InstallKeys("write", Epoch.HANDSHAKE, neg.suite, server_hs))
+    hs.emit(InstallKeys("read", Epoch.HANDSHAKE, neg.suite, client_hs))
+    return hs_secret, client_hs, server_hs
+
+
+class ExpectDeriveAndSign(State):
+    """ServerHello, EncryptedExtensions and Certificate are in the transcript;
+    the derive under our pre-generated share and the CertificateVerify
+    signature are out together."""
+
+    expects = "the key exchange result and the CertificateVerify signature"
+    __slots__ = ("neg", "own_public", "hello_hash", "flight")
+
+    def __init__(self, neg: Negotiated, own_public: bytes, hello_hash: bytes, flight: bytes):
+        self.neg, self.own_public, self.hello_hash, self.flight = neg, own_public, hello_hash, flight
+
+    def on_derive_and_sign(self, hs: ServerHandshake, own_public: bytes, shared: bytes,
+                           signature: bytes) -> State:
+        if own_public != self.own_public:
+            # The ServerHello already carries our share: a derive under another
+            # key would give a secret the client can never match.
+            raise CryptoProviderError("the key exchange under our key share returned another public key")
+        neg = self.neg
+        hs_secret, client_hs, server_hs = _handshake_keys(hs, neg, EarlySecret(neg.suite), shared,
+                                                          self.hello_hash)
+        cv = c.certificate_verify(c.SCHEME_IDS[neg.scheme], signature)
+        hs.transcript.update(cv)
+        return _send_server_finished(hs, neg, hs_secret, client_hs, server_hs, self.flight + cv)
 
 
 def _encrypted_extensions(neg: Negotiated) -> bytes:

@@ -15,12 +15,16 @@ TLS 1.3 (``SendHandshake``, ``SendChangeCipherSpec``, ``KeyExchange``,
 TLS 1.2 sends our ECDHE share before it has the client's, so the key
 exchange is two provider calls under one ephemeral scalar that the state
 keeps (``ecdhe_scalar``; see ``_provider``): keygen against the base point,
-then derive against the client's share. The client's ChangeCipherSpec is not
+then derive against the client's share. When the provider has a
+pre-generated share (``key_share``: scalar and public key, used once) the
+keygen call is skipped: the ServerKeyExchange signature is asked for at
+ClientHello. The client's ChangeCipherSpec is not
 a handshake message: the stream feeds it with ``receive_change_cipher_spec``.
 
 Full handshake::
 
-    ClientHello ──▶ ExpectOwnShare ──(KeyExchange vs base point)──▶ ExpectSignature12
+    ClientHello ──▶ ExpectOwnShare ──(KeyExchange vs base point, or a
+        pre-generated share at once)──▶ ExpectSignature12
         ──(Sign client_random‖server_random‖params; send SH, Certificate,
            ServerKeyExchange, ServerHelloDone)──▶ ExpectClientKeyExchange
         ──▶ ExpectPreMasterSecret ──(KeyExchange vs client share)──▶ ExpectChangeCipherSpec
@@ -129,6 +133,10 @@ def start(hs, ch: c.ClientHello, message: bytes):
     hs.transcript.update(message)
     neg = Negotiated12(ch, ext, choice.suite, server_random, group, alpn, ch.server_name,
                        choice.sni_matched, choice.certificate, choice.scheme, False)
+    own = hs.take_key_share(group)
+    if own is not None:
+        # A pre-generated share: the ServerKeyExchange signature leaves at once.
+        return ExpectOwnShare(neg, own.scalar).on_key_exchange(hs, own.public, b"")
     scalar = ecdhe_scalar(group, hs.random_bytes)
     hs.emit(KeyExchange(group, BASE_POINTS[group], scalar))
     return ExpectOwnShare(neg, scalar)

@@ -36,6 +36,27 @@ The seam, and why each shape is what it is:
     state, not in the provider (vcrypto: ``Op.ECDH`` with src = scalar || peer),
     so a remote provider still keeps no per-connection state.
 
+``CryptoProvider.key_share(group) -> KeyShare | None``
+    Sync: a fresh ephemeral key pair (``KeyShare``: scalar and our public
+    share) for an ECDH group, or None. A TLS 1.3 full handshake that gets one
+    knows its ServerHello at once, and the CertificateVerify signature covers
+    the transcript through Certificate, which holds our *public* share but
+    not the shared secret: so the derive (the keyed form below, scalar ||
+    client share) and the signature leave together, one round trip instead
+    of two (``TLSStream`` runs them concurrently when ``concurrent_ops``).
+    TLS 1.2 takes its ServerKeyExchange share the same way (no base-point
+    round trip). A share is handed out once and never again. None (the
+    default; hybrids always: ML-KEM encapsulation needs the client's key)
+    means the handshake uses the one-op ``key_exchange`` below. The inline
+    provider computes one at once; vcrypto takes it from its per-worker
+    ``KeySharePool`` (``_keyshares``), refilled by offloaded keygens.
+
+``CryptoProvider.concurrent_ops``
+    True when the async ops wait on something outside the task (a remote
+    engine): the stream then submits a handshake's derive and signature in
+    one trio scheduling batch. False for in-process providers, whose ops
+    finish without waiting: they run one after the other, with no task.
+
 ``CryptoProvider.load_signing_key(pem, key_ref=None) -> SigningKey``
     Sync, done once per certificate (``CertificateEntry`` caches it per
     provider). The ``SigningKey`` is a *handle*: a keyless provider may keep
@@ -188,6 +209,18 @@ def ecdhe_scalar(group: str, random_bytes) -> bytes:
     raise CryptoProviderError(f"random_bytes gave no {group} scalar in [1, n-1] in 64 draws")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyShare:
+    """One ephemeral ECDHE key pair for ``group``, used by exactly one
+    handshake: ``public`` in its wire encoding (X25519 raw, SEC1
+    uncompressed point), ``scalar`` as ``ecdhe_scalar`` draws it (the keyed
+    form's input)."""
+
+    group: str
+    public: bytes
+    scalar: bytes = dataclasses.field(repr=False)
+
+
 #: One AEAD work item: (12-byte nonce, additional data, plaintext or ciphertext||tag).
 AeadItem = tuple[bytes, bytes, bytes]
 
@@ -273,6 +306,14 @@ class CryptoProvider(abc.ABC):
 
         Returns ``(own_public_key_share, shared_secret)``.
         """
+
+    def key_share(self, group: str) -> KeyShare | None:
+        """A fresh ephemeral key pair for ``group``, used once, or None (the
+        handshake then uses the one-op ``key_exchange``). Default: None."""
+        return None
+
+    #: See the module docstring: derive and signature submitted together.
+    concurrent_ops: bool = True
 
     @abc.abstractmethod
     def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
@@ -447,10 +488,22 @@ class InlineProvider(CryptoProvider):
     """Everything in-process with ``cryptography``: the baseline to compare against."""
 
     name = "inline"
+    concurrent_ops = False  # every op completes without waiting
 
     async def key_exchange(self, group: str, peer_public: bytes, *,
                            private_key: bytes | None = None) -> tuple[bytes, bytes]:
         return _inline_key_exchange(group, peer_public, private_key)
+
+    def key_share(self, group: str) -> KeyShare | None:
+        # Computed at once, in-process: a pool would spend the same CPU in the
+        # same process. The keygen leaves the loaded key in ``_LOADED``, so the
+        # derive under this scalar costs one multiplication, as the one-op
+        # exchange does.
+        if group not in SCALAR_BYTES:
+            return None
+        scalar = ecdhe_scalar(group, self.random_bytes)
+        own, _ = _inline_key_exchange(group, BASE_POINTS[group], scalar)
+        return KeyShare(group, own, scalar)
 
     def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
         key = load_private_key_pem(private_key_pem)

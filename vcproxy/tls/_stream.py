@@ -70,8 +70,8 @@ from ._errors import (
     RecordOverflow, TLSAlertReceived, TLSError, TLSUsageError, UnexpectedMessage,
 )
 from ._handshake import (
-    Epoch, HandshakeComplete, HandshakeInfo, InstallKeys, KeyExchange, SendChangeCipherSpec,
-    SendHandshake, ServerHandshake, Sign, SkipEarlyData,
+    DeriveAndSign, Epoch, HandshakeComplete, HandshakeInfo, InstallKeys, KeyExchange,
+    SendChangeCipherSpec, SendHandshake, ServerHandshake, Sign, SkipEarlyData,
 )
 from ._handshake12 import InstallRecordKeys, SendAlert
 from ._keyschedule import traffic_key_iv
@@ -111,7 +111,8 @@ class TLSStream(trio.abc.Stream):
         self.config = config
         self.provider = provider
         self.strict_close_notify = strict_close_notify
-        self._hs = ServerHandshake(config, random_bytes=provider.random_bytes, now_s=time.time)
+        self._hs = ServerHandshake(config, random_bytes=provider.random_bytes, now_s=time.time,
+                                   key_share=provider.key_share)
         self._state = _State.HANDSHAKING
         self._splitter = RecordSplitter()
         self._reassembler = HandshakeReassembler(config.max_handshake_message_bytes)
@@ -343,6 +344,9 @@ class TLSStream(trio.abc.Stream):
                 signature = await self._provider_op(
                     self.provider.sign(key, cmd.scheme, cmd.message), "sign")
                 await self._execute(self._hs.signature_done(signature))
+            elif kind is DeriveAndSign:
+                own_public, shared, signature = await self._derive_and_sign(cmd)
+                await self._execute(self._hs.derive_and_sign_done(own_public, shared, signature))
             elif kind is SendChangeCipherSpec:
                 if self._hs_out:
                     await self._seal_handshake_out()
@@ -354,6 +358,46 @@ class TLSStream(trio.abc.Stream):
                 self._complete(cmd.info)
             else:
                 raise TLSUsageError(f"unknown command {cmd!r}")
+
+    async def _derive_and_sign(self, cmd: DeriveAndSign) -> tuple[bytes, bytes, bytes]:
+        """Both ops of a ``DeriveAndSign``, neither awaited before the other is submitted."""
+        provider, kx, sg = self.provider, cmd.key_exchange, cmd.sign
+        key = sg.certificate.signing_key(provider)
+        if not provider.concurrent_ops:  # in-process: each op completes without waiting
+            own_public, shared = await self._provider_op(provider.key_exchange(
+                kx.group, kx.peer_public, private_key=kx.private_key), "key exchange")
+            return own_public, shared, await self._provider_op(
+                provider.sign(key, sg.scheme, sg.message), "sign")
+        # The derive runs in a child task, the signature here after one
+        # checkpoint: both first run in the same trio scheduling batch, so a
+        # remote provider submits them together (the vcrypto frontend's kicker
+        # rings once for that batch: one device batch, one round trip). Each
+        # failure is kept, not raised in the nursery, so the other op still
+        # completes and the error is the op's own typed one (the derive's
+        # first: a bad client share is the peer's fault).
+        derived: list = []
+
+        async def derive() -> None:
+            try:
+                derived.append(await self._provider_op(provider.key_exchange(
+                    kx.group, kx.peer_public, private_key=kx.private_key), "key exchange"))
+            except Exception as exc:  # (a TLSError: re-raised below)
+                derived.append(exc)
+
+        sign_error = signature = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(derive)
+            await trio.lowlevel.checkpoint()
+            try:
+                signature = await self._provider_op(provider.sign(key, sg.scheme, sg.message), "sign")
+            except Exception as exc:
+                sign_error = exc
+        [result] = derived
+        if isinstance(result, Exception):
+            raise result
+        if sign_error is not None:
+            raise sign_error
+        return result[0], result[1], signature
 
     async def _provider_op(self, awaitable, what: str):
         try:
