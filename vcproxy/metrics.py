@@ -89,8 +89,9 @@ METRICS_HELP: dict[str, tuple[str, tuple[str, ...], str]] = {
                                 "stock: that handshake ran the one-op key exchange first), expired (discarded "
                                 "unused after crypto.key_share_lifetime_s)"),
     "crypto_key_share_refill_failures_total": ("counter", (),
-                                               "key-share pool refills that failed (handshakes meanwhile run "
-                                               "the one-op key exchange; retried a second later)"),
+                                               "key-share pool refills that failed or were skipped because the "
+                                               "engine was away (handshakes meanwhile run the one-op key "
+                                               "exchange; retried a second later)"),
     "crypto_engine_attached": ("gauge", (),
                                "workers whose engine frontend is attached to the engine-backend with the host "
                                "device up (their crypto is offloaded); the others compute in-process"),

@@ -33,3 +33,38 @@ async def test_tls_handshake_and_transfer_through_the_host(host_and_backend):
     assert any(k.startswith("sign/ecdsa_secp256r1_sha256") for k in by_op), by_op
     assert any(k.startswith("aead_seal/") for k in by_op), by_op
     await provider.aclose()
+
+
+async def test_a_full_handshake_sends_derive_and_signature_as_one_device_batch(host_and_backend):
+    """The key-share pool at work: once this worker holds pre-generated
+    shares, a full TLS 1.3 handshake's ECDH derive and CertificateVerify
+    signature are submitted in one trio tick and reach the host as ONE device
+    batch carrying both (without the pool: the key exchange, then the
+    signature, two batches of one). The refill itself is one batch of many."""
+    _host, backend = host_and_backend
+    provider = VcryptoProvider(backend.socket_path, linger_s=5.0)
+    pool = provider.key_shares
+    cert, key = tls_support.self_signed()
+    cfg = tls_support.config(cert, key, groups=["x25519"])
+    fe = provider.frontend
+
+    def handshake_ops(stats):
+        return stats["family_batches"]["handshake"], stats["family_requests"]["handshake"]
+
+    with trio.fail_after(60):
+        async with tls_support.echo_server(cfg, provider) as (port, errors):
+            assert await _session(port, cert, [b"warm"]) == [b"echo:warm"]
+            assert pool.stats.missed == 1                # the first one found none in stock
+            with trio.fail_after(10):
+                while pool.stocked("x25519") < pool.size:  # its miss started the refill
+                    await trio.sleep(0.01)
+            b0, r0 = handshake_ops(await fe.backend_stats())
+            assert await _session(port, cert, [b"ping"]) == [b"echo:ping"]
+            b1, r1 = handshake_ops(await fe.backend_stats())
+        assert errors == []
+    # the second handshake: two handshake requests (derive + sign) in one batch
+    assert (b1 - b0, r1 - r0) == (1, 2)
+    assert pool.stats.used == 1 and pool.stats.refills == 1
+    assert pool.stats.generated == pool.size
+    assert fe.stats.fallback_requests == 0
+    await provider.aclose()
