@@ -14,7 +14,11 @@ vcrypto/inline ratio, for the tree without the supervisor (the proxy's
 TLS and crypto) and for the whole tree.
 
     .venv/bin/python bench/handshake_cpu.py [--clients 16] [--requests 1600] [--rounds 3]
-      [--set KEY=VALUE ...]
+      [--set KEY=VALUE ...] [--variant KEY=VALUE ...]
+
+``--variant`` adds a vcrypto run with that override to every round (e.g.
+``--variant crypto.key_share_pool=0``: the key-share pool off), so a
+mechanism's effect is measured in the same run, interleaved.
 
 Bounded: ``--requests`` connections and ``--seconds`` per run. Run on
 purpose, never by CI.
@@ -38,11 +42,12 @@ from mechanisms_load import fetch, load  # noqa: E402
 import ssl  # noqa: E402
 
 
-def one_run(provider: str, args) -> dict[str, float]:
+def one_run(provider: str, args, extra: tuple[str, ...] = ()) -> dict[str, float]:
     port, mport, hport, bport, uport = (free_port() for _ in range(5))
     sets = [f"crypto.provider={provider}", f"listeners[0].port={port}", f"metrics.port={mport}",
             f"vcrypto.host_metrics=127.0.0.1:{hport}", f"vcrypto.backend_metrics=127.0.0.1:{bport}",
-            f"demo_upstream.port={uport}", f'upstreams.demo.servers=["127.0.0.1:{uport}"]', *args.set]
+            f"demo_upstream.port={uport}", f'upstreams.demo.servers=["127.0.0.1:{uport}"]', *args.set,
+            *extra]
     argv = [sys.executable, "-m", "vcproxy", "run", "--config", "config/vcproxy.yaml"]
     for s in sets:
         argv += ["--set", s]
@@ -95,14 +100,21 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--body-bytes", type=int, default=1024)
     p.add_argument("--set", action="append", default=[], help="extra config override")
+    p.add_argument("--variant", action="append", default=[],
+                   help="also run vcrypto with this override (KEY=VALUE), in every round")
     args = p.parse_args(argv)
     if not (REPO / ".demo" / "cert.pem").exists():
         print("bench/handshake_cpu.py: run `make demo-cert` first", file=sys.stderr)
         return 2
     runs: dict[str, list[dict]] = {"inline": [], "vcrypto": []}
+    variants = {"inline": ("inline", ()), "vcrypto": ("vcrypto", ())}
+    for v in args.variant:
+        runs[f"vcrypto {v}"] = []
+        variants[f"vcrypto {v}"] = ("vcrypto", (v,))
     for _ in range(args.rounds):
-        for provider in runs:
-            runs[provider].append(one_run(provider, args))
+        for name in runs:
+            provider, extra = variants[name]
+            runs[name].append(one_run(provider, args, extra))
     med = {pv: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for pv, rs in runs.items()}
     print(f"CPU per connection (full TLS 1.3 handshake + {args.body_bytes} B GET), "
           f"{args.clients} clients, {args.requests} connections per run, median of {args.rounds} "
@@ -114,11 +126,15 @@ def main(argv=None) -> int:
         print(f"| {pv} | {m['workers']:.0f} | {m['daemons']:.0f} | {m['supervisor']:.0f} | "
               f"{m['workers'] + m['daemons']:.0f} | {m['workers'] + m['daemons'] + m['supervisor']:.0f} | "
               f"{m['connections_per_s']:.0f} |")
-    v, i = med["vcrypto"], med["inline"]
-    print(f"vcrypto/inline: {(v['workers'] + v['daemons']) / (i['workers'] + i['daemons']):.2f}x "
-          f"without the supervisor, "
-          f"{(v['workers'] + v['daemons'] + v['supervisor']) / (i['workers'] + i['daemons'] + i['supervisor']):.2f}x "
-          f"whole tree")
+    i = med["inline"]
+    for name in runs:
+        if name == "inline":
+            continue
+        v = med[name]
+        print(f"{name}/inline: {(v['workers'] + v['daemons']) / (i['workers'] + i['daemons']):.2f}x "
+              f"without the supervisor, "
+              f"{(v['workers'] + v['daemons'] + v['supervisor']) / (i['workers'] + i['daemons'] + i['supervisor']):.2f}x "
+              f"whole tree")
     for pv, rs in runs.items():
         each = ", ".join(f"{r['workers'] + r['daemons']:.0f}" for r in rs)
         print(f"{pv} rounds (workers + daemons us): {each}")

@@ -11,7 +11,9 @@ Theory of operation
   seal/open (``_provider`` documents the seam).
 
 Handshake: read one record at a time (keys may change after any message),
-feed whole messages to the state machine, execute its commands in order.
+feed whole messages to the state machine, execute its commands in order
+(a ``DeriveAndSign`` submits both ops before awaiting either, so a remote
+provider takes them as one batch: ``_derive_and_sign``).
 Handshake bytes for one epoch are queued and sealed together when the write
 epoch changes or before we wait for the peer, so the server flight
 EncryptedExtensions..Finished leaves as one record. NewSessionTicket is
