@@ -97,6 +97,8 @@ _HOP_BY_HOP = frozenset({
 #: Upgrade protocols passed through to the upstream (RFC 6455 WebSocket); any
 #: other ``Upgrade`` offer is stripped like every hop-by-hop field.
 _UPGRADES_FORWARDED = frozenset({b"websocket"})
+#: h11's events are frozen: one end-of-message (without trailers) serves every request.
+_END_OF_MESSAGE = h11.EndOfMessage()
 
 # Request ids: a random per-process prefix and a counter (unique without a
 # uuid4 per request: 12 + 10 hex digits, cheap to make and to grep).
@@ -496,7 +498,7 @@ class HttpProxyConnection:
                     raise _BodyTooLarge(f"request body over {self.limits.max_body_bytes} bytes")
                 await _send_upstream(upstream, h11.Data(data=event.data), name, timeout_s)
             elif isinstance(event, h11.EndOfMessage):
-                await _send_upstream(upstream, h11.EndOfMessage(), name, timeout_s)
+                await _send_upstream(upstream, _END_OF_MESSAGE, name, timeout_s)
                 return
             else:
                 raise _ClientGone(f"unexpected {type(event).__name__} in request body")
@@ -531,11 +533,12 @@ class HttpProxyConnection:
                     await self._flush_client()
                     await _receive_upstream(upstream, read_timeout_s, name)
                 elif isinstance(event, h11.Data):
-                    self._queue_client(h11.Data(data=event.data))
+                    # (the upstream's event as is: h11's writers read only .data)
+                    self._queue_client(event)
                     if self._client_out_bytes >= READ_CHUNK_BYTES:
                         await self._flush_client()
                 elif isinstance(event, h11.EndOfMessage):
-                    self._queue_client(h11.EndOfMessage())
+                    self._queue_client(_END_OF_MESSAGE)  # (its trailers, if any, are not relayed)
                     await self._finish_response()
                     return self._sent_status
                 else:
@@ -737,13 +740,13 @@ async def _send_upstream(upstream: UpstreamConn, event: Any, name: str, timeout_
     except h11.LocalProtocolError as exc:
         raise UpstreamError(name, f"cannot forward: {exc}") from exc
     if data:
+        # (a deadline scope only if the write has to wait: _sockstream)
         try:
-            with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
-                await upstream.stream.send_all(data)
+            await upstream.stream.send_all_within(data, timeout_s)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise UpstreamClosed(name, f"write failed: {exc}") from exc
-        if scope.cancelled_caught:
-            raise UpstreamTimeout(name, f"upstream took no request bytes within {timeout_s}s")
+        except trio.TooSlowError:
+            raise UpstreamTimeout(name, f"upstream took no request bytes within {timeout_s}s") from None
 
 
 def _upstream_event_nowait(upstream: UpstreamConn, name: str) -> Any:
@@ -756,12 +759,11 @@ def _upstream_event_nowait(upstream: UpstreamConn, name: str) -> Any:
 
 async def _receive_upstream(upstream: UpstreamConn, read_timeout_s: float, name: str) -> None:
     try:
-        with trio.CancelScope(deadline=trio.current_time() + read_timeout_s) as scope:
-            data = await upstream.stream.receive_some(READ_CHUNK_BYTES)
+        data = await upstream.stream.receive_some_within(READ_CHUNK_BYTES, read_timeout_s)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         raise UpstreamClosed(name, f"read failed: {exc}") from exc
-    if scope.cancelled_caught:
-        raise UpstreamTimeout(name, f"no response data within {read_timeout_s}s")
+    except trio.TooSlowError:
+        raise UpstreamTimeout(name, f"no response data within {read_timeout_s}s") from None
     upstream.h11.receive_data(data)
 
 
