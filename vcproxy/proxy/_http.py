@@ -220,6 +220,8 @@ class HttpProxyConnection:
         self._bytes_in = self._bytes_out = 0
         self._request_id: str | None = None
         self._upstream_head_at = 0.0  # when the current response head arrived from upstream
+        # the stream's bounded send (the listener's TLS and TCP streams have one), else a scope per flush
+        self._send_within = getattr(stream, "send_all_within", None)
 
     # ---------------------------------------------------------------- client I/O
 
@@ -266,12 +268,19 @@ class HttpProxyConnection:
         # its upstream connection and a worker's memory forever. The deadline
         # is per flush (one response head or one body chunk, <= 256 KiB).
         timeout_s = self.limits.send_timeout_s
+        timed_out = False
         try:
-            with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
-                await self.stream.send_all(data)
+            if self._send_within is not None:  # (a deadline scope only where it waits)
+                await self._send_within(data, timeout_s)
+            else:
+                with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
+                    await self.stream.send_all(data)
+                timed_out = scope.cancelled_caught
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise _ClientGone(f"client write failed: {exc}") from exc
-        if scope.cancelled_caught:
+        except trio.TooSlowError:
+            timed_out = True
+        if timed_out:
             raise _ClientGone(f"client took no response bytes within {timeout_s}s")
 
     async def _send_client(self, event: Any) -> None:
