@@ -89,3 +89,37 @@ async def test_a_cancelled_scope_raises_before_any_io():
     assert await b.receive_some(100) == b"data waiting"
     await a.aclose()
     await b.aclose()
+
+
+class _CountedScope:
+    """trio.CancelScope (not subclassable), counting the scopes made."""
+
+    entered = 0
+
+    def __new__(cls, **kwargs):
+        cls.entered += 1
+        return trio.CancelScope(**kwargs)
+
+
+async def test_bounded_calls_enter_a_deadline_scope_only_to_wait(monkeypatch):
+    """send_all_within/receive_some_within: a call that completes at once costs
+    no CancelScope; one that has to wait is bounded by its timeout."""
+    monkeypatch.setattr("vcproxy.proxy._sockstream._CancelScope", _CountedScope)
+    _CountedScope.entered = 0
+    a, b = await _tcp_pair()
+    await a.send_all_within(b"request", 5.0)
+    assert await b.receive_some_within(100, 5.0) == b"request"
+    assert _CountedScope.entered == 0
+    started = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await b.receive_some_within(100, 0.2)  # nothing comes
+    assert 0.2 <= trio.current_time() - started < 2
+    assert _CountedScope.entered == 1
+    await a.aclose()
+    await b.aclose()
+    c, d = await _clogged_pair()
+    with pytest.raises(trio.TooSlowError):
+        await c.send_all_within(b"x" * 100000, 0.2)  # the peer reads nothing
+    assert _CountedScope.entered >= 2
+    await c.aclose()
+    await d.aclose()

@@ -406,3 +406,60 @@ async def test_records_under_old_key_after_key_update_are_refused(config):
         while True:
             await server.receive_some()
     assert info.value.alert in (A.unexpected_message, A.bad_record_mac)
+
+
+class _BoundedTransport:
+    """The memory pair's transport with a ``send_all_within`` (as the proxy's
+    socket stream has): records the bounds it is given; ``stall`` makes it a
+    peer that reads nothing (each send waits out its bound)."""
+
+    def __init__(self, rec):
+        self.rec, self.bounds, self.stall = rec, [], False
+
+    def __getattr__(self, name):
+        return getattr(self.rec, name)
+
+    async def send_all_within(self, data, timeout_s):
+        self.bounds.append(timeout_s)
+        if self.stall:
+            await trio.sleep(timeout_s)
+            raise trio.TooSlowError
+        await self.rec.send_all(data)
+
+
+async def test_send_all_within_hands_its_bound_to_the_transport(test_certs, autojump_clock):
+    """A small write on an open stream: the transport's own bounded send gets
+    the time left (no deadline scope of the stream's own); a transport that
+    takes nothing makes it raise TooSlowError in time, and the stream is broken."""
+    server, rec, client = pair(server_config([test_certs["ecdsa-p256"]]))
+    await handshake(server, client)
+    await server.send_all(b"first")  # (the session ticket leaves with it)
+    assert await client.recv_app() == b"first"
+    transport = server.transport_stream = _BoundedTransport(rec)
+    await server.send_all_within(b"response", 5.0)
+    assert await client.recv_app() == b"response"
+    assert len(transport.bounds) == 1 and 4.9 < transport.bounds[0] <= 5.0, transport.bounds
+    transport.stall = True
+    started = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await server.send_all_within(b"never read", 2.0)
+    assert trio.current_time() - started == pytest.approx(2.0)
+    with pytest.raises(trio.BrokenResourceError):
+        await server.send_all(b"after the timeout")
+
+
+async def test_send_all_within_without_a_bounded_transport_is_one_scope(test_certs, autojump_clock):
+    """A transport without ``send_all_within``: the whole send is bounded."""
+    server, rec, client = pair(server_config([test_certs["ecdsa-p256"]]))
+    await handshake(server, client)
+    await server.send_all_within(b"first", 5.0)
+    assert await client.recv_app() == b"first"
+
+    async def stalled_send(data):
+        await trio.sleep_forever()
+
+    rec.send_all = stalled_send
+    started = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await server.send_all_within(b"never read", 2.0)
+    assert trio.current_time() - started == pytest.approx(2.0)

@@ -97,6 +97,11 @@ _HOP_BY_HOP = frozenset({
 #: Upgrade protocols passed through to the upstream (RFC 6455 WebSocket); any
 #: other ``Upgrade`` offer is stripped like every hop-by-hop field.
 _UPGRADES_FORWARDED = frozenset({b"websocket"})
+#: h11's events are frozen: one end-of-message (without trailers) serves every request.
+#: (Events are told apart with ``type(event) is``, as h11 does: its event
+#: classes have no subclasses, and ``isinstance`` on them, ABCs, goes through
+#: ``ABCMeta.__instancecheck__`` several times per request.)
+_END_OF_MESSAGE = h11.EndOfMessage()
 
 # Request ids: a random per-process prefix and a counter (unique without a
 # uuid4 per request: 12 + 10 hex digits, cheap to make and to grep).
@@ -215,6 +220,8 @@ class HttpProxyConnection:
         self._bytes_in = self._bytes_out = 0
         self._request_id: str | None = None
         self._upstream_head_at = 0.0  # when the current response head arrived from upstream
+        # the stream's bounded send (the listener's TLS and TCP streams have one), else a scope per flush
+        self._send_within = getattr(stream, "send_all_within", None)
 
     # ---------------------------------------------------------------- client I/O
 
@@ -261,12 +268,19 @@ class HttpProxyConnection:
         # its upstream connection and a worker's memory forever. The deadline
         # is per flush (one response head or one body chunk, <= 256 KiB).
         timeout_s = self.limits.send_timeout_s
+        timed_out = False
         try:
-            with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
-                await self.stream.send_all(data)
+            if self._send_within is not None:  # (a deadline scope only where it waits)
+                await self._send_within(data, timeout_s)
+            else:
+                with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
+                    await self.stream.send_all(data)
+                timed_out = scope.cancelled_caught
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise _ClientGone(f"client write failed: {exc}") from exc
-        if scope.cancelled_caught:
+        except trio.TooSlowError:
+            timed_out = True
+        if timed_out:
             raise _ClientGone(f"client took no response bytes within {timeout_s}s")
 
     async def _send_client(self, event: Any) -> None:
@@ -318,7 +332,7 @@ class HttpProxyConnection:
             event = await self._next_client_event(self.limits.header_timeout_s)
         except _ClientGone:
             return None
-        if isinstance(event, h11.ConnectionClosed):
+        if type(event) is h11.ConnectionClosed:
             return None
         return event
 
@@ -490,13 +504,13 @@ class HttpProxyConnection:
             await self._send_client(h11.InformationalResponse(status_code=100, headers=[]))
         while True:
             event = await self._next_client_event(self.limits.body_timeout_s)
-            if isinstance(event, h11.Data):
+            if type(event) is h11.Data:
                 total += len(event.data)
                 if total > self.limits.max_body_bytes:
                     raise _BodyTooLarge(f"request body over {self.limits.max_body_bytes} bytes")
                 await _send_upstream(upstream, h11.Data(data=event.data), name, timeout_s)
-            elif isinstance(event, h11.EndOfMessage):
-                await _send_upstream(upstream, h11.EndOfMessage(), name, timeout_s)
+            elif type(event) is h11.EndOfMessage:
+                await _send_upstream(upstream, _END_OF_MESSAGE, name, timeout_s)
                 return
             else:
                 raise _ClientGone(f"unexpected {type(event).__name__} in request body")
@@ -504,14 +518,14 @@ class HttpProxyConnection:
     async def _relay_response(self, upstream: UpstreamConn, read_timeout_s: float, name: str) -> int:
         while True:
             event = await _next_upstream_event(upstream, read_timeout_s, name)
-            if isinstance(event, h11.InformationalResponse):
+            if type(event) is h11.InformationalResponse:
                 if event.status_code == 101:
                     # h11 accepts a 101 only for an Upgrade we forwarded (else:
                     # RemoteProtocolError, a 502); both sides are now switched.
                     self._upstream_head_at = time.monotonic()
                     return await self._relay_switch(event, name)
                 continue  # 100 Continue is ours to send
-            if isinstance(event, h11.Response):
+            if type(event) is h11.Response:
                 break
             raise UpstreamClosed(name, "closed before a response")
         self._upstream_head_at = time.monotonic()
@@ -530,12 +544,13 @@ class HttpProxyConnection:
                     # about to wait on the upstream: the client gets what we have
                     await self._flush_client()
                     await _receive_upstream(upstream, read_timeout_s, name)
-                elif isinstance(event, h11.Data):
-                    self._queue_client(h11.Data(data=event.data))
+                elif type(event) is h11.Data:
+                    # (the upstream's event as is: h11's writers read only .data)
+                    self._queue_client(event)
                     if self._client_out_bytes >= READ_CHUNK_BYTES:
                         await self._flush_client()
-                elif isinstance(event, h11.EndOfMessage):
-                    self._queue_client(h11.EndOfMessage())
+                elif type(event) is h11.EndOfMessage:
+                    self._queue_client(_END_OF_MESSAGE)  # (its trailers, if any, are not relayed)
                     await self._finish_response()
                     return self._sent_status
                 else:
@@ -737,13 +752,13 @@ async def _send_upstream(upstream: UpstreamConn, event: Any, name: str, timeout_
     except h11.LocalProtocolError as exc:
         raise UpstreamError(name, f"cannot forward: {exc}") from exc
     if data:
+        # (a deadline scope only if the write has to wait: _sockstream)
         try:
-            with trio.CancelScope(deadline=trio.current_time() + timeout_s) as scope:
-                await upstream.stream.send_all(data)
+            await upstream.stream.send_all_within(data, timeout_s)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise UpstreamClosed(name, f"write failed: {exc}") from exc
-        if scope.cancelled_caught:
-            raise UpstreamTimeout(name, f"upstream took no request bytes within {timeout_s}s")
+        except trio.TooSlowError:
+            raise UpstreamTimeout(name, f"upstream took no request bytes within {timeout_s}s") from None
 
 
 def _upstream_event_nowait(upstream: UpstreamConn, name: str) -> Any:
@@ -756,12 +771,11 @@ def _upstream_event_nowait(upstream: UpstreamConn, name: str) -> Any:
 
 async def _receive_upstream(upstream: UpstreamConn, read_timeout_s: float, name: str) -> None:
     try:
-        with trio.CancelScope(deadline=trio.current_time() + read_timeout_s) as scope:
-            data = await upstream.stream.receive_some(READ_CHUNK_BYTES)
+        data = await upstream.stream.receive_some_within(READ_CHUNK_BYTES, read_timeout_s)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         raise UpstreamClosed(name, f"read failed: {exc}") from exc
-    if scope.cancelled_caught:
-        raise UpstreamTimeout(name, f"no response data within {read_timeout_s}s")
+    except trio.TooSlowError:
+        raise UpstreamTimeout(name, f"no response data within {read_timeout_s}s") from None
     upstream.h11.receive_data(data)
 
 

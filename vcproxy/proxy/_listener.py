@@ -83,7 +83,15 @@ class CountingStream(trio.abc.Stream):
 
     async def send_all(self, data) -> None:
         await self.inner.send_all(data)
-        pending = self._out_pending + len(data)
+        self._count_out(len(data))
+
+    async def send_all_within(self, data, timeout_s: float) -> None:
+        """``SocketStream.send_all_within``: bounded, a deadline scope only to wait."""
+        await self.inner.send_all_within(data, timeout_s)
+        self._count_out(len(data))
+
+    def _count_out(self, size: int) -> None:
+        pending = self._out_pending + size
         if pending >= self.COUNT_STEP_BYTES:
             self._out.inc(pending)
             pending = 0
@@ -133,6 +141,13 @@ class TLSErrorsAsBroken(trio.abc.Stream):
     async def send_all(self, data) -> None:
         try:
             await self.tls.send_all(data)
+        except TLSError as exc:
+            raise trio.BrokenResourceError(f"TLS: {exc}") from exc
+
+    async def send_all_within(self, data, timeout_s: float) -> None:
+        """``TLSStream.send_all_within``: ``trio.TooSlowError`` after ``timeout_s``."""
+        try:
+            await self.tls.send_all_within(data, timeout_s)
         except TLSError as exc:
             raise trio.BrokenResourceError(f"TLS: {exc}") from exc
 

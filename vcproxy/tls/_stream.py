@@ -34,6 +34,13 @@ either applies the key change or raises ``BadRecordMac`` at the bad one.
 (The batched seal/open code is ``_protect.RecordProtector``, a part the
 stream owns with its own state — keys, sequence numbers, the sealed bytes
 waiting for the transport; record dispatch and the stream's state stay here.)
+``send_all_within(data, timeout_s)`` is ``send_all`` bounded in time
+(``trio.TooSlowError``) without a CancelScope when nothing waits: on an open
+stream with nothing else to send first, the provider ops of its records (large
+ones: small records are sealed in-process) are bounded by a scope each and
+the transport's wait by the transport's own ``send_all_within``; else the whole
+call runs in one deadline scope. (A trio scope costs ~5 µs, more than sealing
+and sending a small response.)
 After ``key_update_after_records`` records under one key, the server sends a
 KeyUpdate and switches its write key; a KeyUpdate the client requested is sent
 before our next application data (RFC 8446 §4.6.3), by the sending task.
@@ -136,6 +143,7 @@ class TLSStream(trio.abc.Stream):
         self._sending = False
         self._warning_sent: trio.Event | None = None  # set while _send_warning sends
         self._receiving = False
+        self._send_deadline: float | None = None  # set while a send_all_within runs lazily
         self.info: HandshakeInfo | None = None
         self.server_name: str | None = None
         self.alpn_protocol: str | None = None
@@ -215,6 +223,28 @@ class TLSStream(trio.abc.Stream):
             raise
         finally:
             self._sending = False
+
+    async def send_all_within(self, data: bytes | bytearray | memoryview, timeout_s: float) -> None:
+        """``send_all``, raising ``trio.TooSlowError`` once ``timeout_s`` has
+        passed since the call (see the theory of operation)."""
+        deadline = trio.current_time() + timeout_s
+        write = self._records.write
+        if (self._state not in _OPEN_STATES or self._sending or self._hs_out or self._owed_alerts
+                or write is None or self._hs.key_update_owed
+                or not hasattr(self.transport_stream, "send_all_within")
+                or (not write.tls12 and self.config.key_update_after_records
+                    and write.seq + (len(data) + len(self._pending_app)) // self._max_fragment + 2
+                    >= self.config.key_update_after_records)):
+            with trio.CancelScope(deadline=deadline) as scope:
+                await self.send_all(data)
+            if scope.cancelled_caught:
+                raise trio.TooSlowError
+            return
+        self._send_deadline = deadline
+        try:
+            await self.send_all(data)
+        finally:
+            self._send_deadline = None
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
@@ -402,6 +432,15 @@ class TLSStream(trio.abc.Stream):
         return result[0], result[1], signature
 
     async def _provider_op(self, awaitable, what: str):
+        if what == "seal" and self._send_deadline is not None:  # (a lazy send_all_within's)
+            with trio.CancelScope(deadline=self._send_deadline) as scope:
+                result = await self._provider_op_unbounded(awaitable, what)
+            if scope.cancelled_caught:
+                raise trio.TooSlowError
+            return result
+        return await self._provider_op_unbounded(awaitable, what)
+
+    async def _provider_op_unbounded(self, awaitable, what: str):
         try:
             return await awaitable
         except TLSError:
@@ -517,7 +556,11 @@ class TLSStream(trio.abc.Stream):
             # copy (bytes() of a 256 KiB bytearray, then clear(), measured
             # ~20 us per 16 KiB record here). Nothing else holds the old
             # buffer: writers touch the wire buffer only between awaits.
-            await self.transport_stream.send_all(self._records.take_wire())
+            if self._send_deadline is None:
+                await self.transport_stream.send_all(self._records.take_wire())
+            else:
+                await self.transport_stream.send_all_within(self._records.take_wire(),
+                                                            self._send_deadline - trio.current_time())
 
     # ---- receiving ----------------------------------------------------------
 
