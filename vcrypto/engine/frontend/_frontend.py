@@ -569,9 +569,12 @@ class Frontend:
                 self.stats.opdone_waits += 1
                 await ev.wait()
             pending.pop(0)
+            result = region.result
             for k, slot in zip(group, slots):
-                status, out = region.result(slot)
-                if status in (SlotStatus.PENDING, SlotStatus.DEVICE_LOST):
+                status, out = result(slot)
+                if status is SlotStatus.OK:     # (the usual case, tested first)
+                    results[k] = (status, out)
+                elif status in (SlotStatus.PENDING, SlotStatus.DEVICE_LOST):
                     results[k] = self._inline(h, items[k])
                 elif status in (SlotStatus.DEVICE_ERROR, SlotStatus.NOT_SUPPORTED):
                     # The device failed it or cannot do it: in-process gives the
@@ -623,12 +626,11 @@ class Frontend:
         slots = [att.free_slots.pop() for _ in group]
         now_ns = time.monotonic_ns()
         meta, sid = h.meta, (0 if key else h.sid)
+        op, alg = meta.op, meta.alg
         region.opdones.reset(j, len(group))
-        for k, slot in zip(group, slots):
-            src, iv, aad = items[k]
-            region.write_request(slot, meta.op, meta.alg, j, sid, src,
-                                 max_dst_bytes(meta.op, meta.alg, len(src)), iv, aad, now_ns,
-                                 key)
+        mine = [items[k] for k in group]
+        region.write_requests(slots, op, alg, j, sid, mine,
+                              [max_dst_bytes(op, alg, len(it[0])) for it in mine], now_ns, key)
         ev = trio.Event()
         att.waiting[j] = ev
         att.sent_at[j] = now_ns
