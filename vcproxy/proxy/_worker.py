@@ -27,6 +27,7 @@ import trio
 from vcproxy import _log
 from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.metrics import metrics
+from . import _malloc
 from ._counts import PENDING
 from ._forwarding import Forwarding
 from ._http import HttpRuntime
@@ -340,4 +341,5 @@ def worker_main(config_path: str, index: int, ports: dict[int, int], ready_fd: i
                 ticket_keys_file: str | None = None) -> int:
     # A terminal's Ctrl-C reaches every process of the group: a worker drains on
     # SIGINT like on SIGTERM (handled in Worker._signals), it does not die.
+    _malloc.tune()  # bulk buffers reuse heap pages instead of mmap/fault/unmap (_malloc)
     return trio.run(Worker(config_path, index, ports, ready_fd, backend_socket, overrides, ticket_keys_file).run)
