@@ -142,12 +142,12 @@ class Worker:
         try:
             ops = _Children(m.crypto_ops_total)
 
-            def count_op(op: str, prov: str) -> None:
+            def count_op(op: str, prov: str, n: int = 1) -> None:
                 # records' AEAD ops are batched (_counts); a handshake's ECDH and signature are not
                 if op.startswith("aead"):
-                    PENDING.inc(ops(op, prov))
+                    PENDING.inc(ops(op, prov), n)
                 else:
-                    ops(op, prov).inc()
+                    ops(op, prov).inc(n)
 
             self.provider = await make_provider(
                 config, count_op,

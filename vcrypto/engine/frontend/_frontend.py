@@ -554,8 +554,12 @@ class Frontend:
         results: list[Result | None] = [None] * len(items)
         meta, region = h.meta, att.region
         offload = []
+        dst_caps = []   # per item, computed once (the slot write needs it too)
+        op, alg, fits = meta.op, meta.alg, region.fits
         for k, (src, _iv, aad) in enumerate(items):
-            if region.fits(len(src), max_dst_bytes(meta.op, meta.alg, len(src)), len(aad)):
+            cap = max_dst_bytes(op, alg, len(src))
+            dst_caps.append(cap)
+            if fits(len(src), cap, len(aad)):
                 offload.append(k)
             else:  # larger than a data chunk: never worth a round trip
                 results[k] = self._inline(h, items[k])
@@ -601,7 +605,7 @@ class Frontend:
                     for k in group:
                         results[k] = self._inline(h, items[k])
                     continue
-                pending.append(self._submit(att, h, items, group, key))
+                pending.append(self._submit(att, h, items, group, key, dst_caps))
             while pending:
                 await collect_oldest()
         finally:
@@ -617,7 +621,8 @@ class Frontend:
             att.maybe_unmap()
         return results  # type: ignore[return-value]
 
-    def _submit(self, att: Attachment, h: EngineSession, items, group, key: bytes = b""):
+    def _submit(self, att: Attachment, h: EngineSession, items, group, key: bytes,
+                dst_caps: list[int]):
         """Write one group (<= 16 requests, one opdone) and publish it. No
         await inside: the ring has a single producer. ``key``: stateless
         AEAD, the key goes into each slot and no session id."""
@@ -629,8 +634,7 @@ class Frontend:
         op, alg = meta.op, meta.alg
         region.opdones.reset(j, len(group))
         mine = [items[k] for k in group]
-        region.write_requests(slots, op, alg, j, sid, mine,
-                              [max_dst_bytes(op, alg, len(it[0])) for it in mine], now_ns, key)
+        region.write_requests(slots, op, alg, j, sid, mine, [dst_caps[k] for k in group], now_ns, key)
         ev = trio.Event()
         att.waiting[j] = ev
         att.sent_at[j] = now_ns
