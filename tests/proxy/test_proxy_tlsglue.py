@@ -50,7 +50,7 @@ def key_pem() -> bytes:
 
 async def test_counting_provider_counts_each_op_under_its_provider():
     counts: list[tuple[str, str]] = []
-    p = CountingProvider(InlineProvider(), lambda op, prov: counts.append((op, prov)))
+    p = CountingProvider(InlineProvider(), lambda op, prov, n: counts.extend([(op, prov)] * n))
     own, shared = await p.key_exchange("x25519", peer_share())
     assert len(own) == 32 and len(shared) == 32
     key = p.load_signing_key(key_pem())
@@ -100,7 +100,7 @@ async def test_wrapped_sessions_say_whether_aclose_releases_anything():
             return held
 
     key = os.urandom(16)
-    count = lambda op, prov: None  # noqa: E731
+    count = lambda *a: None  # noqa: E731
     assert InlineProvider().aead("aes-128-gcm", key).needs_aclose is False
     assert CountingProvider(InlineProvider(), count).aead("aes-128-gcm", key).needs_aclose is False
     assert CountingProvider(Holding(), count).aead("aes-128-gcm", key).needs_aclose is True
@@ -121,7 +121,7 @@ def config(fallback: str):
 async def test_unreachable_engine_at_start(tmp_path, fallback):
     fallbacks: list = []
     socket_path = str(tmp_path / "no-backend.sock")
-    args = (lambda op, prov: None, lambda op, reason: fallbacks.append((op, reason)), socket_path)
+    args = (lambda *a: None, lambda op, reason: fallbacks.append((op, reason)), socket_path)
     if fallback == "none":
         with pytest.raises(ProviderUnavailable, match="unreachable"):
             await make_provider(config(fallback), *args)

@@ -25,8 +25,10 @@ from vcproxy.tls import (
 )
 from vcproxy.vcrypto_provider import VcryptoProvider
 
-#: (op, provider_name) -> None; the metrics hook (a Counter's labels().inc in workers).
-CountOp = Callable[[str, str], None]
+#: (op, provider_name, n) -> None: ``n`` more ops; the metrics hook (a Counter's
+#: labels().inc in workers). A batch of records is one call (count per batch, not
+#: per record: this runs on every send_all).
+CountOp = Callable[[str, str, int], None]
 CountFallback = Callable[[str, str], None]
 
 
@@ -87,23 +89,21 @@ class _CountingAead(AeadSession):
     # The sync path is the small-record path: it runs in this process whatever
     # the provider, so it is counted as "inline".
     def seal(self, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
-        self._count("aead_seal", "inline")
+        self._count("aead_seal", "inline", 1)
         return self._inner.seal(nonce, aad, plaintext)
 
     def open(self, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
-        self._count("aead_open", "inline")
+        self._count("aead_open", "inline", 1)
         return self._inner.open(nonce, aad, ciphertext)
 
     async def seal_many(self, items):
         out = await self._inner.seal_many(items)
-        for _ in items:
-            self._count("aead_seal", self._name)
+        self._count("aead_seal", self._name, len(items))
         return out
 
     async def open_many(self, items):
         out = await self._inner.open_many(items)
-        for _ in items:
-            self._count("aead_open", self._name)
+        self._count("aead_open", self._name, len(items))
         return out
 
     async def aclose(self) -> None:
@@ -132,7 +132,7 @@ class CountingProvider(CryptoProvider):
     async def key_exchange(self, group: str, peer_public: bytes, *,
                            private_key: bytes | None = None) -> tuple[bytes, bytes]:
         out = await self.inner.key_exchange(group, peer_public, private_key=private_key)
-        self._count("ecdh", self.name)
+        self._count("ecdh", self.name, 1)
         return out
 
     def key_share(self, group: str) -> KeyShare | None:
@@ -154,7 +154,7 @@ class CountingProvider(CryptoProvider):
             if key.private_key_der is None and key.key_ref and self._on_keyless_failure is not None:
                 self._on_keyless_failure(key.key_ref, exc)
             raise
-        self._count("sign", self.name)
+        self._count("sign", self.name, 1)
         return out
 
     def aead(self, suite_alg: str, key: bytes) -> AeadSession:

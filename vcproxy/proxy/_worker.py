@@ -27,6 +27,7 @@ import trio
 from vcproxy import _log
 from vcproxy.config import Config, ConfigError, load_config
 from vcproxy.metrics import metrics
+from . import _malloc
 from ._counts import PENDING
 from ._forwarding import Forwarding
 from ._http import HttpRuntime
@@ -141,12 +142,12 @@ class Worker:
         try:
             ops = _Children(m.crypto_ops_total)
 
-            def count_op(op: str, prov: str) -> None:
+            def count_op(op: str, prov: str, n: int = 1) -> None:
                 # records' AEAD ops are batched (_counts); a handshake's ECDH and signature are not
                 if op.startswith("aead"):
-                    PENDING.inc(ops(op, prov))
+                    PENDING.inc(ops(op, prov), n)
                 else:
-                    ops(op, prov).inc()
+                    ops(op, prov).inc(n)
 
             self.provider = await make_provider(
                 config, count_op,
@@ -373,4 +374,5 @@ def worker_main(config_path: str, index: int, ports: dict[int, int], ready_fd: i
                 ticket_keys_file: str | None = None) -> int:
     # A terminal's Ctrl-C reaches every process of the group: a worker drains on
     # SIGINT like on SIGTERM (handled in Worker._signals), it does not die.
+    _malloc.tune()  # bulk buffers reuse heap pages instead of mmap/fault/unmap (_malloc)
     return trio.run(Worker(config_path, index, ports, ready_fd, backend_socket, overrides, ticket_keys_file).run)

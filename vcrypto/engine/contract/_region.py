@@ -274,32 +274,46 @@ class FrontendRegion:
                       submit_ns: int = 0, key: bytes = b"") -> None:
         """Fill slot ``i`` and its data chunk. Raises ``LayoutError`` if it does
         not fit. ``key``: a stateless AEAD request (``session_id`` 0)."""
-        if len(iv) > MAX_IV_BYTES:
-            raise LayoutError(f"iv of {len(iv)} bytes (max {MAX_IV_BYTES})")
-        if key and len(key) not in STATELESS_KEY_LENS:
-            raise LayoutError(f"stateless key of {len(key)} bytes")
-        chunk = self._data + self._chunk * i
-        aad_off = chunk
-        src_off = chunk + _a64(len(aad))
-        dst_off = src_off + _a64(len(src))
-        if dst_off + dst_cap > chunk + self._chunk:
-            raise LayoutError(f"request of {len(aad)}+{len(src)}+{dst_cap} bytes does not "
-                              f"fit a {self._chunk}-byte chunk")
-        mv, base = self.mv, self._slots + SLOT_BYTES * i
-        if aad:
-            mv[aad_off:aad_off + len(aad)] = aad
-        mv[src_off:src_off + len(src)] = src
-        if iv:
-            mv[base + S_IV:base + S_IV + len(iv)] = iv
-        if key:
-            mv[base + S_KEY:base + S_KEY + len(key)] = key
-        gen = self._gens[i] = (self._gens[i] + 1) & 0xFFFFFFFF
-        # One C-level pack of bytes 0..60 (status PENDING first): the slot is
-        # published by the ring push that follows, so no field order matters
-        # inside it, only that all of it precedes the tail store (TSO).
-        _SLOT_FIELDS.pack_into(mv, base, SlotStatus.PENDING, OP_CODE[op], ALG_CODE[alg], opdone,
-                               session_id, src_off, len(src), dst_off, dst_cap, aad_off,
-                               len(aad), 0, len(iv), submit_ns, gen, len(key))
+        self.write_requests((i,), op, alg, opdone, session_id, ((src, iv, aad),), (dst_cap,),
+                            submit_ns, key)
+
+    def write_requests(self, slots, op: Op, alg: Alg, opdone: int, session_id: int,
+                       items, dst_caps, submit_ns: int = 0, key: bytes = b"") -> None:
+        """``write_request`` for a group of requests of one session and one
+        opdone: slot ``slots[k]`` gets ``items[k]`` = ``(src, iv, aad)`` with
+        output room ``dst_caps[k]``. What is the same for the whole group
+        (codes, key checks, bound methods) is looked up once: this runs once
+        per record on the frontend's send path."""
+        key_len = len(key)
+        if key_len and key_len not in STATELESS_KEY_LENS:
+            raise LayoutError(f"stateless key of {key_len} bytes")
+        op_code, alg_code = OP_CODE[op], ALG_CODE[alg]
+        mv, gens, pack = self.mv, self._gens, _SLOT_FIELDS.pack_into
+        chunk_bytes, data_offset, slots_offset = self._chunk, self._data, self._slots
+        for i, (src, iv, aad), dst_cap in zip(slots, items, dst_caps):
+            iv_len, aad_len, src_len = len(iv), len(aad), len(src)
+            if iv_len > MAX_IV_BYTES:
+                raise LayoutError(f"iv of {iv_len} bytes (max {MAX_IV_BYTES})")
+            aad_off = data_offset + chunk_bytes * i       # the chunk: aad | src | dst
+            src_off = aad_off + ((aad_len + 63) & ~63)
+            dst_off = src_off + ((src_len + 63) & ~63)
+            if dst_off + dst_cap > aad_off + chunk_bytes:
+                raise LayoutError(f"request of {aad_len}+{src_len}+{dst_cap} bytes does not "
+                                  f"fit a {chunk_bytes}-byte chunk")
+            base = slots_offset + SLOT_BYTES * i
+            if aad_len:
+                mv[aad_off:aad_off + aad_len] = aad
+            mv[src_off:src_off + src_len] = src
+            if iv_len:
+                mv[base + S_IV:base + S_IV + iv_len] = iv
+            if key_len:
+                mv[base + S_KEY:base + S_KEY + key_len] = key
+            gen = gens[i] = (gens[i] + 1) & 0xFFFFFFFF
+            # One C-level pack of bytes 0..60 (status PENDING first): the slot is
+            # published by the ring push that follows, so no field order matters
+            # inside it, only that all of it precedes the tail store (TSO).
+            pack(mv, base, 0, op_code, alg_code, opdone, session_id, src_off, src_len, dst_off,
+                 dst_cap, aad_off, aad_len, 0, iv_len, submit_ns, gen, key_len)
 
     def result(self, i: int) -> tuple[SlotStatus, bytes]:
         """Status and output of a completed slot (copied out of the region)."""

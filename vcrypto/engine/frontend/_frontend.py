@@ -554,8 +554,12 @@ class Frontend:
         results: list[Result | None] = [None] * len(items)
         meta, region = h.meta, att.region
         offload = []
+        dst_caps = []   # per item, computed once (the slot write needs it too)
+        op, alg, fits = meta.op, meta.alg, region.fits
         for k, (src, _iv, aad) in enumerate(items):
-            if region.fits(len(src), max_dst_bytes(meta.op, meta.alg, len(src)), len(aad)):
+            cap = max_dst_bytes(op, alg, len(src))
+            dst_caps.append(cap)
+            if fits(len(src), cap, len(aad)):
                 offload.append(k)
             else:  # larger than a data chunk: never worth a round trip
                 results[k] = self._inline(h, items[k])
@@ -569,9 +573,12 @@ class Frontend:
                 self.stats.opdone_waits += 1
                 await ev.wait()
             pending.pop(0)
+            result = region.result
             for k, slot in zip(group, slots):
-                status, out = region.result(slot)
-                if status in (SlotStatus.PENDING, SlotStatus.DEVICE_LOST):
+                status, out = result(slot)
+                if status is SlotStatus.OK:     # (the usual case, tested first)
+                    results[k] = (status, out)
+                elif status in (SlotStatus.PENDING, SlotStatus.DEVICE_LOST):
                     results[k] = self._inline(h, items[k])
                 elif status in (SlotStatus.DEVICE_ERROR, SlotStatus.NOT_SUPPORTED):
                     # The device failed it or cannot do it: in-process gives the
@@ -598,7 +605,7 @@ class Frontend:
                     for k in group:
                         results[k] = self._inline(h, items[k])
                     continue
-                pending.append(self._submit(att, h, items, group, key))
+                pending.append(self._submit(att, h, items, group, key, dst_caps))
             while pending:
                 await collect_oldest()
         finally:
@@ -614,7 +621,8 @@ class Frontend:
             att.maybe_unmap()
         return results  # type: ignore[return-value]
 
-    def _submit(self, att: Attachment, h: EngineSession, items, group, key: bytes = b""):
+    def _submit(self, att: Attachment, h: EngineSession, items, group, key: bytes,
+                dst_caps: list[int]):
         """Write one group (<= 16 requests, one opdone) and publish it. No
         await inside: the ring has a single producer. ``key``: stateless
         AEAD, the key goes into each slot and no session id."""
@@ -623,12 +631,10 @@ class Frontend:
         slots = [att.free_slots.pop() for _ in group]
         now_ns = time.monotonic_ns()
         meta, sid = h.meta, (0 if key else h.sid)
+        op, alg = meta.op, meta.alg
         region.opdones.reset(j, len(group))
-        for k, slot in zip(group, slots):
-            src, iv, aad = items[k]
-            region.write_request(slot, meta.op, meta.alg, j, sid, src,
-                                 max_dst_bytes(meta.op, meta.alg, len(src)), iv, aad, now_ns,
-                                 key)
+        mine = [items[k] for k in group]
+        region.write_requests(slots, op, alg, j, sid, mine, [dst_caps[k] for k in group], now_ns, key)
         ev = trio.Event()
         att.waiting[j] = ev
         att.sent_at[j] = now_ns
