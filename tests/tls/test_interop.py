@@ -315,8 +315,8 @@ async def test_vcrypto_serves_tls12_handshake_and_records(test_certs, ca_file,
 
     counted: dict[tuple[str, str], int] = {}
 
-    def count(op, provider_name):
-        counted[op, provider_name] = counted.get((op, provider_name), 0) + 1
+    def count(op, provider_name, n):
+        counted[op, provider_name] = counted.get((op, provider_name), 0) + n
 
     provider = MetricsProvider(vcrypto_tls_provider, count)
     submitted = vcrypto_tls_provider.frontend.stats.submitted
