@@ -43,6 +43,7 @@ from vcproxy import _log
 from vcproxy.config import Config, ListenerConfig
 from vcproxy.metrics import metrics
 from vcproxy.tls import CryptoProvider, HandshakeTimeout, ServerConfig, TLSAlertReceived, TLSError, TLSStream
+from ._counts import PENDING
 from ._forwarding import is_trusted
 from ._h2 import H2ProxyConnection
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, Observer, _close
@@ -323,7 +324,7 @@ class ConnectionServer:
         lm = self._metrics.get(rt.name)
         if lm is None:
             lm = self._metrics[rt.name] = _ListenerMetrics(rt.name)
-        lm.connections_total.inc()
+        PENDING.inc(lm.connections_total)  # (batched: _counts)
         active = lm.connections_active
         active.inc()
         conn = ConnState(addr[0], addr[1], self.draining)
@@ -331,7 +332,7 @@ class ConnectionServer:
         conn.local_host, conn.local_port = local if local is not None else sock.getsockname()[:2]
         slots = self.slots
         slots.admit(conn, rt.name)
-        counting = CountingStream(SocketStream(sock), lm.bytes_received, lm.bytes_sent)
+        counting = CountingStream(SocketStream(sock), lm.bytes_received, lm.bytes_sent, PENDING.inc)
         stream: trio.abc.Stream | None = counting
         try:
             lis = rt.config.listeners[index]
@@ -435,7 +436,7 @@ class ConnectionServer:
             lm.handshake_done(result)
             await _close(raw)
             return None
-        lm.handshake_seconds.observe(time.monotonic() - started)
+        PENDING.observe(lm.handshake_seconds, time.monotonic() - started)  # (batched: _counts)
         # version label in the config's words: "1.2" / "1.3" (TLSStream.version says "TLSv1.2")
         # group: the key exchange's (e.g. X25519MLKEM768; "" for a TLS 1.3
         # resumption without (EC)DHE) -- metrics label and access log field
