@@ -324,9 +324,11 @@ class ConnectionServer:
         lm = self._metrics.get(rt.name)
         if lm is None:
             lm = self._metrics[rt.name] = _ListenerMetrics(rt.name)
-        PENDING.inc(lm.connections_total)  # (batched: _counts)
+        # (batched: _counts; the active gauge's +1 and -1 of a short connection
+        # cancel out within one flush and cost no file write at all)
+        PENDING.inc(lm.connections_total)
         active = lm.connections_active
-        active.inc()
+        PENDING.inc(active, 1)
         conn = ConnState(addr[0], addr[1], self.draining)
         local = self._local_addresses[index]
         conn.local_host, conn.local_port = local if local is not None else sock.getsockname()[:2]
@@ -366,7 +368,7 @@ class ConnectionServer:
         finally:
             await _close(stream if stream is not None else counting)
             slots.release(conn)
-            active.dec()
+            PENDING.inc(active, -1)
 
     async def _proxy_header(self, stream: CountingStream, conn: ConnState, lis: ListenerConfig,
                             rt: ListenerRuntime, lm: _ListenerMetrics) -> bool:
