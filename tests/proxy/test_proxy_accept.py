@@ -75,3 +75,16 @@ async def test_an_empty_backlog_waits_and_a_cancelled_accept_raises_first():
     sock.close()
     client.close()
     lsock.close()
+
+
+async def test_accepted_sockets_have_tcp_nodelay_without_a_call_of_their_own():
+    """The listener sets TCP_NODELAY once on the listening socket; every
+    accepted socket has it (Linux copies it), so the per-connection
+    SocketStream skips its setsockopt."""
+    lsock = await open_listener("127.0.0.1", 0)
+    client = _connect(lsock.getsockname()[1])
+    sock, _ = await _server()._accept(lsock)
+    assert sock.getsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY)
+    sock.close()
+    client.close()
+    lsock.close()

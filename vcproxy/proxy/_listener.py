@@ -189,6 +189,9 @@ def bind_reuseport(address: str, port: int) -> stdsocket.socket:
     sock = stdsocket.socket(family, stdsocket.SOCK_STREAM)
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
+    # Accepted sockets inherit TCP_NODELAY on Linux: one setsockopt here
+    # instead of one per connection (SocketStream(nodelay_inherited=True)).
+    sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
     sock.setblocking(False)
     return sock
 
@@ -334,7 +337,7 @@ class ConnectionServer:
         conn.local_host, conn.local_port = local if local is not None else sock.getsockname()[:2]
         slots = self.slots
         slots.admit(conn, rt.name)
-        counting = CountingStream(SocketStream(sock), lm.bytes_received, lm.bytes_sent, PENDING.inc)
+        counting = CountingStream(SocketStream(sock, nodelay_inherited=True), lm.bytes_received, lm.bytes_sent, PENDING.inc)
         stream: trio.abc.Stream | None = counting
         try:
             lis = rt.config.listeners[index]

@@ -54,7 +54,10 @@ _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 class SocketStream(trio.abc.HalfCloseableStream):
     """A connected TCP trio socket as a stream (see the module docstring)."""
 
-    def __init__(self, socket: trio.socket.SocketType) -> None:
+    def __init__(self, socket: trio.socket.SocketType, *, nodelay_inherited: bool = False) -> None:
+        """``nodelay_inherited``: the socket was accepted from a listening
+        socket with TCP_NODELAY set, which Linux copies to every accepted
+        socket (``_listener.bind_reuseport``): no setsockopt call of its own."""
         if not isinstance(socket, trio.socket.SocketType):
             raise TypeError("SocketStream requires a trio socket object")
         self.socket = socket
@@ -63,10 +66,11 @@ class SocketStream(trio.abc.HalfCloseableStream):
         self._receiving = False
         self._sync_ops = 0
         self._eof_sent = False
-        try:
-            socket.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, True)
-        except OSError:
-            pass  # (not TCP: nothing to turn off)
+        if not nodelay_inherited:
+            try:
+                socket.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, True)
+            except OSError:
+                pass  # (not TCP: nothing to turn off)
 
     def setsockopt(self, level: int, option: int, value: Any) -> None:
         self.socket.setsockopt(level, option, value)
