@@ -55,3 +55,31 @@ async def test_run_flushes_within_the_interval_and_at_cancel():
         pending.inc(ops.labels("seal"), 2)
         nursery.cancel_scope.cancel()
     assert ops.labels("seal")._value.get() == 3  # the last counts are written when the task ends
+
+
+def test_a_gauge_gets_its_net_change_and_a_zero_net_writes_nothing():
+    """connections_active is batched as +1/-1 per connection: the flush
+    writes the net change, and connections that opened and closed within one
+    interval write nothing."""
+    from prometheus_client import Gauge
+
+    registry = CollectorRegistry()
+    gauge = Gauge("g_active", "open now", ["listener"], registry=registry)
+    child = gauge.labels("web")
+    writes = []
+    real_inc = child.inc
+    child.inc = lambda amount=1.0: (writes.append(amount), real_inc(amount))
+    pending = PendingCounts()
+    for _ in range(5):  # five short connections
+        pending.inc(child, 1)
+        pending.inc(child, -1)
+    pending.inc(child, 1)  # one still open
+    pending.flush()
+    assert child._value.get() == 1 and writes == [1]
+    pending.inc(child, 1)
+    pending.inc(child, -1)
+    pending.flush()
+    assert child._value.get() == 1 and writes == [1]  # net zero: no write
+    pending.inc(child, -1)
+    pending.flush()
+    assert child._value.get() == 0 and writes == [1, -1]

@@ -123,3 +123,22 @@ async def test_bounded_calls_enter_a_deadline_scope_only_to_wait(monkeypatch):
     assert _CountedScope.entered >= 2
     await c.aclose()
     await d.aclose()
+
+
+async def test_a_cancelled_close_closes_without_raising():
+    """Under a cancelled scope (``trio.aclose_forcefully``, how ``TLSStream``
+    closes its transport on every connection) ``aclose`` closes the socket
+    and returns: raising ``Cancelled`` there only for the scope to catch it
+    cost an exception and two scheduler passes per connection."""
+    a, b = await _tcp_pair()
+    reached = False
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await a.aclose()
+        reached = True
+    assert reached
+    assert a.socket.fileno() == -1
+    assert await b.receive_some(100) == b""  # the peer sees the close
+    with pytest.raises(trio.ClosedResourceError):
+        await a.send_all(b"x")
+    await b.aclose()

@@ -11,8 +11,14 @@ increment is a dict update; ``flush()`` writes each changed child once.
 Bound (what a scrape sees): every count reaches the files at most
 ``FLUSH_INTERVAL_S`` after it happened (the worker runs ``run()``), and at
 once when the worker exits after a drain (``flush()`` at its end). A worker
-that is killed loses at most its last ``FLUSH_INTERVAL_S`` of these counts
-(handshake, connection, byte and error counters are not batched here).
+that is killed loses at most its last ``FLUSH_INTERVAL_S`` of these counts.
+Per connection, the connection count, the active-connections gauge (its
+net change: ``inc`` takes negative amounts for a gauge), the handshake
+latency histogram and the byte counters are batched too (seven file writes a
+connection, measured ~13 µs of a full handshake's CPU); the handshake
+results (``tls_handshakes_total``), the handshake's ECDH and signature
+counts and error counters are not: a scrape right after a handshake sees
+them. A net change of zero writes nothing.
 Within a flush, histograms and ``counts`` are written before ``finals``:
 a scrape that sees a request in ``http_requests_total`` (a final) also sees
 its latency and the AEAD ops it caused.
@@ -65,6 +71,7 @@ class PendingCounts:
         self._histograms: dict[int, _PendingHistogram] = {}
 
     def inc(self, child: Any, amount: float = 1.0) -> None:
+        """Add ``amount`` (a gauge child takes negative amounts too)."""
         counts = self._counts
         counts[child] = counts.get(child, 0.0) + amount
 
@@ -87,7 +94,8 @@ class PendingCounts:
                 items = list(batch.items())
                 batch.clear()
                 for child, amount in items:
-                    child.inc(amount)
+                    if amount:
+                        child.inc(amount)
 
     async def run(self) -> None:
         """Flush every ``FLUSH_INTERVAL_S`` until cancelled (then once more)."""

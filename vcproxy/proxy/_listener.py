@@ -34,6 +34,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Any
 
 import trio
@@ -42,6 +43,7 @@ from vcproxy import _log
 from vcproxy.config import Config, ListenerConfig
 from vcproxy.metrics import metrics
 from vcproxy.tls import CryptoProvider, HandshakeTimeout, ServerConfig, TLSAlertReceived, TLSError, TLSStream
+from ._counts import PENDING
 from ._forwarding import is_trusted
 from ._h2 import H2ProxyConnection
 from ._http import ConnState, HttpProxyConnection, HttpRuntime, Observer, _close
@@ -56,6 +58,12 @@ LISTEN_BACKLOG = 4096
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_RETRY_S = 0.1
 PROXY_HEADER_READ_BYTES = 4096
+#: Consecutive accepts that did not wait before the next one yields to the scheduler.
+YIELD_AFTER_ACCEPTS = 4
+
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
+_wait_readable = trio.lowlevel.wait_readable
 
 
 class CountingStream(trio.abc.Stream):
@@ -64,15 +72,19 @@ class CountingStream(trio.abc.Stream):
     A counter increment is a write into the multiprocess metrics file (lock,
     pid check, pack), so bytes are added up here and reach the counters every
     ``COUNT_STEP_BYTES`` and when the stream closes: a few writes per
-    connection instead of one per socket call.
+    connection instead of one per socket call. ``add(counter, amount)`` makes
+    the increment (the listener passes ``_counts.PENDING.inc``: batched, so a
+    short connection's two byte counts cost no file write of their own).
     """
 
     COUNT_STEP_BYTES = 1 << 16
 
-    def __init__(self, inner: trio.abc.HalfCloseableStream, counter_in: Any, counter_out: Any) -> None:
+    def __init__(self, inner: trio.abc.HalfCloseableStream, counter_in: Any, counter_out: Any,
+                 add: Callable[[Any, float], None] | None = None) -> None:
         self.inner = inner
         self._in = counter_in
         self._out = counter_out
+        self._add = add if add is not None else _inc
         self._in_pending = 0
         self._out_pending = 0
         self._unread = b""
@@ -93,7 +105,7 @@ class CountingStream(trio.abc.Stream):
     def _count_out(self, size: int) -> None:
         pending = self._out_pending + size
         if pending >= self.COUNT_STEP_BYTES:
-            self._out.inc(pending)
+            self._add(self._out, pending)
             pending = 0
         self._out_pending = pending
 
@@ -107,17 +119,17 @@ class CountingStream(trio.abc.Stream):
         data = await self.inner.receive_some(max_bytes)
         pending = self._in_pending + len(data)
         if pending >= self.COUNT_STEP_BYTES:
-            self._in.inc(pending)
+            self._add(self._in, pending)
             pending = 0
         self._in_pending = pending
         return data
 
     def flush_counts(self) -> None:
         if self._in_pending:
-            self._in.inc(self._in_pending)
+            self._add(self._in, self._in_pending)
             self._in_pending = 0
         if self._out_pending:
-            self._out.inc(self._out_pending)
+            self._add(self._out, self._out_pending)
             self._out_pending = 0
 
     async def send_eof(self) -> None:
@@ -128,6 +140,10 @@ class CountingStream(trio.abc.Stream):
             await self.inner.aclose()
         finally:
             self.flush_counts()
+
+
+def _inc(counter: Any, amount: float) -> None:
+    counter.inc(amount)
 
 
 class TLSErrorsAsBroken(trio.abc.Stream):
@@ -183,17 +199,23 @@ class ListenerRuntime:
     config: Config
 
 
-def bind_reuseport(address: str, port: int) -> trio.socket.SocketType:
+def bind_reuseport(address: str, port: int) -> stdsocket.socket:
     family = stdsocket.AF_INET6 if ":" in address else stdsocket.AF_INET
-    sock = trio.socket.socket(family, stdsocket.SOCK_STREAM)
+    sock = stdsocket.socket(family, stdsocket.SOCK_STREAM)
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
+    # Accepted sockets inherit TCP_NODELAY on Linux: one setsockopt here
+    # instead of one per connection (SocketStream(nodelay_inherited=True)).
+    sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+    sock.setblocking(False)
     return sock
 
 
-async def open_listener(address: str, port: int) -> trio.socket.SocketType:
+async def open_listener(address: str, port: int) -> stdsocket.socket:
+    """A listening socket (non-blocking, stdlib: the accept loop calls
+    ``accept()`` on it itself, see ``ConnectionServer._accept``)."""
     sock = bind_reuseport(address, port)
-    await sock.bind((address, port))
+    await trio.socket.from_stdlib_socket(sock).bind((address, port))  # (resolves a name off the loop)
     sock.listen(LISTEN_BACKLOG)
     return sock
 
@@ -238,32 +260,42 @@ class ConnectionServer:
         self.conns = self.slots.conns  # every open connection (the worker's drain reads it)
         self.accept_scope = trio.CancelScope()
         self._metrics: dict[str, _ListenerMetrics] = {}
+        self._accepts_in_a_row = 0
 
     async def serve(self, sockets: list, conn_nursery: trio.Nursery) -> None:
         """Accept until ``accept_scope`` is cancelled, then close the sockets."""
         self.conn_nursery = conn_nursery
+        # A socket bound to one address: every connection it accepts has that
+        # local address (no getsockname() per connection); a wildcard bind
+        # asks each connection (None here).
+        self._local_addresses = [None if ip_address(addr[0]).is_unspecified else addr[:2]
+                                 for addr in (sock.getsockname() for sock in sockets)]
         with self.accept_scope:
             async with trio.open_nursery() as nursery:
                 for i, sock in enumerate(sockets):
                     nursery.start_soon(self._accept_loop, i, sock)
         for sock in sockets:
+            trio.lowlevel.notify_closing(sock)
             sock.close()
 
     def stop_accepting(self) -> None:
         self.accept_scope.cancel()
 
-    async def _accept_loop(self, index: int, sock) -> None:
+    async def _accept_loop(self, index: int, sock: stdsocket.socket) -> None:
         slots = self.slots
+        semaphore = slots.semaphore
         while True:
-            if slots.semaphore.value == 0:
+            if semaphore.value == 0:
                 # All slots taken: wait for a client in the backlog, then make room if we can.
-                await trio.lowlevel.wait_readable(sock)
+                await _wait_readable(sock)
                 slots.shed_for_newcomer()
-            await slots.semaphore.acquire()
+                await semaphore.acquire()
+            else:
+                semaphore.acquire_nowait()  # (_accept is the checkpoint)
             try:
-                client, addr = await sock.accept()
+                client, addr = await self._accept(sock)
             except OSError as exc:
-                slots.semaphore.release()
+                semaphore.release()
                 if exc.errno not in _OUT_OF_RESOURCES:
                     raise
                 # Out of file descriptors or memory: the client stays in the
@@ -273,9 +305,35 @@ class ConnectionServer:
                 await trio.sleep(ACCEPT_RETRY_S)
                 continue
             except BaseException:
-                slots.semaphore.release()
+                semaphore.release()
                 raise
             self.conn_nursery.start_soon(self._connection, index, client, addr)
+
+    async def _accept(self, sock: stdsocket.socket) -> tuple[trio.socket.SocketType, Any]:
+        """The next client: ``accept()`` on the non-blocking socket, waiting
+        only when the backlog is empty.
+
+        Why not trio's ``sock.accept()``: it yields to the scheduler after every
+        accept that did not block (and the slot semaphore's ``acquire`` once
+        more): two scheduler passes per connection that buy nothing while
+        clients keep arriving. Here an accept that completes at once is a
+        cancellation point only (``stop_accepting`` still ends the loop at the
+        next one); after ``YIELD_AFTER_ACCEPTS`` of them in a row the next
+        yields, so a connect flood cannot hold the worker's loop.
+        """
+        await _checkpoint_if_cancelled()
+        while True:
+            try:
+                client, addr = sock.accept()
+                break
+            except BlockingIOError:
+                self._accepts_in_a_row = 0
+                await _wait_readable(sock)
+        self._accepts_in_a_row += 1
+        if self._accepts_in_a_row >= YIELD_AFTER_ACCEPTS:
+            self._accepts_in_a_row = 0
+            await _cancel_shielded_checkpoint()
+        return trio.socket.from_stdlib_socket(client), addr
 
     # ------------------------------------------------------------ one connection
 
@@ -284,14 +342,17 @@ class ConnectionServer:
         lm = self._metrics.get(rt.name)
         if lm is None:
             lm = self._metrics[rt.name] = _ListenerMetrics(rt.name)
-        lm.connections_total.inc()
+        # (batched: _counts; the active gauge's +1 and -1 of a short connection
+        # cancel out within one flush and cost no file write at all)
+        PENDING.inc(lm.connections_total)
         active = lm.connections_active
-        active.inc()
+        PENDING.inc(active, 1)
         conn = ConnState(addr[0], addr[1], self.draining)
-        conn.local_host, conn.local_port = sock.getsockname()[:2]
+        local = self._local_addresses[index]
+        conn.local_host, conn.local_port = local if local is not None else sock.getsockname()[:2]
         slots = self.slots
         slots.admit(conn, rt.name)
-        counting = CountingStream(SocketStream(sock), lm.bytes_received, lm.bytes_sent)
+        counting = CountingStream(SocketStream(sock, nodelay_inherited=True), lm.bytes_received, lm.bytes_sent, PENDING.inc)
         stream: trio.abc.Stream | None = counting
         try:
             lis = rt.config.listeners[index]
@@ -325,7 +386,7 @@ class ConnectionServer:
         finally:
             await _close(stream if stream is not None else counting)
             slots.release(conn)
-            active.dec()
+            PENDING.inc(active, -1)
 
     async def _proxy_header(self, stream: CountingStream, conn: ConnState, lis: ListenerConfig,
                             rt: ListenerRuntime, lm: _ListenerMetrics) -> bool:
@@ -395,7 +456,7 @@ class ConnectionServer:
             lm.handshake_done(result)
             await _close(raw)
             return None
-        lm.handshake_seconds.observe(time.monotonic() - started)
+        PENDING.observe(lm.handshake_seconds, time.monotonic() - started)  # (batched: _counts)
         # version label in the config's words: "1.2" / "1.3" (TLSStream.version says "TLSv1.2")
         # group: the key exchange's (e.g. X25519MLKEM768; "" for a TLS 1.3
         # resumption without (EC)DHE) -- metrics label and access log field
