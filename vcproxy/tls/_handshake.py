@@ -260,14 +260,18 @@ class ExpectClientHello(State):
         if own is None:
             hs.emit(KeyExchange(group, peer_share))
             return ExpectKeyExchange(neg)
-        _send_server_hello(hs, neg, own.public)
+        # The ServerHello is in the transcript but leaves only with the rest of
+        # the flight: should the derive or the signature fail, the client then
+        # gets a plaintext alert before any ServerHello, not one after it
+        # where it expects records under handshake keys (§5.1, §6).
+        sh = _server_hello(hs, neg, own.public)
         hello_hash = hs.transcript_hash  # RFC 8446 §7.1: handshake secrets hash CH..SH
         flight = c.encrypted_extensions(_encrypted_extensions(neg)) + neg.certificate.certificate_message
         hs.transcript.update(flight)
         # §4.4.3: the signature covers CH..Certificate (our public share, no secret)
         hs.emit(DeriveAndSign(KeyExchange(group, peer_share, own.scalar),
                               Sign(neg.certificate, neg.scheme, _CV_PREFIX + hs.transcript_hash)))
-        return ExpectDeriveAndSign(neg, own.public, hello_hash, flight)
+        return ExpectDeriveAndSign(neg, own.public, sh, hello_hash, flight)
 
 
 def _check_retried_hello(ch: c.ClientHello, suite: CipherSuite, retry: Retry) -> None:
@@ -327,15 +331,24 @@ class ExpectKeyExchange(State):
         return ExpectSignature(neg, hs_secret, client_hs, server_hs)
 
 
-def _send_server_hello(hs: ServerHandshake, neg: Negotiated, own_public: bytes) -> None:
+def _server_hello(hs: ServerHandshake, neg: Negotiated, own_public: bytes) -> bytes:
+    """Our ServerHello, added to the transcript (not sent yet)."""
     exts = c.ext_key_share_server(c.GROUP_IDS[neg.group], own_public)
     if neg.psk is not None:
         exts += c.extension(c.EXT_PRE_SHARED_KEY, neg.psk.index.to_bytes(2, "big"))
     exts += c.EXT_SUPPORTED_VERSIONS_TLS13
     sh = c.server_hello(hs.random_bytes(32), neg.ch.session_id, neg.suite.id, exts)
     hs.transcript.update(sh)
+    return sh
+
+
+def _emit_server_hello(hs: ServerHandshake, neg: Negotiated, sh: bytes) -> None:
     hs.emit(SendHandshake(Epoch.INITIAL, sh))
     hs.send_ccs_once(neg.ch)
+
+
+def _send_server_hello(hs: ServerHandshake, neg: Negotiated, own_public: bytes) -> None:
+    _emit_server_hello(hs, neg, _server_hello(hs, neg, own_public))
 
 
 def _handshake_keys(hs: ServerHandshake, neg: Negotiated, early: EarlySecret, shared: bytes,
@@ -354,10 +367,12 @@ class ExpectDeriveAndSign(State):
     signature are out together."""
 
     expects = "the key exchange result and the CertificateVerify signature"
-    __slots__ = ("neg", "own_public", "hello_hash", "flight")
+    __slots__ = ("neg", "own_public", "server_hello", "hello_hash", "flight")
 
-    def __init__(self, neg: Negotiated, own_public: bytes, hello_hash: bytes, flight: bytes):
-        self.neg, self.own_public, self.hello_hash, self.flight = neg, own_public, hello_hash, flight
+    def __init__(self, neg: Negotiated, own_public: bytes, server_hello: bytes, hello_hash: bytes,
+                 flight: bytes):
+        self.neg, self.own_public, self.server_hello = neg, own_public, server_hello
+        self.hello_hash, self.flight = hello_hash, flight
 
     def on_derive_and_sign(self, hs: ServerHandshake, own_public: bytes, shared: bytes,
                            signature: bytes) -> State:
@@ -366,6 +381,7 @@ class ExpectDeriveAndSign(State):
             # key would give a secret the client can never match.
             raise CryptoProviderError("the key exchange under our key share returned another public key")
         neg = self.neg
+        _emit_server_hello(hs, neg, self.server_hello)
         hs_secret, client_hs, server_hs = _handshake_keys(hs, neg, EarlySecret(neg.suite), shared,
                                                           self.hello_hash)
         cv = c.certificate_verify(c.SCHEME_IDS[neg.scheme], signature)
