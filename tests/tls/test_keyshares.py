@@ -127,3 +127,40 @@ def test_bad_settings_are_refused():
         KeySharePool(Generator(), size=-1)
     with pytest.raises(ValueError):
         KeySharePool(Generator(), lifetime_s=0)
+
+
+async def test_shares_left_after_a_failed_refill_still_expire_without_traffic(autojump_clock):
+    # Forward secrecy holds when the engine goes away too: a refill that fails
+    # (engine detached, device down) must not leave the shares still in stock
+    # in memory past their lifetime, waiting for a take that may never come.
+    gen = Generator()
+    p = pool(gen, lifetime_s=30.0)
+    p.take("x25519")
+    await trio.sleep(0.01)
+    gen.fail = True
+    for _ in range(5):                              # 3 left, below the low-water mark: a refill, which fails
+        assert p.take("x25519") is not None
+    await trio.sleep(0.01)
+    assert p.stats.refill_failures == 1 and len(p._stock["x25519"]) == 3
+    await trio.sleep(31)                            # no take meanwhile
+    assert len(p._stock["x25519"]) == 0 and p.stats.expired == 3
+    assert gen.calls == [8, 5]                      # (no retry without a take)
+
+
+async def test_after_a_failed_refill_with_shares_left_a_take_retries_after_retry_s(autojump_clock):
+    gen = Generator()
+    p = pool(gen)
+    p.take("x25519")
+    await trio.sleep(0.01)
+    gen.fail = True
+    for _ in range(5):
+        p.take("x25519")
+    await trio.sleep(0.01)
+    gen.fail = False
+    assert p.take("x25519") is not None             # within RETRY_S: no new attempt
+    await trio.sleep(0.01)
+    assert gen.calls == [8, 5]
+    await trio.sleep(_keyshares.RETRY_S)
+    assert p.take("x25519") is not None             # after it: this take's wake-up refills
+    await trio.sleep(0.01)
+    assert gen.calls == [8, 5, 7] and p.stocked("x25519") == 8

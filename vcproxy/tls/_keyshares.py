@@ -34,7 +34,8 @@ stock at its first take (the pid changed), so no share serves two processes.
 Failures: a ``generate`` that raises (the engine failed the keygens and no
 fallback took them) is counted (``refill_failures``) and retried no sooner
 than ``RETRY_S`` later; handshakes meanwhile miss and use the one-op path,
-so no handshake is lost to a failed refill.
+so no handshake is lost to a failed refill. The keeper stays while shares
+are left in stock, so they still expire on time.
 """
 from __future__ import annotations
 
@@ -143,9 +144,10 @@ class KeySharePool:
         stock = self._stock[group]
         try:
             while True:
-                if len(stock) < self.low_water:
-                    if not await self._refill(group, stock):
-                        return  # (retry after RETRY_S, started by a take)
+                if len(stock) < self.low_water and self._clock() >= self._retry_at.get(group, 0.0):
+                    # A failure: no retry before RETRY_S (a take wakes us); the
+                    # shares still in stock are purged on time all the same.
+                    await self._refill(group, stock)
                 if not stock:
                     return
                 wake = trio.Event()
