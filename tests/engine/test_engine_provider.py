@@ -68,3 +68,33 @@ async def test_a_full_handshake_sends_derive_and_signature_as_one_device_batch(h
     assert pool.stats.generated == pool.size
     assert fe.stats.fallback_requests == 0
     await provider.aclose()
+
+
+async def test_a_key_share_refill_while_an_attach_is_under_way_attaches_once(tmp_path):
+    """The engine-backend comes back while a worker is detached: the frontend
+    re-attaches in the background (a request's or the readiness exporter's
+    attempt) and the key-share pool's refill asks for an attachment at the
+    same moment. One attachment results, not two (a second would orphan the
+    first: its region, fds and tasks live on, and the backend counts an extra
+    frontend for this worker)."""
+    import engine_daemons
+
+    backend = engine_daemons.backend(tmp_path)
+    provider = VcryptoProvider(backend.socket_path, linger_s=0.2)
+    fe = provider.frontend
+    with trio.fail_after(30):
+        assert not await fe.start()                 # nothing there yet: detached
+        backend.start()
+        try:
+            await trio.sleep(fe.reconnect_interval_s)   # past the retry interval
+            fe.reattach_soon()                      # the background re-attach, under way
+            assert fe._state.value == "attaching"
+            await provider._generate_key_shares("x25519", 4)  # a refill meanwhile
+            while not fe.attached:
+                await trio.sleep(0.01)
+            await trio.sleep(0.2)                   # (a second attempt would finish by now)
+            assert fe.stats.attaches == 1
+            assert engine_daemons.backend_stats(backend.socket_path)["frontends_attached"] == 1
+        finally:
+            await provider.aclose()
+            backend.stop()

@@ -174,7 +174,9 @@ class Frontend:
         return att if att is not None and att.alive else None
 
     async def start(self) -> bool:
-        """Attach now (first use). False if the backend is unreachable."""
+        """Attach now (first use). False if the backend is unreachable, or
+        while an attach started elsewhere (a request's, ``reattach_soon``) is
+        still under way."""
         token = trio.lowlevel.current_trio_token()
         if token is not self._token:
             self._abandon()  # a new trio run (or a forked child): start afresh
@@ -189,7 +191,9 @@ class Frontend:
                 self._first_attach.set()
         elif not self._first_attach.is_set():
             await self._first_attach.wait()
-        elif not self.attached:
+        elif not self.attached and self._state is not _State.ATTACHING:
+            # (one attach at a time: a second one finishing after the first
+            # would replace its attachment and orphan it, fds, region, tasks)
             await self._try_attach()
         return self.attached
 
