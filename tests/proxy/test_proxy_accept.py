@@ -88,3 +88,39 @@ async def test_accepted_sockets_have_tcp_nodelay_without_a_call_of_their_own():
     sock.close()
     client.close()
     lsock.close()
+
+
+class _AbortingListener:
+    """A real listening socket whose next accept() fails as the kernel's does
+    for a client that reset while in the backlog (ECONNABORTED; Linux reports
+    it rarely, other kernels often): the failure cannot be made on demand on
+    loopback, so it is raised here, in front of a real accept()."""
+
+    def __init__(self, sock: stdsocket.socket, failures: list[int]):
+        self.sock, self.failures = sock, failures
+
+    def accept(self):
+        if self.failures:
+            raise OSError(self.failures.pop(0), "injected")
+        return self.sock.accept()
+
+    def fileno(self):
+        return self.sock.fileno()
+
+
+async def test_a_client_that_aborted_in_the_backlog_is_skipped_not_fatal():
+    """accept() errors that concern one client (ECONNABORTED, EPROTO, ...)
+    skip that client: before, any errno but the out-of-resources ones ended
+    the accept loop and with it the worker."""
+    import errno
+    lsock = await open_listener("127.0.0.1", 0)
+    client = _connect(lsock.getsockname()[1])
+    listener = _AbortingListener(lsock, [errno.ECONNABORTED, errno.EPROTO])
+    with trio.fail_after(5):
+        sock, addr = await _server()._accept(listener)
+    assert addr[0] == "127.0.0.1" and listener.failures == []
+    sock.close()
+    client.close()
+    with pytest.raises(OSError):  # a listener's own failure still ends the loop
+        await _server()._accept(_AbortingListener(lsock, [errno.EBADF]))
+    lsock.close()

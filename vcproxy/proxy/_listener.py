@@ -56,6 +56,12 @@ from ._upstream import UpstreamPool
 LISTEN_BACKLOG = 4096
 #: accept() failures that mean "not now" (the client stays in the backlog)
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors that concern one client only (it went away, or a network
+#: error was pending on it; accept(2) "Error handling"): skip it, take the
+#: next. trio's SocketListener ignores the same set.
+_CLIENT_ACCEPT_ERRORS = frozenset(getattr(errno, name) for name in (
+    "ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+    "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
 ACCEPT_RETRY_S = 0.1
 PROXY_HEADER_READ_BYTES = 4096
 #: Consecutive accepts that did not wait before the next one yields to the scheduler.
@@ -329,6 +335,11 @@ class ConnectionServer:
             except BlockingIOError:
                 self._accepts_in_a_row = 0
                 await _wait_readable(sock)
+            except OSError as exc:
+                if exc.errno not in _CLIENT_ACCEPT_ERRORS:
+                    raise
+                # (one client's failure, not the listener's: it must not end the
+                # accept loop and with it the worker)
         self._accepts_in_a_row += 1
         if self._accepts_in_a_row >= YIELD_AFTER_ACCEPTS:
             self._accepts_in_a_row = 0
