@@ -7,7 +7,8 @@ exchange, signature and record batch becomes engine requests:
 
 - ``key_exchange(group, peer)`` -> one ECDH request (keygen + derive in one
   op) on the shared per-group session; with ``private_key`` the keyed form
-  (src = scalar || peer);
+  (src = scalar || peer), against a client's share derive-only (the secret
+  alone, ``own_public`` returned empty: the handshake sent it already);
 - ``key_share(group)`` -> a share from this worker's ``KeySharePool``
   (``vcproxy.tls``), which refills itself with keyed-form keygens against
   the group's base point, ``size`` of them in one ``Frontend.run`` (one
@@ -211,7 +212,7 @@ class VcryptoProvider(CryptoProvider):
             # The derive asks for the secret only (dst room for it alone,
             # ``vcrypto.ops``): the host then skips recomputing our public key.
             (kst, out), (sst, sig) = await fe.run_together([
-                (kx, (scalar + peer_public, b"", b""), 0),
+                (kx, (scalar + peer_public, b"", b""), secret_bytes),
                 (sg, (message, b"", b""), 0)])
         except EngineUnavailable as exc:
             raise CryptoProviderError(f"vcrypto sign: {exc}") from exc
@@ -245,9 +246,18 @@ class VcryptoProvider(CryptoProvider):
         fe = self.frontend
         h = await fe.open_session(SessionMeta(Op.ECDH, alg))
         try:
-            # keyed form (TLS 1.2): src = our scalar || peer key (vcrypto.ops)
-            src = peer_public if private_key is None else private_key + peer_public
-            [(status, out)] = await fe.run(h, [(src, b"", b"")])
+            if private_key is None:
+                [(status, out)] = await fe.run(h, [(peer_public, b"", b"")])
+            elif peer_public == BASE_POINTS[group]:  # keyed form: our share
+                [(status, out)] = await fe.run(h, [(private_key + peer_public, b"", b"")])
+            else:
+                # keyed form against the client's share (TLS 1.2's derive): the
+                # secret only (dst room for it alone, vcrypto.ops): we sent our
+                # share already, the host need not recompute it.
+                n = ECDH_SECRET_BYTES[alg]
+                [(status, out)] = await fe.run_together([(h, (private_key + peer_public, b"", b""), n)])
+                if status is SlotStatus.OK:
+                    return b"", out[len(out) - n:]  # (an in-process redo: the full form's tail)
         finally:
             await fe.close_session(h)
         if status is SlotStatus.INVALID:

@@ -34,7 +34,10 @@ The seam, and why each shape is what it is:
     the group's base point (``BASE_POINTS``: ``own_public`` is then our share)
     and then against the client's share. The scalar lives in the handshake
     state, not in the provider (vcrypto: ``Op.ECDH`` with src = scalar || peer),
-    so a remote provider still keeps no per-connection state.
+    so a remote provider still keeps no per-connection state. Against the
+    client's share ``own_public`` is not needed (the handshake sent it): a
+    provider may return it empty (vcrypto does: its host then skips
+    recomputing it).
 
 ``CryptoProvider.key_share(group) -> KeyShare | None``
     Sync: a fresh ephemeral key pair (``KeyShare``: scalar and our public

@@ -173,9 +173,10 @@ def _aead(job: CryptoJob) -> bytes:
         raise CryptoOpError(CryptoOpError.Kind.BAD_MESSAGE, "AEAD tag mismatch") from None
 
 
-def _x25519(src: bytes) -> bytes:
+def _x25519(src: bytes, secret_only: bool = False) -> bytes:
     """``src`` = the peer's key (keygen + derive), or own scalar || peer key
-    (the keyed form TLS 1.2 uses, ``vcrypto.ops``); own public key || secret."""
+    (the keyed form TLS 1.2 uses, ``vcrypto.ops``); own public key || secret,
+    or the secret alone (``secret_only``, keyed form: no base multiplication)."""
     if len(src) == 64:
         own, peer = bytes(src[:32]), bytes(src[32:])
     elif len(src) == 32:
@@ -189,6 +190,8 @@ def _x25519(src: bytes) -> bytes:
         shared = sodium.crypto_scalarmult(own, peer)
     except nacl.exceptions.RuntimeError:
         raise CryptoOpError(_BAD, "X25519 exchange failed: all-zero shared secret") from None
+    if secret_only and len(src) == 64:
+        return shared
     return sodium.crypto_scalarmult_base(own) + shared
 
 
@@ -216,7 +219,7 @@ class SodiumResource(Resource):
             raise CryptoOpError(CryptoOpError.Kind.NOT_SUPPORTED,
                                 f"{self.name}: libsodium cannot do {job.op.value}/{job.alg.value}")
         if job.op is Op.ECDH:
-            return _x25519(job.src)
+            return _x25519(job.src, job.secret_only)
         if job.op is Op.SIGN:
             return sodium.crypto_sign(bytes(job.src), self._keys.get(job.key_id, job.key))[:64]
         return _aead(job)
