@@ -93,3 +93,32 @@ def test_keygen_against_the_base_point_and_the_keyless_form():
     # fit a secret-only dst: the host fails it, as any result too long)
     peer = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
     assert len(crypto.perform(Op.ECDH, Alg.X25519, b"", b"", peer, secret_only=True)) == 64
+
+
+def test_sodium_keygen_against_the_base_point_is_one_fixed_base_multiplication(monkeypatch):
+    """A key-share refill's keygen (scalar || u = 9) on the sodium resource:
+    X25519(k, 9) is the public key, so one fixed-base multiplication, no
+    general one (the libsodium calls are counted, not replaced)."""
+    import nacl.bindings
+
+    from vcrypto.host.resources import sodium as sodium_mod
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            fn = getattr(nacl.bindings, name)
+            if not name.startswith("crypto_scalarmult"):
+                return fn
+            return lambda *a: calls.append(name) or fn(*a)
+
+    monkeypatch.setattr(sodium_mod, "sodium", Counting())
+    scalar = os.urandom(32)
+    keygen = CryptoJob(Op.ECDH, Alg.X25519, b"", b"", scalar + b"\x09" + bytes(31))
+    res = SodiumResource("na")
+    assert res.execute_inline(keygen) == OpensslResource("o").execute_inline(keygen)
+    assert calls == ["crypto_scalarmult_base"]
+    calls.clear()
+    _s, peer = _peer(Alg.X25519)
+    derive = CryptoJob(Op.ECDH, Alg.X25519, b"", b"", scalar + peer, secret_only=True)
+    assert res.execute_inline(derive) == OpensslResource("o").execute_inline(derive)
+    assert calls == ["crypto_scalarmult"]  # derive-only: no public key either
