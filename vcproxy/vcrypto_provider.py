@@ -14,8 +14,8 @@ exchange, signature and record batch becomes engine requests:
   the group's base point, ``size`` of them in one ``Frontend.run`` (one
   opdone per 16: one device batch), in the background. A full handshake
   that gets one runs ``derive_and_sign``: its derive (shared secret only)
-  and its signature leave in one opdone from one task
-  (``Frontend.run_together``): one device batch, one wake-up;
+  and its signature are both published by one task before it waits
+  (``Frontend.run_together``): the kicker rings once, one device batch;
 - ``sign(key, scheme, message)`` -> one SIGN request on the session for
   (scheme, key), found through the local handle table and the backend's
   shared session cache, so every connection (and every worker) with the same
@@ -215,7 +215,7 @@ class VcryptoProvider(CryptoProvider):
                 (kx, (scalar + peer_public, b"", b""), secret_bytes),
                 (sg, (message, b"", b""), 0)])
         except EngineUnavailable as exc:
-            raise CryptoProviderError(f"vcrypto sign: {exc}") from exc
+            raise CryptoProviderError(f"vcrypto derive and sign: {exc}") from exc
         finally:
             await fe.close_session(kx)
             await fe.close_session(sg)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 import tls_support
 from vcproxy.vcrypto_provider import VcryptoProvider
@@ -92,4 +93,27 @@ async def test_a_derive_only_ecdh_gets_the_secret_alone_from_the_host(host_and_b
     assert status is SlotStatus.OK
     assert out == ours.exchange(peer)
     assert fe.stats.redone_requests == 0 and fe.stats.fallback_requests == 0
+    await fe.aclose()
+
+
+async def test_run_together_without_an_engine_computes_in_process(tmp_path):
+    """No backend at the socket: every request of a ``run_together`` runs
+    in-process (counted as fallbacks), the derive-only one as the full form
+    whose tail is the secret."""
+    fe = Frontend(str(tmp_path / "nobody.sock"))
+    ours = x25519.X25519PrivateKey.generate()
+    peer = x25519.X25519PrivateKey.generate().public_key()
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    with trio.fail_after(30):
+        kx = await fe.open_session(SessionMeta(Op.ECDH, Alg.X25519))
+        sg = await fe.open_session(SessionMeta(Op.SIGN, Alg.ECDSA_SECP256R1_SHA256, der))
+        (ks, out), (ss, sig) = await fe.run_together([
+            (kx, (ours.private_bytes_raw() + peer.public_bytes_raw(), b"", b""), 32),
+            (sg, (b"message", b"", b""), 0)])
+    assert ks is SlotStatus.OK and out[-32:] == ours.exchange(peer)
+    assert ss is SlotStatus.OK
+    key.public_key().verify(sig, b"message", ec.ECDSA(hashes.SHA256()))
+    assert fe.stats.fallback_requests == 2 and fe.stats.submitted == 0
     await fe.aclose()

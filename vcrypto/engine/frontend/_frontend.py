@@ -620,9 +620,9 @@ class Frontend:
         the op's ``max_dst_bytes``; less asks an op that reads it, ECDH's
         derive-only form, for less). Results in order.
 
-        A TLS handshake's ECDH derive and signature leave in one opdone (the
-        kicker rings once: one device batch) from one task, without a child
-        task per op. Anything the fast path cannot take at once (detached,
+        A TLS handshake's ECDH derive and signature are published by one
+        task before it waits (one opdone each; the kicker rings once: one
+        device batch), without a child task per op. Anything the fast path cannot take at once (detached,
         a session refused, a request over a data chunk, too few free slots)
         runs through ``run`` one request after the other, with its fallback
         and capacity rules; requests submitted here that the backend does
