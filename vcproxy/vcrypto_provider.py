@@ -7,14 +7,15 @@ exchange, signature and record batch becomes engine requests:
 
 - ``key_exchange(group, peer)`` -> one ECDH request (keygen + derive in one
   op) on the shared per-group session; with ``private_key`` the keyed form
-  (src = scalar || peer);
+  (src = scalar || peer), against a client's share derive-only (the secret
+  alone, ``own_public`` returned empty: the handshake sent it already);
 - ``key_share(group)`` -> a share from this worker's ``KeySharePool``
   (``vcproxy.tls``), which refills itself with keyed-form keygens against
   the group's base point, ``size`` of them in one ``Frontend.run`` (one
   opdone per 16: one device batch), in the background. A full handshake
-  that gets one submits its derive and its signature in one trio tick
-  (``concurrent_ops``): the frontend's kicker rings once and both travel
-  in one device batch;
+  that gets one runs ``derive_and_sign``: its derive (shared secret only)
+  and its signature are both published by one task before it waits
+  (``Frontend.run_together``): the kicker rings once, one device batch;
 - ``sign(key, scheme, message)`` -> one SIGN request on the session for
   (scheme, key), found through the local handle table and the backend's
   shared session cache, so every connection (and every worker) with the same
@@ -52,7 +53,7 @@ from vcproxy.tls import (BASE_POINTS, SCHEMES_BY_KEY_TYPE, AeadSession, BadRecor
                          ecdhe_scalar, key_type_of, load_private_key_pem)
 from vcrypto.engine import (EngineSession, EngineUnavailable, Frontend, InlineOpError, InlineSession,
                             SessionMeta, SlotStatus, ecdh_split)
-from vcrypto.ops import HYBRID_KX_ALGS, KX_PEER_BYTES, Alg, Op
+from vcrypto.ops import ECDH_SECRET_BYTES, HYBRID_KX_ALGS, KX_PEER_BYTES, Alg, Op
 
 _SIGN_SCHEMES = tuple(sorted(a.value for a in (
     Alg.ECDSA_SECP256R1_SHA256, Alg.ECDSA_SECP384R1_SHA384, Alg.RSA_PSS_RSAE_SHA256,
@@ -197,8 +198,36 @@ class VcryptoProvider(CryptoProvider):
         return [KeyShare(group, ecdh_split(alg, out)[0], scalar)
                 for scalar, (status, out) in zip(scalars, results) if status is SlotStatus.OK]
 
-    async def key_exchange(self, group: str, peer_public: bytes, *,
-                           private_key: bytes | None = None) -> tuple[bytes, bytes]:
+    async def derive_and_sign(self, group: str, peer_public: bytes, scalar: bytes, key: SigningKey,
+                              scheme: str, message: bytes) -> tuple[bytes, bytes]:
+        self._check_share(group, peer_public, scalar)
+        if scheme not in key.schemes:
+            raise CryptoProviderError(f"key of type {key.key_type} cannot sign {scheme}")
+        alg = Alg(group)
+        fe = self.frontend
+        kx = await fe.open_session(SessionMeta(Op.ECDH, alg))
+        sg = await fe.open_session(self._sign_meta(key, scheme))
+        secret_bytes = ECDH_SECRET_BYTES[alg]
+        try:
+            # The derive asks for the secret only (dst room for it alone,
+            # ``vcrypto.ops``): the host then skips recomputing our public key.
+            (kst, out), (sst, sig) = await fe.run_together([
+                (kx, (scalar + peer_public, b"", b""), secret_bytes),
+                (sg, (message, b"", b""), 0)])
+        except EngineUnavailable as exc:
+            raise CryptoProviderError(f"vcrypto derive and sign: {exc}") from exc
+        finally:
+            await fe.close_session(kx)
+            await fe.close_session(sg)
+        if kst is SlotStatus.INVALID:
+            raise IllegalParameter(f"{group} key share rejected")
+        _check(kst, "key exchange")
+        _check(sst, "sign")
+        # (an in-process redo computes the full form: the secret is its tail)
+        return out[len(out) - secret_bytes:], sig
+
+    @staticmethod
+    def _check_share(group: str, peer_public: bytes, private_key: bytes | None) -> None:
         size = _GROUP_PEER_BYTES.get(group)
         if size is None:
             raise CryptoProviderError(f"unsupported group {group!r}")
@@ -209,13 +238,26 @@ class VcryptoProvider(CryptoProvider):
         # its exact length is illegal_parameter (its key and point: the host's).
         if len(peer_public) != size or (group in _EC_POINT_GROUPS and peer_public[0] != 4):
             raise IllegalParameter(f"{group} key share of {len(peer_public)} bytes is malformed")
+
+    async def key_exchange(self, group: str, peer_public: bytes, *,
+                           private_key: bytes | None = None) -> tuple[bytes, bytes]:
+        self._check_share(group, peer_public, private_key)
         alg = Alg(group)
         fe = self.frontend
         h = await fe.open_session(SessionMeta(Op.ECDH, alg))
         try:
-            # keyed form (TLS 1.2): src = our scalar || peer key (vcrypto.ops)
-            src = peer_public if private_key is None else private_key + peer_public
-            [(status, out)] = await fe.run(h, [(src, b"", b"")])
+            if private_key is None:
+                [(status, out)] = await fe.run(h, [(peer_public, b"", b"")])
+            elif peer_public == BASE_POINTS[group]:  # keyed form: our share
+                [(status, out)] = await fe.run(h, [(private_key + peer_public, b"", b"")])
+            else:
+                # keyed form against the client's share (TLS 1.2's derive): the
+                # secret only (dst room for it alone, vcrypto.ops): we sent our
+                # share already, the host need not recompute it.
+                n = ECDH_SECRET_BYTES[alg]
+                [(status, out)] = await fe.run_together([(h, (private_key + peer_public, b"", b""), n)])
+                if status is SlotStatus.OK:
+                    return b"", out[len(out) - n:]  # (an in-process redo: the full form's tail)
         finally:
             await fe.close_session(h)
         if status is SlotStatus.INVALID:
@@ -241,9 +283,8 @@ class VcryptoProvider(CryptoProvider):
     async def sign(self, key: SigningKey, scheme: str, message: bytes) -> bytes:
         if scheme not in key.schemes:
             raise CryptoProviderError(f"key of type {key.key_type} cannot sign {scheme}")
-        meta = SessionMeta(Op.SIGN, Alg(scheme), key.private_key_der or b"", key.key_ref or "")
         fe = self.frontend
-        h = await fe.open_session(meta)
+        h = await fe.open_session(self._sign_meta(key, scheme))
         try:
             [(status, sig)] = await fe.run(h, [(message, b"", b"")])
         except EngineUnavailable as exc:
@@ -252,6 +293,10 @@ class VcryptoProvider(CryptoProvider):
             await fe.close_session(h)
         _check(status, "sign")
         return sig
+
+    @staticmethod
+    def _sign_meta(key: SigningKey, scheme: str) -> SessionMeta:
+        return SessionMeta(Op.SIGN, Alg(scheme), key.private_key_der or b"", key.key_ref or "")
 
     def aead(self, suite_alg: str, key: bytes) -> AeadSession:
         return VcryptoAead(self, suite_alg, key)

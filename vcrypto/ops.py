@@ -37,6 +37,12 @@ CHAIN_OPEN     ciphertext || HMAC                 plaintext, after the HMAC over
                                                   (status BADMSG on mismatch)
 =============  =================================  ===============================
 
+ECDH derive-only: a keyed-form request whose dst has room for the shared
+secret alone (``ECDH_SECRET_BYTES``, ``ecdh_secret_only``) gets just the
+secret. The requester already holds its public key (a pre-generated share, a
+TLS 1.2 ServerKeyExchange), so the device skips recomputing it: one scalar
+multiplication instead of two.
+
 Keys: CIPHER the raw AES key; MAC the HMAC key (1..512 bytes); CHAIN the AES
 key followed by the HMAC key (its length is the rest).
 """
@@ -193,6 +199,14 @@ ECDH_SECRET_BYTES = {Alg.X25519: 32, Alg.SECP256R1: 32, Alg.SECP384R1: 48,
 KX_PEER_BYTES = {**{a: ECDH_PUBLIC_BYTES[a] for a in ECDH_ALGS - HYBRID_KX_ALGS},
                  Alg.X25519MLKEM768: 1184 + 32, Alg.SECP256R1MLKEM768: 65 + 1184}
 ECDH_DST_BYTES = {a: ECDH_PUBLIC_BYTES[a] + ECDH_SECRET_BYTES[a] for a in ECDH_PUBLIC_BYTES}
+
+
+def ecdh_secret_only(alg: Alg, dst_len: int) -> bool:
+    """An ECDH request with ``dst_len`` bytes of dst asks for the shared
+    secret only (the derive-only keyed form above)."""
+    return dst_len < ECDH_DST_BYTES[alg]
+
+
 SIGN_DST_BYTES = {Alg.ED25519: 64, Alg.ECDSA_SECP256R1_SHA256: 72,
                   Alg.ECDSA_SECP384R1_SHA384: 104}
 MAX_SIGNATURE_BYTES = 1024   # RSA up to 8192 bits

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import trio
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
 import tls_support
 from vcproxy.vcrypto_provider import VcryptoProvider
+from vcrypto.engine import Frontend, SessionMeta, SlotStatus
+from vcrypto.ops import Alg, Op
 
 
 async def _session(port, cert, msgs):
@@ -67,6 +72,7 @@ async def test_a_full_handshake_sends_derive_and_signature_as_one_device_batch(h
     assert pool.stats.used == 1 and pool.stats.refills == 1
     assert pool.stats.generated == pool.size
     assert fe.stats.fallback_requests == 0
+    assert fe.stats.redone_requests == 0  # the host honoured the derive-only dst
     await provider.aclose()
 
 
@@ -98,3 +104,46 @@ async def test_a_key_share_refill_while_an_attach_is_under_way_attaches_once(tmp
         finally:
             await provider.aclose()
             backend.stop()
+
+
+async def test_a_derive_only_ecdh_gets_the_secret_alone_from_the_host(host_and_backend):
+    """The keyed form with dst room for the secret only (vcrypto.ops): the
+    host returns the 32-byte secret itself (a host computing the full form
+    would overflow the dst: ERR, redone in-process, 64 bytes)."""
+    _host, backend = host_and_backend
+    fe = Frontend(backend.socket_path)
+    ours = x25519.X25519PrivateKey.generate()
+    scalar = ours.private_bytes_raw()
+    peer = x25519.X25519PrivateKey.generate().public_key()
+    with trio.fail_after(30):
+        assert await fe.start()
+        h = await fe.open_session(SessionMeta(Op.ECDH, Alg.X25519))
+        [(status, out)] = await fe.run_together([(h, (scalar + peer.public_bytes_raw(), b"", b""), 32)])
+        await fe.close_session(h)
+    assert status is SlotStatus.OK
+    assert out == ours.exchange(peer)
+    assert fe.stats.redone_requests == 0 and fe.stats.fallback_requests == 0
+    await fe.aclose()
+
+
+async def test_run_together_without_an_engine_computes_in_process(tmp_path):
+    """No backend at the socket: every request of a ``run_together`` runs
+    in-process (counted as fallbacks), the derive-only one as the full form
+    whose tail is the secret."""
+    fe = Frontend(str(tmp_path / "nobody.sock"))
+    ours = x25519.X25519PrivateKey.generate()
+    peer = x25519.X25519PrivateKey.generate().public_key()
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    with trio.fail_after(30):
+        kx = await fe.open_session(SessionMeta(Op.ECDH, Alg.X25519))
+        sg = await fe.open_session(SessionMeta(Op.SIGN, Alg.ECDSA_SECP256R1_SHA256, der))
+        (ks, out), (ss, sig) = await fe.run_together([
+            (kx, (ours.private_bytes_raw() + peer.public_bytes_raw(), b"", b""), 32),
+            (sg, (b"message", b"", b""), 0)])
+    assert ks is SlotStatus.OK and out[-32:] == ours.exchange(peer)
+    assert ss is SlotStatus.OK
+    key.public_key().verify(sig, b"message", ec.ECDSA(hashes.SHA256()))
+    assert fe.stats.fallback_requests == 2 and fe.stats.submitted == 0
+    await fe.aclose()

@@ -133,3 +133,30 @@ async def test_unreachable_engine_at_start(tmp_path, fallback):
         assert provider.name == "vcrypto" and isinstance(provider.inner, FallbackProvider)
         own, shared = await provider.key_exchange("x25519", peer_share())
         assert len(shared) == 32
+
+
+async def test_derive_and_sign_is_counted_and_falls_back_op_by_op():
+    """A pre-generated share's derive + CertificateVerify signature (one seam
+    call): counted as one ecdh and one sign; a failing engine redoes each op
+    with its own per-op fallback, and the secret is the share's."""
+    share = InlineProvider().key_share("x25519")
+    peer = x25519.X25519PrivateKey.generate()
+    peer_pub = peer.public_key().public_bytes_raw()
+    want = peer.exchange(x25519.X25519PublicKey.from_public_bytes(share.public))
+    counts: list[tuple[str, str]] = []
+    counting = CountingProvider(InlineProvider(), lambda op, prov: counts.append((op, prov)))
+    key = counting.load_signing_key(key_pem())
+    shared, sig = await counting.derive_and_sign("x25519", peer_pub, share.scalar, key,
+                                                 "ecdsa_secp256r1_sha256", b"m")
+    assert shared == want and sig[0] == 0x30
+    assert counts == [("ecdh", "inline"), ("sign", "inline")]
+    fallbacks: list[tuple[str, str]] = []
+    p = FallbackProvider(BrokenEngine(), InlineProvider(), lambda op, reason: fallbacks.append((op, reason)))
+    key = p.load_signing_key(key_pem())
+    shared, sig = await p.derive_and_sign("x25519", peer_pub, share.scalar, key,
+                                          "ecdsa_secp256r1_sha256", b"m")
+    assert shared == want and sig[0] == 0x30
+    assert fallbacks == [("ecdh", "CryptoProviderError"), ("sign", "CryptoProviderError")]
+    with pytest.raises(IllegalParameter):  # a peer's fault: no fallback
+        await p.derive_and_sign("x25519", b"\x00" * 31, share.scalar, key, "ecdsa_secp256r1_sha256", b"m")
+    assert len(fallbacks) == 2

@@ -63,11 +63,9 @@ class _CountingAead(AeadSession):
 
 
 class CountingProvider(CryptoProvider):
-    """Wraps InlineProvider, counting every operation that crosses the seam.
-
-    ``concurrent_ops`` is left True (unlike the inline provider's): the
-    stream then runs a pre-generated key share's derive and signature in its
-    concurrent step, so the interop suite drives that path too."""
+    """Wraps InlineProvider, counting every operation that crosses the seam
+    (``derive_and_sign`` is the seam's default: ``key_exchange`` then
+    ``sign``, each counted)."""
 
     name = "counting"
 

@@ -156,7 +156,7 @@ def test_1rtt_handshake_with_a_pre_generated_key_share():
     assert step.sign.message == b" " * 64 + b"TLS 1.3, server CertificateVerify\x00" + signed
     assert step.sign.scheme == "rsa_pss_rsae_sha256"
     signature = c.Reader(cv_msg, 6).vec(2, "signature")
-    cmds = hs.derive_and_sign_done(v.SERVER_PUBLIC_X25519, v.SHARED_SECRET, signature)
+    cmds = hs.derive_and_sign_done(v.SHARED_SECRET, signature)
     assert cmds[0] == SendHandshake(Epoch.INITIAL, v.SERVER_HELLO)  # (no CCS: empty session id)
     installs = {(k.direction, k.epoch): k.secret for k in cmds if isinstance(k, InstallKeys)}
     assert installs[("write", Epoch.HANDSHAKE)] == v.SERVER_HS_TRAFFIC

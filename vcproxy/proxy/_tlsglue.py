@@ -139,9 +139,17 @@ class CountingProvider(CryptoProvider):
         # (the pool's refills are counted by the pool: crypto_key_shares_total)
         return self.inner.key_share(group)
 
-    @property
-    def concurrent_ops(self) -> bool:
-        return self.inner.concurrent_ops
+    async def derive_and_sign(self, group, peer_public, scalar, key, scheme, message):
+        try:
+            out = await self.inner.derive_and_sign(group, peer_public, scalar, key, scheme, message)
+        except CryptoProviderError as exc:
+            # (as ``sign``: a keyless key's host failing is worth knowing)
+            if key.private_key_der is None and key.key_ref and self._on_keyless_failure is not None:
+                self._on_keyless_failure(key.key_ref, exc)
+            raise
+        self._count("ecdh", self.name)
+        self._count("sign", self.name)
+        return out
 
     def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
         return self.inner.load_signing_key(private_key_pem, key_ref=key_ref)
@@ -234,9 +242,14 @@ class FallbackProvider(CryptoProvider):
         # one-op path above, which falls back per op.
         return self.primary.key_share(group)
 
-    @property
-    def concurrent_ops(self) -> bool:
-        return self.primary.concurrent_ops
+    async def derive_and_sign(self, group, peer_public, scalar, key, scheme, message):
+        primary, _backup = key.handle
+        try:
+            return await self.primary.derive_and_sign(group, peer_public, scalar, primary, scheme, message)
+        except CryptoProviderError:
+            pass  # which op failed is not known here: each again, falling back on its own
+        _own, shared = await self.key_exchange(group, peer_public, private_key=scalar)
+        return shared, await self.sign(key, scheme, message)
 
     def load_signing_key(self, private_key_pem, *, key_ref=None):
         # Both sides need the key: the backup keeps its own handle in ``handle``.

@@ -70,7 +70,8 @@ class Sign:
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeriveAndSign:
     """BLOCKING: run both ops *together* (neither waits for the other's
-    result), then call ``derive_and_sign_done(own_public, shared, signature)``.
+    result), then call ``derive_and_sign_done(shared, signature)`` (the derive
+    under our own share: the provider returns the secret only).
 
     A TLS 1.3 full handshake with a pre-generated key share: the signature
     covers the transcript through Certificate, which holds our public share
@@ -144,8 +145,7 @@ class State:
     def on_signature(self, hs: HandshakeContext, signature: bytes) -> State:
         raise TLSUsageError(f"{type(self).__name__}: no signature was requested")
 
-    def on_derive_and_sign(self, hs: HandshakeContext, own_public: bytes, shared: bytes,
-                           signature: bytes) -> State:
+    def on_derive_and_sign(self, hs: HandshakeContext, shared: bytes, signature: bytes) -> State:
         raise TLSUsageError(f"{type(self).__name__}: no derive and signature were requested")
 
     def on_change_cipher_spec(self, hs: HandshakeContext) -> State:

@@ -76,7 +76,7 @@ from ._commands import (
     KeyExchange, SendChangeCipherSpec, SendHandshake, Sign, SkipEarlyData, State,
 )
 from ._config import CertificateEntry, ServerConfig
-from ._errors import CryptoProviderError, IllegalParameter, MissingExtension, TLSUsageError
+from ._errors import IllegalParameter, MissingExtension, TLSUsageError
 from ._keyschedule import (
     CipherSuite, EarlySecret, HandshakeSecret, MasterSecret, check_finished,
     finished_verify_data, next_traffic_secret, resumption_psk,
@@ -147,10 +147,9 @@ class ServerHandshake:
         self.state = self.state.on_signature(self, signature)
         return out
 
-    def derive_and_sign_done(self, own_public: bytes, shared_secret: bytes,
-                             signature: bytes) -> list[Command]:
+    def derive_and_sign_done(self, shared_secret: bytes, signature: bytes) -> list[Command]:
         self._out = out = []
-        self.state = self.state.on_derive_and_sign(self, own_public, shared_secret, signature)
+        self.state = self.state.on_derive_and_sign(self, shared_secret, signature)
         return out
 
     def take_key_share(self, group: str) -> KeyShare | None:
@@ -271,7 +270,7 @@ class ExpectClientHello(State):
         # §4.4.3: the signature covers CH..Certificate (our public share, no secret)
         hs.emit(DeriveAndSign(KeyExchange(group, peer_share, own.scalar),
                               Sign(neg.certificate, neg.scheme, _CV_PREFIX + hs.transcript_hash)))
-        return ExpectDeriveAndSign(neg, own.public, sh, hello_hash, flight)
+        return ExpectDeriveAndSign(neg, sh, hello_hash, flight)
 
 
 def _check_retried_hello(ch: c.ClientHello, suite: CipherSuite, retry: Retry) -> None:
@@ -362,24 +361,20 @@ def _handshake_keys(hs: ServerHandshake, neg: Negotiated, early: EarlySecret, sh
 
 
 class ExpectDeriveAndSign(State):
-    """ServerHello, EncryptedExtensions and Certificate are in the transcript;
-    the derive under our pre-generated share and the CertificateVerify
-    signature are out together."""
+    """ServerHello, EncryptedExtensions and Certificate are in the transcript
+    (the ServerHello is sent only with the rest of the flight, once both
+    results are in); the derive under our pre-generated share and the
+    CertificateVerify signature are out together."""
 
     expects = "the key exchange result and the CertificateVerify signature"
-    __slots__ = ("neg", "own_public", "server_hello", "hello_hash", "flight")
+    __slots__ = ("neg", "server_hello", "hello_hash", "flight")
 
-    def __init__(self, neg: Negotiated, own_public: bytes, server_hello: bytes, hello_hash: bytes,
-                 flight: bytes):
-        self.neg, self.own_public, self.server_hello = neg, own_public, server_hello
-        self.hello_hash, self.flight = hello_hash, flight
+    def __init__(self, neg: Negotiated, server_hello: bytes, hello_hash: bytes, flight: bytes):
+        self.neg, self.server_hello, self.hello_hash, self.flight = neg, server_hello, hello_hash, flight
 
-    def on_derive_and_sign(self, hs: ServerHandshake, own_public: bytes, shared: bytes,
-                           signature: bytes) -> State:
-        if own_public != self.own_public:
-            # The ServerHello already carries our share: a derive under another
-            # key would give a secret the client can never match.
-            raise CryptoProviderError("the key exchange under our key share returned another public key")
+    def on_derive_and_sign(self, hs: ServerHandshake, shared: bytes, signature: bytes) -> State:
+        # (the derive is under our share's scalar and returns the secret only:
+        # the ServerHello already carries the share's public key)
         neg = self.neg
         _emit_server_hello(hs, neg, self.server_hello)
         hs_secret, client_hs, server_hs = _handshake_keys(hs, neg, EarlySecret(neg.suite), shared,

@@ -34,7 +34,10 @@ The seam, and why each shape is what it is:
     the group's base point (``BASE_POINTS``: ``own_public`` is then our share)
     and then against the client's share. The scalar lives in the handshake
     state, not in the provider (vcrypto: ``Op.ECDH`` with src = scalar || peer),
-    so a remote provider still keeps no per-connection state.
+    so a remote provider still keeps no per-connection state. Against the
+    client's share ``own_public`` is not needed (the handshake sent it): a
+    provider may return it empty (vcrypto does: its host then skips
+    recomputing it).
 
 ``CryptoProvider.key_share(group) -> KeyShare | None``
     Sync: a fresh ephemeral key pair (``KeyShare``: scalar and our public
@@ -43,7 +46,7 @@ The seam, and why each shape is what it is:
     the transcript through Certificate, which holds our *public* share but
     not the shared secret: so the derive (the keyed form below, scalar ||
     client share) and the signature leave together, one round trip instead
-    of two (``TLSStream`` runs them concurrently when ``concurrent_ops``).
+    of two (``derive_and_sign`` below).
     TLS 1.2 takes its ServerKeyExchange share the same way (no base-point
     round trip). A share is handed out once and never again. None (the
     default; hybrids always: ML-KEM encapsulation needs the client's key)
@@ -51,11 +54,15 @@ The seam, and why each shape is what it is:
     provider computes one at once; vcrypto takes it from its per-worker
     ``KeySharePool`` (``_keyshares``), refilled by offloaded keygens.
 
-``CryptoProvider.concurrent_ops``
-    True when the async ops wait on something outside the task (a remote
-    engine): the stream then submits a handshake's derive and signature in
-    one trio scheduling batch. False for in-process providers, whose ops
-    finish without waiting: they run one after the other, with no task.
+``CryptoProvider.derive_and_sign(group, peer_public, scalar, key, scheme, message) -> (shared, signature)``
+    The keyed-form derive under a ``KeyShare``'s scalar and a signature, for
+    a TLS 1.3 full handshake with a pre-generated share: a remote provider
+    submits both before awaiting either (vcrypto: one device batch, from one
+    task) and asks for the shared secret only (the handshake holds our public
+    share already: the device skips recomputing it). The default runs
+    ``key_exchange`` then ``sign`` (in-process providers finish each without
+    waiting). Errors as those two (the derive's first: a bad client share is
+    the peer's fault).
 
 ``CryptoProvider.load_signing_key(pem, key_ref=None) -> SigningKey``
     Sync, done once per certificate (``CertificateEntry`` caches it per
@@ -312,8 +319,12 @@ class CryptoProvider(abc.ABC):
         handshake then uses the one-op ``key_exchange``). Default: None."""
         return None
 
-    #: See the module docstring: derive and signature submitted together.
-    concurrent_ops: bool = True
+    async def derive_and_sign(self, group: str, peer_public: bytes, scalar: bytes, key: SigningKey,
+                              scheme: str, message: bytes) -> tuple[bytes, bytes]:
+        """``(shared_secret, signature)``: see the module docstring. Default:
+        one op after the other."""
+        _own, shared = await self.key_exchange(group, peer_public, private_key=scalar)
+        return shared, await self.sign(key, scheme, message)
 
     @abc.abstractmethod
     def load_signing_key(self, private_key_pem: bytes, *, key_ref: str | None = None) -> SigningKey:
@@ -488,7 +499,6 @@ class InlineProvider(CryptoProvider):
     """Everything in-process with ``cryptography``: the baseline to compare against."""
 
     name = "inline"
-    concurrent_ops = False  # every op completes without waiting
 
     async def key_exchange(self, group: str, peer_public: bytes, *,
                            private_key: bytes | None = None) -> tuple[bytes, bytes]:

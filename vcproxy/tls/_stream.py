@@ -12,8 +12,8 @@ Theory of operation
 
 Handshake: read one record at a time (keys may change after any message),
 feed whole messages to the state machine, execute its commands in order
-(a ``DeriveAndSign`` submits both ops before awaiting either, so a remote
-provider takes them as one batch: ``_derive_and_sign``).
+(a ``DeriveAndSign`` is one ``provider.derive_and_sign`` call, which a
+remote provider submits as one batch: ``_derive_and_sign``).
 Handshake bytes for one epoch are queued and sealed together when the write
 epoch changes or before we wait for the peer, so the server flight
 EncryptedExtensions..Finished leaves as one record. NewSessionTicket is
@@ -377,8 +377,8 @@ class TLSStream(trio.abc.Stream):
                     self.provider.sign(key, cmd.scheme, cmd.message), "sign")
                 await self._execute(self._hs.signature_done(signature))
             elif kind is DeriveAndSign:
-                own_public, shared, signature = await self._derive_and_sign(cmd)
-                await self._execute(self._hs.derive_and_sign_done(own_public, shared, signature))
+                shared, signature = await self._derive_and_sign(cmd)
+                await self._execute(self._hs.derive_and_sign_done(shared, signature))
             elif kind is SendChangeCipherSpec:
                 if self._hs_out:
                     await self._seal_handshake_out()
@@ -391,45 +391,13 @@ class TLSStream(trio.abc.Stream):
             else:
                 raise TLSUsageError(f"unknown command {cmd!r}")
 
-    async def _derive_and_sign(self, cmd: DeriveAndSign) -> tuple[bytes, bytes, bytes]:
-        """Both ops of a ``DeriveAndSign``, neither awaited before the other is submitted."""
-        provider, kx, sg = self.provider, cmd.key_exchange, cmd.sign
-        key = sg.certificate.signing_key(provider)
-        if not provider.concurrent_ops:  # in-process: each op completes without waiting
-            own_public, shared = await self._provider_op(provider.key_exchange(
-                kx.group, kx.peer_public, private_key=kx.private_key), "key exchange")
-            return own_public, shared, await self._provider_op(
-                provider.sign(key, sg.scheme, sg.message), "sign")
-        # The derive runs in a child task, the signature here after one
-        # checkpoint: both first run in the same trio scheduling batch, so a
-        # remote provider submits them together (the vcrypto frontend's kicker
-        # rings once for that batch: one device batch, one round trip). Each
-        # failure is kept, not raised in the nursery, so the other op still
-        # completes and the error is the op's own typed one (the derive's
-        # first: a bad client share is the peer's fault).
-        derived: list = []
-
-        async def derive() -> None:
-            try:
-                derived.append(await self._provider_op(provider.key_exchange(
-                    kx.group, kx.peer_public, private_key=kx.private_key), "key exchange"))
-            except Exception as exc:  # (a TLSError: re-raised below)
-                derived.append(exc)
-
-        sign_error = signature = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(derive)
-            await trio.lowlevel.checkpoint()
-            try:
-                signature = await self._provider_op(provider.sign(key, sg.scheme, sg.message), "sign")
-            except Exception as exc:
-                sign_error = exc
-        [result] = derived
-        if isinstance(result, Exception):
-            raise result
-        if sign_error is not None:
-            raise sign_error
-        return result[0], result[1], signature
+    async def _derive_and_sign(self, cmd: DeriveAndSign) -> tuple[bytes, bytes]:
+        """Both ops of a ``DeriveAndSign`` in one provider call (a remote
+        provider submits both before awaiting either: one round trip)."""
+        kx, sg = cmd.key_exchange, cmd.sign
+        key = sg.certificate.signing_key(self.provider)
+        return await self._provider_op(self.provider.derive_and_sign(
+            kx.group, kx.peer_public, kx.private_key, key, sg.scheme, sg.message), "derive and sign")
 
     async def _provider_op(self, awaitable, what: str):
         if what == "seal" and self._send_deadline is not None:  # (a lazy send_all_within's)

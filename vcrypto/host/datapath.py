@@ -31,7 +31,8 @@ from vcrypto.host.memory import BadAddress, GuestMemory
 from vcrypto.host.resources._base import CryptoJob
 from vcrypto.host.sessions import Session, SessionTable
 from vcrypto.ops import (
-    AEAD_IV_BYTES, AEAD_TAG_BYTES, CHAIN_PARTS, CIPHER_BLOCK_BYTES, MAC_DIGEST_BYTES, Op, max_dst_bytes,
+    AEAD_IV_BYTES, AEAD_TAG_BYTES, CHAIN_PARTS, CIPHER_BLOCK_BYTES, MAC_DIGEST_BYTES, Op, ecdh_secret_only,
+    max_dst_bytes,
 )
 from vcrypto.shm.virtqueue import (
     DESC_BYTES, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
@@ -343,7 +344,8 @@ def parse_request(vq: SplitVirtqueue, head: int, mem: GuestMemory, sessions: Ses
             else:
                 src = r.read(off + iv_len + aad_len, src_len)
             job = CryptoJob(op=op, alg=session.alg, key=session.key, key_id=session.key_id,
-                            src=src, iv=iv, aad=aad, seq=seq)
+                            src=src, iv=iv, aad=aad, seq=seq,
+                            secret_only=op is Op.ECDH and ecdh_secret_only(session.alg, dst_len))
         except BaseException:
             sessions.release(session)
             raise

@@ -109,7 +109,9 @@ assigned ones, 0x80 for a service and 0x8000+ for algorithms/types):
 * service ``VCRYPTO_SERVICE_KX`` = 0x80: ECDH keygen+derive in one op. src =
   the peer's public key (X25519 raw 32 B; P-256/384 SEC1 uncompressed), or
   own private scalar (32/32/48 B) || peer key (keyed form, TLS 1.2),
-  dst = own ephemeral public key || shared secret. Curves
+  dst = own ephemeral public key || shared secret; a keyed-form request with
+  dst_data_len of the secret's size alone (32/32/48) gets only the secret
+  (derive-only: the driver holds its public key). Curves
   ``VCRYPTO_KX_X25519MLKEM768`` = 0x8002 and ``VCRYPTO_KX_SECP256R1MLKEM768``
   = 0x8003 are the post-quantum hybrids of draft-ietf-tls-ecdhe-mlkem, a KEM
   in the same one-op shape: src = the client share (ML-KEM-768 encapsulation

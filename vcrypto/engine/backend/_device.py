@@ -20,6 +20,7 @@ import abc
 import dataclasses
 
 from vcrypto.shm.region import Region
+from vcrypto.ops import Op, ecdh_secret_only
 
 from ..contract import (FrontendRegion, InlineOpError, InlineSession, SessionMeta,
                         SlotRequest, SlotStatus)
@@ -154,7 +155,8 @@ class LocalDevice(CryptoDevice):
             try:
                 out = sess.perform(bytes(mv[r.src_offset:r.src_offset + r.src_len]),
                                    bytes(mv[r.iv_offset:r.iv_offset + r.iv_len]),
-                                   bytes(mv[r.aad_offset:r.aad_offset + r.aad_len]))
+                                   bytes(mv[r.aad_offset:r.aad_offset + r.aad_len]),
+                                   r.op is Op.ECDH and ecdh_secret_only(r.alg, r.dst_cap))
             except InlineOpError as exc:
                 self._done.append((dr.token, exc.status, 0))
                 continue

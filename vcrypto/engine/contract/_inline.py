@@ -49,9 +49,9 @@ class InlineSession:
         except crypto.CryptoError as exc:
             raise InlineOpError(_STATUS[exc.kind], exc.detail) from exc
 
-    def perform(self, src: bytes, iv: bytes = b"", aad: bytes = b"") -> bytes:
+    def perform(self, src: bytes, iv: bytes = b"", aad: bytes = b"", secret_only: bool = False) -> bytes:
         try:
-            return self._prepared.perform(src, iv, aad)
+            return self._prepared.perform(src, iv, aad, secret_only)
         except crypto.CryptoError as exc:
             raise InlineOpError(_STATUS[exc.kind], exc.detail) from exc
         except crypto.CryptoFault as exc:

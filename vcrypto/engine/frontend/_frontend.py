@@ -625,11 +625,93 @@ class Frontend:
             att.maybe_unmap()
         return results  # type: ignore[return-value]
 
+    async def run_together(self, requests: Sequence[tuple[EngineSession, Item, int]]) -> list[Result]:
+        """One request on each of several sessions, ALL submitted before this
+        task suspends: ``(session, item, dst_bytes)`` each (``dst_bytes`` 0:
+        the op's ``max_dst_bytes``; less asks an op that reads it, ECDH's
+        derive-only form, for less). Results in order.
+
+        A TLS handshake's ECDH derive and signature are published by one
+        task before it waits (one opdone each; the kicker rings once: one
+        device batch), without a child task per op. Anything the fast path cannot take at once (detached,
+        a session refused, a request over a data chunk, too few free slots)
+        runs through ``run`` one request after the other, with its fallback
+        and capacity rules; requests submitted here that the backend does
+        not complete (detach, stall) are redone in-process as in ``run``.
+        """
+        att = await self._current()
+        keys: list[bytes] = []
+        if att is not None and not att.shared.device_up:
+            att = None
+        if att is not None:
+            for h, _item, _dst in requests:
+                if h.rejected_gen == att.gen:
+                    att = None
+                    break
+                if not h.meta.shareable and att.shared.stateless_aead:
+                    keys.append(h.meta.key)
+                    continue
+                try:
+                    await self.sessions.sid(att, h)
+                except Detached:
+                    att = None
+                    break
+                except EngineUnavailable:
+                    h.rejected_gen = att.gen  # as in ``run``: in-process until the next attach
+                    att = None
+                    break
+                keys.append(b"")
+        region = att.region if att is not None and att.alive else None
+        dsts = [dst or max_dst_bytes(h.meta.op, h.meta.alg, len(src)) for h, (src, _iv, _a), dst in requests]
+        if (region is None or len(att.free_slots) < len(requests) or len(att.free_opdones) < len(requests)
+                or not all(region.fits(len(src), dst, len(aad))
+                           for (_h, (src, _iv, aad), _d), dst in zip(requests, dsts))):
+            return [(await self.run(h, [item]))[0] for h, item, _dst in requests]
+        att.users += 1
+        # One opdone per request (the backend's unit is a session's group),
+        # all published before the first wait: the kicker rings once.
+        pending = [self._submit(att, h, (item,), (0,), key, [dst])
+                   for (h, item, _d), key, dst in zip(requests, keys, dsts)]
+        results: list[Result] = []
+        try:
+            for (h, item, _d), (_g, slots, j, ev) in zip(requests, pending):
+                if not ev.is_set():
+                    self.stats.opdone_waits += 1
+                    await ev.wait()
+                results.append(self._settle(att, h, item, slots[0]))
+                if att.alive:
+                    self._free(att, slots, j)
+        finally:
+            for _g, slots, j, ev in pending[len(results):]:  # cancelled: as ``run``'s
+                if att.alive:
+                    att.waiting.pop(j, None)
+                    if ev.is_set():
+                        self._free(att, slots, j)
+                    else:
+                        att.orphans[j] = slots
+                        att.has_work.set()
+            att.users -= 1
+            att.maybe_unmap()
+        return results
+
+    def _settle(self, att: Attachment, h: EngineSession, item: Item, slot: int) -> Result:
+        """One collected slot's result, redone in-process when the backend
+        did not complete it or the device failed it (``run``'s rules)."""
+        status, out = att.region.result(slot)
+        if status is SlotStatus.PENDING or status is SlotStatus.DEVICE_LOST:
+            return self._inline(h, item)
+        if status is SlotStatus.DEVICE_ERROR or status is SlotStatus.NOT_SUPPORTED:
+            if status is SlotStatus.NOT_SUPPORTED:
+                h.rejected_gen = att.gen
+            return self._inline(h, item, redo=True)
+        return status, out
+
     def _submit(self, att: Attachment, h: EngineSession, items, group, key: bytes,
                 dst_caps: list[int]):
         """Write one group (<= 16 requests, one opdone) and publish it. No
         await inside: the ring has a single producer. ``key``: stateless
-        AEAD, the key goes into each slot and no session id."""
+        AEAD, the key goes into each slot and no session id. ``dst_caps``:
+        each item's dst size, by item index."""
         region = att.region
         j = att.free_opdones.pop()
         slots = [att.free_slots.pop() for _ in group]

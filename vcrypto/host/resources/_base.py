@@ -52,7 +52,9 @@ class CryptoJob:
     ``seq`` is the request's submission sequence number within its data queue
     (the reorder layer uses it; resources ignore it). ``src`` of an AEAD job
     run inline (``execute_inline``) may be a ``memoryview`` into the driver's
-    memory (no copy); every other job gets ``bytes``.
+    memory (no copy); every other job gets ``bytes``. ``secret_only``: an
+    ECDH request whose dst holds the shared secret alone (the derive-only
+    keyed form, ``vcrypto.ops``): every resource kind returns just the secret.
     """
 
     op: Op
@@ -63,6 +65,7 @@ class CryptoJob:
     iv: bytes = b""
     aad: bytes = b""
     seq: int = 0
+    secret_only: bool = False
 
     @property
     def capability(self) -> Capability:

@@ -27,7 +27,8 @@ def perform(job: CryptoJob) -> bytes:
     """Run one job synchronously; raise ``CryptoOpError`` for a bad request,
     ``ResourceFault`` when a computed result fails its own check."""
     try:
-        return crypto.perform(job.op, job.alg, job.key, job.key_id, job.src, job.iv, job.aad)
+        return crypto.perform(job.op, job.alg, job.key, job.key_id, job.src, job.iv, job.aad,
+                              job.secret_only)
     except crypto.CryptoError as exc:
         raise _op_error(exc) from exc
     except crypto.CryptoFault as exc:
