@@ -54,12 +54,11 @@ from __future__ import annotations
 
 import collections
 import enum
-import os
 import threading
 
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import constant_time, hashes, hmac, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from nacl import bindings as _sodium
@@ -219,12 +218,18 @@ def _ecdh(alg: Alg, peer_bytes: bytes, secret_only: bool = False) -> bytes:
     if len(peer_bytes) == _ECDH_SCALAR_BYTES[alg] + ECDH_PUBLIC_BYTES[alg]:
         return _ecdh_keyed(alg, peer_bytes[:_ECDH_SCALAR_BYTES[alg]],
                            peer_bytes[_ECDH_SCALAR_BYTES[alg]:], secret_only)
-    if alg is Alg.X25519:  # (libsodium: see _x25519)
+    if alg is Alg.X25519:
         if len(peer_bytes) != 32:
             raise CryptoError(_BAD, f"X25519 peer key must be 32 bytes, got {len(peer_bytes)}")
-        own = os.urandom(32)
-        shared = _x25519(own, peer_bytes)
-        return _sodium.crypto_scalarmult_base(own) + shared
+        try:
+            peer = x25519.X25519PublicKey.from_public_bytes(peer_bytes)
+            own = x25519.X25519PrivateKey.generate()
+            shared = own.exchange(peer)
+        except ValueError as exc:  # all-zero shared secret (small-order point)
+            raise CryptoError(_BAD, f"X25519 exchange failed: {exc}") from exc
+        pub = own.public_key().public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw)
+        return pub + shared
     curve = _CURVES[alg]()
     try:
         peer = ec.EllipticCurvePublicKey.from_encoded_point(curve, peer_bytes)
@@ -273,16 +278,31 @@ def _ecdh_keyed(alg: Alg, scalar: bytes, peer_bytes: bytes, secret_only: bool = 
     """ECDH under the caller's ephemeral scalar (TLS 1.2 sends its share before
     it has the peer's, so the ephemeral key must outlive one request: the
     requester keeps the scalar, the host keeps nothing). ``secret_only``: the
-    derive-only form (``vcrypto.ops``): the secret alone, our public key is
-    never computed (X25519: one multiplication, not two). P-256/384:
-    ``cryptography`` has no way to load a scalar without its public point,
-    so only the serialisation is saved there."""
+    derive-only form (``vcrypto.ops``): the secret alone. X25519 then never
+    computes our public key: ``cryptography`` derives it whenever it loads a
+    scalar (a second multiplication, 2.3x the exchange alone), so the raw
+    RFC 7748 function comes from libsodium (``crypto_scalarmult``: same
+    clamping, same masked u, same answer; a dependency already, the host's
+    ``sodium`` resource). P-256/384: ``cryptography`` has no way to load a
+    scalar without its public point, so only the serialisation is saved."""
     if alg is Alg.X25519:
-        if peer_bytes == _X25519_BASE:  # keygen: X25519(k, 9) is the public key, one fixed-base multiplication
-            pub = _sodium.crypto_scalarmult_base(bytes(scalar))
+        if secret_only and peer_bytes != _X25519_BASE:
+            if len(peer_bytes) != 32:
+                raise CryptoError(_BAD, f"X25519 peer key must be 32 bytes, got {len(peer_bytes)}")
+            try:
+                return _sodium.crypto_scalarmult(bytes(scalar), bytes(peer_bytes))
+            except _sodium_errors.RuntimeError:  # all-zero shared secret (small-order point)
+                raise CryptoError(_BAD, "X25519 exchange failed: all-zero shared secret") from None
+        own = x25519.X25519PrivateKey.from_private_bytes(scalar)
+        pub = own.public_key().public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw)
+        if peer_bytes == _X25519_BASE:  # X25519(k, 9) is the public key: no second multiplication
             return pub if secret_only else pub + pub
-        shared = _x25519(bytes(scalar), peer_bytes)
-        return shared if secret_only else _sodium.crypto_scalarmult_base(bytes(scalar)) + shared
+        try:
+            shared = own.exchange(x25519.X25519PublicKey.from_public_bytes(peer_bytes))
+        except ValueError as exc:  # all-zero shared secret (small-order point)
+            raise CryptoError(_BAD, f"X25519 exchange failed: {exc}") from exc
+        return pub + shared
     curve = _CURVES[alg]()
     try:
         own = ec.derive_private_key(int.from_bytes(scalar, "big"), curve)
@@ -301,22 +321,6 @@ def _ecdh_keyed(alg: Alg, scalar: bytes, peer_bytes: bytes, secret_only: bool = 
 
 
 _X25519_BASE = b"\x09" + bytes(31)
-
-
-def _x25519(scalar: bytes, peer_bytes: bytes) -> bytes:
-    """RFC 7748 X25519(scalar, u) by libsodium (``crypto_scalarmult``: the
-    same clamping and masked top bit as OpenSSL, the same bytes). Why not
-    ``cryptography``: it derives the public key whenever it loads a scalar,
-    a second multiplication (load + exchange 136 µs against 58 µs here), and
-    its keygen is the general ladder where libsodium has a fixed-base one
-    (45 against 24 µs). A dependency already (the host's ``sodium``
-    resource)."""
-    if len(peer_bytes) != 32:
-        raise CryptoError(_BAD, f"X25519 peer key must be 32 bytes, got {len(peer_bytes)}")
-    try:
-        return _sodium.crypto_scalarmult(scalar, bytes(peer_bytes))
-    except _sodium_errors.RuntimeError:  # all-zero shared secret (small-order point)
-        raise CryptoError(_BAD, "X25519 exchange failed: all-zero shared secret") from None
 _GENERATORS: dict[Alg, bytes] = {}
 
 
