@@ -187,6 +187,13 @@ def main(argv=None) -> int:
         fam = {f: (d(backend_url, "vcrypto_engine_family_batch_fill_sum", family=f),
                    d(backend_url, "vcrypto_engine_family_batch_fill_count", family=f))
                for f in ("handshake", "bulk")}
+        # the handshake family's fill histogram (per-bucket deltas, not cumulative)
+        les = ("1", "2", "4", "8", "16", "32", "64", "128", "+Inf")
+        cum = [d(backend_url, "vcrypto_engine_family_batch_fill_bucket", family="handshake", le=le)
+               for le in les]
+        hs_hist = {le: c - p for le, c, p in zip(les, cum, [0.0] + cum[:-1])}
+        shares = {ev: d(proxy_url, "vcproxy_crypto_key_shares_total", event=ev)
+                  for ev in ("generated", "used", "missed", "expired")}
         requests = d(backend_url, "vcrypto_engine_requests_total")
         notes = {
             "frontend doorbells": d(proxy_url, "vcproxy_crypto_engine_doorbells_total"),
@@ -226,6 +233,8 @@ def main(argv=None) -> int:
     print("| measure | value |\n|---|---|")
     for f, (n, b) in fam.items():
         print(f"| mean batch fill, {f} ops | {n / b if b else 0:.2f} ({n:.0f} requests / {b:.0f} batches) |")
+    print(f"| handshake batches by fill (<= le) | {', '.join(f'{le}: {n:.0f}' for le, n in hs_hist.items())} |")
+    print(f"| key shares (worker pools; exported once a second, so lagging) | {', '.join(f'{k} {v:.0f}' for k, v in shares.items())} |")
     print(f"| notifications per request | {sum(notes.values()) / requests if requests else 0:.3f} "
           f"({', '.join(f'{k} {v:.0f}' for k, v in notes.items())}) |")
     print(f"| engine sessions created and closed at the host | {sessions_closed:.0f} "
