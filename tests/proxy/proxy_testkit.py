@@ -98,9 +98,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_HELD: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    """A loopback port nothing listens on (bound then released)."""
-    return free_port()
+    """A loopback port nothing listens on, and nothing can: a socket stays
+    bound to it without listen() for the rest of the test run (a connect is
+    refused). A port merely bound and released was sometimes handed to a
+    later test server by the kernel, which then answered 404 where the test
+    expected 502."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return sock.getsockname()[1]
 
 
 class Proxy:
