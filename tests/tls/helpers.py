@@ -187,3 +187,13 @@ async def tls_server(config: ServerConfig, provider: CryptoProvider, handler=ech
         yield run
         nursery.cancel_scope.cancel()
     run.check_provider_saw_everything()
+
+
+def split_handshake_messages(data: bytes) -> list[bytes]:
+    """Whole handshake messages (type, 3-byte length, body) of a flight, in order."""
+    out, pos = [], 0
+    while pos < len(data):
+        n = int.from_bytes(data[pos + 1:pos + 4], "big")
+        out.append(data[pos:pos + 4 + n])
+        pos += 4 + n
+    return out

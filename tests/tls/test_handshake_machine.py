@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from tests.tls.helpers import server_config
+from tests.tls.helpers import server_config, split_handshake_messages
 from tests.tls.miniclient import client_hello, ext
 from vcproxy.tls import AlertDescription as A
 from vcproxy.tls import TicketConfig, TLSError, TLSUsageError
@@ -220,17 +220,8 @@ def test_full_handshake_with_a_key_share_sends_derive_and_signature_together(x25
     assert [(k.direction, k.epoch) for k in cmds if isinstance(k, InstallKeys)] == [
         ("write", Epoch.HANDSHAKE), ("read", Epoch.HANDSHAKE), ("write", Epoch.APPLICATION)]
     [flight] = [k for k in cmds[2:] if isinstance(k, SendHandshake)]
-    assert [m[0] for m in _messages(flight.data)] == [
+    assert [m[0] for m in split_handshake_messages(flight.data)] == [
         c.ENCRYPTED_EXTENSIONS, c.CERTIFICATE, c.CERTIFICATE_VERIFY, c.FINISHED]
-
-
-def _messages(data: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos < len(data):
-        n = int.from_bytes(data[pos + 1:pos + 4], "big")
-        out.append(data[pos:pos + 4 + n])
-        pos += 4 + n
-    return out
 
 
 def test_psk_resumption_does_not_take_a_key_share(x25519_only):

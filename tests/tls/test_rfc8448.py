@@ -6,6 +6,7 @@ import hashlib
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from tests.tls import rfc8448 as v
+from tests.tls.helpers import split_handshake_messages
 from vcproxy.tls import CertificateEntry, ServerConfig, TicketConfig
 from vcproxy.tls import _codec as c
 from vcproxy.tls._handshake import (
@@ -16,15 +17,6 @@ from vcproxy.tls._keyschedule import (
 )
 
 SUITE = SUITES["TLS_AES_128_GCM_SHA256"]
-
-
-def _split(flight: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos < len(flight):
-        n = int.from_bytes(flight[pos + 1:pos + 4], "big")
-        out.append(flight[pos:pos + 4 + n])
-        pos += 4 + n
-    return out
 
 
 def test_key_schedule_stages():
@@ -38,7 +30,7 @@ def test_key_schedule_stages():
     assert traffic_key_iv(SUITE, v.CLIENT_HS_TRAFFIC) == (v.CLIENT_HS_KEY, v.CLIENT_HS_IV)
     master = hs.into_master()
     assert master.secret == v.MASTER_SECRET
-    ee, cert, cv, fin = _split(v.SERVER_FLIGHT)
+    ee, cert, cv, fin = split_handshake_messages(v.SERVER_FLIGHT)
     transcript = v.CLIENT_HELLO + v.SERVER_HELLO + ee + cert + cv
     assert finished_verify_data(SUITE, v.SERVER_HS_TRAFFIC,
                                 hashlib.sha256(transcript).digest()) == v.SERVER_VERIFY_DATA
@@ -72,7 +64,7 @@ def test_client_hello_parses_and_round_trips():
 
 
 def test_certificate_message_matches_rfc_encoding():
-    _, cert_msg, _, _ = _split(v.SERVER_FLIGHT)
+    _, cert_msg, _, _ = split_handshake_messages(v.SERVER_FLIGHT)
     r = c.Reader(cert_msg, 4)
     assert r.vec(1, "context") == b""
     entries = r.sub(3, "certificate_list")
@@ -83,7 +75,7 @@ def test_certificate_message_matches_rfc_encoding():
 def test_simple_1rtt_handshake_through_the_state_machine():
     """Drive our server with the RFC's ClientHello, random and key share: the
     ServerHello must be the RFC's byte for byte and the traffic secrets equal."""
-    _, cert_msg, cv_msg, _ = _split(v.SERVER_FLIGHT)
+    _, cert_msg, cv_msg, _ = split_handshake_messages(v.SERVER_FLIGHT)
     der = c.Reader(cert_msg, 4 + 1 + 3).vec(3, "cert")
     # The RFC's 1024-bit RSA key cannot pass our loader's 2048-bit floor, so
     # the entry is built directly (keyless: the signature comes from the trace).
@@ -129,7 +121,7 @@ def test_1rtt_handshake_with_a_pre_generated_key_share():
     from vcproxy.tls import KeyShare
     from vcproxy.tls._commands import DeriveAndSign
 
-    _, cert_msg, cv_msg, _ = _split(v.SERVER_FLIGHT)
+    _, cert_msg, cv_msg, _ = split_handshake_messages(v.SERVER_FLIGHT)
     der = c.Reader(cert_msg, 4 + 1 + 3).vec(3, "cert")
     entry = CertificateEntry((der,), b"", ("server",), "rsa", key_ref="rfc8448")
     config = ServerConfig([entry], tickets=TicketConfig(enabled=False))

@@ -170,11 +170,11 @@ class Worker:
                 service.start_soon(PENDING.run)
                 for pool in self.pools.values():
                     service.start_soon(pool.run_health_checks)
-                frontend = _frontend_of(self.provider)
+                frontend = _under_wrappers(self.provider, "frontend")
                 if frontend is not None:
                     frontend.on_inline = _count_inline
                     service.start_soon(_export_frontend_fallbacks, frontend)
-                key_shares = _key_shares_of(self.provider)
+                key_shares = _under_wrappers(self.provider, "key_shares")
                 if key_shares is not None:
                     service.start_soon(_export_key_shares, key_shares)
                 service.start_soon(self.server.serve, sockets, conn_nursery)
@@ -276,24 +276,13 @@ def _fit_open_files(max_connections: int, worker: int) -> int:
     return fit
 
 
-def _frontend_of(provider: Any) -> Any:
-    """The vcrypto engine frontend under the provider wrappers, if any."""
+def _under_wrappers(provider: Any, name: str) -> Any:
+    """Attribute ``name`` of the vcrypto provider under the provider wrappers
+    (counting, fallback), if any: the engine ``frontend``, the ``key_shares`` pool."""
     for _ in range(4):
-        frontend = getattr(provider, "frontend", None)
-        if frontend is not None:
-            return frontend
-        provider = getattr(provider, "inner", None) or getattr(provider, "primary", None)
-        if provider is None:
-            return None
-    return None
-
-
-def _key_shares_of(provider: Any) -> Any:
-    """The vcrypto provider's key-share pool under the provider wrappers, if any."""
-    for _ in range(4):
-        pool = getattr(provider, "key_shares", None)
-        if pool is not None:
-            return pool
+        found = getattr(provider, name, None)
+        if found is not None:
+            return found
         provider = getattr(provider, "inner", None) or getattr(provider, "primary", None)
         if provider is None:
             return None
